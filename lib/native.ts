@@ -1,0 +1,156 @@
+/**
+ * Loads the native addon and declares its whole surface (native/addon.cc).
+ *
+ * Looks for the binary with node-gyp-build (build/Release, build/Debug,
+ * prebuilds/), or at RLHF_NATIVE_PATH when set. When loading fails, the error
+ * lists every place tried, why each failed, and what to do about it.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { RlhfError } from './errors';
+
+export interface NativeCudaDevice {
+  index: number;
+  name: string;
+  computeCapability: string;
+  totalMemory: number;
+  smCount: number;
+}
+
+export interface NativeInfo {
+  cpu: { simd: string; threads: number; avx2: boolean; avx512: boolean; avx512_bf16: boolean };
+  cuda: {
+    compiled: boolean;
+    runtimeVersion: number;
+    driverVersion: number;
+    archs: string[];
+    devices: NativeCudaDevice[];
+    error?: string;
+    errorCode?: number;
+  };
+  backends: string[];
+  buildSystem?: string;
+  compiler: string;
+}
+
+/** Safetensors dtype names, as in the format spec. */
+export type Dtype =
+  | 'BOOL' | 'U8' | 'I8' | 'F8_E5M2' | 'F8_E4M3' | 'I16' | 'U16' | 'F16' | 'BF16'
+  | 'I32' | 'U32' | 'F32' | 'F64' | 'I64' | 'U64';
+
+export interface NativeTensorInfo {
+  name: string;
+  dtype: Dtype;
+  shape: number[];
+  /** [begin, end) byte offsets relative to the start of the data section. */
+  dataOffsets: [number, number];
+}
+
+export interface NativeSafetensorsHeader {
+  /** The `__metadata__` string map, or null when absent. */
+  metadata: Record<string, string> | null;
+  /** Tensors in the order of their data offsets. */
+  tensors: NativeTensorInfo[];
+  /** Size of the JSON header in bytes (the u64 at the start of the file). */
+  headerLength: number;
+  /** Absolute file offset of the data section (8 + headerLength). */
+  dataStart: number;
+  fileSize: number;
+}
+
+/** A mmapped, fully validated .safetensors file. */
+export interface NativeSafetensorsFile {
+  header(): NativeSafetensorsHeader;
+  /** A copy of one tensor's raw little-endian bytes (for inspection and tests, never for compute). */
+  tensorBytes(name: string): Buffer;
+  /** Whether the tensor's data is aligned for zero-copy use as its dtype. */
+  isAligned(name: string): boolean;
+  close(): void;
+}
+
+/** How the writer fills a tensor it generates natively (no bytes cross from JS). */
+export type NativeFill =
+  | { kind: 'zeros' }
+  | { kind: 'ones' }
+  | { kind: 'const'; value: number }
+  | { kind: 'normal'; std: number; seed: number; mean?: number }
+  | { kind: 'uniform'; low: number; high: number; seed: number };
+
+export interface NativeTensorToWrite {
+  name: string;
+  dtype: Dtype;
+  shape: number[];
+  /** Raw little-endian bytes, exactly shape x dtype size. Exactly one of data / fill. */
+  data?: Buffer | Uint8Array;
+  fill?: NativeFill;
+}
+
+export interface NativeAddon {
+  info(): NativeInfo;
+  SafetensorsFile: new (path: string) => NativeSafetensorsFile;
+  /** Writes a .safetensors file (to a temporary name, then renamed). Returns the file size. */
+  writeSafetensors(path: string, tensors: NativeTensorToWrite[], metadata: Record<string, string> | null): number;
+}
+
+function packageRoot(): string {
+  let dir = __dirname;
+  for (;;) {
+    const pj = path.join(dir, 'package.json');
+    if (fs.existsSync(pj)) {
+      try {
+        if (JSON.parse(fs.readFileSync(pj, 'utf8')).name === 'rlhf-native') return dir;
+      } catch {
+        /* keep walking up */
+      }
+    }
+    const up = path.dirname(dir);
+    if (up === dir) return path.resolve(__dirname, '..', '..');
+    dir = up;
+  }
+}
+
+export const PACKAGE_ROOT = packageRoot();
+
+let cached: NativeAddon | undefined;
+
+function explain(message: string): string {
+  if (/GLIBC|GLIBCXX/.test(message)) return 'the binary needs a newer C/C++ runtime than this system has; rebuild it here with `npm rebuild rlhf-native`';
+  if (/invalid ELF header|wrong ELF class|not a valid Win32/.test(message)) return 'the binary was built for another platform or architecture; rebuild it here with `npm rebuild rlhf-native`';
+  if (/No native build was found/.test(message)) return 'no binary was built; run `npm rebuild rlhf-native` (needs CMake >= 3.18 or node-gyp, and a C++17 compiler)';
+  if (/NODE_MODULE_VERSION|undefined symbol: napi_/.test(message)) return 'the binary was built for another Node.js; rebuild it with `npm rebuild rlhf-native`';
+  return 'rebuild it with `npm rebuild rlhf-native` and look at the build log';
+}
+
+/** The loaded addon (loaded on first use). Throws RlhfError E_NATIVE_LOAD with diagnostics. */
+export function native(): NativeAddon {
+  if (cached) return cached;
+  const tried: string[] = [];
+  const override = process.env.RLHF_NATIVE_PATH;
+  if (override) {
+    try {
+      cached = require(path.resolve(override)) as NativeAddon;
+      return cached;
+    } catch (e) {
+      tried.push(`RLHF_NATIVE_PATH=${override}: ${(e as Error).message.split('\n')[0]}`);
+    }
+  }
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const load = require('node-gyp-build') as (dir: string) => unknown;
+    cached = load(PACKAGE_ROOT) as NativeAddon;
+    return cached;
+  } catch (e) {
+    const msg = (e as Error).message.split('\n')[0];
+    tried.push(`node-gyp-build in ${PACKAGE_ROOT} (build/Release, build/Debug, prebuilds/${process.platform}-${process.arch}): ${msg}`);
+    throw new RlhfError(
+      'E_NATIVE_LOAD',
+      [
+        `could not load the rlhf-native addon for ${process.platform}-${process.arch}, Node ${process.version}.`,
+        'Tried:',
+        ...tried.map((t) => `  - ${t}`),
+        `What to do: ${explain(msg)}.`,
+      ].join('\n'),
+      { cause: e },
+    );
+  }
+}

@@ -1,0 +1,22 @@
+// The whole native surface of rlhf-native, in one place. This file only
+// registers exports; each function lives beside the code it wraps
+// (native/*_napi.cc). lib/native.ts declares the matching TypeScript types.
+#include <napi.h>
+
+namespace rlhf::napi {
+// info_napi.cc
+Napi::Value Info(const Napi::CallbackInfo& info);  // () -> {cpu, cuda, backends}
+// safetensors_napi.cc
+Napi::Object InitSafetensorsFile(Napi::Env env, Napi::Object exports);  // class SafetensorsFile(path)
+Napi::Value WriteSafetensors(const Napi::CallbackInfo& info);  // (path, tensors[], metadata|null) -> bytes written
+}  // namespace rlhf::napi
+
+static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  using namespace rlhf::napi;
+  exports.Set("info", Napi::Function::New(env, Info, "info"));
+  InitSafetensorsFile(env, exports);
+  exports.Set("writeSafetensors", Napi::Function::New(env, WriteSafetensors, "writeSafetensors"));
+  return exports;
+}
+
+NODE_API_MODULE(rlhf_native, Init)
