@@ -1,0 +1,33 @@
+#!/usr/bin/env node
+/** The rlhf-native command line. Each command lives in bin/commands/<name>.ts. */
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import * as info from './commands/info';
+import * as inspect from './commands/inspect';
+import * as init from './commands/init';
+import * as train from './commands/train';
+import { packageVersion } from '../lib/info';
+
+async function main(): Promise<void> {
+  let y = yargs(hideBin(process.argv))
+    .scriptName('rlhf-native')
+    .version(packageVersion())
+    .option('debug', { type: 'boolean', default: false, describe: 'print stack traces on errors' })
+    .strict()
+    .demandCommand(1, 'name a command (see --help)')
+    .recommendCommands()
+    .fail((msg, err, yy) => {
+      if (err) throw err;
+      process.stderr.write(`rlhf-native: ${msg}\n(see rlhf-native --help)\n`);
+      process.exit(1);
+    })
+    .help()
+    .wrap(Math.min(110, process.stdout.columns || 100));
+  for (const c of [train, info, inspect, init]) y = c.register(y);
+  await y.parseAsync();
+}
+
+main().catch((e) => {
+  process.stderr.write(`rlhf-native: internal error: ${(e as Error)?.message ?? e}\n`);
+  process.exitCode = 70;
+});

@@ -1,0 +1,86 @@
+/** What this installation of rlhf-native is and what it can use here (`rlhf-native info`). */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { callNative, RlhfError } from './errors';
+import { native, PACKAGE_ROOT, NativeCudaDevice } from './native';
+
+export interface RuntimeInfo {
+  version: string;
+  node: string;
+  platform: string;
+  /** Backends compiled into the addon, e.g. ['cpu', 'cuda']. */
+  backends: string[];
+  /** The device `--device auto` would pick now. */
+  defaultDevice: 'cpu' | 'cuda';
+  cpu: { simd: string; threads: number; avx2: boolean; avx512: boolean; avx512_bf16: boolean };
+  cuda: {
+    compiled: boolean;
+    runtimeVersion: string | null;
+    driverVersion: string | null;
+    archs: string[];
+    devices: NativeCudaDevice[];
+    /** Why no CUDA device is usable, when none is. */
+    reason?: string;
+  };
+  build: { system: string | null; addon: string | null; compiler: string };
+}
+
+function cudaVersion(v: number): string | null {
+  return v > 0 ? `${Math.floor(v / 1000)}.${Math.floor((v % 1000) / 10)}` : null;
+}
+
+export function packageVersion(): string {
+  return JSON.parse(fs.readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')).version as string;
+}
+
+/** Explains a CUDA runtime error code in the words a user needs. */
+function noDeviceReason(compiled: boolean, error: string | undefined, code: number | undefined): string {
+  if (!compiled) return 'this build has no CUDA backend (nvcc was not found when the addon was built)';
+  if (code === 35) return `no usable NVIDIA driver (${error}); running on the CPU`;
+  if (code === 100) return `no CUDA device visible (${error}); check CUDA_VISIBLE_DEVICES`;
+  return error ? `${error}; running on the CPU` : 'no CUDA device found; running on the CPU';
+}
+
+export function runtimeInfo(): RuntimeInfo {
+  const n = callNative(() => native().info());
+  const system: string | null = n.buildSystem ?? null;
+  const addon = path.join(PACKAGE_ROOT, 'build', 'Release', 'rlhf_native.node');
+  const out: RuntimeInfo = {
+    version: packageVersion(),
+    node: process.version,
+    platform: `${process.platform}-${process.arch}`,
+    backends: n.backends,
+    defaultDevice: n.cuda.devices.length > 0 ? 'cuda' : 'cpu',
+    cpu: n.cpu,
+    cuda: {
+      compiled: n.cuda.compiled,
+      runtimeVersion: cudaVersion(n.cuda.runtimeVersion),
+      driverVersion: cudaVersion(n.cuda.driverVersion),
+      archs: n.cuda.archs,
+      devices: n.cuda.devices,
+    },
+    build: { system, addon: fs.existsSync(addon) ? addon : null, compiler: n.compiler },
+  };
+  if (n.cuda.devices.length === 0) out.cuda.reason = noDeviceReason(n.cuda.compiled, n.cuda.error, n.cuda.errorCode);
+  return out;
+}
+
+let warned = false;
+/**
+ * Resolves `--device auto|cpu|cuda`. `auto` falls back to the CPU with one
+ * clear line on stderr when CUDA is compiled in but unusable; an explicit
+ * `cuda` with no device is an error.
+ */
+export function resolveDevice(requested: 'auto' | 'cpu' | 'cuda' = 'auto', log: (line: string) => void = (l) => process.stderr.write(l + '\n')): 'cpu' | 'cuda' {
+  if (requested === 'cpu') return 'cpu';
+  const info = runtimeInfo();
+  if (info.cuda.devices.length > 0) return 'cuda';
+  if (requested === 'cuda') {
+    throw new RlhfError('E_CUDA', `--device cuda was requested but ${info.cuda.reason}`);
+  }
+  if (info.cuda.compiled && !warned) {
+    warned = true;
+    log(`rlhf-native: CUDA backend present but not usable: ${info.cuda.reason}`);
+  }
+  return 'cpu';
+}

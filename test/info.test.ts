@@ -1,0 +1,62 @@
+import t from 'tap';
+import * as fs from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { runCli, cliBuilt } from './helpers/cli';
+
+const nvccOnPath = spawnSync('sh', ['-c', 'command -v nvcc'], { encoding: 'utf8' }).status === 0;
+// A GPU is usable only where the NVIDIA kernel driver exposes its device nodes.
+const gpuPresent = fs.existsSync('/dev/nvidiactl');
+
+t.test('info --json reports version, backends, SIMD and threads', { skip: !cliBuilt() && 'CLI not compiled' }, async (t) => {
+  const r = runCli(['info', '--json']);
+  t.equal(r.status, 0, r.stderr);
+  const info = JSON.parse(r.stdout);
+  const pkg = JSON.parse(fs.readFileSync(`${__dirname}/../package.json`, 'utf8'));
+  t.equal(info.version, pkg.version);
+  t.ok(info.backends.includes('cpu'));
+  t.match(info.cpu.simd, /^(avx512_bf16|avx512|avx2|neon|scalar)$/);
+  // Cross-check the SIMD detection against what the kernel reports.
+  if (fs.existsSync('/proc/cpuinfo')) {
+    const flags = fs.readFileSync('/proc/cpuinfo', 'utf8');
+    t.equal(info.cpu.avx2, /\bavx2\b/.test(flags) && /\bfma\b/.test(flags), 'avx2+fma agrees with /proc/cpuinfo');
+    t.equal(info.cpu.avx512_bf16, /\bavx512_bf16\b/.test(flags), 'avx512_bf16 agrees with /proc/cpuinfo');
+  }
+  t.ok(Number.isInteger(info.cpu.threads) && info.cpu.threads >= 1);
+});
+
+t.test('a CUDA build is compiled in wherever nvcc is, and reports no device without a GPU', { skip: !cliBuilt() && 'CLI not compiled' }, async (t) => {
+  const info = JSON.parse(runCli(['info', '--json']).stdout);
+  if (nvccOnPath) {
+    t.equal(info.cuda.compiled, true, 'nvcc is on PATH, so the CUDA backend must be in the addon');
+    t.ok(info.backends.includes('cuda'));
+    t.ok(info.cuda.archs.length >= 3, `archs: ${info.cuda.archs}`);
+  }
+  if (!gpuPresent) {
+    t.same(info.cuda.devices, [], 'no device without a GPU');
+    t.equal(info.defaultDevice, 'cpu');
+    t.type(info.cuda.reason, 'string');
+    if (info.cuda.compiled) t.match(info.cuda.reason, /driver|device/i, 'says why there is no device');
+  }
+});
+
+t.test('info prints a human summary', { skip: !cliBuilt() && 'CLI not compiled' }, async (t) => {
+  const r = runCli(['info']);
+  t.equal(r.status, 0);
+  t.match(r.stdout, /^rlhf-native \d+\.\d+\.\d+/);
+  t.match(r.stdout, /backends compiled in: cpu/);
+  if (!gpuPresent && nvccOnPath) t.match(r.stdout, /no CUDA device: /);
+});
+
+t.test('train --device auto falls back to the CPU with one clear line when CUDA is unusable', { skip: (!cliBuilt() || gpuPresent || !nvccOnPath) && 'needs a CUDA build on a GPU-less machine' }, async (t) => {
+  const out = fs.mkdtempSync('/tmp/rlhf-train-');
+  const r = runCli(['train', '--out', out]);
+  t.equal(r.status, 0, r.stderr);
+  const lines = r.stderr.split('\n').filter((l) => /CUDA/.test(l));
+  t.equal(lines.length, 1, `one CUDA line on stderr: ${JSON.stringify(r.stderr)}`);
+  t.match(lines[0], /not usable/);
+  t.match(r.stdout, /device cpu/);
+  const r2 = runCli(['train', '--out', out, '--device', 'cuda']);
+  t.equal(r2.status, 1);
+  t.match(r2.stderr, /^rlhf-native: error E_CUDA: /);
+  fs.rmSync(out, { recursive: true, force: true });
+});
