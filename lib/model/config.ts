@@ -1,0 +1,521 @@
+/**
+ * Hugging Face `config.json` -> one normalised ModelConfig, and back.
+ *
+ * Supported: Llama family (LlamaForCausalLM, MistralForCausalLM,
+ * Qwen2ForCausalLM; SmolLM and TinyLlama are llama) and GPT-2
+ * (GPT2LMHeadModel), plus their *ForSequenceClassification twins (reward
+ * models, `score` head). Everything else is rejected with E_CONFIG naming the
+ * file, what was seen and what is supported, so a user learns at load time,
+ * not from a shape error deep in the engine.
+ *
+ * Optional keys take transformers' own defaults (so a config transformers
+ * accepts means the same thing here); the keys that fix tensor shapes are
+ * required.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { RlhfError } from '../errors';
+
+export type ModelArch = 'llama' | 'qwen2' | 'mistral' | 'gpt2';
+/** `lm`: causal LM head (tied or `lm_head.weight`); `score`: `score.weight [numLabels, H]` (reward model). */
+export type ModelHead = 'lm' | 'score';
+export type TorchDtype = 'float32' | 'float16' | 'bfloat16';
+
+export type RopeScaling =
+  | { type: 'none' }
+  | { type: 'linear'; factor: number }
+  | { type: 'llama3'; factor: number; lowFreqFactor: number; highFreqFactor: number; originalMaxPositions: number };
+
+export interface RopeConfig {
+  theta: number;
+  scaling: RopeScaling;
+}
+
+export interface ModelConfig {
+  arch: ModelArch;
+  /** The transformers class, e.g. `LlamaForCausalLM`. */
+  architecture: string;
+  head: ModelHead;
+  /** Outputs of the score head (1 for reward models); null for `lm`. */
+  numLabels: number | null;
+  vocabSize: number;
+  hiddenSize: number;
+  /** MLP inner size (GPT-2: n_inner, default 4 * hidden). */
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  /** Grouped-query attention: K/V heads (= numHeads without GQA). */
+  numKvHeads: number;
+  headDim: number;
+  /** Position-embedding table (GPT-2) or RoPE's trained context. */
+  maxPositions: number;
+  /** Longest sequence the engine runs: min(maxPositions, slidingWindow). */
+  maxSequenceLength: number;
+  normEps: number;
+  /** null for GPT-2 (learned absolute positions). */
+  rope: RopeConfig | null;
+  /** Bias on q/k/v projections (Qwen2 always; Llama `attention_bias`; GPT-2 c_attn). */
+  qkvBias: boolean;
+  /** Bias on the attention output projection (Llama `attention_bias`; GPT-2 c_proj). */
+  oBias: boolean;
+  mlpBias: boolean;
+  tieWordEmbeddings: boolean;
+  /** `silu` (Llama family) or `gelu_new` / `gelu_pytorch_tanh` (GPT-2; the same tanh approximation). */
+  hiddenAct: string;
+  /** Mistral / Qwen2 sliding-window attention span when it is active and shorter than maxPositions, else null. */
+  slidingWindow: number | null;
+  torchDtype: TorchDtype | null;
+  initializerRange: number;
+  bosTokenId: number | null;
+  /** `eos_token_id` may be one id or a list; always a list here. */
+  eosTokenIds: number[];
+  padTokenId: number | null;
+  /** Things accepted but worth telling the user (e.g. sliding window caps the sequence length). */
+  warnings: string[];
+}
+
+interface ArchEntry {
+  arch: ModelArch;
+  head: ModelHead;
+}
+
+const ARCHITECTURES: Record<string, ArchEntry> = {
+  LlamaForCausalLM: { arch: 'llama', head: 'lm' },
+  MistralForCausalLM: { arch: 'mistral', head: 'lm' },
+  Qwen2ForCausalLM: { arch: 'qwen2', head: 'lm' },
+  GPT2LMHeadModel: { arch: 'gpt2', head: 'lm' },
+  LlamaForSequenceClassification: { arch: 'llama', head: 'score' },
+  MistralForSequenceClassification: { arch: 'mistral', head: 'score' },
+  Qwen2ForSequenceClassification: { arch: 'qwen2', head: 'score' },
+  GPT2ForSequenceClassification: { arch: 'gpt2', head: 'score' },
+};
+
+const MODEL_TYPES: Record<string, ModelArch> = { llama: 'llama', mistral: 'mistral', qwen2: 'qwen2', gpt2: 'gpt2' };
+
+export const SUPPORTED_ARCHITECTURES: readonly string[] = Object.keys(ARCHITECTURES);
+
+/** The class name transformers uses for an (arch, head) pair. */
+export function architectureName(arch: ModelArch, head: ModelHead): string {
+  for (const [name, e] of Object.entries(ARCHITECTURES)) if (e.arch === arch && e.head === head) return name;
+  throw new RlhfError('E_ARGUMENT', `no architecture for arch ${arch} with head ${head}`);
+}
+
+type Json = Record<string, unknown>;
+
+function fail(file: string, message: string, key?: string): never {
+  throw new RlhfError('E_CONFIG', `${file}: ${message}`, { where: key ? `${file}:${key}` : file });
+}
+
+/** Reads typed keys from one JSON object, with messages naming the key and the file. */
+class Reader {
+  constructor(
+    readonly obj: Json,
+    readonly file: string,
+    readonly prefix = '',
+  ) {}
+
+  has(key: string): boolean {
+    return this.obj[key] !== undefined && this.obj[key] !== null;
+  }
+
+  private name(key: string): string {
+    return this.prefix + key;
+  }
+
+  /** A positive integer; `fallback` undefined means required. */
+  posInt(key: string, fallback?: number): number {
+    const v = this.obj[key];
+    if (v === undefined || v === null) {
+      if (fallback === undefined) fail(this.file, `required key "${this.name(key)}" is missing`, this.name(key));
+      return fallback;
+    }
+    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0)
+      fail(this.file, `"${this.name(key)}" must be a positive integer, got ${JSON.stringify(v)}`, this.name(key));
+    return v;
+  }
+
+  posNum(key: string, fallback?: number): number {
+    const v = this.obj[key];
+    if (v === undefined || v === null) {
+      if (fallback === undefined) fail(this.file, `required key "${this.name(key)}" is missing`, this.name(key));
+      return fallback;
+    }
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0)
+      fail(this.file, `"${this.name(key)}" must be a positive number, got ${JSON.stringify(v)}`, this.name(key));
+    return v;
+  }
+
+  bool(key: string, fallback: boolean): boolean {
+    const v = this.obj[key];
+    if (v === undefined || v === null) return fallback;
+    if (typeof v !== 'boolean') fail(this.file, `"${this.name(key)}" must be true or false, got ${JSON.stringify(v)}`, this.name(key));
+    return v;
+  }
+
+  str(key: string, fallback: string): string {
+    const v = this.obj[key];
+    if (v === undefined || v === null) return fallback;
+    if (typeof v !== 'string') fail(this.file, `"${this.name(key)}" must be a string, got ${JSON.stringify(v)}`, this.name(key));
+    return v;
+  }
+
+  /** A token id: non-negative integer or null. */
+  tokenId(key: string): number | null {
+    const v = this.obj[key];
+    if (v === undefined || v === null) return null;
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0)
+      fail(this.file, `"${this.name(key)}" must be a token id (integer >= 0), got ${JSON.stringify(v)}`, this.name(key));
+    return v;
+  }
+
+  tokenIds(key: string): number[] {
+    const v = this.obj[key];
+    if (v === undefined || v === null) return [];
+    const list = Array.isArray(v) ? v : [v];
+    for (const x of list)
+      if (typeof x !== 'number' || !Number.isInteger(x) || x < 0)
+        fail(this.file, `"${this.name(key)}" must be a token id or a list of them, got ${JSON.stringify(v)}`, this.name(key));
+    return list as number[];
+  }
+
+  /** One value read under either of two names (e.g. GPT-2's n_embd / hidden_size); both present and different is an error. */
+  alias<T>(a: string, b: string, read: (key: string) => T): T {
+    if (this.has(a) && this.has(b) && this.obj[a] !== this.obj[b])
+      fail(this.file, `contradictory keys "${this.name(a)}" (${JSON.stringify(this.obj[a])}) and "${this.name(b)}" (${JSON.stringify(this.obj[b])})`, this.name(a));
+    return read(this.has(a) || !this.has(b) ? a : b);
+  }
+}
+
+function identify(r: Reader): { architecture: string; entry: ArchEntry } {
+  const supported = `supported: ${SUPPORTED_ARCHITECTURES.join(', ')} (model_type ${Object.keys(MODEL_TYPES).join(', ')})`;
+  const archs = r.obj.architectures;
+  const modelType = r.obj.model_type;
+  if (modelType !== undefined && typeof modelType !== 'string') fail(r.file, `"model_type" must be a string`, 'model_type');
+  if (archs !== undefined && archs !== null) {
+    if (!Array.isArray(archs) || archs.length === 0 || typeof archs[0] !== 'string')
+      fail(r.file, `"architectures" must be a non-empty list of class names, got ${JSON.stringify(archs)}`, 'architectures');
+    const name = archs[0] as string;
+    const entry = ARCHITECTURES[name];
+    if (!entry) fail(r.file, `unsupported architecture "${name}" (architectures); ${supported}`, 'architectures');
+    // transformers builds the class from model_type when auto-loading, so the two must agree.
+    if (modelType !== undefined && MODEL_TYPES[modelType] !== entry.arch)
+      fail(r.file, `contradictory keys "architectures" (${name}) and "model_type" (${modelType})`, 'model_type');
+    return { architecture: name, entry };
+  }
+  if (modelType === undefined) fail(r.file, `required key "architectures" (or "model_type") is missing; ${supported}`, 'architectures');
+  const arch = MODEL_TYPES[modelType];
+  if (!arch) fail(r.file, `unsupported model_type "${modelType}"; ${supported}`, 'model_type');
+  const entry: ArchEntry = { arch, head: 'lm' };
+  return { architecture: architectureName(arch, 'lm'), entry };
+}
+
+/** rope_theta + rope_scaling (transformers v4) or rope_parameters (v5); both present must agree. */
+function parseRope(r: Reader): RopeConfig {
+  const params = r.obj.rope_parameters;
+  const scaling = r.obj.rope_scaling;
+  const fromDict = (d: unknown, key: string): { theta?: number; scaling: RopeScaling } => {
+    if (d === undefined || d === null) return { scaling: { type: 'none' } };
+    if (typeof d !== 'object' || Array.isArray(d)) fail(r.file, `"${key}" must be an object, got ${JSON.stringify(d)}`, key);
+    const dr = new Reader(d as Json, r.file, `${key}.`);
+    if (!dr.has('rope_type') && !dr.has('type') && !dr.has('rope_theta'))
+      fail(r.file, `"${key}" has no "rope_type" (per-layer-type rope parameters are not supported)`, key);
+    const type = dr.alias('rope_type', 'type', (k) => dr.str(k, 'default'));
+    const theta = dr.has('rope_theta') ? dr.posNum('rope_theta') : undefined;
+    switch (type) {
+      case 'default':
+        return { theta, scaling: { type: 'none' } };
+      case 'linear':
+        return { theta, scaling: { type: 'linear', factor: dr.posNum('factor') } };
+      case 'llama3':
+        return {
+          theta,
+          scaling: {
+            type: 'llama3',
+            factor: dr.posNum('factor'),
+            lowFreqFactor: dr.posNum('low_freq_factor'),
+            highFreqFactor: dr.posNum('high_freq_factor'),
+            originalMaxPositions: dr.posInt('original_max_position_embeddings'),
+          },
+        };
+      default:
+        return fail(
+          r.file,
+          `unsupported RoPE type "${type}" in "${key}" (dynamic NTK, YaRN and LongRoPE are not implemented); supported: default, linear, llama3`,
+          key,
+        );
+    }
+  };
+  const v5 = fromDict(params, 'rope_parameters');
+  const v4 = fromDict(scaling, 'rope_scaling');
+  const v4Theta = r.has('rope_theta') ? r.posNum('rope_theta') : undefined;
+  if (params !== undefined && params !== null) {
+    if (v4Theta !== undefined && v5.theta !== undefined && v4Theta !== v5.theta)
+      fail(r.file, `contradictory keys "rope_theta" (${v4Theta}) and "rope_parameters.rope_theta" (${v5.theta})`, 'rope_theta');
+    if (scaling !== undefined && scaling !== null && JSON.stringify(v4.scaling) !== JSON.stringify(v5.scaling))
+      fail(r.file, `contradictory keys "rope_scaling" and "rope_parameters"`, 'rope_scaling');
+  }
+  const scal = params !== undefined && params !== null ? v5.scaling : v4.scaling;
+  if (scal.type === 'llama3' && scal.highFreqFactor <= scal.lowFreqFactor)
+    fail(r.file, `"high_freq_factor" must be greater than "low_freq_factor" for llama3 RoPE scaling`, 'rope_scaling');
+  return { theta: v5.theta ?? v4Theta ?? 10000, scaling: scal };
+}
+
+function parseDtype(r: Reader): TorchDtype | null {
+  // transformers v5 renamed torch_dtype to dtype.
+  const key = r.has('torch_dtype') ? 'torch_dtype' : 'dtype';
+  const v = r.alias('torch_dtype', 'dtype', (k) => r.str(k, ''));
+  if (v === '' || v === 'auto') return null;
+  if (v === 'float32' || v === 'float16' || v === 'bfloat16') return v;
+  return fail(r.file, `unsupported "${key}" "${v}"; supported: float32, float16, bfloat16`, key);
+}
+
+function parseNumLabels(r: Reader, head: ModelHead): number | null {
+  if (head !== 'score') return null;
+  const id2label = r.obj.id2label;
+  const fromMap = id2label && typeof id2label === 'object' ? Object.keys(id2label).length : undefined;
+  const explicit = r.has('num_labels') ? r.posInt('num_labels') : undefined;
+  if (explicit !== undefined && fromMap !== undefined && explicit !== fromMap)
+    fail(r.file, `contradictory keys "num_labels" (${explicit}) and "id2label" (${fromMap} labels)`, 'num_labels');
+  // transformers' PretrainedConfig default is 2 labels.
+  return explicit ?? fromMap ?? 2;
+}
+
+/** Normalises a parsed config.json. `file` is only used in messages. */
+export function parseModelConfig(json: unknown, file: string): ModelConfig {
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) fail(file, 'config must be a JSON object');
+  const r = new Reader(json as Json, file);
+  const { architecture, entry } = identify(r);
+  if (r.has('quantization_config')) fail(file, 'quantized checkpoints ("quantization_config") are not supported', 'quantization_config');
+  const common = {
+    architecture,
+    head: entry.head,
+    numLabels: parseNumLabels(r, entry.head),
+    torchDtype: parseDtype(r),
+    initializerRange: r.posNum('initializer_range', 0.02),
+    bosTokenId: r.tokenId('bos_token_id'),
+    eosTokenIds: r.tokenIds('eos_token_id'),
+    padTokenId: r.tokenId('pad_token_id'),
+  };
+  const cfg = entry.arch === 'gpt2' ? parseGpt2(r, common) : parseLlama(r, entry.arch, common);
+  for (const [k, id] of [['bos_token_id', cfg.bosTokenId], ['pad_token_id', cfg.padTokenId], ...cfg.eosTokenIds.map((e) => ['eos_token_id', e])] as [string, number | null][])
+    if (id !== null && id >= cfg.vocabSize) fail(file, `"${k}" ${id} is outside the vocabulary (vocab_size ${cfg.vocabSize})`, k);
+  return cfg;
+}
+
+type Common = Pick<
+  ModelConfig,
+  'architecture' | 'head' | 'numLabels' | 'torchDtype' | 'initializerRange' | 'bosTokenId' | 'eosTokenIds' | 'padTokenId'
+>;
+
+function parseLlama(r: Reader, arch: Exclude<ModelArch, 'gpt2'>, common: Common): ModelConfig {
+  const file = r.file;
+  const hiddenSize = r.posInt('hidden_size');
+  const numHeads = r.posInt('num_attention_heads');
+  const numKvHeads = r.posInt('num_key_value_heads', numHeads);
+  if (numKvHeads > numHeads)
+    fail(file, `contradictory keys: "num_key_value_heads" (${numKvHeads}) > "num_attention_heads" (${numHeads})`, 'num_key_value_heads');
+  if (numHeads % numKvHeads !== 0)
+    fail(file, `"num_attention_heads" (${numHeads}) must be a multiple of "num_key_value_heads" (${numKvHeads})`, 'num_key_value_heads');
+  let headDim: number;
+  if (r.has('head_dim')) {
+    headDim = r.posInt('head_dim');
+    if (headDim % 2 !== 0) fail(file, `"head_dim" (${headDim}) must be even for RoPE`, 'head_dim');
+  } else {
+    if (hiddenSize % numHeads !== 0)
+      fail(file, `"hidden_size" (${hiddenSize}) must be divisible by "num_attention_heads" (${numHeads}) when "head_dim" is absent`, 'num_attention_heads');
+    headDim = hiddenSize / numHeads;
+    if (headDim % 2 !== 0)
+      fail(file, `head_dim = "hidden_size" / "num_attention_heads" = ${headDim} must be even for RoPE`, 'num_attention_heads');
+  }
+  // transformers' per-class defaults for max_position_embeddings.
+  const defaultMaxPos = { llama: 2048, mistral: 4096 * 32, qwen2: 32768 }[arch];
+  const maxPositions = r.posInt('max_position_embeddings', defaultMaxPos);
+  const hiddenAct = r.str('hidden_act', 'silu');
+  if (hiddenAct !== 'silu' && hiddenAct !== 'swish')
+    fail(file, `unsupported "hidden_act" "${hiddenAct}" for ${arch}; supported: silu`, 'hidden_act');
+  // Qwen2: q/k/v always biased, o_proj never; Llama: attention_bias on all four; Mistral: none.
+  const attnBias = arch === 'llama' ? r.bool('attention_bias', false) : false;
+  const qkvBias = arch === 'qwen2' ? true : attnBias;
+  const warnings: string[] = [];
+  let slidingWindow: number | null = null;
+  const windowActive = arch === 'mistral' ? r.has('sliding_window') : arch === 'qwen2' ? r.bool('use_sliding_window', false) : false;
+  if (windowActive) {
+    const w = r.posInt('sliding_window');
+    if (w < maxPositions) {
+      slidingWindow = w;
+      warnings.push(
+        `sliding-window attention (window ${w} < max_position_embeddings ${maxPositions}) is not implemented; sequences are capped at ${w} tokens, where full causal attention is identical to it`,
+      );
+    }
+  }
+  return {
+    arch,
+    ...common,
+    vocabSize: r.posInt('vocab_size'),
+    hiddenSize,
+    intermediateSize: r.posInt('intermediate_size'),
+    numLayers: r.posInt('num_hidden_layers'),
+    numHeads,
+    numKvHeads,
+    headDim,
+    maxPositions,
+    maxSequenceLength: slidingWindow ?? maxPositions,
+    normEps: r.posNum('rms_norm_eps', 1e-6),
+    rope: parseRope(r),
+    qkvBias,
+    oBias: attnBias,
+    mlpBias: arch === 'llama' ? r.bool('mlp_bias', false) : false,
+    tieWordEmbeddings: r.bool('tie_word_embeddings', false),
+    hiddenAct: 'silu',
+    slidingWindow,
+    warnings,
+  };
+}
+
+function parseGpt2(r: Reader, common: Common): ModelConfig {
+  const file = r.file;
+  const hiddenSize = r.alias('n_embd', 'hidden_size', (k) => r.posInt(k));
+  const numLayers = r.alias('n_layer', 'num_hidden_layers', (k) => r.posInt(k));
+  const numHeads = r.alias('n_head', 'num_attention_heads', (k) => r.posInt(k));
+  const maxPositions = r.alias('n_positions', 'max_position_embeddings', (k) => r.posInt(k, 1024));
+  if (hiddenSize % numHeads !== 0)
+    fail(file, `"n_embd" (${hiddenSize}) must be divisible by "n_head" (${numHeads})`, 'n_head');
+  const act = r.str('activation_function', 'gelu_new');
+  if (act !== 'gelu_new' && act !== 'gelu_pytorch_tanh')
+    fail(file, `unsupported "activation_function" "${act}" for gpt2; supported: gelu_new, gelu_pytorch_tanh`, 'activation_function');
+  for (const k of ['scale_attn_by_inverse_layer_idx', 'add_cross_attention'])
+    if (r.bool(k, false)) fail(file, `"${k}": true is not supported`, k);
+  if (!r.bool('scale_attn_weights', true)) fail(file, `"scale_attn_weights": false is not supported`, 'scale_attn_weights');
+  return {
+    arch: 'gpt2',
+    ...common,
+    vocabSize: r.posInt('vocab_size'),
+    hiddenSize,
+    intermediateSize: r.alias('n_inner', 'intermediate_size', (k) => r.posInt(k, 4 * hiddenSize)),
+    numLayers,
+    numHeads,
+    numKvHeads: numHeads,
+    headDim: hiddenSize / numHeads,
+    maxPositions,
+    maxSequenceLength: maxPositions,
+    normEps: r.posNum('layer_norm_epsilon', 1e-5),
+    rope: null,
+    qkvBias: true,
+    oBias: true,
+    mlpBias: true,
+    tieWordEmbeddings: r.bool('tie_word_embeddings', true),
+    hiddenAct: act,
+    slidingWindow: null,
+    warnings: [],
+  };
+}
+
+/** Reads and normalises `<dir>/config.json` (or a config file path). */
+export function readModelConfig(dirOrFile: string): ModelConfig {
+  const file = dirOrFile.endsWith('.json') ? dirOrFile : path.join(dirOrFile, 'config.json');
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new RlhfError('E_MODEL', `no config.json: ${file} does not exist (not a Hugging Face model folder?)`, { where: file, cause: e });
+    throw new RlhfError('E_IO', `cannot read ${file}: ${(e as Error).message}`, { where: file, cause: e });
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new RlhfError('E_CONFIG', `${file}: invalid JSON: ${(e as Error).message}`, { where: file, cause: e });
+  }
+  return parseModelConfig(json, file);
+}
+
+const ROPE_OUT = (rope: RopeConfig): Json | null => {
+  const s = rope.scaling;
+  switch (s.type) {
+    case 'none':
+      return null;
+    case 'linear':
+      // `type` too, for transformers versions before `rope_type` (< 4.42).
+      return { rope_type: 'linear', type: 'linear', factor: s.factor };
+    case 'llama3':
+      return {
+        rope_type: 'llama3',
+        factor: s.factor,
+        low_freq_factor: s.lowFreqFactor,
+        high_freq_factor: s.highFreqFactor,
+        original_max_position_embeddings: s.originalMaxPositions,
+      };
+  }
+};
+
+/**
+ * The standard transformers config.json for a ModelConfig (transformers v4
+ * key names, which v5 still reads: `torch_dtype`, `rope_theta` +
+ * `rope_scaling`). Dropouts are written as 0: the engine has none, and a
+ * model trained without them should not grow them when loaded elsewhere.
+ */
+export function modelConfigToHf(cfg: ModelConfig): Json {
+  const out: Json = { architectures: [cfg.architecture], model_type: cfg.arch };
+  if (cfg.arch === 'gpt2') {
+    Object.assign(out, {
+      vocab_size: cfg.vocabSize,
+      n_embd: cfg.hiddenSize,
+      n_layer: cfg.numLayers,
+      n_head: cfg.numHeads,
+      n_positions: cfg.maxPositions,
+      n_ctx: cfg.maxPositions,
+      n_inner: cfg.intermediateSize === 4 * cfg.hiddenSize ? null : cfg.intermediateSize,
+      activation_function: cfg.hiddenAct,
+      layer_norm_epsilon: cfg.normEps,
+      attn_pdrop: 0.0,
+      embd_pdrop: 0.0,
+      resid_pdrop: 0.0,
+      scale_attn_weights: true,
+    });
+  } else {
+    Object.assign(out, {
+      vocab_size: cfg.vocabSize,
+      hidden_size: cfg.hiddenSize,
+      intermediate_size: cfg.intermediateSize,
+      num_hidden_layers: cfg.numLayers,
+      num_attention_heads: cfg.numHeads,
+      num_key_value_heads: cfg.numKvHeads,
+      head_dim: cfg.headDim,
+      max_position_embeddings: cfg.maxPositions,
+      rms_norm_eps: cfg.normEps,
+      rope_theta: cfg.rope?.theta ?? 10000,
+      rope_scaling: cfg.rope ? ROPE_OUT(cfg.rope) : null,
+      hidden_act: cfg.hiddenAct,
+      attention_dropout: 0.0,
+    });
+    if (cfg.arch === 'llama') Object.assign(out, { attention_bias: cfg.oBias, mlp_bias: cfg.mlpBias });
+    if (cfg.arch === 'mistral') out.sliding_window = cfg.slidingWindow;
+    if (cfg.arch === 'qwen2')
+      Object.assign(out, {
+        use_sliding_window: cfg.slidingWindow !== null,
+        sliding_window: cfg.slidingWindow,
+        max_window_layers: cfg.numLayers,
+      });
+  }
+  Object.assign(out, {
+    tie_word_embeddings: cfg.tieWordEmbeddings,
+    initializer_range: cfg.initializerRange,
+    bos_token_id: cfg.bosTokenId,
+    eos_token_id: cfg.eosTokenIds.length === 1 ? cfg.eosTokenIds[0] : cfg.eosTokenIds.length ? cfg.eosTokenIds : null,
+    pad_token_id: cfg.padTokenId,
+    use_cache: true,
+  });
+  if (cfg.torchDtype) out.torch_dtype = cfg.torchDtype;
+  if (cfg.head === 'score') {
+    const n = cfg.numLabels ?? 1;
+    const id2label: Record<string, string> = {};
+    const label2id: Record<string, number> = {};
+    for (let i = 0; i < n; i++) {
+      id2label[String(i)] = `LABEL_${i}`;
+      label2id[`LABEL_${i}`] = i;
+    }
+    Object.assign(out, { num_labels: n, id2label, label2id });
+  }
+  return out;
+}

@@ -1,0 +1,127 @@
+/**
+ * Loads a model folder's tokenizer (tokenizer.json + tokenizer_config.json,
+ * the Hugging Face `tokenizers` format) with the @huggingface/tokenizers
+ * package, and exposes what the stages need: encode, decode, vocab size,
+ * special-token ids and the chat template.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { RlhfError } from '../errors';
+import { applyChatTemplate, type ChatMessage } from './chat-template';
+
+type TokenizersModule = typeof import('@huggingface/tokenizers', { with: { 'resolution-mode': 'import' } });
+// The package ships a CommonJS build; only its types are ESM-only.
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const tokenizers = require('@huggingface/tokenizers') as TokenizersModule;
+
+export interface Tokenizer {
+  /** The tokenizer.json it was loaded from. */
+  file: string;
+  /** Highest id + 1 over the vocabulary and added tokens (the embedding needs at least this many rows). */
+  vocabSize: number;
+  bosTokenId: number | null;
+  eosTokenId: number | null;
+  padTokenId: number | null;
+  unkTokenId: number | null;
+  /** Every special added token: content -> id. */
+  specialTokens: Record<string, number>;
+  bosToken: string | null;
+  eosToken: string | null;
+  padToken: string | null;
+  /** From tokenizer_config.json `chat_template` (or chat_template.jinja); null when the model has none. */
+  chatTemplate: string | null;
+  /** `addSpecialTokens` (default true, as in transformers) runs the post-processor (e.g. adds BOS for Llama tokenizers). */
+  encode(text: string, opts?: { addSpecialTokens?: boolean }): number[];
+  decode(ids: readonly number[], opts?: { skipSpecialTokens?: boolean }): string;
+  tokenToId(token: string): number | undefined;
+  idToToken(id: number): string | undefined;
+  /** Renders the chat template with this tokenizer's bos/eos tokens. */
+  applyChatTemplate(messages: readonly ChatMessage[], opts?: { addGenerationPrompt?: boolean; extra?: Record<string, unknown> }): string;
+}
+
+function readJson(file: string): unknown {
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    const what = (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : (e as Error).message;
+    throw new RlhfError('E_TOKENIZER', `${file}: ${what}`, { where: file, cause: e });
+  }
+}
+
+/** A special-token entry of tokenizer_config.json: a string, or an AddedToken dict {content, ...}. */
+function tokenString(v: unknown): string | null {
+  if (typeof v === 'string') return v;
+  if (v && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string') return (v as { content: string }).content;
+  return null;
+}
+
+function pickTemplate(v: unknown, file: string): string | null {
+  if (v === undefined || v === null) return null;
+  if (typeof v === 'string') return v;
+  // Named templates: [{name, template}]; transformers uses "default".
+  if (Array.isArray(v)) {
+    const named = v as { name?: unknown; template?: unknown }[];
+    const t = named.find((x) => x.name === 'default') ?? named[0];
+    if (t && typeof t.template === 'string') return t.template;
+  }
+  throw new RlhfError('E_TOKENIZER', `${file}: "chat_template" must be a string or a list of {name, template}`, { where: file });
+}
+
+/** Loads the tokenizer of a model folder (or a tokenizer.json path). Throws E_TOKENIZER naming the file. */
+export function loadTokenizer(dirOrFile: string): Tokenizer {
+  const dir = dirOrFile.endsWith('.json') ? path.dirname(dirOrFile) : dirOrFile;
+  const file = dirOrFile.endsWith('.json') ? dirOrFile : path.join(dir, 'tokenizer.json');
+  const configFile = path.join(dir, 'tokenizer_config.json');
+  if (!fs.existsSync(file))
+    throw new RlhfError('E_TOKENIZER', `${file} does not exist (only the fast-tokenizer format tokenizer.json is supported)`, { where: file });
+  const json = readJson(file) as { model?: unknown; added_tokens?: { id: number; content: string; special?: boolean }[] };
+  if (!json || typeof json !== 'object' || !json.model) throw new RlhfError('E_TOKENIZER', `${file}: not a tokenizers JSON file (no "model")`, { where: file });
+  const config = (fs.existsSync(configFile) ? readJson(configFile) : {}) as Record<string, unknown>;
+  let tok: InstanceType<TokenizersModule['Tokenizer']>;
+  try {
+    tok = new tokenizers.Tokenizer(json, config);
+  } catch (e) {
+    throw new RlhfError('E_TOKENIZER', `${file}: cannot build the tokenizer: ${(e as Error).message}`, { where: file, cause: e });
+  }
+  const vocab = tok.get_vocab(true);
+  let vocabSize = 0;
+  for (const id of vocab.values()) if (id + 1 > vocabSize) vocabSize = id + 1;
+  const specialTokens: Record<string, number> = {};
+  for (const t of json.added_tokens ?? []) if (t.special) specialTokens[t.content] = t.id;
+  const special = (key: string): [string | null, number | null] => {
+    const s = tokenString(config[key]);
+    if (s === null) return [null, null];
+    const id = tok.token_to_id(s);
+    if (id === undefined) throw new RlhfError('E_TOKENIZER', `${configFile}: ${key} ${JSON.stringify(s)} is not in the vocabulary of ${file}`, { where: configFile });
+    return [s, id];
+  };
+  const [bosToken, bosTokenId] = special('bos_token');
+  const [eosToken, eosTokenId] = special('eos_token');
+  const [padToken, padTokenId] = special('pad_token');
+  const [, unkTokenId] = special('unk_token');
+  const jinjaFile = path.join(dir, 'chat_template.jinja');
+  // Newer transformers save the template as its own file instead of the config key.
+  const chatTemplate = fs.existsSync(jinjaFile) ? fs.readFileSync(jinjaFile, 'utf8') : pickTemplate(config.chat_template, configFile);
+  return {
+    file,
+    vocabSize,
+    bosTokenId,
+    eosTokenId,
+    padTokenId,
+    unkTokenId,
+    specialTokens,
+    bosToken,
+    eosToken,
+    padToken,
+    chatTemplate,
+    encode: (text, opts) => tok.encode(text, { add_special_tokens: opts?.addSpecialTokens ?? true }).ids,
+    // tokenizers.js rejects an empty list; an empty sequence is simply ''.
+    decode: (ids, opts) => (ids.length ? tok.decode([...ids], { skip_special_tokens: opts?.skipSpecialTokens ?? false }) : ''),
+    tokenToId: (t) => tok.token_to_id(t),
+    idToToken: (id) => tok.id_to_token(id),
+    applyChatTemplate(messages, opts) {
+      if (chatTemplate === null) throw new RlhfError('E_TOKENIZER', `${configFile}: the tokenizer has no chat_template`, { where: configFile });
+      return applyChatTemplate(chatTemplate, messages, { addGenerationPrompt: opts?.addGenerationPrompt, bosToken, eosToken, extra: opts?.extra });
+    },
+  };
+}
