@@ -3,7 +3,7 @@
     {
       "target_name": "rlhf_native",
       "sources": [
-        "<!@(node -e \"const fs=require('fs');const l=d=>fs.readdirSync(d).filter(f=>f.endsWith('.cc')).map(f=>d+'/'+f);console.log([...l('native'),...l('native/cpu')].join(' '))\")"
+        "<!@(node -e \"const fs=require('fs');const l=d=>fs.readdirSync(d).filter(f=>f.endsWith('.cc')).map(f=>d+'/'+f);console.log([...l('native'),...l('native/cpu'),...l('native/model')].join(' '))\")"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

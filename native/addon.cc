@@ -9,6 +9,12 @@ Napi::Value Info(const Napi::CallbackInfo& info);  // () -> {cpu, cuda, backends
 // safetensors_napi.cc
 Napi::Object InitSafetensorsFile(Napi::Env env, Napi::Object exports);  // class SafetensorsFile(path)
 Napi::Value WriteSafetensors(const Napi::CallbackInfo& info);  // (path, tensors[], metadata|null) -> bytes written
+// model_napi.cc
+Napi::Object InitModel(Napi::Env env, Napi::Object exports);  // class Model (made by loadModel)
+Napi::Value LoadModel(const Napi::CallbackInfo& info);  // (spec) -> Promise<Model>
+// ops_napi.cc
+Napi::Value RunOp(const Napi::CallbackInfo& info);      // (name, args) -> runs one CPU op (tests)
+Napi::Value OpKernels(const Napi::CallbackInfo& info);  // () -> {kernels, ops}
 }  // namespace rlhf::napi
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -16,6 +22,10 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("info", Napi::Function::New(env, Info, "info"));
   InitSafetensorsFile(env, exports);
   exports.Set("writeSafetensors", Napi::Function::New(env, WriteSafetensors, "writeSafetensors"));
+  InitModel(env, exports);
+  exports.Set("loadModel", Napi::Function::New(env, LoadModel, "loadModel"));
+  exports.Set("runOp", Napi::Function::New(env, RunOp, "runOp"));
+  exports.Set("opKernels", Napi::Function::New(env, OpKernels, "opKernels"));
   return exports;
 }
 

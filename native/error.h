@@ -15,6 +15,7 @@ inline constexpr const char* kSafetensors = "E_SAFETENSORS";  // malformed .safe
 inline constexpr const char* kArgument = "E_ARGUMENT";        // bad argument from the caller
 inline constexpr const char* kUnsupported = "E_UNSUPPORTED";  // valid but not supported here
 inline constexpr const char* kCuda = "E_CUDA";                // CUDA runtime failure
+inline constexpr const char* kModel = "E_MODEL";              // model weights do not match the config
 inline constexpr const char* kInternal = "E_INTERNAL";        // a bug: please report
 }  // namespace code
 

@@ -1,0 +1,35 @@
+// The CPU backend: every op of the op table, fp32, SIMD chosen at run time,
+// parallel over a persistent thread pool. Each op family lives in its own
+// file (gemm.cc, embedding.cc, norm.cc, rope.cc, attention.cc,
+// activation.cc, lm_head.cc, sample.cc), mirrored by kernels/<family>.cu.
+#pragma once
+#include <memory>
+
+#include "../ops/backend.h"
+#include "threadpool.h"
+
+namespace rlhf::cpu {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(ThreadPool& pool) : pool_(pool) {}
+  const char* name() const override { return "cpu"; }
+  bool supports(Op op, DType dtype) const override;
+  int threads() const override { return pool_.size(); }
+  ThreadPool& pool() { return pool_; }
+
+#define RLHF_OP_OVERRIDE(name, Args, family) void name(const Args& args) override;
+  RLHF_OPS(RLHF_OP_OVERRIDE)
+#undef RLHF_OP_OVERRIDE
+
+ private:
+  ThreadPool& pool_;
+};
+
+// Splits [0, n) into about `parts` contiguous ranges for parallel_for.
+inline int64_t chunk_size(int64_t n, int64_t parts, int64_t min_chunk = 1) {
+  int64_t c = (n + parts - 1) / (parts > 0 ? parts : 1);
+  return c < min_chunk ? min_chunk : c;
+}
+
+}  // namespace rlhf::cpu

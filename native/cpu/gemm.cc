@@ -1,0 +1,252 @@
+#include "gemm.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cpu_features.h"
+#include "gemm_kernels.h"
+#include "threadpool.h"
+#include "vec.h"
+
+namespace rlhf::cpu {
+
+// ---------------------------------------------------------------- scalar kernel
+namespace {
+constexpr int kScalarMR = 4, kScalarNR = 8;
+
+void scalar_micro(int64_t kc, const float* pa, const float* pb, float* c, int64_t ldc, int mr, int nr, bool accumulate) {
+  float acc[kScalarMR][kScalarNR] = {};
+  for (int64_t k = 0; k < kc; ++k, pa += kScalarMR, pb += kScalarNR)
+    for (int i = 0; i < kScalarMR; ++i)
+      for (int j = 0; j < kScalarNR; ++j) acc[i][j] += pa[i] * pb[j];
+  for (int i = 0; i < mr; ++i)
+    for (int j = 0; j < nr; ++j) c[i * ldc + j] = accumulate ? c[i * ldc + j] + acc[i][j] : acc[i][j];
+}
+
+void scalar_rows_dot(int64_t m, int64_t n0, int64_t n1, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                     float* c, int64_t ldc, bool accumulate) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t n = n0; n < n1; ++n) {
+      float s = 0;
+      for (int64_t kk = 0; kk < k; ++kk) s += a[i * lda + kk] * b[n * ldb + kk];
+      c[i * ldc + n] = accumulate ? c[i * ldc + n] + s : s;
+    }
+}
+}  // namespace
+
+const GemmKernel kGemmScalar = {"scalar", kScalarMR, kScalarNR, scalar_micro, scalar_rows_dot};
+
+// ---------------------------------------------------------------- dispatch
+namespace {
+const GemmKernel* detect_kernel() {
+#if defined(__x86_64__)
+  const Features& f = features();
+  if (f.avx512f && f.avx512bw && f.avx512vl) return &kGemmAvx512;
+  if (f.avx2 && f.fma) return &kGemmAvx2;
+#endif
+  return &kGemmScalar;
+}
+std::atomic<const GemmKernel*> g_kernel{nullptr};
+
+const GemmKernel& kernel() {
+  const GemmKernel* k = g_kernel.load(std::memory_order_acquire);
+  if (!k) {
+    k = detect_kernel();
+    g_kernel.store(k, std::memory_order_release);
+  }
+  return *k;
+}
+
+// Cache blocking. KC x NR of B (16 KB at NR=16) stays in L1 while an MR x KC
+// sliver of A streams; the packed MC x KC block of A (~200 KB) lives in L2;
+// the packed KC x NC block of B (~1.5 MB) in L2/L3.
+constexpr int64_t KC = 256;
+constexpr int64_t MC = 192;   // multiple of 6 and 12
+constexpr int64_t NC = 1536;  // multiple of 16 and 32
+constexpr int64_t kSmallM = 8;
+
+struct AlignedFree {
+  void operator()(float* p) const { std::free(p); }
+};
+using Buffer = std::unique_ptr<float, AlignedFree>;
+
+Buffer alloc_floats(int64_t n) {
+  size_t bytes = (static_cast<size_t>(n) * sizeof(float) + 63) & ~size_t(63);
+  void* p = std::aligned_alloc(64, bytes ? bytes : 64);
+  if (!p) throw std::bad_alloc();
+  return Buffer(static_cast<float*>(p));
+}
+
+// op(A)[i, k] for the packing loops.
+inline float a_at(const GemmArgs& g, int64_t i, int64_t k) { return g.trans_a ? g.a[k * g.lda + i] : g.a[i * g.lda + k]; }
+
+// Packs rows [i0, i0+mr) x cols [k0, k0+kc) of op(A) as one MR-row micro-panel:
+// dst[k*MR + r], zero-padding rows past mr.
+void pack_a_panel(const GemmArgs& g, int MR, int64_t i0, int mr, int64_t k0, int64_t kc, float* dst) {
+  if (!g.trans_a) {
+    for (int r = 0; r < MR; ++r) {
+      if (r < mr) {
+        const float* src = g.a + (i0 + r) * g.lda + k0;
+        for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = src[k];
+      } else {
+        for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = 0.f;
+      }
+    }
+  } else {
+    for (int64_t k = 0; k < kc; ++k) {
+      const float* src = g.a + (k0 + k) * g.lda + i0;
+      float* d = dst + k * MR;
+      int r = 0;
+      for (; r < mr; ++r) d[r] = src[r];
+      for (; r < MR; ++r) d[r] = 0.f;
+    }
+  }
+}
+
+// Packs cols [j0, j0+nr) x rows [k0, k0+kc) of op(B) as one NR-column micro-panel: dst[k*NR + c].
+void pack_b_panel(const GemmArgs& g, int NR, int64_t j0, int nr, int64_t k0, int64_t kc, float* dst) {
+  if (g.trans_b) {  // B stored [N,K]: column j of op(B) is row j of B
+    for (int c = 0; c < NR; ++c) {
+      if (c < nr) {
+        const float* src = g.b + (j0 + c) * g.ldb + k0;
+        for (int64_t k = 0; k < kc; ++k) dst[k * NR + c] = src[k];
+      } else {
+        for (int64_t k = 0; k < kc; ++k) dst[k * NR + c] = 0.f;
+      }
+    }
+  } else {  // B stored [K,N]
+    for (int64_t k = 0; k < kc; ++k) {
+      const float* src = g.b + (k0 + k) * g.ldb + j0;
+      float* d = dst + k * NR;
+      int c = 0;
+      for (; c < nr; ++c) d[c] = src[c];
+      for (; c < NR; ++c) d[c] = 0.f;
+    }
+  }
+}
+
+void gemm_small_m(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
+  // Split N into chunks of whole 4-row groups; enough chunks to balance threads.
+  const int64_t chunk = std::max<int64_t>(16, ((g.n + 4 * pool.size() - 1) / (4 * pool.size()) + 3) / 4 * 4);
+  const int64_t tasks = (g.n + chunk - 1) / chunk;
+  pool.parallel_for(tasks, [&](int64_t t, int) {
+    const int64_t n0 = t * chunk, n1 = std::min(g.n, n0 + chunk);
+    kern.rows_dot(g.m, n0, n1, g.k, g.a, g.lda, g.b, g.ldb, g.c, g.ldc, g.accumulate);
+  });
+}
+
+void gemm_blocked(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
+  const int MR = kern.mr, NR = kern.nr;
+  const int64_t m_pad = (g.m + MR - 1) / MR * MR;
+  const int64_t nc_max = std::min<int64_t>(NC, (g.n + NR - 1) / NR * NR);
+  const int64_t kc_max = std::min<int64_t>(KC, g.k);
+  Buffer bpack = alloc_floats(kc_max * nc_max);
+  Buffer apack = alloc_floats(kc_max * m_pad);
+
+  for (int64_t jc = 0; jc < g.n; jc += NC) {
+    const int64_t nc = std::min(NC, g.n - jc);
+    const int64_t b_panels = (nc + NR - 1) / NR;
+    for (int64_t pc = 0; pc < g.k; pc += KC) {
+      const int64_t kc = std::min(KC, g.k - pc);
+      const bool acc = g.accumulate || pc > 0;
+      float* bp = bpack.get();
+      float* ap = apack.get();
+      const int64_t a_panels = m_pad / MR;
+      // Pack the B block and all of A for this K slab (A is re-read by every B block).
+      pool.parallel_for(b_panels + a_panels, [&](int64_t p, int) {
+        if (p < b_panels) {
+          const int64_t j0 = p * NR;
+          pack_b_panel(g, NR, jc + j0, static_cast<int>(std::min<int64_t>(NR, nc - j0)), pc, kc, bp + p * NR * kc);
+        } else {
+          const int64_t i0 = (p - b_panels) * MR;
+          pack_a_panel(g, MR, i0, static_cast<int>(std::min<int64_t>(MR, g.m - i0)), pc, kc, ap + (p - b_panels) * MR * kc);
+        }
+      });
+      // Tiles of MC rows x (a share of the NC columns), spread over threads.
+      const int64_t m_blocks = (g.m + MC - 1) / MC;
+      int64_t n_split = 1;
+      while (m_blocks * n_split < 4 * pool.size() && b_panels / (n_split * 2) >= 2) n_split *= 2;
+      const int64_t panels_per_split = (b_panels + n_split - 1) / n_split;
+      pool.parallel_for(m_blocks * n_split, [&](int64_t t, int) {
+        const int64_t ib = t / n_split, js = t % n_split;
+        const int64_t i_begin = ib * MC, i_end = std::min(g.m, i_begin + MC);
+        const int64_t p_begin = js * panels_per_split, p_end = std::min(b_panels, p_begin + panels_per_split);
+        for (int64_t p = p_begin; p < p_end; ++p) {
+          const int64_t j0 = p * NR;
+          const int nr = static_cast<int>(std::min<int64_t>(NR, nc - j0));
+          const float* bpanel = bp + p * NR * kc;
+          for (int64_t i = i_begin; i < i_end; i += MR) {
+            const int mr = static_cast<int>(std::min<int64_t>(MR, g.m - i));
+            kern.micro(kc, ap + (i / MR) * MR * kc, bpanel, g.c + i * g.ldc + jc + j0, g.ldc, mr, nr, acc);
+          }
+        }
+      });
+    }
+  }
+}
+
+}  // namespace
+
+void gemm_f32(const GemmArgs& g, ThreadPool& pool) {
+  if (g.m <= 0 || g.n <= 0) return;
+  if (g.k <= 0) {  // empty sum
+    if (!g.accumulate)
+      for (int64_t i = 0; i < g.m; ++i) std::memset(g.c + i * g.ldc, 0, sizeof(float) * g.n);
+    return;
+  }
+  const GemmKernel& kern = kernel();
+  if (g.m <= kSmallM && g.trans_b && !g.trans_a) return gemm_small_m(g, kern, pool);
+  gemm_blocked(g, kern, pool);
+}
+
+const char* gemm_kernel_name() { return kernel().name; }
+
+bool gemm_force_kernel(const char* name) {
+  const std::string n = name ? name : "";
+  const GemmKernel* k = nullptr;
+  if (n == "scalar") k = &kGemmScalar;
+#if defined(__x86_64__)
+  const Features& f = features();
+  if (n == "avx2" && f.avx2 && f.fma) k = &kGemmAvx2;
+  if (n == "avx512" && f.avx512f && f.avx512bw && f.avx512vl) k = &kGemmAvx512;
+#endif
+  if (n == "auto") k = detect_kernel();
+  if (!k) return false;
+  g_kernel.store(k, std::memory_order_release);
+  return true;
+}
+
+}  // namespace rlhf::cpu
+
+// ---------------------------------------------------------------- the op
+#include "cpu_backend.h"
+
+namespace rlhf::cpu {
+
+void CpuBackend::gemm(const GemmOp& op) {
+  GemmArgs g;
+  g.trans_a = op.trans_a;
+  g.trans_b = op.trans_b;
+  g.m = op.m;
+  g.n = op.n;
+  g.k = op.k;
+  g.a = op.a;
+  g.lda = op.lda;
+  g.b = op.b;
+  g.ldb = op.ldb;
+  g.c = op.c;
+  g.ldc = op.ldc;
+  g.accumulate = op.accumulate;
+  gemm_f32(g, pool_);
+  if (op.bias) {
+    const VecKernels& v = vec();
+    pool_.parallel_for(op.m, [&](int64_t i, int) { v.add(op.bias, op.c + i * op.ldc, op.n); });
+  }
+}
+
+}  // namespace rlhf::cpu

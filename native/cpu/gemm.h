@@ -1,0 +1,40 @@
+// fp32 GEMM for the CPU backend: C = op(A) op(B) (+ C), row-major.
+//
+//   op(A) is [M,K]: A itself (lda >= K) or, with trans_a, the transpose of a
+//   stored [K,M] matrix (lda >= M). op(B) is [K,N]: B itself ([K,N], ldb >= N)
+//   or, with trans_b, the transpose of a stored [N,K] matrix (ldb >= K) — the
+//   layout of a Hugging Face Linear weight, so y = x W^T is gemm(false, true).
+//
+// Blocked as in BLIS/GotoBLAS: K in KC slabs, N in NC blocks; A and B are
+// packed into MR-row / NR-column micro-panels so the micro-kernel streams
+// both from contiguous memory; the micro-kernel keeps an MR x NR tile of C in
+// registers. AVX-512 or AVX2+FMA kernels are picked at run time, with a
+// scalar fallback. Small M (decode) takes a dot-product path that reads each
+// weight row once.
+#pragma once
+#include <cstdint>
+
+namespace rlhf::cpu {
+
+class ThreadPool;
+
+struct GemmArgs {
+  bool trans_a = false, trans_b = false;
+  int64_t m = 0, n = 0, k = 0;
+  const float* a = nullptr;
+  int64_t lda = 0;
+  const float* b = nullptr;
+  int64_t ldb = 0;
+  float* c = nullptr;
+  int64_t ldc = 0;
+  bool accumulate = false;  // C += op(A) op(B) instead of C = ...
+};
+
+void gemm_f32(const GemmArgs& g, ThreadPool& pool);
+
+// Which kernel gemm_f32 uses on this CPU: "avx512" | "avx2" | "scalar".
+const char* gemm_kernel_name();
+// Testing hook: force a kernel ("avx512", "avx2", "scalar"); returns false if this CPU lacks it.
+bool gemm_force_kernel(const char* name);
+
+}  // namespace rlhf::cpu

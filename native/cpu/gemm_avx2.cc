@@ -1,0 +1,136 @@
+// AVX2 + FMA micro-kernels for gemm.cc: a 6x16 register tile (12 ymm
+// accumulators, 2 for B, 1 broadcast of A: 15 of the 16 ymm registers).
+#if defined(__x86_64__)
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC target("avx2,fma")
+#endif
+#include <immintrin.h>
+
+#include "gemm_kernels.h"
+
+namespace rlhf::cpu {
+namespace {
+
+constexpr int MR = 6, NR = 16;
+
+void micro_6x16(int64_t kc, const float* pa, const float* pb, float* c, int64_t ldc, int mr, int nr, bool accumulate) {
+  // The C tile misses cache (it is touched once per K slab): start fetching
+  // it now so the loads and stores at the end do not stall.
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + NR - 1), _MM_HINT_T0);
+  }
+  __m256 acc[MR][2];
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+#pragma GCC unroll 4
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(pb);
+    const __m256 b1 = _mm256_loadu_ps(pb + 8);
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      const __m256 a = _mm256_broadcast_ss(pa + i);
+      acc[i][0] = _mm256_fmadd_ps(a, b0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(a, b1, acc[i][1]);
+    }
+    pa += MR;
+    pb += NR;
+  }
+  if (mr == MR && nr == NR) {
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      float* ci = c + i * ldc;
+      if (accumulate) {
+        acc[i][0] = _mm256_add_ps(acc[i][0], _mm256_loadu_ps(ci));
+        acc[i][1] = _mm256_add_ps(acc[i][1], _mm256_loadu_ps(ci + 8));
+      }
+      _mm256_storeu_ps(ci, acc[i][0]);
+      _mm256_storeu_ps(ci + 8, acc[i][1]);
+    }
+    return;
+  }
+  alignas(32) float tile[MR * NR];
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) {
+    _mm256_store_ps(tile + i * NR, acc[i][0]);
+    _mm256_store_ps(tile + i * NR + 8, acc[i][1]);
+  }
+  for (int i = 0; i < mr; ++i)
+    for (int j = 0; j < nr; ++j) c[i * ldc + j] = accumulate ? c[i * ldc + j] + tile[i * NR + j] : tile[i * NR + j];
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Up to 3 rows of A against 4 rows of B at a time: 12 accumulators, A and B
+// each loaded once per 8 k. Each weight row is read from memory once per call.
+template <int RM>
+void dot_block(int64_t n0, int64_t n1, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+               bool accumulate) {
+  const int64_t k8 = k & ~int64_t(7);
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    __m256 acc[RM][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < RM; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) acc[i][j] = _mm256_setzero_ps();
+    for (int64_t kk = 0; kk < k8; kk += 8) {
+      __m256 av[RM];
+#pragma GCC unroll 4
+      for (int i = 0; i < RM; ++i) av[i] = _mm256_loadu_ps(a + i * lda + kk);
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        const __m256 bv = _mm256_loadu_ps(b + (n + j) * ldb + kk);
+#pragma GCC unroll 4
+        for (int i = 0; i < RM; ++i) acc[i][j] = _mm256_fmadd_ps(av[i], bv, acc[i][j]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < RM; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        float s = hsum(acc[i][j]);
+        for (int64_t kk = k8; kk < k; ++kk) s += a[i * lda + kk] * b[(n + j) * ldb + kk];
+        float* dst = c + i * ldc + n + j;
+        *dst = accumulate ? *dst + s : s;
+      }
+  }
+  for (; n < n1; ++n) {
+    for (int i = 0; i < RM; ++i) {
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t kk = 0; kk < k8; kk += 8)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i * lda + kk), _mm256_loadu_ps(b + n * ldb + kk), acc);
+      float s = hsum(acc);
+      for (int64_t kk = k8; kk < k; ++kk) s += a[i * lda + kk] * b[n * ldb + kk];
+      float* dst = c + i * ldc + n;
+      *dst = accumulate ? *dst + s : s;
+    }
+  }
+}
+
+void rows_dot(int64_t m, int64_t n0, int64_t n1, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+              int64_t ldc, bool accumulate) {
+  int64_t i = 0;
+  for (; i + 3 <= m; i += 3) dot_block<3>(n0, n1, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, accumulate);
+  if (m - i == 2) dot_block<2>(n0, n1, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, accumulate);
+  if (m - i == 1) dot_block<1>(n0, n1, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, accumulate);
+}
+
+}  // namespace
+
+const GemmKernel kGemmAvx2 = {"avx2", MR, NR, micro_6x16, rows_dot};
+
+}  // namespace rlhf::cpu
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
+#endif  // __x86_64__

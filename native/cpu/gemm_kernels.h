@@ -1,0 +1,28 @@
+// Micro-kernels of the fp32 GEMM, one set per instruction set, each compiled
+// in its own translation unit with that ISA enabled (gemm_avx2.cc,
+// gemm_avx512.cc) and picked at run time by gemm.cc. Those units include no
+// standard-library headers, so no inline library code compiled for a newer
+// ISA can leak into code that runs on older CPUs.
+#pragma once
+#include <cstdint>
+
+namespace rlhf::cpu {
+
+struct GemmKernel {
+  const char* name;
+  int mr, nr;  // register tile of C
+  // C[0:mr,0:nr] (= or +=) sum_k pa[k*MR + i] * pb[k*NR + j]. pa/pb are packed
+  // panels of full MR/NR width (zero padded); mr/nr <= MR/NR are the valid part.
+  void (*micro)(int64_t kc, const float* pa, const float* pb, float* c, int64_t ldc, int mr, int nr, bool accumulate);
+  // Small-M path: C[m, n0:n1] (= or +=) dot(A[m,:K], B[n,:K]) for m < M <= 8.
+  void (*rows_dot)(int64_t m, int64_t n0, int64_t n1, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                   float* c, int64_t ldc, bool accumulate);
+};
+
+extern const GemmKernel kGemmScalar;
+#if defined(__x86_64__)
+extern const GemmKernel kGemmAvx2;
+extern const GemmKernel kGemmAvx512;
+#endif
+
+}  // namespace rlhf::cpu

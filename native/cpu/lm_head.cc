@@ -1,0 +1,79 @@
+// The fused LM head (log-prob of given targets + entropy, never all logits at
+// once) and the scalar value head.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../ops/math.h"
+#include "cpu_backend.h"
+#include "vec.h"
+
+namespace rlhf::cpu {
+
+namespace {
+// Rows per block: each block streams the whole LM-head weight once, so more
+// rows means fewer passes over it. Vocabulary chunk: the logits scratch is
+// kRowBlock x kVocabChunk floats (512 KB), which stays in L2.
+constexpr int64_t kRowBlock = 256;
+constexpr int64_t kVocabChunk = 512;
+}  // namespace
+
+void CpuBackend::lm_head_logp(const LmHeadLogpOp& op) {
+  const VecKernels& v = vec();
+  const int64_t vc_max = std::min(kVocabChunk, op.vocab);
+  std::vector<float> logits(static_cast<size_t>(std::min(kRowBlock, op.n) * vc_max));
+  std::vector<math::OnlineLse> state(static_cast<size_t>(std::min(kRowBlock, op.n)));
+  std::vector<float> target_logit(state.size());
+
+  for (int64_t r0 = 0; r0 < op.n; r0 += kRowBlock) {
+    const int64_t rows = std::min(kRowBlock, op.n - r0);
+    std::fill(state.begin(), state.begin() + rows, math::OnlineLse{});
+    std::fill(target_logit.begin(), target_logit.begin() + rows, 0.f);
+    for (int64_t v0 = 0; v0 < op.vocab; v0 += kVocabChunk) {
+      const int64_t vc = std::min(kVocabChunk, op.vocab - v0);
+      GemmOp g;
+      g.trans_b = true;
+      g.m = rows;
+      g.n = vc;
+      g.k = op.dim;
+      g.a = op.hidden + r0 * op.dim;
+      g.lda = op.dim;
+      g.b = op.weight + v0 * op.dim;
+      g.ldb = op.dim;
+      g.c = logits.data();
+      g.ldc = vc;
+      gemm(g);
+      pool_.parallel_for(rows, [&](int64_t r, int) {
+        const int32_t target = op.targets[r0 + r];
+        if (target < 0) return;
+        const float* row = logits.data() + r * vc;
+        const float m = v.max(row, vc) * op.inv_temperature;  // inv_temperature > 0
+        math::OnlineLse chunk{m, 0.f, 0.f};
+        v.exp_stats(row, op.inv_temperature, m, &chunk.s, &chunk.t, vc);
+        // exp_stats sums exp(x - m) * x; the merge keeps the (m, s, t) form.
+        state[r] = math::lse_merge(state[r], chunk);
+        if (target >= v0 && target < v0 + vc) target_logit[r] = row[target - v0] * op.inv_temperature;
+      });
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = r0 + r;
+      if (op.targets[i] < 0) {
+        op.logp[i] = 0.f;
+        if (op.entropy) op.entropy[i] = 0.f;
+        if (op.lse) op.lse[i] = 0.f;
+        continue;
+      }
+      const float lse = math::lse_value(state[r]);
+      op.logp[i] = target_logit[r] - lse;
+      if (op.entropy) op.entropy[i] = math::lse_entropy(state[r]);
+      if (op.lse) op.lse[i] = lse;
+    }
+  }
+}
+
+void CpuBackend::value_head(const ValueHeadOp& op) {
+  const VecKernels& v = vec();
+  pool_.parallel_for(op.n, [&](int64_t i, int) { op.value[i] = v.dot(op.hidden + i * op.dim, op.weight, op.dim) + op.bias; });
+}
+
+}  // namespace rlhf::cpu

@@ -1,0 +1,80 @@
+#include "threadpool.h"
+
+#include "cpu_features.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define RLHF_PAUSE() _mm_pause()
+#else
+#define RLHF_PAUSE() ((void)0)
+#endif
+
+namespace rlhf::cpu {
+
+namespace {
+constexpr int kSpinIterations = 4000;  // tens of microseconds before sleeping
+}
+
+ThreadPool::ThreadPool(int threads) {
+  if (threads <= 0) threads = hardware_threads();
+  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+    generation_.fetch_add(1, std::memory_order_release);
+  }
+  wake_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::drain(int thread_index) {
+  for (;;) {
+    int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
+    if (i >= n_) break;
+    fn_(ctx_, i, thread_index);
+  }
+}
+
+void ThreadPool::run(int64_t n, TaskFn fn, void* ctx) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    n_ = n;
+    fn_ = fn;
+    ctx_ = ctx;
+    next_.store(0, std::memory_order_relaxed);
+    active_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_release);
+  }
+  wake_.notify_all();
+  drain(0);
+  // Wait for the workers to leave the job, so its context (on our stack) stays valid.
+  while (active_.load(std::memory_order_acquire) != 0) RLHF_PAUSE();
+}
+
+void ThreadPool::worker_loop(int index) {
+  uint64_t seen = 0;
+  for (;;) {
+    uint64_t gen = generation_.load(std::memory_order_acquire);
+    for (int spin = 0; gen == seen && spin < kSpinIterations; ++spin) {
+      RLHF_PAUSE();
+      gen = generation_.load(std::memory_order_acquire);
+    }
+    if (gen == seen) {
+      std::unique_lock<std::mutex> lock(mu_);
+      wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen || stop_; });
+      gen = generation_.load(std::memory_order_acquire);
+    }
+    seen = gen;
+    {
+      std::lock_guard<std::mutex> lock(mu_);  // pairs with run(): n_/fn_/ctx_ are published
+      if (stop_) return;
+    }
+    drain(index);
+    active_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+}
+
+}  // namespace rlhf::cpu

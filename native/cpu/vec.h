@@ -1,0 +1,44 @@
+// Vectorised row kernels used by the element-wise and reduction ops of the
+// CPU backend. One implementation (vec_impl.h) is compiled per instruction
+// set (vec_avx2.cc, vec_avx512.cc) next to a plain one (vec_scalar.cc), and
+// the best the CPU supports is picked at run time.
+#pragma once
+#include <cstdint>
+
+namespace rlhf::cpu {
+
+struct VecKernels {
+  const char* name;
+  float (*dot)(const float* a, const float* b, int64_t n);
+  float (*sum_sq)(const float* x, int64_t n);
+  float (*max)(const float* x, int64_t n);
+  // y = x * s (elementwise with scalar), y may alias x
+  void (*scale)(const float* x, float s, float* y, int64_t n);
+  // y = x * s * w (RMSNorm's last step)
+  void (*scale_mul)(const float* x, float s, const float* w, float* y, int64_t n);
+  // y = (x - mean) * rstd * w + b (LayerNorm's last step)
+  void (*norm_affine)(const float* x, float mean, float rstd, const float* w, const float* b, float* y, int64_t n);
+  // y += a * x
+  void (*axpy)(float a, const float* x, float* y, int64_t n);
+  // y += x
+  void (*add)(const float* x, float* y, int64_t n);
+  // out = exp(x - shift); returns the sum of out
+  float (*exp_shift)(const float* x, float shift, float* out, int64_t n);
+  // sum exp(x*scale - shift) and sum exp(x*scale - shift) * x*scale, without storing
+  void (*exp_stats)(const float* x, float scale, float shift, float* sum, float* sum_x, int64_t n);
+  // out = silu(g) * u
+  void (*silu_mul)(const float* g, const float* u, float* out, int64_t n);
+  // out = gelu_tanh(x)
+  void (*gelu)(const float* x, float* out, int64_t n);
+};
+
+const VecKernels& vec();  // the best for this CPU
+bool vec_force(const char* name);  // testing hook: "scalar" | "avx2" | "avx512" | "auto"
+
+extern const VecKernels kVecScalar;
+#if defined(__x86_64__)
+extern const VecKernels kVecAvx2;
+extern const VecKernels kVecAvx512;
+#endif
+
+}  // namespace rlhf::cpu

@@ -1,0 +1,34 @@
+#include "config.h"
+
+#include <cmath>
+
+#include "../error.h"
+#include "../ops/math.h"
+
+namespace rlhf::model {
+
+void Config::validate() const {
+  auto bad = [](const std::string& what) { throw Error(code::kArgument, "model config: " + what); };
+  if (vocab <= 0 || hidden <= 0 || intermediate <= 0 || layers <= 0 || heads <= 0 || kv_heads <= 0 || head_dim <= 0)
+    bad("sizes must be positive");
+  if (heads % kv_heads != 0) bad("num_attention_heads must be a multiple of num_key_value_heads");
+  if (arch == Arch::kLlama && head_dim % 2 != 0) bad("head_dim must be even for rotary embeddings");
+  if (head_dim > 1024) bad("head_dim above 1024 is not supported");
+  if (max_positions <= 0) bad("max_position_embeddings must be positive");
+  if (!lm_head && num_labels <= 0) bad("a model needs an LM head or a score head");
+}
+
+std::vector<float> Config::inv_freq() const {
+  std::vector<float> out(static_cast<size_t>(head_dim / 2));
+  for (int64_t j = 0; j < head_dim / 2; ++j) {
+    double f = 1.0 / std::pow(rope_theta, static_cast<double>(2 * j) / static_cast<double>(head_dim));
+    if (rope_scaling == RopeScaling::kLinear) f /= rope_factor;
+    if (rope_scaling == RopeScaling::kLlama3)
+      f = math::llama3_inv_freq(static_cast<float>(f), static_cast<float>(rope_factor), static_cast<float>(rope_low_freq_factor),
+                                static_cast<float>(rope_high_freq_factor), static_cast<float>(rope_original_max_positions));
+    out[static_cast<size_t>(j)] = static_cast<float>(f);
+  }
+  return out;
+}
+
+}  // namespace rlhf::model

@@ -1,0 +1,265 @@
+#include "transformer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "../error.h"
+
+namespace rlhf::model {
+
+void positions_from_mask(const uint8_t* mask, int64_t batch, int64_t seq, int32_t* out) {
+  for (int64_t b = 0; b < batch; ++b) {
+    int32_t count = 0;
+    for (int64_t t = 0; t < seq; ++t) {
+      if (!mask || mask[b * seq + t]) ++count;
+      out[b * seq + t] = count > 0 ? count - 1 : 0;
+    }
+  }
+}
+
+void Transformer::Buffers::ensure(const Config& c, int64_t rows) {
+  auto grow = [](std::vector<float>& v, int64_t n) {
+    if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+  };
+  const int64_t mlp_cols = c.arch == Arch::kLlama ? 2 * c.intermediate : c.intermediate;
+  grow(x, rows * c.hidden);
+  grow(xn, rows * c.hidden);
+  grow(qkv, rows * c.qkv_dim());
+  grow(att, rows * c.q_dim());
+  grow(mlp, rows * mlp_cols);
+  grow(act, rows * c.intermediate);
+  grow(tmp, rows * c.hidden);
+}
+
+Transformer::Transformer(Config cfg, Weights w, Backend& be) : cfg_(std::move(cfg)), w_(std::move(w)), be_(be) {
+  cfg_.validate();
+}
+
+void Transformer::ensure_rope(int64_t max_pos) {
+  if (cfg_.arch != Arch::kLlama || max_pos <= rope_rows_) return;
+  const int64_t half = cfg_.head_dim / 2;
+  const int64_t rows = std::max<int64_t>(max_pos, std::min<int64_t>(cfg_.max_positions, 2 * rope_rows_));
+  const std::vector<float> inv = cfg_.inv_freq();
+  rope_cos_.resize(static_cast<size_t>(rows * half));
+  rope_sin_.resize(static_cast<size_t>(rows * half));
+  // Angles as Hugging Face forms them: float32 inv_freq times the position,
+  // in float32, then cos/sin of that float.
+  for (int64_t p = 0; p < rows; ++p)
+    for (int64_t j = 0; j < half; ++j) {
+      const float a = static_cast<float>(p) * inv[static_cast<size_t>(j)];
+      rope_cos_[static_cast<size_t>(p * half + j)] = std::cos(a);
+      rope_sin_[static_cast<size_t>(p * half + j)] = std::sin(a);
+    }
+  rope_rows_ = rows;
+}
+
+void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* positions, const uint8_t* mask, int64_t batch,
+                       int64_t seq, KvCache* cache, const int32_t* slots) {
+  const Config& c = cfg_;
+  const int64_t H = c.hidden, Q = c.q_dim(), KV = c.kv_dim(), QKV = c.qkv_dim(), F = c.intermediate, D = c.head_dim;
+  const bool llama = c.arch == Arch::kLlama;
+  const bool decoding = cache && seq == 1 && cache->length.size() == static_cast<size_t>(batch) && slots;
+  buf_.ensure(c, rows);
+  float *x = buf_.x.data(), *xn = buf_.xn.data(), *qkv = buf_.qkv.data(), *att = buf_.att.data();
+  float *mlp = buf_.mlp.data(), *act = buf_.act.data(), *tmp = buf_.tmp.data();
+
+  int32_t max_pos = 0;
+  for (int64_t i = 0; i < rows; ++i) max_pos = std::max(max_pos, positions[i]);
+  if (max_pos >= c.max_positions && !llama)
+    throw Error(code::kArgument, "position " + std::to_string(max_pos) + " is past the model's n_positions (" +
+                                     std::to_string(c.max_positions) + ")");
+  ensure_rope(max_pos + 1);
+
+  EmbeddingOp emb;
+  emb.n = rows;
+  emb.dim = H;
+  emb.rows = c.vocab;
+  emb.ids = ids;
+  emb.table = w_.embed;
+  emb.positions = llama ? nullptr : positions;
+  emb.pos_table = llama ? nullptr : w_.pos_embed;
+  emb.out = x;
+  be_.embedding(emb);
+
+  auto norm = [&](const float* delta, const float* wgt, const float* bias) {
+    if (llama) {
+      RmsNormOp op;
+      op.n = rows, op.dim = H, op.eps = c.norm_eps, op.residual = x, op.delta = delta, op.weight = wgt, op.out = xn;
+      be_.rmsnorm(op);
+    } else {
+      LayerNormOp op;
+      op.n = rows, op.dim = H, op.eps = c.norm_eps, op.residual = x, op.delta = delta, op.weight = wgt, op.bias = bias, op.out = xn;
+      be_.layernorm(op);
+    }
+  };
+  auto linear = [&](const float* in, int64_t in_dim, const float* wgt, const float* bias, int64_t out_dim, float* out) {
+    GemmOp g;
+    g.trans_b = true;
+    g.m = rows, g.n = out_dim, g.k = in_dim;
+    g.a = in, g.lda = in_dim, g.b = wgt, g.ldb = in_dim, g.c = out, g.ldc = out_dim, g.bias = bias;
+    be_.gemm(g);
+  };
+
+  for (int64_t l = 0; l < c.layers; ++l) {
+    const LayerWeights& L = w_.layers[static_cast<size_t>(l)];
+    norm(l == 0 ? nullptr : tmp, L.norm1_w, L.norm1_b);  // x += mlp_out(l-1); xn = norm(x)
+    linear(xn, H, L.wqkv, L.bqkv, QKV, qkv);              // qkv: [rows, Q + 2 KV]
+    if (llama) {
+      RopeOp r;
+      r.n = rows, r.heads = c.heads + c.kv_heads, r.head_dim = D, r.x = qkv, r.ld = QKV;
+      r.positions = positions, r.cos = rope_cos_.data(), r.sin = rope_sin_.data();
+      be_.rope(r);
+    }
+    if (cache) {  // store this layer's k, v rows at their cache slots
+      float* kc = cache->k[static_cast<size_t>(l)].data();
+      float* vc = cache->v[static_cast<size_t>(l)].data();
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t b = i / seq, slot = slots[i];
+        for (int64_t h = 0; h < c.kv_heads; ++h) {
+          const int64_t off = ((b * c.kv_heads + h) * cache->capacity + slot) * D;
+          std::memcpy(kc + off, qkv + i * QKV + Q + h * D, sizeof(float) * D);
+          std::memcpy(vc + off, qkv + i * QKV + Q + KV + h * D, sizeof(float) * D);
+        }
+      }
+    }
+    if (decoding) {
+      KvAttentionOp a;
+      a.batch = batch, a.heads = c.heads, a.kv_heads = c.kv_heads, a.head_dim = D, a.capacity = cache->capacity;
+      a.scale = 1.f / std::sqrt(static_cast<float>(D));
+      a.q = qkv, a.ldq = QKV, a.k_cache = cache->k[static_cast<size_t>(l)].data(), a.v_cache = cache->v[static_cast<size_t>(l)].data();
+      a.length = cache->length.data(), a.cache_mask = cache->mask.data(), a.out = att, a.ldo = Q;
+      be_.kv_attention(a);
+    } else {
+      AttentionOp a;
+      a.batch = batch, a.seq = seq, a.heads = c.heads, a.kv_heads = c.kv_heads, a.head_dim = D;
+      a.scale = 1.f / std::sqrt(static_cast<float>(D));
+      a.q = qkv, a.k = qkv + Q, a.v = qkv + Q + KV, a.ldq = a.ldk = a.ldv = QKV;
+      a.mask = mask, a.out = att, a.ldo = Q;
+      be_.attention(a);
+    }
+    linear(att, Q, L.wo, L.bo, H, tmp);                  // attention output
+    norm(tmp, L.norm2_w, L.norm2_b);                     // x += attn; xn = norm(x)
+    if (llama) {
+      linear(xn, H, L.w_in, L.b_in, 2 * F, mlp);         // [gate | up]
+      SwigluOp s;
+      s.n = rows, s.dim = F, s.gate = mlp, s.up = mlp + F, s.ld_in = 2 * F, s.out = act, s.ld_out = F;
+      be_.swiglu(s);
+    } else {
+      linear(xn, H, L.w_in, L.b_in, F, mlp);
+      GeluOp g;
+      g.n = rows, g.dim = F, g.x = mlp, g.ld_in = F, g.out = act, g.ld_out = F;
+      be_.gelu(g);
+    }
+    linear(act, F, L.w_out, L.b_out, H, tmp);            // MLP output
+  }
+  norm(tmp, w_.final_norm_w, w_.final_norm_b);           // final hidden in xn
+}
+
+ForwardResult Transformer::forward(const ForwardRequest& req) {
+  const int64_t B = req.batch, T = req.seq, N = B * T;
+  if (B <= 0 || T <= 0) throw Error(code::kArgument, "forward: empty batch");
+  for (int64_t i = 0; i < N; ++i)
+    if (req.ids[i] < 0 || req.ids[i] >= cfg_.vocab)
+      throw Error(code::kArgument, "token id " + std::to_string(req.ids[i]) + " at batch row " + std::to_string(i / T) +
+                                       ", position " + std::to_string(i % T) + " is outside the vocabulary (size " +
+                                       std::to_string(cfg_.vocab) + ")");
+  if (req.want_logp && !w_.lm_head) throw Error(code::kArgument, "this model has no LM head (it is a sequence classifier)");
+  if (req.want_values && !w_.score) throw Error(code::kArgument, "this model has no score head");
+  std::vector<int32_t> pos(static_cast<size_t>(N));
+  positions_from_mask(req.mask, B, T, pos.data());
+  body(N, req.ids, pos.data(), req.mask, B, T, nullptr, nullptr);
+
+  ForwardResult out;
+  if (req.want_logp && T > 1) {
+    // Row (b, t) predicts ids[b, t+1]; compute on all rows but the last of each
+    // sequence, marking padded queries/targets with -1.
+    std::vector<int32_t> targets(static_cast<size_t>(N), -1);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t + 1 < T; ++t) {
+        const bool ok = !req.mask || (req.mask[b * T + t] && req.mask[b * T + t + 1]);
+        if (ok) targets[static_cast<size_t>(b * T + t)] = req.ids[b * T + t + 1];
+      }
+    std::vector<float> logp(static_cast<size_t>(N)), ent(static_cast<size_t>(N));
+    LmHeadLogpOp op;
+    op.n = N, op.dim = cfg_.hidden, op.vocab = cfg_.vocab, op.hidden = buf_.xn.data(), op.weight = w_.lm_head;
+    op.targets = targets.data(), op.logp = logp.data(), op.entropy = ent.data();
+    op.inv_temperature = req.temperature > 0 ? 1.f / req.temperature : 1.f;
+    be_.lm_head_logp(op);
+    out.logp.resize(static_cast<size_t>(B * (T - 1)));
+    out.entropy.resize(out.logp.size());
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t + 1 < T; ++t) {
+        out.logp[static_cast<size_t>(b * (T - 1) + t)] = logp[static_cast<size_t>(b * T + t)];
+        out.entropy[static_cast<size_t>(b * (T - 1) + t)] = ent[static_cast<size_t>(b * T + t)];
+      }
+  }
+  if (req.want_values) {
+    out.values.resize(static_cast<size_t>(N));
+    ValueHeadOp op;
+    op.n = N, op.dim = cfg_.hidden, op.hidden = buf_.xn.data(), op.weight = w_.score, op.value = out.values.data();
+    be_.value_head(op);
+  }
+  return out;
+}
+
+void Transformer::logits_rows(const float* hidden, int64_t rows, int64_t ld_rows, float* out) {
+  GemmOp g;
+  g.trans_b = true;
+  g.m = rows, g.n = cfg_.vocab, g.k = cfg_.hidden;
+  g.a = hidden, g.lda = ld_rows, g.b = w_.lm_head, g.ldb = cfg_.hidden, g.c = out, g.ldc = cfg_.vocab;
+  be_.gemm(g);
+}
+
+std::vector<float> Transformer::prefill(const int32_t* ids, const uint8_t* mask, int64_t B, int64_t T, int64_t capacity,
+                                        KvCache& cache) {
+  if (!w_.lm_head) throw Error(code::kArgument, "this model has no LM head and cannot generate");
+  const int64_t N = B * T;
+  for (int64_t i = 0; i < N; ++i)
+    if (ids[i] < 0 || ids[i] >= cfg_.vocab)
+      throw Error(code::kArgument, "prompt token id " + std::to_string(ids[i]) + " is outside the vocabulary (size " +
+                                       std::to_string(cfg_.vocab) + ")");
+  cache.batch = B;
+  cache.capacity = capacity;
+  const size_t per_layer = static_cast<size_t>(B * cfg_.kv_heads * capacity * cfg_.head_dim);
+  cache.k.assign(static_cast<size_t>(cfg_.layers), std::vector<float>(per_layer));
+  cache.v.assign(static_cast<size_t>(cfg_.layers), std::vector<float>(per_layer));
+  cache.mask.assign(static_cast<size_t>(B * capacity), 0);
+  cache.length.assign(static_cast<size_t>(B), static_cast<int32_t>(T));
+  cache.next_pos.assign(static_cast<size_t>(B), 0);
+  std::vector<int32_t> pos(static_cast<size_t>(N)), slots(static_cast<size_t>(N));
+  positions_from_mask(mask, B, T, pos.data());
+  for (int64_t b = 0; b < B; ++b) {
+    int32_t real = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      slots[static_cast<size_t>(b * T + t)] = static_cast<int32_t>(t);
+      const bool m = !mask || mask[b * T + t];
+      cache.mask[static_cast<size_t>(b * capacity + t)] = m;
+      real += m;
+    }
+    cache.next_pos[static_cast<size_t>(b)] = real;
+  }
+  body(N, ids, pos.data(), mask, B, T, &cache, slots.data());
+  std::vector<float> logits(static_cast<size_t>(B * cfg_.vocab));
+  // Last position of each (left-padded) row.
+  for (int64_t b = 0; b < B; ++b) logits_rows(buf_.xn.data() + (b * T + T - 1) * cfg_.hidden, 1, cfg_.hidden, logits.data() + b * cfg_.vocab);
+  return logits;
+}
+
+std::vector<float> Transformer::decode(const int32_t* tokens, KvCache& cache) {
+  const int64_t B = cache.batch;
+  std::vector<int32_t> pos(static_cast<size_t>(B)), slots(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    if (tokens[b] < 0 || tokens[b] >= cfg_.vocab) throw Error(code::kArgument, "decode: token id outside the vocabulary");
+    if (cache.length[static_cast<size_t>(b)] >= cache.capacity) throw Error(code::kArgument, "decode: KV cache is full");
+    pos[static_cast<size_t>(b)] = cache.next_pos[static_cast<size_t>(b)]++;
+    slots[static_cast<size_t>(b)] = cache.length[static_cast<size_t>(b)]++;
+    cache.mask[static_cast<size_t>(b * cache.capacity + slots[static_cast<size_t>(b)])] = 1;
+  }
+  body(B, tokens, pos.data(), nullptr, B, 1, &cache, slots.data());
+  std::vector<float> logits(static_cast<size_t>(B * cfg_.vocab));
+  logits_rows(buf_.xn.data(), B, cfg_.hidden, logits.data());
+  return logits;
+}
+
+}  // namespace rlhf::model

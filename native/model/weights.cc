@@ -1,0 +1,216 @@
+#include "weights.h"
+
+#include <cstring>
+#include <functional>
+
+#include "../error.h"
+#include "../safetensors.h"
+
+namespace rlhf::model {
+
+float bf16_to_float(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+float f16_to_float(uint16_t h) {
+  const uint32_t sign = (h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ffu, bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13);  // inf / nan
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (mant << 13);
+  } else if (mant == 0) {
+    bits = sign;
+  } else {  // subnormal: normalise
+    exp = 113;
+    while (!(mant & 0x400u)) {
+      mant <<= 1;
+      --exp;
+    }
+    bits = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+namespace {
+
+std::string shape_str(const std::vector<uint64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+class Loader {
+ public:
+  Loader(const TensorFiles& files) : files_(files) {}
+
+  bool has(const std::string& name) const { return files_.count(name) != 0; }
+
+  // Copies tensor `name` (expected shape [rows, cols], or [rows] when cols == 0)
+  // into dst. With `transpose`, the stored tensor is [cols, rows] and is
+  // transposed into dst's [rows, cols].
+  void load(const std::string& name, int64_t rows, int64_t cols, float* dst, bool transpose = false) {
+    auto it = files_.find(name);
+    if (it == files_.end()) throw Error(code::kModel, "tensor '" + name + "' is missing from the model's safetensors files");
+    st::File& f = file(it->second);
+    const st::TensorInfo* t = f.find(name);
+    if (!t) throw Error(code::kModel, it->second + ": tensor '" + name + "' is not in this file (model.safetensors.index.json says it is)");
+    std::vector<uint64_t> want;
+    if (cols == 0) want = {static_cast<uint64_t>(rows)};
+    else if (transpose) want = {static_cast<uint64_t>(cols), static_cast<uint64_t>(rows)};
+    else want = {static_cast<uint64_t>(rows), static_cast<uint64_t>(cols)};
+    if (t->shape != want)
+      throw Error(code::kModel, it->second + ": tensor '" + name + "' has shape " + shape_str(t->shape) + ", expected " + shape_str(want));
+    const int64_t n = rows * (cols ? cols : 1);
+    const uint8_t* src = f.raw(*t);
+    auto get = [&](int64_t i) -> float {
+      switch (t->dtype) {
+        case st::Dtype::F32: {
+          float v;
+          std::memcpy(&v, src + 4 * i, 4);
+          return v;
+        }
+        case st::Dtype::BF16: {
+          uint16_t h;
+          std::memcpy(&h, src + 2 * i, 2);
+          return bf16_to_float(h);
+        }
+        case st::Dtype::F16: {
+          uint16_t h;
+          std::memcpy(&h, src + 2 * i, 2);
+          return f16_to_float(h);
+        }
+        default:
+          return 0.f;
+      }
+    };
+    if (t->dtype != st::Dtype::F32 && t->dtype != st::Dtype::BF16 && t->dtype != st::Dtype::F16)
+      throw Error(code::kUnsupported, it->second + ": tensor '" + name + "' has dtype " + st::dtype_name(t->dtype) +
+                                          "; model weights must be F32, F16 or BF16");
+    if (!transpose) {
+      if (t->dtype == st::Dtype::F32) std::memcpy(dst, src, sizeof(float) * n);
+      else for (int64_t i = 0; i < n; ++i) dst[i] = get(i);
+    } else {
+      for (int64_t c = 0; c < cols; ++c)
+        for (int64_t r = 0; r < rows; ++r) dst[r * cols + c] = get(c * rows + r);
+    }
+  }
+
+ private:
+  st::File& file(const std::string& path) {
+    auto it = open_.find(path);
+    if (it != open_.end()) return *it->second;
+    auto f = std::make_unique<st::File>(path);
+    st::File& ref = *f;
+    open_.emplace(path, std::move(f));
+    return ref;
+  }
+  const TensorFiles& files_;
+  std::unordered_map<std::string, std::unique_ptr<st::File>> open_;
+};
+
+}  // namespace
+
+Weights load_weights(const Config& cfg, const TensorFiles& files) {
+  cfg.validate();
+  const int64_t H = cfg.hidden, V = cfg.vocab, F = cfg.intermediate, Q = cfg.q_dim(), KV = cfg.kv_dim();
+  const bool gpt2 = cfg.arch == Arch::kGpt2;
+  Loader ld(files);
+  const std::string& p = cfg.prefix;
+
+  // Lay out the slab: (pointer slot, floats) in order.
+  Weights w;
+  std::vector<std::pair<float**, int64_t>> plan;
+  auto want = [&](float** slot, int64_t floats) { plan.emplace_back(slot, floats); };
+  w.layers.resize(static_cast<size_t>(cfg.layers));
+  want(&w.embed, V * H);
+  if (gpt2) want(&w.pos_embed, cfg.max_positions * H);
+  for (auto& L : w.layers) {
+    want(&L.norm1_w, H);
+    if (gpt2) want(&L.norm1_b, H);
+    want(&L.wqkv, cfg.qkv_dim() * H);
+    if (cfg.qkv_bias) want(&L.bqkv, cfg.qkv_dim());
+    want(&L.wo, H * Q);
+    if (cfg.o_bias) want(&L.bo, H);
+    want(&L.norm2_w, H);
+    if (gpt2) want(&L.norm2_b, H);
+    want(&L.w_in, (gpt2 ? 1 : 2) * F * H);
+    if (cfg.mlp_bias) want(&L.b_in, (gpt2 ? 1 : 2) * F);
+    want(&L.w_out, H * F);
+    if (cfg.mlp_bias) want(&L.b_out, H);
+  }
+  want(&w.final_norm_w, H);
+  if (gpt2) want(&w.final_norm_b, H);
+  if (cfg.lm_head && !cfg.tie_embeddings) want(&w.lm_head, V * H);
+  if (cfg.num_labels > 0) want(&w.score, cfg.num_labels * H);
+  int64_t total = 0;
+  for (auto& [slot, n] : plan) total += (n + 15) & ~int64_t(15);  // 64-byte aligned views
+  w.slab.reset(new float[static_cast<size_t>(total) + 16]);
+  w.slab_floats = total;
+  float* base = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(w.slab.get()) + 63) & ~uintptr_t(63));
+  for (auto& [slot, n] : plan) {
+    *slot = base;
+    base += (n + 15) & ~int64_t(15);
+  }
+  if (cfg.lm_head && cfg.tie_embeddings) w.lm_head = w.embed;
+
+  if (!gpt2) {
+    ld.load(p + "embed_tokens.weight", V, H, w.embed);
+    for (int64_t l = 0; l < cfg.layers; ++l) {
+      LayerWeights& L = w.layers[static_cast<size_t>(l)];
+      const std::string lp = p + "layers." + std::to_string(l) + ".";
+      ld.load(lp + "input_layernorm.weight", H, 0, L.norm1_w);
+      ld.load(lp + "self_attn.q_proj.weight", Q, H, L.wqkv);
+      ld.load(lp + "self_attn.k_proj.weight", KV, H, L.wqkv + Q * H);
+      ld.load(lp + "self_attn.v_proj.weight", KV, H, L.wqkv + (Q + KV) * H);
+      if (cfg.qkv_bias) {
+        ld.load(lp + "self_attn.q_proj.bias", Q, 0, L.bqkv);
+        ld.load(lp + "self_attn.k_proj.bias", KV, 0, L.bqkv + Q);
+        ld.load(lp + "self_attn.v_proj.bias", KV, 0, L.bqkv + Q + KV);
+      }
+      ld.load(lp + "self_attn.o_proj.weight", H, Q, L.wo);
+      if (cfg.o_bias) ld.load(lp + "self_attn.o_proj.bias", H, 0, L.bo);
+      ld.load(lp + "post_attention_layernorm.weight", H, 0, L.norm2_w);
+      ld.load(lp + "mlp.gate_proj.weight", F, H, L.w_in);
+      ld.load(lp + "mlp.up_proj.weight", F, H, L.w_in + F * H);
+      ld.load(lp + "mlp.down_proj.weight", H, F, L.w_out);
+      if (cfg.mlp_bias) {
+        ld.load(lp + "mlp.gate_proj.bias", F, 0, L.b_in);
+        ld.load(lp + "mlp.up_proj.bias", F, 0, L.b_in + F);
+        ld.load(lp + "mlp.down_proj.bias", H, 0, L.b_out);
+      }
+    }
+    ld.load(p + "norm.weight", H, 0, w.final_norm_w);
+  } else {
+    ld.load(p + "wte.weight", V, H, w.embed);
+    ld.load(p + "wpe.weight", cfg.max_positions, H, w.pos_embed);
+    for (int64_t l = 0; l < cfg.layers; ++l) {
+      LayerWeights& L = w.layers[static_cast<size_t>(l)];
+      const std::string lp = p + "h." + std::to_string(l) + ".";
+      ld.load(lp + "ln_1.weight", H, 0, L.norm1_w);
+      ld.load(lp + "ln_1.bias", H, 0, L.norm1_b);
+      ld.load(lp + "attn.c_attn.weight", 3 * H, H, L.wqkv, /*transpose=*/true);
+      ld.load(lp + "attn.c_attn.bias", 3 * H, 0, L.bqkv);
+      ld.load(lp + "attn.c_proj.weight", H, H, L.wo, true);
+      ld.load(lp + "attn.c_proj.bias", H, 0, L.bo);
+      ld.load(lp + "ln_2.weight", H, 0, L.norm2_w);
+      ld.load(lp + "ln_2.bias", H, 0, L.norm2_b);
+      ld.load(lp + "mlp.c_fc.weight", F, H, L.w_in, true);
+      ld.load(lp + "mlp.c_fc.bias", F, 0, L.b_in);
+      ld.load(lp + "mlp.c_proj.weight", H, F, L.w_out, true);
+      ld.load(lp + "mlp.c_proj.bias", H, 0, L.b_out);
+    }
+    ld.load(p + "ln_f.weight", H, 0, w.final_norm_w);
+    ld.load(p + "ln_f.bias", H, 0, w.final_norm_b);
+  }
+  if (cfg.lm_head && !cfg.tie_embeddings) ld.load("lm_head.weight", V, H, w.lm_head);
+  if (cfg.num_labels > 0) ld.load("score.weight", cfg.num_labels, H, w.score);
+  return w;
+}
+
+}  // namespace rlhf::model

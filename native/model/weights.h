@@ -1,0 +1,56 @@
+// The frozen base weights in fp32, in one slab, with named views. Loaded from
+// safetensors (F32/F16/BF16 converted once). Layouts chosen for the GEMMs:
+//   - every projection is [out, in] (Linear's layout; GPT-2's Conv1D [in, out]
+//     is transposed on load),
+//   - q, k, v are concatenated into one [q_dim + 2 kv_dim, hidden] matrix and
+//     gate, up into one [2 intermediate, hidden] matrix, so each is one GEMM.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "config.h"
+
+namespace rlhf::model {
+
+struct LayerWeights {
+  float* norm1_w = nullptr;  // [hidden]   input_layernorm / ln_1
+  float* norm1_b = nullptr;  // [hidden]   GPT-2 only
+  float* wqkv = nullptr;     // [qkv_dim, hidden]
+  float* bqkv = nullptr;     // [qkv_dim]  or null
+  float* wo = nullptr;       // [hidden, q_dim]
+  float* bo = nullptr;       // [hidden]   or null
+  float* norm2_w = nullptr;  // [hidden]   post_attention_layernorm / ln_2
+  float* norm2_b = nullptr;
+  float* w_in = nullptr;     // Llama: [2*inter, hidden] (gate rows then up rows); GPT-2: [inter, hidden] (c_fc)
+  float* b_in = nullptr;     // [2*inter] / [inter] or null
+  float* w_out = nullptr;    // [hidden, inter]  down_proj / c_proj
+  float* b_out = nullptr;    // [hidden] or null
+};
+
+struct Weights {
+  std::unique_ptr<float[]> slab;
+  int64_t slab_floats = 0;
+  float* embed = nullptr;       // [vocab, hidden]
+  float* pos_embed = nullptr;   // [max_positions, hidden] (GPT-2)
+  std::vector<LayerWeights> layers;
+  float* final_norm_w = nullptr;
+  float* final_norm_b = nullptr;
+  float* lm_head = nullptr;     // [vocab, hidden]; == embed when tied
+  float* score = nullptr;       // [num_labels, hidden] or null
+};
+
+// Where each tensor lives: name -> safetensors file path (one file, or the
+// shards of model.safetensors.index.json).
+using TensorFiles = std::unordered_map<std::string, std::string>;
+
+// Loads and converts. Throws E_MODEL naming the tensor for a missing tensor or
+// a wrong shape, E_UNSUPPORTED for a dtype other than F32/F16/BF16.
+Weights load_weights(const Config& cfg, const TensorFiles& files);
+
+float bf16_to_float(uint16_t h);
+float f16_to_float(uint16_t h);
+
+}  // namespace rlhf::model

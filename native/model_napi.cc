@@ -1,0 +1,379 @@
+// JS surface of the transformer: loadModel(spec) -> Promise<Model>;
+// model.forward(req) and model.generate(req) -> Promise. Each call copies its
+// inputs into a plain C++ baton on the main thread, computes on a worker
+// thread without touching JS values, and converts the results back in OnOK.
+#include <napi.h>
+
+#include <atomic>
+#include <cstring>
+#include <memory>
+#include <mutex>
+
+#include "engine.h"
+#include "model/generate.h"
+#include "model/transformer.h"
+#include "model/weights.h"
+#include "napi_util.h"
+
+namespace rlhf::napi {
+
+namespace {
+
+double num(const Napi::Object& o, const char* key, double dflt) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined() || v.IsNull()) return dflt;
+  if (!v.IsNumber()) throw Error(code::kArgument, std::string("'") + key + "' must be a number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+bool flag(const Napi::Object& o, const char* key, bool dflt) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined() || v.IsNull()) return dflt;
+  return v.ToBoolean().Value();
+}
+int64_t need_int(const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) throw Error(code::kArgument, std::string("model spec: '") + key + "' must be a number");
+  return v.As<Napi::Number>().Int64Value();
+}
+
+model::Config config_from(const Napi::Object& c) {
+  model::Config cfg;
+  const std::string arch = c.Get("arch").ToString().Utf8Value();
+  if (arch == "llama") cfg.arch = model::Arch::kLlama;
+  else if (arch == "gpt2") cfg.arch = model::Arch::kGpt2;
+  else throw Error(code::kArgument, "model spec: arch must be 'llama' or 'gpt2', got '" + arch + "'");
+  cfg.vocab = need_int(c, "vocab");
+  cfg.hidden = need_int(c, "hidden");
+  cfg.intermediate = need_int(c, "intermediate");
+  cfg.layers = need_int(c, "layers");
+  cfg.heads = need_int(c, "heads");
+  cfg.kv_heads = need_int(c, "kvHeads");
+  cfg.head_dim = need_int(c, "headDim");
+  cfg.max_positions = need_int(c, "maxPositions");
+  cfg.norm_eps = static_cast<float>(num(c, "normEps", 1e-5));
+  cfg.rope_theta = num(c, "ropeTheta", 10000.0);
+  const std::string scaling = c.Has("ropeScaling") ? c.Get("ropeScaling").ToString().Utf8Value() : "none";
+  if (scaling == "linear") cfg.rope_scaling = model::RopeScaling::kLinear;
+  else if (scaling == "llama3") cfg.rope_scaling = model::RopeScaling::kLlama3;
+  else if (scaling != "none") throw Error(code::kUnsupported, "model spec: rope scaling '" + scaling + "' is not supported");
+  cfg.rope_factor = num(c, "ropeFactor", 1.0);
+  cfg.rope_low_freq_factor = num(c, "ropeLowFreqFactor", 1.0);
+  cfg.rope_high_freq_factor = num(c, "ropeHighFreqFactor", 4.0);
+  cfg.rope_original_max_positions = num(c, "ropeOriginalMaxPositions", 8192.0);
+  cfg.qkv_bias = flag(c, "qkvBias", false);
+  cfg.o_bias = flag(c, "oBias", false);
+  cfg.mlp_bias = flag(c, "mlpBias", false);
+  cfg.tie_embeddings = flag(c, "tieEmbeddings", false);
+  cfg.lm_head = flag(c, "lmHead", true);
+  cfg.num_labels = static_cast<int64_t>(num(c, "numLabels", 0));
+  cfg.prefix = c.Has("prefix") ? c.Get("prefix").ToString().Utf8Value() : "";
+  cfg.validate();
+  return cfg;
+}
+
+struct LoadedModel {
+  std::unique_ptr<model::Transformer> transformer;
+  std::mutex busy;
+};
+
+class Model : public Napi::ObjectWrap<Model> {
+ public:
+  static Napi::FunctionReference* ctor;
+  static Napi::Object Init(Napi::Env env, Napi::Object exports);
+  explicit Model(const Napi::CallbackInfo& info);
+  std::shared_ptr<LoadedModel> model() const {
+    if (!model_) throw Error(code::kArgument, "the model was disposed");
+    return model_;
+  }
+
+ private:
+  Napi::Value Forward(const Napi::CallbackInfo& info);
+  Napi::Value Generate(const Napi::CallbackInfo& info);
+  Napi::Value Info(const Napi::CallbackInfo& info);
+  Napi::Value Dispose(const Napi::CallbackInfo& info);
+  std::shared_ptr<LoadedModel> model_;
+};
+Napi::FunctionReference* Model::ctor = nullptr;
+
+// ---- load
+struct LoadBaton {
+  model::Config cfg;
+  model::TensorFiles files;
+  std::shared_ptr<LoadedModel> out;
+};
+
+class LoadWorker : public Napi::AsyncWorker {
+ public:
+  LoadWorker(Napi::Env env, LoadBaton b) : Napi::AsyncWorker(env), baton_(std::move(b)), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    try {
+      model::Weights w = model::load_weights(baton_.cfg, baton_.files);
+      baton_.out = std::make_shared<LoadedModel>();
+      baton_.out->transformer = std::make_unique<model::Transformer>(baton_.cfg, std::move(w), default_engine().cpu);
+    } catch (const Error& e) {
+      code_ = e.code();
+      SetError(e.what());
+    } catch (const std::exception& e) {
+      code_ = code::kInternal;
+      SetError(e.what());
+    }
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    auto* holder = new std::shared_ptr<LoadedModel>(baton_.out);
+    Napi::Object obj = Model::ctor->New({Napi::External<std::shared_ptr<LoadedModel>>::New(
+        env, holder, [](Napi::Env, std::shared_ptr<LoadedModel>* p) { delete p; })});
+    deferred_.Resolve(obj);
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(MakeJsError(Env(), code_, e.Message()).Value()); }
+
+ private:
+  LoadBaton baton_;
+  Napi::Promise::Deferred deferred_;
+  std::string code_ = code::kInternal;
+};
+
+// ---- forward
+struct ForwardBaton {
+  std::shared_ptr<LoadedModel> model;
+  std::vector<int32_t> ids;
+  std::vector<uint8_t> mask;
+  model::ForwardRequest req;
+  model::ForwardResult out;
+};
+
+template <typename Baton, typename Run, typename Done>
+class Worker : public Napi::AsyncWorker {
+ public:
+  Worker(Napi::Env env, Baton b, Run run, Done done)
+      : Napi::AsyncWorker(env), baton_(std::move(b)), run_(run), done_(done), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    try {
+      std::lock_guard<std::mutex> engine_lock(default_engine().compute);
+      std::lock_guard<std::mutex> model_lock(baton_.model->busy);
+      run_(baton_);
+    } catch (const Error& e) {
+      code_ = e.code();
+      SetError(e.what());
+    } catch (const std::bad_alloc&) {
+      code_ = code::kIo;
+      SetError("out of memory");
+    } catch (const std::exception& e) {
+      code_ = code::kInternal;
+      SetError(e.what());
+    }
+  }
+  void OnOK() override { deferred_.Resolve(done_(Env(), baton_)); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(MakeJsError(Env(), code_, e.Message()).Value()); }
+
+ private:
+  Baton baton_;
+  Run run_;
+  Done done_;
+  Napi::Promise::Deferred deferred_;
+  std::string code_ = code::kInternal;
+};
+
+template <typename Baton, typename Run, typename Done>
+Napi::Promise queue(Napi::Env env, Baton b, Run run, Done done) {
+  auto* w = new Worker<Baton, Run, Done>(env, std::move(b), run, done);
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Float32Array to_f32(Napi::Env env, const std::vector<float>& v) {
+  Napi::Float32Array a = Napi::Float32Array::New(env, v.size());
+  if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size() * sizeof(float));
+  return a;
+}
+
+// ---- generate
+struct GenerateBaton {
+  std::shared_ptr<LoadedModel> model;
+  model::GenerateRequest req;
+  model::GenerateResult out;
+};
+
+}  // namespace
+
+Napi::Object Model::Init(Napi::Env env, Napi::Object exports) {
+  Napi::Function f = DefineClass(env, "Model",
+                                 {InstanceMethod("forward", &Model::Forward), InstanceMethod("generate", &Model::Generate),
+                                  InstanceMethod("info", &Model::Info), InstanceMethod("dispose", &Model::Dispose)});
+  ctor = new Napi::FunctionReference(Napi::Persistent(f));
+  exports.Set("Model", f);
+  return exports;
+}
+
+Model::Model(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Model>(info) {
+  if (info.Length() != 1 || !info[0].IsExternal()) {
+    MakeJsError(info.Env(), code::kArgument, "use loadModel(spec) to create a Model").ThrowAsJavaScriptException();
+    return;
+  }
+  model_ = *info[0].As<Napi::External<std::shared_ptr<LoadedModel>>>().Data();
+}
+
+Napi::Value Model::Forward(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), [&]() -> Napi::Value {
+    Napi::Object o = ArgObject(info, 0, "request");
+    ForwardBaton b;
+    b.model = model();
+    const int64_t batch = static_cast<int64_t>(num(o, "batch", 0)), seq = static_cast<int64_t>(num(o, "seq", 0));
+    if (batch <= 0 || seq <= 0) throw Error(code::kArgument, "forward: batch and seq must be positive");
+    Napi::Value ids = o.Get("ids");
+    if (!ids.IsTypedArray() || ids.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+      throw Error(code::kArgument, "forward: 'ids' must be an Int32Array");
+    Napi::Int32Array ia = ids.As<Napi::Int32Array>();
+    if (static_cast<int64_t>(ia.ElementLength()) != batch * seq)
+      throw Error(code::kArgument, "forward: 'ids' has " + std::to_string(ia.ElementLength()) + " elements, expected batch*seq = " +
+                                       std::to_string(batch * seq));
+    b.ids.assign(ia.Data(), ia.Data() + ia.ElementLength());
+    Napi::Value mask = o.Get("mask");
+    if (!mask.IsUndefined() && !mask.IsNull()) {
+      if (!mask.IsTypedArray() || mask.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+        throw Error(code::kArgument, "forward: 'mask' must be a Uint8Array");
+      Napi::Uint8Array ma = mask.As<Napi::Uint8Array>();
+      if (static_cast<int64_t>(ma.ElementLength()) != batch * seq) throw Error(code::kArgument, "forward: 'mask' must have batch*seq elements");
+      b.mask.assign(ma.Data(), ma.Data() + ma.ElementLength());
+    }
+    b.req.batch = batch;
+    b.req.seq = seq;
+    b.req.want_logp = flag(o, "logp", true);
+    b.req.want_values = flag(o, "values", false);
+    b.req.temperature = static_cast<float>(num(o, "temperature", 1.0));
+    return queue(
+        info.Env(), std::move(b),
+        [](ForwardBaton& b) {
+          b.req.ids = b.ids.data();
+          b.req.mask = b.mask.empty() ? nullptr : b.mask.data();
+          b.out = b.model->transformer->forward(b.req);
+        },
+        [](Napi::Env env, ForwardBaton& b) -> Napi::Value {
+          Napi::Object r = Napi::Object::New(env);
+          if (b.req.want_logp) {
+            r.Set("logp", to_f32(env, b.out.logp));
+            r.Set("entropy", to_f32(env, b.out.entropy));
+          }
+          if (b.req.want_values) r.Set("values", to_f32(env, b.out.values));
+          return r;
+        });
+  });
+}
+
+Napi::Value Model::Generate(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), [&]() -> Napi::Value {
+    Napi::Object o = ArgObject(info, 0, "request");
+    GenerateBaton b;
+    b.model = model();
+    Napi::Value prompts = o.Get("prompts");
+    if (!prompts.IsArray()) throw Error(code::kArgument, "generate: 'prompts' must be an array of Int32Array");
+    Napi::Array pa = prompts.As<Napi::Array>();
+    for (uint32_t i = 0; i < pa.Length(); ++i) {
+      Napi::Value p = pa.Get(i);
+      if (!p.IsTypedArray() || p.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+        throw Error(code::kArgument, "generate: prompts[" + std::to_string(i) + "] must be an Int32Array");
+      Napi::Int32Array ia = p.As<Napi::Int32Array>();
+      b.req.prompts.emplace_back(ia.Data(), ia.Data() + ia.ElementLength());
+    }
+    b.req.max_new_tokens = static_cast<int64_t>(num(o, "maxNewTokens", 64));
+    b.req.temperature = static_cast<float>(num(o, "temperature", 0));
+    b.req.top_k = static_cast<int64_t>(num(o, "topK", 0));
+    b.req.top_p = static_cast<float>(num(o, "topP", 1));
+    b.req.seed = static_cast<uint64_t>(num(o, "seed", 0));
+    if (b.req.top_p <= 0.f || b.req.top_p > 1.f) throw Error(code::kArgument, "generate: topP must be in (0, 1]");
+    if (b.req.temperature < 0.f) throw Error(code::kArgument, "generate: temperature must be >= 0");
+    Napi::Value eos = o.Get("eosIds");
+    if (eos.IsArray()) {
+      Napi::Array ea = eos.As<Napi::Array>();
+      for (uint32_t i = 0; i < ea.Length(); ++i) b.req.eos_ids.push_back(ea.Get(i).As<Napi::Number>().Int32Value());
+    }
+    Napi::Value stops = o.Get("stopStrings");
+    if (stops.IsArray()) {
+      Napi::Array sa = stops.As<Napi::Array>();
+      for (uint32_t i = 0; i < sa.Length(); ++i) b.req.stop_strings.push_back(sa.Get(i).ToString().Utf8Value());
+    }
+    Napi::Value tb = o.Get("tokenBytes");
+    if (tb.IsArray()) {
+      Napi::Array ta = tb.As<Napi::Array>();
+      b.req.token_bytes.reserve(ta.Length());
+      for (uint32_t i = 0; i < ta.Length(); ++i) {
+        Napi::Value t = ta.Get(i);
+        if (t.IsBuffer()) {
+          Napi::Buffer<char> buf = t.As<Napi::Buffer<char>>();
+          b.req.token_bytes.emplace_back(buf.Data(), buf.Length());
+        } else {
+          b.req.token_bytes.push_back(t.ToString().Utf8Value());
+        }
+      }
+    }
+    return queue(
+        info.Env(), std::move(b),
+        [](GenerateBaton& b) { b.out = model::generate(*b.model->transformer, default_engine().cpu, b.req); },
+        [](Napi::Env env, GenerateBaton& b) -> Napi::Value {
+          Napi::Object r = Napi::Object::New(env);
+          Napi::Array toks = Napi::Array::New(env), lps = Napi::Array::New(env), fin = Napi::Array::New(env);
+          for (size_t i = 0; i < b.out.tokens.size(); ++i) {
+            Napi::Int32Array t = Napi::Int32Array::New(env, b.out.tokens[i].size());
+            if (!b.out.tokens[i].empty()) std::memcpy(t.Data(), b.out.tokens[i].data(), b.out.tokens[i].size() * 4);
+            toks.Set(static_cast<uint32_t>(i), t);
+            lps.Set(static_cast<uint32_t>(i), to_f32(env, b.out.logprobs[i]));
+            fin.Set(static_cast<uint32_t>(i), b.out.finish[i]);
+          }
+          r.Set("tokens", toks);
+          r.Set("logprobs", lps);
+          r.Set("finish", fin);
+          return r;
+        });
+  });
+}
+
+Napi::Value Model::Info(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), [&]() -> Napi::Value {
+    auto m = model();
+    const model::Config& c = m->transformer->config();
+    Napi::Object r = Napi::Object::New(info.Env());
+    r.Set("parameters", static_cast<double>(m->transformer->weights().slab_floats));
+    r.Set("vocab", static_cast<double>(c.vocab));
+    r.Set("hidden", static_cast<double>(c.hidden));
+    r.Set("layers", static_cast<double>(c.layers));
+    r.Set("hasLmHead", m->transformer->weights().lm_head != nullptr);
+    r.Set("hasScoreHead", m->transformer->weights().score != nullptr);
+    r.Set("device", "cpu");
+    r.Set("threads", default_engine().cpu.threads());
+    return r;
+  });
+}
+
+Napi::Value Model::Dispose(const Napi::CallbackInfo& info) {
+  model_.reset();  // in-flight calls hold their own reference
+  return info.Env().Undefined();
+}
+
+Napi::Object InitModel(Napi::Env env, Napi::Object exports) { return Model::Init(env, exports); }
+
+Napi::Value LoadModel(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), [&]() -> Napi::Value {
+    Napi::Object spec = ArgObject(info, 0, "spec");
+    LoadBaton b;
+    Napi::Value cfg = spec.Get("config");
+    if (!cfg.IsObject()) throw Error(code::kArgument, "model spec: 'config' must be an object");
+    b.cfg = config_from(cfg.As<Napi::Object>());
+    Napi::Value tensors = spec.Get("tensors");
+    if (!tensors.IsObject()) throw Error(code::kArgument, "model spec: 'tensors' must map tensor names to file paths");
+    Napi::Object t = tensors.As<Napi::Object>();
+    Napi::Array names = t.GetPropertyNames();
+    for (uint32_t i = 0; i < names.Length(); ++i) {
+      const std::string name = names.Get(i).ToString().Utf8Value();
+      b.files.emplace(name, t.Get(name).ToString().Utf8Value());
+    }
+    auto* w = new LoadWorker(info.Env(), std::move(b));
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  });
+}
+
+}  // namespace rlhf::napi

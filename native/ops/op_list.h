@@ -1,0 +1,45 @@
+// The op table: every computation the model performs goes through one of
+// these ops, each implemented by every backend (native/cpu/<family>.cc and
+// kernels/<family>.cu, same family name). The list is an X-macro so that the
+// enum, the name table and the Backend's pure virtual methods all come from
+// one place: a backend that lacks an op cannot be instantiated (abstract
+// class), and a name table out of step with the enum fails the static_assert.
+//
+//   X(method_name, ArgsStruct, family)
+#pragma once
+
+#define RLHF_OPS(X)                                                                       \
+  X(gemm, GemmOp, gemm)                   /* C = op(A) op(B) (+ bias) (+ C)          */ \
+  X(embedding, EmbeddingOp, embedding)    /* rows of a table (+ learned positions)   */ \
+  X(rmsnorm, RmsNormOp, norm)             /* fused residual add + RMSNorm            */ \
+  X(layernorm, LayerNormOp, norm)         /* fused residual add + LayerNorm          */ \
+  X(rope, RopeOp, rope)                   /* rotary embedding, rotate_half layout    */ \
+  X(attention, AttentionOp, attention)    /* causal GQA attention with padding mask  */ \
+  X(kv_attention, KvAttentionOp, attention) /* one new token against a KV cache      */ \
+  X(swiglu, SwigluOp, activation)         /* silu(gate) * up                         */ \
+  X(gelu, GeluOp, activation)             /* GELU, tanh approximation                */ \
+  X(add, AddOp, activation)               /* y += x                                  */ \
+  X(lm_head_logp, LmHeadLogpOp, lm_head)  /* chunked logits -> logp(target), entropy */ \
+  X(value_head, ValueHeadOp, lm_head)     /* scalar head per position                */ \
+  X(sample, SampleOp, sample)             /* greedy / temperature / top-k / top-p    */
+
+namespace rlhf {
+
+enum class Op {
+#define RLHF_OP_ENUM(name, args, family) name,
+  RLHF_OPS(RLHF_OP_ENUM)
+#undef RLHF_OP_ENUM
+      kCount
+};
+
+inline constexpr const char* kOpNames[] = {
+#define RLHF_OP_NAME(name, args, family) #name,
+    RLHF_OPS(RLHF_OP_NAME)
+#undef RLHF_OP_NAME
+};
+static_assert(sizeof(kOpNames) / sizeof(kOpNames[0]) == static_cast<size_t>(Op::kCount),
+              "every op needs a name");
+
+inline constexpr int kOpCount = static_cast<int>(Op::kCount);
+
+}  // namespace rlhf

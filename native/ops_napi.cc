@@ -1,0 +1,209 @@
+// runOp(name, args): runs one op of the CPU backend on caller-provided typed
+// arrays, synchronously. It exists so the tests can check every op against a
+// float64 reference written in the test; the model never calls ops this way.
+#include <napi.h>
+
+#include <cstring>
+#include <functional>
+#include <string>
+#include <unordered_map>
+
+#include "cpu/gemm.h"
+#include "cpu/vec.h"
+#include "engine.h"
+#include "napi_util.h"
+
+namespace rlhf::napi {
+
+namespace {
+
+struct Fields {
+  Napi::Object o;
+  std::string op;
+  Napi::TypedArray arr(const char* key, napi_typedarray_type type, bool optional) const {
+    Napi::Value v = o.Get(key);
+    if (v.IsUndefined() || v.IsNull()) {
+      if (optional) return Napi::TypedArray();
+      throw Error(code::kArgument, op + ": '" + key + "' is required");
+    }
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type)
+      throw Error(code::kArgument, op + ": '" + key + "' has the wrong typed-array type");
+    return v.As<Napi::TypedArray>();
+  }
+  float* f32(const char* key, bool optional = false) const {
+    Napi::TypedArray a = arr(key, napi_float32_array, optional);
+    return a.IsEmpty() ? nullptr : reinterpret_cast<float*>(static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset());
+  }
+  int32_t* i32(const char* key, bool optional = false) const {
+    Napi::TypedArray a = arr(key, napi_int32_array, optional);
+    return a.IsEmpty() ? nullptr : reinterpret_cast<int32_t*>(static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset());
+  }
+  uint8_t* u8(const char* key, bool optional = false) const {
+    Napi::TypedArray a = arr(key, napi_uint8_array, optional);
+    return a.IsEmpty() ? nullptr : static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset();
+  }
+  int64_t i(const char* key, int64_t dflt = 0) const {
+    Napi::Value v = o.Get(key);
+    return v.IsNumber() ? v.As<Napi::Number>().Int64Value() : dflt;
+  }
+  double d(const char* key, double dflt = 0) const {
+    Napi::Value v = o.Get(key);
+    return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : dflt;
+  }
+  bool b(const char* key) const { return o.Get(key).ToBoolean().Value(); }
+};
+
+using Runner = std::function<void(Backend&, const Fields&)>;
+
+const std::unordered_map<std::string, Runner>& runners() {
+  static const std::unordered_map<std::string, Runner> table = {
+      {"gemm",
+       [](Backend& be, const Fields& f) {
+         GemmOp op;
+         op.trans_a = f.b("transA"), op.trans_b = f.b("transB"), op.m = f.i("m"), op.n = f.i("n"), op.k = f.i("k");
+         op.a = f.f32("a"), op.lda = f.i("lda"), op.b = f.f32("b"), op.ldb = f.i("ldb"), op.c = f.f32("c"), op.ldc = f.i("ldc");
+         op.bias = f.f32("bias", true), op.accumulate = f.b("accumulate");
+         be.gemm(op);
+       }},
+      {"embedding",
+       [](Backend& be, const Fields& f) {
+         EmbeddingOp op;
+         op.n = f.i("n"), op.dim = f.i("dim"), op.rows = f.i("rows"), op.ids = f.i32("ids"), op.table = f.f32("table");
+         op.positions = f.i32("positions", true), op.pos_table = f.f32("posTable", true), op.out = f.f32("out");
+         be.embedding(op);
+       }},
+      {"rmsnorm",
+       [](Backend& be, const Fields& f) {
+         RmsNormOp op;
+         op.n = f.i("n"), op.dim = f.i("dim"), op.eps = static_cast<float>(f.d("eps", 1e-5)), op.residual = f.f32("residual");
+         op.delta = f.f32("delta", true), op.weight = f.f32("weight"), op.out = f.f32("out"), op.rstd = f.f32("rstd", true);
+         be.rmsnorm(op);
+       }},
+      {"layernorm",
+       [](Backend& be, const Fields& f) {
+         LayerNormOp op;
+         op.n = f.i("n"), op.dim = f.i("dim"), op.eps = static_cast<float>(f.d("eps", 1e-5)), op.residual = f.f32("residual");
+         op.delta = f.f32("delta", true), op.weight = f.f32("weight"), op.bias = f.f32("bias"), op.out = f.f32("out");
+         op.mean = f.f32("mean", true), op.rstd = f.f32("rstd", true);
+         be.layernorm(op);
+       }},
+      {"rope",
+       [](Backend& be, const Fields& f) {
+         RopeOp op;
+         op.n = f.i("n"), op.heads = f.i("heads"), op.head_dim = f.i("headDim"), op.x = f.f32("x"), op.ld = f.i("ld");
+         op.positions = f.i32("positions"), op.cos = f.f32("cos"), op.sin = f.f32("sin"), op.inverse = f.b("inverse");
+         be.rope(op);
+       }},
+      {"attention",
+       [](Backend& be, const Fields& f) {
+         AttentionOp op;
+         op.batch = f.i("batch"), op.seq = f.i("seq"), op.heads = f.i("heads"), op.kv_heads = f.i("kvHeads");
+         op.head_dim = f.i("headDim"), op.scale = static_cast<float>(f.d("scale", 1)), op.q = f.f32("q"), op.k = f.f32("k");
+         op.v = f.f32("v"), op.ldq = f.i("ldq"), op.ldk = f.i("ldk"), op.ldv = f.i("ldv"), op.mask = f.u8("mask", true);
+         op.out = f.f32("out"), op.ldo = f.i("ldo"), op.lse = f.f32("lse", true);
+         be.attention(op);
+       }},
+      {"kv_attention",
+       [](Backend& be, const Fields& f) {
+         KvAttentionOp op;
+         op.batch = f.i("batch"), op.heads = f.i("heads"), op.kv_heads = f.i("kvHeads"), op.head_dim = f.i("headDim");
+         op.capacity = f.i("capacity"), op.scale = static_cast<float>(f.d("scale", 1)), op.q = f.f32("q"), op.ldq = f.i("ldq");
+         op.k_cache = f.f32("kCache"), op.v_cache = f.f32("vCache"), op.length = f.i32("length");
+         op.cache_mask = f.u8("cacheMask", true), op.out = f.f32("out"), op.ldo = f.i("ldo");
+         be.kv_attention(op);
+       }},
+      {"swiglu",
+       [](Backend& be, const Fields& f) {
+         SwigluOp op;
+         op.n = f.i("n"), op.dim = f.i("dim"), op.gate = f.f32("gate"), op.up = f.f32("up"), op.ld_in = f.i("ldIn");
+         op.out = f.f32("out"), op.ld_out = f.i("ldOut");
+         be.swiglu(op);
+       }},
+      {"gelu",
+       [](Backend& be, const Fields& f) {
+         GeluOp op;
+         op.n = f.i("n"), op.dim = f.i("dim"), op.x = f.f32("x"), op.ld_in = f.i("ldIn"), op.out = f.f32("out"), op.ld_out = f.i("ldOut");
+         be.gelu(op);
+       }},
+      {"add",
+       [](Backend& be, const Fields& f) {
+         AddOp op;
+         op.n = f.i("n"), op.dim = f.i("dim"), op.x = f.f32("x"), op.y = f.f32("y");
+         be.add(op);
+       }},
+      {"lm_head_logp",
+       [](Backend& be, const Fields& f) {
+         LmHeadLogpOp op;
+         op.n = f.i("n"), op.dim = f.i("dim"), op.vocab = f.i("vocab"), op.hidden = f.f32("hidden"), op.weight = f.f32("weight");
+         op.targets = f.i32("targets"), op.logp = f.f32("logp"), op.entropy = f.f32("entropy", true), op.lse = f.f32("lse", true);
+         op.inv_temperature = static_cast<float>(f.d("invTemperature", 1));
+         be.lm_head_logp(op);
+       }},
+      {"value_head",
+       [](Backend& be, const Fields& f) {
+         ValueHeadOp op;
+         op.n = f.i("n"), op.dim = f.i("dim"), op.hidden = f.f32("hidden"), op.weight = f.f32("weight");
+         op.bias = static_cast<float>(f.d("bias", 0)), op.value = f.f32("value");
+         be.value_head(op);
+       }},
+      {"sample",
+       [](Backend& be, const Fields& f) {
+         SampleOp op;
+         op.n = f.i("n"), op.vocab = f.i("vocab"), op.logits = f.f32("logits"), op.ld = f.i("ld");
+         op.temperature = static_cast<float>(f.d("temperature", 1)), op.top_k = f.i("topK"), op.top_p = static_cast<float>(f.d("topP", 1));
+         Napi::TypedArray seeds = f.arr("seeds", napi_biguint64_array, false);
+         op.seeds = reinterpret_cast<const uint64_t*>(static_cast<uint8_t*>(seeds.ArrayBuffer().Data()) + seeds.ByteOffset());
+         op.step = static_cast<uint64_t>(f.i("step")), op.out = f.i32("out"), op.out_logp = f.f32("outLogp", true);
+         be.sample(op);
+       }},
+  };
+  return table;
+}
+
+}  // namespace
+
+Napi::Value RunOp(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), [&]() -> Napi::Value {
+    const std::string name = ArgString(info, 0, "name");
+    Fields f{ArgObject(info, 1, "args"), name};
+    auto it = runners().find(name);
+    if (it == runners().end()) throw Error(code::kArgument, "runOp: unknown op '" + name + "'");
+    // Optional kernel choice for tests ("scalar", "avx2", "avx512", "auto").
+    Napi::Value isa = f.o.Get("isa");
+    Engine& e = default_engine();
+    std::lock_guard<std::mutex> lock(e.compute);
+    const std::string want = isa.IsString() ? isa.As<Napi::String>().Utf8Value() : "auto";
+    if (!cpu::gemm_force_kernel(want.c_str()) || !cpu::vec_force(want.c_str())) {
+      cpu::gemm_force_kernel("auto");
+      cpu::vec_force("auto");
+      throw Error(code::kUnsupported, "runOp: this CPU cannot run the '" + want + "' kernels");
+    }
+    try {
+      it->second(e.cpu, f);
+    } catch (...) {
+      cpu::gemm_force_kernel("auto");
+      cpu::vec_force("auto");
+      throw;
+    }
+    cpu::gemm_force_kernel("auto");
+    cpu::vec_force("auto");
+    return info.Env().Undefined();
+  });
+}
+
+// Kernels this CPU can run, for the tests to loop over.
+Napi::Value OpKernels(const Napi::CallbackInfo& info) {
+  Napi::Array out = Napi::Array::New(info.Env());
+  uint32_t i = 0;
+  for (const char* k : {"scalar", "avx2", "avx512"})
+    if (cpu::gemm_force_kernel(k)) out.Set(i++, k);
+  cpu::gemm_force_kernel("auto");
+  Napi::Array ops = Napi::Array::New(info.Env());
+  for (int j = 0; j < kOpCount; ++j) ops.Set(static_cast<uint32_t>(j), kOpNames[j]);
+  Napi::Object r = Napi::Object::New(info.Env());
+  r.Set("kernels", out);
+  r.Set("ops", ops);
+  return r;
+}
+
+}  // namespace rlhf::napi
