@@ -85,7 +85,87 @@ export interface NativeTensorToWrite {
   fill?: NativeFill;
 }
 
+/** Normalised model shape handed to native code (see native/model/config.h). */
+export interface NativeModelConfig {
+  arch: 'llama' | 'gpt2';
+  vocab: number;
+  hidden: number;
+  intermediate: number;
+  layers: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  maxPositions: number;
+  normEps: number;
+  ropeTheta?: number;
+  ropeScaling?: 'none' | 'linear' | 'llama3';
+  ropeFactor?: number;
+  ropeLowFreqFactor?: number;
+  ropeHighFreqFactor?: number;
+  ropeOriginalMaxPositions?: number;
+  qkvBias: boolean;
+  oBias: boolean;
+  mlpBias: boolean;
+  tieEmbeddings: boolean;
+  lmHead: boolean;
+  numLabels: number;
+  prefix: string;
+}
+
+export interface NativeModelSpec {
+  config: NativeModelConfig;
+  /** canonical tensor name -> [safetensors file, name stored in that file] */
+  tensors: Record<string, [string, string]>;
+}
+
+export interface NativeForwardRequest {
+  batch: number;
+  seq: number;
+  ids: Int32Array;
+  mask?: Uint8Array;
+  logp?: boolean;
+  values?: boolean;
+  lastLogits?: boolean;
+  temperature?: number;
+}
+
+export interface NativeForwardResult {
+  logp?: Float32Array;
+  entropy?: Float32Array;
+  values?: Float32Array;
+  lastLogits?: Float32Array;
+}
+
+export interface NativeGenerateRequest {
+  prompts: Int32Array[];
+  maxNewTokens: number;
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  seed?: number;
+  eosIds?: number[];
+  stopStrings?: string[];
+  tokenBytes?: Buffer[];
+}
+
+export interface NativeGenerateResult {
+  tokens: Int32Array[];
+  logprobs: Float32Array[];
+  finish: ('eos' | 'stop' | 'length' | 'cancelled')[];
+}
+
+export interface NativeModel {
+  forward(req: NativeForwardRequest): Promise<NativeForwardResult>;
+  generate(req: NativeGenerateRequest): Promise<NativeGenerateResult>;
+  info(): { parameters: number; vocab: number; hidden: number; layers: number; hasLmHead: boolean; hasScoreHead: boolean; device: string; threads: number };
+  dispose(): void;
+}
+
 export interface NativeAddon {
+  loadModel(spec: NativeModelSpec): Promise<NativeModel>;
+  /** Runs one CPU op on typed arrays (tests only). */
+  runOp(name: string, args: Record<string, unknown>): void;
+  opKernels(): { kernels: string[]; ops: string[] };
   info(): NativeInfo;
   SafetensorsFile: new (path: string) => NativeSafetensorsFile;
   /** Writes a .safetensors file (to a temporary name, then renamed). Returns the file size. */

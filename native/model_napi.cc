@@ -243,6 +243,7 @@ Napi::Value Model::Forward(const Napi::CallbackInfo& info) {
     b.req.seq = seq;
     b.req.want_logp = flag(o, "logp", true);
     b.req.want_values = flag(o, "values", false);
+    b.req.want_last_logits = flag(o, "lastLogits", false);
     b.req.temperature = static_cast<float>(num(o, "temperature", 1.0));
     return queue(
         info.Env(), std::move(b),
@@ -258,6 +259,7 @@ Napi::Value Model::Forward(const Napi::CallbackInfo& info) {
             r.Set("entropy", to_f32(env, b.out.entropy));
           }
           if (b.req.want_values) r.Set("values", to_f32(env, b.out.values));
+          if (b.req.want_last_logits) r.Set("lastLogits", to_f32(env, b.out.last_logits));
           return r;
         });
   });
@@ -362,12 +364,16 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
     if (!cfg.IsObject()) throw Error(code::kArgument, "model spec: 'config' must be an object");
     b.cfg = config_from(cfg.As<Napi::Object>());
     Napi::Value tensors = spec.Get("tensors");
-    if (!tensors.IsObject()) throw Error(code::kArgument, "model spec: 'tensors' must map tensor names to file paths");
+    if (!tensors.IsObject()) throw Error(code::kArgument, "model spec: 'tensors' must map tensor names to [file, storedName]");
     Napi::Object t = tensors.As<Napi::Object>();
     Napi::Array names = t.GetPropertyNames();
     for (uint32_t i = 0; i < names.Length(); ++i) {
       const std::string name = names.Get(i).ToString().Utf8Value();
-      b.files.emplace(name, t.Get(name).ToString().Utf8Value());
+      Napi::Value loc = t.Get(name);
+      if (!loc.IsArray() || loc.As<Napi::Array>().Length() != 2)
+        throw Error(code::kArgument, "model spec: tensors['" + name + "'] must be [file, storedName]");
+      Napi::Array la = loc.As<Napi::Array>();
+      b.files.emplace(name, model::TensorLocation{la.Get(0u).ToString().Utf8Value(), la.Get(1u).ToString().Utf8Value()});
     }
     auto* w = new LoadWorker(info.Env(), std::move(b));
     Napi::Promise p = w->promise();

@@ -194,6 +194,15 @@ ForwardResult Transformer::forward(const ForwardRequest& req) {
         out.entropy[static_cast<size_t>(b * (T - 1) + t)] = ent[static_cast<size_t>(b * T + t)];
       }
   }
+  if (req.want_last_logits) {
+    if (!w_.lm_head) throw Error(code::kArgument, "this model has no LM head");
+    out.last_logits.resize(static_cast<size_t>(B * cfg_.vocab));
+    for (int64_t b = 0; b < B; ++b) {
+      int64_t last = T - 1;
+      while (last > 0 && req.mask && !req.mask[b * T + last]) --last;
+      logits_rows(buf_.xn.data() + (b * T + last) * cfg_.hidden, 1, cfg_.hidden, out.last_logits.data() + b * cfg_.vocab);
+    }
+  }
   if (req.want_values) {
     out.values.resize(static_cast<size_t>(N));
     ValueHeadOp op;

@@ -19,6 +19,7 @@ struct ForwardRequest {
   const uint8_t* mask = nullptr;    // [batch, seq] attention mask (1 = token), or null
   bool want_logp = true;            // LM head: logp/entropy of ids[t+1] given ids[..t]
   bool want_values = false;         // score head on every position
+  bool want_last_logits = false;    // full logits at each row's last real token
   float temperature = 1.f;          // logits divided by this before log-softmax
 };
 
@@ -26,6 +27,7 @@ struct ForwardResult {
   std::vector<float> logp;     // [batch, seq-1], 0 where the target or query is padding
   std::vector<float> entropy;  // [batch, seq-1]
   std::vector<float> values;   // [batch, seq] (score head, label 0)
+  std::vector<float> last_logits;  // [batch, vocab]
 };
 
 // KV cache for generation: per layer [batch, kv_heads, capacity, head_dim].

@@ -57,15 +57,16 @@ class Loader {
   void load(const std::string& name, int64_t rows, int64_t cols, float* dst, bool transpose = false) {
     auto it = files_.find(name);
     if (it == files_.end()) throw Error(code::kModel, "tensor '" + name + "' is missing from the model's safetensors files");
-    st::File& f = file(it->second);
-    const st::TensorInfo* t = f.find(name);
-    if (!t) throw Error(code::kModel, it->second + ": tensor '" + name + "' is not in this file (model.safetensors.index.json says it is)");
+    const std::string& path = it->second.file;
+    st::File& f = file(path);
+    const st::TensorInfo* t = f.find(it->second.stored_name);
+    if (!t) throw Error(code::kModel, path + ": tensor '" + it->second.stored_name + "' is not in this file (model.safetensors.index.json says it is)");
     std::vector<uint64_t> want;
     if (cols == 0) want = {static_cast<uint64_t>(rows)};
     else if (transpose) want = {static_cast<uint64_t>(cols), static_cast<uint64_t>(rows)};
     else want = {static_cast<uint64_t>(rows), static_cast<uint64_t>(cols)};
     if (t->shape != want)
-      throw Error(code::kModel, it->second + ": tensor '" + name + "' has shape " + shape_str(t->shape) + ", expected " + shape_str(want));
+      throw Error(code::kModel, path + ": tensor '" + name + "' has shape " + shape_str(t->shape) + ", expected " + shape_str(want));
     const int64_t n = rows * (cols ? cols : 1);
     const uint8_t* src = f.raw(*t);
     auto get = [&](int64_t i) -> float {
@@ -90,7 +91,7 @@ class Loader {
       }
     };
     if (t->dtype != st::Dtype::F32 && t->dtype != st::Dtype::BF16 && t->dtype != st::Dtype::F16)
-      throw Error(code::kUnsupported, it->second + ": tensor '" + name + "' has dtype " + st::dtype_name(t->dtype) +
+      throw Error(code::kUnsupported, path + ": tensor '" + name + "' has dtype " + st::dtype_name(t->dtype) +
                                           "; model weights must be F32, F16 or BF16");
     if (!transpose) {
       if (t->dtype == st::Dtype::F32) std::memcpy(dst, src, sizeof(float) * n);

@@ -42,9 +42,13 @@ struct Weights {
   float* score = nullptr;       // [num_labels, hidden] or null
 };
 
-// Where each tensor lives: name -> safetensors file path (one file, or the
-// shards of model.safetensors.index.json).
-using TensorFiles = std::unordered_map<std::string, std::string>;
+// Where each tensor lives: canonical name (as transformers saves it, e.g.
+// "transformer.h.0.ln_1.weight") -> {safetensors file path, name stored in
+// that file} (old GPT-2 files store names without "transformer.").
+struct TensorLocation {
+  std::string file, stored_name;
+};
+using TensorFiles = std::unordered_map<std::string, TensorLocation>;
 
 // Loads and converts. Throws E_MODEL naming the tensor for a missing tensor or
 // a wrong shape, E_UNSUPPORTED for a dtype other than F32/F16/BF16.

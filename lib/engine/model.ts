@@ -1,0 +1,191 @@
+/**
+ * A loaded model on the native engine: forward (per-token log-probs,
+ * entropies, score-head values) and batched generation, both async (they run
+ * on a worker thread; the event loop stays free).
+ */
+import { callNative, fromNative, RlhfError } from '../errors';
+import { native, NativeModel, NativeModelConfig, NativeGenerateResult } from '../native';
+import { openModelFolder, ModelFolder } from '../model/folder';
+import type { ModelConfig } from '../model/config';
+import { resolveDevice } from '../info';
+
+export interface LoadModelOptions {
+  device?: 'auto' | 'cpu' | 'cuda';
+}
+
+export interface ForwardInput {
+  /** Token ids per sequence; sequences may differ in length (right-padded internally) unless `mask` is given. */
+  inputIds: number[][] | Int32Array[];
+  /** 1 = token, 0 = padding, same shape as inputIds (left or right padding). */
+  attentionMask?: number[][];
+  /** Also return score-head values (reward models). */
+  values?: boolean;
+  /** Also return LM log-probs (default true when the model has an LM head). */
+  logp?: boolean;
+  /** Also return the full logits at each row's last real token. */
+  lastLogits?: boolean;
+  temperature?: number;
+}
+
+export interface ForwardOutput {
+  batch: number;
+  seq: number;
+  /** [batch][seq-1]: log p(ids[t+1] | ids[..t]); 0 where the query or target is padding. */
+  logp?: Float32Array[];
+  entropy?: Float32Array[];
+  /** [batch][seq]: score head (label 0) at every position. */
+  values?: Float32Array[];
+  /** [batch][vocab] */
+  lastLogits?: Float32Array[];
+}
+
+export interface GenerateInput {
+  prompts: number[][] | Int32Array[];
+  maxNewTokens?: number;
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  seed?: number;
+  eosIds?: number[];
+  stopStrings?: string[];
+  /** Bytes of each token id, needed with stopStrings. */
+  tokenBytes?: Buffer[];
+}
+
+export function nativeConfig(cfg: ModelConfig): NativeModelConfig {
+  const llama = cfg.arch !== 'gpt2';
+  const out: NativeModelConfig = {
+    arch: llama ? 'llama' : 'gpt2',
+    vocab: cfg.vocabSize,
+    hidden: cfg.hiddenSize,
+    intermediate: cfg.intermediateSize,
+    layers: cfg.numLayers,
+    heads: cfg.numHeads,
+    kvHeads: cfg.numKvHeads,
+    headDim: cfg.headDim,
+    maxPositions: cfg.maxPositions,
+    normEps: cfg.normEps,
+    qkvBias: cfg.qkvBias,
+    oBias: cfg.oBias,
+    mlpBias: cfg.mlpBias,
+    tieEmbeddings: cfg.tieWordEmbeddings,
+    lmHead: cfg.head === 'lm',
+    numLabels: cfg.head === 'score' ? cfg.numLabels ?? 1 : 0,
+    prefix: llama ? 'model.' : 'transformer.',
+  };
+  if (cfg.rope) {
+    out.ropeTheta = cfg.rope.theta;
+    const s = cfg.rope.scaling;
+    out.ropeScaling = s.type;
+    if (s.type === 'linear') out.ropeFactor = s.factor;
+    if (s.type === 'llama3') {
+      out.ropeFactor = s.factor;
+      out.ropeLowFreqFactor = s.lowFreqFactor;
+      out.ropeHighFreqFactor = s.highFreqFactor;
+      out.ropeOriginalMaxPositions = s.originalMaxPositions;
+    }
+  }
+  return out;
+}
+
+/** Packs ragged or masked sequences into [batch, seq] ids + mask. */
+export function packBatch(ids: number[][] | Int32Array[], mask?: number[][]): { batch: number; seq: number; ids: Int32Array; mask: Uint8Array } {
+  const batch = ids.length;
+  if (batch === 0) throw new RlhfError('E_ARGUMENT', 'forward: no sequences given');
+  const rowsIn = ids as ArrayLike<number>[];
+  const seq = Math.max(...Array.from(rowsIn, (r) => r.length));
+  if (seq === 0) throw new RlhfError('E_ARGUMENT', 'forward: all sequences are empty');
+  const out = new Int32Array(batch * seq);
+  const m = new Uint8Array(batch * seq);
+  for (let b = 0; b < batch; b++) {
+    const row = rowsIn[b];
+    if (mask && (mask[b]?.length ?? -1) !== row.length) throw new RlhfError('E_ARGUMENT', `forward: attentionMask row ${b} has a different length than inputIds row ${b}`);
+    out.set(row, b * seq);
+    for (let t = 0; t < row.length; t++) m[b * seq + t] = mask ? (mask[b][t] ? 1 : 0) : 1;
+  }
+  return { batch, seq, ids: out, mask: m };
+}
+
+export class Model {
+  private constructor(
+    readonly folder: ModelFolder,
+    readonly config: ModelConfig,
+    private handle: NativeModel | null,
+    readonly device: 'cpu' | 'cuda',
+  ) {}
+
+  static async load(dir: string, opts: LoadModelOptions = {}): Promise<Model> {
+    const device = resolveDevice(opts.device ?? 'auto');
+    const folder = openModelFolder(dir);
+    try {
+      const tensors: Record<string, [string, string]> = {};
+      for (const t of folder.tensors) tensors[t.canonical] = [t.file, t.name];
+      const handle = await native()
+        .loadModel({ config: nativeConfig(folder.config), tensors })
+        .catch((e: unknown) => {
+          throw fromNative(e);
+        });
+      // The CUDA backend joins the op table later; until then every model runs on the CPU.
+      return new Model(folder, folder.config, handle, device === 'cuda' ? 'cpu' : device);
+    } finally {
+      folder.close();
+    }
+  }
+
+  private live(): NativeModel {
+    if (!this.handle) throw new RlhfError('E_ARGUMENT', 'the model was disposed');
+    return this.handle;
+  }
+
+  async forward(input: ForwardInput): Promise<ForwardOutput> {
+    const packed = packBatch(input.inputIds, input.attentionMask);
+    const wantLogp = input.logp ?? this.config.head === 'lm';
+    const r = await this.live()
+      .forward({ ...packed, logp: wantLogp, values: input.values ?? false, lastLogits: input.lastLogits ?? false, temperature: input.temperature ?? 1 })
+      .catch((e: unknown) => {
+        throw fromNative(e);
+      });
+    const { batch, seq } = packed;
+    const rows = (a: Float32Array | undefined, w: number) => (a ? Array.from({ length: batch }, (_, b) => a.subarray(b * w, (b + 1) * w)) : undefined);
+    return {
+      batch,
+      seq,
+      logp: rows(r.logp, seq - 1),
+      entropy: rows(r.entropy, seq - 1),
+      values: rows(r.values, seq),
+      lastLogits: rows(r.lastLogits, this.config.vocabSize),
+    };
+  }
+
+  async generate(input: GenerateInput): Promise<NativeGenerateResult> {
+    const prompts = (input.prompts as ArrayLike<number>[]).map((p) => Int32Array.from(p));
+    return this.live()
+      .generate({
+        prompts,
+        maxNewTokens: input.maxNewTokens ?? 64,
+        temperature: input.temperature ?? 0,
+        topK: input.topK ?? 0,
+        topP: input.topP ?? 1,
+        seed: input.seed ?? 0,
+        eosIds: input.eosIds ?? this.config.eosTokenIds,
+        stopStrings: input.stopStrings ?? [],
+        tokenBytes: input.tokenBytes,
+      })
+      .catch((e: unknown) => {
+        throw fromNative(e);
+      });
+  }
+
+  info() {
+    return callNative(() => this.live().info());
+  }
+
+  dispose(): void {
+    this.handle?.dispose();
+    this.handle = null;
+  }
+}
+
+export function loadModel(dir: string, opts?: LoadModelOptions): Promise<Model> {
+  return Model.load(dir, opts);
+}
