@@ -6,6 +6,8 @@ import * as info from './commands/info';
 import * as inspect from './commands/inspect';
 import * as init from './commands/init';
 import * as train from './commands/train';
+import * as score from './commands/score';
+import * as generate from './commands/generate';
 import { packageVersion } from '../lib/info';
 
 async function main(): Promise<void> {
@@ -23,7 +25,7 @@ async function main(): Promise<void> {
     })
     .help()
     .wrap(Math.min(110, process.stdout.columns || 100));
-  for (const c of [train, info, inspect, init]) y = c.register(y);
+  for (const c of [train, info, inspect, init, score, generate]) y = c.register(y);
   await y.parseAsync();
 }
 

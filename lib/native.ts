@@ -116,6 +116,8 @@ export interface NativeModelSpec {
   config: NativeModelConfig;
   /** canonical tensor name -> [safetensors file, name stored in that file] */
   tensors: Record<string, [string, string]>;
+  /** LoRA pairs merged into base weights at load: W += scale * B A. */
+  loras?: { target: string; a: [string, string]; b: [string, string]; scale: number }[];
 }
 
 export interface NativeForwardRequest {

@@ -99,6 +99,7 @@ Napi::FunctionReference* Model::ctor = nullptr;
 struct LoadBaton {
   model::Config cfg;
   model::TensorFiles files;
+  std::vector<model::LoraMerge> loras;
   std::shared_ptr<LoadedModel> out;
 };
 
@@ -108,7 +109,7 @@ class LoadWorker : public Napi::AsyncWorker {
   Napi::Promise promise() { return deferred_.Promise(); }
   void Execute() override {
     try {
-      model::Weights w = model::load_weights(baton_.cfg, baton_.files);
+      model::Weights w = model::load_weights(baton_.cfg, baton_.files, baton_.loras);
       baton_.out = std::make_shared<LoadedModel>();
       baton_.out->transformer = std::make_unique<model::Transformer>(baton_.cfg, std::move(w), default_engine().cpu);
     } catch (const Error& e) {
@@ -374,6 +375,25 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
         throw Error(code::kArgument, "model spec: tensors['" + name + "'] must be [file, storedName]");
       Napi::Array la = loc.As<Napi::Array>();
       b.files.emplace(name, model::TensorLocation{la.Get(0u).ToString().Utf8Value(), la.Get(1u).ToString().Utf8Value()});
+    }
+    Napi::Value loras = spec.Get("loras");
+    if (loras.IsArray()) {
+      Napi::Array la = loras.As<Napi::Array>();
+      auto loc = [](Napi::Value v, const std::string& what) {
+        if (!v.IsArray() || v.As<Napi::Array>().Length() != 2) throw Error(code::kArgument, "model spec: lora " + what + " must be [file, storedName]");
+        Napi::Array a = v.As<Napi::Array>();
+        return model::TensorLocation{a.Get(0u).ToString().Utf8Value(), a.Get(1u).ToString().Utf8Value()};
+      };
+      for (uint32_t i = 0; i < la.Length(); ++i) {
+        if (!la.Get(i).IsObject()) throw Error(code::kArgument, "model spec: loras[] must be objects");
+        Napi::Object e = la.Get(i).As<Napi::Object>();
+        model::LoraMerge m;
+        m.target = e.Get("target").ToString().Utf8Value();
+        m.a = loc(e.Get("a"), "a");
+        m.b = loc(e.Get("b"), "b");
+        m.scale = static_cast<float>(num(e, "scale", 1.0));
+        b.loras.push_back(std::move(m));
+      }
     }
     auto* w = new LoadWorker(info.Env(), std::move(b));
     Napi::Promise p = w->promise();

@@ -8,9 +8,12 @@ import { native, NativeModel, NativeModelConfig, NativeGenerateResult } from '..
 import { openModelFolder, ModelFolder } from '../model/folder';
 import type { ModelConfig } from '../model/config';
 import { resolveDevice } from '../info';
+import { readLoraPairs } from '../model/peft';
 
 export interface LoadModelOptions {
   device?: 'auto' | 'cpu' | 'cuda';
+  /** A PEFT LoRA adapter folder merged into the weights at load. */
+  adapter?: string;
 }
 
 export interface ForwardInput {
@@ -120,8 +123,9 @@ export class Model {
     try {
       const tensors: Record<string, [string, string]> = {};
       for (const t of folder.tensors) tensors[t.canonical] = [t.file, t.name];
+      const loras = opts.adapter ? readLoraPairs(opts.adapter, new Set(Object.keys(tensors))).pairs : undefined;
       const handle = await native()
-        .loadModel({ config: nativeConfig(folder.config), tensors })
+        .loadModel({ config: nativeConfig(folder.config), tensors, loras })
         .catch((e: unknown) => {
           throw fromNative(e);
         });

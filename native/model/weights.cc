@@ -51,6 +51,22 @@ class Loader {
 
   bool has(const std::string& name) const { return files_.count(name) != 0; }
 
+  struct Placed {
+    float* dst;
+    int64_t rows, cols;
+  };
+  // Where each loaded base tensor went, in the engine's [out, in] layout.
+  std::unordered_map<std::string, Placed> placed;
+
+  // Reads any tensor of the given shape into a new fp32 vector.
+  std::vector<float> read(const TensorLocation& loc, int64_t rows, int64_t cols, const std::string& label) {
+    std::vector<float> out(static_cast<size_t>(rows * cols));
+    TensorFiles one{{label, loc}};
+    Loader sub(one);
+    sub.load(label, rows, cols, out.data());
+    return out;
+  }
+
   // Copies tensor `name` (expected shape [rows, cols], or [rows] when cols == 0)
   // into dst. With `transpose`, the stored tensor is [cols, rows] and is
   // transposed into dst's [rows, cols].
@@ -93,6 +109,7 @@ class Loader {
     if (t->dtype != st::Dtype::F32 && t->dtype != st::Dtype::BF16 && t->dtype != st::Dtype::F16)
       throw Error(code::kUnsupported, path + ": tensor '" + name + "' has dtype " + st::dtype_name(t->dtype) +
                                           "; model weights must be F32, F16 or BF16");
+    placed[name] = Placed{dst, rows, cols ? cols : 1};
     if (!transpose) {
       if (t->dtype == st::Dtype::F32) std::memcpy(dst, src, sizeof(float) * n);
       else for (int64_t i = 0; i < n; ++i) dst[i] = get(i);
@@ -117,7 +134,31 @@ class Loader {
 
 }  // namespace
 
-Weights load_weights(const Config& cfg, const TensorFiles& files) {
+namespace {
+// W[rows, cols] += scale * B[rows, r] A[r, cols]
+void merge_lora(Loader& ld, const LoraMerge& m) {
+  auto it = ld.placed.find(m.target);
+  if (it == ld.placed.end()) throw Error(code::kModel, "LoRA target '" + m.target + "' is not a weight of this model");
+  const auto& p = it->second;
+  st::File fa(m.a.file);
+  const st::TensorInfo& ia = fa.info(m.a.stored_name);
+  if (ia.shape.size() != 2 || static_cast<int64_t>(ia.shape[1]) != p.cols)
+    throw Error(code::kModel, m.a.file + ": LoRA A '" + m.a.stored_name + "' must be [r, " + std::to_string(p.cols) + "]");
+  const int64_t r = static_cast<int64_t>(ia.shape[0]);
+  std::vector<float> A = ld.read(m.a, r, p.cols, m.a.stored_name);
+  std::vector<float> B = ld.read(m.b, p.rows, r, m.b.stored_name);
+  for (int64_t i = 0; i < p.rows; ++i) {
+    float* w = p.dst + i * p.cols;
+    for (int64_t q = 0; q < r; ++q) {
+      const float s = m.scale * B[static_cast<size_t>(i * r + q)];
+      const float* a = A.data() + q * p.cols;
+      for (int64_t j = 0; j < p.cols; ++j) w[j] += s * a[j];
+    }
+  }
+}
+}  // namespace
+
+Weights load_weights(const Config& cfg, const TensorFiles& files, const std::vector<LoraMerge>& loras) {
   cfg.validate();
   const int64_t H = cfg.hidden, V = cfg.vocab, F = cfg.intermediate, Q = cfg.q_dim(), KV = cfg.kv_dim();
   const bool gpt2 = cfg.arch == Arch::kGpt2;
@@ -211,6 +252,7 @@ Weights load_weights(const Config& cfg, const TensorFiles& files) {
   }
   if (cfg.lm_head && !cfg.tie_embeddings) ld.load("lm_head.weight", V, H, w.lm_head);
   if (cfg.num_labels > 0) ld.load("score.weight", cfg.num_labels, H, w.score);
+  for (const LoraMerge& m : loras) merge_lora(ld, m);
   return w;
 }
 

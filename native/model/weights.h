@@ -50,9 +50,18 @@ struct TensorLocation {
 };
 using TensorFiles = std::unordered_map<std::string, TensorLocation>;
 
+// A LoRA pair merged into one base weight at load: W[out, in] += scale * B A,
+// A = [r, in] and B = [out, r] as PEFT stores them (also for GPT-2's Conv1D,
+// whose weight the engine keeps transposed to [out, in]).
+struct LoraMerge {
+  std::string target;  // canonical base tensor name, e.g. model.layers.0.self_attn.q_proj.weight
+  TensorLocation a, b;
+  float scale = 1.f;
+};
+
 // Loads and converts. Throws E_MODEL naming the tensor for a missing tensor or
 // a wrong shape, E_UNSUPPORTED for a dtype other than F32/F16/BF16.
-Weights load_weights(const Config& cfg, const TensorFiles& files);
+Weights load_weights(const Config& cfg, const TensorFiles& files, const std::vector<LoraMerge>& loras = {});
 
 float bf16_to_float(uint16_t h);
 float f16_to_float(uint16_t h);

@@ -1,0 +1,44 @@
+/** JSON Lines input: one object per non-blank line; errors name the file and line. */
+import * as fs from 'node:fs';
+import { RlhfError } from '../errors';
+
+export interface JsonlRow {
+  line: number;
+  value: Record<string, unknown>;
+}
+
+export function readJsonl(file: string): JsonlRow[] {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new RlhfError('E_IO', `cannot read ${file}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`, { where: file, cause: e });
+  }
+  const rows: JsonlRow[] = [];
+  const lines = text.split('\n');
+  for (let i = 0; i < lines.length; i++) {
+    const raw = lines[i].trim();
+    if (!raw) continue;
+    let value: unknown;
+    try {
+      value = JSON.parse(raw);
+    } catch (e) {
+      throw new RlhfError('E_DATA', `${file}:${i + 1}: invalid JSON (${(e as Error).message})`, { where: `${file}:${i + 1}` });
+    }
+    if (!value || typeof value !== 'object' || Array.isArray(value))
+      throw new RlhfError('E_DATA', `${file}:${i + 1}: each line must be a JSON object`, { where: `${file}:${i + 1}` });
+    rows.push({ line: i + 1, value: value as Record<string, unknown> });
+  }
+  if (rows.length === 0) throw new RlhfError('E_DATA', `${file}: no data (the file is empty)`, { where: file });
+  return rows;
+}
+
+export function dataError(file: string, line: number, msg: string): RlhfError {
+  return new RlhfError('E_DATA', `${file}:${line}: ${msg}`, { where: `${file}:${line}` });
+}
+
+/** A list of integers, or an error naming the key. */
+export function intList(v: unknown, key: string, file: string, line: number): number[] {
+  if (!Array.isArray(v) || !v.every((x) => Number.isInteger(x))) throw dataError(file, line, `"${key}" must be a list of integers`);
+  return v as number[];
+}

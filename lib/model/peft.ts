@@ -1,0 +1,83 @@
+/**
+ * Reading PEFT LoRA adapters (adapter_config.json + adapter_model.safetensors)
+ * for inference: each lora_A / lora_B pair is matched to the base weight it
+ * adapts, with PEFT's scale (lora_alpha / r, or lora_alpha / sqrt(r) with
+ * use_rslora). Tensor names follow PEFT:
+ *   base_model.model.<base name without .weight>.lora_A.weight
+ * (and `.lora_A.<adapter>.weight` in some older saves).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { RlhfError } from '../errors';
+import { openSafetensors } from '../safetensors';
+
+export interface AdapterConfig {
+  r: number;
+  loraAlpha: number;
+  useRslora: boolean;
+  targetModules: string[];
+  fanInFanOut: boolean;
+  modulesToSave: string[];
+  baseModel: string | null;
+}
+
+export interface LoraPair {
+  target: string;
+  a: [string, string];
+  b: [string, string];
+  scale: number;
+}
+
+export function readAdapterConfig(dir: string): AdapterConfig {
+  const file = path.join(dir, 'adapter_config.json');
+  let j: Record<string, unknown>;
+  try {
+    j = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    const why = (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist (not a PEFT adapter folder)' : (e as Error).message;
+    throw new RlhfError('E_CONFIG', `${file}: ${why}`, { where: file, cause: e });
+  }
+  if (j.peft_type !== undefined && j.peft_type !== 'LORA') throw new RlhfError('E_UNSUPPORTED', `${file}: peft_type ${JSON.stringify(j.peft_type)}; only LORA adapters are supported`, { where: file });
+  const r = j.r;
+  if (!Number.isInteger(r) || (r as number) <= 0) throw new RlhfError('E_CONFIG', `${file}: "r" must be a positive integer`, { where: file });
+  const alpha = j.lora_alpha ?? r;
+  if (typeof alpha !== 'number') throw new RlhfError('E_CONFIG', `${file}: "lora_alpha" must be a number`, { where: file });
+  const tm = j.target_modules;
+  const targetModules = Array.isArray(tm) ? (tm as string[]) : typeof tm === 'string' ? [tm] : [];
+  return {
+    r: r as number,
+    loraAlpha: alpha,
+    useRslora: Boolean(j.use_rslora),
+    targetModules,
+    fanInFanOut: Boolean(j.fan_in_fan_out),
+    modulesToSave: Array.isArray(j.modules_to_save) ? (j.modules_to_save as string[]) : [],
+    baseModel: typeof j.base_model_name_or_path === 'string' ? j.base_model_name_or_path : null,
+  };
+}
+
+export function loraScale(cfg: AdapterConfig): number {
+  return cfg.useRslora ? cfg.loraAlpha / Math.sqrt(cfg.r) : cfg.loraAlpha / cfg.r;
+}
+
+/** The LoRA pairs of an adapter folder, keyed to canonical base tensor names. */
+export function readLoraPairs(dir: string, knownTargets: Set<string>): { config: AdapterConfig; pairs: LoraPair[] } {
+  const config = readAdapterConfig(dir);
+  const file = path.join(dir, 'adapter_model.safetensors');
+  if (!fs.existsSync(file)) throw new RlhfError('E_MODEL', `${file} does not exist`, { where: file });
+  const st = openSafetensors(file);
+  const names = st.tensorNames;
+  st.close();
+  const scale = loraScale(config);
+  const pairs: LoraPair[] = [];
+  for (const name of names) {
+    const m = /^base_model\.model\.(.+)\.lora_A(?:\.[^.]+)?\.weight$/.exec(name);
+    if (!m) continue;
+    const target = `${m[1]}.weight`;
+    const bName = name.replace('.lora_A', '.lora_B');
+    if (!names.includes(bName)) throw new RlhfError('E_MODEL', `${file}: ${name} has no matching ${bName}`, { where: file });
+    if (!knownTargets.has(target)) throw new RlhfError('E_MODEL', `${file}: ${name} adapts '${target}', which is not a weight of the base model`, { where: file });
+    pairs.push({ target, a: [file, name], b: [file, bName], scale });
+  }
+  if (pairs.length === 0) throw new RlhfError('E_MODEL', `${file}: no lora_A/lora_B tensors found`, { where: file });
+  return { config, pairs };
+}
