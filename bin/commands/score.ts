@@ -22,7 +22,7 @@ export function register<T>(y: Argv<T>): Argv<T> {
       runCommand(argv, async () => {
         const rows = readJsonl(argv.data);
         const model = await loadModel(argv.model, { device: argv.device, adapter: argv.adapter });
-        const needsTok = rows.some((r) => !('input_ids' in r.value));
+        const needsTok = rows.some((r) => !('input_ids' in r.value) && typeof r.value.prompt === 'string');
         const tok = needsTok ? loadTokenizer(argv.model) : null;
         const scored = await scoreRows(model, rows, argv.data, tok, argv['batch-size']);
         const out = openOutput(argv.out);
