@@ -67,60 +67,77 @@ void micro_12x32(int64_t kc, const float* pa, const float* pb, float* c, int64_t
 
 inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 
-// Up to 4 rows of A against 4 rows of B at a time: 16 accumulators, A and B
-// each loaded once per 16 k. Each weight row is read from memory once per call.
+// Small-M path (decode): C[m, n] = dot(A[m, :], B[n, :]). Each register
+// block is RM rows of A against RW = 3 rows of B, RM*RW accumulators. B is
+// walked in chunks of rows that stay in L2 while every group of A rows passes
+// over them, so the weights stream from memory once per call.
 template <int RM>
 void dot_block(int64_t n0, int64_t n1, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
                bool accumulate) {
-  const int64_t k8 = k & ~int64_t(15);
+  constexpr int RW = 3;
+  const int64_t kv = k & ~int64_t(15);
   int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) {
-    __m512 acc[RM][4];
-#pragma GCC unroll 4
+  for (; n + RW <= n1; n += RW) {
+    __m512 acc[RM][RW];
+#pragma GCC unroll 8
     for (int i = 0; i < RM; ++i)
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
-    for (int64_t kk = 0; kk < k8; kk += 16) {
-      __m512 av[RM];
-#pragma GCC unroll 4
-      for (int i = 0; i < RM; ++i) av[i] = _mm512_loadu_ps(a + i * lda + kk);
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
-        const __m512 bv = _mm512_loadu_ps(b + (n + j) * ldb + kk);
-#pragma GCC unroll 4
-        for (int i = 0; i < RM; ++i) acc[i][j] = _mm512_fmadd_ps(av[i], bv, acc[i][j]);
+#pragma GCC unroll 3
+      for (int j = 0; j < RW; ++j) acc[i][j] = _mm512_setzero_ps();
+    const float* b0 = b + n * ldb;
+    for (int64_t kk = 0; kk < kv; kk += 16) {
+      __m512 bv[RW];
+#pragma GCC unroll 3
+      for (int j = 0; j < RW; ++j) bv[j] = _mm512_loadu_ps(b0 + j * ldb + kk);
+#pragma GCC unroll 8
+      for (int i = 0; i < RM; ++i) {
+        const __m512 av = _mm512_loadu_ps(a + i * lda + kk);
+#pragma GCC unroll 3
+        for (int j = 0; j < RW; ++j) acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
       }
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int i = 0; i < RM; ++i)
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
+#pragma GCC unroll 3
+      for (int j = 0; j < RW; ++j) {
         float s = hsum(acc[i][j]);
-        for (int64_t kk = k8; kk < k; ++kk) s += a[i * lda + kk] * b[(n + j) * ldb + kk];
+        for (int64_t kk = kv; kk < k; ++kk) s += a[i * lda + kk] * b[(n + j) * ldb + kk];
         float* dst = c + i * ldc + n + j;
         *dst = accumulate ? *dst + s : s;
       }
   }
-  for (; n < n1; ++n) {
+  for (; n < n1; ++n)
     for (int i = 0; i < RM; ++i) {
       __m512 acc = _mm512_setzero_ps();
-      for (int64_t kk = 0; kk < k8; kk += 16)
-        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i * lda + kk), _mm512_loadu_ps(b + n * ldb + kk), acc);
+      for (int64_t kk = 0; kk < kv; kk += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i * lda + kk), _mm512_loadu_ps(b + n * ldb + kk), acc);
       float s = hsum(acc);
-      for (int64_t kk = k8; kk < k; ++kk) s += a[i * lda + kk] * b[n * ldb + kk];
+      for (int64_t kk = kv; kk < k; ++kk) s += a[i * lda + kk] * b[n * ldb + kk];
       float* dst = c + i * ldc + n;
       *dst = accumulate ? *dst + s : s;
     }
-  }
 }
 
 void rows_dot(int64_t m, int64_t n0, int64_t n1, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
               int64_t ldc, bool accumulate) {
-  int64_t i = 0;
-  for (; i + 4 <= m; i += 4) dot_block<4>(n0, n1, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, accumulate);
-  if (m - i == 3) dot_block<3>(n0, n1, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, accumulate);
-  if (m - i == 2) dot_block<2>(n0, n1, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, accumulate);
-  if (m - i == 1) dot_block<1>(n0, n1, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, accumulate);
+  // Rows of B per chunk: ~96 KB, so the chunk is still in L2 for the next group of A rows.
+  const int64_t chunk = k > 0 ? (24 * 1024 / k + 2) / 3 * 3 + 3 : 48;
+  for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
+    const int64_t c1 = c0 + chunk < n1 ? c0 + chunk : n1;
+    for (int64_t i = 0; i < m; i += 8) {
+      const int64_t rm = m - i < 8 ? m - i : 8;
+      const float* ai = a + i * lda;
+      float* ci = c + i * ldc;
+      switch (rm) {
+        case 1: dot_block<1>(c0, c1, k, ai, lda, b, ldb, ci, ldc, accumulate); break;
+        case 2: dot_block<2>(c0, c1, k, ai, lda, b, ldb, ci, ldc, accumulate); break;
+        case 3: dot_block<3>(c0, c1, k, ai, lda, b, ldb, ci, ldc, accumulate); break;
+        case 4: dot_block<4>(c0, c1, k, ai, lda, b, ldb, ci, ldc, accumulate); break;
+        case 5: dot_block<5>(c0, c1, k, ai, lda, b, ldb, ci, ldc, accumulate); break;
+        case 6: dot_block<6>(c0, c1, k, ai, lda, b, ldb, ci, ldc, accumulate); break;
+        case 7: dot_block<7>(c0, c1, k, ai, lda, b, ldb, ci, ldc, accumulate); break;
+        case 8: dot_block<8>(c0, c1, k, ai, lda, b, ldb, ci, ldc, accumulate); break;
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -50,8 +50,13 @@ void ThreadPool::run(int64_t n, TaskFn fn, void* ctx) {
   }
   wake_.notify_all();
   drain(0);
-  // Wait for the workers to leave the job, so its context (on our stack) stays valid.
-  while (active_.load(std::memory_order_acquire) != 0) RLHF_PAUSE();
+  // Wait for the workers to leave the job, so its context (on our stack)
+  // stays valid. Spin briefly (they usually finish within microseconds),
+  // then yield: on a loaded machine a descheduled worker must get the core.
+  for (int spin = 0; active_.load(std::memory_order_acquire) != 0; ++spin) {
+    if (spin < kSpinIterations) RLHF_PAUSE();
+    else std::this_thread::yield();
+  }
 }
 
 void ThreadPool::worker_loop(int index) {
