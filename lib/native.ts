@@ -110,6 +110,7 @@ export interface NativeModelConfig {
   lmHead: boolean;
   numLabels: number;
   prefix: string;
+  weightsBf16?: boolean;
 }
 
 export interface NativeModelSpec {
@@ -159,7 +160,7 @@ export interface NativeGenerateResult {
 export interface NativeModel {
   forward(req: NativeForwardRequest): Promise<NativeForwardResult>;
   generate(req: NativeGenerateRequest): Promise<NativeGenerateResult>;
-  info(): { parameters: number; vocab: number; hidden: number; layers: number; hasLmHead: boolean; hasScoreHead: boolean; device: string; threads: number };
+  info(): { parameters: number; weightsDtype: 'f32' | 'bf16'; vocab: number; hidden: number; layers: number; hasLmHead: boolean; hasScoreHead: boolean; device: string; threads: number };
   dispose(): void;
 }
 

@@ -67,6 +67,7 @@ model::Config config_from(const Napi::Object& c) {
   cfg.lm_head = flag(c, "lmHead", true);
   cfg.num_labels = static_cast<int64_t>(num(c, "numLabels", 0));
   cfg.prefix = c.Has("prefix") ? c.Get("prefix").ToString().Utf8Value() : "";
+  cfg.weights_bf16 = flag(c, "weightsBf16", false);
   cfg.validate();
   return cfg;
 }
@@ -338,11 +339,12 @@ Napi::Value Model::Info(const Napi::CallbackInfo& info) {
     auto m = model();
     const model::Config& c = m->transformer->config();
     Napi::Object r = Napi::Object::New(info.Env());
-    r.Set("parameters", static_cast<double>(m->transformer->weights().slab_floats));
+    r.Set("parameters", static_cast<double>(m->transformer->weights().parameters));
+    r.Set("weightsDtype", m->transformer->weights().bf16() ? "bf16" : "f32");
     r.Set("vocab", static_cast<double>(c.vocab));
     r.Set("hidden", static_cast<double>(c.hidden));
     r.Set("layers", static_cast<double>(c.layers));
-    r.Set("hasLmHead", m->transformer->weights().lm_head != nullptr);
+    r.Set("hasLmHead", m->transformer->weights().lm_head != nullptr || m->transformer->weights().lm_head16 != nullptr);
     r.Set("hasScoreHead", m->transformer->weights().score != nullptr);
     r.Set("device", "cpu");
     r.Set("threads", default_engine().cpu.threads());

@@ -111,6 +111,8 @@ class HeaderParser {
   HeaderParser(const std::string& path) : path_(path) {}
 
   [[noreturn]] void fail(const std::string& msg) const { throw Error(code::kSafetensors, path_ + ": " + msg); }
+  // Quotes the name only on the error path: headers can hold many thousand tensors.
+  [[noreturn]] void fail_t(std::string_view name, const std::string& msg) const { fail("tensor " + q(name) + ": " + msg); }
 
   void parse_metadata(const json::Value& v, Header& h) {
     if (v.is(json::Type::kNull)) return;  // serde reads `null` as "no metadata"
@@ -126,49 +128,48 @@ class HeaderParser {
     h.metadata = std::move(m);
   }
 
-  uint64_t dim(const std::string& tname, const char* field, size_t i, const json::Value& v) {
+  uint64_t dim(std::string_view name, const char* field, size_t i, const json::Value& v) {
     uint64_t out;
     std::string why;
     if (!v.as_u64(&out, &why))
-      fail("tensor " + tname + ": " + field + "[" + std::to_string(i) + "] = " + show(v) +
+      fail_t(name, std::string(field) + "[" + std::to_string(i) + "] = " + show(v) +
            " is not a non-negative integer (" + why + ")");
     return out;
   }
 
   TensorInfo parse_entry(const std::string& name, const json::Value& v) {
-    const std::string tname = q(name);
     if (!v.is(json::Type::kObject))
-      fail("tensor " + tname + ": entry must be an object with dtype, shape and data_offsets, found " + show(v));
+      fail_t(name, "entry must be an object with dtype, shape and data_offsets, found " + show(v));
     // Exactly these three keys (serde would ignore unknown ones; we refuse them
     // so a typo such as "data_offset" cannot pass silently).
     for (const auto& m : v.members) {
       if (m.first != "dtype" && m.first != "shape" && m.first != "data_offsets")
-        fail("tensor " + tname + ": unexpected key " + q(m.first) + " (an entry has exactly dtype, shape, data_offsets)");
+        fail_t(name, "unexpected key " + q(m.first) + " (an entry has exactly dtype, shape, data_offsets)");
     }
     const json::Value* dtype = v.find("dtype");
     const json::Value* shape = v.find("shape");
     const json::Value* offsets = v.find("data_offsets");
-    if (!dtype) fail("tensor " + tname + ": missing \"dtype\"");
-    if (!shape) fail("tensor " + tname + ": missing \"shape\"");
-    if (!offsets) fail("tensor " + tname + ": missing \"data_offsets\"");
+    if (!dtype) fail_t(name, "missing \"dtype\"");
+    if (!shape) fail_t(name, "missing \"shape\"");
+    if (!offsets) fail_t(name, "missing \"data_offsets\"");
 
     TensorInfo t;
     t.name = name;
-    if (!dtype->is(json::Type::kString)) fail("tensor " + tname + ": dtype must be a string, found " + show(*dtype));
-    if (!parse_dtype(dtype->text, &t.dtype)) fail("tensor " + tname + ": unknown dtype " + q(dtype->text));
+    if (!dtype->is(json::Type::kString)) fail_t(name, "dtype must be a string, found " + show(*dtype));
+    if (!parse_dtype(dtype->text, &t.dtype)) fail_t(name, "unknown dtype " + q(dtype->text));
 
     if (!shape->is(json::Type::kArray))
-      fail("tensor " + tname + ": shape must be an array of non-negative integers, found " + show(*shape));
+      fail_t(name, "shape must be an array of non-negative integers, found " + show(*shape));
     t.shape.reserve(shape->items.size());
-    for (size_t i = 0; i < shape->items.size(); ++i) t.shape.push_back(dim(tname, "shape", i, shape->items[i]));
+    for (size_t i = 0; i < shape->items.size(); ++i) t.shape.push_back(dim(name, "shape", i, shape->items[i]));
 
     if (!offsets->is(json::Type::kArray) || offsets->items.size() != 2)
-      fail("tensor " + tname + ": data_offsets must be an array of two non-negative integers [begin, end], found " +
+      fail_t(name, "data_offsets must be an array of two non-negative integers [begin, end], found " +
            (offsets->is(json::Type::kArray) ? "an array of " + std::to_string(offsets->items.size()) : show(*offsets)));
-    t.begin = dim(tname, "data_offsets", 0, offsets->items[0]);
-    t.end = dim(tname, "data_offsets", 1, offsets->items[1]);
+    t.begin = dim(name, "data_offsets", 0, offsets->items[0]);
+    t.end = dim(name, "data_offsets", 1, offsets->items[1]);
     if (t.begin > t.end)
-      fail("tensor " + tname + ": data_offsets [" + std::to_string(t.begin) + ", " + std::to_string(t.end) +
+      fail_t(name, "data_offsets [" + std::to_string(t.begin) + ", " + std::to_string(t.end) +
            "] has begin after end");
     return t;
   }
@@ -184,14 +185,13 @@ class HeaderParser {
     uint64_t pos = 0;
     const TensorInfo* prev = nullptr;
     for (const TensorInfo& t : h.tensors) {
-      const std::string tname = q(t.name);
       if (t.begin > pos)
-        fail("hole in the data section: tensor " + tname + " begins at byte " + std::to_string(t.begin) + " but " +
+        fail("hole in the data section: tensor " + q(t.name) + " begins at byte " + std::to_string(t.begin) + " but " +
              (prev ? "the previous tensor " + q(prev->name) + " ends at byte " + std::to_string(pos)
                    : std::string("the data section starts at byte 0")) +
              " (data_offsets must cover the data section contiguously)");
       if (t.begin < pos)
-        fail("overlap in the data section: tensor " + tname + " [" + std::to_string(t.begin) + ", " +
+        fail("overlap in the data section: tensor " + q(t.name) + " [" + std::to_string(t.begin) + ", " +
              std::to_string(t.end) + ") begins before the previous tensor " + q(prev->name) + " ends at byte " +
              std::to_string(pos));
       pos = t.end;
@@ -199,9 +199,9 @@ class HeaderParser {
       uint64_t nbytes;
       std::string why;
       if (!tensor_nbytes(t.dtype, t.shape, &nbytes, &why))
-        fail("tensor " + tname + ": shape " + shape_str(t.shape) + " of " + dtype_name(t.dtype) + ": " + why);
+        fail_t(t.name, "shape " + shape_str(t.shape) + " of " + dtype_name(t.dtype) + ": " + why);
       if (t.end - t.begin != nbytes)
-        fail("tensor " + tname + ": data_offsets [" + std::to_string(t.begin) + ", " + std::to_string(t.end) +
+        fail_t(t.name, "data_offsets [" + std::to_string(t.begin) + ", " + std::to_string(t.end) +
              ") hold " + std::to_string(t.end - t.begin) + " bytes but shape " + shape_str(t.shape) + " of " +
              dtype_name(t.dtype) + " needs " + std::to_string(nbytes) + " bytes");
     }
@@ -514,7 +514,9 @@ class Out {
 void write_fill(Out& out, const TensorToWrite& t, uint64_t numel) {
   const Fill& f = *t.fill;
   const size_t esize = dtype_bits(t.dtype) / 8;
-  constexpr size_t kChunk = 1 << 16;  // elements per generated chunk
+  // Elements per generated chunk: bounded memory for big tensors, and no
+  // 64K-element setup cost for the many tiny ones.
+  const size_t kChunk = static_cast<size_t>(std::min<uint64_t>(numel, 1 << 16));
   std::vector<uint8_t> buf(kChunk * esize);
   auto store = [&](size_t i, double v) {
     const float x = static_cast<float>(v);  // round to nearest float32
@@ -600,27 +602,27 @@ uint64_t write_file(const std::string& path, const std::vector<TensorToWrite>& t
   for (size_t i = 0; i < tensors.size(); ++i) {
     const TensorToWrite& t = tensors[i];
     check_utf8_arg(t.name, "tensor name " + q(t.name), path);
-    const std::string tname = q(t.name);
+    auto terr = [&](const std::string& msg) { return arg_error("tensor " + q(t.name) + ": " + msg); };
     if (t.name == "__metadata__") throw arg_error("a tensor cannot be named \"__metadata__\" (reserved for metadata)");
-    if (!names.insert(t.name).second) throw arg_error("duplicate tensor name " + tname);
+    if (!names.insert(t.name).second) throw arg_error("duplicate tensor name " + q(t.name));
     std::string why;
     if (!tensor_nbytes(t.dtype, t.shape, &sizes[i], &why))
-      throw arg_error("tensor " + tname + ": shape " + shape_str(t.shape) + " of " + dtype_name(t.dtype) + ": " + why);
+      throw terr("shape " + shape_str(t.shape) + " of " + dtype_name(t.dtype) + ": " + why);
     if (__builtin_add_overflow(total, sizes[i], &total)) throw arg_error("total tensor size overflows 64 bits");
     // No fill means raw data (possibly empty, for a tensor with a 0 dim).
     if (t.fill && (t.data != nullptr || t.data_len != 0))
-      throw arg_error("tensor " + tname + ": give either data or fill, not both");
+      throw terr("give either data or fill, not both");
     if (!t.fill && t.data_len != sizes[i])
-      throw arg_error("tensor " + tname + ": data has " + std::to_string(t.data_len) + " bytes but shape " +
+      throw terr("data has " + std::to_string(t.data_len) + " bytes but shape " +
                       shape_str(t.shape) + " of " + dtype_name(t.dtype) + " needs " + std::to_string(sizes[i]));
     if (t.fill) {
       if (t.dtype != Dtype::F32 && t.dtype != Dtype::F16 && t.dtype != Dtype::BF16)
-        throw arg_error("tensor " + tname + ": fill supports F32, F16 and BF16, not " + dtype_name(t.dtype));
+        throw terr(std::string("fill supports F32, F16 and BF16, not ") + dtype_name(t.dtype));
       const Fill& f = *t.fill;
       if (f.kind == Fill::Kind::kNormal && !(std::isfinite(f.mean) && std::isfinite(f.stddev) && f.stddev >= 0))
-        throw arg_error("tensor " + tname + ": normal fill needs a finite mean and a finite std >= 0");
+        throw terr("normal fill needs a finite mean and a finite std >= 0");
       if (f.kind == Fill::Kind::kUniform && !(std::isfinite(f.low) && std::isfinite(f.high) && f.low <= f.high))
-        throw arg_error("tensor " + tname + ": uniform fill needs finite low <= high");
+        throw terr("uniform fill needs finite low <= high");
     }
   }
   std::optional<Metadata> meta = metadata;

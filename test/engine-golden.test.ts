@@ -17,6 +17,25 @@ function close(ours: number, ref: number): boolean {
   return Math.abs(ours - ref) <= 1e-4 * Math.max(1, Math.abs(ref));
 }
 
+t.test('bf16 weight storage is lossless for a bf16 checkpoint', async (t) => {
+  const name = 'llama_bf16';
+  const exp = JSON.parse(fs.readFileSync(path.join(DIR, name, 'expected.json'), 'utf8'));
+  const model = await loadModel(path.join(DIR, name), { device: 'cpu', weightsDtype: 'bf16' });
+  t.equal(model.info().weightsDtype, 'bf16');
+  const out = await model.forward({ inputIds: exp.input_ids, attentionMask: exp.attention_mask });
+  let bad = 0, n = 0;
+  exp.logprobs.forEach((row: (number | null)[], b: number) =>
+    row.forEach((v, i) => {
+      if (v === null) return;
+      n++;
+      if (!close(out.logp![b][i], v)) bad++;
+    }),
+  );
+  t.ok(n > 50);
+  t.equal(bad, 0, 'bf16-stored weights reproduce the reference');
+  model.dispose();
+});
+
 t.test('the golden set covers what the forward pass must handle', async (t) => {
   for (const want of ['llama_gqa_tied', 'qwen2_bias_gqa', 'llama3_rope_scaling', 'gpt2', 'llama_bf16', 'llama_f16', 'llama_score', 'llama_head_dim'])
     t.ok(cases.includes(want), want);

@@ -14,6 +14,13 @@ export interface LoadModelOptions {
   device?: 'auto' | 'cpu' | 'cuda';
   /** A PEFT LoRA adapter folder merged into the weights at load. */
   adapter?: string;
+  /**
+   * How the frozen matrices are kept in memory: 'f32' (default) or 'bf16'
+   * (rounded to nearest even; compute and accumulation stay fp32). bf16
+   * halves the bytes each matrix multiply streams; it is lossless when the
+   * checkpoint itself is bf16.
+   */
+  weightsDtype?: 'f32' | 'bf16';
 }
 
 export interface ForwardInput {
@@ -125,7 +132,7 @@ export class Model {
       for (const t of folder.tensors) tensors[t.canonical] = [t.file, t.name];
       const loras = opts.adapter ? readLoraPairs(opts.adapter, new Set(Object.keys(tensors))).pairs : undefined;
       const handle = await native()
-        .loadModel({ config: nativeConfig(folder.config), tensors, loras })
+        .loadModel({ config: { ...nativeConfig(folder.config), weightsBf16: opts.weightsDtype === 'bf16' }, tensors, loras })
         .catch((e: unknown) => {
           throw fromNative(e);
         });

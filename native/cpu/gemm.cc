@@ -37,9 +37,18 @@ void scalar_rows_dot(int64_t m, int64_t n0, int64_t n1, int64_t k, const float* 
       c[i * ldc + n] = accumulate ? c[i * ldc + n] + s : s;
     }
 }
+void scalar_rows_dot_bf16(int64_t m, int64_t n0, int64_t n1, int64_t k, const float* a, int64_t lda, const uint16_t* b, int64_t ldb,
+                          float* c, int64_t ldc, bool accumulate) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t n = n0; n < n1; ++n) {
+      float s = 0;
+      for (int64_t kk = 0; kk < k; ++kk) s += a[i * lda + kk] * bf16_to_f32(b[n * ldb + kk]);
+      c[i * ldc + n] = accumulate ? c[i * ldc + n] + s : s;
+    }
+}
 }  // namespace
 
-const GemmKernel kGemmScalar = {"scalar", kScalarMR, kScalarNR, scalar_micro, scalar_rows_dot};
+const GemmKernel kGemmScalar = {"scalar", kScalarMR, kScalarNR, scalar_micro, scalar_rows_dot, scalar_rows_dot_bf16};
 
 // ---------------------------------------------------------------- dispatch
 namespace {
@@ -108,26 +117,36 @@ void pack_a_panel(const GemmArgs& g, int MR, int64_t i0, int mr, int64_t k0, int
   }
 }
 
-// Packs cols [j0, j0+nr) x rows [k0, k0+kc) of op(B) as one NR-column micro-panel: dst[k*NR + c].
-void pack_b_panel(const GemmArgs& g, int NR, int64_t j0, int nr, int64_t k0, int64_t kc, float* dst) {
+inline float widen(float x) { return x; }
+inline float widen(uint16_t x) { return bf16_to_f32(x); }
+
+// Packs cols [j0, j0+nr) x rows [k0, k0+kc) of op(B) as one NR-column
+// micro-panel: dst[k*NR + c], widening bf16 weights to fp32 on the way.
+template <typename TB>
+void pack_b_panel_t(const GemmArgs& g, const TB* b, int NR, int64_t j0, int nr, int64_t k0, int64_t kc, float* dst) {
   if (g.trans_b) {  // B stored [N,K]: column j of op(B) is row j of B
     for (int c = 0; c < NR; ++c) {
       if (c < nr) {
-        const float* src = g.b + (j0 + c) * g.ldb + k0;
-        for (int64_t k = 0; k < kc; ++k) dst[k * NR + c] = src[k];
+        const TB* src = b + (j0 + c) * g.ldb + k0;
+        for (int64_t k = 0; k < kc; ++k) dst[k * NR + c] = widen(src[k]);
       } else {
         for (int64_t k = 0; k < kc; ++k) dst[k * NR + c] = 0.f;
       }
     }
   } else {  // B stored [K,N]
     for (int64_t k = 0; k < kc; ++k) {
-      const float* src = g.b + (k0 + k) * g.ldb + j0;
+      const TB* src = b + (k0 + k) * g.ldb + j0;
       float* d = dst + k * NR;
       int c = 0;
-      for (; c < nr; ++c) d[c] = src[c];
+      for (; c < nr; ++c) d[c] = widen(src[c]);
       for (; c < NR; ++c) d[c] = 0.f;
     }
   }
+}
+
+void pack_b_panel(const GemmArgs& g, int NR, int64_t j0, int nr, int64_t k0, int64_t kc, float* dst) {
+  if (g.b16) pack_b_panel_t(g, g.b16, NR, j0, nr, k0, kc, dst);
+  else pack_b_panel_t(g, g.b, NR, j0, nr, k0, kc, dst);
 }
 
 void gemm_small_m(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
@@ -136,7 +155,8 @@ void gemm_small_m(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
   const int64_t tasks = (g.n + chunk - 1) / chunk;
   pool.parallel_for(tasks, [&](int64_t t, int) {
     const int64_t n0 = t * chunk, n1 = std::min(g.n, n0 + chunk);
-    kern.rows_dot(g.m, n0, n1, g.k, g.a, g.lda, g.b, g.ldb, g.c, g.ldc, g.accumulate);
+    if (g.b16) kern.rows_dot_bf16(g.m, n0, n1, g.k, g.a, g.lda, g.b16, g.ldb, g.c, g.ldc, g.accumulate);
+    else kern.rows_dot(g.m, n0, n1, g.k, g.a, g.lda, g.b, g.ldb, g.c, g.ldc, g.accumulate);
   });
 }
 
@@ -239,6 +259,7 @@ void CpuBackend::gemm(const GemmOp& op) {
   g.lda = op.lda;
   g.b = op.b;
   g.ldb = op.ldb;
+  g.b16 = op.b_bf16;
   g.c = op.c;
   g.ldc = op.ldc;
   g.accumulate = op.accumulate;

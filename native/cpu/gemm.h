@@ -25,6 +25,7 @@ struct GemmArgs {
   int64_t lda = 0;
   const float* b = nullptr;
   int64_t ldb = 0;
+  const uint16_t* b16 = nullptr;  // B in bfloat16 instead of `b` (frozen weights)
   float* c = nullptr;
   int64_t ldc = 0;
   bool accumulate = false;  // C += op(A) op(B) instead of C = ...

@@ -69,12 +69,21 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// Loads 8 B values as floats, from fp32 or from bf16 (a bf16 is the top half of an fp32).
+inline __m256 load_b(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load_b(const uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+inline float b_at(const float* p) { return *p; }
+inline float b_at(const uint16_t* p) { return bf16_to_f32(*p); }
+
 // Small-M path (decode): C[m, n] = dot(A[m, :], B[n, :]). Each register
 // block is RM rows of A against RW = 3 rows of B, RM*RW accumulators. B is
 // walked in chunks of rows that stay in L2 while every group of A rows passes
 // over them, so the weights stream from memory once per call.
-template <int RM>
-void dot_block(int64_t n0, int64_t n1, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+template <int RM, typename TB>
+void dot_block(int64_t n0, int64_t n1, int64_t k, const float* a, int64_t lda, const TB* b, int64_t ldb, float* c, int64_t ldc,
                bool accumulate) {
   constexpr int RW = 3;
   const int64_t kv = k & ~int64_t(7);
@@ -85,11 +94,11 @@ void dot_block(int64_t n0, int64_t n1, int64_t k, const float* a, int64_t lda, c
     for (int i = 0; i < RM; ++i)
 #pragma GCC unroll 3
       for (int j = 0; j < RW; ++j) acc[i][j] = _mm256_setzero_ps();
-    const float* b0 = b + n * ldb;
+    const TB* b0 = b + n * ldb;
     for (int64_t kk = 0; kk < kv; kk += 8) {
       __m256 bv[RW];
 #pragma GCC unroll 3
-      for (int j = 0; j < RW; ++j) bv[j] = _mm256_loadu_ps(b0 + j * ldb + kk);
+      for (int j = 0; j < RW; ++j) bv[j] = load_b(b0 + j * ldb + kk);
 #pragma GCC unroll 8
       for (int i = 0; i < RM; ++i) {
         const __m256 av = _mm256_loadu_ps(a + i * lda + kk);
@@ -102,7 +111,7 @@ void dot_block(int64_t n0, int64_t n1, int64_t k, const float* a, int64_t lda, c
 #pragma GCC unroll 3
       for (int j = 0; j < RW; ++j) {
         float s = hsum(acc[i][j]);
-        for (int64_t kk = kv; kk < k; ++kk) s += a[i * lda + kk] * b[(n + j) * ldb + kk];
+        for (int64_t kk = kv; kk < k; ++kk) s += a[i * lda + kk] * b_at(b + (n + j) * ldb + kk);
         float* dst = c + i * ldc + n + j;
         *dst = accumulate ? *dst + s : s;
       }
@@ -110,16 +119,17 @@ void dot_block(int64_t n0, int64_t n1, int64_t k, const float* a, int64_t lda, c
   for (; n < n1; ++n)
     for (int i = 0; i < RM; ++i) {
       __m256 acc = _mm256_setzero_ps();
-      for (int64_t kk = 0; kk < kv; kk += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i * lda + kk), _mm256_loadu_ps(b + n * ldb + kk), acc);
+      for (int64_t kk = 0; kk < kv; kk += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i * lda + kk), load_b(b + n * ldb + kk), acc);
       float s = hsum(acc);
-      for (int64_t kk = kv; kk < k; ++kk) s += a[i * lda + kk] * b[n * ldb + kk];
+      for (int64_t kk = kv; kk < k; ++kk) s += a[i * lda + kk] * b_at(b + n * ldb + kk);
       float* dst = c + i * ldc + n;
       *dst = accumulate ? *dst + s : s;
     }
 }
 
-void rows_dot(int64_t m, int64_t n0, int64_t n1, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-              int64_t ldc, bool accumulate) {
+template <typename TB>
+void rows_dot_t(int64_t m, int64_t n0, int64_t n1, int64_t k, const float* a, int64_t lda, const TB* b, int64_t ldb, float* c,
+                int64_t ldc, bool accumulate) {
   // Rows of B per chunk: ~96 KB, so the chunk is still in L2 for the next group of A rows.
   const int64_t chunk = k > 0 ? (24 * 1024 / k + 2) / 3 * 3 + 3 : 48;
   for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
@@ -129,18 +139,27 @@ void rows_dot(int64_t m, int64_t n0, int64_t n1, int64_t k, const float* a, int6
       const float* ai = a + i * lda;
       float* ci = c + i * ldc;
       switch (rm) {
-        case 1: dot_block<1>(c0, c1, k, ai, lda, b, ldb, ci, ldc, accumulate); break;
-        case 2: dot_block<2>(c0, c1, k, ai, lda, b, ldb, ci, ldc, accumulate); break;
-        case 3: dot_block<3>(c0, c1, k, ai, lda, b, ldb, ci, ldc, accumulate); break;
-        case 4: dot_block<4>(c0, c1, k, ai, lda, b, ldb, ci, ldc, accumulate); break;
+        case 1: dot_block<1, TB>(c0, c1, k, ai, lda, b, ldb, ci, ldc, accumulate); break;
+        case 2: dot_block<2, TB>(c0, c1, k, ai, lda, b, ldb, ci, ldc, accumulate); break;
+        case 3: dot_block<3, TB>(c0, c1, k, ai, lda, b, ldb, ci, ldc, accumulate); break;
+        case 4: dot_block<4, TB>(c0, c1, k, ai, lda, b, ldb, ci, ldc, accumulate); break;
       }
     }
   }
 }
 
+void rows_dot(int64_t m, int64_t n0, int64_t n1, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+              int64_t ldc, bool accumulate) {
+  rows_dot_t(m, n0, n1, k, a, lda, b, ldb, c, ldc, accumulate);
+}
+void rows_dot_bf16(int64_t m, int64_t n0, int64_t n1, int64_t k, const float* a, int64_t lda, const uint16_t* b, int64_t ldb,
+                   float* c, int64_t ldc, bool accumulate) {
+  rows_dot_t(m, n0, n1, k, a, lda, b, ldb, c, ldc, accumulate);
+}
+
 }  // namespace
 
-const GemmKernel kGemmAvx2 = {"avx2", MR, NR, micro_6x16, rows_dot};
+const GemmKernel kGemmAvx2 = {"avx2", MR, NR, micro_6x16, rows_dot, rows_dot_bf16};
 
 }  // namespace rlhf::cpu
 

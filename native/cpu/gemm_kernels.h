@@ -17,7 +17,18 @@ struct GemmKernel {
   // Small-M path: C[m, n0:n1] (= or +=) dot(A[m,:K], B[n,:K]) for m < M <= 8.
   void (*rows_dot)(int64_t m, int64_t n0, int64_t n1, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
                    float* c, int64_t ldc, bool accumulate);
+  // The same with B in bfloat16 (widened in registers): half the bytes to stream.
+  void (*rows_dot_bf16)(int64_t m, int64_t n0, int64_t n1, int64_t k, const float* a, int64_t lda, const uint16_t* b,
+                        int64_t ldb, float* c, int64_t ldc, bool accumulate);
 };
+
+static inline float bf16_to_f32(uint16_t h) {
+  union {
+    uint32_t u;
+    float f;
+  } v{static_cast<uint32_t>(h) << 16};
+  return v.f;
+}
 
 extern const GemmKernel kGemmScalar;
 #if defined(__x86_64__)

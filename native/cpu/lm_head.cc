@@ -38,7 +38,8 @@ void CpuBackend::lm_head_logp(const LmHeadLogpOp& op) {
       g.k = op.dim;
       g.a = op.hidden + r0 * op.dim;
       g.lda = op.dim;
-      g.b = op.weight + v0 * op.dim;
+      g.b = op.weight ? op.weight + v0 * op.dim : nullptr;
+      g.b_bf16 = op.weight_bf16 ? op.weight_bf16 + v0 * op.dim : nullptr;
       g.ldb = op.dim;
       g.c = logits.data();
       g.ldc = vc;

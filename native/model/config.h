@@ -29,6 +29,7 @@ struct Config {
   bool lm_head = true;      // *ForCausalLM
   int64_t num_labels = 0;   // *ForSequenceClassification: score head rows
   std::string prefix;       // tensor-name prefix of the body: "model." / "transformer." / ""
+  bool weights_bf16 = false; // keep the frozen matrices in bfloat16 (fp32 compute)
 
   int64_t q_dim() const { return heads * head_dim; }
   int64_t kv_dim() const { return kv_heads * head_dim; }

@@ -34,6 +34,7 @@ void Transformer::Buffers::ensure(const Config& c, int64_t rows) {
 
 Transformer::Transformer(Config cfg, Weights w, Backend& be) : cfg_(std::move(cfg)), w_(std::move(w)), be_(be) {
   cfg_.validate();
+  if (cfg_.weights_bf16) convert_to_bf16(w_, cfg_);
 }
 
 void Transformer::ensure_rope(int64_t max_pos) {
@@ -77,6 +78,7 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
   emb.rows = c.vocab;
   emb.ids = ids;
   emb.table = w_.embed;
+  emb.table_bf16 = w_.embed16;
   emb.positions = llama ? nullptr : positions;
   emb.pos_table = llama ? nullptr : w_.pos_embed;
   emb.out = x;
@@ -93,18 +95,19 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
       be_.layernorm(op);
     }
   };
-  auto linear = [&](const float* in, int64_t in_dim, const float* wgt, const float* bias, int64_t out_dim, float* out) {
+  auto linear = [&](const float* in, int64_t in_dim, const float* wgt, const uint16_t* wgt16, const float* bias, int64_t out_dim,
+                    float* out) {
     GemmOp g;
     g.trans_b = true;
     g.m = rows, g.n = out_dim, g.k = in_dim;
-    g.a = in, g.lda = in_dim, g.b = wgt, g.ldb = in_dim, g.c = out, g.ldc = out_dim, g.bias = bias;
+    g.a = in, g.lda = in_dim, g.b = wgt, g.b_bf16 = wgt16, g.ldb = in_dim, g.c = out, g.ldc = out_dim, g.bias = bias;
     be_.gemm(g);
   };
 
   for (int64_t l = 0; l < c.layers; ++l) {
     const LayerWeights& L = w_.layers[static_cast<size_t>(l)];
     norm(l == 0 ? nullptr : tmp, L.norm1_w, L.norm1_b);  // x += mlp_out(l-1); xn = norm(x)
-    linear(xn, H, L.wqkv, L.bqkv, QKV, qkv);              // qkv: [rows, Q + 2 KV]
+    linear(xn, H, L.wqkv, L.wqkv16, L.bqkv, QKV, qkv);              // qkv: [rows, Q + 2 KV]
     if (llama) {
       RopeOp r;
       r.n = rows, r.heads = c.heads + c.kv_heads, r.head_dim = D, r.x = qkv, r.ld = QKV;
@@ -138,20 +141,20 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
       a.mask = mask, a.out = att, a.ldo = Q;
       be_.attention(a);
     }
-    linear(att, Q, L.wo, L.bo, H, tmp);                  // attention output
+    linear(att, Q, L.wo, L.wo16, L.bo, H, tmp);                 // attention output
     norm(tmp, L.norm2_w, L.norm2_b);                     // x += attn; xn = norm(x)
     if (llama) {
-      linear(xn, H, L.w_in, L.b_in, 2 * F, mlp);         // [gate | up]
+      linear(xn, H, L.w_in, L.w_in16, L.b_in, 2 * F, mlp);        // [gate | up]
       SwigluOp s;
       s.n = rows, s.dim = F, s.gate = mlp, s.up = mlp + F, s.ld_in = 2 * F, s.out = act, s.ld_out = F;
       be_.swiglu(s);
     } else {
-      linear(xn, H, L.w_in, L.b_in, F, mlp);
+      linear(xn, H, L.w_in, L.w_in16, L.b_in, F, mlp);
       GeluOp g;
       g.n = rows, g.dim = F, g.x = mlp, g.ld_in = F, g.out = act, g.ld_out = F;
       be_.gelu(g);
     }
-    linear(act, F, L.w_out, L.b_out, H, tmp);            // MLP output
+    linear(act, F, L.w_out, L.w_out16, L.b_out, H, tmp);           // MLP output
   }
   norm(tmp, w_.final_norm_w, w_.final_norm_b);           // final hidden in xn
 }
@@ -164,7 +167,8 @@ ForwardResult Transformer::forward(const ForwardRequest& req) {
       throw Error(code::kArgument, "token id " + std::to_string(req.ids[i]) + " at batch row " + std::to_string(i / T) +
                                        ", position " + std::to_string(i % T) + " is outside the vocabulary (size " +
                                        std::to_string(cfg_.vocab) + ")");
-  if (req.want_logp && !w_.lm_head) throw Error(code::kArgument, "this model has no LM head (it is a sequence classifier)");
+  const bool has_lm = w_.lm_head || w_.lm_head16;
+  if (req.want_logp && !has_lm) throw Error(code::kArgument, "this model has no LM head (it is a sequence classifier)");
   if (req.want_values && !w_.score) throw Error(code::kArgument, "this model has no score head");
   std::vector<int32_t> pos(static_cast<size_t>(N));
   positions_from_mask(req.mask, B, T, pos.data());
@@ -183,6 +187,7 @@ ForwardResult Transformer::forward(const ForwardRequest& req) {
     std::vector<float> logp(static_cast<size_t>(N)), ent(static_cast<size_t>(N));
     LmHeadLogpOp op;
     op.n = N, op.dim = cfg_.hidden, op.vocab = cfg_.vocab, op.hidden = buf_.xn.data(), op.weight = w_.lm_head;
+    op.weight_bf16 = w_.lm_head16;
     op.targets = targets.data(), op.logp = logp.data(), op.entropy = ent.data();
     op.inv_temperature = req.temperature > 0 ? 1.f / req.temperature : 1.f;
     be_.lm_head_logp(op);
@@ -195,7 +200,7 @@ ForwardResult Transformer::forward(const ForwardRequest& req) {
       }
   }
   if (req.want_last_logits) {
-    if (!w_.lm_head) throw Error(code::kArgument, "this model has no LM head");
+    if (!has_lm) throw Error(code::kArgument, "this model has no LM head");
     out.last_logits.resize(static_cast<size_t>(B * cfg_.vocab));
     for (int64_t b = 0; b < B; ++b) {
       int64_t last = T - 1;
@@ -216,13 +221,13 @@ void Transformer::logits_rows(const float* hidden, int64_t rows, int64_t ld_rows
   GemmOp g;
   g.trans_b = true;
   g.m = rows, g.n = cfg_.vocab, g.k = cfg_.hidden;
-  g.a = hidden, g.lda = ld_rows, g.b = w_.lm_head, g.ldb = cfg_.hidden, g.c = out, g.ldc = cfg_.vocab;
+  g.a = hidden, g.lda = ld_rows, g.b = w_.lm_head, g.b_bf16 = w_.lm_head16, g.ldb = cfg_.hidden, g.c = out, g.ldc = cfg_.vocab;
   be_.gemm(g);
 }
 
 std::vector<float> Transformer::prefill(const int32_t* ids, const uint8_t* mask, int64_t B, int64_t T, int64_t capacity,
                                         KvCache& cache) {
-  if (!w_.lm_head) throw Error(code::kArgument, "this model has no LM head and cannot generate");
+  if (!w_.lm_head && !w_.lm_head16) throw Error(code::kArgument, "this model has no LM head and cannot generate");
   const int64_t N = B * T;
   for (int64_t i = 0; i < N; ++i)
     if (ids[i] < 0 || ids[i] >= cfg_.vocab)

@@ -253,7 +253,76 @@ Weights load_weights(const Config& cfg, const TensorFiles& files, const std::vec
   if (cfg.lm_head && !cfg.tie_embeddings) ld.load("lm_head.weight", V, H, w.lm_head);
   if (cfg.num_labels > 0) ld.load("score.weight", cfg.num_labels, H, w.score);
   for (const LoraMerge& m : loras) merge_lora(ld, m);
+  w.parameters = 0;
+  for (auto& [slot, n] : plan)
+    if (!(cfg.lm_head && cfg.tie_embeddings && slot == &w.lm_head)) w.parameters += n;
   return w;
+}
+
+void convert_to_bf16(Weights& w, const Config& cfg) {
+  if (w.bf16()) return;
+  struct Big {
+    float** f32;
+    uint16_t** bf16;
+    int64_t n;
+  };
+  const int64_t H = cfg.hidden, F = cfg.intermediate;
+  const bool gpt2 = cfg.arch == Arch::kGpt2;
+  std::vector<Big> big;
+  big.push_back({&w.embed, &w.embed16, cfg.vocab * H});
+  for (auto& L : w.layers) {
+    big.push_back({&L.wqkv, &L.wqkv16, cfg.qkv_dim() * H});
+    big.push_back({&L.wo, &L.wo16, H * cfg.q_dim()});
+    big.push_back({&L.w_in, &L.w_in16, (gpt2 ? 1 : 2) * F * H});
+    big.push_back({&L.w_out, &L.w_out16, H * F});
+  }
+  const bool tied = w.lm_head == w.embed;
+  if (w.lm_head && !tied) big.push_back({&w.lm_head, &w.lm_head16, cfg.vocab * H});
+  int64_t total = 0;
+  for (auto& b : big) total += (b.n + 31) & ~int64_t(31);
+  w.slab16.reset(new uint16_t[static_cast<size_t>(total) + 32]);
+  w.slab16_elems = total;
+  uint16_t* p = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(w.slab16.get()) + 63) & ~uintptr_t(63));
+  for (auto& b : big) {
+    const float* src = *b.f32;
+    for (int64_t i = 0; i < b.n; ++i) p[i] = st::float_to_bf16(src[i]);
+    *b.bf16 = p;
+    *b.f32 = nullptr;
+    p += (b.n + 31) & ~int64_t(31);
+  }
+  if (tied) {
+    w.lm_head = nullptr;
+    w.lm_head16 = w.embed16;
+  }
+  // Move what stays fp32 into a compact slab and drop the old one.
+  std::vector<float**> small;
+  if (w.pos_embed) small.push_back(&w.pos_embed);
+  for (auto& L : w.layers)
+    for (float** f : {&L.norm1_w, &L.norm1_b, &L.bqkv, &L.bo, &L.norm2_w, &L.norm2_b, &L.b_in, &L.b_out})
+      if (*f) small.push_back(f);
+  for (float** f : {&w.final_norm_w, &w.final_norm_b, &w.score})
+    if (*f) small.push_back(f);
+  auto size_of = [&](float** f) -> int64_t {
+    if (f == &w.pos_embed) return cfg.max_positions * H;
+    if (f == &w.score) return cfg.num_labels * H;
+    for (auto& L : w.layers) {
+      if (f == &L.bqkv) return cfg.qkv_dim();
+      if (f == &L.b_in) return (gpt2 ? 1 : 2) * F;
+    }
+    return H;
+  };
+  int64_t keep = 0;
+  for (float** f : small) keep += (size_of(f) + 15) & ~int64_t(15);
+  std::unique_ptr<float[]> slab(new float[static_cast<size_t>(keep) + 16]);
+  float* q = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(slab.get()) + 63) & ~uintptr_t(63));
+  for (float** f : small) {
+    const int64_t n = size_of(f);
+    std::memcpy(q, *f, sizeof(float) * n);
+    *f = q;
+    q += (n + 15) & ~int64_t(15);
+  }
+  w.slab = std::move(slab);
+  w.slab_floats = keep;
 }
 
 }  // namespace rlhf::model

@@ -28,6 +28,12 @@ struct LayerWeights {
   float* b_in = nullptr;     // [2*inter] / [inter] or null
   float* w_out = nullptr;    // [hidden, inter]  down_proj / c_proj
   float* b_out = nullptr;    // [hidden] or null
+  // bfloat16 copies of the four matrices when the frozen weights are kept in
+  // bf16 (then the fp32 pointers above are null).
+  uint16_t* wqkv16 = nullptr;
+  uint16_t* wo16 = nullptr;
+  uint16_t* w_in16 = nullptr;
+  uint16_t* w_out16 = nullptr;
 };
 
 struct Weights {
@@ -40,7 +46,19 @@ struct Weights {
   float* final_norm_b = nullptr;
   float* lm_head = nullptr;     // [vocab, hidden]; == embed when tied
   float* score = nullptr;       // [num_labels, hidden] or null
+  // bf16 storage (see LayerWeights): embed16/lm_head16 replace embed/lm_head.
+  std::unique_ptr<uint16_t[]> slab16;
+  int64_t slab16_elems = 0;
+  uint16_t* embed16 = nullptr;
+  uint16_t* lm_head16 = nullptr;
+  bool bf16() const { return slab16 != nullptr; }
+  int64_t parameters = 0;  // elements of all loaded tensors
 };
+
+// Keeps the big matrices (embeddings, projections, LM head) in bfloat16,
+// rounded to nearest even, and frees their fp32 copies; norms, biases and
+// the score head stay fp32. Halves the bytes every GEMM streams.
+void convert_to_bf16(Weights& w, const Config& cfg);
 
 // Where each tensor lives: canonical name (as transformers saves it, e.g.
 // "transformer.h.0.ln_1.weight") -> {safetensors file path, name stored in

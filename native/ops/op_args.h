@@ -18,6 +18,9 @@ struct GemmOp {
   int64_t lda = 0;
   const float* b = nullptr;
   int64_t ldb = 0;
+  // Frozen weights kept in bfloat16: when set, B is read from here instead of
+  // `b` (same layout), widened to fp32 on the fly; accumulation stays fp32.
+  const uint16_t* b_bf16 = nullptr;
   float* c = nullptr;
   int64_t ldc = 0;
   const float* bias = nullptr;  // [n] or null
@@ -30,6 +33,7 @@ struct EmbeddingOp {
   int64_t n = 0, dim = 0, rows = 0;
   const int32_t* ids = nullptr;        // [n]
   const float* table = nullptr;        // [rows, dim]
+  const uint16_t* table_bf16 = nullptr;// [rows, dim] instead of table, when weights are bf16
   const int32_t* positions = nullptr;  // [n] or null (no learned positions)
   const float* pos_table = nullptr;    // [max_pos, dim] or null
   float* out = nullptr;                // [n, dim]
@@ -146,6 +150,7 @@ struct LmHeadLogpOp {
   int64_t n = 0, dim = 0, vocab = 0;
   const float* hidden = nullptr;   // [n, dim]
   const float* weight = nullptr;   // [vocab, dim]
+  const uint16_t* weight_bf16 = nullptr;  // [vocab, dim] instead of weight (bf16 frozen weights)
   const int32_t* targets = nullptr;// [n]
   float* logp = nullptr;           // [n]
   float* entropy = nullptr;        // [n] or null
