@@ -13,3 +13,7 @@ export * from './model/presets';
 export * from './tokenizer/tokenizer';
 export * from './tokenizer/chat-template';
 export * from './tokenizer/bpe-train';
+export { loadModel, Model, packBatch } from './engine/model';
+export type { LoadModelOptions, ForwardInput, ForwardOutput, GenerateInput } from './engine/model';
+export { scoreRows } from './engine/score';
+export { readAdapterConfig, readLoraPairs, loraScale } from './model/peft';
