@@ -108,7 +108,7 @@ std::string show(const json::Value& v) {
 
 class HeaderParser {
  public:
-  HeaderParser(const std::string& path) : path_(path) {}
+  explicit HeaderParser(const std::string& path) : path_(path) {}
 
   [[noreturn]] void fail(const std::string& msg) const { throw Error(code::kSafetensors, path_ + ": " + msg); }
   // Quotes the name only on the error path: headers can hold many thousand tensors.
@@ -180,7 +180,7 @@ class HeaderParser {
     std::sort(h.tensors.begin(), h.tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
       if (a.begin != b.begin) return a.begin < b.begin;
       if (a.end != b.end) return a.end < b.end;
-      return a.name < b.name;  // only empty tensors tie; keep the order stable
+      return a.name < b.name;  // ties: empty tensors (or an overlap, reported below); keeps messages deterministic
     });
     uint64_t pos = 0;
     const TensorInfo* prev = nullptr;
@@ -612,9 +612,10 @@ uint64_t write_file(const std::string& path, const std::vector<TensorToWrite>& t
     // No fill means raw data (possibly empty, for a tensor with a 0 dim).
     if (t.fill && (t.data != nullptr || t.data_len != 0))
       throw terr("give either data or fill, not both");
+    if (!t.fill && t.data_len > 0 && t.data == nullptr) throw terr("data is null");
     if (!t.fill && t.data_len != sizes[i])
       throw terr("data has " + std::to_string(t.data_len) + " bytes but shape " +
-                      shape_str(t.shape) + " of " + dtype_name(t.dtype) + " needs " + std::to_string(sizes[i]));
+                 shape_str(t.shape) + " of " + dtype_name(t.dtype) + " needs " + std::to_string(sizes[i]));
     if (t.fill) {
       if (t.dtype != Dtype::F32 && t.dtype != Dtype::F16 && t.dtype != Dtype::BF16)
         throw terr(std::string("fill supports F32, F16 and BF16, not ") + dtype_name(t.dtype));

@@ -58,8 +58,10 @@ class SafetensorsFileWrap : public Napi::ObjectWrap<SafetensorsFileWrap> {
       const st::Header& h = file_->header();
       Napi::Object out = Napi::Object::New(env);
       if (h.metadata) {
+        // Defined, not assigned, so a key such as "__proto__" stays an own property.
         Napi::Object m = Napi::Object::New(env);
-        for (const auto& [k, v] : *h.metadata) m.Set(k, v);
+        for (const auto& [k, v] : *h.metadata)
+          m.DefineProperty(Napi::PropertyDescriptor::Value(k, Napi::String::New(env, v), napi_default_jsproperty));
         out.Set("metadata", m);
       } else {
         out.Set("metadata", env.Null());
@@ -231,7 +233,14 @@ Napi::Value WriteSafetensors(const Napi::CallbackInfo& info) {
       if (!info[2].IsObject() || info[2].IsArray())
         throw Error(code::kArgument, ctx + "metadata must be an object of strings, or null");
       Napi::Object m = info[2].As<Napi::Object>();
-      Napi::Array keys = m.GetPropertyNames();
+      // Own enumerable string keys only (Object.keys), not inherited ones.
+      napi_value raw_keys;
+      NAPI_THROW_IF_FAILED(env,
+                           napi_get_all_property_names(env, m, napi_key_own_only,
+                                                       static_cast<napi_key_filter>(napi_key_enumerable | napi_key_skip_symbols),
+                                                       napi_key_numbers_to_strings, &raw_keys),
+                           env.Undefined());
+      Napi::Array keys(env, raw_keys);
       metadata.emplace();
       for (uint32_t i = 0; i < keys.Length(); ++i) {
         Napi::Value k = keys.Get(i);
