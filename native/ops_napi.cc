@@ -55,6 +55,24 @@ struct Fields {
 
 using Runner = std::function<void(Backend&, const Fields&)>;
 
+// An fp32 array of at least `count` elements (the loss and optimizer runners
+// check lengths, since a short array would be read past its end).
+float* f32n(const Fields& f, const char* key, int64_t count, bool optional = false) {
+  Napi::TypedArray a = f.arr(key, napi_float32_array, optional);
+  if (a.IsEmpty()) return nullptr;
+  if (count < 0 || static_cast<int64_t>(a.ElementLength()) < count)
+    throw Error(code::kArgument, f.op + ": '" + key + "' has " + std::to_string(a.ElementLength()) + " elements, needs " +
+                                     std::to_string(count));
+  return reinterpret_cast<float*>(static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset());
+}
+double* f64n(const Fields& f, const char* key, int64_t count, bool optional = false) {
+  Napi::TypedArray a = f.arr(key, napi_float64_array, optional);
+  if (a.IsEmpty()) return nullptr;
+  if (static_cast<int64_t>(a.ElementLength()) < count)
+    throw Error(code::kArgument, f.op + ": '" + key + "' needs " + std::to_string(count) + " elements");
+  return reinterpret_cast<double*>(static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset());
+}
+
 const std::unordered_map<std::string, Runner>& runners() {
   static const std::unordered_map<std::string, Runner> table = {
       {"gemm",
@@ -155,6 +173,97 @@ const std::unordered_map<std::string, Runner>& runners() {
          op.seeds = reinterpret_cast<const uint64_t*>(static_cast<uint8_t*>(seeds.ArrayBuffer().Data()) + seeds.ByteOffset());
          op.step = static_cast<uint64_t>(f.i("step")), op.out = f.i32("out"), op.out_logp = f.f32("outLogp", true);
          be.sample(op);
+       }},
+      {"sft_loss",
+       [](Backend& be, const Fields& f) {
+         SftLossOp op;
+         op.n = f.i("n");
+         op.logp = f32n(f, "logp", op.n), op.mask = f32n(f, "mask", op.n, true);
+         op.denom = static_cast<float>(f.d("denom", 0)), op.grad_scale = static_cast<float>(f.d("gradScale", 1));
+         op.loss = f32n(f, "loss", 1), op.dlogp = f32n(f, "dlogp", op.n, true);
+         op.stats = f32n(f, "stats", SftLossOp::kStatCount, true);
+         be.sft_loss(op);
+       }},
+      {"pairwise_loss",
+       [](Backend& be, const Fields& f) {
+         PairwiseLossOp op;
+         op.b = f.i("b");
+         op.chosen = f32n(f, "chosen", op.b), op.rejected = f32n(f, "rejected", op.b), op.margin = f32n(f, "margin", op.b, true);
+         op.grad_scale = static_cast<float>(f.d("gradScale", 1)), op.loss = f32n(f, "loss", 1);
+         op.dchosen = f32n(f, "dchosen", op.b, true), op.drejected = f32n(f, "drejected", op.b, true);
+         op.stats = f32n(f, "stats", PairwiseLossOp::kStatCount, true);
+         be.pairwise_loss(op);
+       }},
+      {"ppo_loss",
+       [](Backend& be, const Fields& f) {
+         PpoLossOp op;
+         const int64_t n = op.n = f.i("n");
+         op.logp = f32n(f, "logp", n), op.old_logp = f32n(f, "oldLogp", n), op.advantages = f32n(f, "advantages", n);
+         op.returns = f32n(f, "returns", n, true), op.values = f32n(f, "values", n, true);
+         op.old_values = f32n(f, "oldValues", n, true), op.ref_logp = f32n(f, "refLogp", n, true);
+         op.entropy = f32n(f, "entropy", n, true), op.mask = f32n(f, "mask", n, true);
+         if ((op.values != nullptr) != (op.returns != nullptr) || (op.values != nullptr) != (op.old_values != nullptr))
+           throw Error(code::kArgument, "ppo_loss: 'values', 'oldValues' and 'returns' go together");
+         op.clip_range = static_cast<float>(f.d("clipRange", 0.2)), op.clip_range_value = static_cast<float>(f.d("clipRangeValue", 0.2));
+         op.vf_coef = static_cast<float>(f.d("vfCoef", 0.1)), op.kl_coef = static_cast<float>(f.d("klCoef", 0));
+         op.ent_coef = static_cast<float>(f.d("entCoef", 0)), op.grad_scale = static_cast<float>(f.d("gradScale", 1));
+         Napi::Value est = f.o.Get("klEstimator");
+         const std::string e = est.IsString() ? est.As<Napi::String>().Utf8Value() : est.IsNumber() ? "k" + std::to_string(f.i("klEstimator")) : "k1";
+         if (e == "k1") op.kl_estimator = KlEstimator::kK1;
+         else if (e == "k2") op.kl_estimator = KlEstimator::kK2;
+         else if (e == "k3") op.kl_estimator = KlEstimator::kK3;
+         else throw Error(code::kArgument, "ppo_loss: 'klEstimator' must be k1, k2 or k3");
+         op.loss = f32n(f, "loss", 1), op.dlogp = f32n(f, "dlogp", n, true), op.dvalues = f32n(f, "dvalues", n, true);
+         op.dentropy = f32n(f, "dentropy", n, true), op.stats = f32n(f, "stats", PpoLossOp::kStatCount, true);
+         be.ppo_loss(op);
+       }},
+      {"dpo_loss",
+       [](Backend& be, const Fields& f) {
+         DpoLossOp op;
+         const int64_t b = op.b = f.i("b");
+         op.policy_chosen = f32n(f, "policyChosen", b), op.policy_rejected = f32n(f, "policyRejected", b);
+         op.ref_chosen = f32n(f, "refChosen", b), op.ref_rejected = f32n(f, "refRejected", b);
+         op.beta = static_cast<float>(f.d("beta", 0.1)), op.label_smoothing = static_cast<float>(f.d("labelSmoothing", 0));
+         op.grad_scale = static_cast<float>(f.d("gradScale", 1)), op.loss = f32n(f, "loss", 1);
+         op.dpolicy_chosen = f32n(f, "dpolicyChosen", b, true), op.dpolicy_rejected = f32n(f, "dpolicyRejected", b, true);
+         op.stats = f32n(f, "stats", DpoLossOp::kStatCount, true);
+         be.dpo_loss(op);
+       }},
+      {"adamw",
+       [](Backend& be, const Fields& f) {
+         AdamWOp op;
+         const int64_t n = op.n = f.i("n");
+         op.param = f32n(f, "param", n), op.grad = f32n(f, "grad", n), op.m = f32n(f, "m", n), op.v = f32n(f, "v", n);
+         op.lr = static_cast<float>(f.d("lr", 1e-3)), op.beta1 = static_cast<float>(f.d("beta1", 0.9));
+         op.beta2 = static_cast<float>(f.d("beta2", 0.999)), op.eps = static_cast<float>(f.d("eps", 1e-8));
+         op.weight_decay = static_cast<float>(f.d("weightDecay", 1e-2)), op.step = f.i("step", 1);
+         op.grad_scale = static_cast<float>(f.d("gradScale", 1));
+         if (op.step < 1) throw Error(code::kArgument, "adamw: 'step' counts from 1");
+         be.adamw(op);
+       }},
+      {"sgd",
+       [](Backend& be, const Fields& f) {
+         SgdOp op;
+         const int64_t n = op.n = f.i("n");
+         op.param = f32n(f, "param", n), op.grad = f32n(f, "grad", n);
+         op.lr = static_cast<float>(f.d("lr", 1e-3)), op.momentum = static_cast<float>(f.d("momentum", 0));
+         op.dampening = static_cast<float>(f.d("dampening", 0)), op.weight_decay = static_cast<float>(f.d("weightDecay", 0));
+         op.momentum_buf = f32n(f, "momentumBuf", n, op.momentum == 0.f);
+         op.step = f.i("step", 1), op.grad_scale = static_cast<float>(f.d("gradScale", 1));
+         be.sgd(op);
+       }},
+      {"grad_norm",
+       [](Backend& be, const Fields& f) {
+         GradNormOp op;
+         op.n = f.i("n"), op.grad = f32n(f, "grad", op.n), op.out = f64n(f, "out", 1);
+         be.grad_norm(op);
+       }},
+      {"scale",
+       [](Backend& be, const Fields& f) {
+         ScaleOp op;
+         op.n = f.i("n"), op.x = f32n(f, "x", op.n), op.factor = static_cast<float>(f.d("factor", 1));
+         op.sumsq = f64n(f, "sumsq", 1, true), op.max_norm = static_cast<float>(f.d("maxNorm", 1));
+         be.scale(op);
        }},
   };
   return table;

@@ -79,4 +79,117 @@ RLHF_HD float uniform01(uint64_t seed, uint64_t counter) {
   return static_cast<float>(mix64(seed ^ mix64(counter)) >> 40) * (1.f / 16777216.f);
 }
 
+
+// ------------------------------------------------------------------ losses
+// Per-element terms of the loss kernels (op_args.h, docs/losses.md). Each
+// returns its term and the term's derivative; the kernels add the masking,
+// the 1/count of the means and grad_scale.
+
+// log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|)): no overflow, no log(0).
+RLHF_HD float log_sigmoid(float x) { return fminf(x, 0.f) - log1pf(expf(-fabsf(x))); }
+
+RLHF_HD float sigmoid(float x) {
+  if (x >= 0.f) return 1.f / (1.f + expf(-x));
+  const float e = expf(x);
+  return e / (1.f + e);
+}
+
+struct LossTerm {
+  float loss;  // the per-element loss
+  float grad;  // d loss / d (the element's input named by the function)
+};
+
+// Pairwise (Bradley-Terry) reward-model loss of one pair, z = chosen - rejected
+// - margin: loss = -log sigmoid(z), grad = d/dz = -sigmoid(-z).
+RLHF_HD LossTerm pairwise_term(float z) { return LossTerm{-log_sigmoid(z), -sigmoid(-z)}; }
+
+// DPO with label smoothing ls, h = policy log-ratio minus reference log-ratio:
+// loss = -(1 - ls) log sigmoid(beta h) - ls log sigmoid(-beta h),
+// grad = d/dh = beta (ls sigmoid(beta h) - (1 - ls) sigmoid(-beta h)).
+RLHF_HD LossTerm dpo_term(float h, float beta, float ls) {
+  const float z = beta * h;
+  const float loss = -(1.f - ls) * log_sigmoid(z) - ls * log_sigmoid(-z);
+  const float grad = beta * (ls * sigmoid(z) - (1.f - ls) * sigmoid(-z));
+  return LossTerm{loss, grad};
+}
+
+// PPO clipped surrogate of one token as a loss (Schulman et al. 2017; TRL):
+// ratio r = exp(logp - old_logp), loss = max(-A r, -A clip(r, 1 - eps, 1 + eps)).
+// `clipped` when the clipped branch is strictly larger (then r is outside the
+// range and the loss does not depend on logp); otherwise grad = d/dlogp = -A r.
+struct PpoPgTerm {
+  float loss, grad, ratio;
+  bool clipped;
+};
+RLHF_HD PpoPgTerm ppo_pg_term(float logp, float old_logp, float adv, float eps) {
+  const float r = expf(logp - old_logp);
+  const float rc = fminf(fmaxf(r, 1.f - eps), 1.f + eps);
+  const float l1 = -adv * r, l2 = -adv * rc;
+  if (l2 > l1) return PpoPgTerm{l2, 0.f, r, true};
+  return PpoPgTerm{l1, -adv * r, r, false};
+}
+
+// PPO clipped value loss of one token (OpenAI baselines ppo2; TRL):
+// loss = 0.5 max((v - R)^2, (clip(v, v_old - eps_v, v_old + eps_v) - R)^2),
+// grad = d/dv. eps_v <= 0 turns clipping off: 0.5 (v - R)^2.
+struct PpoVfTerm {
+  float loss, grad;
+  bool clipped;
+};
+RLHF_HD PpoVfTerm ppo_vf_term(float v, float v_old, float ret, float eps_v) {
+  const float d1 = v - ret;
+  const float l1 = d1 * d1;
+  if (!(eps_v > 0.f)) return PpoVfTerm{0.5f * l1, d1, false};
+  const float vc = fminf(fmaxf(v, v_old - eps_v), v_old + eps_v);
+  const float d2 = vc - ret;
+  const float l2 = d2 * d2;
+  if (l2 > l1) return PpoVfTerm{0.5f * l2, 0.f, true};
+  return PpoVfTerm{0.5f * l1, d1, false};
+}
+
+// Per-token estimator of KL(policy || ref), d = logp - ref_logp, and its
+// derivative w.r.t. logp. estimator (KlEstimator): 1: k1 = d; 2: k2 = d^2/2;
+// 3: k3 = exp(-d) + d - 1, computed as expm1(-d) + d (no cancellation at small d).
+RLHF_HD LossTerm kl_term(float logp, float ref_logp, int estimator) {
+  const float d = logp - ref_logp;
+  if (estimator == 2) return LossTerm{0.5f * d * d, d};
+  if (estimator == 3) {
+    const float e = expm1f(-d);
+    return LossTerm{e + d, -e};
+  }
+  return LossTerm{d, 1.f};
+}
+
+// ------------------------------------------------------------------ optimizers
+
+// One element of torch.optim.AdamW: decay = 1 - lr * weight_decay,
+// step_size = lr / (1 - beta1^t), bc2_sqrt = sqrt(1 - beta2^t), g already scaled.
+RLHF_HD void adamw_update(float& p, float& m, float& v, float g, float decay, float beta1, float beta2, float step_size,
+                          float bc2_sqrt, float eps) {
+  p *= decay;
+  m = beta1 * m + (1.f - beta1) * g;
+  v = beta2 * v + (1.f - beta2) * g * g;
+  p -= step_size * (m / (sqrtf(v) / bc2_sqrt + eps));
+}
+
+// One element of torch.optim.SGD (nesterov off): d = g + wd p; with momentum
+// (buf non-null) buf = first ? d : momentum buf + (1 - dampening) d, d = buf;
+// p -= lr d.
+RLHF_HD void sgd_update(float& p, float* buf, float g, float lr, float wd, float momentum, float dampening, bool first) {
+  float d = g;
+  if (wd != 0.f) d += wd * p;
+  if (buf) {
+    *buf = first ? d : momentum * *buf + (1.f - dampening) * d;
+    d = *buf;
+  }
+  p -= lr * d;
+}
+
+// torch.nn.utils.clip_grad_norm_'s factor: min(1, max_norm / (norm + 1e-6)), in
+// fp32; a NaN norm gives NaN, as torch.clamp does.
+RLHF_HD float clip_coef(float max_norm, float norm) {
+  const float c = max_norm / (norm + 1e-6f);
+  return c > 1.f ? 1.f : c;
+}
+
 }  // namespace rlhf::math

@@ -185,4 +185,173 @@ struct SampleOp {
   float* out_logp = nullptr;        // [n] or null: log-prob of the pick under the (tempered) full softmax
 };
 
+
+// ------------------------------------------------------------------ losses
+// The loss kernels (docs/losses.md has every formula and its source). Each
+// writes the scalar loss to loss[0] and, for every non-null gradient pointer,
+// grad_scale * d(loss)/d(input) (overwritten, not accumulated); the loss
+// itself is not scaled. Masks are fp32 weights, 0 or 1 per token (null: all
+// ones); "masked mean" divides by the mask sum, or by 1 when that is 0 (for
+// 0/1 masks: max(1, sum(mask))). Tokens with mask 0 are skipped, so padding
+// may hold anything (even NaN), and their gradients are +0. Statistics (optional, null to skip) go to `stats` at the slots of the op's
+// Stat enum. Reductions run over fixed chunks combined in order in float64,
+// so results do not depend on the thread count.
+
+// Supervised finetuning (and rejection-sampling SFT): masked mean negative
+// log-likelihood, loss = -sum(mask * logp) / denom, denom = max(1, sum(mask))
+// or, when the caller passes denom > 0, that value (token-weighted gradient
+// accumulation: the caller passes the mask sum of all micro-batches).
+//   dlogp = -mask / denom * grad_scale
+struct SftLossOp {
+  enum Stat : int { kTokens, kNllSum, kStatCount };  // sum(mask), -sum(mask * logp)
+  int64_t n = 0;
+  const float* logp = nullptr;  // [n]
+  const float* mask = nullptr;  // [n] or null
+  float denom = 0.f;            // > 0: normaliser instead of max(1, sum(mask))
+  float grad_scale = 1.f;
+  float* loss = nullptr;        // [1]
+  float* dlogp = nullptr;       // [n] or null
+  float* stats = nullptr;       // [kStatCount] or null
+};
+
+// Reward model (InstructGPT; Llama 2 margin): z = chosen - rejected - margin,
+// loss = mean_b(-log sigmoid(z)).
+//   dchosen = -sigmoid(-z) / b * grad_scale, drejected = -dchosen
+struct PairwiseLossOp {
+  // accuracy: fraction with chosen > rejected; means over the batch of
+  // chosen - rejected (no margin), chosen, rejected.
+  enum Stat : int { kAccuracy, kMarginMean, kChosenMean, kRejectedMean, kStatCount };
+  int64_t b = 0;
+  const float* chosen = nullptr;    // [b] scores
+  const float* rejected = nullptr;  // [b]
+  const float* margin = nullptr;    // [b] or null (0)
+  float grad_scale = 1.f;
+  float* loss = nullptr;            // [1]
+  float* dchosen = nullptr;         // [b] or null
+  float* drejected = nullptr;       // [b] or null
+  float* stats = nullptr;           // [kStatCount] or null
+};
+
+// KL estimators of KL(policy || ref) per token, d = logp - ref_logp
+// (Schulman, "Approximating KL divergence"): k1 = d, k2 = d^2 / 2,
+// k3 = exp(-d) + d - 1.
+enum class KlEstimator : int32_t { kK1 = 1, kK2 = 2, kK3 = 3 };
+
+// PPO (TRL / OpenAI baselines conventions), per token over n tokens:
+//   ratio = exp(logp - old_logp)
+//   pg   = masked mean max(-A ratio, -A clip(ratio, 1 - clip_range, 1 + clip_range))
+//   vf   = 0.5 masked mean max((v - R)^2, (clip(v, v_old - cv, v_old + cv) - R)^2)
+//          (cv = clip_range_value; <= 0 turns value clipping off: 0.5 (v - R)^2)
+//   kl   = masked mean k(logp, ref_logp)         (0 when ref_logp is null)
+//   ent  = masked mean entropy                   (0 when entropy is null)
+//   loss = pg + vf_coef vf + kl_coef kl - ent_coef ent
+// values/old_values/returns are null together (no value loss: vf = 0).
+// Gradients w.r.t. logp (through the ratio and the KL term), values and
+// entropy, each times grad_scale.
+struct PpoLossOp {
+  // approx_kl = 0.5 masked mean (logp - old_logp)^2; clipfrac: fraction of
+  // masked tokens where the clipped policy branch is strictly larger (active);
+  // vf_clipfrac likewise for the value loss; tokens = sum(mask).
+  enum Stat : int { kPgLoss, kVfLoss, kKl, kEntropy, kApproxKl, kClipfrac, kVfClipfrac, kRatioMean, kTokens, kStatCount };
+  int64_t n = 0;
+  const float* logp = nullptr;        // [n] policy, current
+  const float* old_logp = nullptr;    // [n] policy at rollout time
+  const float* advantages = nullptr;  // [n]
+  const float* returns = nullptr;     // [n] or null
+  const float* values = nullptr;      // [n] critic, current, or null
+  const float* old_values = nullptr;  // [n] critic at rollout time, or null
+  const float* ref_logp = nullptr;    // [n] reference model, or null
+  const float* entropy = nullptr;     // [n] or null
+  const float* mask = nullptr;        // [n] or null
+  float clip_range = 0.2f;
+  float clip_range_value = 0.2f;
+  float vf_coef = 0.1f;
+  float kl_coef = 0.f;
+  KlEstimator kl_estimator = KlEstimator::kK1;
+  float ent_coef = 0.f;
+  float grad_scale = 1.f;
+  float* loss = nullptr;     // [1]
+  float* dlogp = nullptr;    // [n] or null
+  float* dvalues = nullptr;  // [n] or null
+  float* dentropy = nullptr; // [n] or null
+  float* stats = nullptr;    // [kStatCount] or null
+};
+
+// DPO (Rafailov et al. 2023; TRL's "sigmoid" loss; label smoothing as in
+// conservative DPO), per pair over b pairs of sequence log-prob sums:
+//   h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+//   loss = mean_b(-(1 - ls) log sigmoid(beta h) - ls log sigmoid(-beta h))
+// Gradients w.r.t. the policy sums (dpolicy_rejected = -dpolicy_chosen).
+struct DpoLossOp {
+  // rewards: chosen = beta (policy_chosen - ref_chosen), rejected likewise;
+  // accuracy = fraction with chosen reward > rejected reward; margin = mean
+  // of chosen - rejected reward.
+  enum Stat : int { kAccuracy, kChosenReward, kRejectedReward, kMargin, kStatCount };
+  int64_t b = 0;
+  const float* policy_chosen = nullptr;    // [b]
+  const float* policy_rejected = nullptr;  // [b]
+  const float* ref_chosen = nullptr;       // [b]
+  const float* ref_rejected = nullptr;     // [b]
+  float beta = 0.1f;
+  float label_smoothing = 0.f;
+  float grad_scale = 1.f;
+  float* loss = nullptr;              // [1]
+  float* dpolicy_chosen = nullptr;    // [b] or null
+  float* dpolicy_rejected = nullptr;  // [b] or null
+  float* stats = nullptr;             // [kStatCount] or null
+};
+
+// ------------------------------------------------------------------ optimizers
+// One step of torch.optim.AdamW (amsgrad off) on a flat fp32 array, in place:
+//   g = grad * grad_scale
+//   p *= 1 - lr * weight_decay
+//   m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
+//   p -= lr / (1 - beta1^step) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps)
+// step counts from 1 (the step being taken).
+struct AdamWOp {
+  int64_t n = 0;
+  float* param = nullptr;       // [n]
+  const float* grad = nullptr;  // [n]
+  float* m = nullptr;           // [n] first moment
+  float* v = nullptr;           // [n] second moment
+  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 1e-2f;
+  int64_t step = 1;
+  float grad_scale = 1.f;
+};
+
+// One step of torch.optim.SGD (nesterov off, maximize off), in place:
+//   d = grad * grad_scale + weight_decay * p
+//   with momentum: buf = d at step 1, else momentum buf + (1 - dampening) d; d = buf
+//   p -= lr d
+struct SgdOp {
+  int64_t n = 0;
+  float* param = nullptr;       // [n]
+  const float* grad = nullptr;  // [n]
+  float* momentum_buf = nullptr;// [n], or null when momentum == 0
+  float lr = 1e-3f, momentum = 0.f, dampening = 0.f, weight_decay = 0.f;
+  int64_t step = 1;
+  float grad_scale = 1.f;
+};
+
+// out[0] += sum(grad^2). Squares of fp32 values are exact in fp64 and are
+// summed in fp64 over fixed chunks combined in order, so the result is
+// deterministic and good to ~1e-15 relative. The caller sums over tensors
+// (same `out`) and takes the square root.
+struct GradNormOp {
+  int64_t n = 0;
+  const float* grad = nullptr;  // [n]
+  double* out = nullptr;        // [1], accumulated
+};
+
+// x *= factor; or, when sumsq is set (grad_norm's output), by the gradient
+// clipping factor computed from it on the device, as torch's
+// clip_grad_norm_: min(1, max_norm / (sqrt(*sumsq) + 1e-6)).
+struct ScaleOp {
+  int64_t n = 0;
+  float* x = nullptr;             // [n]
+  float factor = 1.f;
+  const double* sumsq = nullptr;  // [1] or null
+  float max_norm = 1.f;
+};
+
 }  // namespace rlhf

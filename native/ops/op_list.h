@@ -21,7 +21,15 @@
   X(add, AddOp, activation)               /* y += x                                  */ \
   X(lm_head_logp, LmHeadLogpOp, lm_head)  /* chunked logits -> logp(target), entropy */ \
   X(value_head, ValueHeadOp, lm_head)     /* scalar head per position                */ \
-  X(sample, SampleOp, sample)             /* greedy / temperature / top-k / top-p    */
+  X(sample, SampleOp, sample)             /* greedy / temperature / top-k / top-p    */ \
+  X(sft_loss, SftLossOp, loss)            /* masked mean NLL of per-token logp       */ \
+  X(pairwise_loss, PairwiseLossOp, loss)  /* reward model: -log sigmoid(rc - rr - m) */ \
+  X(ppo_loss, PpoLossOp, loss)            /* clipped surrogate + value + KL + entropy*/ \
+  X(dpo_loss, DpoLossOp, loss)            /* DPO sigmoid loss (+ label smoothing)    */ \
+  X(adamw, AdamWOp, optim)                /* torch.optim.AdamW step, in place        */ \
+  X(sgd, SgdOp, optim)                    /* torch.optim.SGD step (momentum, decay)  */ \
+  X(grad_norm, GradNormOp, optim)         /* out += sum of squares (fp64 accumulate) */ \
+  X(scale, ScaleOp, optim)                /* x *= factor, or the grad-clip factor    */
 
 namespace rlhf {
 
