@@ -1,0 +1,554 @@
+#!/usr/bin/env node
+// @ts-check
+/**
+ * Forward / decode benchmark of our engine, side by side with a plain eager
+ * PyTorch Llama (bench/torch_peer.py) on the same model folder, in one run,
+ * with MFU against fp32 matmul peaks measured in the same run.
+ *
+ *   npm run build && node bench/forward.js [--config S,M] [--json] [--repeats 5] [--decode-repeats 3]
+ *
+ * See bench/README.md for the workloads, the FLOP convention and every flag.
+ */
+'use strict';
+
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const readline = require('node:readline');
+const { spawn, execFileSync } = require('node:child_process');
+
+const ROOT = path.resolve(__dirname, '..');
+
+// ---------------------------------------------------------------------------
+// arguments
+
+const USAGE = `usage: node bench/forward.js [options]
+  --config S,M          configs to run (S, M; default both)
+  --json                one JSON object per line on stdout (the table goes to stderr)
+  --repeats N           timed forward repeats per engine (default 5)
+  --decode-repeats N    timed decode repeats per engine and batch size (default 3)
+  --warmup N            untimed runs per engine and workload (default 1)
+  --threads N           threads for both engines (default RLHF_NUM_THREADS or all usable cores)
+  --no-peer             ours only (no PyTorch)
+  --peer-wait-policy P  OMP_WAIT_POLICY for the peer: PASSIVE (default), ACTIVE, or default (leave unset)
+  --python PATH         python with torch for the peer (default TORCH_PEER_PYTHON or /usr/bin/python3)
+  --blas-dir DIR        folder with the OpenMP OpenBLAS libblas.so.3 (default TORCH_PEER_BLAS_DIR or
+                        the libopenblas0-openmp package's folder)
+  --out DIR             cache folder for the model folders (default bench/out)
+  --forward BxT         forward shape (default 4x256)
+  --decode B1,B2        decode batch sizes (default 1,8)
+  --prompt N            decode prompt length (default 32)
+  --new-tokens N        decode new tokens (default 128)`;
+
+function parseArgs(argv) {
+  const o = {
+    configs: ['S', 'M'], json: false, repeats: 5, decodeRepeats: 3, warmup: 1, threads: 0, peer: true,
+    python: process.env.TORCH_PEER_PYTHON || '/usr/bin/python3', waitPolicy: 'PASSIVE', blasDir: process.env.TORCH_PEER_BLAS_DIR || '',
+    out: path.join(__dirname, 'out'), fwdBatch: 4, fwdSeq: 256, decodeBatches: [1, 8], prompt: 32, newTokens: 128,
+  };
+  const int = (v, name) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 0) throw new Error(`${name} must be a non-negative integer, got ${v}`);
+    return n;
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const val = () => {
+      if (i + 1 >= argv.length) throw new Error(`${a} needs a value`);
+      return argv[++i];
+    };
+    switch (a) {
+      case '--config': o.configs = val().split(',').map((s) => s.trim().toUpperCase()).filter(Boolean); break;
+      case '--json': o.json = true; break;
+      case '--repeats': o.repeats = Math.max(1, int(val(), a)); break;
+      case '--decode-repeats': o.decodeRepeats = Math.max(1, int(val(), a)); break;
+      case '--warmup': o.warmup = int(val(), a); break;
+      case '--threads': o.threads = int(val(), a); break;
+      case '--no-peer': o.peer = false; break;
+      case '--python': o.python = val(); break;
+      case '--peer-wait-policy': {
+        const v = val().toUpperCase();
+        if (!['PASSIVE', 'ACTIVE', 'DEFAULT'].includes(v)) throw new Error('--peer-wait-policy wants PASSIVE, ACTIVE or default');
+        o.waitPolicy = v === 'DEFAULT' ? '' : v;
+        break;
+      }
+      case '--blas-dir': o.blasDir = val(); break;
+      case '--out': o.out = path.resolve(val()); break;
+      case '--forward': {
+        const m = /^(\d+)x(\d+)$/.exec(val());
+        if (!m) throw new Error('--forward wants BxT, e.g. 4x256');
+        o.fwdBatch = Number(m[1]);
+        o.fwdSeq = Number(m[2]);
+        break;
+      }
+      case '--decode': o.decodeBatches = val().split(',').map((s) => int(s, a)).filter((n) => n > 0); break;
+      case '--prompt': o.prompt = Math.max(1, int(val(), a)); break;
+      case '--new-tokens': o.newTokens = Math.max(1, int(val(), a)); break;
+      case '-h': case '--help': console.log(USAGE); process.exit(0); break;
+      default: throw new Error(`unknown option ${a}\n${USAGE}`);
+    }
+  }
+  for (const c of o.configs) if (!(c in CONFIGS)) throw new Error(`unknown config ${c}; configs: ${Object.keys(CONFIGS).join(', ')}`);
+  return o;
+}
+
+// ---------------------------------------------------------------------------
+// configs: Llama-shaped, untied LM head, random N(0, 0.02) weights
+
+/** @type {Record<string, {hidden:number, layers:number, heads:number, kvHeads:number, ffn:number, vocab:number, maxPositions:number}>} */
+const CONFIGS = {
+  S: { hidden: 288, layers: 6, heads: 6, kvHeads: 6, ffn: 768, vocab: 32000, maxPositions: 1024 },
+  M: { hidden: 512, layers: 8, heads: 8, kvHeads: 4, ffn: 1408, vocab: 32000, maxPositions: 1024 },
+};
+
+// ---------------------------------------------------------------------------
+// small helpers
+
+const log = (...a) => console.error('[bench]', ...a);
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+const now = () => Number(process.hrtime.bigint()) / 1e6; // ms
+
+/** Deterministic token ids (a 32-bit LCG), identical for both engines. */
+function randomIds(rows, cols, vocab, seed) {
+  let s = (seed * 2654435761 + 12345) >>> 0;
+  const out = [];
+  for (let r = 0; r < rows; r++) {
+    const row = new Array(cols);
+    for (let c = 0; c < cols; c++) {
+      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+      row[c] = s % vocab;
+    }
+    out.push(row);
+  }
+  return out;
+}
+
+function requireDist(rel) {
+  const file = path.join(ROOT, 'dist', rel);
+  if (!fs.existsSync(file)) throw new Error(`${path.relative(ROOT, file)} is missing: run \`npm run build\` (and \`npm run build:native\` if the addon is missing) first`);
+  return require(file);
+}
+
+function gitCommit() {
+  try {
+    return execFileSync('git', ['describe', '--always', '--dirty', '--abbrev=12'], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  } catch {
+    return 'unknown';
+  }
+}
+
+function findBlasDir(explicit) {
+  if (explicit) return explicit;
+  try {
+    const files = execFileSync('dpkg', ['-L', 'libopenblas0-openmp'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).split('\n');
+    const hit = files.find((f) => /\/libblas\.so\.3$/.test(f)) || files.find((f) => /libopenblas\.so\.0$/.test(f));
+    if (hit) return path.dirname(hit);
+  } catch {
+    /* not a dpkg system, or the package is missing */
+  }
+  const guess = `/usr/lib/${process.arch === 'x64' ? 'x86_64' : 'aarch64'}-linux-gnu/openblas-openmp`;
+  return fs.existsSync(guess) ? guess : '';
+}
+
+// ---------------------------------------------------------------------------
+// FLOPs (see bench/README.md)
+
+/**
+ * @param {{hidden:number, layers:number, heads:number, kvHeads:number, ffn:number, vocab:number}} c
+ * `body`: every non-embedding parameter except the LM head (attention and MLP
+ * matrices, norms); `head`: the LM head (vocab x hidden, counted even when tied).
+ */
+function modelCounts(c) {
+  const hd = c.hidden / c.heads;
+  const q = c.heads * hd;
+  const kv = c.kvHeads * hd;
+  const perLayer = c.hidden * q + 2 * c.hidden * kv + q * c.hidden + 3 * c.hidden * c.ffn + 2 * c.hidden;
+  const body = c.layers * perLayer + c.hidden;
+  return { body, head: c.vocab * c.hidden, embedding: c.vocab * c.hidden, attnDim: q, layers: c.layers };
+}
+
+/** Attention FLOPs of one query attending `ctx` keys: QK^T and PV, 2 FLOPs per MAC. */
+const attnFlops = (m, ctx) => 4 * m.layers * m.attnDim * ctx;
+
+/** Forward of B x T, LM head on all T positions; causal attention, position t attends t+1 keys. */
+function forwardFlops(m, B, T) {
+  return B * T * 2 * (m.body + m.head) + B * attnFlops(m, (T * (T + 1)) / 2);
+}
+
+/** generate: prefill of the prompt (LM head on its last position only), then newTokens-1 one-token steps. */
+function decodeFlops(m, B, Tp, newTokens) {
+  let f = B * Tp * 2 * m.body + B * 2 * m.head + B * attnFlops(m, (Tp * (Tp + 1)) / 2);
+  for (let s = 1; s < newTokens; s++) f += B * (2 * (m.body + m.head) + attnFlops(m, Tp + s));
+  return f;
+}
+
+// ---------------------------------------------------------------------------
+// model folders (cached under bench/out/models)
+
+function prepareFolder(lib, name, c, outRoot) {
+  const spec = { format: 1, name, ...c, seed: 0, dtype: 'F32', init: 'normal(0, 0.02), norms 1' };
+  const dir = path.join(outRoot, 'models', `llama-${name}-h${c.hidden}-l${c.layers}-kv${c.kvHeads}-f${c.ffn}-v${c.vocab}`);
+  const specFile = path.join(dir, 'bench-spec.json');
+  const weights = path.join(dir, 'model.safetensors');
+  if (fs.existsSync(specFile) && fs.existsSync(weights) && fs.existsSync(path.join(dir, 'config.json'))) {
+    try {
+      if (JSON.stringify(JSON.parse(fs.readFileSync(specFile, 'utf8'))) === JSON.stringify(spec)) return dir;
+    } catch {
+      /* rewrite */
+    }
+  }
+  fs.mkdirSync(dir, { recursive: true });
+  const preset = {
+    hiddenSize: c.hidden, numLayers: c.layers, numHeads: c.heads, numKvHeads: c.kvHeads, intermediateSize: c.ffn,
+    gpt2Inner: 4 * c.hidden, maxPositions: c.maxPositions, gpt2MaxPositions: c.maxPositions, tokenizerVocab: c.vocab,
+  };
+  const cfg = lib.presetModelConfig('llama', preset, { vocabSize: c.vocab, bos: 1, eos: [2], pad: 0 }, 'float32');
+  if (cfg.tieWordEmbeddings) throw new Error('bench configs must have an untied LM head');
+  const tensors = lib.expectedTensors(cfg).map((s) => ({ name: s.name, dtype: 'F32', shape: s.shape, fill: lib.initFill(cfg, s, spec.seed) }));
+  const t0 = now();
+  lib.writeSafetensors(weights, tensors, { format: 'pt' });
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(lib.modelConfigToHf(cfg), null, 2) + '\n');
+  fs.writeFileSync(specFile, JSON.stringify(spec) + '\n');
+  log(`wrote ${path.relative(ROOT, dir)} (${(fs.statSync(weights).size / 2 ** 20).toFixed(0)} MiB, ${(now() - t0).toFixed(0)} ms)`);
+  return dir;
+}
+
+// ---------------------------------------------------------------------------
+// the PyTorch peer: a long-lived process, one JSON command per line
+
+class Peer {
+  constructor(opts, threads) {
+    const blasDir = findBlasDir(opts.blasDir);
+    this.blasDir = blasDir;
+    const env = { ...process.env, OMP_NUM_THREADS: String(threads), PYTHONUNBUFFERED: '1' };
+    // libgomp's default spin-waiting collapses when the cores are oversubscribed
+    // by other processes (see bench/README.md); PASSIVE unless asked otherwise.
+    if (opts.waitPolicy) env.OMP_WAIT_POLICY = opts.waitPolicy;
+    else delete env.OMP_WAIT_POLICY;
+    if (blasDir) env.LD_LIBRARY_PATH = blasDir + (process.env.LD_LIBRARY_PATH ? ':' + process.env.LD_LIBRARY_PATH : '');
+    // A pyenv shim or a venv would not have Debian's torch; the caller picks the python explicitly.
+    this.proc = spawn(opts.python, [path.join(__dirname, 'torch_peer.py'), '--serve', '--threads', String(threads)], {
+      env,
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
+    this.waiting = [];
+    this.exited = null;
+    readline.createInterface({ input: this.proc.stdout }).on('line', (line) => {
+      const w = this.waiting.shift();
+      if (w) w.resolve(line);
+    });
+    const fail = (why) => {
+      this.exited = why;
+      for (const w of this.waiting.splice(0)) w.reject(new Error(`torch peer: ${why}`));
+    };
+    this.proc.on('error', (e) => fail(`could not start ${opts.python}: ${e.message}`));
+    this.proc.on('exit', (code, sig) => fail(`exited (code ${code}, signal ${sig})`));
+  }
+
+  /** @returns {Promise<any>} */
+  request(cmd) {
+    if (this.exited) return Promise.reject(new Error(`torch peer: ${this.exited}`));
+    return new Promise((resolve, reject) => {
+      this.waiting.push({
+        resolve: (line) => {
+          const r = JSON.parse(line);
+          if (!r.ok) reject(new Error(`torch peer ${cmd.cmd}: ${r.error}`));
+          else resolve(r);
+        },
+        reject,
+      });
+      this.proc.stdin.write(JSON.stringify(cmd) + '\n');
+    });
+  }
+
+  close() {
+    if (!this.exited) {
+      this.proc.stdin.write(JSON.stringify({ cmd: 'quit' }) + '\n');
+      this.proc.stdin.end();
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// matmul peaks
+
+/** Our GEMM through the op table (runOp 'gemm', C = A B^T as a linear layer calls it). Median GFLOP/s. */
+function ourGemmRate(addon, m, n, k, minSeconds = 0.25, samples = 5) {
+  const fill = (len, seed) => {
+    const a = new Float32Array(len);
+    let s = seed >>> 0;
+    for (let i = 0; i < len; i++) {
+      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+      a[i] = (s / 2 ** 32 - 0.5) * 2;
+    }
+    return a;
+  };
+  const a = fill(m * k, 1), b = fill(n * k, 2), c = new Float32Array(m * n);
+  const run = () => addon.runOp('gemm', { m, n, k, a, lda: k, b, ldb: k, c, ldc: n, transA: false, transB: true });
+  run();
+  let t = now();
+  run();
+  const one = Math.max(now() - t, 1e-3) / 1e3;
+  if (one > 0.2) samples = Math.min(samples, 3);
+  const iters = Math.max(1, Math.floor(minSeconds / samples / one));
+  const rates = [];
+  for (let s = 0; s < samples; s++) {
+    t = now();
+    for (let i = 0; i < iters; i++) run();
+    const dt = (now() - t) / 1e3 / iters;
+    rates.push((2 * m * n * k) / dt / 1e9);
+  }
+  rates.sort((x, y) => x - y);
+  return { m, n, k, gflops: median(rates), min_gflops: rates[0], max_gflops: rates[rates.length - 1], samples, iters };
+}
+
+function gemmShapes(c, tokens) {
+  const hd = c.hidden / c.heads;
+  const uniq = new Map();
+  for (const [m, n, k, what] of [
+    [1024, 1024, 1024, 'square'],
+    [tokens, c.heads * hd, c.hidden, 'q/o proj'],
+    [tokens, c.ffn, c.hidden, 'gate/up proj'],
+    [tokens, c.hidden, c.ffn, 'down proj'],
+    [tokens, c.vocab, c.hidden, 'lm head'],
+  ])
+    if (!uniq.has(`${m}x${n}x${k}`)) uniq.set(`${m}x${n}x${k}`, { m, n, k, what });
+  return [...uniq.values()];
+}
+
+// ---------------------------------------------------------------------------
+// timing
+
+function summary(msList) {
+  return { median_ms: median(msList), min_ms: Math.min(...msList), max_ms: Math.max(...msList), repeats: msList.length, runs_ms: msList };
+}
+
+/**
+ * Warm-up, then `repeats` timed runs of each engine, interleaved (the order
+ * flips every repeat) so that a noisy neighbour hurts both alike.
+ */
+async function interleaved(repeats, warmup, ours, peer) {
+  const o = [], p = [];
+  const load = [os.loadavg()[0]];
+  for (let i = 0; i < warmup; i++) {
+    await ours();
+    if (peer) await peer();
+  }
+  for (let r = 0; r < repeats; r++) {
+    if (r % 2 === 0 || !peer) {
+      o.push(await ours());
+      if (peer) p.push(await peer());
+    } else {
+      p.push(await peer());
+      o.push(await ours());
+    }
+  }
+  load.push(os.loadavg()[0]);
+  return { ours: summary(o), peer: peer ? summary(p) : null, load };
+}
+
+// ---------------------------------------------------------------------------
+// main
+
+async function main() {
+  const opts = parseArgs(process.argv.slice(2));
+  const threads = opts.threads || Number(process.env.RLHF_NUM_THREADS) || os.availableParallelism();
+  process.env.RLHF_NUM_THREADS = String(threads); // read when the addon creates its engine
+  const lib = requireDist('lib/index.js');
+  const { loadModel } = requireDist('lib/engine/model.js');
+  const { native } = requireDist('lib/native.js');
+  const addon = native();
+  const info = addon.info();
+  const cpuModel = os.cpus()[0]?.model?.trim() || 'unknown CPU';
+  const device = `cpu: ${cpuModel}, ${os.availableParallelism()} usable cores, ${threads} threads, ${info.cpu.simd}`;
+  const meta = {
+    date: new Date().toISOString(),
+    commit: gitCommit(),
+    node: process.version,
+    device,
+    threads,
+    host: { cpus: os.cpus().length, mem_gib: +(os.totalmem() / 2 ** 30).toFixed(1), loadavg: os.loadavg().map((x) => +x.toFixed(2)) },
+  };
+  const emit = (obj) => {
+    if (opts.json) process.stdout.write(JSON.stringify(obj) + '\n');
+  };
+  const out = opts.json ? (s) => process.stderr.write(s + '\n') : (s) => process.stdout.write(s + '\n');
+
+  let peer = null;
+  let peerInfo = null;
+  if (opts.peer) {
+    peer = new Peer(opts, threads);
+    peerInfo = await peer.request({ cmd: 'hello' });
+    const openmpBlas = peerInfo.blas.some((p) => /openblas-openmp|libopenblasp-/.test(p));
+    peerInfo.openmp_openblas = openmpBlas;
+    log(`torch ${peerInfo.torch}, ${peerInfo.threads} threads, BLAS: ${peerInfo.blas.join(', ') || 'none mapped'}`);
+    if (!openmpBlas)
+      log(`WARNING: the peer did not load the OpenMP OpenBLAS (LD_LIBRARY_PATH=${peer.blasDir || '(not set)'}); its numbers are not comparable. Install libopenblas0-openmp or pass --blas-dir.`);
+    if (peerInfo.threads !== threads) log(`WARNING: the peer runs ${peerInfo.threads} threads, ours ${threads}`);
+  }
+  meta.torch = peerInfo ? peerInfo.torch : null;
+  meta.torch_blas = peerInfo ? peerInfo.blas : null;
+  meta.torch_threads = peerInfo ? peerInfo.threads : null;
+  meta.torch_omp_wait_policy = peerInfo ? peerInfo.omp_wait_policy || 'default' : null;
+  emit({ name: 'meta', ...meta });
+
+  const rows = [];
+  const peaks = [];
+  const t0 = now();
+  try {
+    for (const name of opts.configs) {
+      const c = CONFIGS[name];
+      if (opts.fwdSeq > c.maxPositions || opts.prompt + opts.newTokens > c.maxPositions)
+        throw new Error(`config ${name}: sequences longer than max positions ${c.maxPositions}`);
+      const dir = prepareFolder(lib, name, c, opts.out);
+      const counts = modelCounts(c);
+      const model = await loadModel(dir, { device: 'cpu' });
+      const mi = model.info();
+      if (mi.threads !== threads) log(`WARNING: our engine runs ${mi.threads} threads, asked for ${threads}`);
+      if (peer) await peer.request({ cmd: 'load', dir });
+      const cfgDesc = `${name}: dim ${c.hidden}, ${c.layers} layers, ${c.heads} heads, ${c.kvHeads} kv, ffn ${c.ffn}, vocab ${c.vocab}, ${(mi.parameters / 1e6).toFixed(1)}M params`;
+      log(cfgDesc);
+
+      // -- matmul peaks (same run, same shapes for both)
+      const shapes = gemmShapes(c, opts.fwdBatch * opts.fwdSeq);
+      const oursGemm = shapes.map((s) => ({ ...ourGemmRate(addon, s.m, s.n, s.k), what: s.what }));
+      const peerGemm = peer ? (await peer.request({ cmd: 'matmul', shapes: shapes.map((s) => [s.m, s.n, s.k]) })).shapes.map((r, i) => ({ ...r, what: shapes[i].what })) : null;
+      const oursPeak = Math.max(...oursGemm.map((r) => r.gflops));
+      const peerPeak = peerGemm ? Math.max(...peerGemm.map((r) => r.gflops)) : 0;
+      const ceiling = Math.max(oursPeak, peerPeak);
+      const ceilingSource = peerPeak > oursPeak ? 'torch.mm (OpenBLAS)' : 'our GEMM';
+      peaks.push({ config: name, oursPeak, peerPeak, ceiling, ceilingSource, oursGemm, peerGemm });
+      emit({ name: 'matmul', engine: 'ours', device, config: name, peak_gflops: oursPeak, shapes: oursGemm });
+      if (peerGemm) emit({ name: 'matmul', engine: 'torch', device, config: name, peak_gflops: peerPeak, shapes: peerGemm, blas: peerInfo.blas });
+      log(`fp32 GEMM peak: ours ${oursPeak.toFixed(1)} GFLOP/s, torch ${peer ? peerPeak.toFixed(1) : '-'} GFLOP/s; MFU ceiling ${ceiling.toFixed(1)} (${ceilingSource})`);
+
+      const record = (workload, extra, tokens, flops, r, check) => {
+        const rate = (s) => (s ? { tokens_per_sec: tokens / (s.median_ms / 1e3), mfu: flops / (s.median_ms / 1e3) / (ceiling * 1e9) } : null);
+        const o = rate(r.ours), p = rate(r.peer);
+        const row = {
+          name: workload.split(' ')[0], workload, device, config: name, ...extra, tokens, flops,
+          tokens_per_sec: o.tokens_per_sec, mfu: o.mfu, mfu_own_peak: flops / (r.ours.median_ms / 1e3) / (oursPeak * 1e9),
+          median_ms: r.ours.median_ms, min_ms: r.ours.min_ms, max_ms: r.ours.max_ms, repeats: r.ours.repeats, runs_ms: r.ours.runs_ms,
+          peak_gflops: ceiling, peak_source: ceilingSource, ours_gemm_peak_gflops: oursPeak,
+          peer: p
+            ? { engine: `torch ${peerInfo.torch} eager fp32`, tokens_per_sec: p.tokens_per_sec, mfu: p.mfu, mfu_own_peak: flops / (r.peer.median_ms / 1e3) / (peerPeak * 1e9),
+                median_ms: r.peer.median_ms, min_ms: r.peer.min_ms, max_ms: r.peer.max_ms, repeats: r.peer.repeats, runs_ms: r.peer.runs_ms, gemm_peak_gflops: peerPeak }
+            : null,
+          ratio: p ? o.tokens_per_sec / p.tokens_per_sec : null,
+          check,
+          loadavg_1min: r.load.map((x) => +x.toFixed(2)),
+        };
+        rows.push(row);
+        emit(row);
+        log(`${name} ${workload}: ours ${o.tokens_per_sec.toFixed(1)} tok/s` + (p ? `, torch ${p.tokens_per_sec.toFixed(1)} tok/s, ratio ${row.ratio.toFixed(2)}` : ''));
+      };
+
+      // -- forward: B x T, per-token log-probs (+ entropy) of the next tokens
+      {
+        const B = opts.fwdBatch, T = opts.fwdSeq;
+        const ids = randomIds(B, T, c.vocab, 1);
+        const idsTyped = ids.map((r) => Int32Array.from(r));
+        let check = null;
+        if (peer) {
+          const o = await model.forward({ inputIds: idsTyped });
+          const p = await peer.request({ cmd: 'forward', ids, return_logp: true });
+          let sum = 0, maxDiff = 0, n = 0;
+          for (let b = 0; b < B; b++)
+            for (let t = 0; t < T - 1; t++) {
+              const v = o.logp[b][t];
+              sum += v;
+              maxDiff = Math.max(maxDiff, Math.abs(v - p.logp[n]));
+              n++;
+            }
+          const meanOurs = sum / n;
+          check = { mean_logp_ours: meanOurs, mean_logp_torch: p.mean_logp, abs_diff: Math.abs(meanOurs - p.mean_logp), max_token_abs_diff: maxDiff, ok: Math.abs(meanOurs - p.mean_logp) < 1e-4 };
+          log(`forward check: mean logp ours ${meanOurs.toFixed(6)}, torch ${p.mean_logp.toFixed(6)}, |diff| ${check.abs_diff.toExponential(2)}, max per-token |diff| ${maxDiff.toExponential(2)}${check.ok ? '' : '  <-- DISAGREE'}`);
+        }
+        // With the peer, the check run above is the first warm-up of both engines.
+        const r = await interleaved(
+          opts.repeats, peer ? Math.max(0, opts.warmup - 1) : opts.warmup,
+          async () => { const t = now(); await model.forward({ inputIds: idsTyped }); return now() - t; },
+          peer && (async () => (await peer.request({ cmd: 'forward', ids })).ms),
+        );
+        record(`forward b${B}x${T}`, { batch: B, seq: T }, B * T, forwardFlops(counts, B, T), r, check);
+      }
+
+      // -- decode: greedy, KV cache, prompt P, N new tokens, no EOS
+      for (const B of opts.decodeBatches) {
+        const P = opts.prompt, N = opts.newTokens;
+        const prompts = randomIds(B, P, c.vocab, 100 + B);
+        const gen = () => model.generate({ prompts, maxNewTokens: N, temperature: 0, eosIds: [] });
+        let check = null;
+        if (peer) {
+          const o = await gen();
+          const p = await peer.request({ cmd: 'decode', prompts, new_tokens: N, return_tokens: true });
+          let same = 0, total = 0, firstDiff = [];
+          for (let b = 0; b < B; b++) {
+            let fd = -1;
+            for (let t = 0; t < N; t++) {
+              total++;
+              if (o.tokens[b][t] === p.tokens[b][t]) same++;
+              else if (fd < 0) fd = t;
+            }
+            firstDiff.push(fd);
+          }
+          const short = o.tokens.some((t) => t.length !== N);
+          check = { tokens_equal: same / total, first_divergence: firstDiff, ours_length_ok: !short, ok: same === total && !short };
+          log(`decode b${B} check: ${(100 * same / total).toFixed(1)}% greedy tokens identical` + (same === total ? '' : `, first divergence per row ${JSON.stringify(firstDiff)}`));
+        }
+        const r = await interleaved(
+          opts.decodeRepeats, peer ? Math.max(0, opts.warmup - 1) : opts.warmup,
+          async () => {
+            const t = now();
+            const g = await gen();
+            const ms = now() - t;
+            if (g.tokens[0].length !== N) throw new Error(`generate stopped after ${g.tokens[0].length} tokens (${g.finish[0]})`);
+            return ms;
+          },
+          peer && (async () => (await peer.request({ cmd: 'decode', prompts, new_tokens: N })).ms),
+        );
+        record(`decode b${B} ${P}+${N}`, { batch: B, prompt: P, new_tokens: N }, B * N, decodeFlops(counts, B, P, N), r, check);
+      }
+      model.dispose();
+    }
+  } finally {
+    if (peer) peer.close();
+  }
+  const totalS = (now() - t0) / 1e3;
+  emit({ name: 'done', seconds: totalS });
+
+  // -- table
+  const f1 = (x) => (x == null ? '-' : x >= 100 ? x.toFixed(0) : x.toFixed(1));
+  const pct = (x) => (x == null ? '-' : (100 * x).toFixed(1) + '%');
+  const ms = (s) => (s == null ? '-' : `${s.median_ms.toFixed(0)} [${s.min_ms.toFixed(0)}-${s.max_ms.toFixed(0)}]`);
+  out('');
+  out(`date ${meta.date}  commit ${meta.commit}  node ${meta.node}${meta.torch ? `  torch ${meta.torch}` : ''}`);
+  out(`device ${device}; load avg at start ${meta.host.loadavg.join(' ')}`);
+  if (peerInfo) out(`torch BLAS: ${peerInfo.blas.join(', ')}${peerInfo.openmp_openblas ? '' : '  (NOT the OpenMP OpenBLAS)'}; torch threads ${peerInfo.threads}, OMP_WAIT_POLICY ${meta.torch_omp_wait_policy}`);
+  for (const p of peaks)
+    out(`fp32 matmul peak ${p.config}: ours ${p.oursPeak.toFixed(1)} GFLOP/s, torch ${p.peerPeak ? p.peerPeak.toFixed(1) : '-'} GFLOP/s -> MFU denominator ${p.ceiling.toFixed(1)} GFLOP/s (${p.ceilingSource})`);
+  out('');
+  const head = ['config', 'workload', 'ours tok/s', 'torch tok/s', 'ours/torch', 'MFU ours', 'MFU torch', 'ours ms med [min-max]', 'torch ms med [min-max]', 'load', 'check'];
+  const body = rows.map((r) => [
+    r.config, r.workload, f1(r.tokens_per_sec), f1(r.peer?.tokens_per_sec), r.ratio == null ? '-' : r.ratio.toFixed(2),
+    pct(r.mfu), pct(r.peer?.mfu), ms(r), ms(r.peer), r.loadavg_1min.map((x) => x.toFixed(1)).join('→'),
+    r.check == null ? '-' : r.name === 'forward' ? `dlogp ${r.check.abs_diff.toExponential(1)}` : `${(100 * r.check.tokens_equal).toFixed(0)}% same`,
+  ]);
+  out('| ' + head.join(' | ') + ' |');
+  out('|' + head.map(() => '---').join('|') + '|');
+  for (const b of body) out('| ' + b.join(' | ') + ' |');
+  out('');
+  out('load: the 1-minute load average before and after the workload\'s timed runs (other processes share the cores).');
+  out(`repeats: forward ${opts.repeats}, decode ${opts.decodeRepeats} (after ${opts.warmup} warm-up), interleaved ours/torch; total ${totalS.toFixed(0)} s`);
+  const bad = rows.filter((r) => r.check && !r.check.ok);
+  if (bad.length) out(`NOTE: checks failed for ${bad.map((r) => `${r.config} ${r.workload}`).join(', ')}`);
+}
+
+main().catch((e) => {
+  console.error(e && e.stack ? e.stack : e);
+  process.exit(1);
+});
