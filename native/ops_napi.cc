@@ -42,6 +42,10 @@ struct Fields {
     Napi::TypedArray a = arr(key, napi_uint8_array, optional);
     return a.IsEmpty() ? nullptr : static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset();
   }
+  uint16_t* u16(const char* key, bool optional = false) const {
+    Napi::TypedArray a = arr(key, napi_uint16_array, optional);
+    return a.IsEmpty() ? nullptr : reinterpret_cast<uint16_t*>(static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset());
+  }
   int64_t i(const char* key, int64_t dflt = 0) const {
     Napi::Value v = o.Get(key);
     return v.IsNumber() ? v.As<Napi::Number>().Int64Value() : dflt;
@@ -79,7 +83,9 @@ const std::unordered_map<std::string, Runner>& runners() {
        [](Backend& be, const Fields& f) {
          GemmOp op;
          op.trans_a = f.b("transA"), op.trans_b = f.b("transB"), op.m = f.i("m"), op.n = f.i("n"), op.k = f.i("k");
-         op.a = f.f32("a"), op.lda = f.i("lda"), op.b = f.f32("b"), op.ldb = f.i("ldb"), op.c = f.f32("c"), op.ldc = f.i("ldc");
+         op.a = f.f32("a"), op.lda = f.i("lda"), op.b = f.f32("b", true), op.ldb = f.i("ldb"), op.c = f.f32("c"), op.ldc = f.i("ldc");
+         op.b_bf16 = f.u16("bBf16", true);
+         if (!op.b == !op.b_bf16) throw Error(code::kArgument, "gemm: give exactly one of 'b' and 'bBf16'");
          op.bias = f.f32("bias", true), op.accumulate = f.b("accumulate");
          be.gemm(op);
        }},
@@ -264,6 +270,77 @@ const std::unordered_map<std::string, Runner>& runners() {
          op.n = f.i("n"), op.x = f32n(f, "x", op.n), op.factor = static_cast<float>(f.d("factor", 1));
          op.sumsq = f64n(f, "sumsq", 1, true), op.max_norm = static_cast<float>(f.d("maxNorm", 1));
          be.scale(op);
+       }},
+      {"bias_grad",
+       [](Backend& be, const Fields& f) {
+         BiasGradOp op;
+         op.n = f.i("n"), op.dim = f.i("dim"), op.dy = f.f32("dy"), op.ld = f.i("ld", f.i("dim")), op.db = f.f32("db");
+         be.bias_grad(op);
+       }},
+      {"embedding_backward",
+       [](Backend& be, const Fields& f) {
+         EmbeddingBackwardOp op;
+         op.n = f.i("n"), op.dim = f.i("dim"), op.rows = f.i("rows"), op.ids = f.i32("ids"), op.dout = f.f32("dout");
+         op.dtable = f.f32("dtable", true), op.positions = f.i32("positions", true), op.dpos_table = f.f32("dposTable", true);
+         be.embedding_backward(op);
+       }},
+      {"rmsnorm_backward",
+       [](Backend& be, const Fields& f) {
+         RmsNormBackwardOp op;
+         op.n = f.i("n"), op.dim = f.i("dim"), op.x = f.f32("x"), op.weight = f.f32("weight"), op.rstd = f.f32("rstd");
+         op.dout = f.f32("dout"), op.dx = f.f32("dx"), op.dweight = f.f32("dweight", true);
+         be.rmsnorm_backward(op);
+       }},
+      {"layernorm_backward",
+       [](Backend& be, const Fields& f) {
+         LayerNormBackwardOp op;
+         op.n = f.i("n"), op.dim = f.i("dim"), op.x = f.f32("x"), op.weight = f.f32("weight"), op.mean = f.f32("mean");
+         op.rstd = f.f32("rstd"), op.dout = f.f32("dout"), op.dx = f.f32("dx"), op.dweight = f.f32("dweight", true);
+         op.dbias = f.f32("dbias", true);
+         be.layernorm_backward(op);
+       }},
+      {"attention_backward",
+       [](Backend& be, const Fields& f) {
+         AttentionBackwardOp op;
+         op.batch = f.i("batch"), op.seq = f.i("seq"), op.heads = f.i("heads"), op.kv_heads = f.i("kvHeads");
+         op.head_dim = f.i("headDim"), op.scale = static_cast<float>(f.d("scale", 1)), op.q = f.f32("q"), op.k = f.f32("k");
+         op.v = f.f32("v"), op.ldq = f.i("ldq"), op.ldk = f.i("ldk"), op.ldv = f.i("ldv"), op.mask = f.u8("mask", true);
+         op.out = f.f32("out"), op.dout = f.f32("dout"), op.ldo = f.i("ldo"), op.lse = f.f32("lse");
+         op.dq = f.f32("dq"), op.dk = f.f32("dk"), op.dv = f.f32("dv");
+         be.attention_backward(op);
+       }},
+      {"swiglu_backward",
+       [](Backend& be, const Fields& f) {
+         SwigluBackwardOp op;
+         op.n = f.i("n"), op.dim = f.i("dim"), op.gate = f.f32("gate"), op.up = f.f32("up"), op.ld_in = f.i("ldIn");
+         op.dout = f.f32("dout"), op.ld_out = f.i("ldOut"), op.dgate = f.f32("dgate"), op.dup = f.f32("dup");
+         be.swiglu_backward(op);
+       }},
+      {"gelu_backward",
+       [](Backend& be, const Fields& f) {
+         GeluBackwardOp op;
+         op.n = f.i("n"), op.dim = f.i("dim"), op.x = f.f32("x"), op.ld_in = f.i("ldIn"), op.dout = f.f32("dout");
+         op.ld_out = f.i("ldOut"), op.dx = f.f32("dx");
+         be.gelu_backward(op);
+       }},
+      {"lm_head_logp_backward",
+       [](Backend& be, const Fields& f) {
+         LmHeadLogpBackwardOp op;
+         op.n = f.i("n"), op.dim = f.i("dim"), op.vocab = f.i("vocab"), op.hidden = f.f32("hidden");
+         op.weight = f.f32("weight", true), op.weight_bf16 = f.u16("weightBf16", true), op.targets = f.i32("targets");
+         op.lse = f.f32("lse"), op.entropy = f.f32("entropy", true), op.dlogp = f.f32("dlogp"), op.dentropy = f.f32("dentropy", true);
+         op.inv_temperature = static_cast<float>(f.d("invTemperature", 1)), op.dhidden = f.f32("dhidden");
+         op.dweight = f.f32("dweight", true);
+         if (!op.weight == !op.weight_bf16) throw Error(code::kArgument, "lm_head_logp_backward: give exactly one of 'weight' and 'weightBf16'");
+         if (op.dentropy && !op.entropy) throw Error(code::kArgument, "lm_head_logp_backward: 'dentropy' needs 'entropy'");
+         be.lm_head_logp_backward(op);
+       }},
+      {"value_head_backward",
+       [](Backend& be, const Fields& f) {
+         ValueHeadBackwardOp op;
+         op.n = f.i("n"), op.dim = f.i("dim"), op.hidden = f.f32("hidden"), op.weight = f.f32("weight"), op.dvalue = f.f32("dvalue");
+         op.dhidden = f.f32("dhidden"), op.dweight = f.f32("dweight", true), op.dbias = f.f32("dbias", true);
+         be.value_head_backward(op);
        }},
   };
   return table;

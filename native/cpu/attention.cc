@@ -2,11 +2,13 @@
 // twin over a KV cache. One task per (sequence, head); each query row makes
 // its scores with dot products over the keys it may see, takes a stable
 // softmax (max-shifted exp) and accumulates the values.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "cpu_backend.h"
+#include "gemm.h"
 #include "vec.h"
 
 namespace rlhf::cpu {
@@ -38,28 +40,53 @@ float attend_row(const VecKernels& v, const float* q, int64_t d, float scale, co
 
 }  // namespace
 
+// Prefill/training attention, blocked: for a block of kQueryBlock query rows
+// of one (sequence, head), S = Q_blk K^T over the keys they may see and
+// O_blk = P V are small GEMMs on the calling thread, so the inner loops run on
+// the GEMM micro-kernels instead of length-head_dim dot products.
+constexpr int64_t kQueryBlock = 64;
+
 void CpuBackend::attention(const AttentionOp& op) {
   const VecKernels& v = vec();
-  const int64_t group = op.heads / op.kv_heads;
-  std::vector<std::vector<float>> scratch(pool_.size(), std::vector<float>(op.seq));
-  pool_.parallel_for(op.batch * op.heads, [&](int64_t task, int thread) {
-    const int64_t b = task / op.heads, h = task % op.heads, kvh = h / group;
-    float* scores = scratch[thread].data();
-    const uint8_t* mask = op.mask ? op.mask + b * op.seq : nullptr;
-    const float* kb = op.k + b * op.seq * op.ldk + kvh * op.head_dim;
-    const float* vb = op.v + b * op.seq * op.ldv + kvh * op.head_dim;
-    for (int64_t t = 0; t < op.seq; ++t) {
-      const int64_t row = b * op.seq + t;
-      float* out = op.out + row * op.ldo + h * op.head_dim;
-      float lse = -INFINITY;
-      if (mask && !mask[t]) {
-        std::memset(out, 0, sizeof(float) * op.head_dim);
-      } else {
-        lse = attend_row(v, op.q + row * op.ldq + h * op.head_dim, op.head_dim, op.scale, kb, op.ldk, vb, op.ldv, t + 1, mask,
-                         scores, out);
+  const int64_t group = op.heads / op.kv_heads, T = op.seq, D = op.head_dim;
+  const int64_t qblocks = (T + kQueryBlock - 1) / kQueryBlock;
+  std::vector<std::vector<float>> scratch(pool_.size(), std::vector<float>(static_cast<size_t>(kQueryBlock * T + kQueryBlock * D)));
+  pool_.parallel_for(op.batch * op.heads * qblocks, [&](int64_t task, int thread) {
+    const int64_t qb = task % qblocks, bh = task / qblocks;
+    const int64_t b = bh / op.heads, h = bh % op.heads, kvh = h / group;
+    const int64_t t0 = qb * kQueryBlock, t1 = std::min(T, t0 + kQueryBlock), rows = t1 - t0, keys = t1;
+    float* S = scratch[static_cast<size_t>(thread)].data();  // [rows, keys]
+    float* O = S + kQueryBlock * T;                            // [rows, D]
+    const uint8_t* mask = op.mask ? op.mask + b * T : nullptr;
+    const float* kb = op.k + b * T * op.ldk + kvh * D;
+    const float* vb = op.v + b * T * op.ldv + kvh * D;
+    GemmArgs qk;
+    qk.trans_b = true;
+    qk.m = rows, qk.n = keys, qk.k = D;
+    qk.a = op.q + (b * T + t0) * op.ldq + h * D, qk.lda = op.ldq;
+    qk.b = kb, qk.ldb = op.ldk, qk.c = S, qk.ldc = keys;
+    gemm_f32_serial(qk);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t t = t0 + r;
+      float* srow = S + r * keys;
+      float* lse_out = op.lse ? op.lse + (b * op.heads + h) * T + t : nullptr;
+      if (mask && !mask[t]) {  // padded query: no output
+        std::fill(srow, srow + keys, 0.f);
+        if (lse_out) *lse_out = -INFINITY;
+        continue;
       }
-      if (op.lse) op.lse[(b * op.heads + h) * op.seq + t] = lse;
+      for (int64_t s = 0; s < keys; ++s) srow[s] = (s > t || (mask && !mask[s])) ? -INFINITY : srow[s] * op.scale;
+      const float m = v.max(srow, t + 1);
+      const float sum = v.exp_shift(srow, m, srow, keys);  // masked keys -> 0
+      v.scale(srow, 1.f / sum, srow, keys);
+      if (lse_out) *lse_out = m + std::log(sum);
     }
+    GemmArgs pv;
+    pv.m = rows, pv.n = D, pv.k = keys;
+    pv.a = S, pv.lda = keys, pv.b = vb, pv.ldb = op.ldv, pv.c = O, pv.ldc = D;
+    gemm_f32_serial(pv);
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(op.out + (b * T + t0 + r) * op.ldo + h * D, O + r * D, sizeof(float) * D);
   });
 }
 
@@ -73,6 +100,55 @@ void CpuBackend::kv_attention(const KvAttentionOp& op) {
     attend_row(v, op.q + b * op.ldq + h * op.head_dim, op.head_dim, op.scale, op.k_cache + base, op.head_dim,
                op.v_cache + base, op.head_dim, op.length[b], op.cache_mask ? op.cache_mask + b * op.capacity : nullptr,
                scratch[thread].data(), op.out + b * op.ldo + h * op.head_dim);
+  });
+}
+
+void CpuBackend::attention_backward(const AttentionBackwardOp& op) {
+  const VecKernels& v = vec();
+  const int64_t group = op.heads / op.kv_heads, D = op.head_dim, T = op.seq;
+  // One task per (sequence, kv head): it owns dk/dv of that kv head, which all
+  // the query heads of its group add into, so no two tasks write the same row.
+  std::vector<std::vector<float>> scratch(static_cast<size_t>(pool_.size()), std::vector<float>(static_cast<size_t>(2 * T)));
+  pool_.parallel_for(op.batch * op.kv_heads, [&](int64_t task, int thread) {
+    const int64_t b = task / op.kv_heads, kvh = task % op.kv_heads;
+    float* p = scratch[static_cast<size_t>(thread)].data();
+    float* ds = p + T;
+    const uint8_t* mask = op.mask ? op.mask + b * T : nullptr;
+    for (int64_t s = 0; s < T; ++s) {
+      std::memset(op.dk + (b * T + s) * op.ldk + kvh * D, 0, sizeof(float) * D);
+      std::memset(op.dv + (b * T + s) * op.ldv + kvh * D, 0, sizeof(float) * D);
+    }
+    for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t row = b * T + t;
+        const float* q = op.q + row * op.ldq + h * D;
+        float* dq = op.dq + row * op.ldq + h * D;
+        std::memset(dq, 0, sizeof(float) * D);
+        if (mask && !mask[t]) continue;
+        const float lse = op.lse[(b * op.heads + h) * T + t];
+        const float* o = op.out + row * op.ldo + h * D;
+        const float* dout = op.dout + row * op.ldo + h * D;
+        const float Dt = v.dot(dout, o, D);
+        for (int64_t s = 0; s <= t; ++s) {
+          if (mask && !mask[s]) {
+            p[s] = 0.f;
+            ds[s] = 0.f;
+            continue;
+          }
+          const float* k = op.k + (b * T + s) * op.ldk + kvh * D;
+          const float* vv = op.v + (b * T + s) * op.ldv + kvh * D;
+          p[s] = std::exp(v.dot(q, k, D) * op.scale - lse);
+          ds[s] = p[s] * (v.dot(dout, vv, D) - Dt);
+        }
+        for (int64_t s = 0; s <= t; ++s) {
+          if (p[s] == 0.f && ds[s] == 0.f) continue;
+          const int64_t srow = b * T + s;
+          v.axpy(ds[s] * op.scale, op.k + srow * op.ldk + kvh * D, dq, D);
+          v.axpy(ds[s] * op.scale, q, op.dk + srow * op.ldk + kvh * D, D);
+          v.axpy(p[s], dout, op.dv + srow * op.ldv + kvh * D, D);
+        }
+      }
+    }
   });
 }
 

@@ -32,4 +32,18 @@ inline int64_t chunk_size(int64_t n, int64_t parts, int64_t min_chunk = 1) {
   return c < min_chunk ? min_chunk : c;
 }
 
+// Runs add_cols(c0, c1) over column ranges of a [dim] accumulator in
+// parallel: each task owns its columns and walks all rows in order, so the
+// sum is deterministic and race-free (weight/bias gradients, scatter-adds).
+template <typename F>
+void column_reduce(ThreadPool& pool, int64_t dim, F&& add_cols) {
+  const int64_t parts = static_cast<int64_t>(pool.size()) * 4;
+  int64_t cols = (dim + parts - 1) / parts;
+  if (cols < 64) cols = 64;
+  pool.parallel_for((dim + cols - 1) / cols, [&](int64_t t, int) {
+    const int64_t c0 = t * cols, c1 = c0 + cols < dim ? c0 + cols : dim;
+    add_cols(c0, c1);
+  });
+}
+
 }  // namespace rlhf::cpu

@@ -98,13 +98,14 @@ inline float a_at(const GemmArgs& g, int64_t i, int64_t k) { return g.trans_a ? 
 // dst[k*MR + r], zero-padding rows past mr.
 void pack_a_panel(const GemmArgs& g, int MR, int64_t i0, int mr, int64_t k0, int64_t kc, float* dst) {
   if (!g.trans_a) {
-    for (int r = 0; r < MR; ++r) {
-      if (r < mr) {
-        const float* src = g.a + (i0 + r) * g.lda + k0;
-        for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = src[k];
-      } else {
-        for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = 0.f;
-      }
+    // mr row streams read in step, one contiguous write stream.
+    const float* src[16];
+    for (int r = 0; r < mr; ++r) src[r] = g.a + (i0 + r) * g.lda + k0;
+    for (int64_t k = 0; k < kc; ++k) {
+      float* d = dst + k * MR;
+      int r = 0;
+      for (; r < mr; ++r) d[r] = src[r][k];
+      for (; r < MR; ++r) d[r] = 0.f;
     }
   } else {
     for (int64_t k = 0; k < kc; ++k) {
@@ -125,13 +126,14 @@ inline float widen(uint16_t x) { return bf16_to_f32(x); }
 template <typename TB>
 void pack_b_panel_t(const GemmArgs& g, const TB* b, int NR, int64_t j0, int nr, int64_t k0, int64_t kc, float* dst) {
   if (g.trans_b) {  // B stored [N,K]: column j of op(B) is row j of B
-    for (int c = 0; c < NR; ++c) {
-      if (c < nr) {
-        const TB* src = b + (j0 + c) * g.ldb + k0;
-        for (int64_t k = 0; k < kc; ++k) dst[k * NR + c] = widen(src[k]);
-      } else {
-        for (int64_t k = 0; k < kc; ++k) dst[k * NR + c] = 0.f;
-      }
+    // nr row streams read in step, one contiguous write stream.
+    const TB* src[32];
+    for (int c = 0; c < nr; ++c) src[c] = b + (j0 + c) * g.ldb + k0;
+    for (int64_t k = 0; k < kc; ++k) {
+      float* d = dst + k * NR;
+      int c = 0;
+      for (; c < nr; ++c) d[c] = widen(src[c][k]);
+      for (; c < NR; ++c) d[c] = 0.f;
     }
   } else {  // B stored [K,N]
     for (int64_t k = 0; k < kc; ++k) {
@@ -224,6 +226,11 @@ void gemm_f32(const GemmArgs& g, ThreadPool& pool) {
   gemm_blocked(g, kern, pool);
 }
 
+void gemm_f32_serial(const GemmArgs& g) {
+  thread_local ThreadPool serial(1);  // no workers: parallel_for runs inline
+  gemm_f32(g, serial);
+}
+
 const char* gemm_kernel_name() { return kernel().name; }
 
 bool gemm_force_kernel(const char* name) {
@@ -268,6 +275,15 @@ void CpuBackend::gemm(const GemmOp& op) {
     const VecKernels& v = vec();
     pool_.parallel_for(op.m, [&](int64_t i, int) { v.add(op.bias, op.c + i * op.ldc, op.n); });
   }
+}
+
+void CpuBackend::bias_grad(const BiasGradOp& op) {
+  column_reduce(pool_, op.dim, [&](int64_t c0, int64_t c1) {
+    for (int64_t i = 0; i < op.n; ++i) {
+      const float* dy = op.dy + i * op.ld;
+      for (int64_t j = c0; j < c1; ++j) op.db[j] += dy[j];
+    }
+  });
 }
 
 }  // namespace rlhf::cpu

@@ -32,6 +32,9 @@ struct GemmArgs {
 };
 
 void gemm_f32(const GemmArgs& g, ThreadPool& pool);
+// The same on the calling thread only, for ops that already run one task per
+// thread (attention blocks).
+void gemm_f32_serial(const GemmArgs& g);
 
 // Which kernel gemm_f32 uses on this CPU: "avx512" | "avx2" | "scalar".
 const char* gemm_kernel_name();

@@ -2,6 +2,7 @@
 // once) and the scalar value head.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "../ops/math.h"
@@ -15,7 +16,7 @@ namespace {
 // rows means fewer passes over it. Vocabulary chunk: the logits scratch is
 // kRowBlock x kVocabChunk floats (512 KB), which stays in L2.
 constexpr int64_t kRowBlock = 256;
-constexpr int64_t kVocabChunk = 512;
+constexpr int64_t kVocabChunk = 2048;
 }  // namespace
 
 void CpuBackend::lm_head_logp(const LmHeadLogpOp& op) {
@@ -75,6 +76,73 @@ void CpuBackend::lm_head_logp(const LmHeadLogpOp& op) {
 void CpuBackend::value_head(const ValueHeadOp& op) {
   const VecKernels& v = vec();
   pool_.parallel_for(op.n, [&](int64_t i, int) { op.value[i] = v.dot(op.hidden + i * op.dim, op.weight, op.dim) + op.bias; });
+}
+
+void CpuBackend::lm_head_logp_backward(const LmHeadLogpBackwardOp& op) {
+    const int64_t vc_max = std::min(kVocabChunk, op.vocab);
+  std::vector<float> dz(static_cast<size_t>(std::min(kRowBlock, op.n) * vc_max));
+  for (int64_t r0 = 0; r0 < op.n; r0 += kRowBlock) {
+    const int64_t rows = std::min(kRowBlock, op.n - r0);
+    const float* h = op.hidden + r0 * op.dim;
+    for (int64_t v0 = 0; v0 < op.vocab; v0 += kVocabChunk) {
+      const int64_t vc = std::min(kVocabChunk, op.vocab - v0);
+      GemmOp g;  // z chunk = h W_chunk^T (unscaled)
+      g.trans_b = true;
+      g.m = rows, g.n = vc, g.k = op.dim, g.a = h, g.lda = op.dim;
+      g.b = op.weight ? op.weight + v0 * op.dim : nullptr;
+      g.b_bf16 = op.weight_bf16 ? op.weight_bf16 + v0 * op.dim : nullptr;
+      g.ldb = op.dim, g.c = dz.data(), g.ldc = vc;
+      gemm(g);
+      pool_.parallel_for(rows, [&](int64_t r, int) {
+        float* z = dz.data() + r * vc;
+        const int64_t i = r0 + r;
+        const int32_t target = op.targets[i];
+        if (target < 0) {
+          std::memset(z, 0, sizeof(float) * vc);
+          return;
+        }
+        const float lse = op.lse[i], gl = op.dlogp[i];
+        const float ge = op.dentropy ? op.dentropy[i] : 0.f;
+        const float shift = op.dentropy ? -lse + op.entropy[i] : 0.f;
+        for (int64_t j = 0; j < vc; ++j) {
+          const float zj = z[j] * op.inv_temperature;
+          const float p = std::exp(zj - lse);
+          float d = -gl * p;
+          if (ge != 0.f) d -= ge * p * (zj + shift);
+          z[j] = d * op.inv_temperature;  // chain rule through z = inv_t * h W^T
+        }
+        if (target >= v0 && target < v0 + vc) z[target - v0] += gl * op.inv_temperature;
+      });
+      // dhidden += dz W_chunk      ([rows, vc] x [vc, dim])
+      GemmOp dh;
+      dh.m = rows, dh.n = op.dim, dh.k = vc, dh.a = dz.data(), dh.lda = vc;
+      dh.b = op.weight ? op.weight + v0 * op.dim : nullptr;
+      dh.b_bf16 = op.weight_bf16 ? op.weight_bf16 + v0 * op.dim : nullptr;
+      dh.ldb = op.dim, dh.c = op.dhidden + r0 * op.dim, dh.ldc = op.dim, dh.accumulate = true;
+      gemm(dh);
+      if (op.dweight) {  // dW_chunk += dz^T h   ([vc, rows] x [rows, dim])
+        GemmOp dw;
+        dw.trans_a = true;
+        dw.m = vc, dw.n = op.dim, dw.k = rows, dw.a = dz.data(), dw.lda = vc, dw.b = h, dw.ldb = op.dim;
+        dw.c = op.dweight + v0 * op.dim, dw.ldc = op.dim, dw.accumulate = true;
+        gemm(dw);
+      }
+    }
+  }
+}
+void CpuBackend::value_head_backward(const ValueHeadBackwardOp& op) {
+  const VecKernels& v = vec();
+  pool_.parallel_for(op.n, [&](int64_t i, int) { v.axpy(op.dvalue[i], op.weight, op.dhidden + i * op.dim, op.dim); });
+  if (op.dweight)
+    column_reduce(pool_, op.dim, [&](int64_t c0, int64_t c1) {
+      for (int64_t i = 0; i < op.n; ++i)
+        for (int64_t j = c0; j < c1; ++j) op.dweight[j] += op.dvalue[i] * op.hidden[i * op.dim + j];
+    });
+  if (op.dbias) {
+    double s = 0;
+    for (int64_t i = 0; i < op.n; ++i) s += op.dvalue[i];
+    op.dbias[0] += static_cast<float>(s);
+  }
 }
 
 }  // namespace rlhf::cpu

@@ -2,6 +2,8 @@
 // so the residual stream is read once and written once per norm.
 #include <cmath>
 
+#include <algorithm>
+
 #include "cpu_backend.h"
 #include "vec.h"
 
@@ -36,6 +38,63 @@ void CpuBackend::layernorm(const LayerNormOp& op) {
     if (op.rstd) op.rstd[i] = rstd;
     v.norm_affine(x, mean, rstd, op.weight, op.bias, op.out + i * op.dim, op.dim);
   });
+}
+
+void CpuBackend::rmsnorm_backward(const RmsNormBackwardOp& op) {
+  // y = x r w, r = (mean(x^2) + eps)^-1/2:
+  //   dx = r (w dy) - x r^3 / dim * sum(w dy x)
+  pool_.parallel_for(op.n, [&](int64_t i, int) {
+    const float* x = op.x + i * op.dim;
+    const float* dy = op.dout + i * op.dim;
+    float* dx = op.dx + i * op.dim;
+    const float r = op.rstd[i];
+    double dot = 0;
+    for (int64_t j = 0; j < op.dim; ++j) dot += static_cast<double>(op.weight[j]) * dy[j] * x[j];
+    const float c = static_cast<float>(dot) * r * r * r / static_cast<float>(op.dim);
+    for (int64_t j = 0; j < op.dim; ++j) dx[j] += r * op.weight[j] * dy[j] - c * x[j];
+  });
+  if (op.dweight)
+    column_reduce(pool_, op.dim, [&](int64_t c0, int64_t c1) {
+      for (int64_t i = 0; i < op.n; ++i) {
+        const float* x = op.x + i * op.dim;
+        const float* dy = op.dout + i * op.dim;
+        const float r = op.rstd[i];
+        for (int64_t j = c0; j < c1; ++j) op.dweight[j] += dy[j] * x[j] * r;
+      }
+    });
+}
+void CpuBackend::layernorm_backward(const LayerNormBackwardOp& op) {
+  // xhat = (x - mean) r, y = xhat w + b:
+  //   dx = r (g - mean(g) - xhat mean(g xhat)), g = dy w
+  pool_.parallel_for(op.n, [&](int64_t i, int) {
+    const float* x = op.x + i * op.dim;
+    const float* dy = op.dout + i * op.dim;
+    float* dx = op.dx + i * op.dim;
+    const float mu = op.mean[i], r = op.rstd[i];
+    double sg = 0, sgx = 0;
+    for (int64_t j = 0; j < op.dim; ++j) {
+      const double g = static_cast<double>(dy[j]) * op.weight[j];
+      sg += g;
+      sgx += g * (x[j] - mu) * r;
+    }
+    const float mg = static_cast<float>(sg / op.dim), mgx = static_cast<float>(sgx / op.dim);
+    for (int64_t j = 0; j < op.dim; ++j) {
+      const float xhat = (x[j] - mu) * r;
+      dx[j] += r * (dy[j] * op.weight[j] - mg - xhat * mgx);
+    }
+  });
+  if (op.dweight || op.dbias)
+    column_reduce(pool_, op.dim, [&](int64_t c0, int64_t c1) {
+      for (int64_t i = 0; i < op.n; ++i) {
+        const float* x = op.x + i * op.dim;
+        const float* dy = op.dout + i * op.dim;
+        const float mu = op.mean[i], r = op.rstd[i];
+        for (int64_t j = c0; j < c1; ++j) {
+          if (op.dweight) op.dweight[j] += dy[j] * (x[j] - mu) * r;
+          if (op.dbias) op.dbias[j] += dy[j];
+        }
+      }
+    });
 }
 
 }  // namespace rlhf::cpu

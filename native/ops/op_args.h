@@ -354,4 +354,117 @@ struct ScaleOp {
   float max_norm = 1.f;
 };
 
+// ---------------------------------------------------------------- backward
+// db[j] += sum_i dy[i, j]  (the bias gradient of a Linear / Conv1D)
+struct BiasGradOp {
+  int64_t n = 0, dim = 0;
+  const float* dy = nullptr;  // [n, dim] with row stride ld
+  int64_t ld = 0;
+  float* db = nullptr;        // [dim], accumulated
+};
+
+// dtable[ids[i], :] += dout[i, :]  (and dpos_table[positions[i], :] += dout[i, :]).
+struct EmbeddingBackwardOp {
+  int64_t n = 0, dim = 0, rows = 0;
+  const int32_t* ids = nullptr;        // [n]
+  const float* dout = nullptr;         // [n, dim]
+  float* dtable = nullptr;             // [rows, dim], accumulated; null = frozen
+  const int32_t* positions = nullptr;  // [n] or null
+  float* dpos_table = nullptr;         // [max_pos, dim], accumulated, or null
+};
+
+// RMSNorm backward. x is the normalised input (the residual stream after the
+// fused add), rstd the forward's 1/rms. dx is accumulated (it is the gradient
+// of the residual stream, which also flows straight through the add).
+struct RmsNormBackwardOp {
+  int64_t n = 0, dim = 0;
+  const float* x = nullptr;       // [n, dim]
+  const float* weight = nullptr;  // [dim]
+  const float* rstd = nullptr;    // [n]
+  const float* dout = nullptr;    // [n, dim]
+  float* dx = nullptr;            // [n, dim], accumulated
+  float* dweight = nullptr;       // [dim], accumulated, or null (frozen)
+};
+
+struct LayerNormBackwardOp {
+  int64_t n = 0, dim = 0;
+  const float* x = nullptr;
+  const float* weight = nullptr;
+  const float* mean = nullptr;  // [n]
+  const float* rstd = nullptr;  // [n]
+  const float* dout = nullptr;
+  float* dx = nullptr;          // accumulated
+  float* dweight = nullptr;     // accumulated or null
+  float* dbias = nullptr;       // accumulated or null
+};
+
+// Attention backward from the saved log-sum-exp (softmax recomputed):
+// dq, dk, dv are written (not accumulated); layouts as AttentionOp.
+struct AttentionBackwardOp {
+  int64_t batch = 0, seq = 0, heads = 0, kv_heads = 0, head_dim = 0;
+  float scale = 1.f;
+  const float* q = nullptr;
+  const float* k = nullptr;
+  const float* v = nullptr;
+  int64_t ldq = 0, ldk = 0, ldv = 0;
+  const uint8_t* mask = nullptr;
+  const float* out = nullptr;   // forward output
+  const float* dout = nullptr;  // same layout as out
+  int64_t ldo = 0;
+  const float* lse = nullptr;   // [batch, heads, seq]
+  float* dq = nullptr;          // same layout as q (ldq)
+  float* dk = nullptr;          // same layout as k (ldk)
+  float* dv = nullptr;          // same layout as v (ldv)
+};
+
+struct SwigluBackwardOp {
+  int64_t n = 0, dim = 0;
+  const float* gate = nullptr;
+  const float* up = nullptr;
+  int64_t ld_in = 0;
+  const float* dout = nullptr;
+  int64_t ld_out = 0;
+  float* dgate = nullptr;  // written, stride ld_in
+  float* dup = nullptr;
+};
+
+struct GeluBackwardOp {
+  int64_t n = 0, dim = 0;
+  const float* x = nullptr;
+  int64_t ld_in = 0;
+  const float* dout = nullptr;
+  int64_t ld_out = 0;
+  float* dx = nullptr;  // written, stride ld_in
+};
+
+// Backward of lm_head_logp: with z = inv_temperature * hidden W^T,
+//   d logp_i / dz_v   = [v = target_i] - p_v
+//   d entropy_i / dz_v = -p_v (z_v - lse_i + entropy_i)
+// so dz = dlogp * (onehot - p) - dentropy * p * (z - lse + H), recomputed
+// chunk by chunk; dhidden = inv_t dz W, dweight += inv_t dz^T hidden.
+struct LmHeadLogpBackwardOp {
+  int64_t n = 0, dim = 0, vocab = 0;
+  const float* hidden = nullptr;
+  const float* weight = nullptr;
+  const uint16_t* weight_bf16 = nullptr;
+  const int32_t* targets = nullptr;   // [n], < 0 = no gradient
+  const float* lse = nullptr;         // [n] from the forward
+  const float* entropy = nullptr;     // [n] from the forward (needed with dentropy)
+  const float* dlogp = nullptr;       // [n]
+  const float* dentropy = nullptr;    // [n] or null
+  float inv_temperature = 1.f;
+  float* dhidden = nullptr;           // [n, dim], accumulated
+  float* dweight = nullptr;           // [vocab, dim], accumulated, or null (frozen)
+};
+
+struct ValueHeadBackwardOp {
+  int64_t n = 0, dim = 0;
+  const float* hidden = nullptr;
+  const float* weight = nullptr;
+  const float* dvalue = nullptr;  // [n]
+  float* dhidden = nullptr;       // accumulated
+  float* dweight = nullptr;       // [dim] accumulated, or null
+  float* dbias = nullptr;         // [1] accumulated, or null
+};
+
 }  // namespace rlhf

@@ -10,17 +10,26 @@
 
 #define RLHF_OPS(X)                                                                       \
   X(gemm, GemmOp, gemm)                   /* C = op(A) op(B) (+ bias) (+ C)          */ \
+  X(bias_grad, BiasGradOp, gemm)          /* db += column sums of dY                 */ \
   X(embedding, EmbeddingOp, embedding)    /* rows of a table (+ learned positions)   */ \
+  X(embedding_backward, EmbeddingBackwardOp, embedding) /* scatter-add into rows   */ \
   X(rmsnorm, RmsNormOp, norm)             /* fused residual add + RMSNorm            */ \
   X(layernorm, LayerNormOp, norm)         /* fused residual add + LayerNorm          */ \
+  X(rmsnorm_backward, RmsNormBackwardOp, norm)                                       \
+  X(layernorm_backward, LayerNormBackwardOp, norm)                                   \
   X(rope, RopeOp, rope)                   /* rotary embedding, rotate_half layout    */ \
   X(attention, AttentionOp, attention)    /* causal GQA attention with padding mask  */ \
   X(kv_attention, KvAttentionOp, attention) /* one new token against a KV cache      */ \
+  X(attention_backward, AttentionBackwardOp, attention) /* from the saved lse        */ \
   X(swiglu, SwigluOp, activation)         /* silu(gate) * up                         */ \
   X(gelu, GeluOp, activation)             /* GELU, tanh approximation                */ \
   X(add, AddOp, activation)               /* y += x                                  */ \
+  X(swiglu_backward, SwigluBackwardOp, activation)                                   \
+  X(gelu_backward, GeluBackwardOp, activation)                                       \
   X(lm_head_logp, LmHeadLogpOp, lm_head)  /* chunked logits -> logp(target), entropy */ \
   X(value_head, ValueHeadOp, lm_head)     /* scalar head per position                */ \
+  X(lm_head_logp_backward, LmHeadLogpBackwardOp, lm_head) /* chunked, recomputes logits */ \
+  X(value_head_backward, ValueHeadBackwardOp, lm_head)                              \
   X(sample, SampleOp, sample)             /* greedy / temperature / top-k / top-p    */ \
   X(sft_loss, SftLossOp, loss)            /* masked mean NLL of per-token logp       */ \
   X(pairwise_loss, PairwiseLossOp, loss)  /* reward model: -log sigmoid(rc - rr - m) */ \
