@@ -85,7 +85,8 @@ const std::unordered_map<std::string, Runner>& runners() {
          op.trans_a = f.b("transA"), op.trans_b = f.b("transB"), op.m = f.i("m"), op.n = f.i("n"), op.k = f.i("k");
          op.a = f.f32("a"), op.lda = f.i("lda"), op.b = f.f32("b", true), op.ldb = f.i("ldb"), op.c = f.f32("c"), op.ldc = f.i("ldc");
          op.b_bf16 = f.u16("bBf16", true);
-         if (!op.b == !op.b_bf16) throw Error(code::kArgument, "gemm: give exactly one of 'b' and 'bBf16'");
+         const bool has_b = f.o.Get("b").IsTypedArray(), has_b16 = f.o.Get("bBf16").IsTypedArray();
+         if (has_b == has_b16) throw Error(code::kArgument, "gemm: give exactly one of 'b' and 'bBf16'");
          op.bias = f.f32("bias", true), op.accumulate = f.b("accumulate");
          be.gemm(op);
        }},
@@ -331,7 +332,8 @@ const std::unordered_map<std::string, Runner>& runners() {
          op.lse = f.f32("lse"), op.entropy = f.f32("entropy", true), op.dlogp = f.f32("dlogp"), op.dentropy = f.f32("dentropy", true);
          op.inv_temperature = static_cast<float>(f.d("invTemperature", 1)), op.dhidden = f.f32("dhidden");
          op.dweight = f.f32("dweight", true);
-         if (!op.weight == !op.weight_bf16) throw Error(code::kArgument, "lm_head_logp_backward: give exactly one of 'weight' and 'weightBf16'");
+         if (f.o.Get("weight").IsTypedArray() == f.o.Get("weightBf16").IsTypedArray())
+           throw Error(code::kArgument, "lm_head_logp_backward: give exactly one of 'weight' and 'weightBf16'");
          if (op.dentropy && !op.entropy) throw Error(code::kArgument, "lm_head_logp_backward: 'dentropy' needs 'entropy'");
          be.lm_head_logp_backward(op);
        }},
