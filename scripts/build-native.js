@@ -52,7 +52,13 @@ function gypBuild() {
   const bundled = path.join(path.dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js');
   const gyp = process.env.npm_config_node_gyp || which('node-gyp') || (fs.existsSync(bundled) ? bundled : null);
   if (!gyp) return false;
-  return gyp.endsWith('.js') ? run(process.execPath, [gyp, 'rebuild']) : run(gyp, ['rebuild']);
+  // Build against this node's own headers when they are installed beside it
+  // (no download); npm passes its `nodedir` setting through the environment.
+  const args = ['rebuild'];
+  const localHeaders = path.resolve(path.dirname(process.execPath), '..');
+  if (!process.env.npm_config_nodedir && fs.existsSync(path.join(localHeaders, 'include', 'node', 'node_api.h')))
+    args.push(`--nodedir=${localHeaders}`);
+  return gyp.endsWith('.js') ? run(process.execPath, [gyp, ...args]) : run(gyp, args);
 }
 
 function main() {
