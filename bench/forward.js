@@ -38,13 +38,19 @@ const USAGE = `usage: node bench/forward.js [options]
   --forward BxT         forward shape (default 4x256)
   --decode B1,B2        decode batch sizes (default 1,8)
   --prompt N            decode prompt length (default 32)
-  --new-tokens N        decode new tokens (default 128)`;
+  --new-tokens N        decode new tokens (default 128)
+  --bf16, --no-bf16     also run "forward bf16": ours with weightsDtype 'bf16' vs the peer under
+                        torch.autocast('cpu', bfloat16) (default on)
+  --bf16-decode, --no-bf16-decode
+                        also run "decode bf16" rows at the --decode batch sizes (default off: the peer's
+                        bf16 autocast decode takes minutes on a CPU without AVX-512)`;
 
 function parseArgs(argv) {
   const o = {
     configs: ['S', 'M'], json: false, repeats: 5, decodeRepeats: 3, warmup: 1, threads: 0, peer: true,
     python: process.env.TORCH_PEER_PYTHON || '/usr/bin/python3', waitPolicy: 'PASSIVE', blasDir: process.env.TORCH_PEER_BLAS_DIR || '',
     out: path.join(__dirname, 'out'), fwdBatch: 4, fwdSeq: 256, decodeBatches: [1, 8], prompt: 32, newTokens: 128,
+    bf16: true, bf16Decode: false,
   };
   const int = (v, name) => {
     const n = Number(v);
@@ -84,6 +90,10 @@ function parseArgs(argv) {
       case '--decode': o.decodeBatches = val().split(',').map((s) => int(s, a)).filter((n) => n > 0); break;
       case '--prompt': o.prompt = Math.max(1, int(val(), a)); break;
       case '--new-tokens': o.newTokens = Math.max(1, int(val(), a)); break;
+      case '--bf16': o.bf16 = true; break;
+      case '--no-bf16': o.bf16 = false; break;
+      case '--bf16-decode': o.bf16Decode = true; break;
+      case '--no-bf16-decode': o.bf16Decode = false; break;
       case '-h': case '--help': console.log(USAGE); process.exit(0); break;
       default: throw new Error(`unknown option ${a}\n${USAGE}`);
     }
@@ -125,6 +135,42 @@ function randomIds(rows, cols, vocab, seed) {
     out.push(row);
   }
   return out;
+}
+
+/** fp32 -> bf16 bits, round to nearest even (finite inputs), as the engine's weight conversion does. */
+function toBf16(f32) {
+  const u = new Uint32Array(f32.buffer, f32.byteOffset, f32.length);
+  const out = new Uint16Array(f32.length);
+  for (let i = 0; i < u.length; i++) {
+    const x = u[i];
+    out[i] = ((x + 0x7fff + ((x >>> 16) & 1)) / 65536) & 0xffff;
+  }
+  return out;
+}
+
+/** Per-token log-probs [B][T-1] -> one flat Float64Array, row-major (the peer's order). */
+const flatLogp = (rows) => Float64Array.from(rows.flatMap((r) => Array.from(r)));
+const meanOf = (a) => a.reduce((s, x) => s + x, 0) / a.length;
+const maxAbsDiff = (a, b) => {
+  if (a.length !== b.length) throw new Error(`log-prob lengths differ: ${a.length} vs ${b.length}`);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+};
+/** Fraction of equal greedy tokens and the first divergence per row ([B][N] each). */
+function tokenAgreement(a, b, N) {
+  let same = 0, total = 0;
+  const firstDiff = [];
+  for (let r = 0; r < a.length; r++) {
+    let fd = -1;
+    for (let t = 0; t < N; t++) {
+      total++;
+      if (a[r][t] === b[r][t]) same++;
+      else if (fd < 0) fd = t;
+    }
+    firstDiff.push(fd);
+  }
+  return { fraction: same / total, firstDiff };
 }
 
 function requireDist(rel) {
@@ -276,8 +322,11 @@ class Peer {
 // ---------------------------------------------------------------------------
 // matmul peaks
 
-/** Our GEMM through the op table (runOp 'gemm', C = A B^T as a linear layer calls it). Median GFLOP/s. */
-function ourGemmRate(addon, m, n, k, minSeconds = 0.25, samples = 5) {
+/**
+ * Our GEMM through the op table (runOp 'gemm', C = A B^T as a linear layer calls it). Median GFLOP/s.
+ * bf16: B (the weight) is given as bf16 bits (`bBf16`), as a model loaded with weightsDtype 'bf16' calls it.
+ */
+function ourGemmRate(addon, m, n, k, minSeconds = 0.25, samples = 5, bf16 = false) {
   const fill = (len, seed) => {
     const a = new Float32Array(len);
     let s = seed >>> 0;
@@ -288,7 +337,8 @@ function ourGemmRate(addon, m, n, k, minSeconds = 0.25, samples = 5) {
     return a;
   };
   const a = fill(m * k, 1), b = fill(n * k, 2), c = new Float32Array(m * n);
-  const run = () => addon.runOp('gemm', { m, n, k, a, lda: k, b, ldb: k, c, ldc: n, transA: false, transB: true });
+  const bArg = bf16 ? { bBf16: toBf16(b) } : { b };
+  const run = () => addon.runOp('gemm', { m, n, k, a, lda: k, ...bArg, ldb: k, c, ldc: n, transA: false, transB: true });
   run();
   let t = now();
   run();
@@ -421,21 +471,33 @@ async function main() {
       const peerPeak = peerGemm ? Math.max(...peerGemm.map((r) => r.gflops)) : 0;
       const ceiling = Math.max(oursPeak, peerPeak);
       const ceilingSource = peerPeak > oursPeak ? 'torch.mm (OpenBLAS)' : 'our GEMM';
-      peaks.push({ config: name, oursPeak, peerPeak, ceiling, ceilingSource, oursGemm, peerGemm });
-      emit({ name: 'matmul', engine: 'ours', device, config: name, peak_gflops: oursPeak, shapes: oursGemm });
-      if (peerGemm) emit({ name: 'matmul', engine: 'torch', device, config: name, peak_gflops: peerPeak, shapes: peerGemm, blas: peerInfo.blas });
+      // -- bf16-weight matmul (informational: the MFU denominator stays the fp32 peak)
+      let bf16Gemm = null;
+      if (opts.bf16) {
+        const [m, n, k] = [1024, 1024, 1024];
+        const ours16 = { ...ourGemmRate(addon, m, n, k, 0.25, 5, true), what: 'square' };
+        const peer16 = peer ? { ...(await peer.request({ cmd: 'matmul', shapes: [[m, n, k]], autocast: 'bf16' })).shapes[0], what: 'square' } : null;
+        bf16Gemm = { ours: ours16, torch: peer16 };
+        emit({ name: 'matmul', engine: 'ours', dtype: 'bf16 weights', device, config: name, peak_gflops: ours16.gflops, shapes: [ours16] });
+        if (peer16) emit({ name: 'matmul', engine: 'torch', dtype: 'bf16 autocast', device, config: name, peak_gflops: peer16.gflops, shapes: [peer16], blas: peerInfo.blas });
+        log(`bf16 GEMM ${m}x${n}x${k}: ours (bf16 B) ${ours16.gflops.toFixed(1)} GFLOP/s, torch (autocast) ${peer16 ? peer16.gflops.toFixed(1) : '-'} GFLOP/s`);
+      }
+      peaks.push({ config: name, oursPeak, peerPeak, ceiling, ceilingSource, oursGemm, peerGemm, bf16Gemm });
+      emit({ name: 'matmul', engine: 'ours', dtype: 'f32', device, config: name, peak_gflops: oursPeak, shapes: oursGemm });
+      if (peerGemm) emit({ name: 'matmul', engine: 'torch', dtype: 'f32', device, config: name, peak_gflops: peerPeak, shapes: peerGemm, blas: peerInfo.blas });
       log(`fp32 GEMM peak: ours ${oursPeak.toFixed(1)} GFLOP/s, torch ${peer ? peerPeak.toFixed(1) : '-'} GFLOP/s; MFU ceiling ${ceiling.toFixed(1)} (${ceilingSource})`);
 
-      const record = (workload, extra, tokens, flops, r, check) => {
+      // dtype 'bf16': ours with weightsDtype 'bf16', the peer under bf16 autocast; same fp32 MFU denominator.
+      const record = (workload, extra, tokens, flops, r, check, dtype = 'f32') => {
         const rate = (s) => (s ? { tokens_per_sec: tokens / (s.median_ms / 1e3), mfu: flops / (s.median_ms / 1e3) / (ceiling * 1e9) } : null);
         const o = rate(r.ours), p = rate(r.peer);
         const row = {
-          name: workload.split(' ')[0], workload, device, config: name, ...extra, tokens, flops,
+          name: workload.split(' ')[0], workload, device, config: name, ...extra, weights_dtype: dtype, tokens, flops,
           tokens_per_sec: o.tokens_per_sec, mfu: o.mfu, mfu_own_peak: flops / (r.ours.median_ms / 1e3) / (oursPeak * 1e9),
           median_ms: r.ours.median_ms, min_ms: r.ours.min_ms, max_ms: r.ours.max_ms, repeats: r.ours.repeats, runs_ms: r.ours.runs_ms,
           peak_gflops: ceiling, peak_source: ceilingSource, ours_gemm_peak_gflops: oursPeak,
           peer: p
-            ? { engine: `torch ${peerInfo.torch} eager fp32`, tokens_per_sec: p.tokens_per_sec, mfu: p.mfu, mfu_own_peak: flops / (r.peer.median_ms / 1e3) / (peerPeak * 1e9),
+            ? { engine: `torch ${peerInfo.torch} eager ${dtype === 'bf16' ? 'fp32 weights, bf16 autocast' : 'fp32'}`, tokens_per_sec: p.tokens_per_sec, mfu: p.mfu, mfu_own_peak: flops / (r.peer.median_ms / 1e3) / (peerPeak * 1e9),
                 median_ms: r.peer.median_ms, min_ms: r.peer.min_ms, max_ms: r.peer.max_ms, repeats: r.peer.repeats, runs_ms: r.peer.runs_ms, gemm_peak_gflops: peerPeak }
             : null,
           ratio: p ? o.tokens_per_sec / p.tokens_per_sec : null,
@@ -447,61 +509,96 @@ async function main() {
         log(`${name} ${workload}: ours ${o.tokens_per_sec.toFixed(1)} tok/s` + (p ? `, torch ${p.tokens_per_sec.toFixed(1)} tok/s, ratio ${row.ratio.toFixed(2)}` : ''));
       };
 
+      // The bf16-weights model (loaded only when a bf16 row runs).
+      let model16 = null;
+      const bf16Model = async () => {
+        if (!model16) {
+          model16 = await loadModel(dir, { device: 'cpu', weightsDtype: 'bf16' });
+          const wd = model16.info().weightsDtype;
+          if (wd !== 'bf16') throw new Error(`loadModel(..., { weightsDtype: 'bf16' }) gave weightsDtype ${wd}`);
+        }
+        return model16;
+      };
+
       // -- forward: B x T, per-token log-probs (+ entropy) of the next tokens
       {
         const B = opts.fwdBatch, T = opts.fwdSeq;
         const ids = randomIds(B, T, c.vocab, 1);
         const idsTyped = ids.map((r) => Int32Array.from(r));
         let check = null;
-        if (peer) {
-          const o = await model.forward({ inputIds: idsTyped });
-          const p = await peer.request({ cmd: 'forward', ids, return_logp: true });
-          let sum = 0, maxDiff = 0, n = 0;
-          for (let b = 0; b < B; b++)
-            for (let t = 0; t < T - 1; t++) {
-              const v = o.logp[b][t];
-              sum += v;
-              maxDiff = Math.max(maxDiff, Math.abs(v - p.logp[n]));
-              n++;
-            }
-          const meanOurs = sum / n;
-          check = { mean_logp_ours: meanOurs, mean_logp_torch: p.mean_logp, abs_diff: Math.abs(meanOurs - p.mean_logp), max_token_abs_diff: maxDiff, ok: Math.abs(meanOurs - p.mean_logp) < 1e-4 };
-          log(`forward check: mean logp ours ${meanOurs.toFixed(6)}, torch ${p.mean_logp.toFixed(6)}, |diff| ${check.abs_diff.toExponential(2)}, max per-token |diff| ${maxDiff.toExponential(2)}${check.ok ? '' : '  <-- DISAGREE'}`);
+        // fp32 log-probs of both engines, kept as the reference of the bf16 row.
+        let oursF32 = null, torchF32 = null;
+        const checkRun = !!peer || opts.bf16;
+        if (checkRun) {
+          oursF32 = flatLogp((await model.forward({ inputIds: idsTyped })).logp);
+          if (peer) {
+            const p = await peer.request({ cmd: 'forward', ids, return_logp: true });
+            torchF32 = Float64Array.from(p.logp);
+            const meanOurs = meanOf(oursF32);
+            const maxDiff = maxAbsDiff(oursF32, torchF32);
+            check = { mean_logp_ours: meanOurs, mean_logp_torch: p.mean_logp, abs_diff: Math.abs(meanOurs - p.mean_logp), max_token_abs_diff: maxDiff, ok: Math.abs(meanOurs - p.mean_logp) < 1e-4 };
+            log(`forward check: mean logp ours ${meanOurs.toFixed(6)}, torch ${p.mean_logp.toFixed(6)}, |diff| ${check.abs_diff.toExponential(2)}, max per-token |diff| ${maxDiff.toExponential(2)}${check.ok ? '' : '  <-- DISAGREE'}`);
+          }
         }
-        // With the peer, the check run above is the first warm-up of both engines.
+        // The check run above is the first warm-up of both engines.
         const r = await interleaved(
-          opts.repeats, peer ? Math.max(0, opts.warmup - 1) : opts.warmup,
+          opts.repeats, checkRun ? Math.max(0, opts.warmup - 1) : opts.warmup,
           async () => { const t = now(); await model.forward({ inputIds: idsTyped }); return now() - t; },
           peer && (async () => (await peer.request({ cmd: 'forward', ids })).ms),
         );
         record(`forward b${B}x${T}`, { batch: B, seq: T }, B * T, forwardFlops(counts, B, T), r, check);
+
+        // -- forward bf16: ours with bf16 weights vs the peer under bf16 autocast. Their
+        // roundings differ, so each is checked against its own engine's fp32 log-probs.
+        if (opts.bf16) {
+          const m16 = await bf16Model();
+          const ours16 = flatLogp((await m16.forward({ inputIds: idsTyped })).logp);
+          const p16 = peer ? await peer.request({ cmd: 'forward', ids, return_logp: true, autocast: 'bf16' }) : null;
+          const torch16 = p16 ? Float64Array.from(p16.logp) : null;
+          const tol = 0.05;
+          const c16 = {
+            tolerance: tol,
+            max_abs_dlogp_ours: maxAbsDiff(ours16, oursF32),
+            max_abs_dlogp_torch: torch16 ? maxAbsDiff(torch16, torchF32) : null,
+            mean_logp_ours_bf16: meanOf(ours16), mean_logp_ours_f32: meanOf(oursF32),
+            mean_logp_torch_bf16: torch16 ? meanOf(torch16) : null, mean_logp_torch_f32: torchF32 ? meanOf(torchF32) : null,
+            max_abs_dlogp_ours_vs_torch_bf16: torch16 ? maxAbsDiff(ours16, torch16) : null,
+          };
+          c16.ok = c16.max_abs_dlogp_ours < tol && (c16.max_abs_dlogp_torch == null || c16.max_abs_dlogp_torch < tol);
+          log(`forward bf16 check (max per-token |logp(bf16) - logp(fp32)| of the same engine, < ${tol}): ours ${c16.max_abs_dlogp_ours.toExponential(2)}` +
+            (torch16 ? `, torch ${c16.max_abs_dlogp_torch.toExponential(2)}; mean logp bf16 ours ${c16.mean_logp_ours_bf16.toFixed(6)}, torch ${c16.mean_logp_torch_bf16.toFixed(6)}` : '') +
+            (c16.ok ? '' : '  <-- TOO FAR'));
+          const r16 = await interleaved(
+            opts.repeats, Math.max(0, opts.warmup - 1),
+            async () => { const t = now(); await m16.forward({ inputIds: idsTyped }); return now() - t; },
+            peer && (async () => (await peer.request({ cmd: 'forward', ids, autocast: 'bf16' })).ms),
+          );
+          record(`forward bf16 b${B}x${T}`, { batch: B, seq: T }, B * T, forwardFlops(counts, B, T), r16, c16, 'bf16');
+        }
       }
 
       // -- decode: greedy, KV cache, prompt P, N new tokens, no EOS
+      const P = opts.prompt, N = opts.newTokens;
+      const decodeIn = (B) => randomIds(B, P, c.vocab, 100 + B);
+      const f32Tokens = new Map(); // B -> { ours, torch }: the fp32 greedy tokens, reference of the bf16 rows
       for (const B of opts.decodeBatches) {
-        const P = opts.prompt, N = opts.newTokens;
-        const prompts = randomIds(B, P, c.vocab, 100 + B);
+        const prompts = decodeIn(B);
         const gen = () => model.generate({ prompts, maxNewTokens: N, temperature: 0, eosIds: [] });
         let check = null;
-        if (peer) {
+        const checkRun = !!peer || opts.bf16Decode;
+        if (checkRun) {
           const o = await gen();
-          const p = await peer.request({ cmd: 'decode', prompts, new_tokens: N, return_tokens: true });
-          let same = 0, total = 0, firstDiff = [];
-          for (let b = 0; b < B; b++) {
-            let fd = -1;
-            for (let t = 0; t < N; t++) {
-              total++;
-              if (o.tokens[b][t] === p.tokens[b][t]) same++;
-              else if (fd < 0) fd = t;
-            }
-            firstDiff.push(fd);
+          const p = peer ? await peer.request({ cmd: 'decode', prompts, new_tokens: N, return_tokens: true }) : null;
+          f32Tokens.set(B, { ours: o.tokens, torch: p ? p.tokens : null });
+          if (p) {
+            const a = tokenAgreement(o.tokens, p.tokens, N);
+            const short = o.tokens.some((t) => t.length !== N);
+            check = { tokens_equal: a.fraction, first_divergence: a.firstDiff, ours_length_ok: !short, ok: a.fraction === 1 && !short };
+            log(`decode b${B} check: ${(100 * a.fraction).toFixed(1)}% greedy tokens identical` + (a.fraction === 1 ? '' : `, first divergence per row ${JSON.stringify(a.firstDiff)}`));
           }
-          const short = o.tokens.some((t) => t.length !== N);
-          check = { tokens_equal: same / total, first_divergence: firstDiff, ours_length_ok: !short, ok: same === total && !short };
-          log(`decode b${B} check: ${(100 * same / total).toFixed(1)}% greedy tokens identical` + (same === total ? '' : `, first divergence per row ${JSON.stringify(firstDiff)}`));
         }
         const r = await interleaved(
-          opts.decodeRepeats, peer ? Math.max(0, opts.warmup - 1) : opts.warmup,
+          opts.decodeRepeats, checkRun ? Math.max(0, opts.warmup - 1) : opts.warmup,
           async () => {
             const t = now();
             const g = await gen();
@@ -513,6 +610,42 @@ async function main() {
         );
         record(`decode b${B} ${P}+${N}`, { batch: B, prompt: P, new_tokens: N }, B * N, decodeFlops(counts, B, P, N), r, check);
       }
+
+      // -- decode bf16 (opt-in): ours with bf16 weights vs the peer under bf16 autocast. Greedy
+      // tokens of random-weight models have tiny logit margins, so the check is informational:
+      // each engine's agreement with its own fp32 greedy tokens.
+      if (opts.bf16Decode) {
+        const m16 = await bf16Model();
+        for (const B of opts.decodeBatches) {
+          const prompts = decodeIn(B);
+          const gen = () => m16.generate({ prompts, maxNewTokens: N, temperature: 0, eosIds: [] });
+          const o = await gen();
+          const p = peer ? await peer.request({ cmd: 'decode', prompts, new_tokens: N, return_tokens: true, autocast: 'bf16' }) : null;
+          const ref = f32Tokens.get(B);
+          const ao = tokenAgreement(o.tokens, ref.ours, N);
+          const at = p ? tokenAgreement(p.tokens, ref.torch, N) : null;
+          const short = o.tokens.some((t) => t.length !== N);
+          const check = {
+            ours_same_as_f32: ao.fraction, ours_first_divergence: ao.firstDiff,
+            torch_same_as_f32: at ? at.fraction : null, torch_first_divergence: at ? at.firstDiff : null,
+            ours_length_ok: !short, ok: short ? false : null, // null: informational
+          };
+          log(`decode bf16 b${B} check (greedy tokens equal to the same engine's fp32 tokens): ours ${(100 * ao.fraction).toFixed(1)}%` + (at ? `, torch ${(100 * at.fraction).toFixed(1)}%` : ''));
+          const r = await interleaved(
+            opts.decodeRepeats, Math.max(0, opts.warmup - 1),
+            async () => {
+              const t = now();
+              const g = await gen();
+              const ms = now() - t;
+              if (g.tokens[0].length !== N) throw new Error(`generate stopped after ${g.tokens[0].length} tokens (${g.finish[0]})`);
+              return ms;
+            },
+            peer && (async () => (await peer.request({ cmd: 'decode', prompts, new_tokens: N, autocast: 'bf16' })).ms),
+          );
+          record(`decode bf16 b${B} ${P}+${N}`, { batch: B, prompt: P, new_tokens: N }, B * N, decodeFlops(counts, B, P, N), r, check, 'bf16');
+        }
+      }
+      if (model16) model16.dispose();
       model.dispose();
     }
   } finally {
@@ -531,20 +664,38 @@ async function main() {
   if (peerInfo) out(`torch BLAS: ${peerInfo.blas.join(', ')}${peerInfo.openmp_openblas ? '' : '  (NOT the OpenMP OpenBLAS)'}; torch threads ${peerInfo.threads}, OMP_WAIT_POLICY ${meta.torch_omp_wait_policy}`);
   for (const p of peaks)
     out(`fp32 matmul peak ${p.config}: ours ${p.oursPeak.toFixed(1)} GFLOP/s, torch ${p.peerPeak ? p.peerPeak.toFixed(1) : '-'} GFLOP/s -> MFU denominator ${p.ceiling.toFixed(1)} GFLOP/s (${p.ceilingSource})`);
+  for (const p of peaks)
+    if (p.bf16Gemm)
+      out(`bf16 matmul 1024^3 ${p.config} (informational): ours (bf16 weights) ${p.bf16Gemm.ours.gflops.toFixed(1)} GFLOP/s, torch (bf16 autocast) ${p.bf16Gemm.torch ? p.bf16Gemm.torch.gflops.toFixed(1) : '-'} GFLOP/s`);
   out('');
   const head = ['config', 'workload', 'ours tok/s', 'torch tok/s', 'ours/torch', 'MFU ours', 'MFU torch', 'ours ms med [min-max]', 'torch ms med [min-max]', 'load', 'check'];
+  const e1 = (x) => (x == null ? '-' : x.toExponential(1));
+  const checkCell = (r) => {
+    const k = r.check;
+    if (k == null) return '-';
+    if (r.name === 'forward' && r.weights_dtype === 'bf16')
+      return `max dlogp vs fp32: ours ${e1(k.max_abs_dlogp_ours)}, torch ${e1(k.max_abs_dlogp_torch)}${k.ok ? '' : ' FAIL'}`;
+    if (r.name === 'forward') return `dlogp ${e1(k.abs_diff)}`;
+    if (r.weights_dtype === 'bf16')
+      return `same as fp32: ours ${(100 * k.ours_same_as_f32).toFixed(0)}%, torch ${k.torch_same_as_f32 == null ? '-' : (100 * k.torch_same_as_f32).toFixed(0) + '%'}`;
+    return `${(100 * k.tokens_equal).toFixed(0)}% same`;
+  };
   const body = rows.map((r) => [
     r.config, r.workload, f1(r.tokens_per_sec), f1(r.peer?.tokens_per_sec), r.ratio == null ? '-' : r.ratio.toFixed(2),
     pct(r.mfu), pct(r.peer?.mfu), ms(r), ms(r.peer), r.loadavg_1min.map((x) => x.toFixed(1)).join('→'),
-    r.check == null ? '-' : r.name === 'forward' ? `dlogp ${r.check.abs_diff.toExponential(1)}` : `${(100 * r.check.tokens_equal).toFixed(0)}% same`,
+    checkCell(r),
   ]);
   out('| ' + head.join(' | ') + ' |');
   out('|' + head.map(() => '---').join('|') + '|');
   for (const b of body) out('| ' + b.join(' | ') + ' |');
   out('');
   out('load: the 1-minute load average before and after the workload\'s timed runs (other processes share the cores).');
+  if (rows.some((r) => r.weights_dtype === 'bf16'))
+    out("bf16 rows: ours loadModel(dir, { weightsDtype: 'bf16' }) (fp32 compute), torch the same fp32 model under torch.autocast('cpu', bfloat16); " +
+      'MFU against the same fp32 matmul peak as the fp32 rows; check: each engine\'s max per-token |logp(bf16) - logp(fp32)| (forward, must be < 0.05) ' +
+      'or share of greedy tokens equal to its own fp32 run (decode, informational).');
   out(`repeats: forward ${opts.repeats}, decode ${opts.decodeRepeats} (after ${opts.warmup} warm-up), interleaved ours/torch; total ${totalS.toFixed(0)} s`);
-  const bad = rows.filter((r) => r.check && !r.check.ok);
+  const bad = rows.filter((r) => r.check && r.check.ok === false);
   if (bad.length) out(`NOTE: checks failed for ${bad.map((r) => `${r.config} ${r.workload}`).join(', ')}`);
 }
 

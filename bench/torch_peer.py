@@ -8,24 +8,32 @@ tiny stdlib safetensors reader (F32 only) loads config.json + model.safetensors.
 
 Workloads (each timed with time.perf_counter inside this process):
   matmul   fp32 x @ w.T (the layout of a linear layer) on given shapes -> GFLOP/s
+           ("autocast": "bf16": the same under bf16 autocast)
   forward  batch x seq ids -> logits at every position, log-softmax, gather of
            the next token, entropy (what our engine's forward returns)
   decode   greedy generation with a preallocated KV cache: one prefill of the
            prompt (LM head on the last position only), then one step per new
            token computing only the new position's logits; the log-prob of the
            picked token is gathered, as our generate returns it.
+  forward and decode take "autocast": "bf16": the same code run under
+  torch.autocast('cpu', dtype=torch.bfloat16) (how a PyTorch user gets bf16 on
+  the CPU: the weights stay fp32 and are cast per call, linears/matmuls run in
+  bf16, everything else follows autocast's op lists); the logits are cast to
+  fp32 before the log-softmax / gather / entropy / argmax in both modes.
 
 Two modes:
   --serve            line-delimited JSON commands on stdin, one JSON reply per
                      line on stdout (bench/forward.js drives it, interleaving
                      its repeats with ours). Logs go to stderr.
-  --model DIR [...]  standalone: run the workloads once and print a summary.
+  --model DIR [...]  standalone: run the workloads once and print a summary
+                     (--autocast bf16: forward and decode under bf16 autocast).
 
 Thread count: OMP_NUM_THREADS and torch.set_num_threads(--threads, default 2).
 The driver puts the OpenMP build of OpenBLAS first on LD_LIBRARY_PATH; `hello`
 reports which BLAS library this process actually mapped.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -149,7 +157,9 @@ class Llama:
 
     def score(self, ids):
         """Per-token log p(ids[t+1] | ids[..t]) and entropy, [B, T-1] each."""
-        logits = F.linear(self.body(ids), self.lm_head)[:, :-1]
+        # .float(): under bf16 autocast F.linear returns bf16 logits; the
+        # log-softmax, gather and entropy run in fp32 (a no-op in fp32 mode).
+        logits = F.linear(self.body(ids), self.lm_head)[:, :-1].float()
         logp_all = torch.log_softmax(logits, dim=-1)
         logp = logp_all.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
         entropy = -(logp_all.exp() * logp_all).sum(-1)
@@ -164,7 +174,7 @@ class Llama:
         B, Tp = prompt.shape
         cache = self.new_cache(B, Tp + new_tokens)
         h = self.body(prompt, 0, cache)[:, -1]
-        logits = F.linear(h, self.lm_head)
+        logits = F.linear(h, self.lm_head).float()  # fp32 log-softmax / argmax under autocast too
         toks, lps = [], []
         for step in range(new_tokens):
             lp = torch.log_softmax(logits, dim=-1)
@@ -174,7 +184,7 @@ class Llama:
             if step + 1 == new_tokens:
                 break
             h = self.body(tok.unsqueeze(1), Tp + step, cache)[:, -1]
-            logits = F.linear(h, self.lm_head)
+            logits = F.linear(h, self.lm_head).float()
         return torch.stack(toks, 1), torch.stack(lps, 1)
 
 
@@ -194,15 +204,35 @@ def blas_libraries():
     return sorted(libs)
 
 
-def gemm_rate(m, n, k, min_seconds=0.25, samples=5):
-    """Median GFLOP/s of x[m,k] @ w[n,k].T over `samples` timed batches."""
+def autocast_ctx(mode):
+    """torch.autocast('cpu', dtype=torch.bfloat16) for mode 'bf16', else a no-op context."""
+    if not mode:
+        return contextlib.nullcontext()
+    if mode != 'bf16':
+        raise ValueError(f'autocast {mode!r}: only bf16 is supported')
+    return torch.autocast('cpu', dtype=torch.bfloat16)
+
+
+def gemm_rate(m, n, k, min_seconds=0.25, samples=5, autocast=None):
+    """Median GFLOP/s of x[m,k] @ w[n,k].T over `samples` timed batches (fp32 tensors;
+    with autocast='bf16' the product runs under bf16 autocast, the cast included)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(m, k, generator=g)
     w = torch.randn(n, k, generator=g)
-    out = torch.empty(m, n)
-    torch.mm(x, w.t(), out=out)
+    if autocast:
+        ctx = autocast_ctx(autocast)
+
+        def run():
+            with ctx:
+                return torch.mm(x, w.t())
+    else:
+        out = torch.empty(m, n)
+
+        def run():
+            return torch.mm(x, w.t(), out=out)
+    run()
     t = time.perf_counter()
-    torch.mm(x, w.t(), out=out)
+    run()
     one = max(time.perf_counter() - t, 1e-6)
     if one > 0.2:
         samples = min(samples, 3)
@@ -211,7 +241,7 @@ def gemm_rate(m, n, k, min_seconds=0.25, samples=5):
     for _ in range(samples):
         t = time.perf_counter()
         for _ in range(iters):
-            torch.mm(x, w.t(), out=out)
+            run()
         dt = (time.perf_counter() - t) / iters
         rates.append(2.0 * m * n * k / dt / 1e9)
     rates.sort()
@@ -233,11 +263,11 @@ class Peer:
         return {'load_ms': (time.perf_counter() - t) * 1e3, 'parameters': self.model.params, 'tied': self.model.tied}
 
     def cmd_matmul(self, req):
-        return {'shapes': [gemm_rate(m, n, k, req.get('min_seconds', 0.25), req.get('samples', 5)) for m, n, k in req['shapes']]}
+        return {'shapes': [gemm_rate(m, n, k, req.get('min_seconds', 0.25), req.get('samples', 5), req.get('autocast')) for m, n, k in req['shapes']]}
 
     def cmd_forward(self, req):
         ids = torch.tensor(req['ids'], dtype=torch.long)
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast_ctx(req.get('autocast')):
             t = time.perf_counter()
             logp, ent = self.model.score(ids)
             ms = (time.perf_counter() - t) * 1e3
@@ -248,7 +278,7 @@ class Peer:
 
     def cmd_decode(self, req):
         prompt = torch.tensor(req['prompts'], dtype=torch.long)
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast_ctx(req.get('autocast')):
             t = time.perf_counter()
             toks, lps = self.model.generate(prompt, req['new_tokens'])
             ms = (time.perf_counter() - t) * 1e3
@@ -285,13 +315,15 @@ def standalone(args):
     print(json.dumps(peer.cmd_matmul({'shapes': [[1024, 1024, 1024], [args.batch * args.seq, m.dim, m.dim]]})))
     rng = random.Random(0)
     ids = [[rng.randrange(m.vocab) for _ in range(args.seq)] for _ in range(args.batch)]
+    ac = args.autocast
+    tag = ' (bf16 autocast)' if ac else ''
     for _ in range(3):
-        r = peer.cmd_forward({'ids': ids})
-        print(f'forward {args.batch}x{args.seq}: {r["ms"]:.1f} ms, {args.batch * args.seq / r["ms"] * 1e3:.0f} tok/s, mean logp {r["mean_logp"]:.6f}')
+        r = peer.cmd_forward({'ids': ids, 'autocast': ac})
+        print(f'forward{tag} {args.batch}x{args.seq}: {r["ms"]:.1f} ms, {args.batch * args.seq / r["ms"] * 1e3:.0f} tok/s, mean logp {r["mean_logp"]:.6f}')
     for b in (1, 8):
         prompts = [[rng.randrange(m.vocab) for _ in range(32)] for _ in range(b)]
-        r = peer.cmd_decode({'prompts': prompts, 'new_tokens': args.new_tokens})
-        print(f'decode b{b} 32+{args.new_tokens}: {r["ms"]:.1f} ms, {b * args.new_tokens / r["ms"] * 1e3:.1f} tok/s')
+        r = peer.cmd_decode({'prompts': prompts, 'new_tokens': args.new_tokens, 'autocast': ac})
+        print(f'decode{tag} b{b} 32+{args.new_tokens}: {r["ms"]:.1f} ms, {b * args.new_tokens / r["ms"] * 1e3:.1f} tok/s')
 
 
 def main():
@@ -302,6 +334,7 @@ def main():
     ap.add_argument('--batch', type=int, default=4)
     ap.add_argument('--seq', type=int, default=256)
     ap.add_argument('--new-tokens', type=int, default=128)
+    ap.add_argument('--autocast', choices=['bf16'], help='run forward/decode under torch.autocast(cpu, bfloat16)')
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
