@@ -157,8 +157,42 @@ export interface NativeGenerateResult {
   finish: ('eos' | 'stop' | 'length' | 'cancelled')[];
 }
 
+export interface NativeAdapterModule {
+  layer: number;
+  /** PEFT module name: q_proj ... down_proj, or c_attn / c_proj / c_fc (GPT-2). */
+  name: string;
+  /** GPT-2: the c_proj under `mlp` (true) or under `attn` (false). */
+  mlp?: boolean;
+  /** Initial lora_A / lora_B as [file, tensor name]; omitted: PEFT's initialisation. */
+  a?: [string, string];
+  b?: [string, string];
+}
+
+export interface NativeStepOptions {
+  optimizer?: 'adamw' | 'sgd';
+  lr: number;
+  beta1?: number;
+  beta2?: number;
+  eps?: number;
+  weightDecay?: number;
+  momentum?: number;
+  /** Global-norm clipping; 0 disables. */
+  maxGradNorm?: number;
+  /** Tensor names exempt from weight decay. */
+  noDecay?: string[];
+}
+
 export interface NativeModel {
   forward(req: NativeForwardRequest): Promise<NativeForwardResult>;
+  forwardTrain(req: NativeForwardRequest): Promise<NativeForwardResult>;
+  backward(grads: { dlogp?: Float32Array; dentropy?: Float32Array; dvalues?: Float32Array }): Promise<void>;
+  step(opts: NativeStepOptions): Promise<{ gradNorm: number; clipCoef: number; step: number }>;
+  zeroGrad(): void;
+  enableFullTraining(): void;
+  createAdapter(spec: { name?: string; r: number; alpha: number; rslora?: boolean; seed?: number; modules: NativeAdapterModule[] }): { scale: number; parameters: number };
+  trainable(): { name: string; shape: number[] }[];
+  readTrainable(name: string, which?: 'value' | 'grad' | 'm' | 'v'): Float32Array;
+  saveAdapter(path: string): void;
   generate(req: NativeGenerateRequest): Promise<NativeGenerateResult>;
   info(): { parameters: number; weightsDtype: 'f32' | 'bf16'; vocab: number; hidden: number; layers: number; hasLmHead: boolean; hasScoreHead: boolean; device: string; threads: number };
   dispose(): void;

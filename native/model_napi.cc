@@ -10,7 +10,9 @@
 #include <mutex>
 
 #include "engine.h"
+#include "model/adapter.h"
 #include "model/generate.h"
+#include "model/train_step.h"
 #include "model/transformer.h"
 #include "model/weights.h"
 #include "napi_util.h"
@@ -74,6 +76,8 @@ model::Config config_from(const Napi::Object& c) {
 
 struct LoadedModel {
   std::unique_ptr<model::Transformer> transformer;
+  std::unique_ptr<model::Adapter> adapter;   // the trainable LoRA adapter, if any
+  std::unique_ptr<model::FullGrads> full;    // full fine-tuning state, if enabled
   std::mutex busy;
 };
 
@@ -92,6 +96,16 @@ class Model : public Napi::ObjectWrap<Model> {
   Napi::Value Generate(const Napi::CallbackInfo& info);
   Napi::Value Info(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
+  // training
+  Napi::Value EnableFullTraining(const Napi::CallbackInfo& info);
+  Napi::Value CreateAdapter(const Napi::CallbackInfo& info);
+  Napi::Value ForwardTrain(const Napi::CallbackInfo& info);
+  Napi::Value Backward(const Napi::CallbackInfo& info);
+  Napi::Value ZeroGrad(const Napi::CallbackInfo& info);
+  Napi::Value Step(const Napi::CallbackInfo& info);
+  Napi::Value Trainable(const Napi::CallbackInfo& info);
+  Napi::Value ReadTrainable(const Napi::CallbackInfo& info);
+  Napi::Value SaveAdapter(const Napi::CallbackInfo& info);
   std::shared_ptr<LoadedModel> model_;
 };
 Napi::FunctionReference* Model::ctor = nullptr;
@@ -192,6 +206,17 @@ Napi::Float32Array to_f32(Napi::Env env, const std::vector<float>& v) {
   return a;
 }
 
+Napi::Value forward_result(Napi::Env env, ForwardBaton& b) {
+  Napi::Object r = Napi::Object::New(env);
+  if (b.req.want_logp) {
+    r.Set("logp", to_f32(env, b.out.logp));
+    r.Set("entropy", to_f32(env, b.out.entropy));
+  }
+  if (b.req.want_values) r.Set("values", to_f32(env, b.out.values));
+  if (b.req.want_last_logits) r.Set("lastLogits", to_f32(env, b.out.last_logits));
+  return r;
+}
+
 // ---- generate
 struct GenerateBaton {
   std::shared_ptr<LoadedModel> model;
@@ -204,7 +229,14 @@ struct GenerateBaton {
 Napi::Object Model::Init(Napi::Env env, Napi::Object exports) {
   Napi::Function f = DefineClass(env, "Model",
                                  {InstanceMethod("forward", &Model::Forward), InstanceMethod("generate", &Model::Generate),
-                                  InstanceMethod("info", &Model::Info), InstanceMethod("dispose", &Model::Dispose)});
+                                  InstanceMethod("info", &Model::Info), InstanceMethod("dispose", &Model::Dispose),
+                                  InstanceMethod("enableFullTraining", &Model::EnableFullTraining),
+                                  InstanceMethod("createAdapter", &Model::CreateAdapter),
+                                  InstanceMethod("forwardTrain", &Model::ForwardTrain), InstanceMethod("backward", &Model::Backward),
+                                  InstanceMethod("zeroGrad", &Model::ZeroGrad), InstanceMethod("step", &Model::Step),
+                                  InstanceMethod("trainable", &Model::Trainable),
+                                  InstanceMethod("readTrainable", &Model::ReadTrainable),
+                                  InstanceMethod("saveAdapter", &Model::SaveAdapter)});
   ctor = new Napi::FunctionReference(Napi::Persistent(f));
   exports.Set("Model", f);
   return exports;
@@ -218,11 +250,46 @@ Model::Model(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Model>(info) {
   model_ = *info[0].As<Napi::External<std::shared_ptr<LoadedModel>>>().Data();
 }
 
+void parse_forward(const Napi::Object& o, ForwardBaton& b);
+
 Napi::Value Model::Forward(const Napi::CallbackInfo& info) {
   return Guard(info.Env(), [&]() -> Napi::Value {
     Napi::Object o = ArgObject(info, 0, "request");
     ForwardBaton b;
     b.model = model();
+    parse_forward(o, b);
+    return queue(
+        info.Env(), std::move(b),
+        [](ForwardBaton& b) {
+          b.req.ids = b.ids.data();
+          b.req.mask = b.mask.empty() ? nullptr : b.mask.data();
+          b.out = b.model->transformer->forward(b.req);
+        },
+        forward_result);
+  });
+}
+
+Napi::Value Model::ForwardTrain(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), [&]() -> Napi::Value {
+    Napi::Object o = ArgObject(info, 0, "request");
+    ForwardBaton b;
+    b.model = model();
+    parse_forward(o, b);
+    if (b.req.want_last_logits) throw Error(code::kArgument, "forwardTrain: lastLogits is not available in training");
+    return queue(
+        info.Env(), std::move(b),
+        [](ForwardBaton& b) {
+          b.req.ids = b.ids.data();
+          b.req.mask = b.mask.empty() ? nullptr : b.mask.data();
+          b.out = b.model->transformer->forward_train(b.req);
+        },
+        forward_result);
+  });
+}
+
+void parse_forward(const Napi::Object& o, ForwardBaton& b) {
+  {
+    {
     const int64_t batch = static_cast<int64_t>(num(o, "batch", 0)), seq = static_cast<int64_t>(num(o, "seq", 0));
     if (batch <= 0 || seq <= 0) throw Error(code::kArgument, "forward: batch and seq must be positive");
     Napi::Value ids = o.Get("ids");
@@ -247,24 +314,8 @@ Napi::Value Model::Forward(const Napi::CallbackInfo& info) {
     b.req.want_values = flag(o, "values", false);
     b.req.want_last_logits = flag(o, "lastLogits", false);
     b.req.temperature = static_cast<float>(num(o, "temperature", 1.0));
-    return queue(
-        info.Env(), std::move(b),
-        [](ForwardBaton& b) {
-          b.req.ids = b.ids.data();
-          b.req.mask = b.mask.empty() ? nullptr : b.mask.data();
-          b.out = b.model->transformer->forward(b.req);
-        },
-        [](Napi::Env env, ForwardBaton& b) -> Napi::Value {
-          Napi::Object r = Napi::Object::New(env);
-          if (b.req.want_logp) {
-            r.Set("logp", to_f32(env, b.out.logp));
-            r.Set("entropy", to_f32(env, b.out.entropy));
-          }
-          if (b.req.want_values) r.Set("values", to_f32(env, b.out.values));
-          if (b.req.want_last_logits) r.Set("lastLogits", to_f32(env, b.out.last_logits));
-          return r;
-        });
-  });
+    }
+  }
 }
 
 Napi::Value Model::Generate(const Napi::CallbackInfo& info) {
@@ -355,6 +406,205 @@ Napi::Value Model::Info(const Napi::CallbackInfo& info) {
 Napi::Value Model::Dispose(const Napi::CallbackInfo& info) {
   model_.reset();  // in-flight calls hold their own reference
   return info.Env().Undefined();
+}
+
+
+// ---------------------------------------------------------------- training
+
+Napi::Value Model::EnableFullTraining(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), [&]() -> Napi::Value {
+    auto m = model();
+    std::lock_guard<std::mutex> lock(m->busy);
+    model::Weights& w = m->transformer->mutable_weights();
+    if (w.bf16()) throw Error(code::kArgument, "full training needs fp32 weights (load with weightsDtype 'f32')");
+    if (m->adapter) throw Error(code::kArgument, "this model already trains an adapter");
+    m->full = std::make_unique<model::FullGrads>();
+    m->full->slab.assign(static_cast<size_t>(w.slab_floats + 16), 0.f);
+    m->full->m.assign(m->full->slab.size(), 0.f);
+    m->full->v.assign(m->full->slab.size(), 0.f);
+    m->transformer->set_full_training(m->full.get());
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value Model::CreateAdapter(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), [&]() -> Napi::Value {
+    Napi::Object o = ArgObject(info, 0, "spec");
+    auto m = model();
+    std::lock_guard<std::mutex> lock(m->busy);
+    if (m->full) throw Error(code::kArgument, "this model is in full training mode");
+    const model::Config& cfg = m->transformer->config();
+    model::AdapterSpec spec;
+    spec.name = o.Has("name") ? o.Get("name").ToString().Utf8Value() : "default";
+    spec.r = static_cast<int64_t>(num(o, "r", 8));
+    spec.alpha = static_cast<float>(num(o, "alpha", 16));
+    spec.rslora = flag(o, "rslora", false);
+    spec.seed = static_cast<uint64_t>(num(o, "seed", 0));
+    Napi::Value mods = o.Get("modules");
+    if (!mods.IsArray()) throw Error(code::kArgument, "adapter: 'modules' must be an array of {layer, name, mlp}");
+    Napi::Array ma = mods.As<Napi::Array>();
+    for (uint32_t i = 0; i < ma.Length(); ++i) {
+      Napi::Object e = ma.Get(i).As<Napi::Object>();
+      model::Proj p;
+      const std::string name = e.Get("name").ToString().Utf8Value();
+      if (!model::parse_proj(cfg, name, flag(e, "mlp", false), &p))
+        throw Error(code::kArgument, "adapter: '" + name + "' is not a module of this architecture");
+      spec.modules.emplace_back(static_cast<int64_t>(num(e, "layer", 0)), p);
+      Napi::Value a = e.Get("a"), b = e.Get("b");
+      if (a.IsArray() && b.IsArray()) {
+        Napi::Array aa = a.As<Napi::Array>(), ba = b.As<Napi::Array>();
+        spec.init_from.push_back({model::TensorLocation{aa.Get(0u).ToString().Utf8Value(), aa.Get(1u).ToString().Utf8Value()},
+                                  model::TensorLocation{ba.Get(0u).ToString().Utf8Value(), ba.Get(1u).ToString().Utf8Value()}});
+      } else if (!spec.init_from.empty()) {
+        throw Error(code::kArgument, "adapter: give initial tensors for every module or for none");
+      }
+    }
+    m->adapter = model::make_adapter(cfg, spec);
+    m->transformer->set_adapter(m->adapter.get());
+    Napi::Object r = Napi::Object::New(info.Env());
+    r.Set("scale", m->adapter->scale);
+    r.Set("parameters", static_cast<double>(m->adapter->params.size()));
+    return r;
+  });
+}
+
+namespace {
+struct BackwardBaton {
+  std::shared_ptr<LoadedModel> model;
+  std::vector<float> dlogp, dentropy, dvalues;
+};
+struct StepBaton {
+  std::shared_ptr<LoadedModel> model;
+  model::OptimConfig cfg;
+  model::StepResult out;
+};
+std::vector<float> opt_f32(const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined() || v.IsNull()) return {};
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    throw Error(code::kArgument, std::string("'") + key + "' must be a Float32Array");
+  Napi::Float32Array a = v.As<Napi::Float32Array>();
+  return std::vector<float>(a.Data(), a.Data() + a.ElementLength());
+}
+}  // namespace
+
+Napi::Value Model::Backward(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), [&]() -> Napi::Value {
+    Napi::Object o = ArgObject(info, 0, "grads");
+    BackwardBaton b;
+    b.model = model();
+    b.dlogp = opt_f32(o, "dlogp");
+    b.dentropy = opt_f32(o, "dentropy");
+    b.dvalues = opt_f32(o, "dvalues");
+    return queue(
+        info.Env(), std::move(b),
+        [](BackwardBaton& b) {
+          b.model->transformer->backward(b.dlogp.empty() ? nullptr : b.dlogp.data(), b.dentropy.empty() ? nullptr : b.dentropy.data(),
+                                         b.dvalues.empty() ? nullptr : b.dvalues.data());
+        },
+        [](Napi::Env env, BackwardBaton&) -> Napi::Value { return env.Undefined(); });
+  });
+}
+
+Napi::Value Model::ZeroGrad(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), [&]() -> Napi::Value {
+    auto m = model();
+    std::lock_guard<std::mutex> lock(m->busy);
+    model::zero_grads(m->adapter.get(), m->full.get());
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value Model::Step(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), [&]() -> Napi::Value {
+    Napi::Object o = ArgObject(info, 0, "options");
+    StepBaton b;
+    b.model = model();
+    if (!b.model->adapter && !b.model->full) throw Error(code::kArgument, "step: nothing is trainable");
+    b.cfg.optimizer = o.Has("optimizer") ? o.Get("optimizer").ToString().Utf8Value() : "adamw";
+    b.cfg.lr = static_cast<float>(num(o, "lr", 1e-4));
+    b.cfg.beta1 = static_cast<float>(num(o, "beta1", 0.9));
+    b.cfg.beta2 = static_cast<float>(num(o, "beta2", 0.999));
+    b.cfg.eps = static_cast<float>(num(o, "eps", 1e-8));
+    b.cfg.weight_decay = static_cast<float>(num(o, "weightDecay", 0));
+    b.cfg.momentum = static_cast<float>(num(o, "momentum", 0));
+    b.cfg.max_grad_norm = static_cast<float>(num(o, "maxGradNorm", 0));
+    Napi::Value nd = o.Get("noDecay");
+    if (nd.IsArray())
+      for (uint32_t i = 0; i < nd.As<Napi::Array>().Length(); ++i) b.cfg.no_decay.push_back(nd.As<Napi::Array>().Get(i).ToString().Utf8Value());
+    return queue(
+        info.Env(), std::move(b),
+        [](StepBaton& b) {
+          LoadedModel& m = *b.model;
+          auto tensors = model::trainable_tensors(*m.transformer, m.adapter.get(), m.full.get());
+          int64_t* step = m.adapter ? &m.adapter->step : &m.full->step;
+          b.out = model::optimizer_step(default_engine().cpu, tensors, step, b.cfg);
+        },
+        [](Napi::Env env, StepBaton& b) -> Napi::Value {
+          Napi::Object r = Napi::Object::New(env);
+          r.Set("gradNorm", b.out.grad_norm);
+          r.Set("clipCoef", b.out.clip_coef);
+          r.Set("step", static_cast<double>(b.out.step));
+          return r;
+        });
+  });
+}
+
+Napi::Value Model::Trainable(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), [&]() -> Napi::Value {
+    auto m = model();
+    std::lock_guard<std::mutex> lock(m->busy);
+    auto tensors = model::trainable_tensors(*m->transformer, m->adapter.get(), m->full.get());
+    Napi::Array out = Napi::Array::New(info.Env(), tensors.size());
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const auto& t = tensors[i];
+      Napi::Object e = Napi::Object::New(info.Env());
+      e.Set("name", t.name);
+      Napi::Array shape = Napi::Array::New(info.Env());
+      // Report the Hugging Face layout.
+      const int64_t r = t.transposed ? t.cols : t.rows, c = t.transposed ? t.rows : t.cols;
+      shape.Set(0u, static_cast<double>(r));
+      if (c != 1 || t.transposed) shape.Set(1u, static_cast<double>(c));
+      e.Set("shape", shape);
+      out.Set(static_cast<uint32_t>(i), e);
+    }
+    return out;
+  });
+}
+
+// readTrainable(name, 'value' | 'grad') -> Float32Array in the Hugging Face layout.
+Napi::Value Model::ReadTrainable(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), [&]() -> Napi::Value {
+    const std::string name = ArgString(info, 0, "name");
+    const std::string which = info.Length() > 1 && info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "value";
+    auto m = model();
+    std::lock_guard<std::mutex> lock(m->busy);
+    auto tensors = model::trainable_tensors(*m->transformer, m->adapter.get(), m->full.get());
+    for (const auto& t : tensors) {
+      if (t.name != name) continue;
+      const float* src = which == "grad" ? t.grad : which == "m" ? t.m : which == "v" ? t.v : t.param;
+      Napi::Float32Array out = Napi::Float32Array::New(info.Env(), static_cast<size_t>(t.rows * t.cols));
+      if (!t.transposed) {
+        std::memcpy(out.Data(), src, sizeof(float) * t.rows * t.cols);
+      } else {
+        for (int64_t i = 0; i < t.rows; ++i)
+          for (int64_t j = 0; j < t.cols; ++j) out.Data()[j * t.rows + i] = src[i * t.cols + j];
+      }
+      return out;
+    }
+    throw Error(code::kArgument, "readTrainable: no trainable tensor named '" + name + "'");
+  });
+}
+
+Napi::Value Model::SaveAdapter(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), [&]() -> Napi::Value {
+    const std::string path = ArgString(info, 0, "path");
+    auto m = model();
+    std::lock_guard<std::mutex> lock(m->busy);
+    if (!m->adapter) throw Error(code::kArgument, "saveAdapter: the model has no adapter");
+    model::save_adapter_weights(m->transformer->config(), *m->adapter, path);
+    return info.Env().Undefined();
+  });
 }
 
 Napi::Object InitModel(Napi::Env env, Napi::Object exports) { return Model::Init(env, exports); }

@@ -9,6 +9,7 @@ import { openModelFolder, ModelFolder } from '../model/folder';
 import type { ModelConfig } from '../model/config';
 import { resolveDevice } from '../info';
 import { readLoraPairs } from '../model/peft';
+import { Trainer } from './train';
 
 export interface LoadModelOptions {
   device?: 'auto' | 'cpu' | 'cuda';
@@ -189,6 +190,11 @@ export class Model {
 
   info() {
     return callNative(() => this.live().info());
+  }
+
+  /** Training on this model (LoRA adapter or full fine-tuning); see lib/engine/train.ts. */
+  trainer(): Trainer {
+    return new Trainer(this.live(), this.config);
   }
 
   dispose(): void {

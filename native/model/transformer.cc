@@ -56,14 +56,17 @@ void Transformer::ensure_rope(int64_t max_pos) {
 }
 
 void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* positions, const uint8_t* mask, int64_t batch,
-                       int64_t seq, KvCache* cache, const int32_t* slots) {
+                       int64_t seq, KvCache* cache, const int32_t* slots, Acts* acts) {
   const Config& c = cfg_;
   const int64_t H = c.hidden, Q = c.q_dim(), KV = c.kv_dim(), QKV = c.qkv_dim(), F = c.intermediate, D = c.head_dim;
   const bool llama = c.arch == Arch::kLlama;
+  const int64_t MLP = llama ? 2 * F : F;
   const bool decoding = cache && seq == 1 && cache->length.size() == static_cast<size_t>(batch) && slots;
   buf_.ensure(c, rows);
-  float *x = buf_.x.data(), *xn = buf_.xn.data(), *qkv = buf_.qkv.data(), *att = buf_.att.data();
-  float *mlp = buf_.mlp.data(), *act = buf_.act.data(), *tmp = buf_.tmp.data();
+  float* x = buf_.x.data();
+  float* tmp = buf_.tmp.data();
+  const std::vector<LoraModule>* lora = adapter_ ? &adapter_->modules : nullptr;
+  if (acts && lora) acts->lora_u.assign(lora->size(), {});
 
   int32_t max_pos = 0;
   for (int64_t i = 0; i < rows; ++i) max_pos = std::max(max_pos, positions[i]);
@@ -84,14 +87,22 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
   emb.out = x;
   be_.embedding(emb);
 
-  auto norm = [&](const float* delta, const float* wgt, const float* bias) {
+  // Where this layer's activations go: shared scratch for inference, the
+  // layer's own buffers when training (the backward pass needs them all).
+  auto grow = [](std::vector<float>& v, int64_t n) -> float* {
+    if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+    return v.data();
+  };
+  auto norm = [&](const float* delta, const float* wgt, const float* bias, float* out, float* stat_a, float* stat_b) {
     if (llama) {
       RmsNormOp op;
-      op.n = rows, op.dim = H, op.eps = c.norm_eps, op.residual = x, op.delta = delta, op.weight = wgt, op.out = xn;
+      op.n = rows, op.dim = H, op.eps = c.norm_eps, op.residual = x, op.delta = delta, op.weight = wgt, op.out = out;
+      op.rstd = stat_a;
       be_.rmsnorm(op);
     } else {
       LayerNormOp op;
-      op.n = rows, op.dim = H, op.eps = c.norm_eps, op.residual = x, op.delta = delta, op.weight = wgt, op.bias = bias, op.out = xn;
+      op.n = rows, op.dim = H, op.eps = c.norm_eps, op.residual = x, op.delta = delta, op.weight = wgt, op.bias = bias, op.out = out;
+      op.rstd = stat_a, op.mean = stat_b;
       be_.layernorm(op);
     }
   };
@@ -103,11 +114,47 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
     g.a = in, g.lda = in_dim, g.b = wgt, g.b_bf16 = wgt16, g.ldb = in_dim, g.c = out, g.ldc = out_dim, g.bias = bias;
     be_.gemm(g);
   };
+  // LoRA on the modules of layer l that read `in`: out[:, col:col+o] += (s x A^T) B^T.
+  auto lora_add = [&](int64_t l, std::initializer_list<Proj> projs, const float* in, float* out, int64_t ld_out) {
+    if (!lora) return;
+    for (size_t mi = 0; mi < lora->size(); ++mi) {
+      const LoraModule& m = (*lora)[mi];
+      if (m.layer != l || std::find(projs.begin(), projs.end(), m.proj) == projs.end()) continue;
+      const int64_t r = adapter_->r;
+      std::vector<float> local;
+      float* u = acts ? grow(acts->lora_u[mi], rows * r) : (local.resize(static_cast<size_t>(rows * r)), local.data());
+      GemmOp g;  // u = x A^T
+      g.trans_b = true;
+      g.m = rows, g.n = r, g.k = m.in, g.a = in, g.lda = m.in, g.b = m.a, g.ldb = m.in, g.c = u, g.ldc = r;
+      be_.gemm(g);
+      ScaleOp sc;
+      sc.n = rows * r, sc.x = u, sc.factor = adapter_->scale;
+      be_.scale(sc);
+      GemmOp o;  // out += u B^T
+      o.trans_b = true;
+      o.m = rows, o.n = m.out, o.k = r, o.a = u, o.lda = r, o.b = m.b, o.ldb = r, o.c = out + m.col, o.ldc = ld_out, o.accumulate = true;
+      be_.gemm(o);
+    }
+  };
 
   for (int64_t l = 0; l < c.layers; ++l) {
     const LayerWeights& L = w_.layers[static_cast<size_t>(l)];
-    norm(l == 0 ? nullptr : tmp, L.norm1_w, L.norm1_b);  // x += mlp_out(l-1); xn = norm(x)
-    linear(xn, H, L.wqkv, L.wqkv16, L.bqkv, QKV, qkv);              // qkv: [rows, Q + 2 KV]
+    LayerActs* A = acts ? &acts->layers[static_cast<size_t>(l)] : nullptr;
+    float* xn1 = A ? grow(A->xn1, rows * H) : buf_.xn.data();
+    float* qkv = A ? grow(A->qkv, rows * QKV) : buf_.qkv.data();
+    float* att = A ? grow(A->att, rows * Q) : buf_.att.data();
+    float* xn2 = A ? grow(A->xn2, rows * H) : buf_.xn.data();
+    float* mlp = A ? grow(A->mlp, rows * MLP) : buf_.mlp.data();
+    float* act = A ? grow(A->act, rows * F) : buf_.act.data();
+    float* s1a = A ? grow(A->stat1a, rows) : nullptr;
+    float* s1b = A && !llama ? grow(A->stat1b, rows) : nullptr;
+    float* s2a = A ? grow(A->stat2a, rows) : nullptr;
+    float* s2b = A && !llama ? grow(A->stat2b, rows) : nullptr;
+
+    norm(l == 0 ? nullptr : tmp, L.norm1_w, L.norm1_b, xn1, s1a, s1b);  // x += mlp_out(l-1); xn1 = norm(x)
+    if (A) std::memcpy(grow(A->x1, rows * H), x, sizeof(float) * rows * H);
+    linear(xn1, H, L.wqkv, L.wqkv16, L.bqkv, QKV, qkv);                    // qkv: [rows, Q + 2 KV]
+    lora_add(l, {Proj::kQ, Proj::kK, Proj::kV, Proj::kCAttn}, xn1, qkv, QKV);
     if (llama) {
       RopeOp r;
       r.n = rows, r.heads = c.heads + c.kv_heads, r.head_dim = D, r.x = qkv, r.ld = QKV;
@@ -139,24 +186,34 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
       a.scale = 1.f / std::sqrt(static_cast<float>(D));
       a.q = qkv, a.k = qkv + Q, a.v = qkv + Q + KV, a.ldq = a.ldk = a.ldv = QKV;
       a.mask = mask, a.out = att, a.ldo = Q;
+      a.lse = A ? grow(A->lse, batch * c.heads * seq) : nullptr;
       be_.attention(a);
     }
-    linear(att, Q, L.wo, L.wo16, L.bo, H, tmp);                 // attention output
-    norm(tmp, L.norm2_w, L.norm2_b);                     // x += attn; xn = norm(x)
+    linear(att, Q, L.wo, L.wo16, L.bo, H, tmp);                               // attention output
+    lora_add(l, {Proj::kO, Proj::kAttnCProj}, att, tmp, H);
+    norm(tmp, L.norm2_w, L.norm2_b, xn2, s2a, s2b);                           // x += attn; xn2 = norm(x)
+    if (A) std::memcpy(grow(A->x2, rows * H), x, sizeof(float) * rows * H);
+    linear(xn2, H, L.w_in, L.w_in16, L.b_in, MLP, mlp);                      // [gate | up] or c_fc
+    lora_add(l, {Proj::kGate, Proj::kUp, Proj::kCFc}, xn2, mlp, MLP);
     if (llama) {
-      linear(xn, H, L.w_in, L.w_in16, L.b_in, 2 * F, mlp);        // [gate | up]
       SwigluOp s;
       s.n = rows, s.dim = F, s.gate = mlp, s.up = mlp + F, s.ld_in = 2 * F, s.out = act, s.ld_out = F;
       be_.swiglu(s);
     } else {
-      linear(xn, H, L.w_in, L.w_in16, L.b_in, F, mlp);
       GeluOp g;
       g.n = rows, g.dim = F, g.x = mlp, g.ld_in = F, g.out = act, g.ld_out = F;
       be_.gelu(g);
     }
-    linear(act, F, L.w_out, L.w_out16, L.b_out, H, tmp);           // MLP output
+    linear(act, F, L.w_out, L.w_out16, L.b_out, H, tmp);                      // MLP output
+    lora_add(l, {Proj::kDown, Proj::kMlpCProj}, act, tmp, H);
   }
-  norm(tmp, w_.final_norm_w, w_.final_norm_b);           // final hidden in xn
+  float* xnf = acts ? grow(acts->xnf, rows * H) : buf_.xn.data();
+  norm(tmp, w_.final_norm_w, w_.final_norm_b, xnf, acts ? grow(acts->statfa, rows) : nullptr,
+       acts && !llama ? grow(acts->statfb, rows) : nullptr);                  // final hidden
+  if (acts) {
+    std::memcpy(grow(acts->xf, rows * H), x, sizeof(float) * rows * H);
+    std::memcpy(buf_.xn.data(), xnf, sizeof(float) * rows * H);               // callers read the final hidden from buf_.xn
+  }
 }
 
 ForwardResult Transformer::forward(const ForwardRequest& req) {

@@ -9,6 +9,7 @@
 
 #include "../ops/backend.h"
 #include "config.h"
+#include "train.h"
 #include "weights.h"
 
 namespace rlhf::model {
@@ -53,6 +54,19 @@ class Transformer {
   // One token per sequence at its next position; returns logits [batch, vocab].
   std::vector<float> decode(const int32_t* tokens, KvCache& cache);
 
+  // ---- training (backward.cc)
+  // The forward pass with every activation kept for backward(); results laid
+  // out as forward() returns them.
+  ForwardResult forward_train(const ForwardRequest& req);
+  // Gradients of the last forward_train's outputs (same layouts: dlogp and
+  // dentropy [batch, seq-1], dvalues [batch, seq]; each may be null) flow back
+  // into the trainable set: the active adapter, or every base weight.
+  void backward(const float* dlogp, const float* dentropy, const float* dvalues);
+  void set_adapter(Adapter* a) { adapter_ = a; }
+  Adapter* adapter() const { return adapter_; }
+  void set_full_training(FullGrads* g) { full_ = g; }
+  Weights& mutable_weights() { return w_; }
+
  private:
   struct Buffers {
     std::vector<float> x, xn, qkv, att, mlp, act, tmp;
@@ -61,7 +75,7 @@ class Transformer {
   // Runs all layers over `rows` tokens; leaves the final-normed hidden in buf_.xn.
   // With a cache, writes each token's k/v at (b, slot[row]) and attends over the cache.
   void body(int64_t rows, const int32_t* ids, const int32_t* positions, const uint8_t* mask, int64_t batch, int64_t seq,
-            KvCache* cache, const int32_t* slots);
+            KvCache* cache, const int32_t* slots, Acts* acts = nullptr);
   void ensure_rope(int64_t max_pos);
   void logits_rows(const float* hidden, int64_t rows, int64_t ld_rows, float* out);
 
@@ -69,6 +83,15 @@ class Transformer {
   Weights w_;
   Backend& be_;
   Buffers buf_;
+  Adapter* adapter_ = nullptr;  // active LoRA adapter (null: base only)
+  FullGrads* full_ = nullptr;   // full fine-tuning gradients (null: base frozen)
+  Acts acts_;                   // activations of the last training forward
+  bool has_acts_ = false, train_logp_ = false, train_values_ = false;
+  float inv_temperature_ = 1.f;
+  struct BackwardBuffers {
+    std::vector<float> dxn, dres, dqkv, datt, dmlp, dact;
+  } bwd_;
+  float* grad_of(const float* weight);  // gradient view of a base weight (full training), else null
   std::vector<float> rope_cos_, rope_sin_;
   int64_t rope_rows_ = 0;
 };

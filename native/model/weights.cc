@@ -54,9 +54,11 @@ class Loader {
   struct Placed {
     float* dst;
     int64_t rows, cols;
+    bool transposed;
   };
   // Where each loaded base tensor went, in the engine's [out, in] layout.
   std::unordered_map<std::string, Placed> placed;
+  std::vector<std::string> order;
 
   // Reads any tensor of the given shape into a new fp32 vector.
   std::vector<float> read(const TensorLocation& loc, int64_t rows, int64_t cols, const std::string& label) {
@@ -109,7 +111,8 @@ class Loader {
     if (t->dtype != st::Dtype::F32 && t->dtype != st::Dtype::BF16 && t->dtype != st::Dtype::F16)
       throw Error(code::kUnsupported, path + ": tensor '" + name + "' has dtype " + st::dtype_name(t->dtype) +
                                           "; model weights must be F32, F16 or BF16");
-    placed[name] = Placed{dst, rows, cols ? cols : 1};
+    placed[name] = Placed{dst, rows, cols ? cols : 1, transpose};
+    order.push_back(name);
     if (!transpose) {
       if (t->dtype == st::Dtype::F32) std::memcpy(dst, src, sizeof(float) * n);
       else for (int64_t i = 0; i < n; ++i) dst[i] = get(i);
@@ -253,6 +256,10 @@ Weights load_weights(const Config& cfg, const TensorFiles& files, const std::vec
   if (cfg.lm_head && !cfg.tie_embeddings) ld.load("lm_head.weight", V, H, w.lm_head);
   if (cfg.num_labels > 0) ld.load("score.weight", cfg.num_labels, H, w.score);
   for (const LoraMerge& m : loras) merge_lora(ld, m);
+  for (const std::string& name : ld.order) {
+    const auto& p = ld.placed.at(name);
+    w.views.push_back(NamedView{name, p.dst, p.rows, p.cols, p.transposed});
+  }
   w.parameters = 0;
   for (auto& [slot, n] : plan)
     if (!(cfg.lm_head && cfg.tie_embeddings && slot == &w.lm_head)) w.parameters += n;
@@ -261,6 +268,7 @@ Weights load_weights(const Config& cfg, const TensorFiles& files, const std::vec
 
 void convert_to_bf16(Weights& w, const Config& cfg) {
   if (w.bf16()) return;
+  w.views.clear();
   struct Big {
     float** f32;
     uint16_t** bf16;

@@ -36,8 +36,19 @@ struct LayerWeights {
   uint16_t* w_out16 = nullptr;
 };
 
+// Where a Hugging Face tensor lives in the engine's fp32 slab: `rows` x `cols`
+// starting at ptr (a slice of a fused matrix for q/k/v and gate/up); for
+// GPT-2's Conv1D the file's [in, out] is the transpose of what is stored.
+struct NamedView {
+  std::string name;
+  float* ptr = nullptr;
+  int64_t rows = 0, cols = 0;
+  bool transposed = false;
+};
+
 struct Weights {
   std::unique_ptr<float[]> slab;
+  std::vector<NamedView> views;  // every loaded tensor (cleared when converted to bf16)
   int64_t slab_floats = 0;
   float* embed = nullptr;       // [vocab, hidden]
   float* pos_embed = nullptr;   // [max_positions, hidden] (GPT-2)

@@ -1,0 +1,158 @@
+/**
+ * Training on a loaded Model: a LoRA adapter (PEFT semantics and layout) or
+ * full fine-tuning; forwardTrain keeps activations, backward runs the
+ * hand-written backward pass from gradients of the per-token outputs, step
+ * applies AdamW or SGD with global-norm clipping.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { fromNative, callNative, RlhfError } from '../errors';
+import type { NativeAdapterModule, NativeModel, NativeStepOptions } from '../native';
+import type { ModelConfig } from '../model/config';
+import { readAdapterConfig } from '../model/peft';
+import { openSafetensors } from '../safetensors';
+import { packBatch, type ForwardInput, type ForwardOutput } from './model';
+
+export const LLAMA_LORA_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const;
+export const GPT2_LORA_TARGETS = ['c_attn', 'c_proj', 'c_fc'] as const;
+
+export interface LoraOptions {
+  /** Rank (PEFT `r`). Default 8. */
+  r?: number;
+  /** PEFT `lora_alpha`. Default 16. */
+  alpha?: number;
+  /** PEFT `use_rslora`: scale alpha / sqrt(r) instead of alpha / r. */
+  rslora?: boolean;
+  /** PEFT module names; default: every linear module of the architecture. */
+  targets?: readonly string[];
+  seed?: number;
+}
+
+/** The adapter's modules, matched by PEFT name as PEFT does (a name matches every module ending in it). */
+export function loraModules(cfg: ModelConfig, targets: readonly string[]): NativeAdapterModule[] {
+  const gpt2 = cfg.arch === 'gpt2';
+  const known: readonly string[] = gpt2 ? GPT2_LORA_TARGETS : LLAMA_LORA_TARGETS;
+  for (const t of targets) if (!known.includes(t)) throw new RlhfError('E_ARGUMENT', `LoRA target '${t}' is not a linear module of ${cfg.architecture} (known: ${known.join(', ')})`);
+  const out: NativeAdapterModule[] = [];
+  for (let layer = 0; layer < cfg.numLayers; layer++) {
+    if (gpt2) {
+      if (targets.includes('c_attn')) out.push({ layer, name: 'c_attn' });
+      if (targets.includes('c_proj')) out.push({ layer, name: 'c_proj', mlp: false });
+      if (targets.includes('c_fc')) out.push({ layer, name: 'c_fc' });
+      if (targets.includes('c_proj')) out.push({ layer, name: 'c_proj', mlp: true });
+    } else {
+      for (const t of LLAMA_LORA_TARGETS) if (targets.includes(t)) out.push({ layer, name: t });
+    }
+  }
+  return out;
+}
+
+function modulePath(cfg: ModelConfig, m: NativeAdapterModule): string {
+  if (cfg.arch === 'gpt2') return `transformer.h.${m.layer}.${m.name === 'c_proj' ? (m.mlp ? 'mlp' : 'attn') : m.name === 'c_fc' ? 'mlp' : 'attn'}.${m.name}`;
+  return `model.layers.${m.layer}.${m.name.endsWith('_proj') && ['gate_proj', 'up_proj', 'down_proj'].includes(m.name) ? 'mlp' : 'self_attn'}.${m.name}`;
+}
+
+export class Trainer {
+  private lora: (Required<Omit<LoraOptions, 'seed'>> & { modules: NativeAdapterModule[] }) | null = null;
+
+  constructor(
+    private readonly handle: NativeModel,
+    readonly config: ModelConfig,
+  ) {}
+
+  /** Trains every base weight (needs fp32 weights). */
+  enableFullTraining(): void {
+    callNative(() => this.handle.enableFullTraining());
+  }
+
+  /** A fresh LoRA adapter with PEFT's initialisation (A Kaiming-uniform, B zero). */
+  createLora(opts: LoraOptions = {}): { scale: number; parameters: number } {
+    const targets = opts.targets ?? (this.config.arch === 'gpt2' ? GPT2_LORA_TARGETS : LLAMA_LORA_TARGETS);
+    const modules = loraModules(this.config, targets);
+    const r = opts.r ?? 8, alpha = opts.alpha ?? 16, rslora = opts.rslora ?? false;
+    this.lora = { r, alpha, rslora, targets: [...targets], modules };
+    return callNative(() => this.handle.createAdapter({ r, alpha, rslora, seed: opts.seed ?? 0, modules }));
+  }
+
+  /** Continues training a saved PEFT LoRA adapter. */
+  loadLora(dir: string): { scale: number; parameters: number } {
+    const cfg = readAdapterConfig(dir);
+    const file = path.join(dir, 'adapter_model.safetensors');
+    const st = openSafetensors(file);
+    const names = new Set(st.tensorNames);
+    st.close();
+    const modules = loraModules(this.config, cfg.targetModules).filter((m) => names.has(`base_model.model.${modulePath(this.config, m)}.lora_A.weight`));
+    if (modules.length === 0) throw new RlhfError('E_MODEL', `${file}: no LoRA tensors for this model`, { where: file });
+    for (const m of modules) {
+      const base = `base_model.model.${modulePath(this.config, m)}`;
+      m.a = [file, `${base}.lora_A.weight`];
+      m.b = [file, `${base}.lora_B.weight`];
+      if (!names.has(`${base}.lora_B.weight`)) throw new RlhfError('E_MODEL', `${file}: ${base}.lora_B.weight is missing`, { where: file });
+    }
+    this.lora = { r: cfg.r, alpha: cfg.loraAlpha, rslora: cfg.useRslora, targets: cfg.targetModules, modules };
+    return callNative(() => this.handle.createAdapter({ r: cfg.r, alpha: cfg.loraAlpha, rslora: cfg.useRslora, modules }));
+  }
+
+  async forward(input: ForwardInput): Promise<ForwardOutput> {
+    const packed = packBatch(input.inputIds, input.attentionMask);
+    const r = await this.handle
+      .forwardTrain({ ...packed, logp: input.logp ?? this.config.head === 'lm', values: input.values ?? false, temperature: input.temperature ?? 1 })
+      .catch((e: unknown) => {
+        throw fromNative(e);
+      });
+    const { batch, seq } = packed;
+    const rows = (a: Float32Array | undefined, w: number) => (a ? Array.from({ length: batch }, (_, b) => a.subarray(b * w, (b + 1) * w)) : undefined);
+    return { batch, seq, logp: rows(r.logp, seq - 1), entropy: rows(r.entropy, seq - 1), values: rows(r.values, seq), flat: r } as ForwardOutput & { flat: typeof r };
+  }
+
+  /** Gradients of the last forward's outputs, flat: dlogp/dentropy [batch*(seq-1)], dvalues [batch*seq]. */
+  backward(grads: { dlogp?: Float32Array; dentropy?: Float32Array; dvalues?: Float32Array }): Promise<void> {
+    return this.handle.backward(grads).catch((e: unknown) => {
+      throw fromNative(e);
+    });
+  }
+
+  step(opts: NativeStepOptions) {
+    return this.handle.step(opts).catch((e: unknown) => {
+      throw fromNative(e);
+    });
+  }
+
+  zeroGrad(): void {
+    callNative(() => this.handle.zeroGrad());
+  }
+
+  trainable() {
+    return callNative(() => this.handle.trainable());
+  }
+
+  read(name: string, which: 'value' | 'grad' | 'm' | 'v' = 'value'): Float32Array {
+    return callNative(() => this.handle.readTrainable(name, which));
+  }
+
+  /** Writes the adapter in PEFT's layout (adapter_config.json + adapter_model.safetensors). */
+  saveLora(dir: string, baseModel: string | null = null): void {
+    if (!this.lora) throw new RlhfError('E_ARGUMENT', 'saveLora: no adapter');
+    fs.mkdirSync(dir, { recursive: true });
+    callNative(() => this.handle.saveAdapter(path.join(dir, 'adapter_model.safetensors')));
+    const gpt2 = this.config.arch === 'gpt2';
+    const cfg = {
+      peft_type: 'LORA',
+      task_type: this.config.head === 'score' ? 'SEQ_CLS' : 'CAUSAL_LM',
+      base_model_name_or_path: baseModel,
+      r: this.lora.r,
+      lora_alpha: this.lora.alpha,
+      lora_dropout: 0,
+      use_rslora: this.lora.rslora,
+      target_modules: [...this.lora.targets].sort(),
+      fan_in_fan_out: gpt2,
+      bias: 'none',
+      modules_to_save: null,
+      init_lora_weights: true,
+      inference_mode: true,
+    };
+    const tmp = path.join(dir, `adapter_config.json.tmp-${process.pid}`);
+    fs.writeFileSync(tmp, JSON.stringify(cfg, null, 2) + '\n');
+    fs.renameSync(tmp, path.join(dir, 'adapter_config.json'));
+  }
+}

@@ -1,0 +1,150 @@
+#include "adapter.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "../error.h"
+#include "../ops/math.h"
+#include "../safetensors.h"
+
+namespace rlhf::model {
+
+namespace {
+
+struct ModuleShape {
+  int64_t in, out, col;
+};
+
+ModuleShape shape_of(const Config& c, Proj p) {
+  const int64_t H = c.hidden, Q = c.q_dim(), KV = c.kv_dim(), F = c.intermediate;
+  switch (p) {
+    case Proj::kQ: return {H, Q, 0};
+    case Proj::kK: return {H, KV, Q};
+    case Proj::kV: return {H, KV, Q + KV};
+    case Proj::kO: return {Q, H, 0};
+    case Proj::kGate: return {H, F, 0};
+    case Proj::kUp: return {H, F, F};
+    case Proj::kDown: return {F, H, 0};
+    case Proj::kCAttn: return {H, 3 * H, 0};
+    case Proj::kAttnCProj: return {H, H, 0};
+    case Proj::kCFc: return {H, F, 0};
+    case Proj::kMlpCProj: return {F, H, 0};
+  }
+  return {0, 0, 0};
+}
+
+bool is_gpt2_proj(Proj p) { return p == Proj::kCAttn || p == Proj::kAttnCProj || p == Proj::kCFc || p == Proj::kMlpCProj; }
+
+std::string module_path(const Config& c, const LoraModule& m) {
+  const std::string l = std::to_string(m.layer);
+  switch (m.proj) {
+    case Proj::kQ: case Proj::kK: case Proj::kV: case Proj::kO:
+      return "model.layers." + l + ".self_attn." + proj_peft_name(m.proj);
+    case Proj::kGate: case Proj::kUp: case Proj::kDown:
+      return "model.layers." + l + ".mlp." + proj_peft_name(m.proj);
+    case Proj::kCAttn: case Proj::kAttnCProj:
+      return "transformer.h." + l + ".attn." + proj_peft_name(m.proj);
+    case Proj::kCFc: case Proj::kMlpCProj:
+      return "transformer.h." + l + ".mlp." + proj_peft_name(m.proj);
+  }
+  (void)c;
+  return "?";
+}
+
+}  // namespace
+
+bool parse_proj(const Config& cfg, const std::string& name, bool mlp_parent, Proj* out) {
+  const bool gpt2 = cfg.arch == Arch::kGpt2;
+  static const std::pair<const char*, Proj> llama[] = {{"q_proj", Proj::kQ},       {"k_proj", Proj::kK},   {"v_proj", Proj::kV},
+                                                       {"o_proj", Proj::kO},       {"gate_proj", Proj::kGate},
+                                                       {"up_proj", Proj::kUp},     {"down_proj", Proj::kDown}};
+  if (!gpt2) {
+    for (auto& [n, p] : llama)
+      if (name == n) return *out = p, true;
+    return false;
+  }
+  if (name == "c_attn") return *out = Proj::kCAttn, true;
+  if (name == "c_fc") return *out = Proj::kCFc, true;
+  if (name == "c_proj") return *out = mlp_parent ? Proj::kMlpCProj : Proj::kAttnCProj, true;
+  return false;
+}
+
+std::string peft_tensor_name(const Config& cfg, const LoraModule& m, bool is_a) {
+  return "base_model.model." + module_path(cfg, m) + (is_a ? ".lora_A.weight" : ".lora_B.weight");
+}
+
+std::unique_ptr<Adapter> make_adapter(const Config& cfg, const AdapterSpec& spec) {
+  if (spec.r <= 0) throw Error(code::kArgument, "adapter: r must be positive");
+  if (spec.modules.empty()) throw Error(code::kArgument, "adapter: no target modules");
+  auto a = std::make_unique<Adapter>();
+  a->name = spec.name;
+  a->r = spec.r;
+  a->alpha = spec.alpha;
+  a->rslora = spec.rslora;
+  a->scale = spec.rslora ? spec.alpha / std::sqrt(static_cast<float>(spec.r)) : spec.alpha / static_cast<float>(spec.r);
+  int64_t total = 0;
+  for (auto& [layer, proj] : spec.modules) {
+    if (layer < 0 || layer >= cfg.layers) throw Error(code::kArgument, "adapter: layer " + std::to_string(layer) + " does not exist");
+    if (is_gpt2_proj(proj) != (cfg.arch == Arch::kGpt2))
+      throw Error(code::kArgument, std::string("adapter: module '") + proj_peft_name(proj) + "' does not exist in this architecture");
+    const ModuleShape s = shape_of(cfg, proj);
+    LoraModule m;
+    m.layer = layer, m.proj = proj, m.in = s.in, m.out = s.out, m.col = s.col;
+    a->modules.push_back(m);
+    total += spec.r * (s.in + s.out);
+  }
+  a->params.assign(static_cast<size_t>(total), 0.f);
+  a->grads.assign(static_cast<size_t>(total), 0.f);
+  a->m.assign(static_cast<size_t>(total), 0.f);
+  a->v.assign(static_cast<size_t>(total), 0.f);
+  int64_t off = 0;
+  for (size_t i = 0; i < a->modules.size(); ++i) {
+    LoraModule& m = a->modules[i];
+    m.a = a->params.data() + off, m.da = a->grads.data() + off;
+    off += spec.r * m.in;
+    m.b = a->params.data() + off, m.db = a->grads.data() + off;
+    off += spec.r * m.out;
+    if (i < spec.init_from.size()) {
+      for (int which = 0; which < 2; ++which) {
+        const TensorLocation& loc = which == 0 ? spec.init_from[i].first : spec.init_from[i].second;
+        st::File f(loc.file);
+        const st::TensorInfo& t = f.info(loc.stored_name);
+        const std::vector<uint64_t> want = which == 0 ? std::vector<uint64_t>{static_cast<uint64_t>(spec.r), static_cast<uint64_t>(m.in)}
+                                                      : std::vector<uint64_t>{static_cast<uint64_t>(m.out), static_cast<uint64_t>(spec.r)};
+        if (t.shape != want || t.dtype != st::Dtype::F32)
+          throw Error(code::kModel, loc.file + ": '" + loc.stored_name + "' must be F32 of shape [" + std::to_string(want[0]) + ", " +
+                                        std::to_string(want[1]) + "] for r = " + std::to_string(spec.r));
+        std::memcpy(which == 0 ? m.a : m.b, f.raw(t), t.nbytes());
+      }
+    } else {
+      // PEFT: kaiming_uniform_(A, a=sqrt(5)) -> U(-1/sqrt(in), 1/sqrt(in)); B = 0.
+      const float bound = 1.f / std::sqrt(static_cast<float>(m.in));
+      const uint64_t seed = math::mix64(spec.seed * 0x9e3779b97f4a7c15ull + i);
+      for (int64_t j = 0; j < spec.r * m.in; ++j) m.a[j] = (2.f * math::uniform01(seed, static_cast<uint64_t>(j)) - 1.f) * bound;
+    }
+  }
+  return a;
+}
+
+void save_adapter_weights(const Config& cfg, const Adapter& a, const std::string& path) {
+  std::vector<st::TensorToWrite> out;
+  for (const LoraModule& m : a.modules) {
+    st::TensorToWrite ta;
+    ta.name = peft_tensor_name(cfg, m, true);
+    ta.dtype = st::Dtype::F32;
+    ta.shape = {static_cast<uint64_t>(a.r), static_cast<uint64_t>(m.in)};
+    ta.data = m.a;
+    ta.data_len = sizeof(float) * static_cast<size_t>(a.r * m.in);
+    out.push_back(ta);
+    st::TensorToWrite tb;
+    tb.name = peft_tensor_name(cfg, m, false);
+    tb.dtype = st::Dtype::F32;
+    tb.shape = {static_cast<uint64_t>(m.out), static_cast<uint64_t>(a.r)};
+    tb.data = m.b;
+    tb.data_len = sizeof(float) * static_cast<size_t>(a.r * m.out);
+    out.push_back(tb);
+  }
+  st::write_file(path, out, st::Metadata{{"format", "pt"}});
+}
+
+}  // namespace rlhf::model

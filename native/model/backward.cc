@@ -1,0 +1,256 @@
+// Training: the forward pass that keeps activations, and the backward pass,
+// which walks the layers in reverse and calls each op's backward in the
+// mirror order of body() (transformer.cc).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "../error.h"
+#include "transformer.h"
+
+namespace rlhf::model {
+
+const char* proj_peft_name(Proj p) {
+  switch (p) {
+    case Proj::kQ: return "q_proj";
+    case Proj::kK: return "k_proj";
+    case Proj::kV: return "v_proj";
+    case Proj::kO: return "o_proj";
+    case Proj::kGate: return "gate_proj";
+    case Proj::kUp: return "up_proj";
+    case Proj::kDown: return "down_proj";
+    case Proj::kCAttn: return "c_attn";
+    case Proj::kAttnCProj: return "c_proj";
+    case Proj::kCFc: return "c_fc";
+    case Proj::kMlpCProj: return "c_proj";
+  }
+  return "?";
+}
+
+ForwardResult Transformer::forward_train(const ForwardRequest& req) {
+  if (!adapter_ && !full_) throw Error(code::kArgument, "training forward: nothing is trainable (attach an adapter or enable full training)");
+  const int64_t B = req.batch, T = req.seq, N = B * T;
+  for (int64_t i = 0; i < N; ++i)
+    if (req.ids[i] < 0 || req.ids[i] >= cfg_.vocab)
+      throw Error(code::kArgument, "token id " + std::to_string(req.ids[i]) + " is outside the vocabulary (size " + std::to_string(cfg_.vocab) + ")");
+  Acts& a = acts_;
+  a.rows = N, a.batch = B, a.seq = T;
+  a.ids.assign(req.ids, req.ids + N);
+  a.mask.assign(static_cast<size_t>(N), 1);
+  if (req.mask) a.mask.assign(req.mask, req.mask + N);
+  a.positions.resize(static_cast<size_t>(N));
+  positions_from_mask(a.mask.data(), B, T, a.positions.data());
+  a.layers.resize(static_cast<size_t>(cfg_.layers));
+  body(N, a.ids.data(), a.positions.data(), a.mask.data(), B, T, nullptr, nullptr, &a);
+  train_logp_ = req.want_logp;
+  train_values_ = req.want_values;
+  inv_temperature_ = req.temperature > 0 ? 1.f / req.temperature : 1.f;
+
+  ForwardResult out;
+  a.targets.assign(static_cast<size_t>(N), -1);
+  if (req.want_logp) {
+    if (!w_.lm_head) throw Error(code::kArgument, "training forward: the model has no fp32 LM head");
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t + 1 < T; ++t)
+        if (a.mask[static_cast<size_t>(b * T + t)] && a.mask[static_cast<size_t>(b * T + t + 1)])
+          a.targets[static_cast<size_t>(b * T + t)] = a.ids[static_cast<size_t>(b * T + t + 1)];
+    std::vector<float> logp(static_cast<size_t>(N));
+    a.entropy.resize(static_cast<size_t>(N));
+    a.lse.resize(static_cast<size_t>(N));
+    LmHeadLogpOp op;
+    op.n = N, op.dim = cfg_.hidden, op.vocab = cfg_.vocab, op.hidden = a.xnf.data(), op.weight = w_.lm_head;
+    op.targets = a.targets.data(), op.logp = logp.data(), op.entropy = a.entropy.data(), op.lse = a.lse.data();
+    op.inv_temperature = inv_temperature_;
+    be_.lm_head_logp(op);
+    out.logp.resize(static_cast<size_t>(B * (T - 1)));
+    out.entropy.resize(out.logp.size());
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t + 1 < T; ++t) {
+        out.logp[static_cast<size_t>(b * (T - 1) + t)] = logp[static_cast<size_t>(b * T + t)];
+        out.entropy[static_cast<size_t>(b * (T - 1) + t)] = a.entropy[static_cast<size_t>(b * T + t)];
+      }
+  }
+  if (req.want_values) {
+    const float* score = adapter_ && adapter_->score ? adapter_->score : w_.score;
+    if (!score) throw Error(code::kArgument, "training forward: the model has no score head");
+    out.values.resize(static_cast<size_t>(N));
+    ValueHeadOp op;
+    op.n = N, op.dim = cfg_.hidden, op.hidden = a.xnf.data(), op.weight = score, op.value = out.values.data();
+    be_.value_head(op);
+  }
+  has_acts_ = true;
+  return out;
+}
+
+float* Transformer::grad_of(const float* weight) {
+  if (!full_ || !weight) return nullptr;
+  return full_->slab.data() + (weight - w_.slab.get());
+}
+
+void Transformer::backward(const float* dlogp_in, const float* dentropy_in, const float* dvalues) {
+  if (!has_acts_) throw Error(code::kArgument, "backward: call the training forward first");
+  Acts& a = acts_;
+  const Config& c = cfg_;
+  const int64_t N = a.rows, B = a.batch, T = a.seq;
+  const int64_t H = c.hidden, Q = c.q_dim(), KV = c.kv_dim(), QKV = c.qkv_dim(), F = c.intermediate, D = c.head_dim;
+  const bool llama = c.arch == Arch::kLlama;
+  const int64_t MLP = llama ? 2 * F : F;
+  auto zeros = [](std::vector<float>& v, int64_t n) -> float* {
+    v.assign(static_cast<size_t>(n), 0.f);
+    return v.data();
+  };
+  float* dxn = zeros(bwd_.dxn, N * H);    // gradient of a norm's output
+  float* dres = zeros(bwd_.dres, N * H);  // gradient of the residual stream
+  float* dqkv = zeros(bwd_.dqkv, N * QKV);
+  float* datt = zeros(bwd_.datt, N * Q);
+  float* dmlp = zeros(bwd_.dmlp, N * MLP);
+  float* dact = zeros(bwd_.dact, N * F);
+
+  // Heads: per-row gradients (row b*T+t) into the final hidden state.
+  if (train_logp_ && (dlogp_in || dentropy_in)) {
+    std::vector<float> dl(static_cast<size_t>(N), 0.f), de(static_cast<size_t>(N), 0.f);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t + 1 < T; ++t) {
+        if (dlogp_in) dl[static_cast<size_t>(b * T + t)] = dlogp_in[b * (T - 1) + t];
+        if (dentropy_in) de[static_cast<size_t>(b * T + t)] = dentropy_in[b * (T - 1) + t];
+      }
+    LmHeadLogpBackwardOp op;
+    op.n = N, op.dim = H, op.vocab = c.vocab, op.hidden = a.xnf.data(), op.weight = w_.lm_head, op.targets = a.targets.data();
+    op.lse = a.lse.data(), op.entropy = a.entropy.data(), op.dlogp = dl.data(), op.dentropy = dentropy_in ? de.data() : nullptr;
+    op.inv_temperature = inv_temperature_, op.dhidden = dxn, op.dweight = grad_of(w_.lm_head);
+    be_.lm_head_logp_backward(op);
+  }
+  if (train_values_ && dvalues) {
+    const bool adapter_head = adapter_ && adapter_->score;
+    ValueHeadBackwardOp op;
+    op.n = N, op.dim = H, op.hidden = a.xnf.data(), op.weight = adapter_head ? adapter_->score : w_.score;
+    op.dvalue = dvalues, op.dhidden = dxn, op.dweight = adapter_head ? adapter_->dscore : grad_of(w_.score);
+    be_.value_head_backward(op);
+  }
+
+  auto norm_bwd = [&](const float* x, const float* wgt, const float* sa, const float* sb) {
+    if (llama) {
+      RmsNormBackwardOp op;
+      op.n = N, op.dim = H, op.x = x, op.weight = wgt, op.rstd = sa, op.dout = dxn, op.dx = dres, op.dweight = grad_of(wgt);
+      be_.rmsnorm_backward(op);
+    } else {
+      LayerNormBackwardOp op;
+      op.n = N, op.dim = H, op.x = x, op.weight = wgt, op.mean = sb, op.rstd = sa, op.dout = dxn, op.dx = dres;
+      op.dweight = grad_of(wgt);
+      be_.layernorm_backward(op);
+    }
+  };
+  auto norm_bias_grad = [&](const float* bias) {  // LayerNorm's bias: the column sums of dxn
+    if (!bias || !grad_of(bias)) return;
+    BiasGradOp op;
+    op.n = N, op.dim = H, op.dy = dxn, op.ld = H, op.db = grad_of(bias);
+    be_.bias_grad(op);
+  };
+  // Backward of out = in W^T + bias for a Linear [out_dim, in_dim]:
+  // din (+)= dout W; dW += dout^T in; dbias += colsum(dout).
+  auto linear_bwd = [&](const float* dout, int64_t ld_dout, const float* in, int64_t in_dim, const float* wgt, const float* bias,
+                        int64_t out_dim, float* din, bool accumulate) {
+    GemmOp g;
+    g.m = N, g.n = in_dim, g.k = out_dim, g.a = dout, g.lda = ld_dout, g.b = wgt, g.ldb = in_dim, g.c = din, g.ldc = in_dim;
+    g.accumulate = accumulate;
+    be_.gemm(g);
+    if (float* dw = grad_of(wgt)) {
+      GemmOp gw;
+      gw.trans_a = true;
+      gw.m = out_dim, gw.n = in_dim, gw.k = N, gw.a = dout, gw.lda = ld_dout, gw.b = in, gw.ldb = in_dim, gw.c = dw, gw.ldc = in_dim;
+      gw.accumulate = true;
+      be_.gemm(gw);
+    }
+    if (float* db = grad_of(bias)) {
+      BiasGradOp op;
+      op.n = N, op.dim = out_dim, op.dy = dout, op.ld = ld_dout, op.db = db;
+      be_.bias_grad(op);
+    }
+  };
+  // LoRA modules of layer l reading `in`: with u = s x A^T saved,
+  //   dB += dY^T u;  du = s dY B;  dA += du^T x;  dx += du A.
+  auto lora_bwd = [&](int64_t l, std::initializer_list<Proj> projs, const float* dout, int64_t ld_dout, const float* in, float* din) {
+    if (!adapter_) return;
+    const int64_t r = adapter_->r;
+    std::vector<float> du(static_cast<size_t>(N * r));
+    for (size_t mi = 0; mi < adapter_->modules.size(); ++mi) {
+      const LoraModule& m = adapter_->modules[mi];
+      if (m.layer != l || std::find(projs.begin(), projs.end(), m.proj) == projs.end()) continue;
+      const float* u = a.lora_u[mi].data();
+      GemmOp gb;
+      gb.trans_a = true;
+      gb.m = m.out, gb.n = r, gb.k = N, gb.a = dout + m.col, gb.lda = ld_dout, gb.b = u, gb.ldb = r, gb.c = m.db, gb.ldc = r;
+      gb.accumulate = true;
+      be_.gemm(gb);
+      GemmOp gu;
+      gu.m = N, gu.n = r, gu.k = m.out, gu.a = dout + m.col, gu.lda = ld_dout, gu.b = m.b, gu.ldb = r, gu.c = du.data(), gu.ldc = r;
+      be_.gemm(gu);
+      ScaleOp sc;
+      sc.n = N * r, sc.x = du.data(), sc.factor = adapter_->scale;
+      be_.scale(sc);
+      GemmOp ga;
+      ga.trans_a = true;
+      ga.m = r, ga.n = m.in, ga.k = N, ga.a = du.data(), ga.lda = r, ga.b = in, ga.ldb = m.in, ga.c = m.da, ga.ldc = m.in;
+      ga.accumulate = true;
+      be_.gemm(ga);
+      GemmOp gx;
+      gx.m = N, gx.n = m.in, gx.k = r, gx.a = du.data(), gx.lda = r, gx.b = m.a, gx.ldb = m.in, gx.c = din, gx.ldc = m.in;
+      gx.accumulate = true;
+      be_.gemm(gx);
+    }
+  };
+
+  // Final norm: its input is the residual after the last layer.
+  norm_bwd(a.xf.data(), w_.final_norm_w, a.statfa.data(), a.statfb.empty() ? nullptr : a.statfb.data());
+  norm_bias_grad(w_.final_norm_b);
+
+  for (int64_t l = c.layers - 1; l >= 0; --l) {
+    const LayerWeights& L = w_.layers[static_cast<size_t>(l)];
+    LayerActs& A = a.layers[static_cast<size_t>(l)];
+    // MLP: tmp = act W_out^T (+ LoRA) was added to the residual, so d tmp = dres.
+    linear_bwd(dres, H, A.act.data(), F, L.w_out, L.b_out, H, dact, false);
+    lora_bwd(l, {Proj::kDown, Proj::kMlpCProj}, dres, H, A.act.data(), dact);
+    if (llama) {
+      SwigluBackwardOp s;
+      s.n = N, s.dim = F, s.gate = A.mlp.data(), s.up = A.mlp.data() + F, s.ld_in = 2 * F, s.dout = dact, s.ld_out = F;
+      s.dgate = dmlp, s.dup = dmlp + F;
+      be_.swiglu_backward(s);
+    } else {
+      GeluBackwardOp g;
+      g.n = N, g.dim = F, g.x = A.mlp.data(), g.ld_in = F, g.dout = dact, g.ld_out = F, g.dx = dmlp;
+      be_.gelu_backward(g);
+    }
+    linear_bwd(dmlp, MLP, A.xn2.data(), H, L.w_in, L.b_in, MLP, dxn, false);
+    lora_bwd(l, {Proj::kGate, Proj::kUp, Proj::kCFc}, dmlp, MLP, A.xn2.data(), dxn);
+    norm_bwd(A.x2.data(), L.norm2_w, A.stat2a.data(), A.stat2b.empty() ? nullptr : A.stat2b.data());
+    norm_bias_grad(L.norm2_b);
+    // Attention: its output projection was added to the residual.
+    linear_bwd(dres, H, A.att.data(), Q, L.wo, L.bo, H, datt, false);
+    lora_bwd(l, {Proj::kO, Proj::kAttnCProj}, dres, H, A.att.data(), datt);
+    AttentionBackwardOp ab;
+    ab.batch = B, ab.seq = T, ab.heads = c.heads, ab.kv_heads = c.kv_heads, ab.head_dim = D;
+    ab.scale = 1.f / std::sqrt(static_cast<float>(D));
+    ab.q = A.qkv.data(), ab.k = A.qkv.data() + Q, ab.v = A.qkv.data() + Q + KV, ab.ldq = ab.ldk = ab.ldv = QKV;
+    ab.mask = a.mask.data(), ab.out = A.att.data(), ab.dout = datt, ab.ldo = Q, ab.lse = A.lse.data();
+    ab.dq = dqkv, ab.dk = dqkv + Q, ab.dv = dqkv + Q + KV;
+    be_.attention_backward(ab);
+    if (llama) {  // undo the rotation of q and k
+      RopeOp r;
+      r.n = N, r.heads = c.heads + c.kv_heads, r.head_dim = D, r.x = dqkv, r.ld = QKV;
+      r.positions = a.positions.data(), r.cos = rope_cos_.data(), r.sin = rope_sin_.data(), r.inverse = true;
+      be_.rope(r);
+    }
+    linear_bwd(dqkv, QKV, A.xn1.data(), H, L.wqkv, L.bqkv, QKV, dxn, false);
+    lora_bwd(l, {Proj::kQ, Proj::kK, Proj::kV, Proj::kCAttn}, dqkv, QKV, A.xn1.data(), dxn);
+    norm_bwd(A.x1.data(), L.norm1_w, A.stat1a.data(), A.stat1b.empty() ? nullptr : A.stat1b.data());
+    norm_bias_grad(L.norm1_b);
+  }
+  if (full_) {
+    EmbeddingBackwardOp e;
+    e.n = N, e.dim = H, e.rows = c.vocab, e.ids = a.ids.data(), e.dout = dres, e.dtable = grad_of(w_.embed);
+    e.positions = llama ? nullptr : a.positions.data(), e.dpos_table = llama ? nullptr : grad_of(w_.pos_embed);
+    be_.embedding_backward(e);
+  }
+}
+
+}  // namespace rlhf::model
