@@ -193,6 +193,8 @@ export interface NativeModel {
   trainable(): { name: string; shape: number[] }[];
   readTrainable(name: string, which?: 'value' | 'grad' | 'm' | 'v'): Float32Array;
   saveAdapter(path: string): void;
+  /** Every base tensor in the Hugging Face layout (F32). */
+  saveWeights(path: string): void;
   generate(req: NativeGenerateRequest): Promise<NativeGenerateResult>;
   info(): { parameters: number; weightsDtype: 'f32' | 'bf16'; vocab: number; hidden: number; layers: number; hasLmHead: boolean; hasScoreHead: boolean; device: string; threads: number };
   dispose(): void;

@@ -16,6 +16,7 @@
 #include "model/transformer.h"
 #include "model/weights.h"
 #include "napi_util.h"
+#include "safetensors.h"
 
 namespace rlhf::napi {
 
@@ -106,6 +107,7 @@ class Model : public Napi::ObjectWrap<Model> {
   Napi::Value Trainable(const Napi::CallbackInfo& info);
   Napi::Value ReadTrainable(const Napi::CallbackInfo& info);
   Napi::Value SaveAdapter(const Napi::CallbackInfo& info);
+  Napi::Value SaveWeights(const Napi::CallbackInfo& info);
   std::shared_ptr<LoadedModel> model_;
 };
 Napi::FunctionReference* Model::ctor = nullptr;
@@ -236,7 +238,8 @@ Napi::Object Model::Init(Napi::Env env, Napi::Object exports) {
                                   InstanceMethod("zeroGrad", &Model::ZeroGrad), InstanceMethod("step", &Model::Step),
                                   InstanceMethod("trainable", &Model::Trainable),
                                   InstanceMethod("readTrainable", &Model::ReadTrainable),
-                                  InstanceMethod("saveAdapter", &Model::SaveAdapter)});
+                                  InstanceMethod("saveAdapter", &Model::SaveAdapter),
+                                  InstanceMethod("saveWeights", &Model::SaveWeights)});
   ctor = new Napi::FunctionReference(Napi::Persistent(f));
   exports.Set("Model", f);
   return exports;
@@ -603,6 +606,43 @@ Napi::Value Model::SaveAdapter(const Napi::CallbackInfo& info) {
     std::lock_guard<std::mutex> lock(m->busy);
     if (!m->adapter) throw Error(code::kArgument, "saveAdapter: the model has no adapter");
     model::save_adapter_weights(m->transformer->config(), *m->adapter, path);
+    return info.Env().Undefined();
+  });
+}
+
+// saveWeights(path): every base tensor in the Hugging Face layout (F32),
+// e.g. after full fine-tuning or to write a merged model.
+Napi::Value Model::SaveWeights(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), [&]() -> Napi::Value {
+    const std::string path = ArgString(info, 0, "path");
+    auto m = model();
+    std::lock_guard<std::mutex> lock(m->busy);
+    model::Weights& w = m->transformer->mutable_weights();
+    if (w.views.empty()) throw Error(code::kArgument, "saveWeights: the weights are not kept in fp32 (loaded with weightsDtype 'bf16')");
+    std::vector<std::vector<float>> transposed;
+    std::vector<st::TensorToWrite> out;
+    transposed.reserve(w.views.size());
+    for (const model::NamedView& v : w.views) {
+      st::TensorToWrite t;
+      t.name = v.name;
+      t.dtype = st::Dtype::F32;
+      const bool vec = v.cols == 1 && !v.transposed;
+      if (v.transposed) {
+        transposed.emplace_back(static_cast<size_t>(v.rows * v.cols));
+        float* dst = transposed.back().data();
+        for (int64_t i = 0; i < v.rows; ++i)
+          for (int64_t j = 0; j < v.cols; ++j) dst[j * v.rows + i] = v.ptr[i * v.cols + j];
+        t.data = dst;
+        t.shape = {static_cast<uint64_t>(v.cols), static_cast<uint64_t>(v.rows)};
+      } else {
+        t.data = v.ptr;
+        t.shape = vec ? std::vector<uint64_t>{static_cast<uint64_t>(v.rows)}
+                      : std::vector<uint64_t>{static_cast<uint64_t>(v.rows), static_cast<uint64_t>(v.cols)};
+      }
+      t.data_len = sizeof(float) * static_cast<size_t>(v.rows * v.cols);
+      out.push_back(std::move(t));
+    }
+    st::write_file(path, out, st::Metadata{{"format", "pt"}});
     return info.Env().Undefined();
   });
 }

@@ -130,6 +130,23 @@ export class Trainer {
     return callNative(() => this.handle.readTrainable(name, which));
   }
 
+  /**
+   * Writes the (fully fine-tuned) base weights as a Hugging Face model folder:
+   * model.safetensors (F32) plus the source folder's config and tokenizer files.
+   */
+  saveModel(dir: string, sourceDir: string): void {
+    fs.mkdirSync(dir, { recursive: true });
+    callNative(() => this.handle.saveWeights(path.join(dir, 'model.safetensors')));
+    for (const f of ['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'chat_template.jinja']) {
+      const src = path.join(sourceDir, f);
+      if (fs.existsSync(src) && path.resolve(src) !== path.resolve(path.join(dir, f))) fs.copyFileSync(src, path.join(dir, f));
+    }
+    const cfgFile = path.join(dir, 'config.json');
+    const cfg = JSON.parse(fs.readFileSync(cfgFile, 'utf8'));
+    cfg.torch_dtype = 'float32';
+    fs.writeFileSync(cfgFile, JSON.stringify(cfg, null, 2) + '\n');
+  }
+
   /** Writes the adapter in PEFT's layout (adapter_config.json + adapter_model.safetensors). */
   saveLora(dir: string, baseModel: string | null = null): void {
     if (!this.lora) throw new RlhfError('E_ARGUMENT', 'saveLora: no adapter');
