@@ -195,6 +195,8 @@ export interface NativeModel {
   saveAdapter(path: string): void;
   /** Every base tensor in the Hugging Face layout (F32). */
   saveWeights(path: string): void;
+  /** Selects the active adapter by name (null: the frozen base alone); returns every adapter's name. */
+  setAdapter(name: string | null): string[];
   generate(req: NativeGenerateRequest): Promise<NativeGenerateResult>;
   info(): { parameters: number; weightsDtype: 'f32' | 'bf16'; vocab: number; hidden: number; layers: number; hasLmHead: boolean; hasScoreHead: boolean; device: string; threads: number };
   dispose(): void;

@@ -5,6 +5,7 @@
 #include <napi.h>
 
 #include <atomic>
+#include <map>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -77,7 +78,10 @@ model::Config config_from(const Napi::Object& c) {
 
 struct LoadedModel {
   std::unique_ptr<model::Transformer> transformer;
-  std::unique_ptr<model::Adapter> adapter;   // the trainable LoRA adapter, if any
+  // Named LoRA adapters on the one frozen base; at most one is active (the
+  // transformer's), none for the plain base (e.g. the PPO reference).
+  std::map<std::string, std::unique_ptr<model::Adapter>> adapters;
+  model::Adapter* active() const { return transformer->adapter(); }
   std::unique_ptr<model::FullGrads> full;    // full fine-tuning state, if enabled
   std::mutex busy;
 };
@@ -108,6 +112,7 @@ class Model : public Napi::ObjectWrap<Model> {
   Napi::Value ReadTrainable(const Napi::CallbackInfo& info);
   Napi::Value SaveAdapter(const Napi::CallbackInfo& info);
   Napi::Value SaveWeights(const Napi::CallbackInfo& info);
+  Napi::Value SetAdapter(const Napi::CallbackInfo& info);
   std::shared_ptr<LoadedModel> model_;
 };
 Napi::FunctionReference* Model::ctor = nullptr;
@@ -239,7 +244,8 @@ Napi::Object Model::Init(Napi::Env env, Napi::Object exports) {
                                   InstanceMethod("trainable", &Model::Trainable),
                                   InstanceMethod("readTrainable", &Model::ReadTrainable),
                                   InstanceMethod("saveAdapter", &Model::SaveAdapter),
-                                  InstanceMethod("saveWeights", &Model::SaveWeights)});
+                                  InstanceMethod("saveWeights", &Model::SaveWeights),
+                                  InstanceMethod("setAdapter", &Model::SetAdapter)});
   ctor = new Napi::FunctionReference(Napi::Persistent(f));
   exports.Set("Model", f);
   return exports;
@@ -420,7 +426,7 @@ Napi::Value Model::EnableFullTraining(const Napi::CallbackInfo& info) {
     std::lock_guard<std::mutex> lock(m->busy);
     model::Weights& w = m->transformer->mutable_weights();
     if (w.bf16()) throw Error(code::kArgument, "full training needs fp32 weights (load with weightsDtype 'f32')");
-    if (m->adapter) throw Error(code::kArgument, "this model already trains an adapter");
+    if (!m->adapters.empty()) throw Error(code::kArgument, "this model has LoRA adapters; full training uses a model without them");
     m->full = std::make_unique<model::FullGrads>();
     m->full->slab.assign(static_cast<size_t>(w.slab_floats + 16), 0.f);
     m->full->m.assign(m->full->slab.size(), 0.f);
@@ -462,11 +468,14 @@ Napi::Value Model::CreateAdapter(const Napi::CallbackInfo& info) {
         throw Error(code::kArgument, "adapter: give initial tensors for every module or for none");
       }
     }
-    m->adapter = model::make_adapter(cfg, spec);
-    m->transformer->set_adapter(m->adapter.get());
+    if (m->adapters.count(spec.name)) throw Error(code::kArgument, "adapter '" + spec.name + "' already exists");
+    auto adapter = model::make_adapter(cfg, spec);
+    model::Adapter* a = adapter.get();
+    m->adapters[spec.name] = std::move(adapter);
+    m->transformer->set_adapter(a);
     Napi::Object r = Napi::Object::New(info.Env());
-    r.Set("scale", m->adapter->scale);
-    r.Set("parameters", static_cast<double>(m->adapter->params.size()));
+    r.Set("scale", a->scale);
+    r.Set("parameters", static_cast<double>(a->params.size()));
     return r;
   });
 }
@@ -513,7 +522,7 @@ Napi::Value Model::ZeroGrad(const Napi::CallbackInfo& info) {
   return Guard(info.Env(), [&]() -> Napi::Value {
     auto m = model();
     std::lock_guard<std::mutex> lock(m->busy);
-    model::zero_grads(m->adapter.get(), m->full.get());
+    model::zero_grads(m->active(), m->full.get());
     return info.Env().Undefined();
   });
 }
@@ -523,7 +532,7 @@ Napi::Value Model::Step(const Napi::CallbackInfo& info) {
     Napi::Object o = ArgObject(info, 0, "options");
     StepBaton b;
     b.model = model();
-    if (!b.model->adapter && !b.model->full) throw Error(code::kArgument, "step: nothing is trainable");
+    if (!b.model->active() && !b.model->full) throw Error(code::kArgument, "step: nothing is trainable (no active adapter, no full training)");
     b.cfg.optimizer = o.Has("optimizer") ? o.Get("optimizer").ToString().Utf8Value() : "adamw";
     b.cfg.lr = static_cast<float>(num(o, "lr", 1e-4));
     b.cfg.beta1 = static_cast<float>(num(o, "beta1", 0.9));
@@ -539,8 +548,9 @@ Napi::Value Model::Step(const Napi::CallbackInfo& info) {
         info.Env(), std::move(b),
         [](StepBaton& b) {
           LoadedModel& m = *b.model;
-          auto tensors = model::trainable_tensors(*m.transformer, m.adapter.get(), m.full.get());
-          int64_t* step = m.adapter ? &m.adapter->step : &m.full->step;
+          model::Adapter* a = m.active();
+          auto tensors = model::trainable_tensors(*m.transformer, a, a ? nullptr : m.full.get());
+          int64_t* step = a ? &a->step : &m.full->step;
           b.out = model::optimizer_step(default_engine().cpu, tensors, step, b.cfg);
         },
         [](Napi::Env env, StepBaton& b) -> Napi::Value {
@@ -557,7 +567,7 @@ Napi::Value Model::Trainable(const Napi::CallbackInfo& info) {
   return Guard(info.Env(), [&]() -> Napi::Value {
     auto m = model();
     std::lock_guard<std::mutex> lock(m->busy);
-    auto tensors = model::trainable_tensors(*m->transformer, m->adapter.get(), m->full.get());
+    auto tensors = model::trainable_tensors(*m->transformer, m->active(), m->active() ? nullptr : m->full.get());
     Napi::Array out = Napi::Array::New(info.Env(), tensors.size());
     for (size_t i = 0; i < tensors.size(); ++i) {
       const auto& t = tensors[i];
@@ -582,7 +592,7 @@ Napi::Value Model::ReadTrainable(const Napi::CallbackInfo& info) {
     const std::string which = info.Length() > 1 && info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "value";
     auto m = model();
     std::lock_guard<std::mutex> lock(m->busy);
-    auto tensors = model::trainable_tensors(*m->transformer, m->adapter.get(), m->full.get());
+    auto tensors = model::trainable_tensors(*m->transformer, m->active(), m->active() ? nullptr : m->full.get());
     for (const auto& t : tensors) {
       if (t.name != name) continue;
       const float* src = which == "grad" ? t.grad : which == "m" ? t.m : which == "v" ? t.v : t.param;
@@ -604,9 +614,30 @@ Napi::Value Model::SaveAdapter(const Napi::CallbackInfo& info) {
     const std::string path = ArgString(info, 0, "path");
     auto m = model();
     std::lock_guard<std::mutex> lock(m->busy);
-    if (!m->adapter) throw Error(code::kArgument, "saveAdapter: the model has no adapter");
-    model::save_adapter_weights(m->transformer->config(), *m->adapter, path);
+    if (!m->active()) throw Error(code::kArgument, "saveAdapter: no adapter is active");
+    model::save_adapter_weights(m->transformer->config(), *m->active(), path);
     return info.Env().Undefined();
+  });
+}
+
+// setAdapter(name | null): which adapter forward/generate/training use; null
+// runs the frozen base alone (the PPO reference). Returns the adapter names.
+Napi::Value Model::SetAdapter(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), [&]() -> Napi::Value {
+    auto m = model();
+    std::lock_guard<std::mutex> lock(m->busy);
+    if (info.Length() < 1 || info[0].IsNull() || info[0].IsUndefined()) {
+      m->transformer->set_adapter(nullptr);
+    } else {
+      const std::string name = ArgString(info, 0, "name");
+      auto it = m->adapters.find(name);
+      if (it == m->adapters.end()) throw Error(code::kArgument, "no adapter named '" + name + "'");
+      m->transformer->set_adapter(it->second.get());
+    }
+    Napi::Array names = Napi::Array::New(info.Env());
+    uint32_t i = 0;
+    for (auto& [n, a] : m->adapters) names.Set(i++, n);
+    return names;
   });
 }
 

@@ -17,6 +17,8 @@ export const LLAMA_LORA_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate
 export const GPT2_LORA_TARGETS = ['c_attn', 'c_proj', 'c_fc'] as const;
 
 export interface LoraOptions {
+  /** Adapter name (several adapters can share one base). Default 'default'. */
+  name?: string;
   /** Rank (PEFT `r`). Default 8. */
   r?: number;
   /** PEFT `lora_alpha`. Default 16. */
@@ -53,7 +55,8 @@ function modulePath(cfg: ModelConfig, m: NativeAdapterModule): string {
 }
 
 export class Trainer {
-  private lora: (Required<Omit<LoraOptions, 'seed'>> & { modules: NativeAdapterModule[] }) | null = null;
+  private loras = new Map<string, Required<Omit<LoraOptions, 'seed' | 'name'>> & { modules: NativeAdapterModule[] }>();
+  private active: string | null = null;
 
   constructor(
     private readonly handle: NativeModel,
@@ -70,12 +73,22 @@ export class Trainer {
     const targets = opts.targets ?? (this.config.arch === 'gpt2' ? GPT2_LORA_TARGETS : LLAMA_LORA_TARGETS);
     const modules = loraModules(this.config, targets);
     const r = opts.r ?? 8, alpha = opts.alpha ?? 16, rslora = opts.rslora ?? false;
-    this.lora = { r, alpha, rslora, targets: [...targets], modules };
-    return callNative(() => this.handle.createAdapter({ r, alpha, rslora, seed: opts.seed ?? 0, modules }));
+    const name = opts.name ?? 'default';
+    const res = callNative(() => this.handle.createAdapter({ name, r, alpha, rslora, seed: opts.seed ?? 0, modules }));
+    this.loras.set(name, { r, alpha, rslora, targets: [...targets], modules });
+    this.active = name;
+    return res;
+  }
+
+  /** Makes a named adapter the active one (forward, generate and training use it); null runs the frozen base alone. */
+  useAdapter(name: string | null): string[] {
+    const names = callNative(() => this.handle.setAdapter(name));
+    this.active = name;
+    return names;
   }
 
   /** Continues training a saved PEFT LoRA adapter. */
-  loadLora(dir: string): { scale: number; parameters: number } {
+  loadLora(dir: string, name = 'default'): { scale: number; parameters: number } {
     const cfg = readAdapterConfig(dir);
     const file = path.join(dir, 'adapter_model.safetensors');
     const st = openSafetensors(file);
@@ -89,8 +102,10 @@ export class Trainer {
       m.b = [file, `${base}.lora_B.weight`];
       if (!names.has(`${base}.lora_B.weight`)) throw new RlhfError('E_MODEL', `${file}: ${base}.lora_B.weight is missing`, { where: file });
     }
-    this.lora = { r: cfg.r, alpha: cfg.loraAlpha, rslora: cfg.useRslora, targets: cfg.targetModules, modules };
-    return callNative(() => this.handle.createAdapter({ r: cfg.r, alpha: cfg.loraAlpha, rslora: cfg.useRslora, modules }));
+    const res = callNative(() => this.handle.createAdapter({ name, r: cfg.r, alpha: cfg.loraAlpha, rslora: cfg.useRslora, modules }));
+    this.loras.set(name, { r: cfg.r, alpha: cfg.loraAlpha, rslora: cfg.useRslora, targets: cfg.targetModules, modules });
+    this.active = name;
+    return res;
   }
 
   async forward(input: ForwardInput): Promise<ForwardOutput> {
@@ -149,7 +164,8 @@ export class Trainer {
 
   /** Writes the adapter in PEFT's layout (adapter_config.json + adapter_model.safetensors). */
   saveLora(dir: string, baseModel: string | null = null): void {
-    if (!this.lora) throw new RlhfError('E_ARGUMENT', 'saveLora: no adapter');
+    const lora = this.active !== null ? this.loras.get(this.active) : undefined;
+    if (!lora) throw new RlhfError('E_ARGUMENT', 'saveLora: no adapter is active');
     fs.mkdirSync(dir, { recursive: true });
     callNative(() => this.handle.saveAdapter(path.join(dir, 'adapter_model.safetensors')));
     const gpt2 = this.config.arch === 'gpt2';
@@ -157,11 +173,11 @@ export class Trainer {
       peft_type: 'LORA',
       task_type: this.config.head === 'score' ? 'SEQ_CLS' : 'CAUSAL_LM',
       base_model_name_or_path: baseModel,
-      r: this.lora.r,
-      lora_alpha: this.lora.alpha,
+      r: lora.r,
+      lora_alpha: lora.alpha,
       lora_dropout: 0,
-      use_rslora: this.lora.rslora,
-      target_modules: [...this.lora.targets].sort(),
+      use_rslora: lora.rslora,
+      target_modules: [...lora.targets].sort(),
       fan_in_fan_out: gpt2,
       bias: 'none',
       modules_to_save: null,

@@ -79,6 +79,7 @@ ForwardResult Transformer::forward_train(const ForwardRequest& req) {
     be_.value_head(op);
   }
   has_acts_ = true;
+  acts_adapter_ = adapter_;
   return out;
 }
 
@@ -89,6 +90,7 @@ float* Transformer::grad_of(const float* weight) {
 
 void Transformer::backward(const float* dlogp_in, const float* dentropy_in, const float* dvalues) {
   if (!has_acts_) throw Error(code::kArgument, "backward: call the training forward first");
+  if (acts_adapter_ != adapter_) throw Error(code::kArgument, "backward: the active adapter changed since the training forward");
   Acts& a = acts_;
   const Config& c = cfg_;
   const int64_t N = a.rows, B = a.batch, T = a.seq;

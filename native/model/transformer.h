@@ -87,6 +87,7 @@ class Transformer {
   FullGrads* full_ = nullptr;   // full fine-tuning gradients (null: base frozen)
   Acts acts_;                   // activations of the last training forward
   bool has_acts_ = false, train_logp_ = false, train_values_ = false;
+  Adapter* acts_adapter_ = nullptr;  // the adapter active when acts_ were recorded
   float inv_temperature_ = 1.f;
   struct BackwardBuffers {
     std::vector<float> dxn, dres, dqkv, datt, dmlp, dact;
