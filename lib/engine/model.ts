@@ -194,8 +194,11 @@ export class Model {
 
   /** Training on this model (LoRA adapter or full fine-tuning); see lib/engine/train.ts. */
   trainer(): Trainer {
-    return new Trainer(this.live(), this.config);
+    this.trainerInstance ??= new Trainer(this.live(), this.config);
+    return this.trainerInstance;
   }
+
+  private trainerInstance?: Trainer;
 
   dispose(): void {
     this.handle?.dispose();
