@@ -197,6 +197,8 @@ export interface NativeModel {
   saveWeights(path: string): void;
   /** Selects the active adapter by name (null: the frozen base alone); returns every adapter's name. */
   setAdapter(name: string | null): string[];
+  saveOptimizerState(path: string): void;
+  loadOptimizerState(path: string): void;
   generate(req: NativeGenerateRequest): Promise<NativeGenerateResult>;
   info(): { parameters: number; weightsDtype: 'f32' | 'bf16'; vocab: number; hidden: number; layers: number; hasLmHead: boolean; hasScoreHead: boolean; device: string; threads: number };
   dispose(): void;

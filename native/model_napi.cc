@@ -113,6 +113,8 @@ class Model : public Napi::ObjectWrap<Model> {
   Napi::Value SaveAdapter(const Napi::CallbackInfo& info);
   Napi::Value SaveWeights(const Napi::CallbackInfo& info);
   Napi::Value SetAdapter(const Napi::CallbackInfo& info);
+  Napi::Value SaveOptimizerState(const Napi::CallbackInfo& info);
+  Napi::Value LoadOptimizerState(const Napi::CallbackInfo& info);
   std::shared_ptr<LoadedModel> model_;
 };
 Napi::FunctionReference* Model::ctor = nullptr;
@@ -245,7 +247,9 @@ Napi::Object Model::Init(Napi::Env env, Napi::Object exports) {
                                   InstanceMethod("readTrainable", &Model::ReadTrainable),
                                   InstanceMethod("saveAdapter", &Model::SaveAdapter),
                                   InstanceMethod("saveWeights", &Model::SaveWeights),
-                                  InstanceMethod("setAdapter", &Model::SetAdapter)});
+                                  InstanceMethod("setAdapter", &Model::SetAdapter),
+                                  InstanceMethod("saveOptimizerState", &Model::SaveOptimizerState),
+                                  InstanceMethod("loadOptimizerState", &Model::LoadOptimizerState)});
   ctor = new Napi::FunctionReference(Napi::Persistent(f));
   exports.Set("Model", f);
   return exports;
@@ -616,6 +620,63 @@ Napi::Value Model::SaveAdapter(const Napi::CallbackInfo& info) {
     std::lock_guard<std::mutex> lock(m->busy);
     if (!m->active()) throw Error(code::kArgument, "saveAdapter: no adapter is active");
     model::save_adapter_weights(m->transformer->config(), *m->active(), path);
+    return info.Env().Undefined();
+  });
+}
+
+// Optimizer state of the active trainable set as safetensors: for every
+// trainable tensor T, "T.exp_avg" and "T.exp_avg_sq" (AdamW's m and v, or
+// SGD's momentum buffer as exp_avg), with the step count in the metadata.
+Napi::Value Model::SaveOptimizerState(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), [&]() -> Napi::Value {
+    const std::string path = ArgString(info, 0, "path");
+    auto m = model();
+    std::lock_guard<std::mutex> lock(m->busy);
+    model::Adapter* a = m->active();
+    if (!a && !m->full) throw Error(code::kArgument, "saveOptimizerState: nothing is trainable");
+    auto tensors = model::trainable_tensors(*m->transformer, a, a ? nullptr : m->full.get());
+    std::vector<st::TensorToWrite> out;
+    for (const auto& t : tensors)
+      for (int which = 0; which < 2; ++which) {
+        st::TensorToWrite w;
+        w.name = t.name + (which == 0 ? ".exp_avg" : ".exp_avg_sq");
+        w.dtype = st::Dtype::F32;
+        w.shape = {static_cast<uint64_t>(t.rows), static_cast<uint64_t>(t.cols)};
+        w.data = which == 0 ? t.m : t.v;
+        w.data_len = sizeof(float) * static_cast<size_t>(t.rows * t.cols);
+        out.push_back(std::move(w));
+      }
+    const int64_t step = a ? a->step : m->full->step;
+    st::write_file(path, out, st::Metadata{{"format", "rlhf-native-optimizer"}, {"step", std::to_string(step)}});
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value Model::LoadOptimizerState(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), [&]() -> Napi::Value {
+    const std::string path = ArgString(info, 0, "path");
+    auto m = model();
+    std::lock_guard<std::mutex> lock(m->busy);
+    model::Adapter* a = m->active();
+    if (!a && !m->full) throw Error(code::kArgument, "loadOptimizerState: nothing is trainable");
+    auto tensors = model::trainable_tensors(*m->transformer, a, a ? nullptr : m->full.get());
+    st::File f(path);
+    int64_t step = -1;
+    if (f.header().metadata)
+      for (auto& [k, v] : *f.header().metadata)
+        if (k == "step") step = std::stoll(v);
+    if (step < 0) throw Error(code::kArgument, path + ": not an optimizer state file (no step in __metadata__)");
+    for (const auto& t : tensors)
+      for (int which = 0; which < 2; ++which) {
+        const std::string name = t.name + (which == 0 ? ".exp_avg" : ".exp_avg_sq");
+        const st::TensorInfo* ti = f.find(name);
+        if (!ti) throw Error(code::kArgument, path + ": missing '" + name + "' (the checkpoint is for another set of trainable tensors)");
+        if (ti->dtype != st::Dtype::F32 || ti->nbytes() != sizeof(float) * static_cast<uint64_t>(t.rows * t.cols))
+          throw Error(code::kArgument, path + ": '" + name + "' has the wrong dtype or size");
+        std::memcpy(which == 0 ? t.m : t.v, f.raw(*ti), ti->nbytes());
+      }
+    if (a) a->step = step;
+    else m->full->step = step;
     return info.Env().Undefined();
   });
 }

@@ -162,6 +162,15 @@ export class Trainer {
     fs.writeFileSync(cfgFile, JSON.stringify(cfg, null, 2) + '\n');
   }
 
+  /** AdamW moments (or SGD momentum) and the step count, for resuming exactly. */
+  saveOptimizerState(file: string): void {
+    callNative(() => this.handle.saveOptimizerState(file));
+  }
+
+  loadOptimizerState(file: string): void {
+    callNative(() => this.handle.loadOptimizerState(file));
+  }
+
   /** Writes the adapter in PEFT's layout (adapter_config.json + adapter_model.safetensors). */
   saveLora(dir: string, baseModel: string | null = null): void {
     const lora = this.active !== null ? this.loras.get(this.active) : undefined;
