@@ -189,7 +189,7 @@ export interface NativeModel {
   step(opts: NativeStepOptions): Promise<{ gradNorm: number; clipCoef: number; step: number }>;
   zeroGrad(): void;
   enableFullTraining(): void;
-  createAdapter(spec: { name?: string; r: number; alpha: number; rslora?: boolean; seed?: number; modules: NativeAdapterModule[] }): { scale: number; parameters: number };
+  createAdapter(spec: { name?: string; r: number; alpha: number; rslora?: boolean; dropout?: number; seed?: number; modules: NativeAdapterModule[] }): { scale: number; parameters: number };
   trainable(): { name: string; shape: number[] }[];
   readTrainable(name: string, which?: 'value' | 'grad' | 'm' | 'v'): Float32Array;
   saveAdapter(path: string): void;
@@ -198,6 +198,8 @@ export interface NativeModel {
   /** Selects the active adapter by name (null: the frozen base alone); returns every adapter's name. */
   setAdapter(name: string | null): string[];
   saveOptimizerState(path: string): void;
+  writeTrainable(name: string, values: Float32Array): void;
+  setDropoutCounter(n: number): void;
   loadOptimizerState(path: string): void;
   generate(req: NativeGenerateRequest): Promise<NativeGenerateResult>;
   info(): { parameters: number; weightsDtype: 'f32' | 'bf16'; vocab: number; hidden: number; layers: number; hasLmHead: boolean; hasScoreHead: boolean; device: string; threads: number };

@@ -114,6 +114,8 @@ class Model : public Napi::ObjectWrap<Model> {
   Napi::Value SaveWeights(const Napi::CallbackInfo& info);
   Napi::Value SetAdapter(const Napi::CallbackInfo& info);
   Napi::Value SaveOptimizerState(const Napi::CallbackInfo& info);
+  Napi::Value WriteTrainable(const Napi::CallbackInfo& info);
+  Napi::Value SetDropoutCounter(const Napi::CallbackInfo& info);
   Napi::Value LoadOptimizerState(const Napi::CallbackInfo& info);
   std::shared_ptr<LoadedModel> model_;
 };
@@ -249,6 +251,8 @@ Napi::Object Model::Init(Napi::Env env, Napi::Object exports) {
                                   InstanceMethod("saveWeights", &Model::SaveWeights),
                                   InstanceMethod("setAdapter", &Model::SetAdapter),
                                   InstanceMethod("saveOptimizerState", &Model::SaveOptimizerState),
+                                  InstanceMethod("writeTrainable", &Model::WriteTrainable),
+                                  InstanceMethod("setDropoutCounter", &Model::SetDropoutCounter),
                                   InstanceMethod("loadOptimizerState", &Model::LoadOptimizerState)});
   ctor = new Napi::FunctionReference(Napi::Persistent(f));
   exports.Set("Model", f);
@@ -452,6 +456,7 @@ Napi::Value Model::CreateAdapter(const Napi::CallbackInfo& info) {
     spec.r = static_cast<int64_t>(num(o, "r", 8));
     spec.alpha = static_cast<float>(num(o, "alpha", 16));
     spec.rslora = flag(o, "rslora", false);
+    spec.dropout = static_cast<float>(num(o, "dropout", 0));
     spec.seed = static_cast<uint64_t>(num(o, "seed", 0));
     Napi::Value mods = o.Get("modules");
     if (!mods.IsArray()) throw Error(code::kArgument, "adapter: 'modules' must be an array of {layer, name, mlp}");
@@ -620,6 +625,41 @@ Napi::Value Model::SaveAdapter(const Napi::CallbackInfo& info) {
     std::lock_guard<std::mutex> lock(m->busy);
     if (!m->active()) throw Error(code::kArgument, "saveAdapter: no adapter is active");
     model::save_adapter_weights(m->transformer->config(), *m->active(), path);
+    return info.Env().Undefined();
+  });
+}
+
+// writeTrainable(name, values): overwrite one trainable tensor (Hugging Face layout).
+Napi::Value Model::WriteTrainable(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), [&]() -> Napi::Value {
+    const std::string name = ArgString(info, 0, "name");
+    if (info.Length() < 2 || !info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+      throw Error(code::kArgument, "writeTrainable: values must be a Float32Array");
+    Napi::Float32Array v = info[1].As<Napi::Float32Array>();
+    auto m = model();
+    std::lock_guard<std::mutex> lock(m->busy);
+    auto tensors = model::trainable_tensors(*m->transformer, m->active(), m->active() ? nullptr : m->full.get());
+    for (const auto& t : tensors) {
+      if (t.name != name) continue;
+      if (static_cast<int64_t>(v.ElementLength()) != t.rows * t.cols) throw Error(code::kArgument, "writeTrainable: wrong size for '" + name + "'");
+      if (!t.transposed) std::memcpy(t.param, v.Data(), sizeof(float) * t.rows * t.cols);
+      else
+        for (int64_t i = 0; i < t.rows; ++i)
+          for (int64_t j = 0; j < t.cols; ++j) t.param[i * t.cols + j] = v.Data()[j * t.rows + i];
+      return info.Env().Undefined();
+    }
+    throw Error(code::kArgument, "writeTrainable: no trainable tensor named '" + name + "'");
+  });
+}
+
+// setDropoutCounter(n): the next training forward draws its LoRA dropout
+// masks as forward number n+1 did (tests: repeat a forward with one mask).
+Napi::Value Model::SetDropoutCounter(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), [&]() -> Napi::Value {
+    auto m = model();
+    std::lock_guard<std::mutex> lock(m->busy);
+    if (!m->active()) throw Error(code::kArgument, "setDropoutCounter: no adapter is active");
+    m->active()->forward_count = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
     return info.Env().Undefined();
   });
 }

@@ -120,3 +120,46 @@ t.test('a checkpoint (adapter + optimizer state) resumes exactly', async (t) => 
   c.dispose();
   fs.rmSync(tmp, { recursive: true, force: true });
 });
+
+t.test('LoRA dropout: gradients match finite differences under a fixed mask', async (t) => {
+  const base = path.join(G, 'models', 'llama');
+  const model = await loadModel(base, { device: 'cpu' });
+  const tr = model.trainer();
+  tr.createLora({ r: 2, alpha: 4, targets: ['q_proj', 'down_proj'], dropout: 0.3, seed: 5 });
+  const ids = [[4, 8, 15, 16, 23, 42, 7, 9, 1, 2, 3]];
+  // Give B nonzero values so both A and B get gradients.
+  for (const { name } of tr.trainable())
+    if (name.includes('lora_B')) tr.write(name, Float32Array.from(tr.read(name), (_, i) => 0.05 * Math.sin(i + 1)));
+  const lossAt = async (counter: number) => {
+    tr.setDropoutCounter(counter);
+    const f = (await tr.forward({ inputIds: ids })) as any;
+    let s = 0;
+    for (const x of f.flat.logp) s += x;
+    return { s, f };
+  };
+  const { f } = await lossAt(7);
+  tr.zeroGrad();
+  await tr.backward({ dlogp: new Float32Array(f.flat.logp.length).fill(1) }); // d(sum logp)
+  const inference = (await model.forward({ inputIds: ids })).logp![0];
+  t.notSame(Array.from(inference), Array.from(f.flat.logp), 'dropout is active in the training forward only');
+  let checked = 0, bad = 0;
+  for (const name of ['base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight', 'base_model.model.model.layers.1.mlp.down_proj.lora_B.weight']) {
+    const p0 = tr.read(name), g = tr.read(name, 'grad');
+    for (const i of [0, 3, 7]) {
+      const h = 1e-2;
+      const plus = Float32Array.from(p0), minus = Float32Array.from(p0);
+      plus[i] += h;
+      minus[i] -= h;
+      tr.write(name, plus);
+      const lp = (await lossAt(7)).s;
+      tr.write(name, minus);
+      const lm = (await lossAt(7)).s;
+      tr.write(name, p0);
+      const fd = (lp - lm) / (2 * h);
+      checked++;
+      if (Math.abs(fd - g[i]) > 2e-3 * Math.max(1, Math.abs(fd))) bad++;
+    }
+  }
+  t.equal(bad, 0, `${checked} gradient entries match central differences with the same dropout mask`);
+  model.dispose();
+});

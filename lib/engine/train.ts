@@ -25,6 +25,8 @@ export interface LoraOptions {
   alpha?: number;
   /** PEFT `use_rslora`: scale alpha / sqrt(r) instead of alpha / r. */
   rslora?: boolean;
+  /** PEFT `lora_dropout` on the adapter input while training. Default 0. */
+  dropout?: number;
   /** PEFT module names; default: every linear module of the architecture. */
   targets?: readonly string[];
   seed?: number;
@@ -72,10 +74,10 @@ export class Trainer {
   createLora(opts: LoraOptions = {}): { scale: number; parameters: number } {
     const targets = opts.targets ?? (this.config.arch === 'gpt2' ? GPT2_LORA_TARGETS : LLAMA_LORA_TARGETS);
     const modules = loraModules(this.config, targets);
-    const r = opts.r ?? 8, alpha = opts.alpha ?? 16, rslora = opts.rslora ?? false;
+    const r = opts.r ?? 8, alpha = opts.alpha ?? 16, rslora = opts.rslora ?? false, dropout = opts.dropout ?? 0;
     const name = opts.name ?? 'default';
-    const res = callNative(() => this.handle.createAdapter({ name, r, alpha, rslora, seed: opts.seed ?? 0, modules }));
-    this.loras.set(name, { r, alpha, rslora, targets: [...targets], modules });
+    const res = callNative(() => this.handle.createAdapter({ name, r, alpha, rslora, dropout, seed: opts.seed ?? 0, modules }));
+    this.loras.set(name, { r, alpha, rslora, dropout, targets: [...targets], modules });
     this.active = name;
     return res;
   }
@@ -103,7 +105,7 @@ export class Trainer {
       if (!names.has(`${base}.lora_B.weight`)) throw new RlhfError('E_MODEL', `${file}: ${base}.lora_B.weight is missing`, { where: file });
     }
     const res = callNative(() => this.handle.createAdapter({ name, r: cfg.r, alpha: cfg.loraAlpha, rslora: cfg.useRslora, modules }));
-    this.loras.set(name, { r: cfg.r, alpha: cfg.loraAlpha, rslora: cfg.useRslora, targets: cfg.targetModules, modules });
+    this.loras.set(name, { r: cfg.r, alpha: cfg.loraAlpha, rslora: cfg.useRslora, dropout: 0, targets: cfg.targetModules, modules });
     this.active = name;
     return res;
   }
@@ -162,6 +164,16 @@ export class Trainer {
     fs.writeFileSync(cfgFile, JSON.stringify(cfg, null, 2) + '\n');
   }
 
+  /** Overwrites one trainable tensor (Hugging Face layout). */
+  write(name: string, values: Float32Array): void {
+    callNative(() => this.handle.writeTrainable(name, values));
+  }
+
+  /** Tests: the next training forward reuses the dropout masks of forward number n+1. */
+  setDropoutCounter(n: number): void {
+    callNative(() => this.handle.setDropoutCounter(n));
+  }
+
   /** AdamW moments (or SGD momentum) and the step count, for resuming exactly. */
   saveOptimizerState(file: string): void {
     callNative(() => this.handle.saveOptimizerState(file));
@@ -184,7 +196,7 @@ export class Trainer {
       base_model_name_or_path: baseModel,
       r: lora.r,
       lora_alpha: lora.alpha,
-      lora_dropout: 0,
+      lora_dropout: lora.dropout,
       use_rslora: lora.rslora,
       target_modules: [...lora.targets].sort(),
       fan_in_fan_out: gpt2,

@@ -81,6 +81,9 @@ std::unique_ptr<Adapter> make_adapter(const Config& cfg, const AdapterSpec& spec
   a->r = spec.r;
   a->alpha = spec.alpha;
   a->rslora = spec.rslora;
+  if (spec.dropout < 0.f || spec.dropout >= 1.f) throw Error(code::kArgument, "adapter: lora_dropout must be in [0, 1)");
+  a->dropout = spec.dropout;
+  a->dropout_seed = math::mix64(spec.seed + 0x1234567ull);
   a->scale = spec.rslora ? spec.alpha / std::sqrt(static_cast<float>(spec.r)) : spec.alpha / static_cast<float>(spec.r);
   int64_t total = 0;
   for (auto& [layer, proj] : spec.modules) {

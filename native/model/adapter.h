@@ -16,6 +16,7 @@ struct AdapterSpec {
   int64_t r = 8;
   float alpha = 16.f;
   bool rslora = false;
+  float dropout = 0.f;                            // PEFT lora_dropout
   std::vector<std::pair<int64_t, Proj>> modules;  // (layer, projection)
   uint64_t seed = 0;
   // Optional initial values per module (same order): PEFT lora_A / lora_B tensors.

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "../error.h"
+#include "../ops/math.h"
 #include "transformer.h"
 
 namespace rlhf::model {
@@ -25,6 +26,13 @@ const char* proj_peft_name(Proj p) {
     case Proj::kMlpCProj: return "c_proj";
   }
   return "?";
+}
+
+void lora_dropout_apply(const float* in, float* out, int64_t rows, int64_t cols, float p, uint64_t key, size_t module) {
+  const uint64_t k = math::mix64(key ^ (0x5851f42d4c957f2dull * (module + 1)));
+  const float keep_scale = 1.f / (1.f - p);
+  for (int64_t i = 0; i < rows * cols; ++i)
+    out[i] = math::uniform01(k, static_cast<uint64_t>(i)) >= p ? in[i] * keep_scale : 0.f;
 }
 
 ForwardResult Transformer::forward_train(const ForwardRequest& req) {
@@ -175,6 +183,8 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
     if (!adapter_) return;
     const int64_t r = adapter_->r;
     std::vector<float> du(static_cast<size_t>(N * r));
+    const bool dropout = adapter_->dropout > 0.f;
+    std::vector<float> xd, dxd;  // dropout(x), and the input gradient before the mask
     for (size_t mi = 0; mi < adapter_->modules.size(); ++mi) {
       const LoraModule& m = adapter_->modules[mi];
       if (m.layer != l || std::find(projs.begin(), projs.end(), m.proj) == projs.end()) continue;
@@ -190,15 +200,31 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
       ScaleOp sc;
       sc.n = N * r, sc.x = du.data(), sc.factor = adapter_->scale;
       be_.scale(sc);
+      const float* x_in = in;
+      if (dropout) {
+        xd.resize(static_cast<size_t>(N * m.in));
+        lora_dropout_apply(in, xd.data(), N, m.in, adapter_->dropout, a.dropout_key, mi);
+        x_in = xd.data();
+      }
       GemmOp ga;
       ga.trans_a = true;
-      ga.m = r, ga.n = m.in, ga.k = N, ga.a = du.data(), ga.lda = r, ga.b = in, ga.ldb = m.in, ga.c = m.da, ga.ldc = m.in;
+      ga.m = r, ga.n = m.in, ga.k = N, ga.a = du.data(), ga.lda = r, ga.b = x_in, ga.ldb = m.in, ga.c = m.da, ga.ldc = m.in;
       ga.accumulate = true;
       be_.gemm(ga);
       GemmOp gx;
-      gx.m = N, gx.n = m.in, gx.k = r, gx.a = du.data(), gx.lda = r, gx.b = m.a, gx.ldb = m.in, gx.c = din, gx.ldc = m.in;
-      gx.accumulate = true;
-      be_.gemm(gx);
+      gx.m = N, gx.n = m.in, gx.k = r, gx.a = du.data(), gx.lda = r, gx.b = m.a, gx.ldb = m.in;
+      if (!dropout) {
+        gx.c = din, gx.ldc = m.in, gx.accumulate = true;
+        be_.gemm(gx);
+      } else {  // the mask (and 1/(1-p)) applies to the input gradient too
+        dxd.resize(static_cast<size_t>(N * m.in));
+        gx.c = dxd.data(), gx.ldc = m.in;
+        be_.gemm(gx);
+        lora_dropout_apply(dxd.data(), dxd.data(), N, m.in, adapter_->dropout, a.dropout_key, mi);
+        AddOp add;
+        add.n = N, add.dim = m.in, add.x = dxd.data(), add.y = din;
+        be_.add(add);
+      }
     }
   };
 

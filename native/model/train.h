@@ -14,6 +14,10 @@ namespace rlhf::model {
 enum class Proj { kQ, kK, kV, kO, kGate, kUp, kDown, kCAttn, kAttnCProj, kCFc, kMlpCProj };
 const char* proj_peft_name(Proj p);  // "q_proj", ..., "c_attn", "c_proj", "c_fc", "c_proj"
 
+// LoRA dropout: out = in * keep / (1 - p) with keep drawn per element from
+// (key, module); applied to a gradient it applies the same mask.
+void lora_dropout_apply(const float* in, float* out, int64_t rows, int64_t cols, float p, uint64_t key, size_t module);
+
 // Activations of one layer, saved by the training forward.
 struct LayerActs {
   std::vector<float> x1, xn1, stat1a, stat1b;  // residual entering norm1, its output, rstd (and mean for LayerNorm)
@@ -32,6 +36,7 @@ struct Acts {
   std::vector<float> lse, entropy;             // LM head, per row
   // One [rows, r] buffer per LoRA module: scale * (input A^T), kept for the backward.
   std::vector<std::vector<float>> lora_u;
+  uint64_t dropout_key = 0;  // LoRA dropout masks of this forward
 };
 
 struct LoraModule {
@@ -57,6 +62,12 @@ struct Adapter {
   std::vector<LoraModule> modules;
   float* score = nullptr;  // [num_labels, hidden] or null
   float* dscore = nullptr;
+  // PEFT lora_dropout on the adapter's input, training forward only. The mask
+  // is a pure function of (seed, forward count, module, element), so the
+  // backward pass regenerates it instead of storing it.
+  float dropout = 0.f;
+  uint64_t dropout_seed = 0;
+  uint64_t forward_count = 0;
   std::vector<float> params, grads, m, v;
   int64_t step = 0;
 };

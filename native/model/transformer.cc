@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "../error.h"
+#include "../ops/math.h"
 
 namespace rlhf::model {
 
@@ -67,6 +68,9 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
   float* tmp = buf_.tmp.data();
   const std::vector<LoraModule>* lora = adapter_ ? &adapter_->modules : nullptr;
   if (acts && lora) acts->lora_u.assign(lora->size(), {});
+  const bool dropout = acts && adapter_ && adapter_->dropout > 0.f;
+  if (dropout) acts->dropout_key = math::mix64(adapter_->dropout_seed ^ math::mix64(++adapter_->forward_count));
+  std::vector<float> dropped;
 
   int32_t max_pos = 0;
   for (int64_t i = 0; i < rows; ++i) max_pos = std::max(max_pos, positions[i]);
@@ -123,9 +127,15 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
       const int64_t r = adapter_->r;
       std::vector<float> local;
       float* u = acts ? grow(acts->lora_u[mi], rows * r) : (local.resize(static_cast<size_t>(rows * r)), local.data());
+      const float* x_in = in;
+      if (dropout) {  // u = dropout(x) A^T
+        dropped.resize(static_cast<size_t>(rows * m.in));
+        lora_dropout_apply(in, dropped.data(), rows, m.in, adapter_->dropout, acts->dropout_key, mi);
+        x_in = dropped.data();
+      }
       GemmOp g;  // u = x A^T
       g.trans_b = true;
-      g.m = rows, g.n = r, g.k = m.in, g.a = in, g.lda = m.in, g.b = m.a, g.ldb = m.in, g.c = u, g.ldc = r;
+      g.m = rows, g.n = r, g.k = m.in, g.a = x_in, g.lda = m.in, g.b = m.a, g.ldb = m.in, g.c = u, g.ldc = r;
       be_.gemm(g);
       ScaleOp sc;
       sc.n = rows * r, sc.x = u, sc.factor = adapter_->scale;

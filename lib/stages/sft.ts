@@ -1,0 +1,487 @@
+/**
+ * The SFT stage (`rlhf-native sft`): supervised finetuning of a causal LM on
+ * JSONL data, with a LoRA adapter (default, PEFT layout) or every weight
+ * (`full`), TRL's SFTTrainer semantics on the native engine. See docs/sft.md.
+ *
+ * One optimizer step: for each of `gradAccum` micro-batches of `batchSize`
+ * rows, forward -> `sft_loss` (native op: masked NLL and its gradient) ->
+ * backward (gradients accumulate); then step (AdamW or SGD, global-norm
+ * clipping, the scheduled learning rate) and zeroGrad. The loss of a step is
+ * token-weighted: every micro-batch divides by the number of target tokens of
+ * the whole step (`denom`), so the accumulated gradient is exactly that of one
+ * big batch holding all the rows (transformers' `num_items_in_batch`).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { callNative, RlhfError } from '../errors';
+import { native, type NativeForwardResult } from '../native';
+import { loadModel, type ForwardOutput, type Model } from '../engine/model';
+import { GPT2_LORA_TARGETS, LLAMA_LORA_TARGETS, type Trainer } from '../engine/train';
+import { readAdapterConfig } from '../model/peft';
+import { loadTokenizer, type Tokenizer } from '../tokenizer/tokenizer';
+import { loadSftData, packSftBatch, planSteps, splitEval, stepsPerEpoch, type SftDataStats, type SftExample } from '../data/sft-data';
+import { LR_SCHEDULES, lrSchedule, type LrScheduleKind } from './schedule';
+import { packageVersion } from '../info';
+
+export interface SftConfig {
+  /** Base model folder (Hugging Face layout, causal LM). Required. */
+  model: string;
+  /** Training data, JSONL (formats: lib/data/sft-data.ts). Required. */
+  data: string;
+  /** Output folder: the adapter (or the full model), metrics.jsonl, sft_config.json. Required. */
+  out: string;
+  /** Continue training this PEFT LoRA adapter instead of creating one. */
+  adapter?: string | null;
+  /** Train every weight instead of a LoRA adapter. Default false. */
+  full?: boolean;
+  /** LoRA rank. Default 16 (TRL's ModelConfig.lora_r). */
+  loraR?: number;
+  /** LoRA alpha. Default 32 (TRL's ModelConfig.lora_alpha); scale alpha / r. */
+  loraAlpha?: number;
+  /** LoRA dropout; only 0 is supported by the engine. Default 0. */
+  loraDropout?: number;
+  /** PEFT module names, or 'all-linear'. Default: every linear module (all-linear). */
+  loraTargets?: readonly string[] | 'all-linear';
+  /** rsLoRA scaling alpha / sqrt(r). Default false. */
+  rslora?: boolean;
+  /** 'adamw' (torch.optim.AdamW) or 'sgd'. Default 'adamw'. */
+  optimizer?: 'adamw' | 'sgd';
+  /** Peak learning rate. Default 2e-4 with LoRA, 2e-5 with full training (TRL's SFTConfig). */
+  lr?: number;
+  /** AdamW betas and epsilon. Defaults 0.9, 0.999, 1e-8 (TrainingArguments). */
+  adamBeta1?: number;
+  adamBeta2?: number;
+  adamEpsilon?: number;
+  /** SGD momentum. Default 0. */
+  momentum?: number;
+  /** Decoupled weight decay (biases and norm weights exempt). Default 0 (TrainingArguments). */
+  weightDecay?: number;
+  /** Global gradient-norm clipping; 0 disables. Default 1.0 (TrainingArguments). */
+  maxGradNorm?: number;
+  /** 'constant', 'linear' or 'cosine' (transformers' get_scheduler). Default 'linear'. */
+  lrSchedule?: LrScheduleKind;
+  /** Linear warmup steps. Default 0. */
+  warmupSteps?: number;
+  /** Optimizer steps; > 0 overrides epochs (TrainingArguments.max_steps). Default 0 (use epochs). */
+  steps?: number;
+  /** Passes over the training rows. Default 3 (TrainingArguments.num_train_epochs). */
+  epochs?: number;
+  /** Rows per micro-batch. Default 8. */
+  batchSize?: number;
+  /** Micro-batches per optimizer step. Default 1. */
+  gradAccum?: number;
+  /** Rows are cut to this many tokens (and to the model's context). Default 1024 (TRL's max_length). */
+  maxLen?: number;
+  /** LoRA initialisation, shuffling and the eval split. Default 42 (TrainingArguments). */
+  seed?: number;
+  /** Shuffle rows each epoch (seeded). Default false: file order. */
+  shuffle?: boolean;
+  /** Held-out JSONL evaluated for eval loss. Default none. */
+  evalData?: string | null;
+  /** Hold out this fraction of the training rows (seeded) instead. Default 0. */
+  evalFraction?: number;
+  /** Evaluate every N steps (and always at the end); 0: only at the end. Default 0. */
+  evalSteps?: number;
+  /** Eval micro-batch rows. Default batchSize. */
+  evalBatchSize?: number;
+  /** 'auto' | 'cpu' | 'cuda'. Default 'auto'. */
+  device?: 'auto' | 'cpu' | 'cuda';
+}
+
+/** The config with every default filled in (what sft_config.json records). */
+export type ResolvedSftConfig = Required<Omit<SftConfig, 'adapter' | 'evalData' | 'loraTargets'>> & {
+  adapter: string | null;
+  evalData: string | null;
+  loraTargets: string[] | 'all-linear';
+};
+
+export const SFT_DEFAULTS = {
+  full: false,
+  loraR: 16,
+  loraAlpha: 32,
+  loraDropout: 0,
+  loraTargets: 'all-linear' as const,
+  rslora: false,
+  optimizer: 'adamw' as const,
+  lrLora: 2e-4,
+  lrFull: 2e-5,
+  adamBeta1: 0.9,
+  adamBeta2: 0.999,
+  adamEpsilon: 1e-8,
+  momentum: 0,
+  weightDecay: 0,
+  maxGradNorm: 1,
+  lrSchedule: 'linear' as const,
+  warmupSteps: 0,
+  steps: 0,
+  epochs: 3,
+  batchSize: 8,
+  gradAccum: 1,
+  maxLen: 1024,
+  seed: 42,
+  shuffle: false,
+  evalFraction: 0,
+  evalSteps: 0,
+  device: 'auto' as const,
+};
+
+/** One line of metrics.jsonl. */
+export interface SftStepMetrics {
+  step: number;
+  /** Epochs completed (fractional). */
+  epoch: number;
+  /** Token-weighted mean NLL of the step's target tokens. */
+  loss: number;
+  /** Learning rate this step ran with. */
+  lr: number;
+  /** Global gradient norm before clipping. */
+  grad_norm: number;
+  /** Target (loss) tokens in the step. */
+  tokens: number;
+  /** Real input tokens (forward + backward) of the step. */
+  input_tokens: number;
+  /** input_tokens / seconds of the step (forward, loss, backward, optimizer). */
+  tokens_per_sec: number;
+  /** Seconds since training began. */
+  elapsed_s: number;
+  /** Present on steps where the eval set was scored. */
+  eval_loss?: number;
+  eval_tokens?: number;
+}
+
+export interface SftHooks {
+  /** Called after every step (with eval_loss on eval steps). */
+  onStep?: (m: SftStepMetrics, info: { totalSteps: number }) => void;
+  /** Informational lines (data summary, interrupt notices). */
+  log?: (line: string) => void;
+  /** Stop after the current step when aborted (then save, as on SIGINT). */
+  signal?: AbortSignal;
+  /** Install a SIGINT handler for the run (default true): first ^C finishes the step and saves, a second exits (130). */
+  handleSigint?: boolean;
+  /** Return the model and trainer without disposing them (the caller disposes the model). */
+  keepModel?: boolean;
+}
+
+export interface SftResult {
+  out: string;
+  /** 'adapter' (PEFT LoRA folder) or 'model' (full Hugging Face folder). */
+  saved: 'adapter' | 'model';
+  steps: number;
+  totalSteps: number;
+  epochs: number;
+  /** Stopped early by SIGINT or the abort signal (the output was still saved). */
+  interrupted: boolean;
+  initialLoss: number | null;
+  finalLoss: number | null;
+  evalLoss: number | null;
+  trainableParameters: number;
+  trainRows: number;
+  evalRows: number;
+  data: SftDataStats;
+  seconds: number;
+  tokensPerSec: number;
+  metricsFile: string;
+  config: ResolvedSftConfig;
+  model?: Model;
+  trainer?: Trainer;
+}
+
+function arg(ok: boolean, msg: string): void {
+  if (!ok) throw new RlhfError('E_ARGUMENT', msg);
+}
+const posInt = (x: number) => Number.isInteger(x) && x > 0;
+const nonNegInt = (x: number) => Number.isInteger(x) && x >= 0;
+const finite = (x: number) => typeof x === 'number' && Number.isFinite(x);
+
+/** Fills in the defaults and checks every value (E_ARGUMENT naming the option; E_UNSUPPORTED for LoRA dropout). */
+export function resolveSftConfig(cfg: SftConfig): ResolvedSftConfig {
+  for (const k of ['model', 'data', 'out'] as const) arg(typeof cfg[k] === 'string' && cfg[k].length > 0, `--${k} is required`);
+  const full = cfg.full ?? SFT_DEFAULTS.full;
+  const loraGiven = (['loraR', 'loraAlpha', 'loraTargets', 'rslora'] as const).filter((k) => cfg[k] !== undefined);
+  const flag = (k: string) => '--' + k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
+  const loraDropout = cfg.loraDropout ?? SFT_DEFAULTS.loraDropout;
+  arg(finite(loraDropout) && loraDropout >= 0 && loraDropout < 1, `--lora-dropout must be in [0, 1), got ${loraDropout}`);
+  if (loraDropout > 0)
+    throw new RlhfError('E_UNSUPPORTED', `--lora-dropout ${loraDropout}: LoRA dropout is not supported by the engine yet; use --lora-dropout 0 (the default)`);
+  if (full) {
+    arg(!cfg.adapter, '--adapter and --full cannot be combined (full training trains the base weights; merge the adapter first)');
+    arg(loraGiven.length === 0, `${loraGiven.map(flag).join(', ')} only apply to LoRA training, not --full`);
+  }
+  if (cfg.adapter) arg(loraGiven.length === 0, `${loraGiven.map(flag).join(', ')} cannot be given with --adapter: r, alpha and targets come from the adapter's adapter_config.json`);
+  const optimizer = cfg.optimizer ?? SFT_DEFAULTS.optimizer;
+  arg(optimizer === 'adamw' || optimizer === 'sgd', `--optimizer must be adamw or sgd, got ${optimizer}`);
+  const lrScheduleKind = cfg.lrSchedule ?? SFT_DEFAULTS.lrSchedule;
+  arg((LR_SCHEDULES as readonly string[]).includes(lrScheduleKind), `--lr-schedule must be one of ${LR_SCHEDULES.join(', ')}, got ${lrScheduleKind}`);
+  const r: ResolvedSftConfig = {
+    model: cfg.model,
+    data: cfg.data,
+    out: cfg.out,
+    adapter: cfg.adapter ?? null,
+    full,
+    loraR: cfg.loraR ?? SFT_DEFAULTS.loraR,
+    loraAlpha: cfg.loraAlpha ?? SFT_DEFAULTS.loraAlpha,
+    loraDropout,
+    loraTargets: cfg.loraTargets === undefined || cfg.loraTargets === 'all-linear' ? 'all-linear' : [...cfg.loraTargets],
+    rslora: cfg.rslora ?? SFT_DEFAULTS.rslora,
+    optimizer,
+    lr: cfg.lr ?? (full ? SFT_DEFAULTS.lrFull : SFT_DEFAULTS.lrLora),
+    adamBeta1: cfg.adamBeta1 ?? SFT_DEFAULTS.adamBeta1,
+    adamBeta2: cfg.adamBeta2 ?? SFT_DEFAULTS.adamBeta2,
+    adamEpsilon: cfg.adamEpsilon ?? SFT_DEFAULTS.adamEpsilon,
+    momentum: cfg.momentum ?? SFT_DEFAULTS.momentum,
+    weightDecay: cfg.weightDecay ?? SFT_DEFAULTS.weightDecay,
+    maxGradNorm: cfg.maxGradNorm ?? SFT_DEFAULTS.maxGradNorm,
+    lrSchedule: lrScheduleKind,
+    warmupSteps: cfg.warmupSteps ?? SFT_DEFAULTS.warmupSteps,
+    steps: cfg.steps ?? SFT_DEFAULTS.steps,
+    epochs: cfg.epochs ?? SFT_DEFAULTS.epochs,
+    batchSize: cfg.batchSize ?? SFT_DEFAULTS.batchSize,
+    gradAccum: cfg.gradAccum ?? SFT_DEFAULTS.gradAccum,
+    maxLen: cfg.maxLen ?? SFT_DEFAULTS.maxLen,
+    seed: cfg.seed ?? SFT_DEFAULTS.seed,
+    shuffle: cfg.shuffle ?? SFT_DEFAULTS.shuffle,
+    evalData: cfg.evalData ?? null,
+    evalFraction: cfg.evalFraction ?? SFT_DEFAULTS.evalFraction,
+    evalSteps: cfg.evalSteps ?? SFT_DEFAULTS.evalSteps,
+    evalBatchSize: cfg.evalBatchSize ?? cfg.batchSize ?? SFT_DEFAULTS.batchSize,
+    device: cfg.device ?? SFT_DEFAULTS.device,
+  };
+  arg(posInt(r.loraR), `--lora-r must be a positive integer, got ${r.loraR}`);
+  arg(finite(r.loraAlpha) && r.loraAlpha > 0, `--lora-alpha must be a positive number, got ${r.loraAlpha}`);
+  arg(r.loraTargets === 'all-linear' || r.loraTargets.length > 0, '--lora-targets must name at least one module (or all-linear)');
+  arg(finite(r.lr) && r.lr >= 0, `--lr must be a number >= 0, got ${r.lr}`);
+  arg(finite(r.adamBeta1) && r.adamBeta1 >= 0 && r.adamBeta1 < 1, `--adam-beta1 must be in [0, 1), got ${r.adamBeta1}`);
+  arg(finite(r.adamBeta2) && r.adamBeta2 >= 0 && r.adamBeta2 < 1, `--adam-beta2 must be in [0, 1), got ${r.adamBeta2}`);
+  arg(finite(r.adamEpsilon) && r.adamEpsilon > 0, `--adam-epsilon must be > 0, got ${r.adamEpsilon}`);
+  arg(finite(r.momentum) && r.momentum >= 0 && r.momentum < 1, `--momentum must be in [0, 1), got ${r.momentum}`);
+  arg(finite(r.weightDecay) && r.weightDecay >= 0, `--weight-decay must be >= 0, got ${r.weightDecay}`);
+  arg(finite(r.maxGradNorm) && r.maxGradNorm >= 0, `--max-grad-norm must be >= 0 (0 disables clipping), got ${r.maxGradNorm}`);
+  arg(nonNegInt(r.warmupSteps), `--warmup-steps must be a non-negative integer, got ${r.warmupSteps}`);
+  arg(nonNegInt(r.steps), `--steps must be a non-negative integer (0: use --epochs), got ${r.steps}`);
+  arg(finite(r.epochs) && r.epochs > 0, `--epochs must be a positive number, got ${r.epochs}`);
+  arg(posInt(r.batchSize), `--batch-size must be a positive integer, got ${r.batchSize}`);
+  arg(posInt(r.gradAccum), `--grad-accum must be a positive integer, got ${r.gradAccum}`);
+  arg(Number.isInteger(r.maxLen) && r.maxLen >= 2, `--max-len must be an integer >= 2, got ${r.maxLen}`);
+  arg(nonNegInt(r.seed), `--seed must be a non-negative integer, got ${r.seed}`);
+  arg(finite(r.evalFraction) && r.evalFraction >= 0 && r.evalFraction < 1, `--eval-fraction must be in [0, 1), got ${r.evalFraction}`);
+  arg(!(r.evalFraction > 0 && r.evalData), '--eval-fraction and --eval-data cannot be combined');
+  arg(nonNegInt(r.evalSteps), `--eval-steps must be a non-negative integer, got ${r.evalSteps}`);
+  arg(posInt(r.evalBatchSize), `--eval-batch-size must be a positive integer, got ${r.evalBatchSize}`);
+  arg(['auto', 'cpu', 'cuda'].includes(r.device), `--device must be auto, cpu or cuda, got ${r.device}`);
+  arg(path.resolve(r.out) !== path.resolve(r.model), '--out must differ from --model (the base model folder is never overwritten)');
+  return r;
+}
+
+/** Masked NLL and its gradient through the native `sft_loss` op. */
+export function sftLoss(logp: Float32Array, mask: Float32Array, denom: number, withGrad = true): { loss: number; dlogp?: Float32Array; tokens: number; nllSum: number } {
+  const n = mask.length;
+  const loss = new Float32Array(1), stats = new Float32Array(2);
+  const dlogp = withGrad ? new Float32Array(n) : undefined;
+  callNative(() => native().runOp('sft_loss', { n, logp, mask, denom, loss, dlogp, stats }));
+  return { loss: loss[0], dlogp, tokens: stats[0], nllSum: stats[1] };
+}
+
+/**
+ * Transformers' Trainer exempts biases and LayerNorm/RMSNorm weights from
+ * weight decay; by name: ending in '.bias' or containing 'norm' or 'ln_'.
+ */
+export function noDecayNames(names: readonly string[]): string[] {
+  return names.filter((n) => n.endsWith('.bias') || n.includes('norm') || n.includes('ln_'));
+}
+
+/** Token-weighted mean NLL of `examples` under the model's current weights. */
+export async function evaluateSft(model: Model, examples: readonly SftExample[], batchSize: number): Promise<{ loss: number; tokens: number }> {
+  let nll = 0, tokens = 0;
+  for (let i = 0; i < examples.length; i += batchSize) {
+    const rows = examples.slice(i, i + batchSize);
+    const f = await model.forward({ inputIds: rows.map((e) => e.ids), logp: true });
+    rows.forEach((e, b) => {
+      const r = sftLoss(f.logp![b].subarray(0, e.lossMask.length), e.lossMask, 0, false);
+      nll += r.nllSum;
+      tokens += r.tokens;
+    });
+  }
+  return { loss: tokens > 0 ? nll / tokens : 0, tokens };
+}
+
+function fmtRows(s: SftDataStats): string {
+  const formats = Object.entries(s.formats).map(([k, v]) => `${v} ${k}`).join(', ');
+  return `${s.rows} rows (${formats}), ${s.tokens} tokens, ${s.targets} target tokens` + (s.truncatedRows ? `, ${s.truncatedRows} truncated` : '') + (s.noTargetRows ? `, ${s.noTargetRows} with no target token` : '');
+}
+
+export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<SftResult> {
+  const cfg = resolveSftConfig(config);
+  const log = hooks.log ?? (() => {});
+  if (fs.existsSync(cfg.out) && !fs.statSync(cfg.out).isDirectory()) throw new RlhfError('E_ARGUMENT', `--out ${cfg.out} exists and is not a folder`, { where: cfg.out });
+  if (cfg.adapter) readAdapterConfig(cfg.adapter); // fail early on a bad adapter folder
+
+  const model = await loadModel(cfg.model, { device: cfg.device });
+  let keep = false;
+  try {
+    if (model.config.head !== 'lm') throw new RlhfError('E_MODEL', `${cfg.model}: SFT needs a causal LM head (this is a ${model.config.architecture})`, { where: cfg.model });
+    const trainer = model.trainer();
+    let trainableParameters: number;
+    if (cfg.full) {
+      trainer.enableFullTraining();
+      trainableParameters = trainer.trainable().reduce((s, t) => s + t.shape.reduce((a, b) => a * b, 1), 0);
+    } else if (cfg.adapter) {
+      trainableParameters = trainer.loadLora(cfg.adapter).parameters;
+    } else {
+      const targets = cfg.loraTargets === 'all-linear' ? (model.config.arch === 'gpt2' ? GPT2_LORA_TARGETS : LLAMA_LORA_TARGETS) : cfg.loraTargets;
+      trainableParameters = trainer.createLora({ r: cfg.loraR, alpha: cfg.loraAlpha, rslora: cfg.rslora, targets, seed: cfg.seed }).parameters;
+    }
+    const noDecay = cfg.full ? noDecayNames(trainer.trainable().map((t) => t.name)) : [];
+
+    // Data.
+    const maxLen = Math.min(cfg.maxLen, model.config.maxSequenceLength);
+    let tok: Tokenizer | undefined;
+    const dataOpts = { tokenizer: () => (tok ??= loadTokenizer(cfg.model)), maxLen, vocabSize: model.config.vocabSize, fallbackEosTokenId: model.config.eosTokenIds[0] ?? null };
+    const data = loadSftData(cfg.data, dataOpts);
+    let train = data.examples, evalSet: SftExample[] = [];
+    if (cfg.evalFraction > 0) {
+      const split = splitEval(data.examples.length, cfg.evalFraction, cfg.seed);
+      train = split.train.map((i) => data.examples[i]);
+      evalSet = split.eval.map((i) => data.examples[i]);
+    } else if (cfg.evalData) {
+      evalSet = loadSftData(cfg.evalData, dataOpts).examples;
+    }
+    log(`sft: ${cfg.data}: ${fmtRows(data.stats)}; max length ${maxLen}`);
+    if (evalSet.length) log(`sft: eval on ${evalSet.length} rows${cfg.evalData ? ` of ${cfg.evalData}` : ` held out (--eval-fraction ${cfg.evalFraction})`}`);
+
+    const spe = stepsPerEpoch(train.length, cfg.batchSize, cfg.gradAccum);
+    const totalSteps = cfg.steps > 0 ? cfg.steps : Math.max(1, Math.ceil(cfg.epochs * spe));
+    const lrAt = lrSchedule({ kind: cfg.lrSchedule, lr: cfg.lr, warmupSteps: cfg.warmupSteps, totalSteps });
+    log(
+      `sft: ${cfg.full ? 'full training' : cfg.adapter ? `continuing the LoRA adapter ${cfg.adapter}` : `LoRA r ${cfg.loraR} alpha ${cfg.loraAlpha}`}, ` +
+        `${trainableParameters} trainable parameters; ${totalSteps} steps of ${cfg.batchSize} x ${cfg.gradAccum} rows (${spe} per epoch)`,
+    );
+
+    fs.mkdirSync(cfg.out, { recursive: true });
+    const metricsFile = path.join(cfg.out, 'metrics.jsonl');
+    const metricsFd = fs.openSync(metricsFile, 'w');
+
+    // Interrupts: finish the current step, then save.
+    let stop = false;
+    const requestStop = (why: string) => {
+      if (!stop) log(`sft: ${why}: finishing the current step, then saving${why === 'interrupted' ? ' (press Ctrl-C again to exit without saving)' : ''}`);
+      stop = true;
+    };
+    const onSigint = () => {
+      if (stop) {
+        process.stderr.write('sft: interrupted again: exiting without saving\n');
+        process.exit(130);
+      }
+      requestStop('interrupted');
+    };
+    const onAbort = () => requestStop('aborted');
+    if (hooks.handleSigint ?? true) process.on('SIGINT', onSigint);
+    hooks.signal?.addEventListener('abort', onAbort);
+    if (hooks.signal?.aborted) onAbort();
+
+    let steps = 0, epochs = 0, initialLoss: number | null = null, finalLoss: number | null = null, evalLoss: number | null = null;
+    let lastEvalStep = -1, tokensSeen = 0;
+    const t0 = performance.now();
+    try {
+      trainer.zeroGrad();
+      for (const st of planSteps(train.length, totalSteps, { batchSize: cfg.batchSize, gradAccum: cfg.gradAccum, shuffle: cfg.shuffle, seed: cfg.seed })) {
+        if (stop) break;
+        const ts = performance.now();
+        const batches = st.micro.map((rows) => packSftBatch(rows.map((i) => train[i])));
+        const denom = batches.reduce((s, b) => s + b.targets, 0);
+        let nll = 0, inputTokens = 0;
+        for (const b of batches) {
+          const f = (await trainer.forward({ inputIds: b.inputIds })) as ForwardOutput & { flat: NativeForwardResult };
+          const r = sftLoss(f.flat.logp!, b.mask, denom);
+          nll += r.nllSum;
+          inputTokens += b.tokens;
+          await trainer.backward({ dlogp: r.dlogp });
+        }
+        const loss = denom > 0 ? nll / denom : 0;
+        if (!Number.isFinite(loss))
+          throw new RlhfError('E_ARGUMENT', `the loss is ${loss} at step ${st.step} (training diverged); try a lower --lr or --max-grad-norm`);
+        const lr = lrAt(st.step - 1);
+        const s = await trainer.step({
+          optimizer: cfg.optimizer,
+          lr,
+          beta1: cfg.adamBeta1,
+          beta2: cfg.adamBeta2,
+          eps: cfg.adamEpsilon,
+          momentum: cfg.momentum,
+          weightDecay: cfg.weightDecay,
+          maxGradNorm: cfg.maxGradNorm,
+          noDecay,
+        });
+        trainer.zeroGrad();
+        const seconds = (performance.now() - ts) / 1000;
+        steps = st.step;
+        epochs = st.epochProgress;
+        tokensSeen += inputTokens;
+        initialLoss ??= loss;
+        finalLoss = loss;
+        const m: SftStepMetrics = {
+          step: st.step,
+          epoch: Number(st.epochProgress.toFixed(4)),
+          loss,
+          lr,
+          grad_norm: s.gradNorm,
+          tokens: denom,
+          input_tokens: inputTokens,
+          tokens_per_sec: seconds > 0 ? inputTokens / seconds : 0,
+          elapsed_s: (performance.now() - t0) / 1000,
+        };
+        const last = st.step === totalSteps || stop;
+        if (evalSet.length && ((cfg.evalSteps > 0 && st.step % cfg.evalSteps === 0) || last)) {
+          const e = await evaluateSft(model, evalSet, cfg.evalBatchSize);
+          m.eval_loss = evalLoss = e.loss;
+          m.eval_tokens = e.tokens;
+          lastEvalStep = st.step;
+        }
+        fs.writeSync(metricsFd, JSON.stringify(m) + '\n');
+        hooks.onStep?.(m, { totalSteps });
+      }
+      // An interrupt that arrived during the last step's eval-free tail: evaluate what is saved.
+      if (evalSet.length && lastEvalStep !== steps) evalLoss = (await evaluateSft(model, evalSet, cfg.evalBatchSize)).loss;
+
+      if (cfg.full) trainer.saveModel(cfg.out, cfg.model);
+      else trainer.saveLora(cfg.out, path.resolve(cfg.model));
+    } finally {
+      fs.closeSync(metricsFd);
+      process.off('SIGINT', onSigint);
+      hooks.signal?.removeEventListener('abort', onAbort);
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    const interrupted = stop && steps < totalSteps;
+    fs.writeFileSync(
+      path.join(cfg.out, 'sft_config.json'),
+      JSON.stringify({ rlhf_native_version: packageVersion(), ...cfg, total_steps: totalSteps, steps_done: steps, interrupted }, null, 2) + '\n',
+    );
+    const result: SftResult = {
+      out: cfg.out,
+      saved: cfg.full ? 'model' : 'adapter',
+      steps,
+      totalSteps,
+      epochs,
+      interrupted,
+      initialLoss,
+      finalLoss,
+      evalLoss,
+      trainableParameters,
+      trainRows: train.length,
+      evalRows: evalSet.length,
+      data: data.stats,
+      seconds,
+      tokensPerSec: seconds > 0 ? tokensSeen / seconds : 0,
+      metricsFile,
+      config: cfg,
+    };
+    if (hooks.keepModel) {
+      keep = true;
+      result.model = model;
+      result.trainer = trainer;
+    }
+    return result;
+  } finally {
+    if (!keep) model.dispose();
+  }
+}
