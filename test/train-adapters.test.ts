@@ -21,7 +21,7 @@ async function oneStep(model: Awaited<ReturnType<typeof loadModel>>, ids: number
   native().runOp('sft_loss', { n, logp: f.flat.logp, loss, dlogp });
   await tr.backward({ dlogp });
   await tr.step({ optimizer: 'adamw', lr: 0.05 });
-  tr.zeroGrad();
+  await tr.zeroGrad();
   return loss[0];
 }
 
@@ -37,7 +37,7 @@ for (const [arch, caseName] of [['llama', 'llama_lora_adamw_all7'], ['gpt2', 'gp
     const ids = [[5, 17, 33, 2, 41, 9, 11, 60, 7, 3, 28, 19]];
     await oneStep(model, ids); // B leaves zero, so the adapter now changes the model
     const out = path.join(tmp, 'adapter');
-    tr.saveLora(out, base);
+    await tr.saveLora(out, base);
     // Tensor names, shapes and dtypes exactly as the PEFT-layout reference.
     const a = openSafetensors(path.join(out, 'adapter_model.safetensors'));
     const b = openSafetensors(path.join(ref, 'adapter_model.safetensors'));
@@ -102,8 +102,8 @@ t.test('a checkpoint (adapter + optimizer state) resumes exactly', async (t) => 
   const b = await loadModel(base, { device: 'cpu' });
   b.trainer().createLora({ r: 4, alpha: 8, seed: 3 });
   await oneStep(b, ids);
-  b.trainer().saveLora(path.join(tmp, 'ckpt'));
-  b.trainer().saveOptimizerState(path.join(tmp, 'ckpt', 'optimizer.safetensors'));
+  await b.trainer().saveLora(path.join(tmp, "ckpt"));
+  await b.trainer().saveOptimizerState(path.join(tmp, 'ckpt', 'optimizer.safetensors'));
   b.dispose();
   const c = await loadModel(base, { device: 'cpu' });
   c.trainer().loadLora(path.join(tmp, 'ckpt'));
@@ -138,7 +138,7 @@ t.test('LoRA dropout: gradients match finite differences under a fixed mask', as
     return { s, f };
   };
   const { f } = await lossAt(7);
-  tr.zeroGrad();
+  await tr.zeroGrad();
   await tr.backward({ dlogp: new Float32Array(f.flat.logp.length).fill(1) }); // d(sum logp)
   const inference = (await model.forward({ inputIds: ids })).logp![0];
   t.notSame(Array.from(inference), Array.from(f.flat.logp), 'dropout is active in the training forward only');

@@ -135,7 +135,8 @@ export class Trainer {
     });
   }
 
-  zeroGrad(): void {
+  /** Zeroes the gradients of the active trainable set (one memset). */
+  async zeroGrad(): Promise<void> {
     callNative(() => this.handle.zeroGrad());
   }
 
@@ -151,7 +152,7 @@ export class Trainer {
    * Writes the (fully fine-tuned) base weights as a Hugging Face model folder:
    * model.safetensors (F32) plus the source folder's config and tokenizer files.
    */
-  saveModel(dir: string, sourceDir: string): void {
+  async saveModel(dir: string, sourceDir: string): Promise<void> {
     fs.mkdirSync(dir, { recursive: true });
     callNative(() => this.handle.saveWeights(path.join(dir, 'model.safetensors')));
     for (const f of ['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'chat_template.jinja']) {
@@ -175,7 +176,7 @@ export class Trainer {
   }
 
   /** AdamW moments (or SGD momentum) and the step count, for resuming exactly. */
-  saveOptimizerState(file: string): void {
+  async saveOptimizerState(file: string): Promise<void> {
     callNative(() => this.handle.saveOptimizerState(file));
   }
 
@@ -184,7 +185,7 @@ export class Trainer {
   }
 
   /** Writes the adapter in PEFT's layout (adapter_config.json + adapter_model.safetensors). */
-  saveLora(dir: string, baseModel: string | null = null): void {
+  async saveLora(dir: string, baseModel: string | null = null): Promise<void> {
     const lora = this.active !== null ? this.loras.get(this.active) : undefined;
     if (!lora) throw new RlhfError('E_ARGUMENT', 'saveLora: no adapter is active');
     fs.mkdirSync(dir, { recursive: true });
