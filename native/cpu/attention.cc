@@ -104,50 +104,76 @@ void CpuBackend::kv_attention(const KvAttentionOp& op) {
 }
 
 void CpuBackend::attention_backward(const AttentionBackwardOp& op) {
+  // Blocked like the forward: per (sequence, kv head) task, for each head of
+  // the group and each block of queries, recompute P = exp(S - lse) from the
+  // saved log-sum-exp, then with small GEMMs
+  //   dP = dO V^T,  dS = P * (dP - rowsum(dO * O)),
+  //   dQ = scale dS K,  dK += scale dS^T Q,  dV += P^T dO.
+  // The task owns dk/dv of its kv head, so no two tasks write the same row.
   const VecKernels& v = vec();
   const int64_t group = op.heads / op.kv_heads, D = op.head_dim, T = op.seq;
-  // One task per (sequence, kv head): it owns dk/dv of that kv head, which all
-  // the query heads of its group add into, so no two tasks write the same row.
-  std::vector<std::vector<float>> scratch(static_cast<size_t>(pool_.size()), std::vector<float>(static_cast<size_t>(2 * T)));
+  const size_t per_thread = static_cast<size_t>(2 * kQueryBlock * T + 3 * T * D + kQueryBlock);
+  std::vector<std::vector<float>> scratch(static_cast<size_t>(pool_.size()), std::vector<float>(per_thread));
   pool_.parallel_for(op.batch * op.kv_heads, [&](int64_t task, int thread) {
     const int64_t b = task / op.kv_heads, kvh = task % op.kv_heads;
-    float* p = scratch[static_cast<size_t>(thread)].data();
-    float* ds = p + T;
+    float* P = scratch[static_cast<size_t>(thread)].data();  // [rows, keys]
+    float* dP = P + kQueryBlock * T;                          // [rows, keys]
+    float* dK = dP + kQueryBlock * T;                         // [T, D] accumulated over the group
+    float* dV = dK + T * D;                                   // [T, D]
+    float* dQ = dV + T * D;                                   // [rows, D]
+    float* Dt = dQ + T * D;                                   // [rows]
+    std::fill(dK, dK + 2 * T * D, 0.f);
     const uint8_t* mask = op.mask ? op.mask + b * T : nullptr;
-    for (int64_t s = 0; s < T; ++s) {
-      std::memset(op.dk + (b * T + s) * op.ldk + kvh * D, 0, sizeof(float) * D);
-      std::memset(op.dv + (b * T + s) * op.ldv + kvh * D, 0, sizeof(float) * D);
-    }
+    const float* kb = op.k + b * T * op.ldk + kvh * D;
+    const float* vb = op.v + b * T * op.ldv + kvh * D;
     for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t row = b * T + t;
-        const float* q = op.q + row * op.ldq + h * D;
-        float* dq = op.dq + row * op.ldq + h * D;
-        std::memset(dq, 0, sizeof(float) * D);
-        if (mask && !mask[t]) continue;
-        const float lse = op.lse[(b * op.heads + h) * T + t];
-        const float* o = op.out + row * op.ldo + h * D;
-        const float* dout = op.dout + row * op.ldo + h * D;
-        const float Dt = v.dot(dout, o, D);
-        for (int64_t s = 0; s <= t; ++s) {
-          if (mask && !mask[s]) {
-            p[s] = 0.f;
-            ds[s] = 0.f;
+      for (int64_t t0 = 0; t0 < T; t0 += kQueryBlock) {
+        const int64_t t1 = std::min(T, t0 + kQueryBlock), rows = t1 - t0, keys = t1;
+        const float* qb = op.q + (b * T + t0) * op.ldq + h * D;
+        const float* ob = op.out + (b * T + t0) * op.ldo + h * D;
+        const float* dob = op.dout + (b * T + t0) * op.ldo + h * D;
+        GemmArgs qk;  // S = Q K^T
+        qk.trans_b = true;
+        qk.m = rows, qk.n = keys, qk.k = D, qk.a = qb, qk.lda = op.ldq, qk.b = kb, qk.ldb = op.ldk, qk.c = P, qk.ldc = keys;
+        gemm_f32_serial(qk);
+        GemmArgs dpv;  // dP = dO V^T
+        dpv.trans_b = true;
+        dpv.m = rows, dpv.n = keys, dpv.k = D, dpv.a = dob, dpv.lda = op.ldo, dpv.b = vb, dpv.ldb = op.ldv, dpv.c = dP, dpv.ldc = keys;
+        gemm_f32_serial(dpv);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t t = t0 + r;
+          float* p = P + r * keys;
+          float* dp = dP + r * keys;
+          if (mask && !mask[t]) {  // padded query: no gradient anywhere
+            std::fill(p, p + keys, 0.f);
+            std::fill(dp, dp + keys, 0.f);
             continue;
           }
-          const float* k = op.k + (b * T + s) * op.ldk + kvh * D;
-          const float* vv = op.v + (b * T + s) * op.ldv + kvh * D;
-          p[s] = std::exp(v.dot(q, k, D) * op.scale - lse);
-          ds[s] = p[s] * (v.dot(dout, vv, D) - Dt);
+          const float lse = op.lse[(b * op.heads + h) * T + t];
+          for (int64_t s = 0; s < keys; ++s) p[s] = (s > t || (mask && !mask[s])) ? -INFINITY : p[s] * op.scale;
+          v.exp_shift(p, lse, p, keys);  // P = exp(S - lse); masked -> 0
+          Dt[r] = v.dot(dob + r * op.ldo, ob + r * op.ldo, D);
+          for (int64_t s = 0; s < keys; ++s) dp[s] = p[s] * (dp[s] - Dt[r]) * op.scale;  // dS, with the scale folded in
         }
-        for (int64_t s = 0; s <= t; ++s) {
-          if (p[s] == 0.f && ds[s] == 0.f) continue;
-          const int64_t srow = b * T + s;
-          v.axpy(ds[s] * op.scale, op.k + srow * op.ldk + kvh * D, dq, D);
-          v.axpy(ds[s] * op.scale, q, op.dk + srow * op.ldk + kvh * D, D);
-          v.axpy(p[s], dout, op.dv + srow * op.ldv + kvh * D, D);
-        }
+        GemmArgs gq;  // dQ = dS K
+        gq.m = rows, gq.n = D, gq.k = keys, gq.a = dP, gq.lda = keys, gq.b = kb, gq.ldb = op.ldk, gq.c = dQ, gq.ldc = D;
+        gemm_f32_serial(gq);
+        for (int64_t r = 0; r < rows; ++r) std::memcpy(op.dq + (b * T + t0 + r) * op.ldq + h * D, dQ + r * D, sizeof(float) * D);
+        GemmArgs gk;  // dK += dS^T Q
+        gk.trans_a = true;
+        gk.m = keys, gk.n = D, gk.k = rows, gk.a = dP, gk.lda = keys, gk.b = qb, gk.ldb = op.ldq, gk.c = dK, gk.ldc = D;
+        gk.accumulate = true;
+        gemm_f32_serial(gk);
+        GemmArgs gv;  // dV += P^T dO
+        gv.trans_a = true;
+        gv.m = keys, gv.n = D, gv.k = rows, gv.a = P, gv.lda = keys, gv.b = dob, gv.ldb = op.ldo, gv.c = dV, gv.ldc = D;
+        gv.accumulate = true;
+        gemm_f32_serial(gv);
       }
+    }
+    for (int64_t s = 0; s < T; ++s) {
+      std::memcpy(op.dk + (b * T + s) * op.ldk + kvh * D, dK + s * D, sizeof(float) * D);
+      std::memcpy(op.dv + (b * T + s) * op.ldv + kvh * D, dV + s * D, sizeof(float) * D);
     }
   });
 }

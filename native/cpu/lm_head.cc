@@ -79,6 +79,8 @@ void CpuBackend::value_head(const ValueHeadOp& op) {
 }
 
 void CpuBackend::lm_head_logp_backward(const LmHeadLogpBackwardOp& op) {
+  const VecKernels& v = vec();
+  std::vector<std::vector<float>> pbuf(static_cast<size_t>(pool_.size()), std::vector<float>(static_cast<size_t>(kVocabChunk)));
     const int64_t vc_max = std::min(kVocabChunk, op.vocab);
   std::vector<float> dz(static_cast<size_t>(std::min(kRowBlock, op.n) * vc_max));
   for (int64_t r0 = 0; r0 < op.n; r0 += kRowBlock) {
@@ -93,7 +95,7 @@ void CpuBackend::lm_head_logp_backward(const LmHeadLogpBackwardOp& op) {
       g.b_bf16 = op.weight_bf16 ? op.weight_bf16 + v0 * op.dim : nullptr;
       g.ldb = op.dim, g.c = dz.data(), g.ldc = vc;
       gemm(g);
-      pool_.parallel_for(rows, [&](int64_t r, int) {
+      pool_.parallel_for(rows, [&](int64_t r, int thread) {
         float* z = dz.data() + r * vc;
         const int64_t i = r0 + r;
         const int32_t target = op.targets[i];
@@ -104,11 +106,12 @@ void CpuBackend::lm_head_logp_backward(const LmHeadLogpBackwardOp& op) {
         const float lse = op.lse[i], gl = op.dlogp[i];
         const float ge = op.dentropy ? op.dentropy[i] : 0.f;
         const float shift = op.dentropy ? -lse + op.entropy[i] : 0.f;
+        float* p = pbuf[static_cast<size_t>(thread)].data();
+        v.scale(z, op.inv_temperature, z, vc);  // z = inv_t * logits
+        v.exp_shift(z, lse, p, vc);             // p = softmax(z) entries of this chunk
         for (int64_t j = 0; j < vc; ++j) {
-          const float zj = z[j] * op.inv_temperature;
-          const float p = std::exp(zj - lse);
-          float d = -gl * p;
-          if (ge != 0.f) d -= ge * p * (zj + shift);
+          float d = -gl * p[j];
+          if (ge != 0.f) d -= ge * p[j] * (z[j] + shift);
           z[j] = d * op.inv_temperature;  // chain rule through z = inv_t * h W^T
         }
         if (target >= v0 && target < v0 + vc) z[target - v0] += gl * op.inv_temperature;
