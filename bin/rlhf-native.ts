@@ -9,6 +9,7 @@ import * as train from './commands/train';
 import * as score from './commands/score';
 import * as generate from './commands/generate';
 import * as bench from './commands/bench';
+import * as sft from './commands/sft';
 import { packageVersion } from '../lib/info';
 
 async function main(): Promise<void> {
@@ -26,7 +27,7 @@ async function main(): Promise<void> {
     })
     .help()
     .wrap(Math.min(110, process.stdout.columns || 100));
-  for (const c of [train, info, inspect, init, score, generate, bench]) y = c.register(y);
+  for (const c of [train, info, inspect, init, score, generate, bench, sft]) y = c.register(y);
   await y.parseAsync();
 }
 

@@ -17,8 +17,9 @@ import { performance } from 'node:perf_hooks';
 import { callNative, RlhfError } from '../errors';
 import { native, type NativeForwardResult } from '../native';
 import { loadModel, type ForwardOutput, type Model } from '../engine/model';
-import { GPT2_LORA_TARGETS, LLAMA_LORA_TARGETS, type Trainer } from '../engine/train';
+import { GPT2_LORA_TARGETS, LLAMA_LORA_TARGETS, loraModules, type Trainer } from '../engine/train';
 import { readAdapterConfig } from '../model/peft';
+import { openModelFolder } from '../model/folder';
 import { loadTokenizer, type Tokenizer } from '../tokenizer/tokenizer';
 import { loadSftData, packSftBatch, planSteps, splitEval, stepsPerEpoch, type SftDataStats, type SftExample } from '../data/sft-data';
 import { LR_SCHEDULES, lrSchedule, type LrScheduleKind } from './schedule';
@@ -39,7 +40,7 @@ export interface SftConfig {
   loraR?: number;
   /** LoRA alpha. Default 32 (TRL's ModelConfig.lora_alpha); scale alpha / r. */
   loraAlpha?: number;
-  /** LoRA dropout; only 0 is supported by the engine. Default 0. */
+  /** PEFT lora_dropout on the adapter input while training (not with --adapter). Default 0 (PEFT's default). */
   loraDropout?: number;
   /** PEFT module names, or 'all-linear'. Default: every linear module (all-linear). */
   loraTargets?: readonly string[] | 'all-linear';
@@ -194,19 +195,25 @@ const posInt = (x: number) => Number.isInteger(x) && x > 0;
 const nonNegInt = (x: number) => Number.isInteger(x) && x >= 0;
 const finite = (x: number) => typeof x === 'number' && Number.isFinite(x);
 
-/** Fills in the defaults and checks every value (E_ARGUMENT naming the option; E_UNSUPPORTED for LoRA dropout). */
+/** Fills in the defaults and checks every value (E_ARGUMENT naming the option; E_UNSUPPORTED for dropout on a continued adapter). */
 export function resolveSftConfig(cfg: SftConfig): ResolvedSftConfig {
   for (const k of ['model', 'data', 'out'] as const) arg(typeof cfg[k] === 'string' && cfg[k].length > 0, `--${k} is required`);
   const full = cfg.full ?? SFT_DEFAULTS.full;
-  const loraGiven = (['loraR', 'loraAlpha', 'loraTargets', 'rslora'] as const).filter((k) => cfg[k] !== undefined);
+  const loraGiven: string[] = (['loraR', 'loraAlpha', 'loraTargets', 'rslora'] as const).filter((k) => cfg[k] !== undefined);
   const flag = (k: string) => '--' + k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
   const loraDropout = cfg.loraDropout ?? SFT_DEFAULTS.loraDropout;
   arg(finite(loraDropout) && loraDropout >= 0 && loraDropout < 1, `--lora-dropout must be in [0, 1), got ${loraDropout}`);
-  if (loraDropout > 0)
-    throw new RlhfError('E_UNSUPPORTED', `--lora-dropout ${loraDropout}: LoRA dropout is not supported by the engine yet; use --lora-dropout 0 (the default)`);
+  if (loraDropout > 0) {
+    if (cfg.adapter)
+      throw new RlhfError(
+        'E_UNSUPPORTED',
+        `--lora-dropout ${loraDropout} with --adapter: the engine continues a saved adapter without dropout (LoRA dropout is supported for new adapters only); drop --lora-dropout or start a new adapter`,
+      );
+    loraGiven.push('loraDropout');
+  }
   if (full) {
     arg(!cfg.adapter, '--adapter and --full cannot be combined (full training trains the base weights; merge the adapter first)');
-    arg(loraGiven.length === 0, `${loraGiven.map(flag).join(', ')} only apply to LoRA training, not --full`);
+    arg(loraGiven.length === 0, `LoRA options do not apply with --full: ${loraGiven.map(flag).join(', ')}`);
   }
   if (cfg.adapter) arg(loraGiven.length === 0, `${loraGiven.map(flag).join(', ')} cannot be given with --adapter: r, alpha and targets come from the adapter's adapter_config.json`);
   const optimizer = cfg.optimizer ?? SFT_DEFAULTS.optimizer;
@@ -222,7 +229,8 @@ export function resolveSftConfig(cfg: SftConfig): ResolvedSftConfig {
     loraR: cfg.loraR ?? SFT_DEFAULTS.loraR,
     loraAlpha: cfg.loraAlpha ?? SFT_DEFAULTS.loraAlpha,
     loraDropout,
-    loraTargets: cfg.loraTargets === undefined || cfg.loraTargets === 'all-linear' ? 'all-linear' : [...cfg.loraTargets],
+    loraTargets:
+      cfg.loraTargets === undefined || cfg.loraTargets === 'all-linear' || (cfg.loraTargets.length === 1 && cfg.loraTargets[0] === 'all-linear') ? 'all-linear' : [...cfg.loraTargets],
     rslora: cfg.rslora ?? SFT_DEFAULTS.rslora,
     optimizer,
     lr: cfg.lr ?? (full ? SFT_DEFAULTS.lrFull : SFT_DEFAULTS.lrLora),
@@ -273,6 +281,15 @@ export function resolveSftConfig(cfg: SftConfig): ResolvedSftConfig {
   return r;
 }
 
+function adapterDropout(dir: string): number {
+  try {
+    const d = JSON.parse(fs.readFileSync(path.join(dir, 'adapter_config.json'), 'utf8')).lora_dropout;
+    return typeof d === 'number' ? d : 0;
+  } catch {
+    return 0;
+  }
+}
+
 /** Masked NLL and its gradient through the native `sft_loss` op. */
 export function sftLoss(logp: Float32Array, mask: Float32Array, denom: number, withGrad = true): { loss: number; dlogp?: Float32Array; tokens: number; nllSum: number } {
   const n = mask.length;
@@ -316,10 +333,30 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
   if (fs.existsSync(cfg.out) && !fs.statSync(cfg.out).isDirectory()) throw new RlhfError('E_ARGUMENT', `--out ${cfg.out} exists and is not a folder`, { where: cfg.out });
   if (cfg.adapter) readAdapterConfig(cfg.adapter); // fail early on a bad adapter folder
 
+  // Data first (bad rows fail before the weights load); the config gives the vocabulary and context.
+  const folder = openModelFolder(cfg.model);
+  const mcfg = folder.config;
+  folder.close();
+  if (mcfg.head !== 'lm') throw new RlhfError('E_MODEL', `${cfg.model}: SFT needs a causal LM head (this is a ${mcfg.architecture})`, { where: cfg.model });
+  if (!cfg.full && !cfg.adapter && cfg.loraTargets !== 'all-linear') loraModules(mcfg, cfg.loraTargets); // unknown module names fail here
+  const maxLen = Math.min(cfg.maxLen, mcfg.maxSequenceLength);
+  let tok: Tokenizer | undefined;
+  const dataOpts = { tokenizer: () => (tok ??= loadTokenizer(cfg.model)), maxLen, vocabSize: mcfg.vocabSize, fallbackEosTokenId: mcfg.eosTokenIds[0] ?? null };
+  const data = loadSftData(cfg.data, dataOpts);
+  let train = data.examples, evalSet: SftExample[] = [];
+  if (cfg.evalFraction > 0) {
+    const split = splitEval(data.examples.length, cfg.evalFraction, cfg.seed);
+    train = split.train.map((i) => data.examples[i]);
+    evalSet = split.eval.map((i) => data.examples[i]);
+  } else if (cfg.evalData) {
+    evalSet = loadSftData(cfg.evalData, dataOpts).examples;
+  }
+  log(`sft: ${cfg.data}: ${fmtRows(data.stats)}; max length ${maxLen}`);
+  if (evalSet.length) log(`sft: eval on ${evalSet.length} rows${cfg.evalData ? ` of ${cfg.evalData}` : ` held out (--eval-fraction ${cfg.evalFraction})`}`);
+
   const model = await loadModel(cfg.model, { device: cfg.device });
   let keep = false;
   try {
-    if (model.config.head !== 'lm') throw new RlhfError('E_MODEL', `${cfg.model}: SFT needs a causal LM head (this is a ${model.config.architecture})`, { where: cfg.model });
     const trainer = model.trainer();
     let trainableParameters: number;
     if (cfg.full) {
@@ -327,27 +364,13 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
       trainableParameters = trainer.trainable().reduce((s, t) => s + t.shape.reduce((a, b) => a * b, 1), 0);
     } else if (cfg.adapter) {
       trainableParameters = trainer.loadLora(cfg.adapter).parameters;
+      const saved = adapterDropout(cfg.adapter);
+      if (saved > 0) log(`sft: note: ${cfg.adapter} was trained with lora_dropout ${saved}; it is continued without dropout`);
     } else {
-      const targets = cfg.loraTargets === 'all-linear' ? (model.config.arch === 'gpt2' ? GPT2_LORA_TARGETS : LLAMA_LORA_TARGETS) : cfg.loraTargets;
-      trainableParameters = trainer.createLora({ r: cfg.loraR, alpha: cfg.loraAlpha, rslora: cfg.rslora, targets, seed: cfg.seed }).parameters;
+      const targets = cfg.loraTargets === 'all-linear' ? (mcfg.arch === 'gpt2' ? GPT2_LORA_TARGETS : LLAMA_LORA_TARGETS) : cfg.loraTargets;
+      trainableParameters = trainer.createLora({ r: cfg.loraR, alpha: cfg.loraAlpha, rslora: cfg.rslora, dropout: cfg.loraDropout, targets, seed: cfg.seed }).parameters;
     }
     const noDecay = cfg.full ? noDecayNames(trainer.trainable().map((t) => t.name)) : [];
-
-    // Data.
-    const maxLen = Math.min(cfg.maxLen, model.config.maxSequenceLength);
-    let tok: Tokenizer | undefined;
-    const dataOpts = { tokenizer: () => (tok ??= loadTokenizer(cfg.model)), maxLen, vocabSize: model.config.vocabSize, fallbackEosTokenId: model.config.eosTokenIds[0] ?? null };
-    const data = loadSftData(cfg.data, dataOpts);
-    let train = data.examples, evalSet: SftExample[] = [];
-    if (cfg.evalFraction > 0) {
-      const split = splitEval(data.examples.length, cfg.evalFraction, cfg.seed);
-      train = split.train.map((i) => data.examples[i]);
-      evalSet = split.eval.map((i) => data.examples[i]);
-    } else if (cfg.evalData) {
-      evalSet = loadSftData(cfg.evalData, dataOpts).examples;
-    }
-    log(`sft: ${cfg.data}: ${fmtRows(data.stats)}; max length ${maxLen}`);
-    if (evalSet.length) log(`sft: eval on ${evalSet.length} rows${cfg.evalData ? ` of ${cfg.evalData}` : ` held out (--eval-fraction ${cfg.evalFraction})`}`);
 
     const spe = stepsPerEpoch(train.length, cfg.batchSize, cfg.gradAccum);
     const totalSteps = cfg.steps > 0 ? cfg.steps : Math.max(1, Math.ceil(cfg.epochs * spe));
@@ -383,7 +406,7 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
     let lastEvalStep = -1, tokensSeen = 0;
     const t0 = performance.now();
     try {
-      trainer.zeroGrad();
+      await trainer.zeroGrad();
       for (const st of planSteps(train.length, totalSteps, { batchSize: cfg.batchSize, gradAccum: cfg.gradAccum, shuffle: cfg.shuffle, seed: cfg.seed })) {
         if (stop) break;
         const ts = performance.now();
@@ -412,7 +435,9 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
           maxGradNorm: cfg.maxGradNorm,
           noDecay,
         });
-        trainer.zeroGrad();
+        await trainer.zeroGrad();
+        if (!Number.isFinite(s.gradNorm))
+          throw new RlhfError('E_ARGUMENT', `the gradient norm is ${s.gradNorm} at step ${st.step} (training diverged); try a lower --lr or --max-grad-norm`);
         const seconds = (performance.now() - ts) / 1000;
         steps = st.step;
         epochs = st.epochProgress;
@@ -443,8 +468,8 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
       // An interrupt that arrived during the last step's eval-free tail: evaluate what is saved.
       if (evalSet.length && lastEvalStep !== steps) evalLoss = (await evaluateSft(model, evalSet, cfg.evalBatchSize)).loss;
 
-      if (cfg.full) trainer.saveModel(cfg.out, cfg.model);
-      else trainer.saveLora(cfg.out, path.resolve(cfg.model));
+      if (cfg.full) await trainer.saveModel(cfg.out, cfg.model);
+      else await trainer.saveLora(cfg.out, path.resolve(cfg.model));
     } finally {
       fs.closeSync(metricsFd);
       process.off('SIGINT', onSigint);
