@@ -81,7 +81,9 @@ t.test('SIGINT: finishes the step, saves the adapter, exits 130', { skip }, asyn
       child.kill('SIGINT');
     }
   });
+  const guard = setTimeout(() => child.kill('SIGKILL'), 120_000); // never hang the suite
   const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
+  clearTimeout(guard);
   t.equal(code, 130, stderr);
   t.match(stderr, /interrupted: finishing the current step, then saving/);
   t.match(stdout, /^sft: interrupted after \d+\/100000 steps/);
