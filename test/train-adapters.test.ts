@@ -163,3 +163,23 @@ t.test('LoRA dropout: gradients match finite differences under a fixed mask', as
   t.equal(bad, 0, `${checked} gradient entries match central differences with the same dropout mask`);
   model.dispose();
 });
+
+t.test('LoRA training over a bf16 base: gradients match the same model with fp32 weights holding the bf16 values', async (t) => {
+  // llama_bf16 stores bf16 weights, so fp32 loading and bf16 storage hold identical values.
+  const dir = path.join(__dirname, 'fixtures', 'golden', 'llama_bf16');
+  const ids = [[4, 8, 15, 16, 23, 42, 7, 9, 1, 2, 3, 5]];
+  const grads: Float32Array[][] = [];
+  for (const weightsDtype of ['f32', 'bf16'] as const) {
+    const model = await loadModel(dir, { device: 'cpu', weightsDtype });
+    const tr = model.trainer();
+    tr.createLora({ r: 2, alpha: 4, seed: 9 });
+    for (const { name } of tr.trainable()) if (name.includes('lora_B')) tr.write(name, Float32Array.from(tr.read(name), (_, i) => 0.03 * Math.cos(i)));
+    const f = (await tr.forward({ inputIds: ids })) as any;
+    await tr.backward({ dlogp: new Float32Array(f.flat.logp.length).fill(1) });
+    grads.push(tr.trainable().map(({ name }) => tr.read(name, 'grad')));
+    model.dispose();
+  }
+  let worst = 0, scale = 0;
+  grads[0].forEach((g, i) => g.forEach((x, j) => ((worst = Math.max(worst, Math.abs(x - grads[1][i][j]))), (scale = Math.max(scale, Math.abs(x))))));
+  t.ok(scale > 0 && worst <= 1e-5 * scale, `bf16-stored base gives the fp32 gradients (max diff ${worst.toExponential(2)} of ${scale.toExponential(2)})`);
+});

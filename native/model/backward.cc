@@ -57,7 +57,7 @@ ForwardResult Transformer::forward_train(const ForwardRequest& req) {
   ForwardResult out;
   a.targets.assign(static_cast<size_t>(N), -1);
   if (req.want_logp) {
-    if (!w_.lm_head) throw Error(code::kArgument, "training forward: the model has no fp32 LM head");
+    if (!w_.lm_head && !w_.lm_head16) throw Error(code::kArgument, "training forward: the model has no LM head");
     for (int64_t b = 0; b < B; ++b)
       for (int64_t t = 0; t + 1 < T; ++t)
         if (a.mask[static_cast<size_t>(b * T + t)] && a.mask[static_cast<size_t>(b * T + t + 1)])
@@ -67,6 +67,7 @@ ForwardResult Transformer::forward_train(const ForwardRequest& req) {
     a.lse.resize(static_cast<size_t>(N));
     LmHeadLogpOp op;
     op.n = N, op.dim = cfg_.hidden, op.vocab = cfg_.vocab, op.hidden = a.xnf.data(), op.weight = w_.lm_head;
+    op.weight_bf16 = w_.lm_head16;
     op.targets = a.targets.data(), op.logp = logp.data(), op.entropy = a.entropy.data(), op.lse = a.lse.data();
     op.inv_temperature = inv_temperature_;
     be_.lm_head_logp(op);
@@ -125,7 +126,8 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
         if (dentropy_in) de[static_cast<size_t>(b * T + t)] = dentropy_in[b * (T - 1) + t];
       }
     LmHeadLogpBackwardOp op;
-    op.n = N, op.dim = H, op.vocab = c.vocab, op.hidden = a.xnf.data(), op.weight = w_.lm_head, op.targets = a.targets.data();
+    op.n = N, op.dim = H, op.vocab = c.vocab, op.hidden = a.xnf.data(), op.weight = w_.lm_head, op.weight_bf16 = w_.lm_head16;
+    op.targets = a.targets.data();
     op.lse = a.lse.data(), op.entropy = a.entropy.data(), op.dlogp = dl.data(), op.dentropy = dentropy_in ? de.data() : nullptr;
     op.inv_temperature = inv_temperature_, op.dhidden = dxn, op.dweight = grad_of(w_.lm_head);
     be_.lm_head_logp_backward(op);
@@ -158,10 +160,11 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
   };
   // Backward of out = in W^T + bias for a Linear [out_dim, in_dim]:
   // din (+)= dout W; dW += dout^T in; dbias += colsum(dout).
-  auto linear_bwd = [&](const float* dout, int64_t ld_dout, const float* in, int64_t in_dim, const float* wgt, const float* bias,
-                        int64_t out_dim, float* din, bool accumulate) {
+  auto linear_bwd = [&](const float* dout, int64_t ld_dout, const float* in, int64_t in_dim, const float* wgt, const uint16_t* wgt16,
+                        const float* bias, int64_t out_dim, float* din, bool accumulate) {
     GemmOp g;
-    g.m = N, g.n = in_dim, g.k = out_dim, g.a = dout, g.lda = ld_dout, g.b = wgt, g.ldb = in_dim, g.c = din, g.ldc = in_dim;
+    g.m = N, g.n = in_dim, g.k = out_dim, g.a = dout, g.lda = ld_dout, g.b = wgt, g.b_bf16 = wgt16, g.ldb = in_dim, g.c = din;
+    g.ldc = in_dim;
     g.accumulate = accumulate;
     be_.gemm(g);
     if (float* dw = grad_of(wgt)) {
@@ -236,7 +239,7 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
     const LayerWeights& L = w_.layers[static_cast<size_t>(l)];
     LayerActs& A = a.layers[static_cast<size_t>(l)];
     // MLP: tmp = act W_out^T (+ LoRA) was added to the residual, so d tmp = dres.
-    linear_bwd(dres, H, A.act.data(), F, L.w_out, L.b_out, H, dact, false);
+    linear_bwd(dres, H, A.act.data(), F, L.w_out, L.w_out16, L.b_out, H, dact, false);
     lora_bwd(l, {Proj::kDown, Proj::kMlpCProj}, dres, H, A.act.data(), dact);
     if (llama) {
       SwigluBackwardOp s;
@@ -248,12 +251,12 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
       g.n = N, g.dim = F, g.x = A.mlp.data(), g.ld_in = F, g.dout = dact, g.ld_out = F, g.dx = dmlp;
       be_.gelu_backward(g);
     }
-    linear_bwd(dmlp, MLP, A.xn2.data(), H, L.w_in, L.b_in, MLP, dxn, false);
+    linear_bwd(dmlp, MLP, A.xn2.data(), H, L.w_in, L.w_in16, L.b_in, MLP, dxn, false);
     lora_bwd(l, {Proj::kGate, Proj::kUp, Proj::kCFc}, dmlp, MLP, A.xn2.data(), dxn);
     norm_bwd(A.x2.data(), L.norm2_w, A.stat2a.data(), A.stat2b.empty() ? nullptr : A.stat2b.data());
     norm_bias_grad(L.norm2_b);
     // Attention: its output projection was added to the residual.
-    linear_bwd(dres, H, A.att.data(), Q, L.wo, L.bo, H, datt, false);
+    linear_bwd(dres, H, A.att.data(), Q, L.wo, L.wo16, L.bo, H, datt, false);
     lora_bwd(l, {Proj::kO, Proj::kAttnCProj}, dres, H, A.att.data(), datt);
     AttentionBackwardOp ab;
     ab.batch = B, ab.seq = T, ab.heads = c.heads, ab.kv_heads = c.kv_heads, ab.head_dim = D;
@@ -268,7 +271,7 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
       r.positions = a.positions.data(), r.cos = rope_cos_.data(), r.sin = rope_sin_.data(), r.inverse = true;
       be_.rope(r);
     }
-    linear_bwd(dqkv, QKV, A.xn1.data(), H, L.wqkv, L.bqkv, QKV, dxn, false);
+    linear_bwd(dqkv, QKV, A.xn1.data(), H, L.wqkv, L.wqkv16, L.bqkv, QKV, dxn, false);
     lora_bwd(l, {Proj::kQ, Proj::kK, Proj::kV, Proj::kCAttn}, dqkv, QKV, A.xn1.data(), dxn);
     norm_bwd(A.x1.data(), L.norm1_w, A.stat1a.data(), A.stat1b.empty() ? nullptr : A.stat1b.data());
     norm_bias_grad(L.norm1_b);
