@@ -55,6 +55,11 @@ t.test('train --device auto falls back to the CPU with one clear line when CUDA 
   t.equal(lines.length, 1, `one CUDA line on stderr: ${JSON.stringify(r.stderr)}`);
   t.match(lines[0], /not usable/);
   t.match(r.stdout, /device cpu/);
+  // The main job fine-tunes the tiny base on its generated task: the loss must fall.
+  const m = /SFT loss ([\d.]+) -> ([\d.]+)/.exec(r.stdout);
+  t.ok(m, 'reports the SFT loss');
+  if (m) t.ok(Number(m[2]) < 0.5 * Number(m[1]), `loss falls by more than half (${m[1]} -> ${m[2]})`);
+  t.ok(fs.existsSync(`${out}/sft/model.safetensors`), 'writes the fine-tuned model');
   const r2 = runCli(['train', '--out', out, '--device', 'cuda']);
   t.equal(r2.status, 1);
   t.match(r2.stderr, /^rlhf-native: error E_CUDA: /);
