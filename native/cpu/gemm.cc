@@ -19,13 +19,18 @@ namespace rlhf::cpu {
 namespace {
 constexpr int kScalarMR = 4, kScalarNR = 8;
 
-void scalar_micro(int64_t kc, const float* pa, const float* pb, float* c, int64_t ldc, int mr, int nr, bool accumulate) {
+void scalar_micro_a(int64_t kc, const float* a, int64_t a_rs, int64_t a_ks, const float* pb, int64_t b_ks, float* c, int64_t ldc,
+                    int mr, int nr, bool accumulate) {
   float acc[kScalarMR][kScalarNR] = {};
-  for (int64_t k = 0; k < kc; ++k, pa += kScalarMR, pb += kScalarNR)
-    for (int i = 0; i < kScalarMR; ++i)
-      for (int j = 0; j < kScalarNR; ++j) acc[i][j] += pa[i] * pb[j];
+  for (int64_t k = 0; k < kc; ++k, pb += b_ks)
+    for (int i = 0; i < mr; ++i)
+      for (int j = 0; j < kScalarNR; ++j) acc[i][j] += a[i * a_rs + k * a_ks] * pb[j];
   for (int i = 0; i < mr; ++i)
     for (int j = 0; j < nr; ++j) c[i * ldc + j] = accumulate ? c[i * ldc + j] + acc[i][j] : acc[i][j];
+}
+
+void scalar_micro(int64_t kc, const float* pa, const float* pb, int64_t b_ks, float* c, int64_t ldc, int mr, int nr, bool accumulate) {
+  scalar_micro_a(kc, pa, 1, kScalarMR, pb, b_ks, c, ldc, mr, nr, accumulate);
 }
 
 void scalar_rows_dot(int64_t m, int64_t n0, int64_t n1, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
@@ -48,7 +53,7 @@ void scalar_rows_dot_bf16(int64_t m, int64_t n0, int64_t n1, int64_t k, const fl
 }
 }  // namespace
 
-const GemmKernel kGemmScalar = {"scalar", kScalarMR, kScalarNR, scalar_micro, scalar_rows_dot, scalar_rows_dot_bf16};
+const GemmKernel kGemmScalar = {"scalar", kScalarMR, kScalarNR, scalar_micro, scalar_micro_a, scalar_rows_dot, scalar_rows_dot_bf16};
 
 // ---------------------------------------------------------------- dispatch
 namespace {
@@ -164,11 +169,18 @@ void gemm_small_m(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
 
 void gemm_blocked(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
   const int MR = kern.mr, NR = kern.nr;
+  // Packing pays for itself when the packed panel is reused many times.
+  // Otherwise A is read in place: when there are few B panels to reuse it
+  // across (skinny outputs such as LoRA's rank-r products). B is always
+  // packed: a panel read in place strides rows ldb apart, which map to a few
+  // L1 sets and thrash (measured slower for the backward's row-major B).
+  const bool direct_a = g.n <= 2 * NR;
+  const bool direct_b = false;
   const int64_t m_pad = (g.m + MR - 1) / MR * MR;
   const int64_t nc_max = std::min<int64_t>(NC, (g.n + NR - 1) / NR * NR);
   const int64_t kc_max = std::min<int64_t>(KC, g.k);
   Buffer bpack = alloc_floats(kc_max * nc_max);
-  Buffer apack = alloc_floats(kc_max * m_pad);
+  Buffer apack = alloc_floats(direct_a ? 16 : kc_max * m_pad);
 
   for (int64_t jc = 0; jc < g.n; jc += NC) {
     const int64_t nc = std::min(NC, g.n - jc);
@@ -178,10 +190,12 @@ void gemm_blocked(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
       const bool acc = g.accumulate || pc > 0;
       float* bp = bpack.get();
       float* ap = apack.get();
-      const int64_t a_panels = m_pad / MR;
-      // Pack the B block and all of A for this K slab (A is re-read by every B block).
+      const int64_t a_panels = direct_a ? 0 : m_pad / MR;
+      auto b_in_place = [&](int64_t p) { return direct_b && (p + 1) * NR <= nc; };
+      // Pack what is not read in place (B panels, and all of A for this K slab).
       pool.parallel_for(b_panels + a_panels, [&](int64_t p, int) {
         if (p < b_panels) {
+          if (b_in_place(p)) return;
           const int64_t j0 = p * NR;
           pack_b_panel(g, NR, jc + j0, static_cast<int>(std::min<int64_t>(NR, nc - j0)), pc, kc, bp + p * NR * kc);
         } else {
@@ -201,10 +215,19 @@ void gemm_blocked(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
         for (int64_t p = p_begin; p < p_end; ++p) {
           const int64_t j0 = p * NR;
           const int nr = static_cast<int>(std::min<int64_t>(NR, nc - j0));
-          const float* bpanel = bp + p * NR * kc;
+          const bool bdir = b_in_place(p);
+          const float* bpanel = bdir ? g.b + pc * g.ldb + jc + j0 : bp + p * NR * kc;
+          const int64_t b_ks = bdir ? g.ldb : NR;
           for (int64_t i = i_begin; i < i_end; i += MR) {
             const int mr = static_cast<int>(std::min<int64_t>(MR, g.m - i));
-            kern.micro(kc, ap + (i / MR) * MR * kc, bpanel, g.c + i * g.ldc + jc + j0, g.ldc, mr, nr, acc);
+            float* c = g.c + i * g.ldc + jc + j0;
+            if (direct_a) {
+              // op(A)[i, k]: A[i*lda + k] (rows step lda) or, transposed, A[k*lda + i].
+              const float* a = g.trans_a ? g.a + pc * g.lda + i : g.a + i * g.lda + pc;
+              kern.micro_a(kc, a, g.trans_a ? 1 : g.lda, g.trans_a ? g.lda : 1, bpanel, b_ks, c, g.ldc, mr, nr, acc);
+            } else {
+              kern.micro(kc, ap + (i / MR) * MR * kc, bpanel, b_ks, c, g.ldc, mr, nr, acc);
+            }
           }
         }
       });

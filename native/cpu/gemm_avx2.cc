@@ -15,7 +15,25 @@ namespace {
 
 constexpr int MR = 6, NR = 16;
 
-void micro_6x16(int64_t kc, const float* pa, const float* pb, float* c, int64_t ldc, int mr, int nr, bool accumulate) {
+// A packed: row i of step k at pa[k*MR + i].
+struct PackedA {
+  const float* p;
+  const float* at(int i) const { return p + i; }
+  void next() { p += MR; }
+};
+// A read in place: row i at rows[i] (rows past mr alias row 0), advancing by ks.
+struct DirectA {
+  const float* rows[MR];
+  int64_t ks;
+  const float* at(int i) const { return rows[i]; }
+  void next() {
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) rows[i] += ks;
+  }
+};
+
+template <typename AT>
+inline void micro_body(int64_t kc, AT A, const float* pb, int64_t b_ks, float* c, int64_t ldc, int mr, int nr, bool accumulate) {
   // The C tile misses cache (it is touched once per K slab): start fetching
   // it now so the loads and stores at the end do not stall.
 #pragma GCC unroll 12
@@ -32,12 +50,12 @@ void micro_6x16(int64_t kc, const float* pa, const float* pb, float* c, int64_t 
     const __m256 b1 = _mm256_loadu_ps(pb + 8);
 #pragma GCC unroll 6
     for (int i = 0; i < MR; ++i) {
-      const __m256 a = _mm256_broadcast_ss(pa + i);
+      const __m256 a = _mm256_broadcast_ss(A.at(i));
       acc[i][0] = _mm256_fmadd_ps(a, b0, acc[i][0]);
       acc[i][1] = _mm256_fmadd_ps(a, b1, acc[i][1]);
     }
-    pa += MR;
-    pb += NR;
+    A.next();
+    pb += b_ks;
   }
   if (mr == MR && nr == NR) {
 #pragma GCC unroll 6
@@ -60,6 +78,19 @@ void micro_6x16(int64_t kc, const float* pa, const float* pb, float* c, int64_t 
   }
   for (int i = 0; i < mr; ++i)
     for (int j = 0; j < nr; ++j) c[i * ldc + j] = accumulate ? c[i * ldc + j] + tile[i * NR + j] : tile[i * NR + j];
+}
+
+void micro_6x16(int64_t kc, const float* pa, const float* pb, int64_t b_ks, float* c, int64_t ldc, int mr, int nr, bool accumulate) {
+  micro_body(kc, PackedA{pa}, pb, b_ks, c, ldc, mr, nr, accumulate);
+}
+
+void micro_6x16_a(int64_t kc, const float* a, int64_t a_rs, int64_t a_ks, const float* pb, int64_t b_ks, float* c, int64_t ldc, int mr,
+              int nr, bool accumulate) {
+  DirectA A;
+  A.ks = a_ks;
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) A.rows[i] = a + (i < mr ? i : 0) * a_rs;
+  micro_body(kc, A, pb, b_ks, c, ldc, mr, nr, accumulate);
 }
 
 inline float hsum(__m256 v) {
@@ -159,7 +190,7 @@ void rows_dot_bf16(int64_t m, int64_t n0, int64_t n1, int64_t k, const float* a,
 
 }  // namespace
 
-const GemmKernel kGemmAvx2 = {"avx2", MR, NR, micro_6x16, rows_dot, rows_dot_bf16};
+const GemmKernel kGemmAvx2 = {"avx2", MR, NR, micro_6x16, micro_6x16_a, rows_dot, rows_dot_bf16};
 
 }  // namespace rlhf::cpu
 

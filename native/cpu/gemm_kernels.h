@@ -11,9 +11,15 @@ namespace rlhf::cpu {
 struct GemmKernel {
   const char* name;
   int mr, nr;  // register tile of C
-  // C[0:mr,0:nr] (= or +=) sum_k pa[k*MR + i] * pb[k*NR + j]. pa/pb are packed
-  // panels of full MR/NR width (zero padded); mr/nr <= MR/NR are the valid part.
-  void (*micro)(int64_t kc, const float* pa, const float* pb, float* c, int64_t ldc, int mr, int nr, bool accumulate);
+  // C[0:mr,0:nr] (= or +=) sum_k pa[k*MR + i] * pb[k*b_ks + j]. pa is a packed
+  // panel of full MR width (zero padded); B's row k holds NR values (packed:
+  // b_ks = NR; read in place from a row-major B: b_ks = ldb); mr/nr <= MR/NR
+  // are the valid part.
+  void (*micro)(int64_t kc, const float* pa, const float* pb, int64_t b_ks, float* c, int64_t ldc, int mr, int nr, bool accumulate);
+  // The same reading A in place: element (i, k) at a[i * a_rs + k * a_ks]
+  // (rows past mr are never read). B's row k is at pb + k * b_ks (NR values).
+  void (*micro_a)(int64_t kc, const float* a, int64_t a_rs, int64_t a_ks, const float* pb, int64_t b_ks, float* c, int64_t ldc,
+                  int mr, int nr, bool accumulate);
   // Small-M path: C[m, n0:n1] (= or +=) dot(A[m,:K], B[n,:K]) for m < M <= 8.
   void (*rows_dot)(int64_t m, int64_t n0, int64_t n1, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
                    float* c, int64_t ldc, bool accumulate);
