@@ -167,6 +167,7 @@ struct ForwardBaton {
   std::vector<int32_t> ids;
   std::vector<uint8_t> mask;
   model::ForwardRequest req;
+  bool train = false;  // keep activations for backward()
   model::ForwardResult out;
 };
 
@@ -267,73 +268,58 @@ Model::Model(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Model>(info) {
   model_ = *info[0].As<Napi::External<std::shared_ptr<LoadedModel>>>().Data();
 }
 
-void parse_forward(const Napi::Object& o, ForwardBaton& b);
+void parse_forward(const Napi::Object& o, ForwardBaton& b) {
+  const int64_t batch = static_cast<int64_t>(num(o, "batch", 0)), seq = static_cast<int64_t>(num(o, "seq", 0));
+  if (batch <= 0 || seq <= 0) throw Error(code::kArgument, "forward: batch and seq must be positive");
+  Napi::Value ids = o.Get("ids");
+  if (!ids.IsTypedArray() || ids.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    throw Error(code::kArgument, "forward: 'ids' must be an Int32Array");
+  Napi::Int32Array ia = ids.As<Napi::Int32Array>();
+  if (static_cast<int64_t>(ia.ElementLength()) != batch * seq)
+    throw Error(code::kArgument, "forward: 'ids' has " + std::to_string(ia.ElementLength()) + " elements, expected batch*seq = " +
+                                     std::to_string(batch * seq));
+  b.ids.assign(ia.Data(), ia.Data() + ia.ElementLength());
+  Napi::Value mask = o.Get("mask");
+  if (!mask.IsUndefined() && !mask.IsNull()) {
+    if (!mask.IsTypedArray() || mask.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+      throw Error(code::kArgument, "forward: 'mask' must be a Uint8Array");
+    Napi::Uint8Array ma = mask.As<Napi::Uint8Array>();
+    if (static_cast<int64_t>(ma.ElementLength()) != batch * seq) throw Error(code::kArgument, "forward: 'mask' must have batch*seq elements");
+    b.mask.assign(ma.Data(), ma.Data() + ma.ElementLength());
+  }
+  b.req.batch = batch;
+  b.req.seq = seq;
+  b.req.want_logp = flag(o, "logp", true);
+  b.req.want_values = flag(o, "values", false);
+  b.req.want_last_logits = flag(o, "lastLogits", false);
+  b.req.temperature = static_cast<float>(num(o, "temperature", 1.0));
+}
+
+// forward(req) and forwardTrain(req): the same request and result; the
+// training forward also keeps the activations for backward().
+Napi::Value queue_forward(const Napi::CallbackInfo& info, std::shared_ptr<LoadedModel> model, bool train) {
+  ForwardBaton b;
+  b.model = std::move(model);
+  parse_forward(ArgObject(info, 0, "request"), b);
+  b.train = train;
+  return queue(
+      info.Env(), std::move(b),
+      [](ForwardBaton& b) {
+        b.req.ids = b.ids.data();
+        b.req.mask = b.mask.empty() ? nullptr : b.mask.data();
+        b.out = b.train ? b.model->transformer->forward_train(b.req) : b.model->transformer->forward(b.req);
+      },
+      forward_result);
+}
 
 Napi::Value Model::Forward(const Napi::CallbackInfo& info) {
-  return Guard(info.Env(), [&]() -> Napi::Value {
-    Napi::Object o = ArgObject(info, 0, "request");
-    ForwardBaton b;
-    b.model = model();
-    parse_forward(o, b);
-    return queue(
-        info.Env(), std::move(b),
-        [](ForwardBaton& b) {
-          b.req.ids = b.ids.data();
-          b.req.mask = b.mask.empty() ? nullptr : b.mask.data();
-          b.out = b.model->transformer->forward(b.req);
-        },
-        forward_result);
-  });
+  return Guard(info.Env(), [&]() -> Napi::Value { return queue_forward(info, model(), false); });
 }
 
 Napi::Value Model::ForwardTrain(const Napi::CallbackInfo& info) {
-  return Guard(info.Env(), [&]() -> Napi::Value {
-    Napi::Object o = ArgObject(info, 0, "request");
-    ForwardBaton b;
-    b.model = model();
-    parse_forward(o, b);
-    if (b.req.want_last_logits) throw Error(code::kArgument, "forwardTrain: lastLogits is not available in training");
-    return queue(
-        info.Env(), std::move(b),
-        [](ForwardBaton& b) {
-          b.req.ids = b.ids.data();
-          b.req.mask = b.mask.empty() ? nullptr : b.mask.data();
-          b.out = b.model->transformer->forward_train(b.req);
-        },
-        forward_result);
-  });
+  return Guard(info.Env(), [&]() -> Napi::Value { return queue_forward(info, model(), true); });
 }
 
-void parse_forward(const Napi::Object& o, ForwardBaton& b) {
-  {
-    {
-    const int64_t batch = static_cast<int64_t>(num(o, "batch", 0)), seq = static_cast<int64_t>(num(o, "seq", 0));
-    if (batch <= 0 || seq <= 0) throw Error(code::kArgument, "forward: batch and seq must be positive");
-    Napi::Value ids = o.Get("ids");
-    if (!ids.IsTypedArray() || ids.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-      throw Error(code::kArgument, "forward: 'ids' must be an Int32Array");
-    Napi::Int32Array ia = ids.As<Napi::Int32Array>();
-    if (static_cast<int64_t>(ia.ElementLength()) != batch * seq)
-      throw Error(code::kArgument, "forward: 'ids' has " + std::to_string(ia.ElementLength()) + " elements, expected batch*seq = " +
-                                       std::to_string(batch * seq));
-    b.ids.assign(ia.Data(), ia.Data() + ia.ElementLength());
-    Napi::Value mask = o.Get("mask");
-    if (!mask.IsUndefined() && !mask.IsNull()) {
-      if (!mask.IsTypedArray() || mask.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
-        throw Error(code::kArgument, "forward: 'mask' must be a Uint8Array");
-      Napi::Uint8Array ma = mask.As<Napi::Uint8Array>();
-      if (static_cast<int64_t>(ma.ElementLength()) != batch * seq) throw Error(code::kArgument, "forward: 'mask' must have batch*seq elements");
-      b.mask.assign(ma.Data(), ma.Data() + ma.ElementLength());
-    }
-    b.req.batch = batch;
-    b.req.seq = seq;
-    b.req.want_logp = flag(o, "logp", true);
-    b.req.want_values = flag(o, "values", false);
-    b.req.want_last_logits = flag(o, "lastLogits", false);
-    b.req.temperature = static_cast<float>(num(o, "temperature", 1.0));
-    }
-  }
-}
 
 Napi::Value Model::Generate(const Napi::CallbackInfo& info) {
   return Guard(info.Env(), [&]() -> Napi::Value {

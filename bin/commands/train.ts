@@ -15,6 +15,7 @@ import { runtimeInfo, resolveDevice } from '../../lib/info';
 import { initModel } from '../../lib/model/init';
 import { openModelFolder } from '../../lib/model/folder';
 import { runCommand } from '../cli-util';
+import { deviceOption } from './common';
 import { runSft } from '../../lib/stages/sft';
 import { loadModel } from '../../lib/engine/model';
 import { loadTokenizer } from '../../lib/tokenizer/tokenizer';
@@ -34,11 +35,10 @@ function reversalRows(n: number, seed: number): { prompt: string; completion: st
 export function register<T>(y: Argv<T>): Argv<T> {
   return y.command(
     'train',
-    'run the whole RLHF pipeline on the built-in task (default) or a config file',
+    'run the RLHF pipeline on the built-in task (what exists so far: see README)',
     (a) =>
-      a
+      deviceOption(a)
         .option('out', { type: 'string', default: 'rlhf-run', describe: 'run folder' })
-        .option('device', { choices: ['auto', 'cpu', 'cuda'] as const, default: 'auto' as const, describe: 'compute device' })
         .option('seed', { type: 'number', default: 0 }),
     (argv) =>
       runCommand(argv, async () => {

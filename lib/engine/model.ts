@@ -4,7 +4,7 @@
  * on a worker thread; the event loop stays free).
  */
 import { callNative, fromNative, RlhfError } from '../errors';
-import { native, NativeModel, NativeModelConfig, NativeGenerateResult } from '../native';
+import { native, NativeModel, NativeModelConfig, NativeGenerateResult, NativeForwardResult } from '../native';
 import { openModelFolder, ModelFolder } from '../model/folder';
 import type { ModelConfig } from '../model/config';
 import { resolveDevice } from '../info';
@@ -48,6 +48,8 @@ export interface ForwardOutput {
   values?: Float32Array[];
   /** [batch][vocab] */
   lastLogits?: Float32Array[];
+  /** The same arrays flat, as the engine returns them (logp [batch*(seq-1)], ...): what backward() takes gradients of. */
+  flat: NativeForwardResult;
 }
 
 export interface GenerateInput {
@@ -117,6 +119,32 @@ export function packBatch(ids: number[][] | Int32Array[], mask?: number[][]): { 
   return { batch, seq, ids: out, mask: m };
 }
 
+/** forward / training forward: packs the batch, calls the engine, splits the flat results per sequence. */
+export async function runForward(handle: NativeModel, config: ModelConfig, input: ForwardInput, train: boolean): Promise<ForwardOutput> {
+  const packed = packBatch(input.inputIds, input.attentionMask);
+  const req = {
+    ...packed,
+    logp: input.logp ?? config.head === 'lm',
+    values: input.values ?? false,
+    lastLogits: input.lastLogits ?? false,
+    temperature: input.temperature ?? 1,
+  };
+  const r = await (train ? handle.forwardTrain(req) : handle.forward(req)).catch((e: unknown) => {
+    throw fromNative(e);
+  });
+  const { batch, seq } = packed;
+  const rows = (a: Float32Array | undefined, w: number) => (a ? Array.from({ length: batch }, (_, b) => a.subarray(b * w, (b + 1) * w)) : undefined);
+  return {
+    batch,
+    seq,
+    logp: rows(r.logp, seq - 1),
+    entropy: rows(r.entropy, seq - 1),
+    values: rows(r.values, seq),
+    lastLogits: rows(r.lastLogits, config.vocabSize),
+    flat: r,
+  };
+}
+
 export class Model {
   private constructor(
     readonly folder: ModelFolder,
@@ -150,23 +178,7 @@ export class Model {
   }
 
   async forward(input: ForwardInput): Promise<ForwardOutput> {
-    const packed = packBatch(input.inputIds, input.attentionMask);
-    const wantLogp = input.logp ?? this.config.head === 'lm';
-    const r = await this.live()
-      .forward({ ...packed, logp: wantLogp, values: input.values ?? false, lastLogits: input.lastLogits ?? false, temperature: input.temperature ?? 1 })
-      .catch((e: unknown) => {
-        throw fromNative(e);
-      });
-    const { batch, seq } = packed;
-    const rows = (a: Float32Array | undefined, w: number) => (a ? Array.from({ length: batch }, (_, b) => a.subarray(b * w, (b + 1) * w)) : undefined);
-    return {
-      batch,
-      seq,
-      logp: rows(r.logp, seq - 1),
-      entropy: rows(r.entropy, seq - 1),
-      values: rows(r.values, seq),
-      lastLogits: rows(r.lastLogits, this.config.vocabSize),
-    };
+    return runForward(this.live(), this.config, input, false);
   }
 
   async generate(input: GenerateInput): Promise<NativeGenerateResult> {

@@ -11,7 +11,7 @@ import type { NativeAdapterModule, NativeModel, NativeStepOptions } from '../nat
 import type { ModelConfig } from '../model/config';
 import { readAdapterConfig } from '../model/peft';
 import { openSafetensors } from '../safetensors';
-import { packBatch, type ForwardInput, type ForwardOutput } from './model';
+import { runForward, type ForwardInput, type ForwardOutput } from './model';
 
 export const LLAMA_LORA_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const;
 export const GPT2_LORA_TARGETS = ['c_attn', 'c_proj', 'c_fc'] as const;
@@ -110,16 +110,9 @@ export class Trainer {
     return res;
   }
 
-  async forward(input: ForwardInput): Promise<ForwardOutput> {
-    const packed = packBatch(input.inputIds, input.attentionMask);
-    const r = await this.handle
-      .forwardTrain({ ...packed, logp: input.logp ?? this.config.head === 'lm', values: input.values ?? false, temperature: input.temperature ?? 1 })
-      .catch((e: unknown) => {
-        throw fromNative(e);
-      });
-    const { batch, seq } = packed;
-    const rows = (a: Float32Array | undefined, w: number) => (a ? Array.from({ length: batch }, (_, b) => a.subarray(b * w, (b + 1) * w)) : undefined);
-    return { batch, seq, logp: rows(r.logp, seq - 1), entropy: rows(r.entropy, seq - 1), values: rows(r.values, seq), flat: r } as ForwardOutput & { flat: typeof r };
+  /** The forward pass keeping every activation for backward(). */
+  forward(input: ForwardInput): Promise<ForwardOutput> {
+    return runForward(this.handle, this.config, input, true);
   }
 
   /** Gradients of the last forward's outputs, flat: dlogp/dentropy [batch*(seq-1)], dvalues [batch*seq]. */

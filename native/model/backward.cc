@@ -37,10 +37,10 @@ void lora_dropout_apply(const float* in, float* out, int64_t rows, int64_t cols,
 
 ForwardResult Transformer::forward_train(const ForwardRequest& req) {
   if (!adapter_ && !full_) throw Error(code::kArgument, "training forward: nothing is trainable (attach an adapter or enable full training)");
+  if (req.want_last_logits) throw Error(code::kArgument, "training forward: lastLogits is not available");
   const int64_t B = req.batch, T = req.seq, N = B * T;
-  for (int64_t i = 0; i < N; ++i)
-    if (req.ids[i] < 0 || req.ids[i] >= cfg_.vocab)
-      throw Error(code::kArgument, "token id " + std::to_string(req.ids[i]) + " is outside the vocabulary (size " + std::to_string(cfg_.vocab) + ")");
+  if (B <= 0 || T <= 0) throw Error(code::kArgument, "training forward: empty batch");
+  check_ids(req.ids, N, T);
   Acts& a = acts_;
   a.rows = N, a.batch = B, a.seq = T;
   a.ids.assign(req.ids, req.ids + N);
@@ -49,44 +49,14 @@ ForwardResult Transformer::forward_train(const ForwardRequest& req) {
   a.positions.resize(static_cast<size_t>(N));
   positions_from_mask(a.mask.data(), B, T, a.positions.data());
   a.layers.resize(static_cast<size_t>(cfg_.layers));
+  has_acts_ = false;  // until the heads have run too
   body(N, a.ids.data(), a.positions.data(), a.mask.data(), B, T, nullptr, nullptr, &a);
   train_logp_ = req.want_logp;
   train_values_ = req.want_values;
   inv_temperature_ = req.temperature > 0 ? 1.f / req.temperature : 1.f;
-
   ForwardResult out;
-  a.targets.assign(static_cast<size_t>(N), -1);
-  if (req.want_logp) {
-    if (!w_.lm_head && !w_.lm_head16) throw Error(code::kArgument, "training forward: the model has no LM head");
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t t = 0; t + 1 < T; ++t)
-        if (a.mask[static_cast<size_t>(b * T + t)] && a.mask[static_cast<size_t>(b * T + t + 1)])
-          a.targets[static_cast<size_t>(b * T + t)] = a.ids[static_cast<size_t>(b * T + t + 1)];
-    std::vector<float> logp(static_cast<size_t>(N));
-    a.entropy.resize(static_cast<size_t>(N));
-    a.lse.resize(static_cast<size_t>(N));
-    LmHeadLogpOp op;
-    op.n = N, op.dim = cfg_.hidden, op.vocab = cfg_.vocab, op.hidden = a.xnf.data(), op.weight = w_.lm_head;
-    op.weight_bf16 = w_.lm_head16;
-    op.targets = a.targets.data(), op.logp = logp.data(), op.entropy = a.entropy.data(), op.lse = a.lse.data();
-    op.inv_temperature = inv_temperature_;
-    be_.lm_head_logp(op);
-    out.logp.resize(static_cast<size_t>(B * (T - 1)));
-    out.entropy.resize(out.logp.size());
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t t = 0; t + 1 < T; ++t) {
-        out.logp[static_cast<size_t>(b * (T - 1) + t)] = logp[static_cast<size_t>(b * T + t)];
-        out.entropy[static_cast<size_t>(b * (T - 1) + t)] = a.entropy[static_cast<size_t>(b * T + t)];
-      }
-  }
-  if (req.want_values) {
-    const float* score = adapter_ && adapter_->score ? adapter_->score : w_.score;
-    if (!score) throw Error(code::kArgument, "training forward: the model has no score head");
-    out.values.resize(static_cast<size_t>(N));
-    ValueHeadOp op;
-    op.n = N, op.dim = cfg_.hidden, op.hidden = a.xnf.data(), op.weight = score, op.value = out.values.data();
-    be_.value_head(op);
-  }
+  const float* score = adapter_ && adapter_->score ? adapter_->score : w_.score;
+  run_heads(req, a.mask.data(), a.xnf.data(), score, a.targets, a.entropy, a.lse, out);
   has_acts_ = true;
   acts_adapter_ = adapter_;
   return out;

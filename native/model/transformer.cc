@@ -226,36 +226,31 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
   }
 }
 
-ForwardResult Transformer::forward(const ForwardRequest& req) {
-  const int64_t B = req.batch, T = req.seq, N = B * T;
-  if (B <= 0 || T <= 0) throw Error(code::kArgument, "forward: empty batch");
-  for (int64_t i = 0; i < N; ++i)
-    if (req.ids[i] < 0 || req.ids[i] >= cfg_.vocab)
-      throw Error(code::kArgument, "token id " + std::to_string(req.ids[i]) + " at batch row " + std::to_string(i / T) +
-                                       ", position " + std::to_string(i % T) + " is outside the vocabulary (size " +
-                                       std::to_string(cfg_.vocab) + ")");
-  const bool has_lm = w_.lm_head || w_.lm_head16;
-  if (req.want_logp && !has_lm) throw Error(code::kArgument, "this model has no LM head (it is a sequence classifier)");
-  if (req.want_values && !w_.score) throw Error(code::kArgument, "this model has no score head");
-  std::vector<int32_t> pos(static_cast<size_t>(N));
-  positions_from_mask(req.mask, B, T, pos.data());
-  body(N, req.ids, pos.data(), req.mask, B, T, nullptr, nullptr);
+void Transformer::check_ids(const int32_t* ids, int64_t n, int64_t seq) const {
+  for (int64_t i = 0; i < n; ++i)
+    if (ids[i] < 0 || ids[i] >= cfg_.vocab)
+      throw Error(code::kArgument, "token id " + std::to_string(ids[i]) + " at batch row " + std::to_string(i / seq) + ", position " +
+                                       std::to_string(i % seq) + " is outside the vocabulary (size " + std::to_string(cfg_.vocab) + ")");
+}
 
-  ForwardResult out;
-  if (req.want_logp && T > 1) {
-    // Row (b, t) predicts ids[b, t+1]; compute on all rows but the last of each
-    // sequence, marking padded queries/targets with -1.
-    std::vector<int32_t> targets(static_cast<size_t>(N), -1);
+void Transformer::run_heads(const ForwardRequest& req, const uint8_t* mask, const float* hidden, const float* score,
+                            std::vector<int32_t>& targets, std::vector<float>& entropy, std::vector<float>& lse, ForwardResult& out) {
+  const int64_t B = req.batch, T = req.seq, N = B * T;
+  const bool has_lm = w_.lm_head || w_.lm_head16;
+  targets.assign(static_cast<size_t>(N), -1);
+  if (req.want_logp) {
+    if (!has_lm) throw Error(code::kArgument, "this model has no LM head (it is a sequence classifier)");
+    // Row (b, t) predicts ids[b, t+1]; padded queries/targets and each
+    // sequence's last row get -1 (no target).
     for (int64_t b = 0; b < B; ++b)
-      for (int64_t t = 0; t + 1 < T; ++t) {
-        const bool ok = !req.mask || (req.mask[b * T + t] && req.mask[b * T + t + 1]);
-        if (ok) targets[static_cast<size_t>(b * T + t)] = req.ids[b * T + t + 1];
-      }
-    std::vector<float> logp(static_cast<size_t>(N)), ent(static_cast<size_t>(N));
+      for (int64_t t = 0; t + 1 < T; ++t)
+        if (!mask || (mask[b * T + t] && mask[b * T + t + 1])) targets[static_cast<size_t>(b * T + t)] = req.ids[b * T + t + 1];
+    std::vector<float> logp(static_cast<size_t>(N));
+    entropy.resize(static_cast<size_t>(N));
+    lse.resize(static_cast<size_t>(N));
     LmHeadLogpOp op;
-    op.n = N, op.dim = cfg_.hidden, op.vocab = cfg_.vocab, op.hidden = buf_.xn.data(), op.weight = w_.lm_head;
-    op.weight_bf16 = w_.lm_head16;
-    op.targets = targets.data(), op.logp = logp.data(), op.entropy = ent.data();
+    op.n = N, op.dim = cfg_.hidden, op.vocab = cfg_.vocab, op.hidden = hidden, op.weight = w_.lm_head, op.weight_bf16 = w_.lm_head16;
+    op.targets = targets.data(), op.logp = logp.data(), op.entropy = entropy.data(), op.lse = lse.data();
     op.inv_temperature = req.temperature > 0 ? 1.f / req.temperature : 1.f;
     be_.lm_head_logp(op);
     out.logp.resize(static_cast<size_t>(B * (T - 1)));
@@ -263,7 +258,7 @@ ForwardResult Transformer::forward(const ForwardRequest& req) {
     for (int64_t b = 0; b < B; ++b)
       for (int64_t t = 0; t + 1 < T; ++t) {
         out.logp[static_cast<size_t>(b * (T - 1) + t)] = logp[static_cast<size_t>(b * T + t)];
-        out.entropy[static_cast<size_t>(b * (T - 1) + t)] = ent[static_cast<size_t>(b * T + t)];
+        out.entropy[static_cast<size_t>(b * (T - 1) + t)] = entropy[static_cast<size_t>(b * T + t)];
       }
   }
   if (req.want_last_logits) {
@@ -271,16 +266,31 @@ ForwardResult Transformer::forward(const ForwardRequest& req) {
     out.last_logits.resize(static_cast<size_t>(B * cfg_.vocab));
     for (int64_t b = 0; b < B; ++b) {
       int64_t last = T - 1;
-      while (last > 0 && req.mask && !req.mask[b * T + last]) --last;
-      logits_rows(buf_.xn.data() + (b * T + last) * cfg_.hidden, 1, cfg_.hidden, out.last_logits.data() + b * cfg_.vocab);
+      while (last > 0 && mask && !mask[b * T + last]) --last;
+      logits_rows(hidden + (b * T + last) * cfg_.hidden, 1, cfg_.hidden, out.last_logits.data() + b * cfg_.vocab);
     }
   }
   if (req.want_values) {
+    if (!score) throw Error(code::kArgument, "this model has no score head");
     out.values.resize(static_cast<size_t>(N));
     ValueHeadOp op;
-    op.n = N, op.dim = cfg_.hidden, op.hidden = buf_.xn.data(), op.weight = w_.score, op.value = out.values.data();
+    op.n = N, op.dim = cfg_.hidden, op.hidden = hidden, op.weight = score, op.value = out.values.data();
     be_.value_head(op);
   }
+}
+
+ForwardResult Transformer::forward(const ForwardRequest& req) {
+  const int64_t B = req.batch, T = req.seq, N = B * T;
+  if (B <= 0 || T <= 0) throw Error(code::kArgument, "forward: empty batch");
+  check_ids(req.ids, N, T);
+  std::vector<int32_t> pos(static_cast<size_t>(N));
+  positions_from_mask(req.mask, B, T, pos.data());
+  body(N, req.ids, pos.data(), req.mask, B, T, nullptr, nullptr);
+  ForwardResult out;
+  std::vector<int32_t> targets;
+  std::vector<float> entropy, lse;
+  const float* score = adapter_ && adapter_->score ? adapter_->score : w_.score;
+  run_heads(req, req.mask, buf_.xn.data(), score, targets, entropy, lse, out);
   return out;
 }
 
@@ -296,10 +306,7 @@ std::vector<float> Transformer::prefill(const int32_t* ids, const uint8_t* mask,
                                         KvCache& cache) {
   if (!w_.lm_head && !w_.lm_head16) throw Error(code::kArgument, "this model has no LM head and cannot generate");
   const int64_t N = B * T;
-  for (int64_t i = 0; i < N; ++i)
-    if (ids[i] < 0 || ids[i] >= cfg_.vocab)
-      throw Error(code::kArgument, "prompt token id " + std::to_string(ids[i]) + " is outside the vocabulary (size " +
-                                       std::to_string(cfg_.vocab) + ")");
+  check_ids(ids, N, T);
   cache.batch = B;
   cache.capacity = capacity;
   const size_t per_layer = static_cast<size_t>(B * cfg_.kv_heads * capacity * cfg_.head_dim);

@@ -78,6 +78,12 @@ class Transformer {
             KvCache* cache, const int32_t* slots, Acts* acts = nullptr);
   void ensure_rope(int64_t max_pos);
   void logits_rows(const float* hidden, int64_t rows, int64_t ld_rows, float* out);
+  void check_ids(const int32_t* ids, int64_t n, int64_t seq) const;  // E_ARGUMENT for an id outside the vocabulary
+  // LM head (logp/entropy of the next token; per-row targets, entropy and
+  // lse are returned for the backward pass), last-token logits and score head
+  // over the final hidden rows of a [batch, seq] request.
+  void run_heads(const ForwardRequest& req, const uint8_t* mask, const float* hidden, const float* score,
+                 std::vector<int32_t>& targets, std::vector<float>& entropy, std::vector<float>& lse, ForwardResult& out);
 
   Config cfg_;
   Weights w_;
