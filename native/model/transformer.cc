@@ -222,7 +222,6 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
        acts && !llama ? grow(acts->statfb, rows) : nullptr);                  // final hidden
   if (acts) {
     std::memcpy(grow(acts->xf, rows * H), x, sizeof(float) * rows * H);
-    std::memcpy(buf_.xn.data(), xnf, sizeof(float) * rows * H);               // callers read the final hidden from buf_.xn
   }
 }
 
