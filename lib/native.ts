@@ -119,6 +119,8 @@ export interface NativeModelSpec {
   tensors: Record<string, [string, string]>;
   /** LoRA pairs merged into base weights at load: W += scale * B A. */
   loras?: { target: string; a: [string, string]; b: [string, string]; scale: number }[];
+  /** Makes score.weight ~ N(0, std^2) when the files lack it (a reward model or critic from a causal LM). */
+  scoreInit?: { std: number; seed: number };
 }
 
 export interface NativeForwardRequest {
@@ -189,7 +191,17 @@ export interface NativeModel {
   step(opts: NativeStepOptions): Promise<{ gradNorm: number; clipCoef: number; step: number }>;
   zeroGrad(): void;
   enableFullTraining(): void;
-  createAdapter(spec: { name?: string; r: number; alpha: number; rslora?: boolean; dropout?: number; seed?: number; modules: NativeAdapterModule[] }): { scale: number; parameters: number };
+  createAdapter(spec: {
+    name?: string;
+    r: number;
+    alpha: number;
+    rslora?: boolean;
+    dropout?: number;
+    seed?: number;
+    modules: NativeAdapterModule[];
+    /** A trainable score head owned by the adapter: copied from `from`, else N(0, std^2). */
+    head?: { rows: number; std?: number; from?: [string, string] };
+  }): { scale: number; parameters: number };
   trainable(): { name: string; shape: number[] }[];
   readTrainable(name: string, which?: 'value' | 'grad' | 'm' | 'v'): Float32Array;
   saveAdapter(path: string): void;

@@ -126,6 +126,7 @@ struct LoadBaton {
   model::Config cfg;
   model::TensorFiles files;
   std::vector<model::LoraMerge> loras;
+  model::ScoreInit score_init;
   std::shared_ptr<LoadedModel> out;
 };
 
@@ -135,7 +136,7 @@ class LoadWorker : public Napi::AsyncWorker {
   Napi::Promise promise() { return deferred_.Promise(); }
   void Execute() override {
     try {
-      model::Weights w = model::load_weights(baton_.cfg, baton_.files, baton_.loras);
+      model::Weights w = model::load_weights(baton_.cfg, baton_.files, baton_.loras, baton_.score_init);
       baton_.out = std::make_shared<LoadedModel>();
       baton_.out->transformer = std::make_unique<model::Transformer>(baton_.cfg, std::move(w), default_engine().cpu);
     } catch (const Error& e) {
@@ -444,6 +445,18 @@ Napi::Value Model::CreateAdapter(const Napi::CallbackInfo& info) {
     spec.rslora = flag(o, "rslora", false);
     spec.dropout = static_cast<float>(num(o, "dropout", 0));
     spec.seed = static_cast<uint64_t>(num(o, "seed", 0));
+    // head {rows, std, from: [file, storedName]}: a trainable score head owned by the adapter.
+    Napi::Value head = o.Get("head");
+    if (head.IsObject()) {
+      Napi::Object h = head.As<Napi::Object>();
+      spec.head_rows = static_cast<int64_t>(num(h, "rows", 1));
+      spec.head_std = static_cast<float>(num(h, "std", 0.02));
+      Napi::Value from = h.Get("from");
+      if (from.IsArray()) {
+        Napi::Array fa = from.As<Napi::Array>();
+        spec.head_from = model::TensorLocation{fa.Get(0u).ToString().Utf8Value(), fa.Get(1u).ToString().Utf8Value()};
+      }
+    }
     Napi::Value mods = o.Get("modules");
     if (!mods.IsArray()) throw Error(code::kArgument, "adapter: 'modules' must be an array of {layer, name, mlp}");
     Napi::Array ma = mods.As<Napi::Array>();
@@ -804,6 +817,15 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
         m.scale = static_cast<float>(num(e, "scale", 1.0));
         b.loras.push_back(std::move(m));
       }
+    }
+    // scoreInit {std, seed}: make score.weight when the files lack it (a reward model from a causal LM).
+    Napi::Value si = spec.Get("scoreInit");
+    if (si.IsObject()) {
+      Napi::Object so = si.As<Napi::Object>();
+      b.score_init.enabled = true;
+      b.score_init.std = static_cast<float>(num(so, "std", 0.02));
+      b.score_init.seed = static_cast<uint64_t>(num(so, "seed", 0));
+      if (!(b.score_init.std >= 0.f)) throw Error(code::kArgument, "model spec: scoreInit.std must be >= 0");
     }
     auto* w = new LoadWorker(info.Env(), std::move(b));
     Napi::Promise p = w->promise();

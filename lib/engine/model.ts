@@ -8,7 +8,8 @@ import { native, NativeModel, NativeModelConfig, NativeGenerateResult, NativeFor
 import { openModelFolder, ModelFolder } from '../model/folder';
 import type { ModelConfig } from '../model/config';
 import { resolveDevice } from '../info';
-import { readLoraPairs } from '../model/peft';
+import { adapterHead, readLoraPairs } from '../model/peft';
+import { architectureName } from '../model/config';
 import { Trainer } from './train';
 
 export interface LoadModelOptions {
@@ -22,6 +23,15 @@ export interface LoadModelOptions {
    * checkpoint itself is bf16.
    */
   weightsDtype?: 'f32' | 'bf16';
+  /**
+   * Which head to load: 'lm' (causal LM) or 'score' (a scalar head, as
+   * *ForSequenceClassification with num_labels 1). Default: the folder's own,
+   * or 'score' when `adapter` carries a score head. Loading a causal-LM folder
+   * with 'score' makes a fresh head (see `scoreInit`); its LM head is not read.
+   */
+  head?: 'lm' | 'score';
+  /** Seed and std of a fresh score head (transformers' initializer_range, 0.02). Default seed 0. */
+  scoreInit?: { std?: number; seed?: number };
 }
 
 export interface ForwardInput {
@@ -160,13 +170,23 @@ export class Model {
       const tensors: Record<string, [string, string]> = {};
       for (const t of folder.tensors) tensors[t.canonical] = [t.file, t.name];
       const loras = opts.adapter ? readLoraPairs(opts.adapter, new Set(Object.keys(tensors))).pairs : undefined;
+      const headFromAdapter = opts.adapter ? adapterHead(opts.adapter) : null;
+      const head = opts.head ?? (headFromAdapter ? 'score' : folder.config.head);
+      let config = folder.config;
+      if (head !== config.head) {
+        config = { ...config, head, numLabels: head === 'score' ? 1 : null, architecture: architectureName(config.arch, head) };
+        if (head === 'lm' && !config.tieWordEmbeddings && !tensors['lm_head.weight'])
+          throw new RlhfError('E_MODEL', `${dir}: has no LM head (lm_head.weight) to load as a causal LM`, { where: dir });
+      }
+      if (head === 'score' && headFromAdapter) tensors['score.weight'] = headFromAdapter;
+      const scoreInit = head === 'score' && !tensors['score.weight'] ? { std: opts.scoreInit?.std ?? config.initializerRange, seed: opts.scoreInit?.seed ?? 0 } : undefined;
       const handle = await native()
-        .loadModel({ config: { ...nativeConfig(folder.config), weightsBf16: opts.weightsDtype === 'bf16' }, tensors, loras })
+        .loadModel({ config: { ...nativeConfig(config), weightsBf16: opts.weightsDtype === 'bf16' }, tensors, loras, scoreInit })
         .catch((e: unknown) => {
           throw fromNative(e);
         });
       // The CUDA backend joins the op table later; until then every model runs on the CPU.
-      return new Model(folder, folder.config, handle, device === 'cuda' ? 'cpu' : device);
+      return new Model(folder, config, handle, device === 'cuda' ? 'cpu' : device);
     } finally {
       folder.close();
     }

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { fromNative, callNative, RlhfError } from '../errors';
 import type { NativeAdapterModule, NativeModel, NativeStepOptions } from '../native';
 import type { ModelConfig } from '../model/config';
-import { readAdapterConfig } from '../model/peft';
+import { ADAPTER_HEAD_TENSOR, readAdapterConfig } from '../model/peft';
 import { openSafetensors } from '../safetensors';
 import { runForward, type ForwardInput, type ForwardOutput } from './model';
 
@@ -30,6 +30,13 @@ export interface LoraOptions {
   /** PEFT module names; default: every linear module of the architecture. */
   targets?: readonly string[];
   seed?: number;
+  /**
+   * Give the adapter its own trainable score head (reward model, critic):
+   * `true` for a fresh one (N(0, std^2), std default 0.02), or copied `from`
+   * a [safetensors file, tensor name] such as a reward model's score.weight.
+   * PEFT saves it as `base_model.model.score.weight` (modules_to_save).
+   */
+  head?: boolean | { std?: number; from?: [string, string] };
 }
 
 /** The adapter's modules, matched by PEFT name as PEFT does (a name matches every module ending in it). */
@@ -57,7 +64,7 @@ function modulePath(cfg: ModelConfig, m: NativeAdapterModule): string {
 }
 
 export class Trainer {
-  private loras = new Map<string, Required<Omit<LoraOptions, 'seed' | 'name'>> & { modules: NativeAdapterModule[] }>();
+  private loras = new Map<string, Required<Omit<LoraOptions, 'seed' | 'name' | 'head'>> & { modules: NativeAdapterModule[]; head: boolean }>();
   private active: string | null = null;
 
   constructor(
@@ -76,8 +83,10 @@ export class Trainer {
     const modules = loraModules(this.config, targets);
     const r = opts.r ?? 8, alpha = opts.alpha ?? 16, rslora = opts.rslora ?? false, dropout = opts.dropout ?? 0;
     const name = opts.name ?? 'default';
-    const res = callNative(() => this.handle.createAdapter({ name, r, alpha, rslora, dropout, seed: opts.seed ?? 0, modules }));
-    this.loras.set(name, { r, alpha, rslora, dropout, targets: [...targets], modules });
+    const h = opts.head;
+    const head = h ? { rows: 1, std: typeof h === 'object' ? h.std : undefined, from: typeof h === 'object' ? h.from : undefined } : undefined;
+    const res = callNative(() => this.handle.createAdapter({ name, r, alpha, rslora, dropout, seed: opts.seed ?? 0, modules, head }));
+    this.loras.set(name, { r, alpha, rslora, dropout, targets: [...targets], modules, head: !!head });
     this.active = name;
     return res;
   }
@@ -89,7 +98,7 @@ export class Trainer {
     return names;
   }
 
-  /** Continues training a saved PEFT LoRA adapter. */
+  /** Continues training (or runs) a saved PEFT LoRA adapter, with its score head if it has one. */
   loadLora(dir: string, name = 'default'): { scale: number; parameters: number } {
     const cfg = readAdapterConfig(dir);
     const file = path.join(dir, 'adapter_model.safetensors');
@@ -104,8 +113,11 @@ export class Trainer {
       m.b = [file, `${base}.lora_B.weight`];
       if (!names.has(`${base}.lora_B.weight`)) throw new RlhfError('E_MODEL', `${file}: ${base}.lora_B.weight is missing`, { where: file });
     }
-    const res = callNative(() => this.handle.createAdapter({ name, r: cfg.r, alpha: cfg.loraAlpha, rslora: cfg.useRslora, modules }));
-    this.loras.set(name, { r: cfg.r, alpha: cfg.loraAlpha, rslora: cfg.useRslora, dropout: 0, targets: cfg.targetModules, modules });
+    const headFrom = names.has(ADAPTER_HEAD_TENSOR) ? ([file, ADAPTER_HEAD_TENSOR] as [string, string]) : undefined;
+    const res = callNative(() =>
+      this.handle.createAdapter({ name, r: cfg.r, alpha: cfg.loraAlpha, rslora: cfg.useRslora, modules, head: headFrom ? { rows: 1, from: headFrom } : undefined }),
+    );
+    this.loras.set(name, { r: cfg.r, alpha: cfg.loraAlpha, rslora: cfg.useRslora, dropout: 0, targets: cfg.targetModules, modules, head: !!headFrom });
     this.active = name;
     return res;
   }
@@ -155,6 +167,17 @@ export class Trainer {
     const cfgFile = path.join(dir, 'config.json');
     const cfg = JSON.parse(fs.readFileSync(cfgFile, 'utf8'));
     cfg.torch_dtype = 'float32';
+    if (this.config.architecture !== (cfg.architectures ?? [])[0]) {
+      // Loaded with another head (a reward model made from a causal LM): say so in the saved config.
+      cfg.architectures = [this.config.architecture];
+      if (this.config.head === 'score') {
+        cfg.num_labels = 1;
+        cfg.id2label = { 0: 'LABEL_0' };
+        cfg.label2id = { LABEL_0: 0 };
+        // *ForSequenceClassification finds each row's last token through pad_token_id.
+        cfg.pad_token_id ??= this.config.padTokenId ?? this.config.eosTokenIds[0] ?? null;
+      }
+    }
     fs.writeFileSync(cfgFile, JSON.stringify(cfg, null, 2) + '\n');
   }
 
@@ -186,7 +209,7 @@ export class Trainer {
     const gpt2 = this.config.arch === 'gpt2';
     const cfg = {
       peft_type: 'LORA',
-      task_type: this.config.head === 'score' ? 'SEQ_CLS' : 'CAUSAL_LM',
+      task_type: this.config.head === 'score' || lora.head ? 'SEQ_CLS' : 'CAUSAL_LM',
       base_model_name_or_path: baseModel,
       r: lora.r,
       lora_alpha: lora.alpha,
@@ -195,7 +218,7 @@ export class Trainer {
       target_modules: [...lora.targets].sort(),
       fan_in_fan_out: gpt2,
       bias: 'none',
-      modules_to_save: null,
+      modules_to_save: lora.head ? ['classifier', 'score'] : null,
       init_lora_weights: true,
       inference_mode: true,
     };

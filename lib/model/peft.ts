@@ -60,6 +60,19 @@ export function loraScale(cfg: AdapterConfig): number {
 }
 
 /** The LoRA pairs of an adapter folder, keyed to canonical base tensor names. */
+/** Where PEFT saves a sequence-classification head (`modules_to_save: ["score"]`). */
+export const ADAPTER_HEAD_TENSOR = 'base_model.model.score.weight';
+
+/** The adapter's own score head, if it has one: [file, stored name]. */
+export function adapterHead(dir: string): [string, string] | null {
+  const file = path.join(dir, 'adapter_model.safetensors');
+  if (!fs.existsSync(file)) return null;
+  const st = openSafetensors(file);
+  const has = st.tensorNames.includes(ADAPTER_HEAD_TENSOR);
+  st.close();
+  return has ? [file, ADAPTER_HEAD_TENSOR] : null;
+}
+
 export function readLoraPairs(dir: string, knownTargets: Set<string>): { config: AdapterConfig; pairs: LoraPair[] } {
   const config = readAdapterConfig(dir);
   const file = path.join(dir, 'adapter_model.safetensors');

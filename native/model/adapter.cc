@@ -75,7 +75,8 @@ std::string peft_tensor_name(const Config& cfg, const LoraModule& m, bool is_a) 
 
 std::unique_ptr<Adapter> make_adapter(const Config& cfg, const AdapterSpec& spec) {
   if (spec.r <= 0) throw Error(code::kArgument, "adapter: r must be positive");
-  if (spec.modules.empty()) throw Error(code::kArgument, "adapter: no target modules");
+  if (spec.modules.empty() && spec.head_rows <= 0) throw Error(code::kArgument, "adapter: no target modules");
+  if (spec.head_rows < 0) throw Error(code::kArgument, "adapter: head rows must be >= 0");
   auto a = std::make_unique<Adapter>();
   a->name = spec.name;
   a->r = spec.r;
@@ -96,6 +97,8 @@ std::unique_ptr<Adapter> make_adapter(const Config& cfg, const AdapterSpec& spec
     a->modules.push_back(m);
     total += spec.r * (s.in + s.out);
   }
+  const int64_t head_floats = spec.head_rows * cfg.hidden;
+  total += head_floats;
   a->params.assign(static_cast<size_t>(total), 0.f);
   a->grads.assign(static_cast<size_t>(total), 0.f);
   a->m.assign(static_cast<size_t>(total), 0.f);
@@ -126,6 +129,30 @@ std::unique_ptr<Adapter> make_adapter(const Config& cfg, const AdapterSpec& spec
       for (int64_t j = 0; j < spec.r * m.in; ++j) m.a[j] = (2.f * math::uniform01(seed, static_cast<uint64_t>(j)) - 1.f) * bound;
     }
   }
+  if (head_floats > 0) {
+    a->head_rows = spec.head_rows;
+    a->score = a->params.data() + off, a->dscore = a->grads.data() + off;
+    if (!spec.head_from.file.empty()) {
+      st::File f(spec.head_from.file);
+      const st::TensorInfo& t = f.info(spec.head_from.stored_name);
+      const std::vector<uint64_t> want{static_cast<uint64_t>(spec.head_rows), static_cast<uint64_t>(cfg.hidden)};
+      if (t.shape != want || (t.dtype != st::Dtype::F32 && t.dtype != st::Dtype::BF16 && t.dtype != st::Dtype::F16))
+        throw Error(code::kModel, spec.head_from.file + ": '" + spec.head_from.stored_name + "' must be a float tensor of shape [" +
+                                      std::to_string(want[0]) + ", " + std::to_string(want[1]) + "] for a score head");
+      const uint8_t* src = f.raw(t);
+      for (int64_t i = 0; i < head_floats; ++i) {
+        if (t.dtype == st::Dtype::F32) std::memcpy(a->score + i, src + 4 * i, 4);
+        else {
+          uint16_t h;
+          std::memcpy(&h, src + 2 * i, 2);
+          a->score[i] = t.dtype == st::Dtype::BF16 ? bf16_to_float(h) : f16_to_float(h);
+        }
+      }
+    } else {
+      const uint64_t seed = math::mix64(spec.seed * 0x9e3779b97f4a7c15ull + 0xabcdefull);
+      for (int64_t i = 0; i < head_floats; ++i) a->score[i] = spec.head_std * math::normal01(seed, static_cast<uint64_t>(i));
+    }
+  }
   return a;
 }
 
@@ -146,6 +173,15 @@ void save_adapter_weights(const Config& cfg, const Adapter& a, const std::string
     tb.data = m.b;
     tb.data_len = sizeof(float) * static_cast<size_t>(a.r * m.out);
     out.push_back(tb);
+  }
+  if (a.score) {
+    st::TensorToWrite th;
+    th.name = kAdapterHeadName;
+    th.dtype = st::Dtype::F32;
+    th.shape = {static_cast<uint64_t>(a.head_rows), static_cast<uint64_t>(cfg.hidden)};
+    th.data = a.score;
+    th.data_len = sizeof(float) * static_cast<size_t>(a.head_rows * cfg.hidden);
+    out.push_back(th);
   }
   st::write_file(path, out, st::Metadata{{"format", "pt"}});
 }

@@ -21,7 +21,15 @@ struct AdapterSpec {
   uint64_t seed = 0;
   // Optional initial values per module (same order): PEFT lora_A / lora_B tensors.
   std::vector<std::pair<TensorLocation, TensorLocation>> init_from;
+  // Optional trainable score head [head_rows, hidden] (reward model, critic):
+  // copied from head_from when its file is set, else N(0, head_std^2).
+  int64_t head_rows = 0;
+  float head_std = 0.02f;
+  TensorLocation head_from;
 };
+
+// PEFT saves a sequence-classification head (modules_to_save) under this name.
+inline const char* kAdapterHeadName = "base_model.model.score.weight";
 
 // Parses a PEFT module name ("q_proj", ..., "c_proj" with its parent for GPT-2).
 bool parse_proj(const Config& cfg, const std::string& name, bool mlp_parent, Proj* out);
@@ -34,7 +42,7 @@ std::unique_ptr<Adapter> make_adapter(const Config& cfg, const AdapterSpec& spec
 // "base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight" and the like.
 std::string peft_tensor_name(const Config& cfg, const LoraModule& m, bool is_a);
 
-// Writes the adapter's A/B tensors to a safetensors file in PEFT's layout.
+// Writes the adapter's A/B tensors (and its score head) to a safetensors file in PEFT's layout.
 void save_adapter_weights(const Config& cfg, const Adapter& a, const std::string& path);
 
 }  // namespace rlhf::model

@@ -60,8 +60,9 @@ struct Adapter {
   bool rslora = false;
   float scale = 2.f;
   std::vector<LoraModule> modules;
-  float* score = nullptr;  // [num_labels, hidden] or null
+  float* score = nullptr;  // [head_rows, hidden] or null
   float* dscore = nullptr;
+  int64_t head_rows = 0;
   // PEFT lora_dropout on the adapter's input, training forward only. The mask
   // is a pure function of (seed, forward count, module, element), so the
   // backward pass regenerates it instead of storing it.

@@ -17,6 +17,10 @@ std::vector<TrainableTensor> trainable_tensors(Transformer& t, Adapter* adapter,
       out.push_back({peft_tensor_name(cfg, m, true), m.a, m.da, adapter->m.data() + offa, adapter->v.data() + offa, adapter->r, m.in, false});
       out.push_back({peft_tensor_name(cfg, m, false), m.b, m.db, adapter->m.data() + offb, adapter->v.data() + offb, m.out, adapter->r, false});
     }
+    if (adapter->score) {
+      const int64_t off = adapter->score - adapter->params.data();
+      out.push_back({kAdapterHeadName, adapter->score, adapter->dscore, adapter->m.data() + off, adapter->v.data() + off, adapter->head_rows, cfg.hidden, false});
+    }
     return out;
   }
   if (full) {

@@ -4,6 +4,7 @@
 #include <functional>
 
 #include "../error.h"
+#include "../ops/math.h"
 #include "../safetensors.h"
 
 namespace rlhf::model {
@@ -50,6 +51,12 @@ class Loader {
   Loader(const TensorFiles& files) : files_(files) {}
 
   bool has(const std::string& name) const { return files_.count(name) != 0; }
+
+  // Records a tensor made here rather than read (it is saved like a loaded one).
+  void place(const std::string& name, float* dst, int64_t rows, int64_t cols) {
+    placed[name] = Placed{dst, rows, cols, false};
+    order.push_back(name);
+  }
 
   struct Placed {
     float* dst;
@@ -161,7 +168,7 @@ void merge_lora(Loader& ld, const LoraMerge& m) {
 }
 }  // namespace
 
-Weights load_weights(const Config& cfg, const TensorFiles& files, const std::vector<LoraMerge>& loras) {
+Weights load_weights(const Config& cfg, const TensorFiles& files, const std::vector<LoraMerge>& loras, const ScoreInit& score_init) {
   cfg.validate();
   const int64_t H = cfg.hidden, V = cfg.vocab, F = cfg.intermediate, Q = cfg.q_dim(), KV = cfg.kv_dim();
   const bool gpt2 = cfg.arch == Arch::kGpt2;
@@ -254,7 +261,14 @@ Weights load_weights(const Config& cfg, const TensorFiles& files, const std::vec
     ld.load(p + "ln_f.bias", H, 0, w.final_norm_b);
   }
   if (cfg.lm_head && !cfg.tie_embeddings) ld.load("lm_head.weight", V, H, w.lm_head);
-  if (cfg.num_labels > 0) ld.load("score.weight", cfg.num_labels, H, w.score);
+  if (cfg.num_labels > 0) {
+    if (!ld.has("score.weight") && score_init.enabled) {
+      for (int64_t i = 0; i < cfg.num_labels * H; ++i) w.score[i] = score_init.std * math::normal01(score_init.seed, static_cast<uint64_t>(i));
+      ld.place("score.weight", w.score, cfg.num_labels, H);
+    } else {
+      ld.load("score.weight", cfg.num_labels, H, w.score);
+    }
+  }
   for (const LoraMerge& m : loras) merge_lora(ld, m);
   for (const std::string& name : ld.order) {
     const auto& p = ld.placed.at(name);

@@ -88,9 +88,18 @@ struct LoraMerge {
   float scale = 1.f;
 };
 
+// A score head the checkpoint does not have (a reward model or critic made
+// from a causal LM): score.weight ~ N(0, std^2), as transformers initialises
+// a fresh *ForSequenceClassification head (initializer_range, 0.02).
+struct ScoreInit {
+  bool enabled = false;
+  float std = 0.02f;
+  uint64_t seed = 0;
+};
+
 // Loads and converts. Throws E_MODEL naming the tensor for a missing tensor or
 // a wrong shape, E_UNSUPPORTED for a dtype other than F32/F16/BF16.
-Weights load_weights(const Config& cfg, const TensorFiles& files, const std::vector<LoraMerge>& loras = {});
+Weights load_weights(const Config& cfg, const TensorFiles& files, const std::vector<LoraMerge>& loras = {}, const ScoreInit& score_init = {});
 
 float bf16_to_float(uint16_t h);
 float f16_to_float(uint16_t h);

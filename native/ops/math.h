@@ -78,6 +78,12 @@ RLHF_HD uint64_t mix64(uint64_t x) {
 RLHF_HD float uniform01(uint64_t seed, uint64_t counter) {
   return static_cast<float>(mix64(seed ^ mix64(counter)) >> 40) * (1.f / 16777216.f);
 }
+// Standard normal (Box-Muller over counters 2i and 2i+1), for weight init.
+RLHF_HD float normal01(uint64_t seed, uint64_t counter) {
+  const float u1 = uniform01(seed, 2 * counter) + (1.f / 33554432.f);  // (0, 1): no log(0)
+  const float u2 = uniform01(seed, 2 * counter + 1);
+  return sqrtf(-2.f * logf(u1)) * cosf(6.283185307179586f * u2);
+}
 
 
 // ------------------------------------------------------------------ losses
