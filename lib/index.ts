@@ -20,3 +20,4 @@ export { readAdapterConfig, readLoraPairs, loraScale } from './model/peft';
 export { Trainer, loraModules, LLAMA_LORA_TARGETS, GPT2_LORA_TARGETS } from './engine/train';
 export type { LoraOptions } from './engine/train';
 export * from './stages/sft';
+export * from './run/run-folder';

@@ -1,0 +1,176 @@
+/**
+ * Progress display for long stages. On a terminal: one line redrawn in place,
+ *
+ *   sft [#######.............] 12/80 loss 0.53 reward 1.2 ETA 0:42
+ *
+ * elsewhere (files, CI logs): plain lines, one per `intervalMs`, plus the
+ * first and the last step. Writing never throws: a closed or failing stream
+ * silently turns the display off.
+ */
+
+/** What the display writes to: a Writable such as process.stderr, or anything with `write`. */
+export interface ProgressStream {
+  write(chunk: string, cb?: (err?: Error | null) => void): unknown;
+  isTTY?: boolean;
+  /** Terminal width; lines are cut to fit so that redrawing works. */
+  columns?: number;
+  destroyed?: boolean;
+  writableEnded?: boolean;
+  on?(event: 'error', listener: (err: Error) => void): unknown;
+  off?(event: 'error', listener: (err: Error) => void): unknown;
+}
+
+export interface ProgressOptions {
+  label: string;
+  /** Last step; <= 0 when unknown (no bar, no ETA). */
+  total: number;
+  /** Default process.stderr. */
+  stream?: ProgressStream;
+  /** Redraw one line in place. Default `stream.isTTY`. */
+  isTTY?: boolean;
+  /** Minimum milliseconds between outputs: redraws on a terminal (default 100), lines otherwise (default 10000). */
+  intervalMs?: number;
+  /** The step the work starts from (a resumed run): the ETA counts only steps done since. Default 0. */
+  start?: number;
+  /** Bar width in characters. Default 20. */
+  width?: number;
+  /** Clock in milliseconds. Default Date.now (tests pass their own). */
+  now?: () => number;
+}
+
+/** Values shown after the counter: numbers with 3 significant digits, strings as they are. */
+export type ProgressFields = Record<string, number | string | null | undefined>;
+
+export interface Progress {
+  /** Records that `step` is done, with the latest values to show. Outputs when the interval has passed, on the first step and on the last one. */
+  tick(step: number, fields?: ProgressFields): void;
+  /** Prints a line of its own without breaking the bar (the bar is redrawn below it). */
+  log(line: string): void;
+  /** Final output (the last state, total time, and `fields`), then a newline on a terminal. Later calls do nothing. */
+  done(fields?: ProgressFields): void;
+}
+
+/** m:ss, or h:mm:ss from an hour. */
+function formatDuration(ms: number): string {
+  const t = Math.max(0, Math.round(ms / 1000));
+  const h = Math.floor(t / 3600), m = Math.floor((t % 3600) / 60), s = t % 60;
+  return h ? `${h}:${String(m).padStart(2, '0')}:${String(s).padStart(2, '0')}` : `${m}:${String(s).padStart(2, '0')}`;
+}
+
+function formatValue(v: number | string): string {
+  if (typeof v === 'string') return v;
+  if (!Number.isFinite(v)) return String(v);
+  const a = Math.abs(v);
+  if (Number.isInteger(v) || a >= 1000) return String(Math.round(v));
+  if (a !== 0 && a < 1e-3) return v.toExponential(1);
+  return String(Number(v.toPrecision(3)));
+}
+
+function formatFields(fields: ProgressFields): string {
+  return Object.entries(fields)
+    .filter((e): e is [string, number | string] => e[1] !== null && e[1] !== undefined)
+    .map(([k, v]) => ` ${k} ${formatValue(v)}`)
+    .join('');
+}
+
+/** Creates a progress display (see the module comment). */
+export function createProgress(opts: ProgressOptions): Progress {
+  const stream = opts.stream ?? process.stderr;
+  const tty = opts.isTTY ?? Boolean(stream.isTTY);
+  const interval = opts.intervalMs ?? (tty ? 100 : 10_000);
+  const now = opts.now ?? Date.now;
+  const width = Math.max(1, Math.floor(opts.width ?? 20));
+  const total = opts.total > 0 ? opts.total : 0;
+  const t0 = now();
+  const start = opts.start ?? 0;
+  let dead = false, finished = false;
+  let step = start, fields: ProgressFields = {};
+  let lastOut = -Infinity, shownStep = NaN, drawn = false, ticked = false;
+
+  const onError = () => {
+    dead = true;
+  };
+  try {
+    stream.on?.('error', onError);
+  } catch {
+    // a stream without events
+  }
+  const detach = () => {
+    try {
+      stream.off?.('error', onError);
+    } catch {
+      // ignore
+    }
+  };
+
+  const write = (s: string, last = false) => {
+    if (dead || stream.destroyed || stream.writableEnded) {
+      dead = true;
+      if (last) detach();
+      return;
+    }
+    try {
+      // The error listener stays until the last write has completed (errors can arrive asynchronously).
+      stream.write(s, last ? () => detach() : undefined);
+    } catch {
+      dead = true;
+      if (last) detach();
+    }
+  };
+
+  const counter = () => (total ? `${step}/${total}` : `${step}`);
+  const eta = (t: number): string => {
+    const done = step - start;
+    if (!total || done <= 0 || step >= total) return '';
+    return ` ETA ${formatDuration(((t - t0) / done) * (total - step))}`;
+  };
+  const bar = () => {
+    if (!total) return '';
+    const filled = Math.min(width, Math.floor((Math.min(step, total) / total) * width));
+    return ` [${'#'.repeat(filled)}${'.'.repeat(width - filled)}]`;
+  };
+  const fit = (line: string) => {
+    const cols = stream.columns;
+    return cols && cols > 1 && line.length > cols - 1 ? line.slice(0, cols - 1) : line;
+  };
+  const ttyLine = (t: number) => fit(`${opts.label}${bar()} ${counter()}${formatFields(fields)}${eta(t)}`);
+  const plainLine = (t: number) => {
+    const pct = total ? ` (${Math.floor((Math.min(step, total) / total) * 100)}%)` : '';
+    return `${opts.label} ${counter()}${pct}${formatFields(fields)} elapsed ${formatDuration(t - t0)}${eta(t)}`;
+  };
+  const output = (t: number) => {
+    lastOut = t;
+    shownStep = step;
+    if (tty) {
+      write(`\r${ttyLine(t)}\x1b[K`);
+      drawn = true;
+    } else write(plainLine(t) + '\n');
+  };
+
+  return {
+    tick(s, f) {
+      if (finished || dead) return;
+      step = s;
+      if (f) fields = { ...fields, ...f };
+      const t = now();
+      const first = !ticked;
+      ticked = true;
+      if (first || (total > 0 && s >= total) || t - lastOut >= interval) output(t);
+    },
+    log(line) {
+      if (tty && drawn && !finished) write(`\r\x1b[K${line}\n${ttyLine(now())}\x1b[K`);
+      else write(line + '\n');
+    },
+    done(f) {
+      if (finished) return;
+      finished = true;
+      if (dead) return detach();
+      if (f) fields = { ...fields, ...f };
+      const t = now();
+      const took = ` in ${formatDuration(t - t0)}`;
+      if (tty) write(`\r${fit(`${opts.label}${bar()} ${counter()}${formatFields(fields)}${took}`)}\x1b[K\n`, true);
+      else if (shownStep !== step || f) write(`${opts.label} ${counter()}${total ? ` (${Math.floor((Math.min(step, total) / total) * 100)}%)` : ''}${formatFields(fields)}${took}\n`, true);
+      else write(`${opts.label} done${took}\n`, true);
+    },
+  };
+}
