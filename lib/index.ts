@@ -20,4 +20,6 @@ export { readAdapterConfig, readLoraPairs, loraScale } from './model/peft';
 export { Trainer, loraModules, LLAMA_LORA_TARGETS, GPT2_LORA_TARGETS } from './engine/train';
 export type { LoraOptions } from './engine/train';
 export * from './stages/sft';
+export * from './stages/reward';
+export { StageCheckpoints } from './stages/checkpoints';
 export * from './run/run-folder';
