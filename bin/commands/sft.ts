@@ -62,6 +62,8 @@ export function register<T>(y: Argv<T>): Argv<T> {
         .option('eval-fraction', { type: 'number', default: SFT_DEFAULTS.evalFraction, describe: 'hold out this fraction of --data for eval loss' })
         .option('eval-steps', { type: 'number', default: SFT_DEFAULTS.evalSteps, describe: 'eval every N steps (and at the end); 0: only at the end' })
         .option('eval-batch-size', { type: 'number', describe: 'eval rows per batch [default: --batch-size]' })
+        .option('checkpoint-steps', { type: 'number', default: SFT_DEFAULTS.checkpointSteps, describe: 'resumable checkpoint every N steps into OUT/checkpoints (0: none)' })
+        .option('resume', { type: 'boolean', default: false, describe: 'continue from the newest checkpoint in OUT/checkpoints' })
         .option('log-steps', { type: 'number', default: 1, describe: 'a progress line on stderr every N steps (and the first and last)' }),
     (argv) =>
       runCommand(argv, async () => {
@@ -99,6 +101,8 @@ export function register<T>(y: Argv<T>): Argv<T> {
             evalFraction: argv['eval-fraction'],
             evalSteps: argv['eval-steps'],
             evalBatchSize: argv['eval-batch-size'],
+            checkpointSteps: argv['checkpoint-steps'],
+            resume: argv.resume,
             device: argv.device,
           },
           {

@@ -38,6 +38,7 @@ import { LR_SCHEDULES, lrSchedule, type LrScheduleKind } from './schedule';
 import { noDecayNames } from './sft';
 import { packageVersion } from '../info';
 import { StageCheckpoints, type ResumeState } from './checkpoints';
+import { openMetrics } from './metrics-file';
 
 export interface RmConfig {
   /** The SFT model folder (causal LM; its LM head is not used), or a reward model to continue. Required. */
@@ -556,28 +557,4 @@ export async function runRm(config: RmConfig, hooks: RmHooks = {}): Promise<RmRe
   } finally {
     if (!keep) model.dispose();
   }
-}
-
-/**
- * metrics.jsonl for a stage run: a fresh file, or on resume the existing
- * lines up to the checkpoint's step (later lines belong to the steps that
- * run again), so the finished file matches an uninterrupted run's.
- */
-export function openMetrics(file: string, keepThroughStep: number): number {
-  if (keepThroughStep > 0 && fs.existsSync(file)) {
-    const kept = fs
-      .readFileSync(file, 'utf8')
-      .split('\n')
-      .filter((l) => {
-        if (!l.trim()) return false;
-        try {
-          return (JSON.parse(l).step ?? Infinity) <= keepThroughStep;
-        } catch {
-          return false;
-        }
-      });
-    fs.writeFileSync(file, kept.map((l) => l + '\n').join(''));
-    return fs.openSync(file, 'a');
-  }
-  return fs.openSync(file, 'w');
 }

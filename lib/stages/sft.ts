@@ -24,6 +24,8 @@ import { loadTokenizer, type Tokenizer } from '../tokenizer/tokenizer';
 import { loadSftData, packSftBatch, planSteps, splitEval, stepsPerEpoch, type SftDataStats, type SftExample } from '../data/sft-data';
 import { LR_SCHEDULES, lrSchedule, type LrScheduleKind } from './schedule';
 import { packageVersion } from '../info';
+import { StageCheckpoints } from './checkpoints';
+import { openMetrics } from './metrics-file';
 
 export interface SftConfig {
   /** Base model folder (Hugging Face layout, causal LM). Required. */
@@ -86,6 +88,12 @@ export interface SftConfig {
   evalSteps?: number;
   /** Eval micro-batch rows. Default batchSize. */
   evalBatchSize?: number;
+  /** Write a resumable checkpoint every N steps into out/checkpoints (0: none). Default 0. */
+  checkpointSteps?: number;
+  /** Checkpoints kept. Default 2. */
+  checkpointKeep?: number;
+  /** Continue from the newest checkpoint in out/checkpoints (same config and data). Default false. */
+  resume?: boolean;
   /** 'auto' | 'cpu' | 'cuda'. Default 'auto'. */
   device?: 'auto' | 'cpu' | 'cuda';
 }
@@ -124,6 +132,9 @@ export const SFT_DEFAULTS = {
   shuffle: false,
   evalFraction: 0,
   evalSteps: 0,
+  checkpointSteps: 0,
+  checkpointKeep: 2,
+  resume: false,
   device: 'auto' as const,
 };
 
@@ -173,6 +184,8 @@ export interface SftResult {
   epochs: number;
   /** Stopped early by SIGINT or the abort signal (the output was still saved). */
   interrupted: boolean;
+  /** The checkpoint step this run continued from (resume), else null. */
+  resumedFrom: number | null;
   initialLoss: number | null;
   finalLoss: number | null;
   evalLoss: number | null;
@@ -253,8 +266,13 @@ export function resolveSftConfig(cfg: SftConfig): ResolvedSftConfig {
     evalFraction: cfg.evalFraction ?? SFT_DEFAULTS.evalFraction,
     evalSteps: cfg.evalSteps ?? SFT_DEFAULTS.evalSteps,
     evalBatchSize: cfg.evalBatchSize ?? cfg.batchSize ?? SFT_DEFAULTS.batchSize,
+    checkpointSteps: cfg.checkpointSteps ?? SFT_DEFAULTS.checkpointSteps,
+    checkpointKeep: cfg.checkpointKeep ?? SFT_DEFAULTS.checkpointKeep,
+    resume: cfg.resume ?? SFT_DEFAULTS.resume,
     device: cfg.device ?? SFT_DEFAULTS.device,
   };
+  arg(nonNegInt(r.checkpointSteps), `--checkpoint-steps must be a non-negative integer, got ${r.checkpointSteps}`);
+  arg(posInt(r.checkpointKeep), `--checkpoint-keep must be a positive integer, got ${r.checkpointKeep}`);
   arg(posInt(r.loraR), `--lora-r must be a positive integer, got ${r.loraR}`);
   arg(finite(r.loraAlpha) && r.loraAlpha > 0, `--lora-alpha must be a positive number, got ${r.loraAlpha}`);
   arg(r.loraTargets === 'all-linear' || r.loraTargets.length > 0, '--lora-targets must name at least one module (or all-linear)');
@@ -371,6 +389,16 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
       trainableParameters = trainer.createLora({ r: cfg.loraR, alpha: cfg.loraAlpha, rslora: cfg.rslora, dropout: cfg.loraDropout, targets, seed: cfg.seed }).parameters;
     }
     const noDecay = cfg.full ? noDecayNames(trainer.trainable().map((t) => t.name)) : [];
+    const checkpoints = new StageCheckpoints(path.join(cfg.out, 'checkpoints'), cfg.checkpointKeep);
+    const resume = cfg.resume ? checkpoints.latest() : null;
+    if (cfg.resume && !resume) log(`sft: --resume: no checkpoint in ${checkpoints.dir}; starting from the beginning`);
+    let forwards = 0; // training forwards so far: LoRA dropout masks are a function of this count
+    if (resume) {
+      checkpoints.restore(resume, trainer);
+      forwards = Number(resume.extra.forwards ?? 0);
+      if (!cfg.full && cfg.loraDropout > 0) trainer.setDropoutCounter(forwards);
+      log(`sft: resuming after step ${resume.step} (${resume.dir})`);
+    }
 
     const spe = stepsPerEpoch(train.length, cfg.batchSize, cfg.gradAccum);
     const totalSteps = cfg.steps > 0 ? cfg.steps : Math.max(1, Math.ceil(cfg.epochs * spe));
@@ -382,7 +410,7 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
 
     fs.mkdirSync(cfg.out, { recursive: true });
     const metricsFile = path.join(cfg.out, 'metrics.jsonl');
-    const metricsFd = fs.openSync(metricsFile, 'w');
+    const metricsFd = openMetrics(metricsFile, resume?.step ?? 0);
 
     // Interrupts: finish the current step, then save.
     let stop = false;
@@ -402,12 +430,15 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
     hooks.signal?.addEventListener('abort', onAbort);
     if (hooks.signal?.aborted) onAbort();
 
-    let steps = 0, epochs = 0, initialLoss: number | null = null, finalLoss: number | null = null, evalLoss: number | null = null;
+    let steps = resume?.step ?? 0, epochs = 0, finalLoss: number | null = null, evalLoss: number | null = null;
+    let initialLoss: number | null = (resume?.extra.initialLoss as number | null | undefined) ?? null;
     let lastEvalStep = -1, tokensSeen = 0;
     const t0 = performance.now();
+    const elapsed0 = Number(resume?.extra.elapsed ?? 0);
     try {
       await trainer.zeroGrad();
       for (const st of planSteps(train.length, totalSteps, { batchSize: cfg.batchSize, gradAccum: cfg.gradAccum, shuffle: cfg.shuffle, seed: cfg.seed })) {
+        if (st.step <= steps) continue; // resumed: the data position is a function of the step
         if (stop) break;
         const ts = performance.now();
         const batches = st.micro.map((rows) => packSftBatch(rows.map((i) => train[i])));
@@ -418,6 +449,7 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
           const r = sftLoss(f.flat.logp!, b.mask, denom);
           nll += r.nllSum;
           inputTokens += b.tokens;
+          forwards++;
           await trainer.backward({ dlogp: r.dlogp });
         }
         const loss = denom > 0 ? nll / denom : 0;
@@ -453,7 +485,7 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
           tokens: denom,
           input_tokens: inputTokens,
           tokens_per_sec: seconds > 0 ? inputTokens / seconds : 0,
-          elapsed_s: (performance.now() - t0) / 1000,
+          elapsed_s: elapsed0 + (performance.now() - t0) / 1000,
         };
         const last = st.step === totalSteps || stop;
         if (evalSet.length && ((cfg.evalSteps > 0 && st.step % cfg.evalSteps === 0) || last)) {
@@ -464,6 +496,8 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
         }
         fs.writeSync(metricsFd, JSON.stringify(m) + '\n');
         hooks.onStep?.(m, { totalSteps });
+        if (cfg.checkpointSteps > 0 && st.step % cfg.checkpointSteps === 0 && st.step < totalSteps)
+          await checkpoints.save(st.step, trainer, { extra: { forwards, initialLoss, elapsed: m.elapsed_s } });
       }
       // An interrupt that arrived during the last step's eval-free tail: evaluate what is saved.
       if (evalSet.length && lastEvalStep !== steps) evalLoss = (await evaluateSft(model, evalSet, cfg.evalBatchSize)).loss;
@@ -488,6 +522,7 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
       totalSteps,
       epochs,
       interrupted,
+      resumedFrom: resume?.step ?? null,
       initialLoss,
       finalLoss,
       evalLoss,
