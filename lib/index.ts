@@ -23,3 +23,5 @@ export * from './stages/sft';
 export * from './stages/reward';
 export { StageCheckpoints } from './stages/checkpoints';
 export * from './run/run-folder';
+export * from './stages/dpo';
+export * from './data/preference-data';
