@@ -110,8 +110,9 @@ export function createProgress(opts: ProgressOptions): Progress {
       return;
     }
     try {
-      // The error listener stays until the last write has completed (errors can arrive asynchronously).
-      stream.write(s, last ? () => detach() : undefined);
+      // The error listener stays until the last write has completed; after a failed write it stays for
+      // good, since the stream reports the failure as an 'error' event after the write's callback.
+      stream.write(s, last ? (err) => (err ? (dead = true) : detach()) : undefined);
     } catch {
       dead = true;
       if (last) detach();
@@ -121,7 +122,7 @@ export function createProgress(opts: ProgressOptions): Progress {
   const counter = () => (total ? `${step}/${total}` : `${step}`);
   const eta = (t: number): string => {
     const done = step - start;
-    if (!total || done <= 0 || step >= total) return '';
+    if (!total || done <= 0 || step >= total || t <= t0) return '';
     return ` ETA ${formatDuration(((t - t0) / done) * (total - step))}`;
   };
   const bar = () => {
