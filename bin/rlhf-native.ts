@@ -11,6 +11,7 @@ import * as generate from './commands/generate';
 import * as bench from './commands/bench';
 import * as sft from './commands/sft';
 import * as rm from './commands/rm';
+import * as rs from './commands/rs';
 import * as dpo from './commands/dpo';
 import { packageVersion } from '../lib/info';
 
@@ -29,7 +30,7 @@ async function main(): Promise<void> {
     })
     .help()
     .wrap(Math.min(110, process.stdout.columns || 100));
-  for (const c of [train, info, inspect, init, score, generate, bench, sft, rm, dpo]) y = c.register(y);
+  for (const c of [train, info, inspect, init, score, generate, bench, sft, rm, dpo, rs]) y = c.register(y);
   await y.parseAsync();
 }
 

@@ -191,6 +191,36 @@ t.test('rewardModels: the score head at the last token of prompt + response, as 
   t.match(e.message, /longer than the reward model's context \(256\)/);
 });
 
+t.test('a LoRA adapter with its own score head (PEFT SEQ_CLS) on the policy base is a reward model', async (t) => {
+  const m = await loadModel(policy, { device: 'cpu' });
+  const tr = m.trainer();
+  tr.createLora({ r: 4, alpha: 8, targets: ['q_proj', 'v_proj'], seed: 2, head: { std: 0.1 } });
+  const dir = path.join(tmp, 'rm-adapter');
+  await tr.saveLora(dir, policy);
+  const plain = path.join(tmp, 'plain-adapter');
+  const m2 = await loadModel(policy, { device: 'cpu' });
+  m2.trainer().createLora({ r: 4, alpha: 8, targets: ['q_proj'], seed: 2 });
+  await m2.trainer().saveLora(plain, policy);
+  m2.dispose();
+  m.dispose();
+  const tok = loadTokenizer(policy);
+  const batch = ['Hello there', 'What colour is the sky? Blue.', 'x'].map((p) => ({ prompt: p, promptIds: tok.encode(p), response: '', responseIds: [tok.eosTokenId!] }));
+  const src = await rewardModels({ helpfulness: dir, policy, device: 'cpu' });
+  const got = await src.score(batch);
+  src.dispose();
+  const ref = await loadModel(policy, { adapter: dir, device: 'cpu' });
+  let worst = 0;
+  for (let i = 0; i < batch.length; i++) {
+    const ids = [...batch[i].promptIds, ...batch[i].responseIds];
+    worst = Math.max(worst, Math.abs((await ref.forward({ inputIds: [ids], values: true, logp: false })).values![0][ids.length - 1] - got.reward[i]));
+  }
+  ref.dispose();
+  t.ok(worst < 1e-4 && got.reward.some((x) => x !== 0), `adapter reward model vs base + adapter forward: ${worst.toExponential(2)}`);
+  const e = (await rewardModels({ helpfulness: plain, device: 'cpu' }).catch((e) => e)) as RlhfError;
+  t.equal(e.code, 'E_MODEL');
+  t.match(e.message, /this LoRA adapter has no score head \(base_model\.model\.score\.weight\), so it is not a reward model/);
+});
+
 t.test('a reward model with another vocabulary, or no score head, is an E_MODEL', async (t) => {
   t.doesNotThrow(() => checkSameVocab(policy, helpful));
   const e = t.throws(() => checkSameVocab(policy, swapped)) as RlhfError;
@@ -201,7 +231,7 @@ t.test('a reward model with another vocabulary, or no score head, is an E_MODEL'
   t.match(e2.message, /token id 10[01]/);
   const e3 = (await rewardModels({ helpfulness: policy, device: 'cpu' }).catch((e) => e)) as RlhfError;
   t.equal(e3.code, 'E_MODEL');
-  t.match(e3.message, /--reward-model .*: a reward model must be a \*ForSequenceClassification folder with a score head \(this is a LlamaForCausalLM\)/);
+  t.match(e3.message, /--reward-model .*: a reward model must be a \*ForSequenceClassification folder with a score head, or a PEFT adapter with one \(this is a LlamaForCausalLM\)/);
   const e4 = (await rewardModels({ helpfulness: helpful, combine: 'llama2' }).catch((e) => e)) as RlhfError;
   t.equal(e4.code, 'E_ARGUMENT');
   t.match(e4.message, /--combine llama2 needs a safety reward model/);

@@ -6,18 +6,23 @@
  *   labeler, a rule, a call to another service).
  * - `rewardModels({helpfulness, safety})`: one or two reward models in
  *   Hugging Face `*ForSequenceClassification` layout (`score.weight`,
- *   `num_labels` 1). A sequence's score is the score head's value at the last
+ *   `num_labels` 1), or PEFT LoRA adapters with their own score head on a
+ *   base model (SEQ_CLS, what the `rm` stage saves by default). A sequence's score is the score head's value at the last
  *   real token of prompt + response (the response's EOS included when it
  *   ended with one), read from the policy's own token ids; two models are
- *   combined as in Llama 2 (Touvron et al. 2023, section 3.2.2).
+ *   combined as in Llama 2 (Touvron et al. 2023, section 3.2.3, PPO paragraph).
  *
  * The combination, the logit transform and whitening are the pure functions
  * `combineRewards` and `whiten` below; docs/rewards.md states what each does
  * and why.
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { RlhfError } from '../errors';
 import { loadModel, type Model } from '../engine/model';
 import { openModelFolder } from '../model/folder';
+import { ADAPTER_HEAD_TENSOR, adapterHead, readAdapterConfig } from '../model/peft';
+import { openSafetensors } from '../safetensors';
 import type { ModelConfig } from '../model/config';
 import { loadTokenizer } from '../tokenizer/tokenizer';
 
@@ -112,7 +117,7 @@ export function whiten(x: Float64Array): Float64Array {
 
 /**
  * Combines raw (linear) reward-model scores into rewards, following Llama 2
- * section 3.2.2:
+ * section 3.2.3 (the PPO paragraph; the reward models are section 3.2.2):
  *
  *   g_h = sigmoid(r_h), g_s = sigmoid(r_s)                    (sigmoid scale)
  *   g_c = g_s  if the prompt is marked unsafe or g_s < threshold, else g_h
@@ -188,7 +193,7 @@ export function checkSameVocab(policyDir: string, rewardDir: string, what = 'rew
 }
 
 export interface RewardModelsOptions {
-  /** Helpfulness reward model folder (*ForSequenceClassification). Required. */
+  /** Helpfulness reward model: a *ForSequenceClassification folder, or a LoRA adapter folder with a score head. Required. */
   helpfulness: string;
   /** Safety reward model folder; null/absent: helpfulness only. */
   safety?: string | null;
@@ -220,9 +225,45 @@ export async function lastTokenValues(model: Model, seqs: readonly number[][], b
 
 function checkRewardModel(cfg: ModelConfig, dir: string, flag: string): void {
   if (cfg.head !== 'score')
-    throw new RlhfError('E_MODEL', `${flag} ${dir}: a reward model must be a *ForSequenceClassification folder with a score head (this is a ${cfg.architecture})`, { where: dir });
+    throw new RlhfError(
+      'E_MODEL',
+      `${flag} ${dir}: a reward model must be a *ForSequenceClassification folder with a score head, or a PEFT adapter with one (this is a ${cfg.architecture})`,
+      { where: dir },
+    );
   if (cfg.numLabels !== 1)
     throw new RlhfError('E_MODEL', `${flag} ${dir}: a reward model has num_labels 1 (one scalar score); this one has ${cfg.numLabels}`, { where: dir });
+}
+
+/**
+ * Where a reward model's weights are: a *ForSequenceClassification folder
+ * itself, or a PEFT LoRA adapter with its own score head (SEQ_CLS, as the
+ * `rm` stage saves by default) on the base named by its adapter_config.json.
+ */
+export function rewardModelWeights(dir: string, flag = '--reward-model'): { base: string; adapter: string | null } {
+  const isAdapter = fs.existsSync(path.join(dir, 'adapter_config.json')) && !fs.existsSync(path.join(dir, 'config.json'));
+  if (!isAdapter) {
+    const f = openModelFolder(dir);
+    const cfg = f.config;
+    f.close();
+    checkRewardModel(cfg, dir, flag);
+    return { base: dir, adapter: null };
+  }
+  const ac = readAdapterConfig(dir);
+  const head = adapterHead(dir);
+  if (!head)
+    throw new RlhfError('E_MODEL', `${flag} ${dir}: this LoRA adapter has no score head (${ADAPTER_HEAD_TENSOR}), so it is not a reward model`, { where: dir });
+  const st = openSafetensors(head[0]);
+  const shape = st.header.tensors.find((x) => x.name === head[1])?.shape ?? [];
+  st.close();
+  if (shape[0] !== 1) throw new RlhfError('E_MODEL', `${flag} ${dir}: a reward model has one score (a [1, hidden] head); this adapter's head is [${shape.join(', ')}]`, { where: dir });
+  const base = ac.baseModel;
+  if (!base || !fs.existsSync(path.join(base, 'config.json')))
+    throw new RlhfError(
+      'E_MODEL',
+      `${flag} ${dir}: adapter_config.json names the base model ${JSON.stringify(base)}, which is not a model folder here (base_model_name_or_path must be the base model's folder)`,
+      { where: dir },
+    );
+  return { base, adapter: dir };
 }
 
 /** One or two reward models as a RewardSource (Llama 2's combination with two). */
@@ -242,16 +283,14 @@ export async function rewardModels(opts: RewardModelsOptions): Promise<RewardSou
 
   const dirs: [string, string, string][] = [['helpfulness', opts.helpfulness, '--reward-model']];
   if (safetyDir) dirs.push(['safety', safetyDir, '--safety-model']);
-  for (const [, dir, flag] of dirs) {
-    const f = openModelFolder(dir);
-    const cfg = f.config;
-    f.close();
-    checkRewardModel(cfg, dir, flag);
-    if (opts.policy) checkSameVocab(opts.policy, dir, `${flag.slice(2).replace('-model', '')} model`);
-  }
+  const weights = dirs.map(([, dir, flag]) => {
+    const w = rewardModelWeights(dir, flag);
+    if (opts.policy) checkSameVocab(opts.policy, w.base, `${flag.slice(2).replace('-model', '')} model`);
+    return w;
+  });
   const models: Model[] = [];
   try {
-    for (const [, dir] of dirs) models.push(await loadModel(dir, { device: opts.device ?? 'auto' }));
+    for (const w of weights) models.push(await loadModel(w.base, { device: opts.device ?? 'auto', ...(w.adapter ? { adapter: w.adapter, head: 'score' as const } : {}) }));
   } catch (e) {
     models.forEach((m) => m.dispose());
     throw e;
