@@ -40,6 +40,13 @@ import { loadPrompts, type PromptRow } from '../ppo/prompts';
 import { LR_SCHEDULES, lrSchedule, type LrScheduleKind } from './schedule';
 import { packageVersion } from '../info';
 
+export { klPerToken, shapeRewards, gae, maskedWhiten } from '../ppo/gae';
+export type { RewardKlEstimator } from '../ppo/gae';
+export { klController, AdaptiveKlController, FixedKlController } from '../ppo/kl-controller';
+export type { KlController } from '../ppo/kl-controller';
+export { loadPrompts } from '../ppo/prompts';
+export type { PromptRow } from '../ppo/prompts';
+
 export interface PpoConfig {
   /** Base model folder (the SFT model, causal LM, Hugging Face layout). Required. */
   model: string;
@@ -535,6 +542,141 @@ export interface Rollout {
   klSum: number;
 }
 
+// ------------------------------------------------------------------ one minibatch
+
+export interface PpoUpdateOptions {
+  cliprange: number;
+  cliprangeValue: number;
+  vfCoef: number;
+  entCoef: number;
+  /** The temperature the rollout log-probs were read at. */
+  temperature: number;
+  /** Rollouts per training forward; gradients accumulate over the minibatch. */
+  microBatchSize: number;
+}
+
+/** Splits rows into micro-batches and returns, per micro-batch, the rows and their response-token count. */
+function microBatches(mb: readonly Rollout[], size: number): Rollout[][] {
+  const out: Rollout[][] = [];
+  for (let i = 0; i < mb.length; i += size) {
+    const rs = mb.slice(i, i + size);
+    if (rs.some((r) => r.response.length > 0)) out.push(rs);
+  }
+  return out;
+}
+
+/**
+ * Gathers a training forward's per-position outputs at the response tokens
+ * (width w per row: seq - 1 for log-probs, seq for values), and scatters
+ * gradients back into the same flat layout, zero elsewhere.
+ */
+function gatherResponses(flat: Float32Array, w: number, rs: readonly Rollout[], n: number): Float32Array {
+  const out = new Float32Array(n);
+  let k = 0;
+  rs.forEach((r, b) => {
+    const P = r.prompt.ids.length, L = r.response.length;
+    out.set(flat.subarray(b * w + P - 1, b * w + P - 1 + L), k);
+    k += L;
+  });
+  return out;
+}
+function scatterResponses(src: Float32Array, w: number, rs: readonly Rollout[]): Float32Array {
+  const dst = new Float32Array(rs.length * w);
+  let k = 0;
+  rs.forEach((r, b) => {
+    const P = r.prompt.ids.length, L = r.response.length;
+    dst.set(src.subarray(k, k + L), b * w + P - 1);
+    k += L;
+  });
+  return dst;
+}
+function concat(rs: readonly Rollout[], pick: (r: Rollout) => Float32Array, n: number): Float32Array {
+  const out = new Float32Array(n);
+  let k = 0;
+  for (const r of rs) out.set(pick(r), k), (k += r.response.length);
+  return out;
+}
+
+/**
+ * The critic's gradients for one minibatch (zeroed first, accumulated over
+ * micro-batches, not stepped): the clipped value loss of `ppo_loss` times
+ * vf_coef, a mean over every response token of the minibatch (each
+ * micro-batch's op call is scaled by its share of the tokens).
+ */
+export async function criticGradients(trainer: Trainer, mb: readonly Rollout[], o: PpoUpdateOptions): Promise<{ tokens: number; seqTokens: number; vfLoss: number; vfClipfrac: number }> {
+  trainer.useAdapter('critic');
+  await trainer.zeroGrad();
+  const total = mb.reduce((s, r) => s + r.response.length, 0);
+  let vf = 0, vclip = 0, seqTokens = 0;
+  for (const rs of microBatches(mb, o.microBatchSize)) {
+    const n = rs.reduce((s, r) => s + r.response.length, 0);
+    const ids = rs.map((r) => [...r.prompt.ids, ...r.response]);
+    const f = await trainer.forward({ inputIds: ids, values: true, logp: false });
+    const lp = concat(rs, (r) => r.oldLogp, n);
+    const out = ppoLoss({
+      logp: lp,
+      oldLogp: lp,
+      advantages: new Float32Array(n),
+      values: gatherResponses(f.flat.values!, f.seq, rs, n),
+      oldValues: concat(rs, (r) => r.oldValues, n),
+      returns: concat(rs, (r) => r.returns, n),
+      clipRange: o.cliprange,
+      clipRangeValue: o.cliprangeValue,
+      vfCoef: o.vfCoef,
+      gradScale: n / total,
+      want: { dvalues: true },
+    });
+    await trainer.backward({ dvalues: scatterResponses(out.dvalues!, f.seq, rs) });
+    vf += out.vfLoss * n;
+    vclip += out.vfClipfrac * n;
+    seqTokens += ids.reduce((s, x) => s + x.length, 0);
+  }
+  return { tokens: total, seqTokens, vfLoss: total ? vf / total : 0, vfClipfrac: total ? vclip / total : 0 };
+}
+
+/**
+ * The policy's gradients for one minibatch (zeroed first, accumulated, not
+ * stepped): the clipped surrogate of `ppo_loss` minus ent_coef times the mean
+ * entropy, a mean over every response token of the minibatch.
+ */
+export async function policyGradients(
+  trainer: Trainer,
+  mb: readonly Rollout[],
+  o: PpoUpdateOptions,
+): Promise<{ tokens: number; seqTokens: number; pgLoss: number; entropy: number; approxKl: number; clipfrac: number; ratio: number }> {
+  trainer.useAdapter('policy');
+  await trainer.zeroGrad();
+  const total = mb.reduce((s, r) => s + r.response.length, 0);
+  let pg = 0, ent = 0, akl = 0, clip = 0, ratio = 0, seqTokens = 0;
+  for (const rs of microBatches(mb, o.microBatchSize)) {
+    const n = rs.reduce((s, r) => s + r.response.length, 0);
+    const ids = rs.map((r) => [...r.prompt.ids, ...r.response]);
+    const f = await trainer.forward({ inputIds: ids, logp: true, temperature: o.temperature });
+    const w = f.seq - 1;
+    const out = ppoLoss({
+      logp: gatherResponses(f.flat.logp!, w, rs, n),
+      oldLogp: concat(rs, (r) => r.oldLogp, n),
+      advantages: concat(rs, (r) => r.advantages, n),
+      entropy: gatherResponses(f.flat.entropy!, w, rs, n),
+      clipRange: o.cliprange,
+      clipRangeValue: o.cliprangeValue,
+      vfCoef: o.vfCoef,
+      entCoef: o.entCoef,
+      gradScale: n / total,
+      want: { dlogp: true, dentropy: o.entCoef > 0 },
+    });
+    await trainer.backward({ dlogp: scatterResponses(out.dlogp!, w, rs), dentropy: out.dentropy ? scatterResponses(out.dentropy, w, rs) : undefined });
+    pg += out.pgLoss * n;
+    ent += out.entropy * n;
+    akl += out.approxKl * n;
+    clip += out.clipfrac * n;
+    ratio += out.ratioMean * n;
+    seqTokens += ids.reduce((s, x) => s + x.length, 0);
+  }
+  const d = total || 1;
+  return { tokens: total, seqTokens, pgLoss: pg / d, entropy: ent / d, approxKl: akl / d, clipfrac: clip / d, ratio: ratio / d };
+}
+
 const isAdapterDir = (dir: string) => fs.existsSync(path.join(dir, 'adapter_config.json'));
 
 /**
@@ -850,101 +992,30 @@ export async function runPpo(config: PpoConfig, hooks: PpoHooks = {}): Promise<P
 
         // PPO epochs.
         const tu = performance.now();
+        const upd = { opts: { cliprange: cfg.cliprange, cliprangeValue: cfg.cliprangeValue, vfCoef: cfg.vfCoef, entCoef: cfg.entCoef, temperature: cfg.temperature, microBatchSize: cfg.microBatchSize } };
         const acc = { tokens: 0, pg: 0, vf: 0, ent: 0, akl: 0, clip: 0, vclip: 0, ratio: 0, gn: 0, vgn: 0, n: 0, updTokens: 0 };
         let lastLr = 0;
         for (let ep = 0; ep < cfg.ppoEpochs; ep++) {
           const order = permutation(B, mixSeed(cfg.seed, 0x5b, it, ep));
           for (let m0 = 0; m0 < B; m0 += cfg.miniBatchSize) {
             const mb = order.slice(m0, m0 + cfg.miniBatchSize).map((i) => rollouts[i]);
-            const mbTokens = mb.reduce((s, r) => s + r.response.length, 0);
-            if (mbTokens === 0) continue;
-            const micro: Rollout[][] = [];
-            for (let i = 0; i < mb.length; i += cfg.microBatchSize) micro.push(mb.slice(i, i + cfg.microBatchSize));
-
-            // Critic: clipped value loss.
-            trainer.useAdapter('critic');
-            await trainer.zeroGrad();
-            for (const rs of micro) {
-              const n = rs.reduce((s, r) => s + r.response.length, 0);
-              if (n === 0) continue;
-              const ids = rs.map((r) => [...r.prompt.ids, ...r.response]);
-              const f = await trainer.forward({ inputIds: ids, values: true, logp: false });
-              const S = f.seq;
-              const v = new Float32Array(n), ov = new Float32Array(n), ret = new Float32Array(n), lp = new Float32Array(n);
-              let k = 0;
-              rs.forEach((r, b) => {
-                const P = r.prompt.ids.length, L = r.response.length;
-                v.set(f.flat.values!.subarray(b * S + P - 1, b * S + P - 1 + L), k);
-                ov.set(r.oldValues, k);
-                ret.set(r.returns, k);
-                lp.set(r.oldLogp, k);
-                k += L;
-              });
-              const o = ppoLoss({
-                logp: lp, oldLogp: lp, advantages: new Float32Array(n), values: v, oldValues: ov, returns: ret,
-                clipRange: cfg.cliprange, clipRangeValue: cfg.cliprangeValue, vfCoef: cfg.vfCoef, gradScale: n / mbTokens, want: { dvalues: true },
-              });
-              const dv = new Float32Array(rs.length * S);
-              k = 0;
-              rs.forEach((r, b) => {
-                const P = r.prompt.ids.length, L = r.response.length;
-                dv.set(o.dvalues!.subarray(k, k + L), b * S + P - 1);
-                k += L;
-              });
-              await trainer.backward({ dvalues: dv });
-              acc.vf += o.vfLoss * n;
-              acc.vclip += o.vfClipfrac * n;
-              acc.updTokens += ids.reduce((s, x) => s + x.length, 0);
-            }
+            if (mb.every((r) => r.response.length === 0)) continue;
+            const c = await criticGradients(trainer, mb, upd.opts);
             const cs = await trainer.step({ ...optim, lr: criticLr(optSteps) });
-
-            // Policy: clipped surrogate (+ entropy bonus).
-            trainer.useAdapter('policy');
-            await trainer.zeroGrad();
-            for (const rs of micro) {
-              const n = rs.reduce((s, r) => s + r.response.length, 0);
-              if (n === 0) continue;
-              const ids = rs.map((r) => [...r.prompt.ids, ...r.response]);
-              const f = await trainer.forward({ inputIds: ids, logp: true, temperature: cfg.temperature });
-              const W = f.seq - 1;
-              const lp = new Float32Array(n), ent = new Float32Array(n), olp = new Float32Array(n), a = new Float32Array(n);
-              let k = 0;
-              rs.forEach((r, b) => {
-                const P = r.prompt.ids.length, L = r.response.length;
-                lp.set(f.flat.logp!.subarray(b * W + P - 1, b * W + P - 1 + L), k);
-                ent.set(f.flat.entropy!.subarray(b * W + P - 1, b * W + P - 1 + L), k);
-                olp.set(r.oldLogp, k);
-                a.set(r.advantages, k);
-                k += L;
-              });
-              const o = ppoLoss({
-                logp: lp, oldLogp: olp, advantages: a, entropy: ent,
-                clipRange: cfg.cliprange, clipRangeValue: cfg.cliprangeValue, vfCoef: cfg.vfCoef, entCoef: cfg.entCoef, gradScale: n / mbTokens,
-                want: { dlogp: true, dentropy: cfg.entCoef > 0 },
-              });
-              const scatter = (src: Float32Array) => {
-                const dst = new Float32Array(rs.length * W);
-                let j = 0;
-                rs.forEach((r, b) => {
-                  const P = r.prompt.ids.length, L = r.response.length;
-                  dst.set(src.subarray(j, j + L), b * W + P - 1);
-                  j += L;
-                });
-                return dst;
-              };
-              await trainer.backward({ dlogp: scatter(o.dlogp!), dentropy: o.dentropy ? scatter(o.dentropy) : undefined });
-              acc.tokens += n;
-              acc.pg += o.pgLoss * n;
-              acc.ent += o.entropy * n;
-              acc.akl += o.approxKl * n;
-              acc.clip += o.clipfrac * n;
-              acc.ratio += o.ratioMean * n;
-              acc.updTokens += ids.reduce((s, x) => s + x.length, 0);
-            }
+            const p = await policyGradients(trainer, mb, upd.opts);
             lastLr = policyLr(optSteps);
             const ps = await trainer.step({ ...optim, lr: lastLr });
             if (!Number.isFinite(ps.gradNorm) || !Number.isFinite(cs.gradNorm))
               throw new RlhfError('E_ARGUMENT', `the gradient norm is not finite at iteration ${it + 1} (training diverged); try a lower --lr or --max-grad-norm`);
+            acc.tokens += p.tokens;
+            acc.pg += p.pgLoss * p.tokens;
+            acc.ent += p.entropy * p.tokens;
+            acc.akl += p.approxKl * p.tokens;
+            acc.clip += p.clipfrac * p.tokens;
+            acc.ratio += p.ratio * p.tokens;
+            acc.vf += c.vfLoss * c.tokens;
+            acc.vclip += c.vfClipfrac * c.tokens;
+            acc.updTokens += p.seqTokens + c.seqTokens;
             acc.gn += ps.gradNorm;
             acc.vgn += cs.gradNorm;
             acc.n++;
