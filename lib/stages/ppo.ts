@@ -677,7 +677,8 @@ export async function policyGradients(
   return { tokens: total, seqTokens, pgLoss: pg / d, entropy: ent / d, approxKl: akl / d, clipfrac: clip / d, ratio: ratio / d };
 }
 
-const isAdapterDir = (dir: string) => fs.existsSync(path.join(dir, 'adapter_config.json'));
+/** A PEFT adapter folder (adapter_config.json and no config.json of its own). */
+const isAdapterDir = (dir: string) => fs.existsSync(path.join(dir, 'adapter_config.json')) && !fs.existsSync(path.join(dir, 'config.json'));
 
 /**
  * Per-token outputs of `seqs` (prompt + response) at the response positions:
