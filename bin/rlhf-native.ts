@@ -11,6 +11,7 @@ import * as generate from './commands/generate';
 import * as bench from './commands/bench';
 import * as sft from './commands/sft';
 import * as rm from './commands/rm';
+import * as merge from './commands/merge';
 import * as rs from './commands/rs';
 import * as dpo from './commands/dpo';
 import * as ppo from './commands/ppo';

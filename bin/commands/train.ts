@@ -1,5 +1,10 @@
 /**
- * `rlhf-native train`: the main job. The full pipeline (pretrain, SFT, reward
+ * `rlhf-native train --config run.yaml` runs a recipe (instructgpt, llama2)
+ * in a run folder; `--resume RUN_DIR` continues a stopped one; any stage
+ * option can be overridden as `--<stage>.<option> value` (e.g. `--sft.lr
+ * 1e-4`). See docs/recipes.md.
+ *
+ * `rlhf-native train` with no config: the main job. The full pipeline (pretrain, SFT, reward
  * models, rejection sampling, PPO on the built-in task) is filled in by the
  * stage modules as they land; until then it runs what exists end to end: it
  * reports the runtime, writes a tiny random-initialised base model in Hugging
@@ -19,6 +24,7 @@ import { deviceOption } from './common';
 import { runSft } from '../../lib/stages/sft';
 import { loadModel } from '../../lib/engine/model';
 import { loadTokenizer } from '../../lib/tokenizer/tokenizer';
+import { runTrainConfig } from './train-config';
 
 /** A small generated SFT task: reverse a short word. */
 function reversalRows(n: number, seed: number): { prompt: string; completion: string }[] {
@@ -38,17 +44,25 @@ export function register<T>(y: Argv<T>): Argv<T> {
     'run the RLHF pipeline on the built-in task (what exists so far: see README)',
     (a) =>
       deviceOption(a)
-        .option('out', { type: 'string', default: 'rlhf-run', describe: 'run folder' })
-        .option('seed', { type: 'number', default: 0 }),
+        .option('config', { type: 'string', describe: 'recipe config (YAML or JSON): recipe, model, out, seed and each stage\'s options' })
+        .option('resume', { type: 'string', describe: 'continue the stopped run in this folder (its run.json holds the config)' })
+        .option('recipe', { choices: ['instructgpt', 'llama2'] as const, describe: 'overrides the config\'s recipe' })
+        .option('model', { type: 'string', describe: 'overrides the config\'s model folder' })
+        .option('out', { type: 'string', describe: 'run folder [default: rlhf-run]' })
+        .option('seed', { type: 'number' })
+        .parserConfiguration({ 'dot-notation': true })
+        .strict(false),
     (argv) =>
       runCommand(argv, async () => {
+        if (argv.config || argv.resume) return runTrainConfig(argv as unknown as Record<string, unknown>);
+        const out = argv.out ?? 'rlhf-run', seed = argv.seed ?? 0;
         const info = runtimeInfo();
         const device = resolveDevice(argv.device);
         process.stdout.write(`rlhf-native ${info.version}: device ${device} (cpu ${info.cpu.simd}, ${info.cpu.threads} threads; backends ${info.backends.join(', ')})\n`);
-        const base = path.join(argv.out, 'base');
+        const base = path.join(out, 'base');
         const exists = fs.existsSync(base) && fs.readdirSync(base).length > 0;
         if (!exists) {
-          await initModel({ arch: 'llama', preset: 'tiny', outDir: base, seed: argv.seed, dtype: 'F32', force: false });
+          await initModel({ arch: 'llama', preset: 'tiny', outDir: base, seed: seed, dtype: 'F32', force: false });
           process.stdout.write(`wrote a tiny random-initialised Llama base model to ${base}\n`);
         } else {
           process.stdout.write(`using the existing base model in ${base}\n`);
@@ -59,8 +73,8 @@ export function register<T>(y: Argv<T>): Argv<T> {
         model.close?.();
 
         // Supervised finetuning on a generated task, through the SFT stage.
-        const data = path.join(argv.out, 'sft-data.jsonl');
-        const rows = reversalRows(64, argv.seed + 1);
+        const data = path.join(out, 'sft-data.jsonl');
+        const rows = reversalRows(64, seed + 1);
         fs.writeFileSync(data, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
         const tok = loadTokenizer(base);
         const probe = rows[0];
@@ -71,10 +85,10 @@ export function register<T>(y: Argv<T>): Argv<T> {
           return JSON.stringify(tok.decode(Array.from(g.tokens[0]), { skipSpecialTokens: true }));
         };
         const before = await greedy(base);
-        const sftOut = path.join(argv.out, 'sft');
+        const sftOut = path.join(out, 'sft');
         process.stdout.write(`SFT: ${rows.length} generated "Reverse <word>:" examples, full fine-tuning, 80 steps\n`);
         const r = await runSft(
-          { model: base, data, out: sftOut, full: true, lr: 3e-3, steps: 80, batchSize: 16, lrSchedule: 'constant', maxGradNorm: 1, seed: argv.seed, device: 'cpu' },
+          { model: base, data, out: sftOut, full: true, lr: 3e-3, steps: 80, batchSize: 16, lrSchedule: 'constant', maxGradNorm: 1, seed: seed, device: 'cpu' },
           { log: (line: string) => process.stderr.write(line + '\n') },
         );
         const after = await greedy(sftOut);

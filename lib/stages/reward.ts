@@ -101,14 +101,17 @@ export interface RmConfig {
   checkpointSteps?: number;
   /** Checkpoints kept. Default 2. */
   checkpointKeep?: number;
+  /** Where checkpoint-<step> folders go. Default out/checkpoints. */
+  checkpointDir?: string | null;
   /** Continue from the newest checkpoint in out/checkpoints (same config and data). Default false. */
   resume?: boolean;
   device?: 'auto' | 'cpu' | 'cuda';
 }
 
-export type ResolvedRmConfig = Required<Omit<RmConfig, 'adapter' | 'evalData' | 'loraTargets' | 'headStd'>> & {
+export type ResolvedRmConfig = Required<Omit<RmConfig, 'adapter' | 'evalData' | 'checkpointDir' | 'loraTargets' | 'headStd'>> & {
   adapter: string | null;
   evalData: string | null;
+  checkpointDir: string | null;
   loraTargets: string[] | 'all-linear';
   headStd: number | null;
 };
@@ -265,6 +268,7 @@ export function resolveRmConfig(cfg: RmConfig): ResolvedRmConfig {
     evalBatchSize: cfg.evalBatchSize ?? cfg.batchSize ?? RM_DEFAULTS.batchSize,
     checkpointSteps: cfg.checkpointSteps ?? RM_DEFAULTS.checkpointSteps,
     checkpointKeep: cfg.checkpointKeep ?? RM_DEFAULTS.checkpointKeep,
+    checkpointDir: cfg.checkpointDir ?? null,
     resume: cfg.resume ?? RM_DEFAULTS.resume,
     device: cfg.device ?? RM_DEFAULTS.device,
   };
@@ -371,7 +375,7 @@ export async function runRm(config: RmConfig, hooks: RmHooks = {}): Promise<RmRe
   log(`rm: ${cfg.data}: ${data.stats.rows} pairs, ${data.stats.tokens} tokens` + (data.stats.marginRows ? `, ${data.stats.marginRows} with a margin` : '') + `; max length ${maxLen}`);
   if (evalSet.length) log(`rm: held-out evaluation on ${evalSet.length} pairs`);
 
-  const checkpoints = new StageCheckpoints(path.join(cfg.out, 'checkpoints'), cfg.checkpointKeep);
+  const checkpoints = new StageCheckpoints(cfg.checkpointDir ?? path.join(cfg.out, 'checkpoints'), cfg.checkpointKeep);
   let resume: ResumeState | null = null;
   if (cfg.resume) {
     resume = checkpoints.latest();

@@ -92,6 +92,8 @@ export interface SftConfig {
   checkpointSteps?: number;
   /** Checkpoints kept. Default 2. */
   checkpointKeep?: number;
+  /** Where checkpoint-<step> folders go. Default out/checkpoints. */
+  checkpointDir?: string | null;
   /** Continue from the newest checkpoint in out/checkpoints (same config and data). Default false. */
   resume?: boolean;
   /** 'auto' | 'cpu' | 'cuda'. Default 'auto'. */
@@ -99,9 +101,10 @@ export interface SftConfig {
 }
 
 /** The config with every default filled in (what sft_config.json records). */
-export type ResolvedSftConfig = Required<Omit<SftConfig, 'adapter' | 'evalData' | 'loraTargets'>> & {
+export type ResolvedSftConfig = Required<Omit<SftConfig, 'adapter' | 'evalData' | 'checkpointDir' | 'loraTargets'>> & {
   adapter: string | null;
   evalData: string | null;
+  checkpointDir: string | null;
   loraTargets: string[] | 'all-linear';
 };
 
@@ -268,6 +271,7 @@ export function resolveSftConfig(cfg: SftConfig): ResolvedSftConfig {
     evalBatchSize: cfg.evalBatchSize ?? cfg.batchSize ?? SFT_DEFAULTS.batchSize,
     checkpointSteps: cfg.checkpointSteps ?? SFT_DEFAULTS.checkpointSteps,
     checkpointKeep: cfg.checkpointKeep ?? SFT_DEFAULTS.checkpointKeep,
+    checkpointDir: cfg.checkpointDir ?? null,
     resume: cfg.resume ?? SFT_DEFAULTS.resume,
     device: cfg.device ?? SFT_DEFAULTS.device,
   };
@@ -389,7 +393,7 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
       trainableParameters = trainer.createLora({ r: cfg.loraR, alpha: cfg.loraAlpha, rslora: cfg.rslora, dropout: cfg.loraDropout, targets, seed: cfg.seed }).parameters;
     }
     const noDecay = cfg.full ? noDecayNames(trainer.trainable().map((t) => t.name)) : [];
-    const checkpoints = new StageCheckpoints(path.join(cfg.out, 'checkpoints'), cfg.checkpointKeep);
+    const checkpoints = new StageCheckpoints(cfg.checkpointDir ?? path.join(cfg.out, 'checkpoints'), cfg.checkpointKeep);
     const resume = cfg.resume ? checkpoints.latest() : null;
     if (cfg.resume && !resume) log(`sft: --resume: no checkpoint in ${checkpoints.dir}; starting from the beginning`);
     let forwards = 0; // training forwards so far: LoRA dropout masks are a function of this count
