@@ -32,7 +32,7 @@ async function main(): Promise<void> {
     })
     .help()
     .wrap(Math.min(110, process.stdout.columns || 100));
-  for (const c of [train, info, inspect, init, score, generate, bench, sft, rm, dpo, rs]) y = c.register(y);
+  for (const c of [train, info, inspect, init, score, generate, bench, sft, rm, merge, dpo, rs]) y = c.register(y);
   y = ppo.register(y);
   await y.parseAsync();
 }
