@@ -34,3 +34,4 @@ export * from './stages/dpo';
 export * from './data/preference-data';
 export { runPpo, resolvePpoConfig, PPO_DEFAULTS, ppoLoss, criticGradients, policyGradients, iterationPrompts, klPerToken, shapeRewards, gae, maskedWhiten, klController, AdaptiveKlController, FixedKlController, loadPrompts } from './stages/ppo';
 export type { PpoConfig, ResolvedPpoConfig, PpoHooks, PpoResult, PpoEvalResult, PpoStepMetrics, PpoUpdateOptions, Rollout as PpoRollout, KlController, PromptRow } from './stages/ppo';
+export * as demo from './demo';
