@@ -47,6 +47,12 @@ export interface RecipeHooks {
    * (e.g. a programmatic judge). The caller disposes it.
    */
   reward?: RewardSource;
+  /**
+   * Runs before a stage starts (also when it resumes): may write the stage's
+   * data (e.g. preference pairs sampled from the SFT model) and return
+   * option overrides for it. Must be deterministic for resuming to reproduce.
+   */
+  prepare?: (stage: StageKey, ctx: { run: string; outputs: ReadonlyMap<StageKey, Record<string, string>>; base: string }) => Promise<Record<string, unknown> | void>;
   /** Called with every metrics record as it is written to the run's metrics.jsonl. */
   onMetrics?: (stage: StageKey, record: Record<string, unknown>) => void;
   /** Called when a stage starts, is skipped (already done), or finishes. */
@@ -63,9 +69,9 @@ export interface RecipeResult {
 }
 
 /** Stage options for the stage functions: the user's section minus what the recipe sets. */
-function stageOptions(cfg: RecipeConfig, key: StageKey): Record<string, unknown> {
+function stageOptions(cfg: RecipeConfig, key: StageKey, extra: Record<string, unknown> = {}): Record<string, unknown> {
   const { skip: _skip, ...rest } = cfg.stages[key] ?? {};
-  return rest;
+  return { ...rest, ...extra };
 }
 
 export async function runRecipe(cfg: RecipeConfig, opts: RecipeHooks & { resume?: boolean } = {}): Promise<RecipeResult> {
@@ -120,11 +126,12 @@ export async function runRecipe(cfg: RecipeConfig, opts: RecipeHooks & { resume?
       };
       const common = { log: (l: string) => log(l), signal: abort.signal, handleSigint: false };
       const base = baseModel(cfg, outputs);
+      const extra = (await opts.prepare?.(key, { run: run.dir, outputs, base })) ?? {};
       let out: Record<string, string> = {};
       let summary: { final?: Record<string, unknown>; eval?: Record<string, unknown>; steps?: number } = {};
       if (key === 'sft') {
         const r = await runSft(
-          { checkpointSteps: 50, ...stageOptions(cfg, key), model: cfg.model, out: dir, checkpointDir: dir, resume: wasRunning, seed: cfg.seed, device: cfg.device } as never,
+          { checkpointSteps: 50, ...stageOptions(cfg, key, extra), model: cfg.model, out: dir, checkpointDir: dir, resume: wasRunning, seed: cfg.seed, device: cfg.device } as never,
           { ...common, onStep: (m, i) => (record(m.step, m), tick(m.step, i.totalSteps, { loss: m.loss, eval_loss: m.eval_loss })) },
         );
         interrupted ||= r.interrupted;
@@ -138,7 +145,7 @@ export async function runRecipe(cfg: RecipeConfig, opts: RecipeHooks & { resume?
         summary = { eval: r.evalLoss !== null ? { eval_loss: r.evalLoss } : undefined, steps: r.steps };
       } else if (key === 'rm' || key === 'rm_helpfulness' || key === 'rm_safety') {
         const r = await runRm(
-          { checkpointSteps: 50, ...stageOptions(cfg, key), model: base, out: dir, checkpointDir: dir, resume: wasRunning, seed: cfg.seed, device: cfg.device } as never,
+          { checkpointSteps: 50, ...stageOptions(cfg, key, extra), model: base, out: dir, checkpointDir: dir, resume: wasRunning, seed: cfg.seed, device: cfg.device } as never,
           { ...common, onStep: (m, i) => (record(m.step, m), tick(m.step, i.totalSteps, { loss: m.loss, acc: m.accuracy })) },
         );
         interrupted ||= r.interrupted;
@@ -147,7 +154,7 @@ export async function runRecipe(cfg: RecipeConfig, opts: RecipeHooks & { resume?
       } else if (key === 'rs') {
         let n = 0;
         const r = await runRejectionSampling(
-          { ...stageOptions(cfg, key), ...rewardOptions(cfg, outputs, opts.reward), model: base, out: dir, seed: cfg.seed, device: cfg.device } as never,
+          { ...stageOptions(cfg, key, extra), ...rewardOptions(cfg, outputs, opts.reward), model: base, out: dir, seed: cfg.seed, device: cfg.device } as never,
           { ...common, reward: opts.reward, onMetrics: (m) => (record(++n, { ...m, reward: (m as { mean_reward?: number }).mean_reward }), tick(n, n, { reward: (m as { mean_reward?: number }).mean_reward })) },
         );
         interrupted ||= r.interrupted;
@@ -157,9 +164,9 @@ export async function runRecipe(cfg: RecipeConfig, opts: RecipeHooks & { resume?
         const rs = outputs.get('rs');
         const r = await runPpo(
           {
-            ...stageOptions(cfg, key),
+            ...stageOptions(cfg, key, extra),
             ...rewardOptions(cfg, outputs, opts.reward),
-            ...(rs?.adapter && !stageOptions(cfg, key).adapter ? { adapter: rs.adapter } : {}),
+            ...(rs?.adapter && !stageOptions(cfg, key, extra).adapter ? { adapter: rs.adapter } : {}),
             model: rs?.model && !rs.adapter ? rs.model : base,
             out: dir,
             seed: cfg.seed,
