@@ -13,6 +13,7 @@ const log = (...a) => console.error('[bench]', ...a);
 const CONFIGS = {
   S: { hidden: 288, layers: 6, heads: 6, kvHeads: 6, ffn: 768, vocab: 32000, maxPositions: 1024 },
   M: { hidden: 512, layers: 8, heads: 8, kvHeads: 4, ffn: 1408, vocab: 32000, maxPositions: 1024 },
+  L: { hidden: 768, layers: 12, heads: 12, kvHeads: 4, ffn: 2048, vocab: 32000, maxPositions: 1024 },
 };
 
 const median = (xs) => {
