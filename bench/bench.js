@@ -496,11 +496,10 @@ async function main() {
   // --device cuda: a clear error without a GPU; with one, every workload says the CUDA backend cannot run it yet.
   let device = 'cpu';
   if (opts.device !== 'cpu') {
-    try {
-      device = lib.resolveDevice(opts.device, () => {});
-    } catch (e) {
-      throw new BenchError(e && e.code ? e.code : 'E_CUDA', errText(e));
-    }
+    const ri = lib.runtimeInfo();
+    if (ri.cuda.devices.length > 0) device = 'cuda';
+    else if (opts.device === 'cuda')
+      throw new BenchError('E_CUDA', `--device cuda: no CUDA device is usable here: ${(ri.cuda.reason ?? 'none found').replace(/; running on the CPU$/, '')} (use --device cpu)`);
   }
   const cpuModel = os.cpus()[0]?.model?.trim() || 'unknown CPU';
   const deviceText =
