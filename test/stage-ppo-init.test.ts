@@ -127,3 +127,11 @@ t.test('metrics are a function of the seed: adaptive KL control, reward whitenin
   }
   t.ok(a.every((m) => m.eos_fraction >= 0 && m.eos_fraction <= 1));
 });
+
+t.test('a reward source that returns a non-finite reward or the wrong count is an error naming the prompt', async (t) => {
+  const nan = { names: ['x'], score: async (b: unknown[]) => ({ reward: Float64Array.from(b, (_, i) => (i === 2 ? NaN : 1)), parts: {} }), dispose() {} };
+  await t.rejects(runPpo({ ...small, out: path.join(tmp, 'o-nan'), iterations: 1 }, { reward: nan, handleSigint: false }), { code: 'E_ARGUMENT', message: /returned NaN for the response to \S+p\.jsonl:\d+ \(rewards must be finite\)/ });
+  const short = { names: ['x'], score: async () => ({ reward: new Float64Array(3), parts: {} }), dispose() {} };
+  await t.rejects(runPpo({ ...small, out: path.join(tmp, 'o-short'), iterations: 1 }, { reward: short, handleSigint: false }), { code: 'E_ARGUMENT', message: /returned 3 rewards for 8 responses/ });
+  await t.rejects(runPpo({ ...small, out: path.join(tmp, 'o-none') }, { handleSigint: false }), { code: 'E_ARGUMENT', message: /--reward-model is required/ });
+});

@@ -891,7 +891,7 @@ export async function runPpo(config: PpoConfig, hooks: PpoHooks = {}): Promise<P
     const optim = { optimizer: 'adamw' as const, beta1: cfg.adamBeta1, beta2: cfg.adamBeta2, eps: cfg.adamEpsilon, weightDecay: cfg.weightDecay, maxGradNorm: cfg.maxGradNorm };
 
     /** Samples one response per prompt with the policy, scores it, and reads the per-token arrays. */
-    const rollout = async (rows: PromptRow[], seed: number, withValues: boolean) => {
+    const rollout = async (rows: PromptRow[], file: string, seed: number, withValues: boolean) => {
       trainer.useAdapter('policy');
       const responses: number[][] = [], eos: boolean[] = [];
       for (let i = 0, c = 0; i < rows.length; i += cfg.forwardBatchSize, c++) {
@@ -910,6 +910,9 @@ export async function runPpo(config: PpoConfig, hooks: PpoHooks = {}): Promise<P
       });
       const scored = await reward.score(inputs);
       if (scored.reward.length !== rows.length) throw new RlhfError('E_ARGUMENT', `the reward source returned ${scored.reward.length} rewards for ${rows.length} responses`);
+      const bad = Array.from(scored.reward).findIndex((x) => !Number.isFinite(x));
+      if (bad >= 0) throw new RlhfError('E_ARGUMENT', `the reward source returned ${scored.reward[bad]} for the response to ${file}:${rows[bad].line} (rewards must be finite)`);
+      scored.parts ??= {};
       const seqs = rows.map((p, b) => [...p.ids, ...responses[b]]);
       const pl = rows.map((p) => p.ids.length), rl = responses.map((r) => r.length);
       trainer.useAdapter('policy');
@@ -925,7 +928,7 @@ export async function runPpo(config: PpoConfig, hooks: PpoHooks = {}): Promise<P
     };
 
     const evaluate = async (): Promise<PpoEvalResult> => {
-      const r = await rollout(evalPrompts, mixSeed(cfg.seed, 0xe7a1), false);
+      const r = await rollout(evalPrompts, cfg.evalData!, mixSeed(cfg.seed, 0xe7a1), false);
       const kls = r.oldLogp.map((lp, b) => klPerToken(lp, r.refLogp[b], 'k1').reduce((s, x) => s + x, 0));
       return { reward: mean(r.scored.reward), kl: mean(kls), responseLength: mean(r.responses.map((x) => x.length)) };
     };
@@ -963,7 +966,7 @@ export async function runPpo(config: PpoConfig, hooks: PpoHooks = {}): Promise<P
         if (stop) break;
         const ts = performance.now();
         const rows = iterationPrompts(prompts.length, cfg.batchSize, it, cfg.seed).map((i) => prompts[i]);
-        const ro = await rollout(rows, mixSeed(cfg.seed, 0x6e, it), true);
+        const ro = await rollout(rows, cfg.data, mixSeed(cfg.seed, 0x6e, it), true);
         const genSeconds = (ro.tGen - ts) / 1000;
         const B = rows.length;
 
