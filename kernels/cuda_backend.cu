@@ -1,7 +1,6 @@
 // The CUDA backend object: device, stream, scratch memory, supports(), and the
 // process-wide instance. The ops themselves live in kernels/<family>.cu.
 #include <mutex>
-#include <memory>
 
 #include "../native/device.h"
 #include "common.cuh"
@@ -132,15 +131,16 @@ void CudaBackend::fill_normal_bf16(uint16_t* x, int64_t n, uint64_t seed, float 
 }
 
 CudaBackend& backend() {
+  // Never destroyed: at process exit the CUDA runtime may already be gone.
   static std::mutex mu;
-  static std::unique_ptr<CudaBackend> instance;
+  static CudaBackend* instance = nullptr;
   std::lock_guard<std::mutex> lock(mu);
   if (!instance) {
     const CudaStatus st = cuda_status();
     if (!st.compiled) throw Error(code::kCuda, st.error);
     if (st.devices.empty())
       throw Error(code::kCuda, "no usable CUDA device: " + (st.error.empty() ? std::string("the CUDA runtime found no device") : st.error));
-    instance = std::make_unique<CudaBackend>(st.devices[0].index);
+    instance = new CudaBackend(st.devices[0].index);
   }
   return *instance;
 }
