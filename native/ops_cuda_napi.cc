@@ -128,7 +128,7 @@ struct Buffers {
 };
 #endif
 
-int64_t num(Napi::Object o, const char* key, int64_t dflt) {
+[[maybe_unused]] int64_t num(Napi::Object o, const char* key, int64_t dflt) {
   Napi::Value v = o.Get(key);
   return v.IsNumber() ? v.As<Napi::Number>().Int64Value() : dflt;
 }
