@@ -220,9 +220,18 @@ export interface NativeModel {
 
 export interface NativeAddon {
   loadModel(spec: NativeModelSpec): Promise<NativeModel>;
-  /** Runs one CPU op on typed arrays (tests only). */
-  runOp(name: string, args: Record<string, unknown>): void;
+  /**
+   * Runs one op on typed arrays (tests and the GPU check only). With
+   * `args.device` 'cuda' (or 'cpu-copy': the CPU backend through the same
+   * copy-in/copy-out path) the arrays are copied to the device and back and
+   * the result says where it ran; `args.repeat` > 0 adds the mean kernel time.
+   */
+  runOp(name: string, args: Record<string, unknown>): void | { device: string; ms?: number };
   opKernels(): { kernels: string[]; ops: string[] };
+  /** The op table and what the CUDA backend covers (answered without a GPU). */
+  cudaOps(): { compiled: boolean; ops: { name: string; family: string; f32: boolean; bf16: boolean }[] };
+  /** Times one fused CUDA kernel on device-resident random data (throws E_CUDA without a GPU). */
+  cudaBench(name: 'gemm_bf16' | 'gemm_f32' | 'attention' | 'lm_head' | 'ppo_loss', params: Record<string, number | boolean>): Record<string, number | string>;
   info(): NativeInfo;
   SafetensorsFile: new (path: string) => NativeSafetensorsFile;
   /** Writes a .safetensors file (to a temporary name, then renamed). Returns the file size. */

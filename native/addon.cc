@@ -13,8 +13,11 @@ Napi::Value WriteSafetensors(const Napi::CallbackInfo& info);  // (path, tensors
 Napi::Object InitModel(Napi::Env env, Napi::Object exports);  // class Model (made by loadModel)
 Napi::Value LoadModel(const Napi::CallbackInfo& info);  // (spec) -> Promise<Model>
 // ops_napi.cc
-Napi::Value RunOp(const Napi::CallbackInfo& info);      // (name, args) -> runs one CPU op (tests)
+Napi::Value RunOp(const Napi::CallbackInfo& info);      // (name, args) -> runs one op, CPU or args.device (tests)
 Napi::Value OpKernels(const Napi::CallbackInfo& info);  // () -> {kernels, ops}
+// ops_cuda_napi.cc
+Napi::Value CudaOps(const Napi::CallbackInfo& info);    // () -> {compiled, ops: [{name, family, f32, bf16}]}
+Napi::Value CudaBench(const Napi::CallbackInfo& info);  // (name, params) -> kernel timings on the GPU
 }  // namespace rlhf::napi
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -26,6 +29,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("loadModel", Napi::Function::New(env, LoadModel, "loadModel"));
   exports.Set("runOp", Napi::Function::New(env, RunOp, "runOp"));
   exports.Set("opKernels", Napi::Function::New(env, OpKernels, "opKernels"));
+  exports.Set("cudaOps", Napi::Function::New(env, CudaOps, "cudaOps"));
+  exports.Set("cudaBench", Napi::Function::New(env, CudaBench, "cudaBench"));
   return exports;
 }
 

@@ -1,6 +1,8 @@
 // runOp(name, args): runs one op of the CPU backend on caller-provided typed
 // arrays, synchronously. It exists so the tests can check every op against a
 // float64 reference written in the test; the model never calls ops this way.
+// With args.device = 'cuda' the same op runs on the CUDA backend, the arrays
+// copied to the device and back (ops_cuda_napi.cc).
 #include <napi.h>
 
 #include <cstring>
@@ -12,14 +14,25 @@
 #include "cpu/vec.h"
 #include "engine.h"
 #include "napi_util.h"
+#include "op_memory.h"
 
 namespace rlhf::napi {
+
+// ops_cuda_napi.cc: runs `run` on the named device ("cuda", or "cpu-copy":
+// the CPU backend on copies of the arrays, the same copy-in/copy-out path).
+Napi::Value RunOpOnDevice(Napi::Env env, const std::string& device, const std::string& op, Napi::Object args,
+                          const std::function<void(Backend&, ArgMemory*)>& run);
 
 namespace {
 
 struct Fields {
   Napi::Object o;
   std::string op;
+  ArgMemory* mem = nullptr;  // null: the backend reads the arrays in place
+  void* where(const Napi::TypedArray& a) const {
+    uint8_t* base = static_cast<uint8_t*>(a.ArrayBuffer().Data());
+    return mem ? mem->map(base, a.ArrayBuffer().ByteLength(), a.ByteOffset()) : base + a.ByteOffset();
+  }
   Napi::TypedArray arr(const char* key, napi_typedarray_type type, bool optional) const {
     Napi::Value v = o.Get(key);
     if (v.IsUndefined() || v.IsNull()) {
@@ -32,19 +45,19 @@ struct Fields {
   }
   float* f32(const char* key, bool optional = false) const {
     Napi::TypedArray a = arr(key, napi_float32_array, optional);
-    return a.IsEmpty() ? nullptr : reinterpret_cast<float*>(static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset());
+    return a.IsEmpty() ? nullptr : static_cast<float*>(where(a));
   }
   int32_t* i32(const char* key, bool optional = false) const {
     Napi::TypedArray a = arr(key, napi_int32_array, optional);
-    return a.IsEmpty() ? nullptr : reinterpret_cast<int32_t*>(static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset());
+    return a.IsEmpty() ? nullptr : static_cast<int32_t*>(where(a));
   }
   uint8_t* u8(const char* key, bool optional = false) const {
     Napi::TypedArray a = arr(key, napi_uint8_array, optional);
-    return a.IsEmpty() ? nullptr : static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset();
+    return a.IsEmpty() ? nullptr : static_cast<uint8_t*>(where(a));
   }
   uint16_t* u16(const char* key, bool optional = false) const {
     Napi::TypedArray a = arr(key, napi_uint16_array, optional);
-    return a.IsEmpty() ? nullptr : reinterpret_cast<uint16_t*>(static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset());
+    return a.IsEmpty() ? nullptr : static_cast<uint16_t*>(where(a));
   }
   int64_t i(const char* key, int64_t dflt = 0) const {
     Napi::Value v = o.Get(key);
@@ -67,14 +80,14 @@ float* f32n(const Fields& f, const char* key, int64_t count, bool optional = fal
   if (count < 0 || static_cast<int64_t>(a.ElementLength()) < count)
     throw Error(code::kArgument, f.op + ": '" + key + "' has " + std::to_string(a.ElementLength()) + " elements, needs " +
                                      std::to_string(count));
-  return reinterpret_cast<float*>(static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset());
+  return static_cast<float*>(f.where(a));
 }
 double* f64n(const Fields& f, const char* key, int64_t count, bool optional = false) {
   Napi::TypedArray a = f.arr(key, napi_float64_array, optional);
   if (a.IsEmpty()) return nullptr;
   if (static_cast<int64_t>(a.ElementLength()) < count)
     throw Error(code::kArgument, f.op + ": '" + key + "' needs " + std::to_string(count) + " elements");
-  return reinterpret_cast<double*>(static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset());
+  return static_cast<double*>(f.where(a));
 }
 
 const std::unordered_map<std::string, Runner>& runners() {
@@ -177,7 +190,7 @@ const std::unordered_map<std::string, Runner>& runners() {
          op.n = f.i("n"), op.vocab = f.i("vocab"), op.logits = f.f32("logits"), op.ld = f.i("ld");
          op.temperature = static_cast<float>(f.d("temperature", 1)), op.top_k = f.i("topK"), op.top_p = static_cast<float>(f.d("topP", 1));
          Napi::TypedArray seeds = f.arr("seeds", napi_biguint64_array, false);
-         op.seeds = reinterpret_cast<const uint64_t*>(static_cast<uint8_t*>(seeds.ArrayBuffer().Data()) + seeds.ByteOffset());
+         op.seeds = static_cast<const uint64_t*>(f.where(seeds));
          op.step = static_cast<uint64_t>(f.i("step")), op.out = f.i32("out"), op.out_logp = f.f32("outLogp", true);
          be.sample(op);
        }},
@@ -356,6 +369,16 @@ Napi::Value RunOp(const Napi::CallbackInfo& info) {
     Fields f{ArgObject(info, 1, "args"), name};
     auto it = runners().find(name);
     if (it == runners().end()) throw Error(code::kArgument, "runOp: unknown op '" + name + "'");
+    Napi::Value device = f.o.Get("device");
+    if (!device.IsUndefined() && !(device.IsString() && device.As<Napi::String>().Utf8Value() == "cpu")) {
+      if (!device.IsString()) throw Error(code::kArgument, "runOp: 'device' must be a string");
+      std::lock_guard<std::mutex> lock(default_engine().compute);
+      return RunOpOnDevice(info.Env(), device.As<Napi::String>().Utf8Value(), name, f.o, [&](Backend& be, ArgMemory* mem) {
+        Fields g = f;
+        g.mem = mem;
+        it->second(be, g);
+      });
+    }
     // Optional kernel choice for tests ("scalar", "avx2", "avx512", "auto").
     Napi::Value isa = f.o.Get("isa");
     Engine& e = default_engine();

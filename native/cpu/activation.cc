@@ -1,6 +1,7 @@
 // Element-wise activations: SwiGLU (Llama MLP), GELU-tanh (GPT-2), residual add.
 #include <cmath>
 
+#include "../ops/math.h"
 #include "cpu_backend.h"
 #include "vec.h"
 
@@ -30,24 +31,15 @@ void CpuBackend::swiglu_backward(const SwigluBackwardOp& op) {
     const float* dy = op.dout + i * op.ld_out;
     float* dg = op.dgate + i * op.ld_in;
     float* du = op.dup + i * op.ld_in;
-    for (int64_t j = 0; j < op.dim; ++j) {
-      const float s = 1.f / (1.f + std::exp(-g[j]));
-      du[j] = dy[j] * g[j] * s;
-      dg[j] = dy[j] * u[j] * s * (1.f + g[j] * (1.f - s));
-    }
+    for (int64_t j = 0; j < op.dim; ++j) math::swiglu_grad(g[j], u[j], dy[j], dg[j], du[j]);
   });
 }
 void CpuBackend::gelu_backward(const GeluBackwardOp& op) {
-  const float k = 0.7978845608028654f, c = 0.044715f;
   pool_.parallel_for(op.n, [&](int64_t i, int) {
     const float* x = op.x + i * op.ld_in;
     const float* dy = op.dout + i * op.ld_out;
     float* dx = op.dx + i * op.ld_in;
-    for (int64_t j = 0; j < op.dim; ++j) {
-      const float xv = x[j], u = k * (xv + c * xv * xv * xv), th = std::tanh(u);
-      const float du = k * (1.f + 3.f * c * xv * xv);
-      dx[j] = dy[j] * (0.5f * (1.f + th) + 0.5f * xv * (1.f - th * th) * du);
-    }
+    for (int64_t j = 0; j < op.dim; ++j) dx[j] = dy[j] * math::gelu_tanh_grad(x[j]);
   });
 }
 

@@ -45,18 +45,13 @@ double sum_squares(const float* x, int64_t n) {
 void CpuBackend::adamw(const AdamWOp& op) {
   // Bias corrections and the step size in fp64 on the host, as torch does
   // with Python floats; the element update itself is fp32.
-  const double t = static_cast<double>(std::max<int64_t>(op.step, 1));
-  const double bc1 = 1.0 - std::pow(static_cast<double>(op.beta1), t);
-  const double bc2 = 1.0 - std::pow(static_cast<double>(op.beta2), t);
-  const float step_size = static_cast<float>(op.lr / bc1);
-  const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
-  const float decay = static_cast<float>(1.0 - static_cast<double>(op.lr) * op.weight_decay);
+  const math::AdamWConsts k = math::adamw_consts(op.lr, op.beta1, op.beta2, op.weight_decay, op.step);
   const int64_t n = op.n;
   const float gs = op.grad_scale;
   pool_.parallel_for(chunks(n), [&](int64_t c, int) {
     const int64_t e = std::min(n, (c + 1) * kChunk);
     for (int64_t i = c * kChunk; i < e; ++i)
-      math::adamw_update(op.param[i], op.m[i], op.v[i], op.grad[i] * gs, decay, op.beta1, op.beta2, step_size, bc2_sqrt,
+      math::adamw_update(op.param[i], op.m[i], op.v[i], op.grad[i] * gs, k.decay, op.beta1, op.beta2, k.step_size, k.bc2_sqrt,
                          op.eps);
   });
 }

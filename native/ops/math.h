@@ -21,6 +21,23 @@ RLHF_HD float gelu_tanh(float x) {
   return 0.5f * x * (1.f + tanhf(k * (x + 0.044715f * x * x * x)));
 }
 
+// SwiGLU backward of one element, y = silu(g) u: s = sigmoid(g),
+// du = dy g s, dg = dy u s (1 + g (1 - s)).
+RLHF_HD void swiglu_grad(float g, float u, float dy, float& dg, float& du) {
+  const float s = 1.f / (1.f + expf(-g));
+  du = dy * g * s;
+  dg = dy * u * s * (1.f + g * (1.f - s));
+}
+
+// d gelu_tanh(x) / dx: 0.5 (1 + th) + 0.5 x (1 - th^2) k (1 + 3 c x^2),
+// th = tanh(k (x + c x^3)).
+RLHF_HD float gelu_tanh_grad(float x) {
+  const float k = 0.7978845608028654f, c = 0.044715f;
+  const float th = tanhf(k * (x + c * x * x * x));
+  const float du = k * (1.f + 3.f * c * x * x);
+  return 0.5f * (1.f + th) + 0.5f * x * (1.f - th * th) * du;
+}
+
 // rotate_half: (x0, x1) are elements j and j + d/2 of one head.
 RLHF_HD void rope_rotate(float& x0, float& x1, float cos_a, float sin_a) {
   const float a = x0 * cos_a - x1 * sin_a;
@@ -167,6 +184,19 @@ RLHF_HD LossTerm kl_term(float logp, float ref_logp, int estimator) {
 }
 
 // ------------------------------------------------------------------ optimizers
+
+// AdamW's per-step constants, in fp64 on the host as torch does with Python
+// floats (both backends call this, so they run the same fp32 update).
+struct AdamWConsts {
+  float decay, step_size, bc2_sqrt;
+};
+inline AdamWConsts adamw_consts(float lr, float beta1, float beta2, float weight_decay, int64_t step) {
+  const double t = static_cast<double>(step > 1 ? step : 1);
+  const double bc1 = 1.0 - std::pow(static_cast<double>(beta1), t);
+  const double bc2 = 1.0 - std::pow(static_cast<double>(beta2), t);
+  return AdamWConsts{static_cast<float>(1.0 - static_cast<double>(lr) * weight_decay), static_cast<float>(lr / bc1),
+                     static_cast<float>(std::sqrt(bc2))};
+}
 
 // One element of torch.optim.AdamW: decay = 1 - lr * weight_decay,
 // step_size = lr / (1 - beta1^t), bc2_sqrt = sqrt(1 - beta2^t), g already scaled.

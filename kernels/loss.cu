@@ -1,0 +1,200 @@
+// Loss kernels (twin of native/cpu/loss.cc): SFT, pairwise reward-model, PPO
+// and DPO. Each is ONE kernel launch of one block that computes the loss, the
+// gradients (times grad_scale) and the statistics together: the masked means
+// need the mask sum before any gradient can be written, which a single block
+// gets with one extra pass over the mask and no grid-wide synchronisation.
+// Per-element terms are ops/math.h's (shared with the CPU); sums are fp64 in
+// a fixed order (thread t takes elements t, t + 1024, ...; a fixed reduction
+// tree), so results are deterministic. A loss reads a few arrays of n floats:
+// one block streams even a million tokens in tens of microseconds.
+#include "common.cuh"
+
+namespace rlhf::cuda {
+
+namespace {
+
+constexpr int kThreads = 1024;
+
+__device__ __forceinline__ float weight(const float* mask, int64_t i) { return mask ? mask[i] : 1.f; }
+__device__ __forceinline__ double mean_divisor(double count) { return count > 0 ? count : 1.0; }
+
+__global__ void __launch_bounds__(kThreads) sft_loss_kernel(SftLossOp op) {
+  __shared__ double sh[32 * 2];
+  double acc[2] = {0, 0};  // sum(mask), -sum(mask * logp)
+  for (int64_t i = threadIdx.x; i < op.n; i += blockDim.x) {
+    const float w = weight(op.mask, i);
+    if (w == 0.f) continue;
+    acc[0] += w;
+    acc[1] -= static_cast<double>(w) * op.logp[i];
+  }
+  block_sum_n<2>(acc, sh);
+  const double denom = op.denom > 0.f ? static_cast<double>(op.denom) : mean_divisor(acc[0]);
+  if (op.dlogp) {
+    const float g = static_cast<float>(-static_cast<double>(op.grad_scale) / denom);
+    for (int64_t i = threadIdx.x; i < op.n; i += blockDim.x) {
+      const float w = weight(op.mask, i);
+      op.dlogp[i] = w != 0.f ? w * g : 0.f;
+    }
+  }
+  if (threadIdx.x == 0) {
+    op.loss[0] = static_cast<float>(acc[1] / denom);
+    if (op.stats) {
+      op.stats[SftLossOp::kTokens] = static_cast<float>(acc[0]);
+      op.stats[SftLossOp::kNllSum] = static_cast<float>(acc[1]);
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) pairwise_loss_kernel(PairwiseLossOp op) {
+  __shared__ double sh[32 * 5];
+  const double inv_b = op.b > 0 ? 1.0 / static_cast<double>(op.b) : 0.0;
+  const float g = static_cast<float>(op.grad_scale * inv_b);
+  double acc[5] = {0, 0, 0, 0, 0};  // loss, correct, chosen - rejected, chosen, rejected
+  for (int64_t i = threadIdx.x; i < op.b; i += blockDim.x) {
+    const float c = op.chosen[i], r = op.rejected[i];
+    const float z = c - r - (op.margin ? op.margin[i] : 0.f);
+    const math::LossTerm t = math::pairwise_term(z);
+    acc[0] += t.loss;
+    acc[1] += c > r ? 1.0 : 0.0;
+    acc[2] += static_cast<double>(c) - r;
+    acc[3] += c;
+    acc[4] += r;
+    if (op.dchosen) op.dchosen[i] = t.grad * g;
+    if (op.drejected) op.drejected[i] = -t.grad * g;
+  }
+  block_sum_n<5>(acc, sh);
+  if (threadIdx.x == 0) {
+    op.loss[0] = static_cast<float>(acc[0] * inv_b);
+    if (op.stats) {
+      op.stats[PairwiseLossOp::kAccuracy] = static_cast<float>(acc[1] * inv_b);
+      op.stats[PairwiseLossOp::kMarginMean] = static_cast<float>(acc[2] * inv_b);
+      op.stats[PairwiseLossOp::kChosenMean] = static_cast<float>(acc[3] * inv_b);
+      op.stats[PairwiseLossOp::kRejectedMean] = static_cast<float>(acc[4] * inv_b);
+    }
+  }
+}
+
+// PPO forward + backward fused: pass 1 sums the mask (the masked means'
+// divisor), pass 2 computes every per-token term, writes dlogp / dvalues /
+// dentropy and accumulates the loss parts and statistics.
+__global__ void __launch_bounds__(kThreads) ppo_loss_kernel(PpoLossOp op) {
+  __shared__ double sh[32 * 8];
+  const bool has_values = op.values && op.old_values && op.returns;
+  const int estimator = static_cast<int>(op.kl_estimator);
+  double cnt[1] = {0};
+  if (op.mask)
+    for (int64_t i = threadIdx.x; i < op.n; i += blockDim.x) cnt[0] += op.mask[i];
+  else
+    cnt[0] = threadIdx.x == 0 ? static_cast<double>(op.n) : 0.0;
+  block_sum_n<1>(cnt, sh);
+  const double count = cnt[0];
+  const double inv = 1.0 / mean_divisor(count);
+  const float g = static_cast<float>(op.grad_scale * inv);
+  enum { kPg, kVf, kKl, kEnt, kApproxKl, kClip, kVfClip, kRatio, kAcc };
+  double acc[kAcc] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t i = threadIdx.x; i < op.n; i += blockDim.x) {
+    const float w = weight(op.mask, i);
+    if (w == 0.f) {
+      if (op.dlogp) op.dlogp[i] = 0.f;
+      if (op.dvalues) op.dvalues[i] = 0.f;
+      if (op.dentropy) op.dentropy[i] = 0.f;
+      continue;
+    }
+    const double wd = w;
+    const float gw = g * w;
+    const float lp = op.logp[i], olp = op.old_logp[i];
+    const math::PpoPgTerm pg = math::ppo_pg_term(lp, olp, op.advantages[i], op.clip_range);
+    acc[kPg] += wd * pg.loss;
+    acc[kRatio] += wd * pg.ratio;
+    acc[kClip] += pg.clipped ? wd : 0.0;
+    const float dlr = lp - olp;
+    acc[kApproxKl] += wd * (0.5f * dlr * dlr);
+    float dlogp = pg.grad;
+    if (op.ref_logp) {
+      const math::LossTerm kl = math::kl_term(lp, op.ref_logp[i], estimator);
+      acc[kKl] += wd * kl.loss;
+      dlogp += op.kl_coef * kl.grad;
+    }
+    if (op.dlogp) op.dlogp[i] = gw * dlogp;
+    if (has_values) {
+      const math::PpoVfTerm vf = math::ppo_vf_term(op.values[i], op.old_values[i], op.returns[i], op.clip_range_value);
+      acc[kVf] += wd * vf.loss;
+      acc[kVfClip] += vf.clipped ? wd : 0.0;
+      if (op.dvalues) op.dvalues[i] = gw * (op.vf_coef * vf.grad);
+    } else if (op.dvalues) {
+      op.dvalues[i] = 0.f;
+    }
+    if (op.entropy) acc[kEnt] += wd * op.entropy[i];
+    if (op.dentropy) op.dentropy[i] = op.entropy ? gw * -op.ent_coef : 0.f;
+  }
+  block_sum_n<kAcc>(acc, sh);
+  if (threadIdx.x == 0) {
+    const double pg = acc[kPg] * inv, vf = acc[kVf] * inv, kl = acc[kKl] * inv, ent = acc[kEnt] * inv;
+    op.loss[0] = static_cast<float>(pg + static_cast<double>(op.vf_coef) * vf + static_cast<double>(op.kl_coef) * kl -
+                                    static_cast<double>(op.ent_coef) * ent);
+    if (op.stats) {
+      float* st = op.stats;
+      st[PpoLossOp::kPgLoss] = static_cast<float>(pg);
+      st[PpoLossOp::kVfLoss] = static_cast<float>(vf);
+      st[PpoLossOp::kKl] = static_cast<float>(kl);
+      st[PpoLossOp::kEntropy] = static_cast<float>(ent);
+      st[PpoLossOp::kApproxKl] = static_cast<float>(acc[kApproxKl] * inv);
+      st[PpoLossOp::kClipfrac] = static_cast<float>(acc[kClip] * inv);
+      st[PpoLossOp::kVfClipfrac] = static_cast<float>(acc[kVfClip] * inv);
+      st[PpoLossOp::kRatioMean] = static_cast<float>(acc[kRatio] * inv);
+      st[PpoLossOp::kTokens] = static_cast<float>(count);
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) dpo_loss_kernel(DpoLossOp op) {
+  __shared__ double sh[32 * 4];
+  const double inv_b = op.b > 0 ? 1.0 / static_cast<double>(op.b) : 0.0;
+  const float g = static_cast<float>(op.grad_scale * inv_b);
+  const double beta = op.beta;
+  double acc[4] = {0, 0, 0, 0};  // loss, correct, chosen reward, rejected reward
+  for (int64_t i = threadIdx.x; i < op.b; i += blockDim.x) {
+    const float pc = op.policy_chosen[i], pr = op.policy_rejected[i];
+    const float rc = op.ref_chosen[i], rr = op.ref_rejected[i];
+    const float h = (pc - rc) - (pr - rr);
+    const math::LossTerm t = math::dpo_term(h, op.beta, op.label_smoothing);
+    const double cr = beta * (static_cast<double>(pc) - rc), rj = beta * (static_cast<double>(pr) - rr);
+    acc[0] += t.loss;
+    acc[1] += cr > rj ? 1.0 : 0.0;
+    acc[2] += cr;
+    acc[3] += rj;
+    if (op.dpolicy_chosen) op.dpolicy_chosen[i] = t.grad * g;
+    if (op.dpolicy_rejected) op.dpolicy_rejected[i] = -t.grad * g;
+  }
+  block_sum_n<4>(acc, sh);
+  if (threadIdx.x == 0) {
+    op.loss[0] = static_cast<float>(acc[0] * inv_b);
+    if (op.stats) {
+      op.stats[DpoLossOp::kAccuracy] = static_cast<float>(acc[1] * inv_b);
+      op.stats[DpoLossOp::kChosenReward] = static_cast<float>(acc[2] * inv_b);
+      op.stats[DpoLossOp::kRejectedReward] = static_cast<float>(acc[3] * inv_b);
+      op.stats[DpoLossOp::kMargin] = static_cast<float>((acc[2] - acc[3]) * inv_b);
+    }
+  }
+}
+
+}  // namespace
+
+void CudaBackend::sft_loss(const SftLossOp& op) {
+  sft_loss_kernel<<<1, kThreads, 0, stream_of(*this)>>>(op);
+  RLHF_CUDA_LAUNCHED();
+}
+void CudaBackend::pairwise_loss(const PairwiseLossOp& op) {
+  pairwise_loss_kernel<<<1, kThreads, 0, stream_of(*this)>>>(op);
+  RLHF_CUDA_LAUNCHED();
+}
+void CudaBackend::ppo_loss(const PpoLossOp& op) {
+  ppo_loss_kernel<<<1, kThreads, 0, stream_of(*this)>>>(op);
+  RLHF_CUDA_LAUNCHED();
+}
+void CudaBackend::dpo_loss(const DpoLossOp& op) {
+  dpo_loss_kernel<<<1, kThreads, 0, stream_of(*this)>>>(op);
+  RLHF_CUDA_LAUNCHED();
+}
+
+}  // namespace rlhf::cuda
