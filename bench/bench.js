@@ -917,7 +917,10 @@ async function main() {
 
       // -- the kernels alone
       const target = sh.kernelSampleMs;
-      /** A kernel workload: each engine calibrated to ~target ms per sample, then the usual alternation. */
+      /**
+       * A kernel workload: one untimed call of each engine sets how many calls make a sample of
+       * ~target ms (and is its first warm-up), then the usual alternation, ms per call.
+       */
       const kernel = async (w) => {
         const engines = [['ours', w.ours], ['unfused', w.unfused], ['peer', null]];
         const fns = {};
@@ -941,7 +944,8 @@ async function main() {
             peerRun = { error: errText(e) };
           }
         }
-        await runWorkload({ ...w, ours: fns.ours, unfused: fns.unfused ?? null, peer: peerRun, repeats: opts.kernelRepeats, extra: { iters: { ours: fns.oursIters, unfused: fns.unfusedIters ?? null, torch: fns.peerIters ?? null } } });
+        // The calibration call above was each engine's first warm-up run.
+        await runWorkload({ ...w, ours: fns.ours, unfused: fns.unfused ?? null, peer: peerRun, warmup: Math.max(0, opts.warmup - 1), repeats: opts.kernelRepeats, extra: { iters: { ours: fns.oursIters, unfused: fns.unfusedIters ?? null, torch: fns.peerIters ?? null } } });
       };
 
       if (W.includes('attention_fwd') || W.includes('attention_bwd')) {
