@@ -59,3 +59,11 @@ for (const full of [false, true]) {
     wb.close();
   });
 }
+
+t.test('SFT lowers the held-out loss (rows the training never saw)', async (t) => {
+  const held = path.join(tmp, 'held.jsonl');
+  fs.writeFileSync(held, Array.from({ length: 6 }, (_, i) => JSON.stringify({ prompt: `Count to ${(i % 5) + 2}, please:`, completion: ` ${Array.from({ length: (i % 5) + 3 }, (_, k) => k + 1).join(' ')}` })).join('\n') + '\n');
+  const r = await runSft({ model: base, data, evalData: held, out: path.join(tmp, 'held-run'), full: true, steps: 30, batchSize: 5, lr: 3e-3, lrSchedule: 'constant', seed: 2, device: 'cpu' }, quiet);
+  t.ok(r.initialEvalLoss !== null && r.evalLoss !== null, 'evaluated before and after');
+  t.ok(r.evalLoss! < 0.7 * r.initialEvalLoss!, `held-out loss ${r.initialEvalLoss!.toFixed(4)} -> ${r.evalLoss!.toFixed(4)}`);
+});

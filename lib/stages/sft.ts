@@ -191,6 +191,8 @@ export interface SftResult {
   resumedFrom: number | null;
   initialLoss: number | null;
   finalLoss: number | null;
+  /** Held-out loss before the first step (null without an eval set). */
+  initialEvalLoss: number | null;
   evalLoss: number | null;
   trainableParameters: number;
   trainRows: number;
@@ -439,7 +441,12 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
     let lastEvalStep = -1, tokensSeen = 0;
     const t0 = performance.now();
     const elapsed0 = Number(resume?.extra.elapsed ?? 0);
+    let initialEvalLoss: number | null = (resume?.extra.initialEvalLoss as number | null | undefined) ?? null;
     try {
+      if (evalSet.length && !resume) {
+        initialEvalLoss = (await evaluateSft(model, evalSet, cfg.evalBatchSize)).loss;
+        log(`sft: held-out loss before training ${initialEvalLoss.toFixed(4)}`);
+      }
       await trainer.zeroGrad();
       for (const st of planSteps(train.length, totalSteps, { batchSize: cfg.batchSize, gradAccum: cfg.gradAccum, shuffle: cfg.shuffle, seed: cfg.seed })) {
         if (st.step <= steps) continue; // resumed: the data position is a function of the step
@@ -501,7 +508,7 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
         fs.writeSync(metricsFd, JSON.stringify(m) + '\n');
         hooks.onStep?.(m, { totalSteps });
         if (cfg.checkpointSteps > 0 && st.step % cfg.checkpointSteps === 0 && st.step < totalSteps)
-          await checkpoints.save(st.step, trainer, { extra: { forwards, initialLoss, elapsed: m.elapsed_s } });
+          await checkpoints.save(st.step, trainer, { extra: { forwards, initialLoss, initialEvalLoss, elapsed: m.elapsed_s } });
       }
       // An interrupt that arrived during the last step's eval-free tail: evaluate what is saved.
       if (evalSet.length && lastEvalStep !== steps) evalLoss = (await evaluateSft(model, evalSet, cfg.evalBatchSize)).loss;
@@ -517,7 +524,7 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
     const interrupted = stop && steps < totalSteps;
     fs.writeFileSync(
       path.join(cfg.out, 'sft_config.json'),
-      JSON.stringify({ rlhf_native_version: packageVersion(), ...cfg, total_steps: totalSteps, steps_done: steps, interrupted }, null, 2) + '\n',
+      JSON.stringify({ rlhf_native_version: packageVersion(), ...cfg, total_steps: totalSteps, steps_done: steps, interrupted, initial_eval_loss: initialEvalLoss, eval_loss: evalLoss }, null, 2) + '\n',
     );
     const result: SftResult = {
       out: cfg.out,
@@ -529,6 +536,7 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
       resumedFrom: resume?.step ?? null,
       initialLoss,
       finalLoss,
+      initialEvalLoss,
       evalLoss,
       trainableParameters,
       trainRows: train.length,
