@@ -212,7 +212,8 @@ def randn(shape, g, scale=1.0):
 class Peer:
     def __init__(self):
         self.model = None
-        self.work = None  # (run function, workload name)
+        self.work = None  # run(want) -> (ms, extra) of the workload set up last
+        self.ppo = None  # the PPO state, shared by ppo_rollout and ppo_update
 
     def cmd_hello(self, req):
         return {'torch': torch.__version__, 'threads': torch.get_num_threads(),
@@ -226,6 +227,8 @@ class Peer:
         self.model = None
         self.work = None
         w = req['workload']
+        if w not in ('ppo_rollout', 'ppo_update'):
+            self.ppo = None
         fn = getattr(self, 'setup_' + w, None)
         if fn is None:
             raise ValueError(f'unknown workload {w!r}')
@@ -328,6 +331,11 @@ class Peer:
         return {'trainable': sum(p.numel() for p in params)}
 
     def setup_ppo(self, req):
+        # ppo_update right after ppo_rollout on the same request keeps the model, adapters and last batch.
+        key = json.dumps([req['dir'], req['prompts'], req['r'], req['alpha'], req['ppo'], req.get('optimizer')])
+        if getattr(self, 'ppo', None) is not None and self.ppo['key'] == key:
+            return {'trainable': self.ppo['trainable'], 'reused': True}
+        self.ppo = None
         m = self.load(req)
         p = req['ppo']
         r, alpha = req['r'], req['alpha']
@@ -340,9 +348,10 @@ class Peer:
         self.ppo = {
             'm': m, 'p': p, 'critic': critic, 'policy': policy, 'copt': make_optimizer(critic, o), 'popt': make_optimizer(policy, o),
             'max_grad_norm': o.get('max_grad_norm', 1.0), 'prompts': torch.tensor(req['prompts'], dtype=torch.long),
-            'gen': torch.Generator().manual_seed(0), 'batch': None,
+            'gen': torch.Generator().manual_seed(0), 'batch': None, 'key': key,
+            'trainable': sum(t.numel() for t in policy) + sum(t.numel() for t in critic),
         }
-        return {'trainable': sum(t.numel() for t in policy) + sum(t.numel() for t in critic)}
+        return {'trainable': self.ppo['trainable']}
 
     def ppo_rollout(self):
         s = self.ppo
@@ -410,7 +419,8 @@ class Peer:
 
     def setup_ppo_update(self, req):
         info = self.setup_ppo(req)
-        self.ppo_rollout()
+        if self.ppo['batch'] is None:
+            self.ppo_rollout()
 
         def run(want):
             t = time.perf_counter()
