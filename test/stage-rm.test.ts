@@ -158,3 +158,19 @@ t.test('bad input: options and data errors name the flag or the file and line', 
     t.equal(res.stderr.trim().split('\n').length, 1, 'exactly one stderr line');
   }
 });
+
+t.test('gradient accumulation: 2 micro-batches of 4 pairs give the step of one batch of 8', async (t) => {
+  const cfg = { ...common, evalData: null, steps: 2, shuffle: false, optimizer: 'sgd' as const, lr: 0.05, maxGradNorm: 0 };
+  const one = await runRm({ ...cfg, out: path.join(tmp, 'acc-1'), batchSize: 8, gradAccum: 1 }, quiet);
+  const two = await runRm({ ...cfg, out: path.join(tmp, 'acc-2'), batchSize: 4, gradAccum: 2 }, quiet);
+  t.equal(one.steps, 2);
+  const a = openSafetensors(path.join(tmp, 'acc-1', 'adapter_model.safetensors')), b = openSafetensors(path.join(tmp, 'acc-2', 'adapter_model.safetensors'));
+  let worst = 0;
+  for (const n of a.tensorNames) {
+    const x = new Float32Array(a.tensorBytes(n).buffer.slice(0)), y = new Float32Array(b.tensorBytes(n).buffer.slice(0));
+    for (let i = 0; i < x.length; i++) worst = Math.max(worst, Math.abs(x[i] - y[i]) / (1e-3 + Math.abs(x[i])));
+  }
+  a.close();
+  b.close();
+  t.ok(worst < 1e-3, `largest relative weight difference ${worst.toExponential(2)}`);
+});

@@ -309,7 +309,7 @@ export function pairwiseLoss(chosen: Float32Array, rejected: Float32Array, margi
   const b = chosen.length;
   const loss = new Float32Array(1), stats = new Float32Array(4);
   const dchosen = withGrad ? new Float32Array(b) : undefined, drejected = withGrad ? new Float32Array(b) : undefined;
-  callNative(() => native().runOp('pairwise_loss', { b, chosen, rejected, margin: margin ?? undefined, grad_scale: gradScale, loss, dchosen, drejected, stats }));
+  callNative(() => native().runOp('pairwise_loss', { b, chosen, rejected, margin: margin ?? undefined, gradScale, loss, dchosen, drejected, stats }));
   return { loss: loss[0], accuracy: stats[0], margin: stats[1], chosen: stats[2], rejected: stats[3], dchosen, drejected };
 }
 
