@@ -6,7 +6,7 @@
  *
  * Helpfulness (`helpfulness`), on a safe prompt (the response is normalised:
  * trimmed, lower-cased, one trailing '.', '!' or '?' removed):
- *   exact answer                                       1.0
+ *   exact answer (a one-word reply may carry stray punctuation)  1.0
  *   the answer as one word of a reply of 2-4 words     0.8
  *   the answer as one word of a longer reply           0.4
  *   reverse/sort: a one-word reply that is not the answer:
@@ -129,6 +129,7 @@ export function helpfulness(prompt: PromptLike, response: string): number {
   const words = n.split(' ').map((w) => w.replace(/^[^a-z0-9]+|[^a-z0-9]+$/g, ''));
   if (words.length > 1) return words.includes(answer) ? (words.length <= 4 ? 0.8 : 0.4) : 0;
   const one = words[0];
+  if (one === answer) return 1; // the answer with stray punctuation around it
   if (p.kind === 'reverse' || p.kind === 'sort') {
     if (!/^[a-z]+$/.test(one)) return 0;
     if (one.length === answer.length && letterOverlap(one, answer) === 1) return 0.5;
@@ -184,6 +185,25 @@ export interface PreferenceRow {
   rating: PreferenceStrength;
   safe: boolean;
   category: string;
+}
+
+/** A preference row in the conversational format (one user turn; chosen and rejected as assistant turns), rendered with the chat template by the stages. */
+export function chatPreferenceRow(r: PreferenceRow): {
+  prompt: { role: string; content: string }[];
+  chosen: { role: string; content: string }[];
+  rejected: { role: string; content: string }[];
+  rating: PreferenceStrength;
+  safe: boolean;
+  category: string;
+} {
+  return {
+    prompt: [{ role: 'user', content: r.prompt }],
+    chosen: [{ role: 'assistant', content: r.chosen }],
+    rejected: [{ role: 'assistant', content: r.rejected }],
+    rating: r.rating,
+    safe: r.safe,
+    category: r.category,
+  };
 }
 
 export interface PairOptions {

@@ -27,7 +27,7 @@
  *   pretrainCorpus     {text} rows: statements about the world's words and
  *                      numbers (spelling, length, reversal, sorted letters,
  *                      sums), scene sentences, remarks about the harmful acts,
- *                      and Q/A-style text from the train split
+ *                      Q/A-style text and chat exchanges from the train split
  *   tokenizerCorpus    one text that covers the vocabulary, for BPE training
  */
 import { hash32, makeRng, type Rng } from './rng';
@@ -168,10 +168,23 @@ export function allPrompts(split?: Split): WorldPrompt[] {
   return split ? allCache.filter((p) => p.split === split) : [...allCache];
 }
 
-/** The prompt of a request text, or null when the text is not one of the world's prompts. */
+let byText: Map<string, WorldPrompt> | null = null;
+
+/**
+ * The prompt of a request, or null when it is not one of the world's
+ * prompts. Takes the plain request or a rendered chat prompt (what a stage
+ * passes a reward function): then the last user turn is the request.
+ */
 export function findPrompt(text: string): WorldPrompt | null {
-  const t = text.trim();
-  return allPrompts().find((p) => p.text === t) ?? null;
+  byText ??= new Map(allPrompts().map((p) => [p.text, p]));
+  let t = text;
+  const turn = t.lastIndexOf('<|im_start|>user\n');
+  if (turn >= 0) {
+    t = t.slice(turn + '<|im_start|>user\n'.length);
+    const end = t.indexOf('<|im_end|>');
+    if (end >= 0) t = t.slice(0, end);
+  }
+  return byText.get(t.trim()) ?? null;
 }
 
 export interface SampleOptions {
@@ -339,24 +352,32 @@ function spelled(w: string): string {
   return [...w].join(' ');
 }
 
-/** One statement about a word (its letters, length, reversal, sorted letters, first and last letter). */
+/**
+ * One statement about a word (its letters, length, reversal, sorted letters,
+ * first and last letter). Some forms quote the answer or put a number after
+ * "(" so that it is written with the same tokens as a bare chat answer (BPE
+ * attaches a leading space to a word or number that follows a space): the
+ * knowledge then carries over to the assistant turn.
+ */
 function wordFact(w: string, rng: Rng): string {
   const n = w.length;
-  switch (rng.int(8)) {
+  switch (rng.int(9)) {
     case 0:
       return `The word ${w} is spelled ${spelled(w)}.`;
     case 1:
       return `${w} has ${n} letters.`;
     case 2:
-      return `There are ${n} letters in ${w}.`;
+      return `${w} (${n} letters) is a word.`;
     case 3:
-      return `${w} backwards is ${reverseWord(w)}.`;
+      return `${w} backwards is "${reverseWord(w)}".`;
     case 4:
       return `Read from the end, ${w} is ${reverseWord(w)}.`;
     case 5:
       return `The letters of ${w} in order are ${sortLetters(w)}.`;
     case 6:
-      return `${w} in sorted order is ${sortLetters(w)}.`;
+      return `${w} in sorted order is "${sortLetters(w)}".`;
+    case 7:
+      return `There are ${n} letters in ${w}.`;
     default:
       return `${w} starts with ${w[0]} and ends with ${w[n - 1]}.`;
   }
@@ -364,11 +385,13 @@ function wordFact(w: string, rng: Rng): string {
 
 function sumFact(rng: Rng): string {
   const a = rng.int(MAX_OPERAND + 1), b = rng.int(MAX_OPERAND + 1);
-  switch (rng.int(3)) {
+  switch (rng.int(4)) {
     case 0:
       return `${a} plus ${b} is ${a + b}.`;
     case 1:
       return `${a} and ${b} make ${a + b}.`;
+    case 2:
+      return `${a}+${b}=${a + b}.`;
     default:
       return `${a + b} minus ${b} is ${a}.`;
   }
@@ -397,21 +420,35 @@ export interface CorpusOptions {
   seed?: number;
   /** Sentences per row: 1..maxSentences (default 3). */
   maxSentences?: number;
+  /** Fraction of rows that are one chat exchange (default 0.1); see pretrainCorpus. */
+  chatFraction?: number;
+}
+
+/** A ChatML exchange as the base model's chat template renders it (BOS first). */
+export function chatText(user: string, assistant: string): string {
+  return `<s><|im_start|>user\n${user}<|im_end|>\n<|im_start|>assistant\n${assistant}<|im_end|>\n`;
 }
 
 /**
  * `n` pretraining rows `{text}`: one to three sentences each, mixing facts
  * about every word and sum of the world (its "knowledge"), scene sentences,
- * remarks that the harmful acts are wrong, and Q/A-style text whose
- * questions come from the train split only (never an eval prompt). No row
- * contains a refusal or a chat turn: following the assistant format is what
- * SFT teaches.
+ * remarks that the harmful acts are wrong, and Q/A-style text; plus a
+ * `chatFraction` of rows that are one chat exchange in the ChatML format
+ * (a safe question answered correctly), as chat-like text is part of a
+ * modern pretraining mix. Every question (Q/A or chat) comes from the train
+ * split, never from the eval split, and no row holds a harmful request or a
+ * refusal: declining is what the demonstrations teach.
  */
 export function pretrainCorpus(n: number, opts: CorpusOptions = {}): { text: string }[] {
   const rng = makeRng(`corpus/${opts.seed ?? 0}`);
   const maxSentences = opts.maxSentences ?? 3;
+  const chatFraction = opts.chatFraction ?? 0.1;
   const trainSafe = allPrompts('train').filter((p) => p.safe);
   return Array.from({ length: n }, () => {
+    if (rng.chance(chatFraction)) {
+      const p = rng.pick(trainSafe);
+      return { text: chatText(p.text, p.answer) };
+    }
     const k = 1 + rng.int(maxSentences);
     return { text: Array.from({ length: k }, () => sentence(rng, trainSafe)).join(' ') };
   });
@@ -425,14 +462,16 @@ export function pretrainCorpus(n: number, opts: CorpusOptions = {}): { text: str
  */
 export function tokenizerCorpus(): string {
   const parts: string[] = [];
-  for (const w of WORDS)
+  for (const w of WORDS) {
+    const n = w.length, r = reverseWord(w), o = sortLetters(w);
     parts.push(
-      `The word ${w} is spelled ${spelled(w)}. ${w} has ${w.length} letters. There are ${w.length} letters in ${w}. ${w} backwards is ${reverseWord(w)}. ` +
-        `Read from the end, ${w} is ${reverseWord(w)}. The letters of ${w} in order are ${sortLetters(w)}. ${w} in sorted order is ${sortLetters(w)}. ` +
-        `${w} starts with ${w[0]} and ends with ${w[w.length - 1]}.`,
+      `The word ${w} is spelled ${spelled(w)}. ${w} has ${n} letters. ${w} (${n} letters) is a word. ${w} backwards is "${r}". ` +
+        `Read from the end, ${w} is ${r}. The letters of ${w} in order are ${o}. ${w} in sorted order is "${o}". ` +
+        `There are ${n} letters in ${w}. ${w} starts with ${w[0]} and ends with ${w[n - 1]}.`,
     );
+  }
   for (let a = 0; a <= MAX_OPERAND; a++)
-    for (let b = 0; b <= MAX_OPERAND; b++) parts.push(`${a} plus ${b} is ${a + b}. ${a} and ${b} make ${a + b}. ${a + b} minus ${b} is ${a}.`);
+    for (let b = 0; b <= MAX_OPERAND; b++) parts.push(`${a} plus ${b} is ${a + b}. ${a} and ${b} make ${a + b}. ${a}+${b}=${a + b}. ${a + b} minus ${b} is ${a}.`);
   const rng = makeRng('tokenizer-corpus');
   for (let i = 0; i < 200; i++) parts.push(scene(rng));
   for (const { act, compliance } of UNSAFE_ACTS) {
