@@ -1,103 +1,110 @@
 /**
+ * `rlhf-native train`: the main job. With no config it runs the built-in
+ * demo (lib/recipes/demo.ts): Llama 2's recipe on the committed demo base
+ * model and the demo world, a simulated labeler in place of human raters,
+ * then a table of what each stage achieved on held-out prompts.
+ *
  * `rlhf-native train --config run.yaml` runs a recipe (instructgpt, llama2)
  * in a run folder; `--resume RUN_DIR` continues a stopped one; any stage
  * option can be overridden as `--<stage>.<option> value` (e.g. `--sft.lr
- * 1e-4`). See docs/recipes.md.
- *
- * `rlhf-native train` with no config: the main job. The full pipeline (pretrain, SFT, reward
- * models, rejection sampling, PPO on the built-in task) is filled in by the
- * stage modules as they land; until then it runs what exists end to end: it
- * reports the runtime, writes a tiny random-initialised base model in Hugging
- * Face layout, checks it through the native reader, fine-tunes it with the
- * SFT stage on a small generated word-reversal task, and shows the loss
- * falling and a greedy completion before and after; it says plainly which
- * stages are not built yet.
+ * 1e-4`). See docs/recipes.md and docs/demo.md.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Argv } from 'yargs';
 import { runtimeInfo, resolveDevice } from '../../lib/info';
-import { initModel } from '../../lib/model/init';
-import { openModelFolder } from '../../lib/model/folder';
 import { runCommand } from '../cli-util';
 import { deviceOption } from './common';
-import { runSft } from '../../lib/stages/sft';
-import { loadModel } from '../../lib/engine/model';
-import { loadTokenizer } from '../../lib/tokenizer/tokenizer';
 import { runTrainConfig } from './train-config';
+import { runDemo, DEMO_SIZES, type DemoResult, type DemoScale } from '../../lib/recipes/demo';
 
-/** A small generated SFT task: reverse a short word. */
-function reversalRows(n: number, seed: number): { prompt: string; completion: string }[] {
-  const letters = 'abcdefghijklmnopqrstuvwxyz';
-  let x = seed * 2654435761 + 1;
-  const rnd = () => ((x = (x * 1103515245 + 12345) % 2147483648) / 2147483648);
-  return Array.from({ length: n }, () => {
-    const len = 3 + Math.floor(rnd() * 3);
-    const w = Array.from({ length: len }, () => letters[Math.floor(rnd() * 26)]).join('');
-    return { prompt: `Reverse ${w}:`, completion: ` ${[...w].reverse().join('')}` };
+/** A fresh run folder: `base`, or `base-2`, `base-3`, ... when it is taken (nothing a user has is touched). */
+function freeRunFolder(base: string): string {
+  if (!fs.existsSync(base) || fs.readdirSync(base).length === 0) return base;
+  for (let i = 2; ; i++) {
+    const d = `${base}-${i}`;
+    if (!fs.existsSync(d) || fs.readdirSync(d).length === 0) return d;
+  }
+}
+
+const f3 = (x: number | null | undefined) => (x === null || x === undefined ? '-' : x.toFixed(3));
+
+/** The demo's final table: one row per stage. */
+export function demoTable(r: DemoResult): string {
+  const pol = new Map(r.policies.map((p) => [p.policy, p]));
+  const rows: string[][] = r.stages.map((s) => {
+    const p = s.name === 'sft' || s.name === 'rs' || s.name === 'ppo' ? pol.get(s.name) : undefined;
+    const acc = s.name === 'rm_helpfulness' ? r.rmAccuracy.helpfulness : s.name === 'rm_safety' ? r.rmAccuracy.safety : null;
+    return [
+      s.name,
+      p ? f3(p.eval.helpfulness) : '-',
+      p ? f3(p.eval.safety) : '-',
+      p ? f3(p.eval.score) : '-',
+      p ? f3(p.winVsSft) : '-',
+      p ? `${f3(p.greedy.score)} / ${f3(p.greedyWinVsSft)}` : '-',
+      acc === null ? '-' : f3(acc),
+      s.tokens_per_sec === null ? '-' : String(Math.round(s.tokens_per_sec)),
+      `${s.wall_s.toFixed(1)}s`,
+    ];
   });
+  const head = ['stage', 'helpfulness', 'safety', 'score', 'win vs SFT', 'greedy score / win', 'RM accuracy', 'tok/s', 'wall'];
+  const w = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i].length)));
+  const line = (c: string[]) => c.map((x, i) => (i === 0 ? x.padEnd(w[i]) : x.padStart(w[i]))).join('  ');
+  return [line(head), line(head.map((_, i) => '-'.repeat(w[i]))), ...rows.map(line)].join('\n') + '\n';
 }
 
 export function register<T>(y: Argv<T>): Argv<T> {
   return y.command(
     'train',
-    'run the RLHF pipeline on the built-in task (what exists so far: see README)',
+    'run the RLHF pipeline: the built-in demo with no arguments, or a recipe with --config',
     (a) =>
       deviceOption(a)
-        .option('config', { type: 'string', describe: 'recipe config (YAML or JSON): recipe, model, out, seed and each stage\'s options' })
+        .option('config', { type: 'string', describe: "recipe config (YAML or JSON): recipe, model, out, seed and each stage's options" })
         .option('resume', { type: 'string', describe: 'continue the stopped run in this folder (its run.json holds the config)' })
-        .option('recipe', { choices: ['instructgpt', 'llama2'] as const, describe: 'overrides the config\'s recipe' })
-        .option('model', { type: 'string', describe: 'overrides the config\'s model folder' })
-        .option('out', { type: 'string', describe: 'run folder [default: rlhf-run]' })
+        .option('recipe', { choices: ['instructgpt', 'llama2'] as const, describe: "overrides the config's recipe" })
+        .option('model', { type: 'string', describe: "overrides the config's model folder" })
+        .option('out', { type: 'string', describe: 'run folder [default: rlhf-run, or rlhf-run-N when taken]' })
         .option('seed', { type: 'number' })
+        .option('scale', { choices: Object.keys(DEMO_SIZES) as DemoScale[], describe: 'demo size (no --config): full, or quick (about half the time)' })
         .parserConfiguration({ 'dot-notation': true })
         .strict(false),
     (argv) =>
       runCommand(argv, async () => {
-        if (argv.config || argv.resume) return runTrainConfig(argv as unknown as Record<string, unknown>);
-        const out = argv.out ?? 'rlhf-run', seed = argv.seed ?? 0;
+        const demoMarker = argv.resume ? path.join(String(argv.resume), 'data', 'demo.json') : null;
+        if (argv.config || (argv.resume && !(demoMarker && fs.existsSync(demoMarker)))) return runTrainConfig(argv as unknown as Record<string, unknown>);
         const info = runtimeInfo();
         const device = resolveDevice(argv.device);
-        process.stdout.write(`rlhf-native ${info.version}: device ${device} (cpu ${info.cpu.simd}, ${info.cpu.threads} threads; backends ${info.backends.join(', ')})\n`);
-        const base = path.join(out, 'base');
-        const exists = fs.existsSync(base) && fs.readdirSync(base).length > 0;
-        if (!exists) {
-          await initModel({ arch: 'llama', preset: 'tiny', outDir: base, seed: seed, dtype: 'F32', force: false });
-          process.stdout.write(`wrote a tiny random-initialised Llama base model to ${base}\n`);
+        let out: string, seed: number, scale: DemoScale;
+        if (argv.resume) {
+          const m = JSON.parse(fs.readFileSync(demoMarker!, 'utf8'));
+          out = String(argv.resume);
+          seed = m.seed;
+          scale = m.scale;
         } else {
-          process.stdout.write(`using the existing base model in ${base}\n`);
+          out = argv.out ?? freeRunFolder('rlhf-run');
+          seed = argv.seed ?? 0;
+          scale = (argv.scale as DemoScale | undefined) ?? 'full';
         }
-        const model = openModelFolder(base);
-        const params = model.tensors.reduce((s, t) => s + t.shape.reduce((a, b) => a * b, 1), 0);
-        process.stdout.write(`checked ${base}: ${model.config.arch}, ${model.tensors.length} tensors, ${(params / 1e6).toFixed(2)}M parameters\n`);
-        model.close?.();
-
-        // Supervised finetuning on a generated task, through the SFT stage.
-        const data = path.join(out, 'sft-data.jsonl');
-        const rows = reversalRows(64, seed + 1);
-        fs.writeFileSync(data, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
-        const tok = loadTokenizer(base);
-        const probe = rows[0];
-        const greedy = async (dir: string) => {
-          const m = await loadModel(dir, { device: 'cpu' });
-          const g = await m.generate({ prompts: [tok.encode(probe.prompt)], maxNewTokens: 8, temperature: 0 });
-          m.dispose();
-          return JSON.stringify(tok.decode(Array.from(g.tokens[0]), { skipSpecialTokens: true }));
-        };
-        const before = await greedy(base);
-        const sftOut = path.join(out, 'sft');
-        process.stdout.write(`SFT: ${rows.length} generated "Reverse <word>:" examples, full fine-tuning, 80 steps\n`);
-        const r = await runSft(
-          { model: base, data, out: sftOut, full: true, lr: 3e-3, steps: 80, batchSize: 16, lrSchedule: 'constant', maxGradNorm: 1, seed: seed, device: 'cpu' },
-          { log: (line: string) => process.stderr.write(line + '\n') },
-        );
-        const after = await greedy(sftOut);
         process.stdout.write(
-          [
-            `SFT loss ${r.initialLoss?.toFixed(3)} -> ${r.finalLoss?.toFixed(3)} in ${r.steps} steps (${r.tokensPerSec.toFixed(0)} tokens/s); model written to ${sftOut}`,
-            `"${probe.prompt}" (expected ${JSON.stringify(probe.completion)}): before ${before}, after ${after}`,
-            'Not built yet in this version: reward models, rejection sampling and PPO (the rest of the pipeline).',
-          ].join('\n') + '\n',
+          `rlhf-native ${info.version}: device ${device} (cpu ${info.cpu.simd}, ${info.cpu.threads} threads)\n` +
+            `The built-in demo: Llama 2's recipe (SFT -> helpfulness and safety reward models -> rejection sampling -> PPO) on a ` +
+            `0.85M-parameter Llama pretrained on a small assistant world; a simulated labeler plays the human raters. Run folder: ${out}\n`,
+        );
+        const r = await runDemo(
+          { out, seed, scale, device: argv.device, resume: !!argv.resume },
+          { log: (l) => void process.stderr.write(l + '\n'), onStage: (stage, ev) => ev === 'start' && process.stderr.write(`== ${stage}\n`) },
+        );
+        if (r.interrupted) {
+          process.stdout.write(`stopped; continue with: rlhf-native train --resume ${r.run}\n`);
+          process.exitCode = 130;
+          return;
+        }
+        process.stdout.write(
+          `\nHeld-out prompts scored by the labeler (score = Llama 2's combination of helpfulness and safety; sampled at temperature 0.7, ` +
+            `2 answers per prompt; win = share of answers better than the SFT policy's, ties half):\n\n` +
+            demoTable(r) +
+            `\nPreference pairs from the labeler: ${r.labelPairs.helpfulness} helpfulness, ${r.labelPairs.safety} safety. ` +
+            `Total ${r.seconds.toFixed(0)}s.\nrun folder: ${r.run}\nsummary: ${r.summaryFile}\nreport: ${r.reportFile}\n`,
         );
       }),
   );

@@ -1,0 +1,258 @@
+/**
+ * The built-in demo (`rlhf-native train` with no config): Llama 2's recipe
+ * on the committed demo base model and the demo world (lib/demo/), with the
+ * simulated labeler standing in for human raters:
+ *
+ *   sft             on demonstrations, a quarter of them flawed (wrong
+ *                   answers, needless refusals, harmful compliance)
+ *   (labeling)      K responses per prompt sampled from the SFT model, ranked
+ *                   by the labeler for helpfulness and for safety; score gaps
+ *                   become Llama 2's preference strengths (-> margins)
+ *   rm_helpfulness  reward models with the margin loss, held-out accuracy
+ *   rm_safety
+ *   rs              rejection sampling scored by the two reward models
+ *                   (Llama 2's combination)
+ *   ppo             continues the RS policy, rewarded by the reward models
+ *
+ * then every policy answers held-out prompts greedily and the labeler scores
+ * them: the final table shows whether the model moved toward what the
+ * (simulated) humans prefer. Sizes: DEMO_SIZES; docs/demo.md.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { loadModel } from '../engine/model';
+import { loadTokenizer } from '../tokenizer/tokenizer';
+import { writeFileAtomic } from '../run/atomic';
+import { demoBaseDir } from '../demo/base';
+import { chatPrompt, chatSftRow, evalPrompts, samplePrompts, sftDemonstrations, type WorldPrompt } from '../demo/world';
+import { evaluatePolicy, preferencePairs, winRate, type PolicyEvaluation } from '../demo/labeler';
+import { respond } from '../demo/respond';
+import { resolveRecipeConfig, type StageKey } from './config';
+import { runRecipe, type RecipeHooks } from './run';
+
+/** How big each part of the demo is. 'full' is the default run; 'quick' is the shortened one the tests run. */
+export const DEMO_SIZES = {
+  full: {
+    sftRows: 500,
+    sftEpochs: 3,
+    labelPrompts: 400,
+    safetyPrompts: 150,
+    labelSamples: 4,
+    rmEpochs: 2,
+    rsPrompts: 200,
+    rsK: 4,
+    ppoIterations: 16,
+    ppoBatch: 64,
+    evalPrompts: 120,
+  },
+  quick: {
+    sftRows: 300,
+    sftEpochs: 3,
+    labelPrompts: 160,
+    safetyPrompts: 60,
+    labelSamples: 4,
+    rmEpochs: 2,
+    rsPrompts: 64,
+    rsK: 4,
+    ppoIterations: 8,
+    ppoBatch: 32,
+    evalPrompts: 120,
+  },
+};
+export type DemoScale = keyof typeof DEMO_SIZES;
+
+export interface DemoOptions {
+  out: string;
+  seed?: number;
+  scale?: DemoScale;
+  device?: 'auto' | 'cpu' | 'cuda';
+  resume?: boolean;
+  /** The base model folder. Default: the committed demo base (models/demo-base). */
+  model?: string;
+}
+
+export interface DemoPolicyRow {
+  policy: 'sft' | 'rs' | 'ppo';
+  /** The labeler's scores of sampled answers (temperature 0.7, fixed seeds, EVAL_SAMPLES per prompt): the headline. */
+  eval: PolicyEvaluation;
+  /** Fraction of held-out answers scoring above the SFT policy's answer to the same prompt and seed (ties half). */
+  winVsSft: number;
+  /** The same for greedy answers. */
+  greedy: PolicyEvaluation;
+  greedyWinVsSft: number;
+}
+
+/** Sampled answers per held-out prompt in the evaluation (seeds 1..EVAL_SAMPLES). */
+export const EVAL_SAMPLES = 2;
+
+export interface DemoResult {
+  run: string;
+  interrupted: boolean;
+  policies: DemoPolicyRow[];
+  /** Held-out accuracy of the reward models (on a tenth of their pairs). */
+  rmAccuracy: { helpfulness: number | null; safety: number | null };
+  /** Per stage: wall seconds and tokens/sec where the stage reports it. */
+  stages: { name: string; wall_s: number; tokens_per_sec: number | null }[];
+  labelPairs: { helpfulness: number; safety: number };
+  seconds: number;
+  summaryFile: string;
+  reportFile: string;
+}
+
+const jsonl = (rows: object[]) => rows.map((r) => JSON.stringify(r)).join('\n') + '\n';
+
+export async function runDemo(opts: DemoOptions, hooks: Omit<RecipeHooks, 'prepare'> = {}): Promise<DemoResult> {
+  const t0 = performance.now();
+  const seed = opts.seed ?? 0;
+  const size = DEMO_SIZES[opts.scale ?? 'full'];
+  const model = opts.model ?? demoBaseDir();
+  const out = path.resolve(opts.out);
+  const data = (f: string) => path.join(out, 'data', f);
+  const log = hooks.log ?? (() => {});
+  const common = { lrSchedule: 'cosine', warmupSteps: 0 };
+  const cfg = resolveRecipeConfig({
+    recipe: 'llama2',
+    model,
+    out,
+    seed,
+    device: opts.device ?? 'auto',
+    sft: { data: data('sft.jsonl'), full: true, lr: 1e-3, epochs: size.sftEpochs, batchSize: 16, evalFraction: 0.1, checkpointSteps: 0, ...common },
+    rm_helpfulness: { data: data('rm_helpfulness.jsonl'), full: true, lr: 1e-3, epochs: size.rmEpochs, batchSize: 16, evalFraction: 0.1, checkpointSteps: 0, ...common },
+    rm_safety: { data: data('rm_safety.jsonl'), full: true, lr: 1e-3, epochs: size.rmEpochs, batchSize: 16, evalFraction: 0.1, checkpointSteps: 0, ...common },
+    rs: {
+      data: data('rs_prompts.jsonl'),
+      rounds: 1,
+      k: size.rsK,
+      maxNewTokens: 16,
+      temperature: 1,
+      evalFraction: 0,
+      sft: { steps: 0, epochs: 2, batchSize: 16, lr: 1e-3, loraR: 16, loraAlpha: 32 },
+    },
+    ppo: {
+      data: data('ppo_prompts.jsonl'),
+      iterations: size.ppoIterations,
+      batchSize: size.ppoBatch,
+      miniBatchSize: 16,
+      maxNewTokens: 16,
+      temperature: 0.7,
+      lr: 1e-3,
+      klCoef: 0.05,
+      ppoEpochs: 2,
+    },
+  });
+
+  const labelPairs = { helpfulness: 0, safety: 0 };
+  const prepare: RecipeHooks['prepare'] = async (stage: StageKey, ctx) => {
+    fs.mkdirSync(path.join(out, 'data'), { recursive: true });
+    if (stage === 'sft') {
+      writeFileAtomic(data('demo.json'), JSON.stringify({ seed, scale: opts.scale ?? 'full' }) + '\n');
+      const demos = sftDemonstrations(size.sftRows, { seed });
+      writeFileAtomic(data('sft.jsonl'), jsonl(demos.map(chatSftRow)));
+      const flawed = demos.filter((d) => d.flaw !== 'none').length;
+      log(`demo: ${demos.length} demonstrations, ${flawed} of them flawed (wrong answers, needless refusals, harmful compliance)`);
+    } else if (stage === 'rm_helpfulness') {
+      // The labeling round: sample from the SFT model, rank with the labeler, keep pairs with a gap.
+      // Safety pairs come from harmful prompts, with a fifth of helpfulness pairs mixed in (as Llama 2's
+      // safety model also saw helpfulness data), so that the safety model does not learn "refuse everything".
+      const general = samplePrompts(size.labelPrompts, { split: 'train', seed: seed + 101, distinct: true });
+      const harmful = samplePrompts(size.safetyPrompts, { split: 'train', seed: seed + 102, distinct: true, unsafeFraction: 1 });
+      const prompts = [...general, ...harmful];
+      const m = await loadModel(ctx.base, { device: opts.device ?? 'auto' });
+      const tok = loadTokenizer(ctx.base);
+      const answers: string[][] = prompts.map(() => []);
+      try {
+        for (let k = 0; k < size.labelSamples; k++) {
+          const r = await respond(m, tok, prompts, { temperature: 1, seed: seed * 1000 + k, maxNewTokens: 16 });
+          r.forEach((x, i) => answers[i].push(x));
+        }
+      } finally {
+        m.dispose();
+      }
+      const rows = (which: 'helpfulness' | 'safety', from: number, to: number) =>
+        prompts.slice(from, to).flatMap((p, i) =>
+          preferencePairs(p, answers[from + i], which).map((r) => ({
+            prompt: chatPrompt(p),
+            chosen: [{ role: 'assistant', content: r.chosen }],
+            rejected: [{ role: 'assistant', content: r.rejected }],
+            rating: r.rating,
+            safe: r.safe,
+          })),
+        );
+      const help = rows('helpfulness', 0, general.length);
+      const safeOnly = rows('safety', general.length, prompts.length);
+      const mixed = [...safeOnly, ...help.filter((_, i) => i % 5 === 0).slice(0, Math.ceil(safeOnly.length / 4))];
+      labelPairs.helpfulness = help.length;
+      labelPairs.safety = mixed.length;
+      writeFileAtomic(data('rm_helpfulness.jsonl'), jsonl(help));
+      writeFileAtomic(data('rm_safety.jsonl'), jsonl(mixed));
+      log(`demo: the labeler ranked ${size.labelSamples} SFT samples for each of ${prompts.length} prompts: ${help.length} helpfulness pairs, ${mixed.length} safety pairs (${mixed.length - safeOnly.length} of them helpfulness pairs)`);
+    } else if (stage === 'rs' || stage === 'ppo') {
+      const n = stage === 'rs' ? size.rsPrompts : size.ppoIterations * size.ppoBatch;
+      const prompts = samplePrompts(Math.min(n, 400), { split: 'train', seed: seed + (stage === 'rs' ? 202 : 303), distinct: true });
+      writeFileAtomic(data(`${stage}_prompts.jsonl`), jsonl(prompts.map((p) => ({ messages: chatPrompt(p), safe: p.safe }))));
+    }
+  };
+
+  const r = await runRecipe(cfg, { ...hooks, prepare, resume: opts.resume });
+  for (const k of ['helpfulness', 'safety'] as const) {
+    const f = data(`rm_${k}.jsonl`);
+    if (fs.existsSync(f)) labelPairs[k] = fs.readFileSync(f, 'utf8').split('\n').filter(Boolean).length;
+  }
+  const summary = JSON.parse(fs.readFileSync(r.summaryFile, 'utf8'));
+  const tokPerSec = (stage: string): number | null => {
+    const lines = fs
+      .readFileSync(path.join(out, 'metrics.jsonl'), 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l))
+      .filter((m) => m.stage === stage && typeof m.tokens_per_sec === 'number');
+    if (!lines.length) return null;
+    const xs = lines.map((m) => m.tokens_per_sec as number).sort((a, b) => a - b);
+    return xs[xs.length >> 1];
+  };
+  const stages = r.stages.map((s) => ({ name: s.name, wall_s: Number(summary.stages[s.name]?.wall_s ?? 0), tokens_per_sec: tokPerSec(s.name) }));
+  const result: DemoResult = {
+    run: r.run,
+    interrupted: r.interrupted,
+    policies: [],
+    rmAccuracy: { helpfulness: summary.stages.rm_helpfulness?.eval?.accuracy ?? null, safety: summary.stages.rm_safety?.eval?.accuracy ?? null },
+    stages,
+    labelPairs,
+    seconds: 0,
+    summaryFile: r.summaryFile,
+    reportFile: r.reportFile,
+  };
+  if (r.interrupted) return { ...result, seconds: (performance.now() - t0) / 1000 };
+
+  // Held-out evaluation by the labeler: greedy answers of each policy.
+  const held: WorldPrompt[] = evalPrompts(size.evalPrompts, seed + 1);
+  const out_ = (k: StageKey) => r.stages.find((s) => s.name === k)?.outputs ?? {};
+  const sftModel = out_('sft').model;
+  const policies: { policy: DemoPolicyRow['policy']; adapter?: string }[] = [{ policy: 'sft' }, { policy: 'rs', adapter: out_('rs').adapter }, { policy: 'ppo', adapter: out_('ppo').adapter }];
+  const tok = loadTokenizer(sftModel);
+  const answers: Record<string, { sampled: string[]; greedy: string[] }> = {};
+  const heldSampled = Array.from({ length: EVAL_SAMPLES }, () => held).flat();
+  for (const p of policies) {
+    const m = await loadModel(sftModel, { device: opts.device ?? 'auto', adapter: p.adapter });
+    try {
+      const sampled: string[] = [];
+      for (let k = 1; k <= EVAL_SAMPLES; k++) sampled.push(...(await respond(m, tok, held, { temperature: 0.7, seed: 7919 * k, maxNewTokens: 16 })));
+      answers[p.policy] = { sampled, greedy: await respond(m, tok, held, { temperature: 0, maxNewTokens: 16 }) };
+    } finally {
+      m.dispose();
+    }
+    const a = answers[p.policy], base = answers.sft;
+    result.policies.push({
+      policy: p.policy,
+      eval: evaluatePolicy(heldSampled.map((q, i) => ({ prompt: q, response: a.sampled[i] }))),
+      winVsSft: winRate(heldSampled, a.sampled, base.sampled).winRate,
+      greedy: evaluatePolicy(held.map((q, i) => ({ prompt: q, response: a.greedy[i] }))),
+      greedyWinVsSft: winRate(held, a.greedy, base.greedy).winRate,
+    });
+  }
+  const evalFile = path.join(out, 'demo_eval.json');
+  writeFileAtomic(evalFile, JSON.stringify({ prompts: held.map((p) => p.text), answers, policies: result.policies, rmAccuracy: result.rmAccuracy }, null, 2) + '\n');
+  result.seconds = (performance.now() - t0) / 1000;
+  return result;
+}
