@@ -188,7 +188,8 @@ export interface NativeModel {
   forward(req: NativeForwardRequest): Promise<NativeForwardResult>;
   forwardTrain(req: NativeForwardRequest): Promise<NativeForwardResult>;
   backward(grads: { dlogp?: Float32Array; dentropy?: Float32Array; dvalues?: Float32Array }): Promise<void>;
-  step(opts: NativeStepOptions): Promise<{ gradNorm: number; clipCoef: number; step: number }>;
+  /** One optimizer step; a NaN/infinite gradient norm is not applied (`skipped`, nothing changes). */
+  step(opts: NativeStepOptions): Promise<{ gradNorm: number; clipCoef: number; step: number; skipped: boolean }>;
   zeroGrad(): void;
   enableFullTraining(): void;
   createAdapter(spec: {

@@ -16,8 +16,15 @@ inline constexpr const char* kArgument = "E_ARGUMENT";        // bad argument fr
 inline constexpr const char* kUnsupported = "E_UNSUPPORTED";  // valid but not supported here
 inline constexpr const char* kCuda = "E_CUDA";                // CUDA runtime failure
 inline constexpr const char* kModel = "E_MODEL";              // model weights do not match the config
+inline constexpr const char* kResource = "E_RESOURCE";        // out of memory (an allocation failed)
 inline constexpr const char* kInternal = "E_INTERNAL";        // a bug: please report
 }  // namespace code
+
+// The message for an allocation that failed (std::bad_alloc, or a size the
+// allocator cannot represent): E_RESOURCE, never an abort.
+inline constexpr const char* kOutOfMemory =
+    "out of memory: a native allocation failed (the request was larger than the memory the system would give); "
+    "use a smaller batch, sequence length or model, or free memory";
 
 class Error : public std::runtime_error {
  public:

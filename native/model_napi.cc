@@ -142,6 +142,12 @@ class LoadWorker : public Napi::AsyncWorker {
     } catch (const Error& e) {
       code_ = e.code();
       SetError(e.what());
+    } catch (const std::bad_alloc&) {
+      code_ = code::kResource;
+      SetError(std::string(kOutOfMemory) + " (loading the weights)");
+    } catch (const std::length_error&) {
+      code_ = code::kResource;
+      SetError(std::string(kOutOfMemory) + " (loading the weights)");
     } catch (const std::exception& e) {
       code_ = code::kInternal;
       SetError(e.what());
@@ -187,8 +193,11 @@ class Worker : public Napi::AsyncWorker {
       code_ = e.code();
       SetError(e.what());
     } catch (const std::bad_alloc&) {
-      code_ = code::kIo;
-      SetError("out of memory");
+      code_ = code::kResource;
+      SetError(kOutOfMemory);
+    } catch (const std::length_error&) {
+      code_ = code::kResource;
+      SetError(kOutOfMemory);
     } catch (const std::exception& e) {
       code_ = code::kInternal;
       SetError(e.what());
@@ -566,6 +575,7 @@ Napi::Value Model::Step(const Napi::CallbackInfo& info) {
           r.Set("gradNorm", b.out.grad_norm);
           r.Set("clipCoef", b.out.clip_coef);
           r.Set("step", static_cast<double>(b.out.step));
+          r.Set("skipped", b.out.skipped);
           return r;
         });
   });

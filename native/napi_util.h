@@ -29,7 +29,9 @@ Napi::Value Guard(Napi::Env env, F&& body) {
   } catch (const Napi::Error& e) {
     throw;  // already a JS exception
   } catch (const std::bad_alloc&) {
-    MakeJsError(env, code::kIo, "out of memory").ThrowAsJavaScriptException();
+    MakeJsError(env, code::kResource, kOutOfMemory).ThrowAsJavaScriptException();
+  } catch (const std::length_error&) {
+    MakeJsError(env, code::kResource, kOutOfMemory).ThrowAsJavaScriptException();
   } catch (const std::exception& e) {
     MakeJsError(env, code::kInternal, e.what()).ThrowAsJavaScriptException();
   }

@@ -24,7 +24,9 @@ namespace {
   } catch (const Napi::Error&) {
     throw;
   } catch (const std::bad_alloc&) {
-    throw MakeJsError(env, code::kIo, "out of memory");
+    throw MakeJsError(env, code::kResource, kOutOfMemory);
+  } catch (const std::length_error&) {
+    throw MakeJsError(env, code::kResource, kOutOfMemory);
   } catch (const std::exception& e) {
     throw MakeJsError(env, code::kInternal, e.what());
   }

@@ -34,7 +34,16 @@ void ThreadPool::drain(int thread_index) {
   for (;;) {
     int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
     if (i >= n_) break;
-    fn_(ctx_, i, thread_index);
+    try {
+      fn_(ctx_, i, thread_index);
+    } catch (...) {
+      {
+        std::lock_guard<std::mutex> lock(error_mu_);
+        if (!error_) error_ = std::current_exception();
+      }
+      next_.store(n_, std::memory_order_relaxed);  // the remaining tasks are skipped
+      break;
+    }
   }
 }
 
@@ -57,6 +66,12 @@ void ThreadPool::run(int64_t n, TaskFn fn, void* ctx) {
     if (spin < kSpinIterations) RLHF_PAUSE();
     else std::this_thread::yield();
   }
+  std::exception_ptr e;
+  {
+    std::lock_guard<std::mutex> lock(error_mu_);
+    std::swap(e, error_);
+  }
+  if (e) std::rethrow_exception(e);
 }
 
 void ThreadPool::worker_loop(int index) {

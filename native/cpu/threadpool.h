@@ -9,6 +9,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -26,6 +27,10 @@ class ThreadPool {
 
   // Runs fn(task, thread_index) for task in [0, n). Blocks until all are done.
   // thread_index is in [0, size()) and identifies per-thread scratch space.
+  // If a task throws (e.g. std::bad_alloc), the tasks not yet started are
+  // skipped and the first exception is rethrown here, on the calling thread,
+  // once every worker has left the job: an exception never escapes a worker
+  // thread (which would terminate the process).
   template <typename F>
   void parallel_for(int64_t n, F&& fn) {
     if (n <= 0) return;
@@ -52,6 +57,8 @@ class ThreadPool {
   TaskFn fn_ = nullptr;
   void* ctx_ = nullptr;
   bool stop_ = false;
+  std::mutex error_mu_;
+  std::exception_ptr error_;  // the first exception a task threw in the current job
 };
 
 }  // namespace rlhf::cpu

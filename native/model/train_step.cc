@@ -43,6 +43,11 @@ StepResult optimizer_step(Backend& be, std::vector<TrainableTensor>& tensors, in
     be.grad_norm(g);
   }
   r.grad_norm = std::sqrt(sumsq);
+  if (!std::isfinite(r.grad_norm)) {
+    r.skipped = true;
+    r.step = *step;
+    return r;
+  }
   if (cfg.max_grad_norm > 0) r.clip_coef = std::min(1.f, static_cast<float>(cfg.max_grad_norm / (r.grad_norm + 1e-6)));
   r.step = ++*step;
   for (auto& t : tensors) {

@@ -34,8 +34,12 @@ struct StepResult {
   double grad_norm = 0;  // before clipping
   float clip_coef = 1.f;
   int64_t step = 0;
+  bool skipped = false;  // the gradient norm was NaN or infinite: nothing was updated
 };
 
+// A gradient whose global norm is NaN or infinite is never applied: the
+// parameters, moments and step count stay as they were and the result says
+// `skipped` (the caller decides whether to skip the step or stop the run).
 StepResult optimizer_step(Backend& be, std::vector<TrainableTensor>& tensors, int64_t* step, const OptimConfig& cfg);
 void zero_grads(Adapter* adapter, FullGrads* full);
 
