@@ -4,7 +4,7 @@
  * `callNative` below re-throws it as an RlhfError whose stack is the caller's.
  */
 
-/** Error codes. Native codes (E_IO ... E_INTERNAL) match native/error.h. */
+/** Error codes. Native codes (E_IO ... E_INTERNAL, E_RESOURCE) match native/error.h. */
 export type RlhfErrorCode =
   | 'E_IO'
   | 'E_SAFETENSORS'
@@ -16,7 +16,10 @@ export type RlhfErrorCode =
   | 'E_CONFIG'
   | 'E_TOKENIZER'
   | 'E_MODEL'
-  | 'E_DATA';
+  | 'E_DATA'
+  | 'E_RESOURCE'
+  | 'E_NUMERIC'
+  | 'E_CHECKPOINT';
 
 export class RlhfError extends Error {
   readonly code: RlhfErrorCode;

@@ -119,6 +119,9 @@ t.test('an interrupted run resumed from its checkpoint reproduces the uninterrup
   const first = await runRm({ ...cfg, out: cut }, { ...quiet, onStep: (m) => m.step === 3 && ac.abort(), signal: ac.signal });
   t.ok(first.interrupted && first.steps === 3, `stopped after step ${first.steps}`);
   t.ok(fs.existsSync(path.join(cut, 'checkpoints', 'checkpoint-2')), 'checkpoint-2 written');
+  t.ok(fs.existsSync(path.join(cut, 'checkpoints', 'checkpoint-3')), 'the stop wrote checkpoint-3');
+  // As if the process had been killed after step 3: only the scheduled checkpoint is left.
+  fs.rmSync(path.join(cut, 'checkpoints', 'checkpoint-3'), { recursive: true });
   const second = await runRm({ ...cfg, out: cut, resume: true }, quiet);
   t.equal(second.resumedFrom, 2, 'resumed after step 2 (step 3 runs again)');
   const read = (d: string) => fs.readFileSync(path.join(d, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));

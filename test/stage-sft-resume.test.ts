@@ -1,5 +1,6 @@
 /**
- * SFT checkpoints: a run stopped after step 3 and resumed from its step-2
+ * SFT checkpoints: a run stopped after step 3 (which writes checkpoint-3,
+ * removed here as if the process had been killed) and resumed from its step-2
  * checkpoint (LoRA with dropout, shuffled data, gradient accumulation) ends
  * with the same metrics and a bit-identical adapter as an uninterrupted run.
  */
@@ -45,6 +46,9 @@ for (const full of [false, true]) {
     const ac = new AbortController();
     const first = await runSft({ ...cfg, out: cut }, { ...quiet, signal: ac.signal, onStep: (m) => m.step === 3 && ac.abort() });
     t.ok(first.interrupted && first.steps === 3, 'stopped after step 3');
+    t.ok(fs.existsSync(path.join(cut, 'checkpoints', 'checkpoint-3')), 'the stop wrote checkpoint-3');
+    // As if the process had been killed after step 3: only the scheduled checkpoint-2 is left, and step 3 runs again.
+    fs.rmSync(path.join(cut, 'checkpoints', 'checkpoint-3'), { recursive: true });
     const second = await runSft({ ...cfg, out: cut, resume: true }, quiet);
     t.equal(second.resumedFrom, 2);
     const read = (d: string) => fs.readFileSync(path.join(d, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));

@@ -7,6 +7,7 @@ import type { Argv } from 'yargs';
 import { runDpo, DPO_DEFAULTS, DPO_LOSS_TYPES, type DpoStepMetrics } from '../../lib/stages/dpo';
 import { LR_SCHEDULES } from '../../lib/stages/schedule';
 import { runCommand } from '../cli-util';
+import { exitCodeFor } from '../../lib/run/signals';
 import { deviceOption } from './common';
 
 function splitList(v: unknown): string[] | undefined {
@@ -59,6 +60,7 @@ export function register<T>(y: Argv<T>): Argv<T> {
         .option('grad-accum', { type: 'number', default: DPO_DEFAULTS.gradAccum, describe: 'micro-batches per optimizer step' })
         .option('max-len', { type: 'number', default: DPO_DEFAULTS.maxLen, describe: "chosen/rejected sequences are cut to this many tokens (and to the model's context)" })
         .option('seed', { type: 'number', default: DPO_DEFAULTS.seed })
+        .option('nan-policy', { choices: ['stop', 'skip'] as const, default: 'stop' as const, describe: 'a step whose loss or gradient is NaN/infinite: stop the run, or skip the step' })
         .option('shuffle', { type: 'boolean', default: DPO_DEFAULTS.shuffle, describe: 'shuffle pairs each epoch (seeded); default: file order' })
         .option('eval-data', { type: 'string', describe: 'held-out preference JSONL' })
         .option('eval-fraction', { type: 'number', default: DPO_DEFAULTS.evalFraction, describe: 'hold out this fraction of --data' })
@@ -98,6 +100,7 @@ export function register<T>(y: Argv<T>): Argv<T> {
             gradAccum: argv['grad-accum'],
             maxLen: argv['max-len'],
             seed: argv.seed,
+            nanPolicy: argv['nan-policy'],
             shuffle: argv.shuffle,
             evalData: argv['eval-data'] ?? null,
             evalFraction: argv['eval-fraction'],
@@ -123,7 +126,7 @@ export function register<T>(y: Argv<T>): Argv<T> {
             `${Math.round(r.tokensPerSec)} tok/s; ${lossPart}${evalPart}` +
             `; ${what} (${r.trainableParameters} trainable parameters) saved to ${r.out}\n`,
         );
-        if (r.interrupted) process.exitCode = 130;
+        if (r.interrupted) process.exitCode = exitCodeFor(r.signal); // 130 after SIGINT, 143 after SIGTERM
       }),
   );
 }

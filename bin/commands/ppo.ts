@@ -7,6 +7,7 @@ import type { Argv } from 'yargs';
 import { runPpo, PPO_DEFAULTS, type PpoStepMetrics } from '../../lib/stages/ppo';
 import { LR_SCHEDULES } from '../../lib/stages/schedule';
 import { runCommand } from '../cli-util';
+import { exitCodeFor } from '../../lib/run/signals';
 import { deviceOption } from './common';
 
 function splitList(v: unknown): string[] | undefined {
@@ -76,6 +77,7 @@ export function register<T>(y: Argv<T>): Argv<T> {
         .option('whiten-advantages', { type: 'boolean', default: PPO_DEFAULTS.whitenAdvantages })
         .option('missing-eos-penalty', { type: 'number', describe: 'subtracted from the score of responses without EOS [default: none]' })
         .option('seed', { type: 'number', default: PPO_DEFAULTS.seed })
+        .option('nan-policy', { choices: ['stop', 'skip'] as const, default: 'stop' as const, describe: 'a step whose loss or gradient is NaN/infinite: stop the run, or skip the step' })
         .option('eval-data', { type: 'string', describe: 'held-out prompts: reward and KL before and after training' })
         .option('log-steps', { type: 'number', default: 1, describe: 'a progress line on stderr every N iterations (and the first and last)' }),
     (argv) =>
@@ -129,6 +131,7 @@ export function register<T>(y: Argv<T>): Argv<T> {
             whitenAdvantages: argv['whiten-advantages'],
             missingEosPenalty: argv['missing-eos-penalty'] ?? null,
             seed: argv.seed,
+            nanPolicy: argv['nan-policy'],
             evalData: argv['eval-data'] ?? null,
             device: argv.device,
           },
@@ -145,7 +148,7 @@ export function register<T>(y: Argv<T>): Argv<T> {
             (r.eval ? `; eval reward ${g(r.eval.before.reward)} -> ${g(r.eval.after.reward)}, kl ${g(r.eval.after.kl)}` : '') +
             `; policy adapter saved to ${r.out}, critic to ${r.out}/critic\n`,
         );
-        if (r.interrupted) process.exitCode = 130;
+        if (r.interrupted) process.exitCode = exitCodeFor(r.signal); // 130 after SIGINT, 143 after SIGTERM
       }),
   );
 }

@@ -7,6 +7,7 @@ import type { Argv } from 'yargs';
 import { runRm, RM_DEFAULTS, type RmStepMetrics } from '../../lib/stages/reward';
 import { LR_SCHEDULES } from '../../lib/stages/schedule';
 import { runCommand } from '../cli-util';
+import { exitCodeFor } from '../../lib/run/signals';
 import { deviceOption } from './common';
 
 function splitList(v: unknown): string[] | undefined {
@@ -56,6 +57,8 @@ export function register<T>(y: Argv<T>): Argv<T> {
         .option('grad-accum', { type: 'number', default: RM_DEFAULTS.gradAccum })
         .option('max-len', { type: 'number', default: RM_DEFAULTS.maxLen })
         .option('seed', { type: 'number', default: RM_DEFAULTS.seed })
+        .option('nan-policy', { choices: ['stop', 'skip'] as const, default: 'stop' as const, describe: 'a step whose loss or gradient is NaN/infinite: stop the run, or skip the step' })
+        .option('resume-mismatch', { type: 'boolean', default: false, describe: 'with --resume: continue from a checkpoint written with other options or data' })
         .option('shuffle', { type: 'boolean', default: RM_DEFAULTS.shuffle })
         .option('eval-data', { type: 'string', describe: 'held-out preference JSONL (accuracy, loss)' })
         .option('eval-fraction', { type: 'number', default: RM_DEFAULTS.evalFraction })
@@ -93,6 +96,8 @@ export function register<T>(y: Argv<T>): Argv<T> {
             gradAccum: argv['grad-accum'],
             maxLen: argv['max-len'],
             seed: argv.seed,
+            nanPolicy: argv['nan-policy'],
+            resumeMismatch: argv['resume-mismatch'],
             shuffle: argv.shuffle,
             evalData: argv['eval-data'] ?? null,
             evalFraction: argv['eval-fraction'],
@@ -115,7 +120,7 @@ export function register<T>(y: Argv<T>): Argv<T> {
             ev +
             `; ${r.saved === 'model' ? 'reward model' : 'LoRA adapter + score head'} saved to ${r.out}\n`,
         );
-        if (r.interrupted) process.exitCode = 130;
+        if (r.interrupted) process.exitCode = exitCodeFor(r.signal); // 130 after SIGINT, 143 after SIGTERM
       }),
   );
 }

@@ -9,6 +9,7 @@ import { runRejectionSampling, RS_DEFAULTS, type RsMetrics } from '../../lib/sta
 import { SFT_DEFAULTS } from '../../lib/stages/sft';
 import { LR_SCHEDULES } from '../../lib/stages/schedule';
 import { runCommand } from '../cli-util';
+import { exitCodeFor } from '../../lib/run/signals';
 import { deviceOption } from './common';
 
 function splitList(v: unknown): string[] | undefined {
@@ -122,7 +123,7 @@ export function register<T>(y: Argv<T>): Argv<T> {
           `rs: ${r.interrupted ? `interrupted after ${r.rounds}/${r.config.rounds}` : r.rounds} round${r.rounds === 1 ? '' : 's'} of ${r.trainPrompts} prompts x ${r.config.k} samples in ${r.seconds.toFixed(1)}s; ` +
             `${evalPart}; policy: ${policy}\n`,
         );
-        if (r.interrupted) process.exitCode = 130;
+        if (r.interrupted) process.exitCode = exitCodeFor(r.signal); // 130 after SIGINT, 143 after SIGTERM
       }),
   );
 }

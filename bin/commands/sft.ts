@@ -7,6 +7,7 @@ import type { Argv } from 'yargs';
 import { runSft, SFT_DEFAULTS, type SftStepMetrics } from '../../lib/stages/sft';
 import { LR_SCHEDULES } from '../../lib/stages/schedule';
 import { runCommand } from '../cli-util';
+import { exitCodeFor } from '../../lib/run/signals';
 import { deviceOption } from './common';
 
 function splitList(v: unknown): string[] | undefined {
@@ -57,6 +58,8 @@ export function register<T>(y: Argv<T>): Argv<T> {
         .option('grad-accum', { type: 'number', default: SFT_DEFAULTS.gradAccum, describe: 'micro-batches per optimizer step (token-weighted)' })
         .option('max-len', { type: 'number', default: SFT_DEFAULTS.maxLen, describe: "rows are cut to this many tokens (and to the model's context)" })
         .option('seed', { type: 'number', default: SFT_DEFAULTS.seed })
+        .option('nan-policy', { choices: ['stop', 'skip'] as const, default: 'stop' as const, describe: 'a step whose loss or gradient is NaN/infinite: stop the run, or skip the step' })
+        .option('resume-mismatch', { type: 'boolean', default: false, describe: 'with --resume: continue from a checkpoint written with other options or data' })
         .option('shuffle', { type: 'boolean', default: SFT_DEFAULTS.shuffle, describe: 'shuffle rows each epoch (seeded); default: file order' })
         .option('eval-data', { type: 'string', describe: 'held-out JSONL for eval loss' })
         .option('eval-fraction', { type: 'number', default: SFT_DEFAULTS.evalFraction, describe: 'hold out this fraction of --data for eval loss' })
@@ -96,6 +99,8 @@ export function register<T>(y: Argv<T>): Argv<T> {
             gradAccum: argv['grad-accum'],
             maxLen: argv['max-len'],
             seed: argv.seed,
+            nanPolicy: argv['nan-policy'],
+            resumeMismatch: argv['resume-mismatch'],
             shuffle: argv.shuffle,
             evalData: argv['eval-data'] ?? null,
             evalFraction: argv['eval-fraction'],
@@ -120,7 +125,7 @@ export function register<T>(y: Argv<T>): Argv<T> {
             (r.evalLoss !== null ? `; eval loss ${g(r.evalLoss)} (${r.evalRows} rows)` : '') +
             `; ${what} (${r.trainableParameters} trainable parameters) saved to ${r.out}\n`,
         );
-        if (r.interrupted) process.exitCode = 130;
+        if (r.interrupted) process.exitCode = exitCodeFor(r.signal); // 130 after SIGINT, 143 after SIGTERM
       }),
   );
 }

@@ -12,7 +12,9 @@ export function readJsonl(file: string): JsonlRow[] {
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (e) {
-    throw new RlhfError('E_IO', `cannot read ${file}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`, { where: file, cause: e });
+    const code = (e as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'no such file; check the path' : code === 'EISDIR' ? 'it is a folder; give the JSONL file inside it' : (e as Error).message;
+    throw new RlhfError('E_IO', `cannot read ${file}: ${why}`, { where: file, cause: e });
   }
   const rows: JsonlRow[] = [];
   const lines = text.split('\n');
@@ -23,13 +25,13 @@ export function readJsonl(file: string): JsonlRow[] {
     try {
       value = JSON.parse(raw);
     } catch (e) {
-      throw new RlhfError('E_DATA', `${file}:${i + 1}: invalid JSON (${(e as Error).message})`, { where: `${file}:${i + 1}` });
+      throw new RlhfError('E_DATA', `${file}:${i + 1}: invalid JSON (${(e as Error).message}); each line must be one complete JSON object`, { where: `${file}:${i + 1}` });
     }
     if (!value || typeof value !== 'object' || Array.isArray(value))
       throw new RlhfError('E_DATA', `${file}:${i + 1}: each line must be a JSON object`, { where: `${file}:${i + 1}` });
     rows.push({ line: i + 1, value: value as Record<string, unknown> });
   }
-  if (rows.length === 0) throw new RlhfError('E_DATA', `${file}: no data (the file is empty)`, { where: file });
+  if (rows.length === 0) throw new RlhfError('E_DATA', `${file}: no data (the file is empty); give one JSON object per line`, { where: file });
   return rows;
 }
 

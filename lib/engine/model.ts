@@ -9,7 +9,8 @@ import { openModelFolder, ModelFolder } from '../model/folder';
 import type { ModelConfig } from '../model/config';
 import { resolveDevice } from '../info';
 import { adapterHead, readLoraPairs } from '../model/peft';
-import { architectureName } from '../model/config';
+import { architectureName, readModelConfig } from '../model/config';
+import { checkMemory, type MemoryShape } from './memory';
 import { Trainer } from './train';
 
 export interface LoadModelOptions {
@@ -32,6 +33,13 @@ export interface LoadModelOptions {
   head?: 'lm' | 'score';
   /** Seed and std of a fresh score head (transformers' initializer_range, 0.02). Default seed 0. */
   scoreInit?: { std?: number; seed?: number };
+  /**
+   * What the caller will run on the model, for the memory check made before
+   * anything is read or allocated (lib/engine/memory.ts): a stage passes its
+   * batch, sequence length, trainable set and generation sizes. Default: the
+   * weights and one forward of one row. `what` names the work in the error.
+   */
+  memory?: MemoryShape & { what?: string; hint?: string };
 }
 
 export interface ForwardInput {
@@ -132,6 +140,11 @@ export function packBatch(ids: number[][] | Int32Array[], mask?: number[][]): { 
 /** forward / training forward: packs the batch, calls the engine, splits the flat results per sequence. */
 export async function runForward(handle: NativeModel, config: ModelConfig, input: ForwardInput, train: boolean): Promise<ForwardOutput> {
   const packed = packBatch(input.inputIds, input.attentionMask);
+  if (packed.seq > config.maxSequenceLength)
+    throw new RlhfError(
+      'E_ARGUMENT',
+      `forward: a sequence of ${packed.seq} tokens is longer than the model's context of ${config.maxSequenceLength} tokens; cut the rows to at most ${config.maxSequenceLength} tokens (e.g. --max-len)`,
+    );
   const req = {
     ...packed,
     logp: input.logp ?? config.head === 'lm',
@@ -165,6 +178,18 @@ export class Model {
 
   static async load(dir: string, opts: LoadModelOptions = {}): Promise<Model> {
     const device = resolveDevice(opts.device ?? 'auto');
+    // Memory first, from config.json alone: a model that cannot fit is refused before its weights are read.
+    // (A folder without a readable config fails in openModelFolder with its own error.)
+    let declared: ModelConfig | null = null;
+    try {
+      declared = readModelConfig(dir);
+    } catch {
+      declared = null;
+    }
+    if (declared) {
+      const { what, hint, ...shape } = opts.memory ?? {};
+      checkMemory(declared, { weightsDtype: opts.weightsDtype, ...shape }, what ?? `loading ${dir}`, hint);
+    }
     const folder = openModelFolder(dir);
     try {
       const tensors: Record<string, [string, string]> = {};
@@ -203,6 +228,15 @@ export class Model {
 
   async generate(input: GenerateInput): Promise<NativeGenerateResult> {
     const prompts = (input.prompts as ArrayLike<number>[]).map((p) => Int32Array.from(p));
+    const longest = prompts.reduce((m, p) => Math.max(m, p.length), 0);
+    const ctx = this.config.maxSequenceLength, maxNew = input.maxNewTokens ?? 64;
+    if (longest > ctx)
+      throw new RlhfError('E_ARGUMENT', `generate: a prompt of ${longest} tokens is longer than the model's context of ${ctx} tokens; shorten the prompts`);
+    if (longest + maxNew > ctx)
+      throw new RlhfError(
+        'E_ARGUMENT',
+        `generate: a prompt of ${longest} tokens plus ${maxNew} new tokens exceeds the model's context of ${ctx} tokens; shorten the prompts to ${Math.max(0, ctx - maxNew)} tokens or ask for at most ${ctx - longest} new tokens`,
+      );
     return this.live()
       .generate({
         prompts,

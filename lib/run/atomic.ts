@@ -295,3 +295,40 @@ export function pruneCheckpoints(parent: string, keep: number): Checkpoint[] {
   for (const c of drop) removeDirAtomic(c.dir);
   return drop;
 }
+
+/**
+ * E_IO (naming the folder, the reason and what to do) unless the output
+ * folder `dir` exists and is writable or can be created: checked before a
+ * stage spends time training, so that its results are not lost at the end.
+ * Creates nothing. `flag` names the option in the message (e.g. '--out').
+ */
+export function checkWritableDir(dir: string, flag = '--out'): void {
+  const abs = path.resolve(dir);
+  for (let p = abs; ; ) {
+    let st: fs.Stats | null = null;
+    try {
+      st = fs.statSync(p);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT') throw new RlhfError('E_IO', `${flag} ${dir}: cannot check ${p} (${code ?? (e as Error).message}); choose another output folder`, { where: abs, cause: e });
+    }
+    if (st) {
+      if (!st.isDirectory())
+        throw new RlhfError('E_IO', `${flag} ${dir}: cannot be created: ${p} is a file, not a folder; choose another output folder`, { where: abs });
+      try {
+        fs.accessSync(p, fs.constants.W_OK | fs.constants.X_OK);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code ?? 'EACCES';
+        throw new RlhfError(
+          'E_IO',
+          `${flag} ${dir}: ${p === abs ? 'the folder' : `its parent ${p}`} is not writable (${code}${code === 'EROFS' ? ': a read-only file system' : ''}); choose a folder you can write to, or change its permissions`,
+          { where: abs, cause: e },
+        );
+      }
+      return;
+    }
+    const parent = path.dirname(p);
+    if (parent === p) return;
+    p = parent;
+  }
+}

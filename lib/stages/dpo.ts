@@ -38,6 +38,9 @@ import { identicalWarning, loadPreferenceData, type PreferenceDataStats, type Pr
 import { LR_SCHEDULES, lrSchedule, type LrScheduleKind } from './schedule';
 import { noDecayNames } from './sft';
 import { packageVersion } from '../info';
+import { checkWritableDir } from '../run/atomic';
+import { stopOnSignals } from '../run/signals';
+import { checkNanPolicy, nonFinite, numericStop, type NanPolicy } from './numerics';
 
 export const DPO_LOSS_TYPES = ['sigmoid'] as const;
 export type DpoLossType = (typeof DPO_LOSS_TYPES)[number];
@@ -102,6 +105,8 @@ export interface DpoConfig {
   evalSteps?: number;
   /** Eval (and reference precompute) micro-batch pairs. Default batchSize. */
   evalBatchSize?: number;
+  /** A step with a NaN/infinite loss or gradient: 'stop' the run (E_NUMERIC) or 'skip' the step (lib/stages/numerics.ts). Default 'stop'. */
+  nanPolicy?: NanPolicy;
   device?: 'auto' | 'cpu' | 'cuda';
 }
 
@@ -140,6 +145,7 @@ export const DPO_DEFAULTS = {
   shuffle: false,
   evalFraction: 0,
   evalSteps: 0,
+  nanPolicy: 'stop' as NanPolicy,
   device: 'auto' as const,
 };
 
@@ -204,6 +210,10 @@ export interface DpoResult {
   totalSteps: number;
   epochs: number;
   interrupted: boolean;
+  /** The signal that stopped the run (SIGINT, SIGTERM), or null. */
+  signal: NodeJS.Signals | null;
+  /** Steps not applied because their loss or gradient was NaN/infinite (nanPolicy 'skip'). */
+  skippedSteps: number[];
   initialLoss: number | null;
   finalLoss: number | null;
   /** Eval pairs before the first step and after the last (null without an eval set). */
@@ -281,6 +291,7 @@ export function resolveDpoConfig(cfg: DpoConfig): ResolvedDpoConfig {
     evalFraction: cfg.evalFraction ?? DPO_DEFAULTS.evalFraction,
     evalSteps: cfg.evalSteps ?? DPO_DEFAULTS.evalSteps,
     evalBatchSize: cfg.evalBatchSize ?? cfg.batchSize ?? DPO_DEFAULTS.batchSize,
+    nanPolicy: checkNanPolicy(cfg.nanPolicy ?? DPO_DEFAULTS.nanPolicy),
     device: cfg.device ?? DPO_DEFAULTS.device,
   };
   arg(posInt(r.loraR), `--lora-r must be a positive integer, got ${r.loraR}`);
@@ -517,6 +528,7 @@ export async function runDpo(config: DpoConfig, hooks: DpoHooks = {}): Promise<D
   const cfg = resolveDpoConfig(config);
   const log = hooks.log ?? (() => {});
   if (fs.existsSync(cfg.out) && !fs.statSync(cfg.out).isDirectory()) throw new RlhfError('E_ARGUMENT', `--out ${cfg.out} exists and is not a folder`, { where: cfg.out });
+  checkWritableDir(cfg.out);
   if (cfg.adapter) readAdapterConfig(cfg.adapter);
 
   // Data first (bad rows fail before the weights load).
@@ -545,7 +557,18 @@ export async function runDpo(config: DpoConfig, hooks: DpoHooks = {}): Promise<D
   log(`dpo: ${cfg.data}: ${fmtData(data.stats)}; max length ${maxLen}`);
   if (evalSet.length) log(`dpo: eval on ${evalSet.length} pairs${cfg.evalData ? ` of ${cfg.evalData}` : ` held out (--eval-fraction ${cfg.evalFraction})`}`);
 
-  const model = await loadModel(cfg.model, { device: cfg.device });
+  const model = await loadModel(cfg.model, {
+    device: cfg.device,
+    memory: {
+      what: `dpo on ${cfg.model}`,
+      train: cfg.full ? 'full' : 'lora',
+      batch: 2 * Math.max(cfg.batchSize, cfg.evalBatchSize),
+      seq: Math.max(2, ...[...train, ...evalSet].flatMap((p) => [p.chosen.length, p.rejected.length])),
+      lora: cfg.full ? undefined : { r: cfg.adapter ? readAdapterConfig(cfg.adapter).r : cfg.loraR, targets: cfg.loraTargets },
+      optimizer: cfg.optimizer,
+      momentum: cfg.momentum,
+    },
+  });
   let keep = false;
   try {
     const trainer = model.trainer();
@@ -590,22 +613,8 @@ export async function runDpo(config: DpoConfig, hooks: DpoHooks = {}): Promise<D
     const metricsFile = path.join(cfg.out, 'metrics.jsonl');
     const metricsFd = fs.openSync(metricsFile, 'w');
 
-    let stop = false;
-    const requestStop = (why: string) => {
-      if (!stop) log(`dpo: ${why}: finishing the current step, then saving${why === 'interrupted' ? ' (press Ctrl-C again to exit without saving)' : ''}`);
-      stop = true;
-    };
-    const onSigint = () => {
-      if (stop) {
-        process.stderr.write('dpo: interrupted again: exiting without saving\n');
-        process.exit(130);
-      }
-      requestStop('interrupted');
-    };
-    const onAbort = () => requestStop('aborted');
-    if (hooks.handleSigint ?? true) process.on('SIGINT', onSigint);
-    hooks.signal?.addEventListener('abort', onAbort);
-    if (hooks.signal?.aborted) onAbort();
+    const stopper = stopOnSignals({ label: 'dpo', log, handleSignals: hooks.handleSigint ?? true, abort: hooks.signal });
+    const skippedSteps: number[] = [];
 
     const evalOpts = { beta: cfg.beta, labelSmoothing: cfg.labelSmoothing, batchSize: cfg.evalBatchSize };
     let steps = 0, epochs = 0, initialLoss: number | null = null, finalLoss: number | null = null;
@@ -622,7 +631,7 @@ export async function runDpo(config: DpoConfig, hooks: DpoHooks = {}): Promise<D
       }
       await trainer.zeroGrad();
       for (const st of planSteps(train.length, totalSteps, { batchSize: cfg.batchSize, gradAccum: cfg.gradAccum, shuffle: cfg.shuffle, seed: cfg.seed })) {
-        if (stop) break;
+        if (stopper.requested) break;
         const ts = performance.now();
         const stepPairs = st.micro.reduce((s, rows) => s + rows.length, 0);
         const acc = new PairMeans();
@@ -639,9 +648,9 @@ export async function runDpo(config: DpoConfig, hooks: DpoHooks = {}): Promise<D
           inputTokens += r.tokens;
         }
         const sm = acc.result();
-        if (!Number.isFinite(sm.loss)) throw new RlhfError('E_ARGUMENT', `the loss is ${sm.loss} at step ${st.step} (training diverged); try a lower --lr or --max-grad-norm`);
         const lr = lrAt(st.step - 1);
-        const s = await trainer.step({
+        // A non-finite loss is never stepped on; the engine refuses a non-finite gradient itself (s.skipped).
+        const s = !Number.isFinite(sm.loss) ? null : await trainer.step({
           optimizer: cfg.optimizer,
           lr,
           beta1: cfg.adamBeta1,
@@ -653,8 +662,14 @@ export async function runDpo(config: DpoConfig, hooks: DpoHooks = {}): Promise<D
           noDecay,
         });
         await trainer.zeroGrad();
-        if (!Number.isFinite(s.gradNorm))
-          throw new RlhfError('E_ARGUMENT', `the gradient norm is ${s.gradNorm} at step ${st.step} (training diverged); try a lower --lr or --max-grad-norm`);
+        const bad = nonFinite({ loss: sm.loss, gradNorm: s?.gradNorm, skipped: s?.skipped });
+        if (bad || !s) {
+          if (cfg.nanPolicy === 'stop') throw numericStop('dpo', `step ${st.step}`, bad ?? 'the loss is not finite', { lastGoodStep: steps });
+          log(`dpo: step ${st.step} skipped: ${bad} (--nan-policy skip); its gradients were dropped`);
+          skippedSteps.push(st.step);
+          steps = st.step;
+          continue;
+        }
         const seconds = (performance.now() - ts) / 1000;
         steps = st.step;
         epochs = st.epochProgress;
@@ -678,7 +693,7 @@ export async function runDpo(config: DpoConfig, hooks: DpoHooks = {}): Promise<D
           tokens_per_sec: seconds > 0 ? inputTokens / seconds : 0,
           elapsed_s: (performance.now() - t0) / 1000,
         };
-        const last = st.step === totalSteps || stop;
+        const last = st.step === totalSteps || stopper.requested;
         if (evalSet.length && ((cfg.evalSteps > 0 && st.step % cfg.evalSteps === 0) || last)) {
           finalEval = await evaluateDpo(model, evalSet, refEval!, evalOpts);
           Object.assign(m, evalKeys(finalEval));
@@ -693,11 +708,10 @@ export async function runDpo(config: DpoConfig, hooks: DpoHooks = {}): Promise<D
       else await trainer.saveLora(cfg.out, path.resolve(cfg.model));
     } finally {
       fs.closeSync(metricsFd);
-      process.off('SIGINT', onSigint);
-      hooks.signal?.removeEventListener('abort', onAbort);
+      stopper.dispose();
     }
     const seconds = (performance.now() - t0) / 1000;
-    const interrupted = stop && steps < totalSteps;
+    const interrupted = stopper.requested && steps < totalSteps;
     fs.writeFileSync(
       path.join(cfg.out, 'dpo_config.json'),
       JSON.stringify(
@@ -708,6 +722,7 @@ export async function runDpo(config: DpoConfig, hooks: DpoHooks = {}): Promise<D
           total_steps: totalSteps,
           steps_done: steps,
           interrupted,
+          skipped_steps: skippedSteps,
           initial_eval: initialEval,
           final_eval: finalEval,
         },
@@ -722,6 +737,8 @@ export async function runDpo(config: DpoConfig, hooks: DpoHooks = {}): Promise<D
       totalSteps,
       epochs,
       interrupted,
+      signal: stopper.signal,
+      skippedSteps,
       initialLoss,
       finalLoss,
       initialEval,

@@ -39,6 +39,9 @@ import { klController } from '../ppo/kl-controller';
 import { loadPrompts, type PromptRow } from '../ppo/prompts';
 import { LR_SCHEDULES, lrSchedule, type LrScheduleKind } from './schedule';
 import { packageVersion } from '../info';
+import { checkWritableDir } from '../run/atomic';
+import { stopOnSignals } from '../run/signals';
+import { checkNanPolicy, numericStop, type NanPolicy } from './numerics';
 
 export { klPerToken, shapeRewards, gae, maskedWhiten } from '../ppo/gae';
 export type { RewardKlEstimator } from '../ppo/gae';
@@ -141,6 +144,8 @@ export interface PpoConfig {
   seed?: number;
   /** Held-out prompts scored (reward, KL) before training and at the end. Default none. */
   evalData?: string | null;
+  /** A minibatch update with a NaN/infinite loss or gradient: 'stop' the run (E_NUMERIC) or 'skip' the update (lib/stages/numerics.ts). Default 'stop'. */
+  nanPolicy?: NanPolicy;
   device?: 'auto' | 'cpu' | 'cuda';
 }
 
@@ -193,6 +198,7 @@ export const PPO_DEFAULTS = {
   whitenAdvantages: true,
   missingEosPenalty: null,
   seed: 42,
+  nanPolicy: 'stop' as NanPolicy,
   device: 'auto' as const,
 };
 
@@ -245,7 +251,7 @@ export interface PpoHooks {
   log?: (line: string) => void;
   /** Stop after the current iteration when aborted (then save, as on SIGINT). */
   signal?: AbortSignal;
-  /** First ^C finishes the iteration and saves, a second exits (130). Default true. */
+  /** SIGINT/SIGTERM: the first finishes the iteration and saves, a second exits at once (130 / 143). Default true. */
   handleSigint?: boolean;
   /** Return the model and trainer without disposing them (the caller disposes the model). */
   keepModel?: boolean;
@@ -267,6 +273,10 @@ export interface PpoResult {
   /** Optimizer steps of the policy (minibatches). */
   optimizerSteps: number;
   interrupted: boolean;
+  /** The signal that stopped the run (SIGINT, SIGTERM), or null. */
+  signal: NodeJS.Signals | null;
+  /** Minibatch updates not applied because a loss or gradient was NaN/infinite (nanPolicy 'skip'). */
+  skippedUpdates: number;
   /** Mean reward of the first and of the last iteration's rollouts. */
   initialReward: number | null;
   finalReward: number | null;
@@ -357,6 +367,7 @@ export function resolvePpoConfig(cfg: PpoConfig): ResolvedPpoConfig {
     missingEosPenalty: cfg.missingEosPenalty ?? PPO_DEFAULTS.missingEosPenalty,
     seed: cfg.seed ?? PPO_DEFAULTS.seed,
     evalData: cfg.evalData ?? null,
+    nanPolicy: checkNanPolicy(cfg.nanPolicy ?? PPO_DEFAULTS.nanPolicy),
     device: cfg.device ?? PPO_DEFAULTS.device,
   };
   arg(r.safetyModel === null || r.rewardModel !== null, '--safety-model needs --reward-model (the helpfulness reward model)');
@@ -784,6 +795,7 @@ export async function runPpo(config: PpoConfig, hooks: PpoHooks = {}): Promise<P
   const log = hooks.log ?? (() => {});
   arg(!!hooks.reward || cfg.rewardModel !== null, '--reward-model is required (or pass a RewardSource as hooks.reward)');
   if (fs.existsSync(cfg.out) && !fs.statSync(cfg.out).isDirectory()) throw new RlhfError('E_ARGUMENT', `--out ${cfg.out} exists and is not a folder`, { where: cfg.out });
+  checkWritableDir(cfg.out);
   if (cfg.adapter) {
     readAdapterConfig(cfg.adapter);
     if (adapterHead(cfg.adapter)) throw new RlhfError('E_ARGUMENT', `--adapter ${cfg.adapter} has a score head (a reward model or critic adapter), not a policy adapter`, { where: cfg.adapter });
@@ -833,7 +845,20 @@ export async function runPpo(config: PpoConfig, hooks: PpoHooks = {}): Promise<P
   const totalSteps = cfg.iterations > 0 ? cfg.iterations : Math.ceil(prompts.length / cfg.batchSize);
   log(`ppo: ${cfg.data}: ${prompts.length} prompts; ${totalSteps} iterations of ${cfg.batchSize} rollouts, ${cfg.ppoEpochs} epochs of minibatches of ${cfg.miniBatchSize}`);
 
-  const model = await loadModel(cfg.model, { device: cfg.device });
+  const longestPrompt = Math.max(1, ...[...prompts, ...evalPrompts].map((p) => p.ids.length));
+  const model = await loadModel(cfg.model, {
+    device: cfg.device,
+    memory: {
+      what: `ppo on ${cfg.model}`,
+      train: 'lora',
+      batch: Math.max(cfg.microBatchSize, cfg.forwardBatchSize),
+      seq: longestPrompt + cfg.maxNewTokens,
+      // policy, critic, and reward adapters on the same base; full reward-model folders are further bases
+      lora: { r: cfg.loraR, targets: cfg.loraTargets, adapters: 2 + [cfg.rewardModel, cfg.safetyModel].filter((d) => d && isAdapterDir(d)).length },
+      extraBases: hooks.reward ? 0 : [cfg.rewardModel, cfg.safetyModel].filter((d) => d && !isAdapterDir(d)).length,
+      generate: { batch: cfg.forwardBatchSize, tokens: longestPrompt + cfg.maxNewTokens },
+    },
+  });
   let keep = false;
   let ownedReward: RewardSource | null = null;
   try {
@@ -937,22 +962,8 @@ export async function runPpo(config: PpoConfig, hooks: PpoHooks = {}): Promise<P
     const metricsFile = path.join(cfg.out, 'metrics.jsonl');
     const metricsFd = fs.openSync(metricsFile, 'w');
 
-    let stop = false;
-    const requestStop = (why: string) => {
-      if (!stop) log(`ppo: ${why}: finishing the current iteration, then saving${why === 'interrupted' ? ' (press Ctrl-C again to exit without saving)' : ''}`);
-      stop = true;
-    };
-    const onSigint = () => {
-      if (stop) {
-        process.stderr.write('ppo: interrupted again: exiting without saving\n');
-        process.exit(130);
-      }
-      requestStop('interrupted');
-    };
-    const onAbort = () => requestStop('aborted');
-    if (hooks.handleSigint ?? true) process.on('SIGINT', onSigint);
-    hooks.signal?.addEventListener('abort', onAbort);
-    if (hooks.signal?.aborted) onAbort();
+    const stopper = stopOnSignals({ label: 'ppo', log, handleSignals: hooks.handleSigint ?? true, abort: hooks.signal, then: 'finishing the current iteration, then saving' });
+    let skippedUpdates = 0;
 
     let steps = 0, optSteps = 0, initialReward: number | null = null, finalReward: number | null = null, finalKl: number | null = null;
     let evalBefore: PpoEvalResult | null = null, evalAfter: PpoEvalResult | null = null;
@@ -963,7 +974,7 @@ export async function runPpo(config: PpoConfig, hooks: PpoHooks = {}): Promise<P
         log(`ppo: eval before: reward ${evalBefore.reward.toFixed(4)}, kl ${evalBefore.kl.toFixed(4)}, response length ${evalBefore.responseLength.toFixed(1)}`);
       }
       for (let it = 0; it < totalSteps; it++) {
-        if (stop) break;
+        if (stopper.requested) break;
         const ts = performance.now();
         const rows = iterationPrompts(prompts.length, cfg.batchSize, it, cfg.seed).map((i) => prompts[i]);
         const ro = await rollout(rows, cfg.data, mixSeed(cfg.seed, 0x6e, it), true);
@@ -1004,13 +1015,29 @@ export async function runPpo(config: PpoConfig, hooks: PpoHooks = {}): Promise<P
           for (let m0 = 0; m0 < B; m0 += cfg.miniBatchSize) {
             const mb = order.slice(m0, m0 + cfg.miniBatchSize).map((i) => rollouts[i]);
             if (mb.every((r) => r.response.length === 0)) continue;
+            // A non-finite loss is never stepped on; the engine refuses a non-finite gradient itself (skipped).
             const c = await criticGradients(trainer, mb, upd.opts);
-            const cs = await trainer.step({ ...optim, lr: criticLr(optSteps) });
+            const cs = Number.isFinite(c.vfLoss) ? await trainer.step({ ...optim, lr: criticLr(optSteps) }) : null;
             const p = await policyGradients(trainer, mb, upd.opts);
             lastLr = policyLr(optSteps);
-            const ps = await trainer.step({ ...optim, lr: lastLr });
-            if (!Number.isFinite(ps.gradNorm) || !Number.isFinite(cs.gradNorm))
-              throw new RlhfError('E_ARGUMENT', `the gradient norm is not finite at iteration ${it + 1} (training diverged); try a lower --lr or --max-grad-norm`);
+            const ps = Number.isFinite(p.pgLoss) ? await trainer.step({ ...optim, lr: lastLr }) : null;
+            const bad = !cs
+              ? `the value loss is ${c.vfLoss}`
+              : cs.skipped
+                ? `the critic's gradient norm is ${cs.gradNorm}`
+                : !ps
+                  ? `the policy loss is ${p.pgLoss}`
+                  : ps.skipped
+                    ? `the policy's gradient norm is ${ps.gradNorm}`
+                    : null;
+            if (bad || !cs || !ps) {
+              const where = `iteration ${it + 1}, epoch ${ep + 1}, minibatch ${m0 / cfg.miniBatchSize + 1}`;
+              if (cfg.nanPolicy === 'stop') throw numericStop('ppo', where, bad ?? 'a loss is not finite', { lastGoodStep: steps, hint: 'try a lower --lr, --max-grad-norm or --kl-coef, check the rewards' });
+              log(`ppo: ${where}: update skipped: ${bad} (--nan-policy skip)`);
+              skippedUpdates++;
+              optSteps++;
+              continue;
+            }
             acc.tokens += p.tokens;
             acc.pg += p.pgLoss * p.tokens;
             acc.ent += p.entropy * p.tokens;
@@ -1076,14 +1103,13 @@ export async function runPpo(config: PpoConfig, hooks: PpoHooks = {}): Promise<P
       trainer.useAdapter('policy');
     } finally {
       fs.closeSync(metricsFd);
-      process.off('SIGINT', onSigint);
-      hooks.signal?.removeEventListener('abort', onAbort);
+      stopper.dispose();
     }
     const seconds = (performance.now() - t0) / 1000;
-    const interrupted = stop && steps < totalSteps;
+    const interrupted = stopper.requested && steps < totalSteps;
     fs.writeFileSync(
       path.join(cfg.out, 'ppo_config.json'),
-      JSON.stringify({ rlhf_native_version: packageVersion(), ...cfg, total_steps: totalSteps, steps_done: steps, optimizer_steps: optSteps, kl_coef_final: kl.value, critic_init: criticInit, interrupted }, null, 2) + '\n',
+      JSON.stringify({ rlhf_native_version: packageVersion(), ...cfg, total_steps: totalSteps, steps_done: steps, optimizer_steps: optSteps, kl_coef_final: kl.value, critic_init: criticInit, interrupted, skipped_updates: skippedUpdates }, null, 2) + '\n',
     );
     const result: PpoResult = {
       out: cfg.out,
@@ -1091,6 +1117,8 @@ export async function runPpo(config: PpoConfig, hooks: PpoHooks = {}): Promise<P
       totalSteps,
       optimizerSteps: optSteps,
       interrupted,
+      signal: stopper.signal,
+      skippedUpdates,
       initialReward,
       finalReward,
       finalKl,

@@ -31,6 +31,8 @@ import { IGNORE_INDEX, splitEval } from '../data/sft-data';
 import { rewardModels, type RewardInput, type RewardSource } from '../reward/sources';
 import { resolveSftConfig, runSft, type SftConfig, type SftStepMetrics } from './sft';
 import { packageVersion } from '../info';
+import { checkWritableDir } from '../run/atomic';
+import { stopOnSignals } from '../run/signals';
 
 /** SFT options applied to each round's finetuning (lib/stages/sft.ts documents each). */
 export type RsSftOptions = Partial<
@@ -195,7 +197,7 @@ export interface RsHooks {
   log?: (line: string) => void;
   /** Stop as after the first SIGINT. */
   signal?: AbortSignal;
-  /** Install a SIGINT handler (default true): first ^C stops after saving the current SFT (a round being sampled is dropped), a second exits (130). */
+  /** Install SIGINT and SIGTERM handlers (default true): the first stops after saving the current SFT (a round being sampled is dropped), a second exits at once (130 / 143). */
   handleSigint?: boolean;
 }
 
@@ -216,6 +218,8 @@ export interface RsResult {
   /** Rounds completed (sampled and finetuned). */
   rounds: number;
   interrupted: boolean;
+  /** The signal that stopped the run (SIGINT, SIGTERM), or null. */
+  signal: NodeJS.Signals | null;
   /** Held-out mean reward of the starting policy (null without an eval set). */
   initialReward: number | null;
   /** Held-out mean reward after the last round (null without an eval set, or when interrupted). */
@@ -520,6 +524,7 @@ export async function runRejectionSampling(config: RsConfig, hooks: RsHooks = {}
   const cfg = resolveRsConfig(config, { rewardSource: hooks.reward !== undefined });
   const log = hooks.log ?? (() => {});
   checkOutFolder(cfg.out);
+  checkWritableDir(cfg.out);
   if (cfg.adapter) readAdapterConfig(cfg.adapter);
 
   // The policy's config and tokenizer, then the data: bad rows fail before any weights load or anything is written.
@@ -568,21 +573,7 @@ export async function runRejectionSampling(config: RsConfig, hooks: RsHooks = {}
       `; reward: ${reward.names.join(' + ')}`,
   );
 
-  let stop = false;
   const abort = new AbortController();
-  const requestStop = (why: string) => {
-    if (!stop) log(`rs: ${why}: stopping after the current step (a round still sampling is dropped)${why === 'interrupted' ? '; press Ctrl-C again to exit at once' : ''}`);
-    stop = true;
-    abort.abort();
-  };
-  const onSigint = () => {
-    if (stop) {
-      process.stderr.write('rs: interrupted again: exiting\n');
-      process.exit(130);
-    }
-    requestStop('interrupted');
-  };
-  const onAbort = () => requestStop('aborted');
 
   const t0 = performance.now();
   fs.mkdirSync(cfg.out, { recursive: true });
@@ -593,9 +584,14 @@ export async function runRejectionSampling(config: RsConfig, hooks: RsHooks = {}
     fs.writeSync(metricsFd, JSON.stringify(m) + '\n');
     hooks.onMetrics?.(m);
   };
-  if (hooks.handleSigint ?? true) process.on('SIGINT', onSigint);
-  hooks.signal?.addEventListener('abort', onAbort);
-  if (hooks.signal?.aborted) onAbort();
+  const stopper = stopOnSignals({
+    label: 'rs',
+    log,
+    handleSignals: hooks.handleSigint ?? true,
+    abort: hooks.signal,
+    then: 'stopping after the current step (a round still sampling is dropped)',
+    onStop: () => abort.abort(),
+  });
 
   const sampling = (seed: number, k: number): SampleOptions => ({
     k,
@@ -606,7 +602,7 @@ export async function runRejectionSampling(config: RsConfig, hooks: RsHooks = {}
     batchSize: cfg.genBatchSize,
     seed,
     eosIds,
-    shouldStop: () => stop,
+    shouldStop: () => stopper.requested,
   });
   const evalSeed = mixSeed(cfg.seed, 0x0e7a1);
   const evaluate = async (model: Model, round: number): Promise<number> => {
@@ -624,7 +620,7 @@ export async function runRejectionSampling(config: RsConfig, hooks: RsHooks = {}
   const roundStats: RsRoundSummary[] = [];
   const best = new Map<number, Kept>();
   try {
-    for (let round = 1; round <= cfg.rounds && !stop; round++) {
+    for (let round = 1; round <= cfg.rounds && !stopper.requested; round++) {
       const tr = performance.now();
       const dir = path.join(cfg.out, `round-${round}`);
       // 1-3: sample and score.
@@ -638,7 +634,7 @@ export async function runRejectionSampling(config: RsConfig, hooks: RsHooks = {}
       } finally {
         policy.dispose();
       }
-      if (!complete || stop) break;
+      if (!complete || stopper.requested) break;
       const ts = performance.now();
       const scored = await scoreAll(reward, rewardInputs(train, samples));
       const scoreS = (performance.now() - ts) / 1000;
@@ -732,9 +728,9 @@ export async function runRejectionSampling(config: RsConfig, hooks: RsHooks = {}
         sftFinalLoss: sftFinal,
         samplesPerSec: sm.samples_per_sec,
       });
-      if (!stop) done = round;
+      if (!stopper.requested) done = round;
     }
-    if (!stop && held.length) {
+    if (!stopper.requested && held.length) {
       const policy = await loadPolicy();
       try {
         finalReward = await evaluate(policy, done);
@@ -744,14 +740,14 @@ export async function runRejectionSampling(config: RsConfig, hooks: RsHooks = {}
     }
   } finally {
     fs.closeSync(metricsFd);
-    process.off('SIGINT', onSigint);
-    hooks.signal?.removeEventListener('abort', onAbort);
+    stopper.dispose();
     if (ownReward) reward.dispose();
   }
   const result: RsResult = {
     out: cfg.out,
     rounds: done,
-    interrupted: stop,
+    interrupted: stopper.requested,
+    signal: stopper.signal,
     initialReward,
     finalReward,
     trainPrompts: train.length,

@@ -39,6 +39,9 @@ import { noDecayNames } from './sft';
 import { packageVersion } from '../info';
 import { StageCheckpoints, type ResumeState } from './checkpoints';
 import { openMetrics } from './metrics-file';
+import { checkWritableDir } from '../run/atomic';
+import { stopOnSignals } from '../run/signals';
+import { checkNanPolicy, nonFinite, numericStop, type NanPolicy } from './numerics';
 
 export interface RmConfig {
   /** The SFT model folder (causal LM; its LM head is not used), or a reward model to continue. Required. */
@@ -105,6 +108,10 @@ export interface RmConfig {
   checkpointDir?: string | null;
   /** Continue from the newest checkpoint in out/checkpoints (same config and data). Default false. */
   resume?: boolean;
+  /** With resume: continue from a checkpoint written with other options or data (the differences are logged). Default false. */
+  resumeMismatch?: boolean;
+  /** A step with a NaN/infinite loss or gradient: 'stop' the run (E_NUMERIC) or 'skip' the step. Default 'stop'. */
+  nanPolicy?: NanPolicy;
   device?: 'auto' | 'cpu' | 'cuda';
 }
 
@@ -148,6 +155,8 @@ export const RM_DEFAULTS = {
   checkpointSteps: 0,
   checkpointKeep: 2,
   resume: false,
+  resumeMismatch: false,
+  nanPolicy: 'stop' as NanPolicy,
   device: 'auto' as const,
 };
 
@@ -195,6 +204,10 @@ export interface RmResult {
   steps: number;
   totalSteps: number;
   interrupted: boolean;
+  /** The signal that stopped the run (SIGINT, SIGTERM), or null. */
+  signal: NodeJS.Signals | null;
+  /** Steps not applied because their loss or gradient was NaN/infinite (nanPolicy 'skip'). */
+  skippedSteps: number[];
   resumedFrom: number | null;
   /** Held-out evaluation before the first step and after the last (null without an eval set). */
   initialEval: RmEval | null;
@@ -270,6 +283,8 @@ export function resolveRmConfig(cfg: RmConfig): ResolvedRmConfig {
     checkpointKeep: cfg.checkpointKeep ?? RM_DEFAULTS.checkpointKeep,
     checkpointDir: cfg.checkpointDir ?? null,
     resume: cfg.resume ?? RM_DEFAULTS.resume,
+    resumeMismatch: cfg.resumeMismatch ?? RM_DEFAULTS.resumeMismatch,
+    nanPolicy: checkNanPolicy(cfg.nanPolicy ?? RM_DEFAULTS.nanPolicy),
     device: cfg.device ?? RM_DEFAULTS.device,
   };
   arg(posInt(r.loraR), `--lora-r must be a positive integer, got ${r.loraR}`);
@@ -346,6 +361,7 @@ export async function runRm(config: RmConfig, hooks: RmHooks = {}): Promise<RmRe
   const cfg = resolveRmConfig(config);
   const log = hooks.log ?? (() => {});
   if (fs.existsSync(cfg.out) && !fs.statSync(cfg.out).isDirectory()) throw new RlhfError('E_ARGUMENT', `--out ${cfg.out} exists and is not a folder`, { where: cfg.out });
+  checkWritableDir(cfg.out);
   if (cfg.adapter) readAdapterConfig(cfg.adapter);
 
   const folder = openModelFolder(cfg.model);
@@ -375,7 +391,13 @@ export async function runRm(config: RmConfig, hooks: RmHooks = {}): Promise<RmRe
   log(`rm: ${cfg.data}: ${data.stats.rows} pairs, ${data.stats.tokens} tokens` + (data.stats.marginRows ? `, ${data.stats.marginRows} with a margin` : '') + `; max length ${maxLen}`);
   if (evalSet.length) log(`rm: held-out evaluation on ${evalSet.length} pairs`);
 
-  const checkpoints = new StageCheckpoints(cfg.checkpointDir ?? path.join(cfg.out, 'checkpoints'), cfg.checkpointKeep);
+  const checkpoints = new StageCheckpoints(cfg.checkpointDir ?? path.join(cfg.out, 'checkpoints'), cfg.checkpointKeep, {
+    stage: 'rm',
+    config: cfg,
+    inputs: { data: cfg.data },
+    allowMismatch: cfg.resumeMismatch,
+    log,
+  });
   let resume: ResumeState | null = null;
   if (cfg.resume) {
     resume = checkpoints.latest();
@@ -384,10 +406,20 @@ export async function runRm(config: RmConfig, hooks: RmHooks = {}): Promise<RmRe
 
   // A causal LM gets a fresh head (on the adapter with LoRA, on the model with --full).
   const headStd = cfg.headStd ?? mcfg.initializerRange;
+  const pairsLongest = Math.max(2, ...[...train, ...evalSet].flatMap((p) => [p.chosen.length, p.rejected.length]));
   const model = await loadModel(cfg.model, {
     device: cfg.device,
     head: cfg.full ? 'score' : undefined,
     scoreInit: { std: headStd, seed: cfg.seed },
+    memory: {
+      what: `rm on ${cfg.model}`,
+      train: cfg.full ? 'full' : 'lora',
+      batch: 2 * Math.max(cfg.batchSize, evalSet.length ? cfg.evalBatchSize : 0),
+      seq: pairsLongest,
+      lora: cfg.full ? undefined : { r: cfg.adapter ? readAdapterConfig(cfg.adapter).r : cfg.loraR, targets: cfg.loraTargets },
+      optimizer: cfg.optimizer,
+      momentum: cfg.momentum,
+    },
   });
   let keep = false;
   try {
@@ -420,22 +452,8 @@ export async function runRm(config: RmConfig, hooks: RmHooks = {}): Promise<RmRe
     const metricsFile = path.join(cfg.out, 'metrics.jsonl');
     const metricsFd = openMetrics(metricsFile, resume?.step ?? 0);
 
-    let stop = false;
-    const requestStop = (why: string) => {
-      if (!stop) log(`rm: ${why}: finishing the current step, then saving`);
-      stop = true;
-    };
-    const onSigint = () => {
-      if (stop) {
-        process.stderr.write('rm: interrupted again: exiting without saving\n');
-        process.exit(130);
-      }
-      requestStop('interrupted');
-    };
-    const onAbort = () => requestStop('aborted');
-    if (hooks.handleSigint ?? true) process.on('SIGINT', onSigint);
-    hooks.signal?.addEventListener('abort', onAbort);
-    if (hooks.signal?.aborted) onAbort();
+    const stopper = stopOnSignals({ label: 'rm', log, handleSignals: hooks.handleSigint ?? true, abort: hooks.signal });
+    const skippedSteps: number[] = [];
 
     let steps = resume?.step ?? 0, finalLoss: number | null = null, tokensSeen = 0;
     let initialEval: RmEval | null = (resume?.extra?.initialEval as RmEval | undefined) ?? null;
@@ -448,7 +466,7 @@ export async function runRm(config: RmConfig, hooks: RmHooks = {}): Promise<RmRe
       await trainer.zeroGrad();
       for (const st of planSteps(train.length, totalSteps, { batchSize: cfg.batchSize, gradAccum: cfg.gradAccum, shuffle: cfg.shuffle, seed: cfg.seed })) {
         if (st.step <= steps) continue; // resumed: the data position is a function of the step
-        if (stop) break;
+        if (stopper.requested) break;
         const ts = performance.now();
         const pairsInStep = st.micro.reduce((s, m) => s + m.length, 0);
         let lossSum = 0, accSum = 0, marginSum = 0, chosenSum = 0, rejectedSum = 0, inputTokens = 0;
@@ -473,9 +491,9 @@ export async function runRm(config: RmConfig, hooks: RmHooks = {}): Promise<RmRe
           inputTokens += b.tokens;
         }
         const loss = lossSum / pairsInStep;
-        if (!Number.isFinite(loss)) throw new RlhfError('E_ARGUMENT', `the loss is ${loss} at step ${st.step} (training diverged); try a lower --lr`);
         const lr = lrAt(st.step - 1);
-        const s = await trainer.step({
+        // A non-finite loss is never stepped on; the engine refuses a non-finite gradient itself (s.skipped).
+        const s = !Number.isFinite(loss) ? null : await trainer.step({
           optimizer: cfg.optimizer,
           lr,
           beta1: cfg.adamBeta1,
@@ -487,6 +505,15 @@ export async function runRm(config: RmConfig, hooks: RmHooks = {}): Promise<RmRe
           noDecay,
         });
         await trainer.zeroGrad();
+        const bad = nonFinite({ loss, gradNorm: s?.gradNorm, skipped: s?.skipped });
+        if (bad || !s) {
+          if (cfg.nanPolicy === 'stop')
+            throw numericStop('rm', `step ${st.step}`, bad ?? 'the loss is not finite', { lastGoodStep: steps, checkpoint: cfg.checkpointSteps > 0 ? checkpoints.newest() : null });
+          log(`rm: step ${st.step} skipped: ${bad} (--nan-policy skip); its gradients were dropped`);
+          skippedSteps.push(st.step);
+          steps = st.step;
+          continue;
+        }
         const seconds = (performance.now() - ts) / 1000;
         steps = st.step;
         tokensSeen += inputTokens;
@@ -506,7 +533,7 @@ export async function runRm(config: RmConfig, hooks: RmHooks = {}): Promise<RmRe
           tokens_per_sec: seconds > 0 ? inputTokens / seconds : 0,
           elapsed_s: elapsed0 + (performance.now() - t0) / 1000,
         };
-        const last = st.step === totalSteps || stop;
+        const last = st.step === totalSteps || stopper.requested;
         if (evalSet.length && ((cfg.evalSteps > 0 && st.step % cfg.evalSteps === 0) || last)) {
           const e = await evaluateRm(model, evalSet, cfg.evalBatchSize, cfg.useMargin);
           m.eval_loss = e.loss;
@@ -516,7 +543,8 @@ export async function runRm(config: RmConfig, hooks: RmHooks = {}): Promise<RmRe
         }
         fs.writeSync(metricsFd, JSON.stringify(m) + '\n');
         hooks.onStep?.(m, { totalSteps });
-        if (cfg.checkpointSteps > 0 && st.step % cfg.checkpointSteps === 0 && st.step < totalSteps)
+        // Scheduled checkpoints, and one when a stop was requested, so that --resume continues from here.
+        if (((cfg.checkpointSteps > 0 && st.step % cfg.checkpointSteps === 0) || stopper.requested) && st.step < totalSteps)
           await checkpoints.save(st.step, trainer, { full: cfg.full, sourceModel: cfg.model, extra: { initialEval, elapsed: m.elapsed_s } });
       }
       if (evalSet.length && !finalEval) finalEval = await evaluateRm(model, evalSet, cfg.evalBatchSize, cfg.useMargin);
@@ -524,14 +552,13 @@ export async function runRm(config: RmConfig, hooks: RmHooks = {}): Promise<RmRe
       else await trainer.saveLora(cfg.out, path.resolve(cfg.model));
     } finally {
       fs.closeSync(metricsFd);
-      process.off('SIGINT', onSigint);
-      hooks.signal?.removeEventListener('abort', onAbort);
+      stopper.dispose();
     }
     const seconds = (performance.now() - t0) / 1000;
-    const interrupted = stop && steps < totalSteps;
+    const interrupted = stopper.requested && steps < totalSteps;
     fs.writeFileSync(
       path.join(cfg.out, 'rm_config.json'),
-      JSON.stringify({ rlhf_native_version: packageVersion(), ...cfg, total_steps: totalSteps, steps_done: steps, interrupted, initial_eval: initialEval, final_eval: finalEval }, null, 2) + '\n',
+      JSON.stringify({ rlhf_native_version: packageVersion(), ...cfg, total_steps: totalSteps, steps_done: steps, interrupted, skipped_steps: skippedSteps, initial_eval: initialEval, final_eval: finalEval }, null, 2) + '\n',
     );
     if (finalEval) log(`rm: held-out after training: accuracy ${finalEval.accuracy.toFixed(3)}, loss ${finalEval.loss.toFixed(4)}`);
     const result: RmResult = {
@@ -540,6 +567,8 @@ export async function runRm(config: RmConfig, hooks: RmHooks = {}): Promise<RmRe
       steps,
       totalSteps,
       interrupted,
+      signal: stopper.signal,
+      skippedSteps,
       resumedFrom: resume?.step ?? null,
       initialEval,
       finalEval,

@@ -26,6 +26,9 @@ import { LR_SCHEDULES, lrSchedule, type LrScheduleKind } from './schedule';
 import { packageVersion } from '../info';
 import { StageCheckpoints } from './checkpoints';
 import { openMetrics } from './metrics-file';
+import { checkWritableDir } from '../run/atomic';
+import { stopOnSignals } from '../run/signals';
+import { checkNanPolicy, nonFinite, numericStop, type NanPolicy } from './numerics';
 
 export interface SftConfig {
   /** Base model folder (Hugging Face layout, causal LM). Required. */
@@ -96,6 +99,10 @@ export interface SftConfig {
   checkpointDir?: string | null;
   /** Continue from the newest checkpoint in out/checkpoints (same config and data). Default false. */
   resume?: boolean;
+  /** With resume: continue from a checkpoint written with other options or data (the differences are logged). Default false. */
+  resumeMismatch?: boolean;
+  /** A step with a NaN/infinite loss or gradient: 'stop' the run (E_NUMERIC) or 'skip' the step (lib/stages/numerics.ts). Default 'stop'. */
+  nanPolicy?: NanPolicy;
   /** 'auto' | 'cpu' | 'cuda'. Default 'auto'. */
   device?: 'auto' | 'cpu' | 'cuda';
 }
@@ -138,6 +145,8 @@ export const SFT_DEFAULTS = {
   checkpointSteps: 0,
   checkpointKeep: 2,
   resume: false,
+  resumeMismatch: false,
+  nanPolicy: 'stop' as NanPolicy,
   device: 'auto' as const,
 };
 
@@ -172,7 +181,11 @@ export interface SftHooks {
   log?: (line: string) => void;
   /** Stop after the current step when aborted (then save, as on SIGINT). */
   signal?: AbortSignal;
-  /** Install a SIGINT handler for the run (default true): first ^C finishes the step and saves, a second exits (130). */
+  /**
+   * Install SIGINT and SIGTERM handlers for the run (default true): the first
+   * finishes the step and saves (output and a checkpoint), a second exits at
+   * once (130 after SIGINT, 143 after SIGTERM).
+   */
   handleSigint?: boolean;
   /** Return the model and trainer without disposing them (the caller disposes the model). */
   keepModel?: boolean;
@@ -185,8 +198,12 @@ export interface SftResult {
   steps: number;
   totalSteps: number;
   epochs: number;
-  /** Stopped early by SIGINT or the abort signal (the output was still saved). */
+  /** Stopped early by SIGINT, SIGTERM or the abort signal (the output was still saved). */
   interrupted: boolean;
+  /** The signal that stopped the run, or null. */
+  signal: NodeJS.Signals | null;
+  /** Steps not applied because their loss or gradient was NaN/infinite (nanPolicy 'skip'). */
+  skippedSteps: number[];
   /** The checkpoint step this run continued from (resume), else null. */
   resumedFrom: number | null;
   initialLoss: number | null;
@@ -275,6 +292,8 @@ export function resolveSftConfig(cfg: SftConfig): ResolvedSftConfig {
     checkpointKeep: cfg.checkpointKeep ?? SFT_DEFAULTS.checkpointKeep,
     checkpointDir: cfg.checkpointDir ?? null,
     resume: cfg.resume ?? SFT_DEFAULTS.resume,
+    resumeMismatch: cfg.resumeMismatch ?? SFT_DEFAULTS.resumeMismatch,
+    nanPolicy: checkNanPolicy(cfg.nanPolicy ?? SFT_DEFAULTS.nanPolicy),
     device: cfg.device ?? SFT_DEFAULTS.device,
   };
   arg(nonNegInt(r.checkpointSteps), `--checkpoint-steps must be a non-negative integer, got ${r.checkpointSteps}`);
@@ -355,6 +374,7 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
   const cfg = resolveSftConfig(config);
   const log = hooks.log ?? (() => {});
   if (fs.existsSync(cfg.out) && !fs.statSync(cfg.out).isDirectory()) throw new RlhfError('E_ARGUMENT', `--out ${cfg.out} exists and is not a folder`, { where: cfg.out });
+  checkWritableDir(cfg.out);
   if (cfg.adapter) readAdapterConfig(cfg.adapter); // fail early on a bad adapter folder
 
   // Data first (bad rows fail before the weights load); the config gives the vocabulary and context.
@@ -378,7 +398,19 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
   log(`sft: ${cfg.data}: ${fmtRows(data.stats)}; max length ${maxLen}`);
   if (evalSet.length) log(`sft: eval on ${evalSet.length} rows${cfg.evalData ? ` of ${cfg.evalData}` : ` held out (--eval-fraction ${cfg.evalFraction})`}`);
 
-  const model = await loadModel(cfg.model, { device: cfg.device });
+  const longest = Math.max(2, ...train.map((e) => e.ids.length), ...evalSet.map((e) => e.ids.length));
+  const model = await loadModel(cfg.model, {
+    device: cfg.device,
+    memory: {
+      what: `sft on ${cfg.model}`,
+      train: cfg.full ? 'full' : 'lora',
+      batch: Math.max(cfg.batchSize, evalSet.length ? cfg.evalBatchSize : 0),
+      seq: longest,
+      lora: cfg.full ? undefined : { r: cfg.adapter ? readAdapterConfig(cfg.adapter).r : cfg.loraR, targets: cfg.loraTargets },
+      optimizer: cfg.optimizer,
+      momentum: cfg.momentum,
+    },
+  });
   let keep = false;
   try {
     const trainer = model.trainer();
@@ -395,7 +427,13 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
       trainableParameters = trainer.createLora({ r: cfg.loraR, alpha: cfg.loraAlpha, rslora: cfg.rslora, dropout: cfg.loraDropout, targets, seed: cfg.seed }).parameters;
     }
     const noDecay = cfg.full ? noDecayNames(trainer.trainable().map((t) => t.name)) : [];
-    const checkpoints = new StageCheckpoints(cfg.checkpointDir ?? path.join(cfg.out, 'checkpoints'), cfg.checkpointKeep);
+    const checkpoints = new StageCheckpoints(cfg.checkpointDir ?? path.join(cfg.out, 'checkpoints'), cfg.checkpointKeep, {
+      stage: 'sft',
+      config: cfg,
+      inputs: { data: cfg.data },
+      allowMismatch: cfg.resumeMismatch,
+      log,
+    });
     const resume = cfg.resume ? checkpoints.latest() : null;
     if (cfg.resume && !resume) log(`sft: --resume: no checkpoint in ${checkpoints.dir}; starting from the beginning`);
     let forwards = 0; // training forwards so far: LoRA dropout masks are a function of this count
@@ -418,23 +456,9 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
     const metricsFile = path.join(cfg.out, 'metrics.jsonl');
     const metricsFd = openMetrics(metricsFile, resume?.step ?? 0);
 
-    // Interrupts: finish the current step, then save.
-    let stop = false;
-    const requestStop = (why: string) => {
-      if (!stop) log(`sft: ${why}: finishing the current step, then saving${why === 'interrupted' ? ' (press Ctrl-C again to exit without saving)' : ''}`);
-      stop = true;
-    };
-    const onSigint = () => {
-      if (stop) {
-        process.stderr.write('sft: interrupted again: exiting without saving\n');
-        process.exit(130);
-      }
-      requestStop('interrupted');
-    };
-    const onAbort = () => requestStop('aborted');
-    if (hooks.handleSigint ?? true) process.on('SIGINT', onSigint);
-    hooks.signal?.addEventListener('abort', onAbort);
-    if (hooks.signal?.aborted) onAbort();
+    // Interrupts (SIGINT, SIGTERM, abort): finish the current step, then save.
+    const stopper = stopOnSignals({ label: 'sft', log, handleSignals: hooks.handleSigint ?? true, abort: hooks.signal });
+    const skippedSteps: number[] = [];
 
     let steps = resume?.step ?? 0, epochs = 0, finalLoss: number | null = null, evalLoss: number | null = null;
     let initialLoss: number | null = (resume?.extra.initialLoss as number | null | undefined) ?? null;
@@ -450,7 +474,7 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
       await trainer.zeroGrad();
       for (const st of planSteps(train.length, totalSteps, { batchSize: cfg.batchSize, gradAccum: cfg.gradAccum, shuffle: cfg.shuffle, seed: cfg.seed })) {
         if (st.step <= steps) continue; // resumed: the data position is a function of the step
-        if (stop) break;
+        if (stopper.requested) break;
         const ts = performance.now();
         const batches = st.micro.map((rows) => packSftBatch(rows.map((i) => train[i])));
         const denom = batches.reduce((s, b) => s + b.targets, 0);
@@ -464,10 +488,9 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
           await trainer.backward({ dlogp: r.dlogp });
         }
         const loss = denom > 0 ? nll / denom : 0;
-        if (!Number.isFinite(loss))
-          throw new RlhfError('E_ARGUMENT', `the loss is ${loss} at step ${st.step} (training diverged); try a lower --lr or --max-grad-norm`);
         const lr = lrAt(st.step - 1);
-        const s = await trainer.step({
+        // A non-finite loss is never stepped on; the engine refuses a non-finite gradient itself (s.skipped).
+        const s = !Number.isFinite(loss) ? null : await trainer.step({
           optimizer: cfg.optimizer,
           lr,
           beta1: cfg.adamBeta1,
@@ -479,8 +502,15 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
           noDecay,
         });
         await trainer.zeroGrad();
-        if (!Number.isFinite(s.gradNorm))
-          throw new RlhfError('E_ARGUMENT', `the gradient norm is ${s.gradNorm} at step ${st.step} (training diverged); try a lower --lr or --max-grad-norm`);
+        const bad = nonFinite({ loss, gradNorm: s?.gradNorm, skipped: s?.skipped });
+        if (bad || !s) {
+          if (cfg.nanPolicy === 'stop')
+            throw numericStop('sft', `step ${st.step}`, bad ?? 'the loss is not finite', { lastGoodStep: steps, checkpoint: cfg.checkpointSteps > 0 ? (checkpoints.newest() ?? null) : null });
+          log(`sft: step ${st.step} skipped: ${bad} (--nan-policy skip); its gradients were dropped`);
+          skippedSteps.push(st.step);
+          steps = st.step;
+          continue;
+        }
         const seconds = (performance.now() - ts) / 1000;
         steps = st.step;
         epochs = st.epochProgress;
@@ -498,7 +528,7 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
           tokens_per_sec: seconds > 0 ? inputTokens / seconds : 0,
           elapsed_s: elapsed0 + (performance.now() - t0) / 1000,
         };
-        const last = st.step === totalSteps || stop;
+        const last = st.step === totalSteps || stopper.requested;
         if (evalSet.length && ((cfg.evalSteps > 0 && st.step % cfg.evalSteps === 0) || last)) {
           const e = await evaluateSft(model, evalSet, cfg.evalBatchSize);
           m.eval_loss = evalLoss = e.loss;
@@ -507,7 +537,8 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
         }
         fs.writeSync(metricsFd, JSON.stringify(m) + '\n');
         hooks.onStep?.(m, { totalSteps });
-        if (cfg.checkpointSteps > 0 && st.step % cfg.checkpointSteps === 0 && st.step < totalSteps)
+        // Scheduled checkpoints, and one when a stop was requested, so that --resume continues from here.
+        if (((cfg.checkpointSteps > 0 && st.step % cfg.checkpointSteps === 0) || stopper.requested) && st.step < totalSteps)
           await checkpoints.save(st.step, trainer, { extra: { forwards, initialLoss, initialEvalLoss, elapsed: m.elapsed_s } });
       }
       // An interrupt that arrived during the last step's eval-free tail: evaluate what is saved.
@@ -517,14 +548,13 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
       else await trainer.saveLora(cfg.out, path.resolve(cfg.model));
     } finally {
       fs.closeSync(metricsFd);
-      process.off('SIGINT', onSigint);
-      hooks.signal?.removeEventListener('abort', onAbort);
+      stopper.dispose();
     }
     const seconds = (performance.now() - t0) / 1000;
-    const interrupted = stop && steps < totalSteps;
+    const interrupted = stopper.requested && steps < totalSteps;
     fs.writeFileSync(
       path.join(cfg.out, 'sft_config.json'),
-      JSON.stringify({ rlhf_native_version: packageVersion(), ...cfg, total_steps: totalSteps, steps_done: steps, interrupted, initial_eval_loss: initialEvalLoss, eval_loss: evalLoss }, null, 2) + '\n',
+      JSON.stringify({ rlhf_native_version: packageVersion(), ...cfg, total_steps: totalSteps, steps_done: steps, interrupted, skipped_steps: skippedSteps, initial_eval_loss: initialEvalLoss, eval_loss: evalLoss }, null, 2) + '\n',
     );
     const result: SftResult = {
       out: cfg.out,
@@ -533,6 +563,8 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
       totalSteps,
       epochs,
       interrupted,
+      signal: stopper.signal,
+      skippedSteps,
       resumedFrom: resume?.step ?? null,
       initialLoss,
       finalLoss,

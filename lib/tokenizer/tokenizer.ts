@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { RlhfError } from '../errors';
 import { applyChatTemplate, type ChatMessage } from './chat-template';
+import { readModelConfig, type ModelConfig } from '../model/config';
 
 type TokenizersModule = typeof import('@huggingface/tokenizers', { with: { 'resolution-mode': 'import' } });
 // The package ships a CommonJS build; only its types are ESM-only.
@@ -67,6 +68,55 @@ function pickTemplate(v: unknown, file: string): string | null {
   throw new RlhfError('E_TOKENIZER', `${file}: "chat_template" must be a string or a list of {name, template}`, { where: file });
 }
 
+/** eos_token_id of generation_config.json as a list (empty when absent or unreadable). */
+function generationEosIds(dir: string): number[] {
+  try {
+    const g = JSON.parse(fs.readFileSync(path.join(dir, 'generation_config.json'), 'utf8')).eos_token_id;
+    return (Array.isArray(g) ? g : [g]).filter((x): x is number => Number.isInteger(x));
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * A tokenizer against the model it feeds (E_TOKENIZER naming both files and
+ * what to do): every id it can produce must have an embedding row
+ * (vocab_size), and the special tokens both files name must be the same ids:
+ * the tokenizer's EOS one of the model's eos_token_id (config.json or
+ * generation_config.json), its BOS the model's bos_token_id. SFT data ends
+ * rows with the tokenizer's EOS and generation stops at the model's, so a
+ * disagreement means a model that never stops.
+ */
+export function checkTokenizerMatchesModel(
+  tok: { file: string; configFile?: string; vocabSize: number; bosTokenId: number | null; eosTokenId: number | null; padTokenId: number | null },
+  cfg: ModelConfig,
+  modelDir: string,
+): void {
+  const configJson = path.join(modelDir, 'config.json');
+  const tokCfg = tok.configFile ?? path.join(path.dirname(tok.file), 'tokenizer_config.json');
+  if (tok.vocabSize > cfg.vocabSize)
+    throw new RlhfError(
+      'E_TOKENIZER',
+      `${tok.file}: the tokenizer has ids up to ${tok.vocabSize - 1} but ${configJson} has vocab_size ${cfg.vocabSize}: ` +
+        `those ids have no embedding row; use the tokenizer the model was trained with, or resize the model's embeddings to at least ${tok.vocabSize} rows`,
+      { where: tok.file },
+    );
+  const eos = [...cfg.eosTokenIds, ...generationEosIds(modelDir)];
+  if (tok.eosTokenId !== null && eos.length > 0 && !eos.includes(tok.eosTokenId))
+    throw new RlhfError(
+      'E_TOKENIZER',
+      `${tokCfg}: eos_token is id ${tok.eosTokenId} but ${configJson} has eos_token_id ${JSON.stringify(cfg.eosTokenIds.length === 1 ? cfg.eosTokenIds[0] : cfg.eosTokenIds)}: ` +
+        `training data would end rows with a token generation does not stop at; make eos_token in tokenizer_config.json and eos_token_id in config.json name the same token`,
+      { where: tokCfg },
+    );
+  if (tok.bosTokenId !== null && cfg.bosTokenId !== null && tok.bosTokenId !== cfg.bosTokenId)
+    throw new RlhfError(
+      'E_TOKENIZER',
+      `${tokCfg}: bos_token is id ${tok.bosTokenId} but ${configJson} has bos_token_id ${cfg.bosTokenId}; make them name the same token`,
+      { where: tokCfg },
+    );
+}
+
 /** Loads the tokenizer of a model folder (or a tokenizer.json path). Throws E_TOKENIZER naming the file. */
 export function loadTokenizer(dirOrFile: string): Tokenizer {
   const dir = dirOrFile.endsWith('.json') ? path.dirname(dirOrFile) : dirOrFile;
@@ -99,6 +149,17 @@ export function loadTokenizer(dirOrFile: string): Tokenizer {
   const [eosToken, eosTokenId] = special('eos_token');
   const [padToken, padTokenId] = special('pad_token');
   const [, unkTokenId] = special('unk_token');
+  if (fs.existsSync(path.join(dir, 'config.json'))) {
+    // The model beside it: its embedding must cover every id, and the special tokens must agree.
+    // (A config.json that does not parse is reported by whatever loads the model.)
+    let cfg: ModelConfig | null = null;
+    try {
+      cfg = readModelConfig(dir);
+    } catch {
+      cfg = null;
+    }
+    if (cfg) checkTokenizerMatchesModel({ file, configFile, vocabSize, bosTokenId, eosTokenId, padTokenId }, cfg, dir);
+  }
   const jinjaFile = path.join(dir, 'chat_template.jinja');
   // Newer transformers save the template as its own file instead of the config key.
   const chatTemplate = fs.existsSync(jinjaFile) ? fs.readFileSync(jinjaFile, 'utf8') : pickTemplate(config.chat_template, configFile);
