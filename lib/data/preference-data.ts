@@ -90,6 +90,15 @@ export interface PreferenceDataOptions {
   fallbackEosTokenId?: number | null;
   /** Append EOS to string completions (TRL's DPOTrainer and RewardTrainer do). Default true. */
   appendEos?: boolean;
+  /**
+   * Token ids generation stops at (the model's EOS ids, e.g. a chat
+   * template's end-of-turn). A chat-template completion is cut right after
+   * its last one, dropping what the template writes after the end of the
+   * turn (typically a newline): a policy's sampled response ends at that
+   * token, so a reward read at the last token is read at the same kind of
+   * token in training and in PPO / rejection sampling. Default: none.
+   */
+  stopTokenIds?: readonly number[];
   /** Which column of Llama 2's Table 27 maps a "rating" to a margin. Default 'small'. */
   marginScale?: MarginScale;
   /**
@@ -250,6 +259,14 @@ export function preparePreferenceRow(row: JsonlRow, file: string, opts: Preferen
     throw e;
   }
   let { chosen, rejected, from } = t;
+  if (t.format.startsWith('conversational') && opts.stopTokenIds?.length) {
+    const cut = (ids: number[]) => {
+      for (let i = ids.length - 1; i >= from; i--) if (opts.stopTokenIds!.includes(ids[i])) return ids.slice(0, i + 1);
+      return ids;
+    };
+    chosen = cut(chosen);
+    rejected = cut(rejected);
+  }
   if (t.eos && (opts.appendEos ?? true)) {
     const tok = getTok();
     const eos = opts.eosTokenId !== undefined ? opts.eosTokenId : (tok.eosTokenId ?? opts.fallbackEosTokenId ?? null);

@@ -539,7 +539,7 @@ export async function runDpo(config: DpoConfig, hooks: DpoHooks = {}): Promise<D
   if (!cfg.full && !cfg.adapter && cfg.loraTargets !== 'all-linear') loraModules(mcfg, cfg.loraTargets);
   const maxLen = Math.min(cfg.maxLen, mcfg.maxSequenceLength);
   let tok: Tokenizer | undefined;
-  const dataOpts = { tokenizer: () => (tok ??= loadTokenizer(cfg.model)), maxLen, vocabSize: mcfg.vocabSize, fallbackEosTokenId: mcfg.eosTokenIds[0] ?? null };
+  const dataOpts = { tokenizer: () => (tok ??= loadTokenizer(cfg.model)), maxLen, vocabSize: mcfg.vocabSize, fallbackEosTokenId: mcfg.eosTokenIds[0] ?? null, stopTokenIds: mcfg.eosTokenIds };
   const data = loadPreferenceData(cfg.data, dataOpts);
   const warn = identicalWarning(cfg.data, data.stats);
   if (warn) log(`dpo: warning: ${warn}`);

@@ -375,6 +375,7 @@ export async function runRm(config: RmConfig, hooks: RmHooks = {}): Promise<RmRe
     maxLen,
     vocabSize: mcfg.vocabSize,
     fallbackEosTokenId: mcfg.eosTokenIds[0] ?? null,
+    stopTokenIds: mcfg.eosTokenIds,
     marginScale: cfg.marginScale,
   };
   const data = loadPreferenceData(cfg.data, dataOpts);
