@@ -310,7 +310,8 @@ export function checkWritableDir(dir: string, flag = '--out'): void {
       st = fs.statSync(p);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      if (code !== 'ENOENT') throw new RlhfError('E_IO', `${flag} ${dir}: cannot check ${p} (${code ?? (e as Error).message}); choose another output folder`, { where: abs, cause: e });
+      // ENOTDIR: a file on the way up, reported when the loop reaches it.
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') throw new RlhfError('E_IO', `${flag} ${dir}: cannot check ${p} (${code ?? (e as Error).message}); choose another output folder`, { where: abs, cause: e });
     }
     if (st) {
       if (!st.isDirectory())
