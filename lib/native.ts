@@ -31,6 +31,8 @@ export interface NativeInfo {
   backends: string[];
   buildSystem?: string;
   compiler: string;
+  /** true in the AddressSanitizer + UndefinedBehaviorSanitizer test build (scripts/sanitize-native.sh). */
+  sanitize?: boolean;
 }
 
 /** Safetensors dtype names, as in the format spec. */

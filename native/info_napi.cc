@@ -53,6 +53,9 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     out.Set("buildSystem", RLHF_BUILD_SYSTEM);
 #endif
     out.Set("compiler", __VERSION__);
+#ifdef RLHF_SANITIZE
+    out.Set("sanitize", true);  // an AddressSanitizer + UBSan test build
+#endif
     return out;
   });
 }
