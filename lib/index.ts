@@ -21,7 +21,15 @@ export { Trainer, loraModules, LLAMA_LORA_TARGETS, GPT2_LORA_TARGETS } from './e
 export type { LoraOptions } from './engine/train';
 export * from './stages/sft';
 export * from './stages/reward';
-export { StageCheckpoints } from './stages/checkpoints';
+export { StageCheckpoints, configHash, hashedConfig, UNHASHED_OPTIONS } from './stages/checkpoints';
+export type { CheckpointManifest, CheckpointOptions, ResumeState } from './stages/checkpoints';
+export { estimateMemory, checkMemory, memoryLimit, loraParameters } from './engine/memory';
+export type { MemoryShape, MemoryEstimate, MemoryLimit } from './engine/memory';
+export { stopOnSignals, exitCodeFor, EXIT_SIGINT, EXIT_SIGTERM } from './run/signals';
+export type { StopRequest, StopOptions } from './run/signals';
+export { NAN_POLICIES } from './stages/numerics';
+export type { NanPolicy } from './stages/numerics';
+export { checkWritableDir } from './run/atomic';
 export { mergeAdapter } from './engine/merge';
 export * from './recipes/config';
 export { runRecipe } from './recipes/run';
