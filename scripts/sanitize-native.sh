@@ -50,6 +50,8 @@ default_tests=(
   test/engine-adapter.test.ts
   test/train-golden.test.ts
   test/train-heads.test.ts
+  test/train-adapters.test.ts
+  test/stage-sft-resume.test.ts
   test/reliability-input.test.ts
   test/reliability-memory.test.ts
   test/reliability-numerics.test.ts
