@@ -38,7 +38,7 @@ export function numericStop(stage: string, step: string, why: string, opts: { la
       ? 'no output was written'
       : opts.checkpoint
         ? `the newest checkpoint, ${opts.checkpoint}, is kept (continue from it with --resume once the cause is fixed; --resume-mismatch if you change options such as --lr)`
-        : 'no checkpoint was written (--checkpoint-steps 0), and no output was written';
+        : 'no checkpoint was written (see --checkpoint-steps), and no output was written';
   return new RlhfError(
     'E_NUMERIC',
     `${stage}: ${why} at ${step}: the step was not applied and the run stopped (--nan-policy stop) with the weights of step ${opts.lastGoodStep}; ${kept}; ` +

@@ -509,7 +509,7 @@ export async function runRm(config: RmConfig, hooks: RmHooks = {}): Promise<RmRe
         const bad = nonFinite({ loss, gradNorm: s?.gradNorm, skipped: s?.skipped });
         if (bad || !s) {
           if (cfg.nanPolicy === 'stop')
-            throw numericStop('rm', `step ${st.step}`, bad ?? 'the loss is not finite', { lastGoodStep: steps, checkpoint: cfg.checkpointSteps > 0 ? checkpoints.newest() : null });
+            throw numericStop('rm', `step ${st.step}`, bad ?? 'the loss is not finite', { lastGoodStep: steps, checkpoint: checkpoints.newest() });
           log(`rm: step ${st.step} skipped: ${bad} (--nan-policy skip); its gradients were dropped`);
           skippedSteps.push(st.step);
           steps = st.step;

@@ -505,7 +505,7 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
         const bad = nonFinite({ loss, gradNorm: s?.gradNorm, skipped: s?.skipped });
         if (bad || !s) {
           if (cfg.nanPolicy === 'stop')
-            throw numericStop('sft', `step ${st.step}`, bad ?? 'the loss is not finite', { lastGoodStep: steps, checkpoint: cfg.checkpointSteps > 0 ? (checkpoints.newest() ?? null) : null });
+            throw numericStop('sft', `step ${st.step}`, bad ?? 'the loss is not finite', { lastGoodStep: steps, checkpoint: checkpoints.newest() });
           log(`sft: step ${st.step} skipped: ${bad} (--nan-policy skip); its gradients were dropped`);
           skippedSteps.push(st.step);
           steps = st.step;
