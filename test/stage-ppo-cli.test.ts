@@ -77,7 +77,7 @@ const badData: [string, string[], RegExp][] = [
   ['an empty prompt', ['{"prompt": ""}'], /^rlhf-native: error E_DATA: \S+:1: "prompt" is empty$/],
   ['only assistant messages', [rows[0], '{"messages": [{"role": "assistant", "content": "hi"}]}'], /^rlhf-native: error E_DATA: \S+:2: "messages" has only assistant messages/],
   ['"safe" not a boolean', [rows[0], '{"prompt": "a", "safe": "yes"}'], /^rlhf-native: error E_DATA: \S+:2: "safe" must be true or false$/],
-  ['an empty file', ['', '  '], /^rlhf-native: error E_DATA: \S+: no data \(the file is empty\)$/],
+  ['an empty file', ['', '  '], /^rlhf-native: error E_DATA: \S+: no data \(the file is empty\); give one JSON object per line$/],
   ['a prompt longer than the context', [rows[0], rows[1], JSON.stringify({ prompt: 'the sky is blue and the grass is green '.repeat(40) })], /^rlhf-native: error E_DATA: \S+:3: the prompt is \d+ tokens, longer than 56 \(the model's context 256 minus --max-new-tokens 200\)$/],
 ];
 
