@@ -15,11 +15,13 @@ cd "$(dirname "$0")/.."
 
 out=build-asan
 addon="$out/Release/rlhf_native.node"
+log="$out/sanitize-build.log"
+mkdir -p "$out"
 echo "== sanitizer build ($out)"
 node node_modules/cmake-js/bin/cmake-js compile --directory . --out "$out" \
-  --parallel "$(nproc 2>/dev/null || echo 2)" --CDRLHF_CUDA=OFF --CDRLHF_SANITIZE=ON >"$out.log" 2>&1 || {
-  tail -40 "$out.log"
-  echo "sanitizer build failed (log: $out.log)"
+  --parallel "$(nproc 2>/dev/null || echo 2)" --CDRLHF_CUDA=OFF --CDRLHF_SANITIZE=ON >"$log" 2>&1 || {
+  tail -40 "$log"
+  echo "sanitizer build failed (log: $log)"
   exit 1
 }
 libasan="$(${CXX:-g++} -print-file-name=libasan.so)"
