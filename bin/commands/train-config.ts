@@ -55,6 +55,6 @@ export async function runTrainConfig(argv: Record<string, unknown>): Promise<voi
   process.stdout.write(`run folder: ${r.run}\nsummary: ${r.summaryFile}\nreport: ${r.reportFile}\n`);
   if (r.interrupted) {
     process.stdout.write(`stopped before the end; continue with: rlhf-native train --resume ${r.run}\n`);
-    process.exitCode = 130;
+    process.exitCode = r.signal === 'SIGTERM' ? 143 : 130;
   }
 }

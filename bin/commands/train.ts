@@ -96,7 +96,7 @@ export function register<T>(y: Argv<T>): Argv<T> {
         );
         if (r.interrupted) {
           process.stdout.write(`stopped; continue with: rlhf-native train --resume ${r.run}\n`);
-          process.exitCode = 130;
+          process.exitCode = r.signal === 'SIGTERM' ? 143 : 130;
           return;
         }
         process.stdout.write(

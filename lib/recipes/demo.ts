@@ -89,6 +89,8 @@ export const EVAL_SAMPLES = 2;
 export interface DemoResult {
   run: string;
   interrupted: boolean;
+  /** The signal that stopped the run, if one did. */
+  signal?: 'SIGINT' | 'SIGTERM';
   policies: DemoPolicyRow[];
   /** Held-out accuracy of the reward models (on a tenth of their pairs). */
   rmAccuracy: { helpfulness: number | null; safety: number | null };
@@ -215,6 +217,7 @@ export async function runDemo(opts: DemoOptions, hooks: Omit<RecipeHooks, 'prepa
   const result: DemoResult = {
     run: r.run,
     interrupted: r.interrupted,
+    signal: r.signal,
     policies: [],
     rmAccuracy: { helpfulness: summary.stages.rm_helpfulness?.eval?.accuracy ?? null, safety: summary.stages.rm_safety?.eval?.accuracy ?? null },
     stages,

@@ -63,6 +63,8 @@ export interface RecipeResult {
   run: string;
   recipe: string;
   interrupted: boolean;
+  /** The signal that stopped the run, if one did (the CLI exits 130 for SIGINT, 143 for SIGTERM). */
+  signal?: 'SIGINT' | 'SIGTERM';
   stages: { name: StageKey; outputs: Record<string, string>; summary: Record<string, unknown> | null }[];
   summaryFile: string;
   reportFile: string;
@@ -86,16 +88,23 @@ export async function runRecipe(cfg: RecipeConfig, opts: RecipeHooks & { resume?
   };
   opts.signal?.addEventListener('abort', onUserAbort);
   if (opts.signal?.aborted) onUserAbort();
-  let sigints = 0;
-  const onSigint = () => {
-    if (++sigints > 1) {
-      process.stderr.write('train: interrupted again: exiting (the run folder keeps its last checkpoints; resume with --resume)\n');
-      process.exit(130);
+  let signals = 0;
+  const onSignal = (sig: 'SIGINT' | 'SIGTERM') => {
+    const code = sig === 'SIGTERM' ? 143 : 130;
+    if (++signals > 1) {
+      process.stderr.write(`train: ${sig} again: exiting (the run folder keeps its last checkpoints; resume with --resume)\n`);
+      process.exit(code);
     }
-    log('train: interrupted: finishing the current step, then saving (resume later with --resume)');
+    result.signal = sig;
+    log(`train: ${sig}: finishing the current step, then saving (resume later with --resume)`);
     onUserAbort();
   };
-  if (opts.handleSigint ?? true) process.on('SIGINT', onSigint);
+  const onSigint = () => onSignal('SIGINT');
+  const onSigterm = () => onSignal('SIGTERM');
+  if (opts.handleSigint ?? true) {
+    process.on('SIGINT', onSigint);
+    process.on('SIGTERM', onSigterm);
+  }
   const outputs = new Map<StageKey, Record<string, string>>();
   for (const s of run.state.stages) outputs.set(s.name as StageKey, Object.fromEntries(Object.entries(s.outputs).map(([k, v]) => [k, path.resolve(run.dir, v)])));
   const result: RecipeResult = { run: run.dir, recipe: cfg.recipe, interrupted: false, stages: [], summaryFile: path.join(run.dir, 'summary.json'), reportFile: path.join(run.dir, 'report.html') };
@@ -198,6 +207,7 @@ export async function runRecipe(cfg: RecipeConfig, opts: RecipeHooks & { resume?
     return result;
   } finally {
     process.off('SIGINT', onSigint);
+    process.off('SIGTERM', onSigterm);
     opts.signal?.removeEventListener('abort', onUserAbort);
     run.close();
   }
