@@ -679,13 +679,12 @@ int main(int argc, char** argv) {
   std::vector<std::string> seed_files;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "fuzz: %s needs a value\n", a.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
+    const bool takes_value = a == "--seconds" || a == "--seed" || a == "--runs" || a == "--max-len" || a == "--out";
+    if (takes_value && i + 1 >= argc) {
+      std::fprintf(stderr, "fuzz: %s needs a value\n", a.c_str());
+      return 2;
+    }
+    auto next = [&]() -> std::string { return argv[++i]; };
     if (a == "--seconds") seconds = std::atof(next().c_str());
     else if (a == "--seed") seed = std::strtoull(next().c_str(), nullptr, 10);
     else if (a == "--runs") max_runs = std::strtoull(next().c_str(), nullptr, 10);
