@@ -10,12 +10,7 @@ import { SFT_DEFAULTS } from '../../lib/stages/sft';
 import { LR_SCHEDULES } from '../../lib/stages/schedule';
 import { runCommand } from '../cli-util';
 import { exitCodeFor } from '../../lib/run/signals';
-import { deviceOption } from './common';
-
-function splitList(v: unknown): string[] | undefined {
-  if (v === undefined) return undefined;
-  return (Array.isArray(v) ? v : [v]).flatMap((x) => String(x).split(',')).map((x) => x.trim()).filter(Boolean);
-}
+import { deviceOption, splitList } from './common';
 
 const g = (x: number) => (x === 0 || (Math.abs(x) >= 1e-3 && Math.abs(x) < 1e4) ? x.toFixed(4) : x.toExponential(3));
 

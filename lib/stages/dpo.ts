@@ -23,6 +23,7 @@
  * the step's pairs, so the accumulated gradient is that of the mean loss
  * over every pair of the step.
  */
+import { arg, finite, nonNegInt, posInt } from './options';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -231,12 +232,6 @@ export interface DpoResult {
   trainer?: Trainer;
 }
 
-function arg(ok: boolean, msg: string): void {
-  if (!ok) throw new RlhfError('E_ARGUMENT', msg);
-}
-const posInt = (x: number) => Number.isInteger(x) && x > 0;
-const nonNegInt = (x: number) => Number.isInteger(x) && x >= 0;
-const finite = (x: number) => typeof x === 'number' && Number.isFinite(x);
 
 /** Fills in the defaults and checks every value (E_ARGUMENT naming the option; E_UNSUPPORTED for another loss type). */
 export function resolveDpoConfig(cfg: DpoConfig): ResolvedDpoConfig {

@@ -22,6 +22,7 @@
  * iteration (prompt order, sampling, minibatch shuffles) is a function of
  * (seed, iteration) only.
  */
+import { arg, finite, nonNegInt, posInt } from './options';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -297,12 +298,6 @@ export interface PpoResult {
   trainer?: Trainer;
 }
 
-function arg(ok: boolean, msg: string): void {
-  if (!ok) throw new RlhfError('E_ARGUMENT', msg);
-}
-const posInt = (x: number) => Number.isInteger(x) && x > 0;
-const nonNegInt = (x: number) => Number.isInteger(x) && x >= 0;
-const finite = (x: number) => typeof x === 'number' && Number.isFinite(x);
 
 /** Fills in the defaults and checks every value (E_ARGUMENT naming the option). */
 export function resolvePpoConfig(cfg: PpoConfig): ResolvedPpoConfig {

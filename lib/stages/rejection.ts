@@ -17,6 +17,7 @@
  * The held-out mean reward (fixed seed) is measured before round 1 and
  * after the last round.
  */
+import { arg, finite, nonNegInt, posInt } from './options';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -234,12 +235,6 @@ export interface RsResult {
   config: ResolvedRsConfig;
 }
 
-function arg(ok: boolean, msg: string): void {
-  if (!ok) throw new RlhfError('E_ARGUMENT', msg);
-}
-const posInt = (x: number) => Number.isInteger(x) && x > 0;
-const nonNegInt = (x: number) => Number.isInteger(x) && x >= 0;
-const finite = (x: unknown): x is number => typeof x === 'number' && Number.isFinite(x);
 
 /** Fills in the defaults and checks every value (E_ARGUMENT naming the flag). */
 export function resolveRsConfig(cfg: RsConfig, opts: { rewardSource?: boolean } = {}): ResolvedRsConfig {

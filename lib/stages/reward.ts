@@ -22,6 +22,7 @@
  * Every micro-batch scales its gradient by its share of the step's pairs, so
  * the accumulated gradient is that of the mean over all of them.
  */
+import { arg, finite, nonNegInt, posInt } from './options';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -224,12 +225,6 @@ export interface RmResult {
   trainer?: Trainer;
 }
 
-function arg(ok: boolean, msg: string): void {
-  if (!ok) throw new RlhfError('E_ARGUMENT', msg);
-}
-const posInt = (x: number) => Number.isInteger(x) && x > 0;
-const nonNegInt = (x: number) => Number.isInteger(x) && x >= 0;
-const finite = (x: number) => typeof x === 'number' && Number.isFinite(x);
 
 export function resolveRmConfig(cfg: RmConfig): ResolvedRmConfig {
   for (const k of ['model', 'data', 'out'] as const) arg(typeof cfg[k] === 'string' && cfg[k].length > 0, `--${k} is required`);

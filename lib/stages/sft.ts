@@ -11,6 +11,7 @@
  * the whole step (`denom`), so the accumulated gradient is exactly that of one
  * big batch holding all the rows (transformers' `num_items_in_batch`).
  */
+import { arg, finite, nonNegInt, posInt } from './options';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -223,12 +224,6 @@ export interface SftResult {
   trainer?: Trainer;
 }
 
-function arg(ok: boolean, msg: string): void {
-  if (!ok) throw new RlhfError('E_ARGUMENT', msg);
-}
-const posInt = (x: number) => Number.isInteger(x) && x > 0;
-const nonNegInt = (x: number) => Number.isInteger(x) && x >= 0;
-const finite = (x: number) => typeof x === 'number' && Number.isFinite(x);
 
 /** Fills in the defaults and checks every value (E_ARGUMENT naming the option; E_UNSUPPORTED for dropout on a continued adapter). */
 export function resolveSftConfig(cfg: SftConfig): ResolvedSftConfig {
