@@ -61,6 +61,7 @@ void CudaBackend::synchronize() { RLHF_CUDA_CHECK(cudaStreamSynchronize(stream_o
 void* CudaBackend::alloc(size_t bytes) {
   void* p = nullptr;
   RLHF_CUDA_CHECK(cudaMalloc(&p, bytes ? bytes : 16));
+  RLHF_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes ? bytes : 16, stream_of(*this)));
   return p;
 }
 void CudaBackend::release(void* p) noexcept {
@@ -70,7 +71,16 @@ void CudaBackend::upload(void* dst, const void* src, size_t bytes) {
   if (bytes) RLHF_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_of(*this)));
 }
 void CudaBackend::download(void* dst, const void* src, size_t bytes) {
-  if (bytes) RLHF_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_of(*this)));
+  if (!bytes) return;
+  RLHF_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_of(*this)));
+  RLHF_CUDA_CHECK(cudaStreamSynchronize(stream_of(*this)));
+}
+void CudaBackend::copy(void* dst, const void* src, size_t bytes) {
+  if (bytes && dst != src) RLHF_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_of(*this)));
+}
+void CudaBackend::copy2d(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height) {
+  if (width && height)
+    RLHF_CUDA_CHECK(cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, height, cudaMemcpyDeviceToDevice, stream_of(*this)));
 }
 void CudaBackend::memset(void* dst, int value, size_t bytes) {
   if (bytes) RLHF_CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, stream_of(*this)));

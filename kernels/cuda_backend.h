@@ -32,13 +32,17 @@ class CudaBackend final : public Backend {
   RLHF_OPS(RLHF_OP_OVERRIDE)
 #undef RLHF_OP_OVERRIDE
 
-  // ---- memory and stream (all ops run on one stream, in order)
+  // ---- memory and stream (all ops and copies run on one stream, in order)
+  bool host_memory() const override { return false; }
   void* stream() const { return stream_; }
-  void synchronize();
-  void* alloc(size_t bytes);  // cudaMalloc, throws E_CUDA
-  void release(void* p) noexcept;
-  void upload(void* dst, const void* src, size_t bytes);    // host -> device, on the stream
-  void download(void* dst, const void* src, size_t bytes);  // device -> host, on the stream
+  void synchronize() override;
+  void* alloc(size_t bytes) override;  // cudaMalloc + zero fill, throws E_CUDA
+  void release(void* p) noexcept override;
+  void upload(void* dst, const void* src, size_t bytes) override;    // host -> device, on the stream
+  void download(void* dst, const void* src, size_t bytes) override;  // device -> host; synchronises the stream
+  void copy(void* dst, const void* src, size_t bytes) override;      // device -> device, on the stream
+  void copy2d(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height) override;
+  void fill_zero(void* dst, size_t bytes) override { memset(dst, 0, bytes); }
   void memset(void* dst, int value, size_t bytes);
   // Grow-only scratch owned by the backend; valid until the next call that
   // asks for more. Ops carve their temporaries out of it.

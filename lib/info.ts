@@ -67,12 +67,22 @@ export function runtimeInfo(): RuntimeInfo {
 
 let warned = false;
 /**
+ * Where a model runs. 'cpu-guarded' is for testing: the CPU ops on memory the
+ * host cannot touch between ops (each allocation mapped PROT_NONE outside an
+ * op), so the model's device-memory path (what CUDA runs) is exercised and
+ * checked on machines without a GPU; results equal 'cpu' bit for bit, slower.
+ */
+export type Device = 'auto' | 'cpu' | 'cuda' | 'cpu-guarded';
+export type ResolvedDevice = Exclude<Device, 'auto'>;
+export const DEVICES: readonly Device[] = ['auto', 'cpu', 'cuda', 'cpu-guarded'];
+
+/**
  * Resolves `--device auto|cpu|cuda`. `auto` falls back to the CPU with one
  * clear line on stderr when CUDA is compiled in but unusable; an explicit
  * `cuda` with no device is an error.
  */
-export function resolveDevice(requested: 'auto' | 'cpu' | 'cuda' = 'auto', log: (line: string) => void = (l) => process.stderr.write(l + '\n')): 'cpu' | 'cuda' {
-  if (requested === 'cpu') return 'cpu';
+export function resolveDevice(requested: Device = 'auto', log: (line: string) => void = (l) => process.stderr.write(l + '\n')): ResolvedDevice {
+  if (requested === 'cpu' || requested === 'cpu-guarded') return requested;
   const info = runtimeInfo();
   if (info.cuda.devices.length > 0) return 'cuda';
   if (requested === 'cuda') {

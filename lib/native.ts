@@ -123,6 +123,8 @@ export interface NativeModelSpec {
   loras?: { target: string; a: [string, string]; b: [string, string]; scale: number }[];
   /** Makes score.weight ~ N(0, std^2) when the files lack it (a reward model or critic from a causal LM). */
   scoreInit?: { std: number; seed: number };
+  /** 'cpu' (default), 'cuda', 'auto' or 'cpu-guarded' (see Device in lib/info.ts). */
+  device?: string;
 }
 
 export interface NativeForwardRequest {

@@ -5,6 +5,7 @@
 #pragma once
 #include <memory>
 #include <mutex>
+#include <string>
 
 #include "cpu/cpu_backend.h"
 #include "cpu/threadpool.h"
@@ -19,5 +20,11 @@ struct Engine {
 };
 
 Engine& default_engine();  // created on first use, sized from RLHF_NUM_THREADS or the usable cores
+
+// The backend a model runs on, by its device name: "cpu"; "cuda" (E_UNSUPPORTED
+// in a build without the CUDA backend, E_CUDA with the runtime's reason when
+// no GPU is usable); "auto" (cuda when a GPU is usable, else cpu);
+// "cpu-guarded" (the CPU ops on guarded memory, see cpu/guarded_backend.h).
+Backend& backend_for(const std::string& device);
 
 }  // namespace rlhf

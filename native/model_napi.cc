@@ -127,6 +127,7 @@ struct LoadBaton {
   model::TensorFiles files;
   std::vector<model::LoraMerge> loras;
   model::ScoreInit score_init;
+  std::string device = "cpu";  // "cpu" | "cuda" | "auto" | "cpu-guarded"
   std::shared_ptr<LoadedModel> out;
 };
 
@@ -136,9 +137,10 @@ class LoadWorker : public Napi::AsyncWorker {
   Napi::Promise promise() { return deferred_.Promise(); }
   void Execute() override {
     try {
+      Backend& be = backend_for(baton_.device);  // before the load: an unusable device fails fast
       model::Weights w = model::load_weights(baton_.cfg, baton_.files, baton_.loras, baton_.score_init);
       baton_.out = std::make_shared<LoadedModel>();
-      baton_.out->transformer = std::make_unique<model::Transformer>(baton_.cfg, std::move(w), default_engine().cpu);
+      baton_.out->transformer = std::make_unique<model::Transformer>(baton_.cfg, std::move(w), be);
     } catch (const Error& e) {
       code_ = e.code();
       SetError(e.what());
@@ -379,7 +381,7 @@ Napi::Value Model::Generate(const Napi::CallbackInfo& info) {
     }
     return queue(
         info.Env(), std::move(b),
-        [](GenerateBaton& b) { b.out = model::generate(*b.model->transformer, default_engine().cpu, b.req); },
+        [](GenerateBaton& b) { b.out = model::generate(*b.model->transformer, b.model->transformer->backend(), b.req); },
         [](Napi::Env env, GenerateBaton& b) -> Napi::Value {
           Napi::Object r = Napi::Object::New(env);
           Napi::Array toks = Napi::Array::New(env), lps = Napi::Array::New(env), fin = Napi::Array::New(env);
@@ -410,8 +412,8 @@ Napi::Value Model::Info(const Napi::CallbackInfo& info) {
     r.Set("layers", static_cast<double>(c.layers));
     r.Set("hasLmHead", m->transformer->weights().lm_head != nullptr || m->transformer->weights().lm_head16 != nullptr);
     r.Set("hasScoreHead", m->transformer->weights().score != nullptr);
-    r.Set("device", "cpu");
-    r.Set("threads", default_engine().cpu.threads());
+    r.Set("device", m->transformer->backend().name());
+    r.Set("threads", m->transformer->backend().threads());
     return r;
   });
 }
@@ -428,13 +430,14 @@ Napi::Value Model::EnableFullTraining(const Napi::CallbackInfo& info) {
   return Guard(info.Env(), [&]() -> Napi::Value {
     auto m = model();
     std::lock_guard<std::mutex> lock(m->busy);
-    model::Weights& w = m->transformer->mutable_weights();
+    model::Weights& w = m->transformer->host_weights();
     if (w.bf16()) throw Error(code::kArgument, "full training needs fp32 weights (load with weightsDtype 'f32')");
     if (!m->adapters.empty()) throw Error(code::kArgument, "this model has LoRA adapters; full training uses a model without them");
+    Backend& be = m->transformer->backend();
     m->full = std::make_unique<model::FullGrads>();
-    m->full->slab.assign(static_cast<size_t>(w.slab_floats + 16), 0.f);
-    m->full->m.assign(m->full->slab.size(), 0.f);
-    m->full->v.assign(m->full->slab.size(), 0.f);
+    m->full->slab.zeros(be, w.slab_floats);
+    m->full->m.zeros(be, w.slab_floats);
+    m->full->v.zeros(be, w.slab_floats);
     m->transformer->set_full_training(m->full.get());
     return info.Env().Undefined();
   });
@@ -486,7 +489,7 @@ Napi::Value Model::CreateAdapter(const Napi::CallbackInfo& info) {
       }
     }
     if (m->adapters.count(spec.name)) throw Error(code::kArgument, "adapter '" + spec.name + "' already exists");
-    auto adapter = model::make_adapter(cfg, spec);
+    auto adapter = model::make_adapter(cfg, spec, m->transformer->backend());
     model::Adapter* a = adapter.get();
     m->adapters[spec.name] = std::move(adapter);
     m->transformer->set_adapter(a);
@@ -568,7 +571,7 @@ Napi::Value Model::Step(const Napi::CallbackInfo& info) {
           model::Adapter* a = m.active();
           auto tensors = model::trainable_tensors(*m.transformer, a, a ? nullptr : m.full.get());
           int64_t* step = a ? &a->step : &m.full->step;
-          b.out = model::optimizer_step(default_engine().cpu, tensors, step, b.cfg);
+          b.out = model::optimizer_step(m.transformer->backend(), tensors, step, b.cfg);
         },
         [](Napi::Env env, StepBaton& b) -> Napi::Value {
           Napi::Object r = Napi::Object::New(env);
@@ -613,7 +616,10 @@ Napi::Value Model::ReadTrainable(const Napi::CallbackInfo& info) {
     auto tensors = model::trainable_tensors(*m->transformer, m->active(), m->active() ? nullptr : m->full.get());
     for (const auto& t : tensors) {
       if (t.name != name) continue;
-      const float* src = which == "grad" ? t.grad : which == "m" ? t.m : which == "v" ? t.v : t.param;
+      const float* src_b = which == "grad" ? t.grad : which == "m" ? t.m : which == "v" ? t.v : t.param;
+      std::vector<float> host(static_cast<size_t>(t.rows * t.cols));
+      download_n(m->transformer->backend(), host.data(), src_b, t.rows * t.cols);
+      const float* src = host.data();
       Napi::Float32Array out = Napi::Float32Array::New(info.Env(), static_cast<size_t>(t.rows * t.cols));
       if (!t.transposed) {
         std::memcpy(out.Data(), src, sizeof(float) * t.rows * t.cols);
@@ -651,10 +657,11 @@ Napi::Value Model::WriteTrainable(const Napi::CallbackInfo& info) {
     for (const auto& t : tensors) {
       if (t.name != name) continue;
       if (static_cast<int64_t>(v.ElementLength()) != t.rows * t.cols) throw Error(code::kArgument, "writeTrainable: wrong size for '" + name + "'");
-      if (!t.transposed) std::memcpy(t.param, v.Data(), sizeof(float) * t.rows * t.cols);
-      else
+      std::vector<float> host(v.Data(), v.Data() + v.ElementLength());
+      if (t.transposed)
         for (int64_t i = 0; i < t.rows; ++i)
-          for (int64_t j = 0; j < t.cols; ++j) t.param[i * t.cols + j] = v.Data()[j * t.rows + i];
+          for (int64_t j = 0; j < t.cols; ++j) host[static_cast<size_t>(i * t.cols + j)] = v.Data()[j * t.rows + i];
+      upload_n(m->transformer->backend(), t.param, host.data(), t.rows * t.cols);
       return info.Env().Undefined();
     }
     throw Error(code::kArgument, "writeTrainable: no trainable tensor named '" + name + "'");
@@ -685,13 +692,17 @@ Napi::Value Model::SaveOptimizerState(const Napi::CallbackInfo& info) {
     if (!a && !m->full) throw Error(code::kArgument, "saveOptimizerState: nothing is trainable");
     auto tensors = model::trainable_tensors(*m->transformer, a, a ? nullptr : m->full.get());
     std::vector<st::TensorToWrite> out;
+    std::vector<std::vector<float>> host;  // the moments read back from the backend
+    host.reserve(2 * tensors.size());
     for (const auto& t : tensors)
       for (int which = 0; which < 2; ++which) {
+        host.emplace_back(static_cast<size_t>(t.rows * t.cols));
+        download_n(m->transformer->backend(), host.back().data(), which == 0 ? t.m : t.v, t.rows * t.cols);
         st::TensorToWrite w;
         w.name = t.name + (which == 0 ? ".exp_avg" : ".exp_avg_sq");
         w.dtype = st::Dtype::F32;
         w.shape = {static_cast<uint64_t>(t.rows), static_cast<uint64_t>(t.cols)};
-        w.data = which == 0 ? t.m : t.v;
+        w.data = host.back().data();
         w.data_len = sizeof(float) * static_cast<size_t>(t.rows * t.cols);
         out.push_back(std::move(w));
       }
@@ -722,7 +733,7 @@ Napi::Value Model::LoadOptimizerState(const Napi::CallbackInfo& info) {
         if (!ti) throw Error(code::kArgument, path + ": missing '" + name + "' (the checkpoint is for another set of trainable tensors)");
         if (ti->dtype != st::Dtype::F32 || ti->nbytes() != sizeof(float) * static_cast<uint64_t>(t.rows * t.cols))
           throw Error(code::kArgument, path + ": '" + name + "' has the wrong dtype or size");
-        std::memcpy(which == 0 ? t.m : t.v, f.raw(*ti), ti->nbytes());
+        upload_n(m->transformer->backend(), which == 0 ? t.m : t.v, reinterpret_cast<const float*>(f.raw(*ti)), t.rows * t.cols);
       }
     if (a) a->step = step;
     else m->full->step = step;
@@ -758,7 +769,8 @@ Napi::Value Model::SaveWeights(const Napi::CallbackInfo& info) {
     const std::string path = ArgString(info, 0, "path");
     auto m = model();
     std::lock_guard<std::mutex> lock(m->busy);
-    model::Weights& w = m->transformer->mutable_weights();
+    m->transformer->weights_to_host();  // full fine-tuning trains the backend's copy
+    model::Weights& w = m->transformer->host_weights();
     if (w.views.empty()) throw Error(code::kArgument, "saveWeights: the weights are not kept in fp32 (loaded with weightsDtype 'bf16')");
     std::vector<std::vector<float>> transposed;
     std::vector<st::TensorToWrite> out;
@@ -837,6 +849,12 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
       b.score_init.seed = static_cast<uint64_t>(num(so, "seed", 0));
       if (!(b.score_init.std >= 0.f)) throw Error(code::kArgument, "model spec: scoreInit.std must be >= 0");
     }
+    // device: "cpu" (default), "cuda", "auto" (a GPU when one is usable), or
+    // "cpu-guarded" (CPU ops on memory the host cannot touch between them: the
+    // GPU check's stand-in on machines without one).
+    if (spec.Has("device") && !spec.Get("device").IsUndefined()) b.device = spec.Get("device").ToString().Utf8Value();
+    if (b.device != "cpu" && b.device != "cuda" && b.device != "auto" && b.device != "cpu-guarded")
+      throw Error(code::kArgument, "model spec: device must be 'cpu', 'cuda', 'auto' or 'cpu-guarded', got '" + b.device + "'");
     auto* w = new LoadWorker(info.Env(), std::move(b));
     Napi::Promise p = w->promise();
     w->Queue();

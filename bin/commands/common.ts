@@ -5,7 +5,7 @@ import type { Argv } from 'yargs';
 import { RlhfError } from '../../lib/errors';
 
 export function deviceOption<T>(y: Argv<T>) {
-  return y.option('device', { choices: ['auto', 'cpu', 'cuda'] as const, default: 'auto' as const, describe: 'compute device' });
+  return y.option('device', { choices: ['auto', 'cpu', 'cuda', 'cpu-guarded'] as const, default: 'auto' as const, describe: 'compute device (cpu-guarded: the CPU on the device-memory path, for testing)' });
 }
 
 export function adapterOption<T>(y: Argv<T>) {

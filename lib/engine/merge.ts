@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import { RlhfError } from '../errors';
 import { replaceDirAtomic } from '../run/atomic';
 import { loadModel } from './model';
+import type { Device } from '../info';
 
 export interface MergeOptions {
   /** The base model folder the adapter was trained on. */
@@ -19,7 +20,7 @@ export interface MergeOptions {
   adapter: string;
   /** The merged model folder. Must differ from the base and the adapter. */
   out: string;
-  device?: 'auto' | 'cpu' | 'cuda';
+  device?: Device;
 }
 
 export async function mergeAdapter(opts: MergeOptions): Promise<{ out: string; architecture: string; parameters: number }> {

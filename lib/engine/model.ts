@@ -7,14 +7,15 @@ import { callNative, fromNative, RlhfError } from '../errors';
 import { native, NativeModel, NativeModelConfig, NativeGenerateResult, NativeForwardResult } from '../native';
 import { openModelFolder, ModelFolder } from '../model/folder';
 import type { ModelConfig } from '../model/config';
-import { resolveDevice } from '../info';
+import { resolveDevice, type Device, type ResolvedDevice } from '../info';
 import { adapterHead, readLoraPairs } from '../model/peft';
 import { architectureName, readModelConfig } from '../model/config';
 import { checkMemory, type MemoryShape } from './memory';
 import { Trainer } from './train';
 
 export interface LoadModelOptions {
-  device?: 'auto' | 'cpu' | 'cuda';
+  /** 'auto' (default: the GPU when one is usable), 'cpu', 'cuda', or 'cpu-guarded' (testing; see lib/info.ts). */
+  device?: Device;
   /** A PEFT LoRA adapter folder merged into the weights at load. */
   adapter?: string;
   /**
@@ -173,7 +174,7 @@ export class Model {
     readonly folder: ModelFolder,
     readonly config: ModelConfig,
     private handle: NativeModel | null,
-    readonly device: 'cpu' | 'cuda',
+    readonly device: ResolvedDevice,
   ) {}
 
   static async load(dir: string, opts: LoadModelOptions = {}): Promise<Model> {
@@ -206,12 +207,11 @@ export class Model {
       if (head === 'score' && headFromAdapter) tensors['score.weight'] = headFromAdapter;
       const scoreInit = head === 'score' && !tensors['score.weight'] ? { std: opts.scoreInit?.std ?? config.initializerRange, seed: opts.scoreInit?.seed ?? 0 } : undefined;
       const handle = await native()
-        .loadModel({ config: { ...nativeConfig(config), weightsBf16: opts.weightsDtype === 'bf16' }, tensors, loras, scoreInit })
+        .loadModel({ config: { ...nativeConfig(config), weightsBf16: opts.weightsDtype === 'bf16' }, tensors, loras, scoreInit, device })
         .catch((e: unknown) => {
           throw fromNative(e);
         });
-      // The CUDA backend joins the op table later; until then every model runs on the CPU.
-      return new Model(folder, config, handle, device === 'cuda' ? 'cpu' : device);
+      return new Model(folder, config, handle, device);
     } finally {
       folder.close();
     }

@@ -25,6 +25,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseDocument } from 'yaml';
 import { RlhfError } from '../errors';
+import type { Device } from '../info';
 
 export const RECIPES = {
   /** Ouyang et al. 2022: SFT -> reward model -> PPO. */
@@ -46,7 +47,7 @@ export interface RecipeConfig {
   /** The run folder. */
   out: string;
   seed: number;
-  device: 'auto' | 'cpu' | 'cuda';
+  device: Device;
   stages: Partial<Record<StageKey, StageOptions>>;
 }
 

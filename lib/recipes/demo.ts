@@ -30,6 +30,7 @@ import { evaluatePolicy, preferencePairs, winRate, type PolicyEvaluation } from 
 import { respond } from '../demo/respond';
 import { resolveRecipeConfig, type StageKey } from './config';
 import { runRecipe, type RecipeHooks } from './run';
+import type { Device } from '../info';
 
 /** How big each part of the demo is. 'full' is the default run; 'quick' is the shortened one the tests run. */
 export const DEMO_SIZES = {
@@ -66,7 +67,7 @@ export interface DemoOptions {
   out: string;
   seed?: number;
   scale?: DemoScale;
-  device?: 'auto' | 'cpu' | 'cuda';
+  device?: Device;
   resume?: boolean;
   /** The base model folder. Default: the committed demo base (models/demo-base). */
   model?: string;

@@ -25,6 +25,7 @@ import { ADAPTER_HEAD_TENSOR, adapterHead, readAdapterConfig } from '../model/pe
 import { openSafetensors } from '../safetensors';
 import type { ModelConfig } from '../model/config';
 import { loadTokenizer } from '../tokenizer/tokenizer';
+import type { Device } from '../info';
 
 export interface RewardInput {
   prompt: string;
@@ -207,7 +208,7 @@ export interface RewardModelsOptions {
   whiten?: boolean;
   /** Sequences per reward-model forward. Default 8. */
   batchSize?: number;
-  device?: 'auto' | 'cpu' | 'cuda';
+  device?: Device;
   /** The policy model folder: when given, each reward model's vocabulary is checked against it. */
   policy?: string;
 }

@@ -42,6 +42,7 @@ import { packageVersion } from '../info';
 import { checkWritableDir } from '../run/atomic';
 import { stopOnSignals } from '../run/signals';
 import { checkNanPolicy, nonFinite, numericStop, type NanPolicy } from './numerics';
+import { DEVICES, type Device } from '../info';
 
 export const DPO_LOSS_TYPES = ['sigmoid'] as const;
 export type DpoLossType = (typeof DPO_LOSS_TYPES)[number];
@@ -108,7 +109,7 @@ export interface DpoConfig {
   evalBatchSize?: number;
   /** A step with a NaN/infinite loss or gradient: 'stop' the run (E_NUMERIC) or 'skip' the step (lib/stages/numerics.ts). Default 'stop'. */
   nanPolicy?: NanPolicy;
-  device?: 'auto' | 'cpu' | 'cuda';
+  device?: Device;
 }
 
 export type ResolvedDpoConfig = Required<Omit<DpoConfig, 'adapter' | 'evalData' | 'loraTargets'>> & {
@@ -312,7 +313,7 @@ export function resolveDpoConfig(cfg: DpoConfig): ResolvedDpoConfig {
   arg(!(r.evalFraction > 0 && r.evalData), '--eval-fraction and --eval-data cannot be combined');
   arg(nonNegInt(r.evalSteps), `--eval-steps must be a non-negative integer, got ${r.evalSteps}`);
   arg(posInt(r.evalBatchSize), `--eval-batch-size must be a positive integer, got ${r.evalBatchSize}`);
-  arg(['auto', 'cpu', 'cuda'].includes(r.device), `--device must be auto, cpu or cuda, got ${r.device}`);
+  arg(DEVICES.includes(r.device), `--device must be auto, cpu or cuda, got ${r.device}`);
   arg(path.resolve(r.out) !== path.resolve(r.model), '--out must differ from --model (the base model folder is never overwritten)');
   return r;
 }

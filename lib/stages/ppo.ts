@@ -43,6 +43,7 @@ import { packageVersion } from '../info';
 import { checkWritableDir } from '../run/atomic';
 import { stopOnSignals } from '../run/signals';
 import { checkNanPolicy, numericStop, type NanPolicy } from './numerics';
+import { DEVICES, type Device } from '../info';
 
 export { klPerToken, shapeRewards, gae, maskedWhiten } from '../ppo/gae';
 export type { RewardKlEstimator } from '../ppo/gae';
@@ -147,7 +148,7 @@ export interface PpoConfig {
   evalData?: string | null;
   /** A minibatch update with a NaN/infinite loss or gradient: 'stop' the run (E_NUMERIC) or 'skip' the update (lib/stages/numerics.ts). Default 'stop'. */
   nanPolicy?: NanPolicy;
-  device?: 'auto' | 'cpu' | 'cuda';
+  device?: Device;
 }
 
 export type ResolvedPpoConfig = Required<Omit<PpoConfig, 'rewardModel' | 'safetyModel' | 'combine' | 'adapter' | 'critic' | 'loraTargets' | 'klTarget' | 'missingEosPenalty' | 'evalData'>> & {
@@ -404,7 +405,7 @@ export function resolvePpoConfig(cfg: PpoConfig): ResolvedPpoConfig {
   arg(r.klEstimator === 'k1' || r.klEstimator === 'k3', `--kl-estimator must be k1 or k3, got ${r.klEstimator}`);
   arg(r.missingEosPenalty === null || (finite(r.missingEosPenalty) && r.missingEosPenalty >= 0), `--missing-eos-penalty must be >= 0, got ${r.missingEosPenalty}`);
   arg(nonNegInt(r.seed), `--seed must be a non-negative integer, got ${r.seed}`);
-  arg(['auto', 'cpu', 'cuda'].includes(r.device), `--device must be auto, cpu or cuda, got ${r.device}`);
+  arg(DEVICES.includes(r.device), `--device must be auto, cpu or cuda, got ${r.device}`);
   arg(path.resolve(r.out) !== path.resolve(r.model), '--out must differ from --model (the base model folder is never overwritten)');
   for (const [k, v] of [['--reward-model', r.rewardModel], ['--safety-model', r.safetyModel], ['--adapter', r.adapter], ['--critic', r.critic]] as const)
     if (v) arg(path.resolve(r.out) !== path.resolve(v), `--out must differ from ${k} (the input is never overwritten)`);

@@ -34,6 +34,7 @@ import { resolveSftConfig, runSft, type SftConfig, type SftStepMetrics } from '.
 import { packageVersion } from '../info';
 import { checkWritableDir } from '../run/atomic';
 import { stopOnSignals } from '../run/signals';
+import { DEVICES, type Device } from '../info';
 
 /** SFT options applied to each round's finetuning (lib/stages/sft.ts documents each). */
 export type RsSftOptions = Partial<
@@ -112,7 +113,7 @@ export interface RsConfig {
   seed?: number;
   /** Per-round finetuning options (SFT's defaults otherwise). */
   sft?: RsSftOptions;
-  device?: 'auto' | 'cpu' | 'cuda';
+  device?: Device;
 }
 
 export type ResolvedRsConfig = Required<Omit<RsConfig, 'adapter' | 'rewardModel' | 'safetyModel' | 'combine' | 'minReward' | 'evalData' | 'sft'>> & {
@@ -287,7 +288,7 @@ export function resolveRsConfig(cfg: RsConfig, opts: { rewardSource?: boolean } 
   arg(!(cfg.evalData && cfg.evalFraction), '--eval-fraction and --eval-data cannot be combined');
   arg(posInt(r.evalSamples), `--eval-samples must be a positive integer, got ${r.evalSamples}`);
   arg(nonNegInt(r.seed) && r.seed < 2 ** 31, `--seed must be an integer in [0, 2^31), got ${r.seed}`);
-  arg(['auto', 'cpu', 'cuda'].includes(r.device), `--device must be auto, cpu or cuda, got ${r.device}`);
+  arg(DEVICES.includes(r.device), `--device must be auto, cpu or cuda, got ${r.device}`);
   arg(!(r.full && r.adapter), '--adapter and --full cannot be combined (full training trains the base weights; merge the adapter first)');
   const outAbs = path.resolve(r.out);
   arg(outAbs !== path.resolve(r.model), '--out must differ from --model (the policy model folder is never overwritten)');

@@ -43,6 +43,7 @@ import { openMetrics } from './metrics-file';
 import { checkWritableDir } from '../run/atomic';
 import { stopOnSignals } from '../run/signals';
 import { checkNanPolicy, nonFinite, numericStop, type NanPolicy } from './numerics';
+import { DEVICES, type Device } from '../info';
 
 export interface RmConfig {
   /** The SFT model folder (causal LM; its LM head is not used), or a reward model to continue. Required. */
@@ -113,7 +114,7 @@ export interface RmConfig {
   resumeMismatch?: boolean;
   /** A step with a NaN/infinite loss or gradient: 'stop' the run (E_NUMERIC) or 'skip' the step. Default 'stop'. */
   nanPolicy?: NanPolicy;
-  device?: 'auto' | 'cpu' | 'cuda';
+  device?: Device;
 }
 
 export type ResolvedRmConfig = Required<Omit<RmConfig, 'adapter' | 'evalData' | 'checkpointDir' | 'loraTargets' | 'headStd'>> & {
@@ -309,7 +310,7 @@ export function resolveRmConfig(cfg: RmConfig): ResolvedRmConfig {
   arg(posInt(r.evalBatchSize), `--eval-batch-size must be a positive integer, got ${r.evalBatchSize}`);
   arg(nonNegInt(r.checkpointSteps), `--checkpoint-steps must be a non-negative integer, got ${r.checkpointSteps}`);
   arg(posInt(r.checkpointKeep), `--checkpoint-keep must be a positive integer, got ${r.checkpointKeep}`);
-  arg(['auto', 'cpu', 'cuda'].includes(r.device), `--device must be auto, cpu or cuda, got ${r.device}`);
+  arg(DEVICES.includes(r.device), `--device must be auto, cpu or cuda, got ${r.device}`);
   arg(path.resolve(r.out) !== path.resolve(r.model), '--out must differ from --model (the base model folder is never overwritten)');
   return r;
 }

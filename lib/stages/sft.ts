@@ -30,6 +30,7 @@ import { openMetrics } from './metrics-file';
 import { checkWritableDir } from '../run/atomic';
 import { stopOnSignals } from '../run/signals';
 import { checkNanPolicy, nonFinite, numericStop, type NanPolicy } from './numerics';
+import { DEVICES, type Device } from '../info';
 
 export interface SftConfig {
   /** Base model folder (Hugging Face layout, causal LM). Required. */
@@ -104,8 +105,8 @@ export interface SftConfig {
   resumeMismatch?: boolean;
   /** A step with a NaN/infinite loss or gradient: 'stop' the run (E_NUMERIC) or 'skip' the step (lib/stages/numerics.ts). Default 'stop'. */
   nanPolicy?: NanPolicy;
-  /** 'auto' | 'cpu' | 'cuda'. Default 'auto'. */
-  device?: 'auto' | 'cpu' | 'cuda';
+  /** 'auto' | 'cpu' | 'cuda' (or 'cpu-guarded' for testing, see lib/info.ts). Default 'auto'. */
+  device?: Device;
 }
 
 /** The config with every default filled in (what sft_config.json records). */
@@ -314,7 +315,7 @@ export function resolveSftConfig(cfg: SftConfig): ResolvedSftConfig {
   arg(!(r.evalFraction > 0 && r.evalData), '--eval-fraction and --eval-data cannot be combined');
   arg(nonNegInt(r.evalSteps), `--eval-steps must be a non-negative integer, got ${r.evalSteps}`);
   arg(posInt(r.evalBatchSize), `--eval-batch-size must be a positive integer, got ${r.evalBatchSize}`);
-  arg(['auto', 'cpu', 'cuda'].includes(r.device), `--device must be auto, cpu or cuda, got ${r.device}`);
+  arg(DEVICES.includes(r.device), `--device must be auto, cpu or cuda, got ${r.device}`);
   arg(path.resolve(r.out) !== path.resolve(r.model), '--out must differ from --model (the base model folder is never overwritten)');
   return r;
 }

@@ -18,6 +18,17 @@ class CpuBackend final : public Backend {
   int threads() const override { return pool_.size(); }
   ThreadPool& pool() { return pool_; }
 
+  // Memory is host memory (memory.cc): backend pointers are host pointers.
+  bool host_memory() const override { return true; }
+  void* alloc(size_t bytes) override;
+  void release(void* p) noexcept override;
+  void upload(void* dst, const void* host_src, size_t bytes) override;
+  void download(void* host_dst, const void* src, size_t bytes) override;
+  void copy(void* dst, const void* src, size_t bytes) override;
+  void copy2d(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height) override;
+  void fill_zero(void* dst, size_t bytes) override;
+  void synchronize() override {}
+
 #define RLHF_OP_OVERRIDE(name, Args, family) void name(const Args& args) override;
   RLHF_OPS(RLHF_OP_OVERRIDE)
 #undef RLHF_OP_OVERRIDE

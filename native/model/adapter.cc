@@ -73,7 +73,7 @@ std::string peft_tensor_name(const Config& cfg, const LoraModule& m, bool is_a) 
   return "base_model.model." + module_path(cfg, m) + (is_a ? ".lora_A.weight" : ".lora_B.weight");
 }
 
-std::unique_ptr<Adapter> make_adapter(const Config& cfg, const AdapterSpec& spec) {
+std::unique_ptr<Adapter> make_adapter(const Config& cfg, const AdapterSpec& spec, Backend& be) {
   if (spec.r <= 0) throw Error(code::kArgument, "adapter: r must be positive");
   if (spec.modules.empty() && spec.head_rows <= 0) throw Error(code::kArgument, "adapter: no target modules");
   if (spec.head_rows < 0) throw Error(code::kArgument, "adapter: head rows must be >= 0");
@@ -99,16 +99,14 @@ std::unique_ptr<Adapter> make_adapter(const Config& cfg, const AdapterSpec& spec
   }
   const int64_t head_floats = spec.head_rows * cfg.hidden;
   total += head_floats;
-  a->params.assign(static_cast<size_t>(total), 0.f);
-  a->grads.assign(static_cast<size_t>(total), 0.f);
-  a->m.assign(static_cast<size_t>(total), 0.f);
-  a->v.assign(static_cast<size_t>(total), 0.f);
+  // Initialised on the host, then moved to the backend's slabs.
+  std::vector<float> host(static_cast<size_t>(total), 0.f);
   int64_t off = 0;
   for (size_t i = 0; i < a->modules.size(); ++i) {
     LoraModule& m = a->modules[i];
-    m.a = a->params.data() + off, m.da = a->grads.data() + off;
+    m.a = host.data() + off;
     off += spec.r * m.in;
-    m.b = a->params.data() + off, m.db = a->grads.data() + off;
+    m.b = host.data() + off;
     off += spec.r * m.out;
     if (i < spec.init_from.size()) {
       for (int which = 0; which < 2; ++which) {
@@ -131,7 +129,7 @@ std::unique_ptr<Adapter> make_adapter(const Config& cfg, const AdapterSpec& spec
   }
   if (head_floats > 0) {
     a->head_rows = spec.head_rows;
-    a->score = a->params.data() + off, a->dscore = a->grads.data() + off;
+    a->score = host.data() + off;
     if (!spec.head_from.file.empty()) {
       st::File f(spec.head_from.file);
       const st::TensorInfo& t = f.info(spec.head_from.stored_name);
@@ -153,24 +151,40 @@ std::unique_ptr<Adapter> make_adapter(const Config& cfg, const AdapterSpec& spec
       for (int64_t i = 0; i < head_floats; ++i) a->score[i] = spec.head_std * math::normal01(seed, static_cast<uint64_t>(i));
     }
   }
+  float* params = a->params.upload(be, host);
+  float* grads = a->grads.zeros(be, total);
+  a->m.zeros(be, total);
+  a->v.zeros(be, total);
+  auto on_backend = [&](float*& p, float*& dp) {
+    if (!p) return;
+    const int64_t at = p - host.data();
+    p = params + at, dp = grads + at;
+  };
+  for (LoraModule& m : a->modules) {
+    on_backend(m.a, m.da);
+    on_backend(m.b, m.db);
+  }
+  on_backend(a->score, a->dscore);
   return a;
 }
 
 void save_adapter_weights(const Config& cfg, const Adapter& a, const std::string& path) {
+  const std::vector<float> host = a.params.to_host();
+  auto at = [&](const float* p) { return host.data() + (p - a.params.data()); };
   std::vector<st::TensorToWrite> out;
   for (const LoraModule& m : a.modules) {
     st::TensorToWrite ta;
     ta.name = peft_tensor_name(cfg, m, true);
     ta.dtype = st::Dtype::F32;
     ta.shape = {static_cast<uint64_t>(a.r), static_cast<uint64_t>(m.in)};
-    ta.data = m.a;
+    ta.data = at(m.a);
     ta.data_len = sizeof(float) * static_cast<size_t>(a.r * m.in);
     out.push_back(ta);
     st::TensorToWrite tb;
     tb.name = peft_tensor_name(cfg, m, false);
     tb.dtype = st::Dtype::F32;
     tb.shape = {static_cast<uint64_t>(m.out), static_cast<uint64_t>(a.r)};
-    tb.data = m.b;
+    tb.data = at(m.b);
     tb.data_len = sizeof(float) * static_cast<size_t>(a.r * m.out);
     out.push_back(tb);
   }
@@ -179,7 +193,7 @@ void save_adapter_weights(const Config& cfg, const Adapter& a, const std::string
     th.name = kAdapterHeadName;
     th.dtype = st::Dtype::F32;
     th.shape = {static_cast<uint64_t>(a.head_rows), static_cast<uint64_t>(cfg.hidden)};
-    th.data = a.score;
+    th.data = at(a.score);
     th.data_len = sizeof(float) * static_cast<size_t>(a.head_rows * cfg.hidden);
     out.push_back(th);
   }

@@ -5,6 +5,7 @@
 #include <utility>
 #include <vector>
 
+#include "../ops/backend.h"
 #include "config.h"
 #include "train.h"
 #include "weights.h"
@@ -37,7 +38,8 @@ bool parse_proj(const Config& cfg, const std::string& name, bool mlp_parent, Pro
 // Allocates the adapter's slabs and initialises it: from init_from, or as
 // PEFT does (A ~ U(-1/sqrt(in), 1/sqrt(in)), Kaiming-uniform with a = sqrt(5);
 // B = 0). Throws E_ARGUMENT for a module the architecture does not have.
-std::unique_ptr<Adapter> make_adapter(const Config& cfg, const AdapterSpec& spec);
+// The slabs live in `be`'s memory.
+std::unique_ptr<Adapter> make_adapter(const Config& cfg, const AdapterSpec& spec, Backend& be);
 
 // "base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight" and the like.
 std::string peft_tensor_name(const Config& cfg, const LoraModule& m, bool is_a);

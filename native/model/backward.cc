@@ -48,15 +48,15 @@ ForwardResult Transformer::forward_train(const ForwardRequest& req) {
   if (req.mask) a.mask.assign(req.mask, req.mask + N);
   a.positions.resize(static_cast<size_t>(N));
   positions_from_mask(a.mask.data(), B, T, a.positions.data());
-  a.layers.resize(static_cast<size_t>(cfg_.layers));
+  if (a.layers.size() != static_cast<size_t>(cfg_.layers)) a.layers.resize(static_cast<size_t>(cfg_.layers));
   has_acts_ = false;  // until the heads have run too
   body(N, a.ids.data(), a.positions.data(), a.mask.data(), B, T, nullptr, nullptr, &a);
   train_logp_ = req.want_logp;
   train_values_ = req.want_values;
   inv_temperature_ = req.temperature > 0 ? 1.f / req.temperature : 1.f;
   ForwardResult out;
-  const float* score = adapter_ && adapter_->score ? adapter_->score : w_.score;
-  run_heads(req, a.mask.data(), a.xnf.data(), score, a.targets, a.entropy, a.lse, out);
+  const float* score = adapter_ && adapter_->score ? adapter_->score : bw_->score;
+  run_heads(req, a.mask.data(), a.xnf.data(), score, a.head, out);
   has_acts_ = true;
   acts_adapter_ = adapter_;
   return out;
@@ -64,7 +64,7 @@ ForwardResult Transformer::forward_train(const ForwardRequest& req) {
 
 float* Transformer::grad_of(const float* weight) {
   if (!full_ || !weight) return nullptr;
-  return full_->slab.data() + (weight - w_.slab.get());
+  return full_->slab.data() + (weight - bw_->slab_base);
 }
 
 void Transformer::backward(const float* dlogp_in, const float* dentropy_in, const float* dvalues) {
@@ -76,16 +76,13 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
   const int64_t H = c.hidden, Q = c.q_dim(), KV = c.kv_dim(), QKV = c.qkv_dim(), F = c.intermediate, D = c.head_dim;
   const bool llama = c.arch == Arch::kLlama;
   const int64_t MLP = llama ? 2 * F : F;
-  auto zeros = [](std::vector<float>& v, int64_t n) -> float* {
-    v.assign(static_cast<size_t>(n), 0.f);
-    return v.data();
-  };
-  float* dxn = zeros(bwd_.dxn, N * H);    // gradient of a norm's output
-  float* dres = zeros(bwd_.dres, N * H);  // gradient of the residual stream
-  float* dqkv = zeros(bwd_.dqkv, N * QKV);
-  float* datt = zeros(bwd_.datt, N * Q);
-  float* dmlp = zeros(bwd_.dmlp, N * MLP);
-  float* dact = zeros(bwd_.dact, N * F);
+  const Weights& w = *bw_;
+  float* dxn = bwd_.dxn.zeros(be_, N * H);    // gradient of a norm's output
+  float* dres = bwd_.dres.zeros(be_, N * H);  // gradient of the residual stream
+  float* dqkv = bwd_.dqkv.zeros(be_, N * QKV);
+  float* datt = bwd_.datt.zeros(be_, N * Q);
+  float* dmlp = bwd_.dmlp.zeros(be_, N * MLP);
+  float* dact = bwd_.dact.zeros(be_, N * F);
 
   // Heads: per-row gradients (row b*T+t) into the final hidden state.
   if (train_logp_ && (dlogp_in || dentropy_in)) {
@@ -96,17 +93,18 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
         if (dentropy_in) de[static_cast<size_t>(b * T + t)] = dentropy_in[b * (T - 1) + t];
       }
     LmHeadLogpBackwardOp op;
-    op.n = N, op.dim = H, op.vocab = c.vocab, op.hidden = a.xnf.data(), op.weight = w_.lm_head, op.weight_bf16 = w_.lm_head16;
-    op.targets = a.targets.data();
-    op.lse = a.lse.data(), op.entropy = a.entropy.data(), op.dlogp = dl.data(), op.dentropy = dentropy_in ? de.data() : nullptr;
-    op.inv_temperature = inv_temperature_, op.dhidden = dxn, op.dweight = grad_of(w_.lm_head);
+    op.n = N, op.dim = H, op.vocab = c.vocab, op.hidden = a.xnf.data(), op.weight = w.lm_head, op.weight_bf16 = w.lm_head16;
+    op.targets = a.head.targets_d.data();
+    op.lse = a.head.lse.data(), op.entropy = a.head.entropy.data(), op.dlogp = bwd_.dlogp.upload(be_, dl);
+    op.dentropy = dentropy_in ? bwd_.dentropy.upload(be_, de) : nullptr;
+    op.inv_temperature = inv_temperature_, op.dhidden = dxn, op.dweight = grad_of(w.lm_head);
     be_.lm_head_logp_backward(op);
   }
   if (train_values_ && dvalues) {
     const bool adapter_head = adapter_ && adapter_->score;
     ValueHeadBackwardOp op;
-    op.n = N, op.dim = H, op.hidden = a.xnf.data(), op.weight = adapter_head ? adapter_->score : w_.score;
-    op.dvalue = dvalues, op.dhidden = dxn, op.dweight = adapter_head ? adapter_->dscore : grad_of(w_.score);
+    op.n = N, op.dim = H, op.hidden = a.xnf.data(), op.weight = adapter_head ? adapter_->score : w.score;
+    op.dvalue = bwd_.dvalues.upload(be_, dvalues, N), op.dhidden = dxn, op.dweight = adapter_head ? adapter_->dscore : grad_of(w.score);
     be_.value_head_backward(op);
   }
 
@@ -155,58 +153,57 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
   auto lora_bwd = [&](int64_t l, std::initializer_list<Proj> projs, const float* dout, int64_t ld_dout, const float* in, float* din) {
     if (!adapter_) return;
     const int64_t r = adapter_->r;
-    std::vector<float> du(static_cast<size_t>(N * r));
+    float* du = bwd_.du.ensure(be_, N * r);
     const bool dropout = adapter_->dropout > 0.f;
-    std::vector<float> xd, dxd;  // dropout(x), and the input gradient before the mask
     for (size_t mi = 0; mi < adapter_->modules.size(); ++mi) {
       const LoraModule& m = adapter_->modules[mi];
       if (m.layer != l || std::find(projs.begin(), projs.end(), m.proj) == projs.end()) continue;
-      const float* u = a.lora_u[mi].data();
+      const float* u = a.lora_u[mi].data();  // s x A^T
       GemmOp gb;
       gb.trans_a = true;
       gb.m = m.out, gb.n = r, gb.k = N, gb.a = dout + m.col, gb.lda = ld_dout, gb.b = u, gb.ldb = r, gb.c = m.db, gb.ldc = r;
       gb.accumulate = true;
       be_.gemm(gb);
       GemmOp gu;
-      gu.m = N, gu.n = r, gu.k = m.out, gu.a = dout + m.col, gu.lda = ld_dout, gu.b = m.b, gu.ldb = r, gu.c = du.data(), gu.ldc = r;
+      gu.m = N, gu.n = r, gu.k = m.out, gu.a = dout + m.col, gu.lda = ld_dout, gu.b = m.b, gu.ldb = r, gu.c = du, gu.ldc = r;
       be_.gemm(gu);
       ScaleOp sc;
-      sc.n = N * r, sc.x = du.data(), sc.factor = adapter_->scale;
+      sc.n = N * r, sc.x = du, sc.factor = adapter_->scale;
       be_.scale(sc);
       const float* x_in = in;
-      if (dropout) {
-        xd.resize(static_cast<size_t>(N * m.in));
-        lora_dropout_apply(in, xd.data(), N, m.in, adapter_->dropout, a.dropout_key, mi);
-        x_in = xd.data();
+      if (dropout) {  // dropout(x), as the forward saw it
+        float* xd = bwd_.xd.ensure(be_, N * m.in);
+        this->dropout(in, xd, N, m.in, a.dropout_key, mi);
+        x_in = xd;
       }
       GemmOp ga;
       ga.trans_a = true;
-      ga.m = r, ga.n = m.in, ga.k = N, ga.a = du.data(), ga.lda = r, ga.b = x_in, ga.ldb = m.in, ga.c = m.da, ga.ldc = m.in;
+      ga.m = r, ga.n = m.in, ga.k = N, ga.a = du, ga.lda = r, ga.b = x_in, ga.ldb = m.in, ga.c = m.da, ga.ldc = m.in;
       ga.accumulate = true;
       be_.gemm(ga);
       GemmOp gx;
-      gx.m = N, gx.n = m.in, gx.k = r, gx.a = du.data(), gx.lda = r, gx.b = m.a, gx.ldb = m.in;
+      gx.m = N, gx.n = m.in, gx.k = r, gx.a = du, gx.lda = r, gx.b = m.a, gx.ldb = m.in;
       if (!dropout) {
         gx.c = din, gx.ldc = m.in, gx.accumulate = true;
         be_.gemm(gx);
       } else {  // the mask (and 1/(1-p)) applies to the input gradient too
-        dxd.resize(static_cast<size_t>(N * m.in));
-        gx.c = dxd.data(), gx.ldc = m.in;
+        float* dxd = bwd_.dxd.ensure(be_, N * m.in);
+        gx.c = dxd, gx.ldc = m.in;
         be_.gemm(gx);
-        lora_dropout_apply(dxd.data(), dxd.data(), N, m.in, adapter_->dropout, a.dropout_key, mi);
+        this->dropout(dxd, dxd, N, m.in, a.dropout_key, mi);
         AddOp add;
-        add.n = N, add.dim = m.in, add.x = dxd.data(), add.y = din;
+        add.n = N, add.dim = m.in, add.x = dxd, add.y = din;
         be_.add(add);
       }
     }
   };
 
   // Final norm: its input is the residual after the last layer.
-  norm_bwd(a.xf.data(), w_.final_norm_w, a.statfa.data(), a.statfb.empty() ? nullptr : a.statfb.data());
-  norm_bias_grad(w_.final_norm_b);
+  norm_bwd(a.xf.data(), w.final_norm_w, a.statfa.data(), a.statfb.empty() ? nullptr : a.statfb.data());
+  norm_bias_grad(w.final_norm_b);
 
   for (int64_t l = c.layers - 1; l >= 0; --l) {
-    const LayerWeights& L = w_.layers[static_cast<size_t>(l)];
+    const LayerWeights& L = w.layers[static_cast<size_t>(l)];
     LayerActs& A = a.layers[static_cast<size_t>(l)];
     // MLP: tmp = act W_out^T (+ LoRA) was added to the residual, so d tmp = dres.
     linear_bwd(dres, H, A.act.data(), F, L.w_out, L.w_out16, L.b_out, H, dact, false);
@@ -232,13 +229,13 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
     ab.batch = B, ab.seq = T, ab.heads = c.heads, ab.kv_heads = c.kv_heads, ab.head_dim = D;
     ab.scale = 1.f / std::sqrt(static_cast<float>(D));
     ab.q = A.qkv.data(), ab.k = A.qkv.data() + Q, ab.v = A.qkv.data() + Q + KV, ab.ldq = ab.ldk = ab.ldv = QKV;
-    ab.mask = a.mask.data(), ab.out = A.att.data(), ab.dout = datt, ab.ldo = Q, ab.lse = A.lse.data();
+    ab.mask = a.mask_d.data(), ab.out = A.att.data(), ab.dout = datt, ab.ldo = Q, ab.lse = A.lse.data();
     ab.dq = dqkv, ab.dk = dqkv + Q, ab.dv = dqkv + Q + KV;
     be_.attention_backward(ab);
     if (llama) {  // undo the rotation of q and k
       RopeOp r;
       r.n = N, r.heads = c.heads + c.kv_heads, r.head_dim = D, r.x = dqkv, r.ld = QKV;
-      r.positions = a.positions.data(), r.cos = rope_cos_.data(), r.sin = rope_sin_.data(), r.inverse = true;
+      r.positions = a.positions_d.data(), r.cos = rope_cos_.data(), r.sin = rope_sin_.data(), r.inverse = true;
       be_.rope(r);
     }
     linear_bwd(dqkv, QKV, A.xn1.data(), H, L.wqkv, L.wqkv16, L.bqkv, QKV, dxn, false);
@@ -248,8 +245,8 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
   }
   if (full_) {
     EmbeddingBackwardOp e;
-    e.n = N, e.dim = H, e.rows = c.vocab, e.ids = a.ids.data(), e.dout = dres, e.dtable = grad_of(w_.embed);
-    e.positions = llama ? nullptr : a.positions.data(), e.dpos_table = llama ? nullptr : grad_of(w_.pos_embed);
+    e.n = N, e.dim = H, e.rows = c.vocab, e.ids = a.ids_d.data(), e.dout = dres, e.dtable = grad_of(w.embed);
+    e.positions = llama ? nullptr : a.positions_d.data(), e.dpos_table = llama ? nullptr : grad_of(w.pos_embed);
     be_.embedding_backward(e);
   }
 }

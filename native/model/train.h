@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "../ops/buffer.h"
+
 namespace rlhf::model {
 
 // The linear modules LoRA can adapt, by their PEFT names.
@@ -15,27 +17,36 @@ enum class Proj { kQ, kK, kV, kO, kGate, kUp, kDown, kCAttn, kAttnCProj, kCFc, k
 const char* proj_peft_name(Proj p);  // "q_proj", ..., "c_attn", "c_proj", "c_fc", "c_proj"
 
 // LoRA dropout: out = in * keep / (1 - p) with keep drawn per element from
-// (key, module); applied to a gradient it applies the same mask.
+// (key, module); applied to a gradient it applies the same mask. Host arrays.
 void lora_dropout_apply(const float* in, float* out, int64_t rows, int64_t cols, float p, uint64_t key, size_t module);
 
-// Activations of one layer, saved by the training forward.
+// Activations of one layer, saved by the training forward (backend memory).
 struct LayerActs {
-  std::vector<float> x1, xn1, stat1a, stat1b;  // residual entering norm1, its output, rstd (and mean for LayerNorm)
-  std::vector<float> qkv, att, lse;            // post-RoPE q|k|v, attention output, log-sum-exp [B, heads, T]
-  std::vector<float> x2, xn2, stat2a, stat2b;  // the same around norm2
-  std::vector<float> mlp, act;                 // MLP pre-activation (gate|up or fc) and activation
+  Buffer<float> x1, xn1, stat1a, stat1b;  // residual entering norm1, its output, rstd (and mean for LayerNorm)
+  Buffer<float> qkv, att, lse;            // post-RoPE q|k|v, attention output, log-sum-exp [B, heads, T]
+  Buffer<float> x2, xn2, stat2a, stat2b;  // the same around norm2
+  Buffer<float> mlp, act;                 // MLP pre-activation (gate|up or fc) and activation
+};
+
+// What the LM head reads and leaves per row of a [batch, seq] request; the
+// training forward keeps it for the backward pass.
+struct HeadActs {
+  std::vector<int32_t> targets;  // host: the next token of each row, -1 = none
+  Buffer<int32_t> targets_d;     // [rows] the same in backend memory
+  Buffer<float> logp, entropy, lse, values;  // [rows]
 };
 
 struct Acts {
   int64_t rows = 0, batch = 0, seq = 0;
-  std::vector<int32_t> ids, positions;
+  std::vector<int32_t> ids, positions;  // host copies of the request
   std::vector<uint8_t> mask;
+  Buffer<int32_t> ids_d, positions_d;   // [rows] backend copies the ops read
+  Buffer<uint8_t> mask_d;
   std::vector<LayerActs> layers;
-  std::vector<float> xf, xnf, statfa, statfb;  // final norm input/output and its statistics
-  std::vector<int32_t> targets;                // LM-head targets per row (-1 = none)
-  std::vector<float> lse, entropy;             // LM head, per row
+  Buffer<float> xf, xnf, statfa, statfb;  // final norm input/output and its statistics
+  HeadActs head;
   // One [rows, r] buffer per LoRA module: scale * (input A^T), kept for the backward.
-  std::vector<std::vector<float>> lora_u;
+  std::vector<Buffer<float>> lora_u;
   uint64_t dropout_key = 0;  // LoRA dropout masks of this forward
 };
 
@@ -69,15 +80,14 @@ struct Adapter {
   float dropout = 0.f;
   uint64_t dropout_seed = 0;
   uint64_t forward_count = 0;
-  std::vector<float> params, grads, m, v;
+  Buffer<float> params, grads, m, v;  // backend memory, one layout
   int64_t step = 0;
 };
 
-// Gradients of every base weight (full fine-tuning), in the engine's layout.
+// Gradients of every base weight (full fine-tuning), in the layout of the
+// backend's weight slab (Transformer::weight_slab()), and the AdamW moments.
 struct FullGrads {
-  std::vector<float> slab;  // same layout and size as Weights::slab
-  float* of(const float* weight, const float* weight_slab_base) { return slab.data() + (weight - weight_slab_base); }
-  std::vector<float> m, v;  // AdamW moments, same layout
+  Buffer<float> slab, m, v;
   int64_t step = 0;
 };
 

@@ -24,9 +24,9 @@ std::vector<TrainableTensor> trainable_tensors(Transformer& t, Adapter* adapter,
     return out;
   }
   if (full) {
-    Weights& w = t.mutable_weights();
+    Weights& w = t.backend_weights();
     for (const NamedView& v : w.views) {
-      const int64_t off = v.ptr - w.slab.get();
+      const int64_t off = v.ptr - w.slab_base;
       out.push_back({v.name, v.ptr, full->slab.data() + off, full->m.data() + off, full->v.data() + off, v.rows, v.cols, v.transposed});
     }
   }
@@ -36,12 +36,17 @@ std::vector<TrainableTensor> trainable_tensors(Transformer& t, Adapter* adapter,
 StepResult optimizer_step(Backend& be, std::vector<TrainableTensor>& tensors, int64_t* step, const OptimConfig& cfg) {
   if (cfg.optimizer != "adamw" && cfg.optimizer != "sgd") throw Error(code::kArgument, "optimizer must be 'adamw' or 'sgd'");
   StepResult r;
-  double sumsq = 0;
+  // The sum of squares accumulates in backend memory; one read back decides
+  // whether to step and by how much to clip.
+  Buffer<double> sumsq_d;
+  sumsq_d.zeros(be, 1);
   for (auto& t : tensors) {
     GradNormOp g;
-    g.n = t.rows * t.cols, g.grad = t.grad, g.out = &sumsq;
+    g.n = t.rows * t.cols, g.grad = t.grad, g.out = sumsq_d.data();
     be.grad_norm(g);
   }
+  double sumsq = 0;
+  download_n(be, &sumsq, sumsq_d.data(), 1);
   r.grad_norm = std::sqrt(sumsq);
   if (!std::isfinite(r.grad_norm)) {
     r.skipped = true;
@@ -70,8 +75,8 @@ StepResult optimizer_step(Backend& be, std::vector<TrainableTensor>& tensors, in
 }
 
 void zero_grads(Adapter* adapter, FullGrads* full) {
-  if (adapter) std::fill(adapter->grads.begin(), adapter->grads.end(), 0.f);
-  if (full) std::fill(full->slab.begin(), full->slab.end(), 0.f);
+  if (adapter) adapter->grads.zeros(*adapter->grads.backend(), adapter->grads.size());
+  if (full) full->slab.zeros(*full->slab.backend(), full->slab.size());
 }
 
 }  // namespace rlhf::model

@@ -19,23 +19,40 @@ void positions_from_mask(const uint8_t* mask, int64_t batch, int64_t seq, int32_
   }
 }
 
-void Transformer::Buffers::ensure(const Config& c, int64_t rows) {
-  auto grow = [](std::vector<float>& v, int64_t n) {
-    if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-  };
+void Transformer::Buffers::ensure(Backend& be, const Config& c, int64_t rows) {
   const int64_t mlp_cols = c.arch == Arch::kLlama ? 2 * c.intermediate : c.intermediate;
-  grow(x, rows * c.hidden);
-  grow(xn, rows * c.hidden);
-  grow(qkv, rows * c.qkv_dim());
-  grow(att, rows * c.q_dim());
-  grow(mlp, rows * mlp_cols);
-  grow(act, rows * c.intermediate);
-  grow(tmp, rows * c.hidden);
+  x.ensure(be, rows * c.hidden);
+  xn.ensure(be, rows * c.hidden);
+  qkv.ensure(be, rows * c.qkv_dim());
+  att.ensure(be, rows * c.q_dim());
+  mlp.ensure(be, rows * mlp_cols);
+  act.ensure(be, rows * c.intermediate);
+  tmp.ensure(be, rows * c.hidden);
 }
 
 Transformer::Transformer(Config cfg, Weights w, Backend& be) : cfg_(std::move(cfg)), w_(std::move(w)), be_(be) {
   cfg_.validate();
   if (cfg_.weights_bf16) convert_to_bf16(w_, cfg_);
+  bw_ = &w_;
+  if (!be_.host_memory()) {  // one copy of the slabs in the backend's memory, same layout
+    float* slab = device_slab_.upload(be_, w_.slab_base, w_.slab_floats);
+    uint16_t* slab16 = w_.slab16_base ? device_slab16_.upload(be_, w_.slab16_base, w_.slab16_elems) : nullptr;
+    device_w_ = backend_copy(w_, slab, slab16);
+    bw_ = &device_w_;
+  }
+}
+
+void Transformer::weights_to_host() {
+  if (bw_ == &w_) return;
+  download_n(be_, w_.slab_base, device_slab_.data(), w_.slab_floats);
+}
+
+void Transformer::dropout(const float* in, float* out, int64_t rows, int64_t cols, uint64_t key, size_t module) {
+  if (be_.host_memory()) return lora_dropout_apply(in, out, rows, cols, adapter_->dropout, key, module);
+  std::vector<float> h(static_cast<size_t>(rows * cols));  // no dropout op yet: through the host
+  download_n(be_, h.data(), in, rows * cols);
+  lora_dropout_apply(h.data(), h.data(), rows, cols, adapter_->dropout, key, module);
+  upload_n(be_, out, h.data(), rows * cols);
 }
 
 void Transformer::ensure_rope(int64_t max_pos) {
@@ -43,16 +60,17 @@ void Transformer::ensure_rope(int64_t max_pos) {
   const int64_t half = cfg_.head_dim / 2;
   const int64_t rows = std::max<int64_t>(max_pos, std::min<int64_t>(cfg_.max_positions, 2 * rope_rows_));
   const std::vector<float> inv = cfg_.inv_freq();
-  rope_cos_.resize(static_cast<size_t>(rows * half));
-  rope_sin_.resize(static_cast<size_t>(rows * half));
+  std::vector<float> cos_t(static_cast<size_t>(rows * half)), sin_t(static_cast<size_t>(rows * half));
   // Angles as Hugging Face forms them: float32 inv_freq times the position,
   // in float32, then cos/sin of that float.
   for (int64_t p = 0; p < rows; ++p)
     for (int64_t j = 0; j < half; ++j) {
       const float a = static_cast<float>(p) * inv[static_cast<size_t>(j)];
-      rope_cos_[static_cast<size_t>(p * half + j)] = std::cos(a);
-      rope_sin_[static_cast<size_t>(p * half + j)] = std::sin(a);
+      cos_t[static_cast<size_t>(p * half + j)] = std::cos(a);
+      sin_t[static_cast<size_t>(p * half + j)] = std::sin(a);
     }
+  rope_cos_.upload(be_, cos_t);
+  rope_sin_.upload(be_, sin_t);
   rope_rows_ = rows;
 }
 
@@ -63,14 +81,22 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
   const bool llama = c.arch == Arch::kLlama;
   const int64_t MLP = llama ? 2 * F : F;
   const bool decoding = cache && seq == 1 && cache->length.size() == static_cast<size_t>(batch) && slots;
-  buf_.ensure(c, rows);
+  const Weights& w = *bw_;
+  buf_.ensure(be_, c, rows);
   float* x = buf_.x.data();
   float* tmp = buf_.tmp.data();
   const std::vector<LoraModule>* lora = adapter_ ? &adapter_->modules : nullptr;
-  if (acts && lora) acts->lora_u.assign(lora->size(), {});
+  if (acts && lora && acts->lora_u.size() != lora->size()) {
+    acts->lora_u.clear();
+    acts->lora_u.resize(lora->size());
+  }
   const bool dropout = acts && adapter_ && adapter_->dropout > 0.f;
   if (dropout) acts->dropout_key = math::mix64(adapter_->dropout_seed ^ math::mix64(++adapter_->forward_count));
-  std::vector<float> dropped;
+  // The request's ids, positions and mask in backend memory (kept with the
+  // activations when training: the backward pass reads them).
+  const int32_t* ids_d = (acts ? acts->ids_d : buf_.ids).upload(be_, ids, rows);
+  const int32_t* pos_d = (acts ? acts->positions_d : buf_.positions).upload(be_, positions, rows);
+  const uint8_t* mask_d = mask ? (acts ? acts->mask_d : buf_.mask).upload(be_, mask, batch * seq) : nullptr;
 
   int32_t max_pos = 0;
   for (int64_t i = 0; i < rows; ++i) max_pos = std::max(max_pos, positions[i]);
@@ -83,20 +109,17 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
   emb.n = rows;
   emb.dim = H;
   emb.rows = c.vocab;
-  emb.ids = ids;
-  emb.table = w_.embed;
-  emb.table_bf16 = w_.embed16;
-  emb.positions = llama ? nullptr : positions;
-  emb.pos_table = llama ? nullptr : w_.pos_embed;
+  emb.ids = ids_d;
+  emb.table = w.embed;
+  emb.table_bf16 = w.embed16;
+  emb.positions = llama ? nullptr : pos_d;
+  emb.pos_table = llama ? nullptr : w.pos_embed;
   emb.out = x;
   be_.embedding(emb);
 
   // Where this layer's activations go: shared scratch for inference, the
   // layer's own buffers when training (the backward pass needs them all).
-  auto grow = [](std::vector<float>& v, int64_t n) -> float* {
-    if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-    return v.data();
-  };
+  auto grow = [&](Buffer<float>& v, int64_t n) -> float* { return v.ensure(be_, n); };
   auto norm = [&](const float* delta, const float* wgt, const float* bias, float* out, float* stat_a, float* stat_b) {
     if (llama) {
       RmsNormOp op;
@@ -125,13 +148,12 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
       const LoraModule& m = (*lora)[mi];
       if (m.layer != l || std::find(projs.begin(), projs.end(), m.proj) == projs.end()) continue;
       const int64_t r = adapter_->r;
-      std::vector<float> local;
-      float* u = acts ? grow(acts->lora_u[mi], rows * r) : (local.resize(static_cast<size_t>(rows * r)), local.data());
+      float* u = grow(acts ? acts->lora_u[mi] : buf_.lora_u, rows * r);
       const float* x_in = in;
       if (dropout) {  // u = dropout(x) A^T
-        dropped.resize(static_cast<size_t>(rows * m.in));
-        lora_dropout_apply(in, dropped.data(), rows, m.in, adapter_->dropout, acts->dropout_key, mi);
-        x_in = dropped.data();
+        float* dropped = grow(buf_.dropped, rows * m.in);
+        this->dropout(in, dropped, rows, m.in, acts->dropout_key, mi);
+        x_in = dropped;
       }
       GemmOp g;  // u = x A^T
       g.trans_b = true;
@@ -148,7 +170,7 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
   };
 
   for (int64_t l = 0; l < c.layers; ++l) {
-    const LayerWeights& L = w_.layers[static_cast<size_t>(l)];
+    const LayerWeights& L = w.layers[static_cast<size_t>(l)];
     LayerActs* A = acts ? &acts->layers[static_cast<size_t>(l)] : nullptr;
     float* xn1 = A ? grow(A->xn1, rows * H) : buf_.xn.data();
     float* qkv = A ? grow(A->qkv, rows * QKV) : buf_.qkv.data();
@@ -162,47 +184,36 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
     float* s2b = A && !llama ? grow(A->stat2b, rows) : nullptr;
 
     norm(l == 0 ? nullptr : tmp, L.norm1_w, L.norm1_b, xn1, s1a, s1b);  // x += mlp_out(l-1); xn1 = norm(x)
-    if (A) std::memcpy(grow(A->x1, rows * H), x, sizeof(float) * rows * H);
+    if (A) be_.copy(grow(A->x1, rows * H), x, sizeof(float) * rows * H);
     linear(xn1, H, L.wqkv, L.wqkv16, L.bqkv, QKV, qkv);                    // qkv: [rows, Q + 2 KV]
     lora_add(l, {Proj::kQ, Proj::kK, Proj::kV, Proj::kCAttn}, xn1, qkv, QKV);
     if (llama) {
       RopeOp r;
       r.n = rows, r.heads = c.heads + c.kv_heads, r.head_dim = D, r.x = qkv, r.ld = QKV;
-      r.positions = positions, r.cos = rope_cos_.data(), r.sin = rope_sin_.data();
+      r.positions = pos_d, r.cos = rope_cos_.data(), r.sin = rope_sin_.data();
       be_.rope(r);
     }
-    if (cache) {  // store this layer's k, v rows at their cache slots
-      float* kc = cache->k[static_cast<size_t>(l)].data();
-      float* vc = cache->v[static_cast<size_t>(l)].data();
-      for (int64_t i = 0; i < rows; ++i) {
-        const int64_t b = i / seq, slot = slots[i];
-        for (int64_t h = 0; h < c.kv_heads; ++h) {
-          const int64_t off = ((b * c.kv_heads + h) * cache->capacity + slot) * D;
-          std::memcpy(kc + off, qkv + i * QKV + Q + h * D, sizeof(float) * D);
-          std::memcpy(vc + off, qkv + i * QKV + Q + KV + h * D, sizeof(float) * D);
-        }
-      }
-    }
+    if (cache) store_kv(*cache, l, qkv, rows, seq, slots);
     if (decoding) {
       KvAttentionOp a;
       a.batch = batch, a.heads = c.heads, a.kv_heads = c.kv_heads, a.head_dim = D, a.capacity = cache->capacity;
       a.scale = 1.f / std::sqrt(static_cast<float>(D));
       a.q = qkv, a.ldq = QKV, a.k_cache = cache->k[static_cast<size_t>(l)].data(), a.v_cache = cache->v[static_cast<size_t>(l)].data();
-      a.length = cache->length.data(), a.cache_mask = cache->mask.data(), a.out = att, a.ldo = Q;
+      a.length = cache->length_d.data(), a.cache_mask = cache->mask_d.data(), a.out = att, a.ldo = Q;
       be_.kv_attention(a);
     } else {
       AttentionOp a;
       a.batch = batch, a.seq = seq, a.heads = c.heads, a.kv_heads = c.kv_heads, a.head_dim = D;
       a.scale = 1.f / std::sqrt(static_cast<float>(D));
       a.q = qkv, a.k = qkv + Q, a.v = qkv + Q + KV, a.ldq = a.ldk = a.ldv = QKV;
-      a.mask = mask, a.out = att, a.ldo = Q;
+      a.mask = mask_d, a.out = att, a.ldo = Q;
       a.lse = A ? grow(A->lse, batch * c.heads * seq) : nullptr;
       be_.attention(a);
     }
     linear(att, Q, L.wo, L.wo16, L.bo, H, tmp);                               // attention output
     lora_add(l, {Proj::kO, Proj::kAttnCProj}, att, tmp, H);
     norm(tmp, L.norm2_w, L.norm2_b, xn2, s2a, s2b);                           // x += attn; xn2 = norm(x)
-    if (A) std::memcpy(grow(A->x2, rows * H), x, sizeof(float) * rows * H);
+    if (A) be_.copy(grow(A->x2, rows * H), x, sizeof(float) * rows * H);
     linear(xn2, H, L.w_in, L.w_in16, L.b_in, MLP, mlp);                      // [gate | up] or c_fc
     lora_add(l, {Proj::kGate, Proj::kUp, Proj::kCFc}, xn2, mlp, MLP);
     if (llama) {
@@ -218,10 +229,35 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
     lora_add(l, {Proj::kDown, Proj::kMlpCProj}, act, tmp, H);
   }
   float* xnf = acts ? grow(acts->xnf, rows * H) : buf_.xn.data();
-  norm(tmp, w_.final_norm_w, w_.final_norm_b, xnf, acts ? grow(acts->statfa, rows) : nullptr,
+  norm(tmp, w.final_norm_w, w.final_norm_b, xnf, acts ? grow(acts->statfa, rows) : nullptr,
        acts && !llama ? grow(acts->statfb, rows) : nullptr);                  // final hidden
-  if (acts) {
-    std::memcpy(grow(acts->xf, rows * H), x, sizeof(float) * rows * H);
+  if (acts) be_.copy(grow(acts->xf, rows * H), x, sizeof(float) * rows * H);
+}
+
+void Transformer::store_kv(KvCache& cache, int64_t l, const float* qkv, int64_t rows, int64_t seq, const int32_t* slots) {
+  const Config& c = cfg_;
+  const int64_t D = c.head_dim, Q = c.q_dim(), KV = c.kv_dim(), QKV = c.qkv_dim(), cap = cache.capacity;
+  const size_t f = sizeof(float);
+  float* kc = cache.k[static_cast<size_t>(l)].data();
+  float* vc = cache.v[static_cast<size_t>(l)].data();
+  // k of head h of row i goes to kc[((b * kv_heads + h) * capacity + slot) * D]. Where a
+  // sequence's slots are consecutive (prefill), one strided copy per (sequence, head);
+  // otherwise one per row over its heads.
+  bool runs = true;
+  for (int64_t i = 0; i < rows && runs; ++i) runs = slots[i] == slots[(i / seq) * seq] + i % seq;
+  for (const int which : {0, 1}) {
+    float* cache_base = which == 0 ? kc : vc;
+    const float* src_base = qkv + Q + which * KV;
+    if (runs) {
+      for (int64_t b = 0; b < rows / seq; ++b)
+        for (int64_t h = 0; h < c.kv_heads; ++h)
+          be_.copy2d(cache_base + ((b * c.kv_heads + h) * cap + slots[b * seq]) * D, D * f, src_base + b * seq * QKV + h * D, QKV * f,
+                     D * f, static_cast<size_t>(seq));
+    } else {
+      for (int64_t i = 0; i < rows; ++i)
+        be_.copy2d(cache_base + ((i / seq) * c.kv_heads * cap + slots[i]) * D, cap * D * f, src_base + i * QKV, D * f, D * f,
+                   static_cast<size_t>(c.kv_heads));
+    }
   }
 }
 
@@ -232,26 +268,26 @@ void Transformer::check_ids(const int32_t* ids, int64_t n, int64_t seq) const {
                                        std::to_string(i % seq) + " is outside the vocabulary (size " + std::to_string(cfg_.vocab) + ")");
 }
 
-void Transformer::run_heads(const ForwardRequest& req, const uint8_t* mask, const float* hidden, const float* score,
-                            std::vector<int32_t>& targets, std::vector<float>& entropy, std::vector<float>& lse, ForwardResult& out) {
+void Transformer::run_heads(const ForwardRequest& req, const uint8_t* mask, const float* hidden, const float* score, HeadActs& head,
+                            ForwardResult& out) {
+  const Weights& w = *bw_;
   const int64_t B = req.batch, T = req.seq, N = B * T;
-  const bool has_lm = w_.lm_head || w_.lm_head16;
-  targets.assign(static_cast<size_t>(N), -1);
+  const bool has_lm = w.lm_head || w.lm_head16;
+  head.targets.assign(static_cast<size_t>(N), -1);
   if (req.want_logp) {
     if (!has_lm) throw Error(code::kArgument, "this model has no LM head (it is a sequence classifier)");
     // Row (b, t) predicts ids[b, t+1]; padded queries/targets and each
     // sequence's last row get -1 (no target).
     for (int64_t b = 0; b < B; ++b)
       for (int64_t t = 0; t + 1 < T; ++t)
-        if (!mask || (mask[b * T + t] && mask[b * T + t + 1])) targets[static_cast<size_t>(b * T + t)] = req.ids[b * T + t + 1];
-    std::vector<float> logp(static_cast<size_t>(N));
-    entropy.resize(static_cast<size_t>(N));
-    lse.resize(static_cast<size_t>(N));
+        if (!mask || (mask[b * T + t] && mask[b * T + t + 1])) head.targets[static_cast<size_t>(b * T + t)] = req.ids[b * T + t + 1];
     LmHeadLogpOp op;
-    op.n = N, op.dim = cfg_.hidden, op.vocab = cfg_.vocab, op.hidden = hidden, op.weight = w_.lm_head, op.weight_bf16 = w_.lm_head16;
-    op.targets = targets.data(), op.logp = logp.data(), op.entropy = entropy.data(), op.lse = lse.data();
+    op.n = N, op.dim = cfg_.hidden, op.vocab = cfg_.vocab, op.hidden = hidden, op.weight = w.lm_head, op.weight_bf16 = w.lm_head16;
+    op.targets = head.targets_d.upload(be_, head.targets);
+    op.logp = head.logp.ensure(be_, N), op.entropy = head.entropy.ensure(be_, N), op.lse = head.lse.ensure(be_, N);
     op.inv_temperature = req.temperature > 0 ? 1.f / req.temperature : 1.f;
     be_.lm_head_logp(op);
+    const std::vector<float> logp = head.logp.to_host(N), entropy = head.entropy.to_host(N);
     out.logp.resize(static_cast<size_t>(B * (T - 1)));
     out.entropy.resize(out.logp.size());
     for (int64_t b = 0; b < B; ++b)
@@ -262,19 +298,20 @@ void Transformer::run_heads(const ForwardRequest& req, const uint8_t* mask, cons
   }
   if (req.want_last_logits) {
     if (!has_lm) throw Error(code::kArgument, "this model has no LM head");
-    out.last_logits.resize(static_cast<size_t>(B * cfg_.vocab));
+    float* logits = buf_.logits.ensure(be_, B * cfg_.vocab);
     for (int64_t b = 0; b < B; ++b) {
       int64_t last = T - 1;
       while (last > 0 && mask && !mask[b * T + last]) --last;
-      logits_rows(hidden + (b * T + last) * cfg_.hidden, 1, cfg_.hidden, out.last_logits.data() + b * cfg_.vocab);
+      logits_rows(hidden + (b * T + last) * cfg_.hidden, 1, cfg_.hidden, logits + b * cfg_.vocab);
     }
+    out.last_logits = buf_.logits.to_host(B * cfg_.vocab);
   }
   if (req.want_values) {
     if (!score) throw Error(code::kArgument, "this model has no score head");
-    out.values.resize(static_cast<size_t>(N));
     ValueHeadOp op;
-    op.n = N, op.dim = cfg_.hidden, op.hidden = hidden, op.weight = score, op.value = out.values.data();
+    op.n = N, op.dim = cfg_.hidden, op.hidden = hidden, op.weight = score, op.value = head.values.ensure(be_, N);
     be_.value_head(op);
+    out.values = head.values.to_host(N);
   }
 }
 
@@ -286,10 +323,8 @@ ForwardResult Transformer::forward(const ForwardRequest& req) {
   positions_from_mask(req.mask, B, T, pos.data());
   body(N, req.ids, pos.data(), req.mask, B, T, nullptr, nullptr);
   ForwardResult out;
-  std::vector<int32_t> targets;
-  std::vector<float> entropy, lse;
-  const float* score = adapter_ && adapter_->score ? adapter_->score : w_.score;
-  run_heads(req, req.mask, buf_.xn.data(), score, targets, entropy, lse, out);
+  const float* score = adapter_ && adapter_->score ? adapter_->score : bw_->score;
+  run_heads(req, req.mask, buf_.xn.data(), score, head_, out);
   return out;
 }
 
@@ -297,20 +332,23 @@ void Transformer::logits_rows(const float* hidden, int64_t rows, int64_t ld_rows
   GemmOp g;
   g.trans_b = true;
   g.m = rows, g.n = cfg_.vocab, g.k = cfg_.hidden;
-  g.a = hidden, g.lda = ld_rows, g.b = w_.lm_head, g.b_bf16 = w_.lm_head16, g.ldb = cfg_.hidden, g.c = out, g.ldc = cfg_.vocab;
+  g.a = hidden, g.lda = ld_rows, g.b = bw_->lm_head, g.b_bf16 = bw_->lm_head16, g.ldb = cfg_.hidden, g.c = out, g.ldc = cfg_.vocab;
   be_.gemm(g);
 }
 
-std::vector<float> Transformer::prefill(const int32_t* ids, const uint8_t* mask, int64_t B, int64_t T, int64_t capacity,
-                                        KvCache& cache) {
-  if (!w_.lm_head && !w_.lm_head16) throw Error(code::kArgument, "this model has no LM head and cannot generate");
+const float* Transformer::prefill(const int32_t* ids, const uint8_t* mask, int64_t B, int64_t T, int64_t capacity, KvCache& cache) {
+  if (!bw_->lm_head && !bw_->lm_head16) throw Error(code::kArgument, "this model has no LM head and cannot generate");
   const int64_t N = B * T;
   check_ids(ids, N, T);
   cache.batch = B;
   cache.capacity = capacity;
-  const size_t per_layer = static_cast<size_t>(B * cfg_.kv_heads * capacity * cfg_.head_dim);
-  cache.k.assign(static_cast<size_t>(cfg_.layers), std::vector<float>(per_layer));
-  cache.v.assign(static_cast<size_t>(cfg_.layers), std::vector<float>(per_layer));
+  const int64_t per_layer = B * cfg_.kv_heads * capacity * cfg_.head_dim;
+  cache.k.resize(static_cast<size_t>(cfg_.layers));
+  cache.v.resize(static_cast<size_t>(cfg_.layers));
+  for (int64_t l = 0; l < cfg_.layers; ++l) {
+    cache.k[static_cast<size_t>(l)].zeros(be_, per_layer);
+    cache.v[static_cast<size_t>(l)].zeros(be_, per_layer);
+  }
   cache.mask.assign(static_cast<size_t>(B * capacity), 0);
   cache.length.assign(static_cast<size_t>(B), static_cast<int32_t>(T));
   cache.next_pos.assign(static_cast<size_t>(B), 0);
@@ -326,26 +364,32 @@ std::vector<float> Transformer::prefill(const int32_t* ids, const uint8_t* mask,
     }
     cache.next_pos[static_cast<size_t>(b)] = real;
   }
+  cache.mask_d.upload(be_, cache.mask);
+  cache.length_d.upload(be_, cache.length);
   body(N, ids, pos.data(), mask, B, T, &cache, slots.data());
-  std::vector<float> logits(static_cast<size_t>(B * cfg_.vocab));
+  float* logits = buf_.logits.ensure(be_, B * cfg_.vocab);
   // Last position of each (left-padded) row.
-  for (int64_t b = 0; b < B; ++b) logits_rows(buf_.xn.data() + (b * T + T - 1) * cfg_.hidden, 1, cfg_.hidden, logits.data() + b * cfg_.vocab);
+  for (int64_t b = 0; b < B; ++b) logits_rows(buf_.xn.data() + (b * T + T - 1) * cfg_.hidden, 1, cfg_.hidden, logits + b * cfg_.vocab);
   return logits;
 }
 
-std::vector<float> Transformer::decode(const int32_t* tokens, KvCache& cache) {
+const float* Transformer::decode(const int32_t* tokens, KvCache& cache) {
   const int64_t B = cache.batch;
   std::vector<int32_t> pos(static_cast<size_t>(B)), slots(static_cast<size_t>(B));
   for (int64_t b = 0; b < B; ++b) {
     if (tokens[b] < 0 || tokens[b] >= cfg_.vocab) throw Error(code::kArgument, "decode: token id outside the vocabulary");
     if (cache.length[static_cast<size_t>(b)] >= cache.capacity) throw Error(code::kArgument, "decode: KV cache is full");
+  }
+  for (int64_t b = 0; b < B; ++b) {
     pos[static_cast<size_t>(b)] = cache.next_pos[static_cast<size_t>(b)]++;
     slots[static_cast<size_t>(b)] = cache.length[static_cast<size_t>(b)]++;
     cache.mask[static_cast<size_t>(b * cache.capacity + slots[static_cast<size_t>(b)])] = 1;
   }
+  cache.mask_d.upload(be_, cache.mask);
+  cache.length_d.upload(be_, cache.length);
   body(B, tokens, pos.data(), nullptr, B, 1, &cache, slots.data());
-  std::vector<float> logits(static_cast<size_t>(B * cfg_.vocab));
-  logits_rows(buf_.xn.data(), B, cfg_.hidden, logits.data());
+  float* logits = buf_.logits.ensure(be_, B * cfg_.vocab);
+  logits_rows(buf_.xn.data(), B, cfg_.hidden, logits);
   return logits;
 }
 

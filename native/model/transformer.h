@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "../ops/backend.h"
+#include "../ops/buffer.h"
 #include "config.h"
 #include "train.h"
 #include "weights.h"
@@ -31,13 +32,17 @@ struct ForwardResult {
   std::vector<float> last_logits;  // [batch, vocab]
 };
 
-// KV cache for generation: per layer [batch, kv_heads, capacity, head_dim].
+// KV cache for generation: per layer [batch, kv_heads, capacity, head_dim]
+// in backend memory; the bookkeeping lives on the host and is mirrored for
+// the decode op.
 struct KvCache {
   int64_t batch = 0, capacity = 0;
-  std::vector<std::vector<float>> k, v;  // [layers]
-  std::vector<uint8_t> mask;             // [batch, capacity] 1 = real token
-  std::vector<int32_t> length;           // [batch] slots used
-  std::vector<int32_t> next_pos;         // [batch] position id of the next token
+  std::vector<Buffer<float>> k, v;  // [layers]
+  std::vector<uint8_t> mask;        // [batch, capacity] 1 = real token
+  std::vector<int32_t> length;      // [batch] slots used
+  std::vector<int32_t> next_pos;    // [batch] position id of the next token
+  Buffer<uint8_t> mask_d;           // backend copies of mask and length
+  Buffer<int32_t> length_d;
 };
 
 class Transformer {
@@ -48,11 +53,14 @@ class Transformer {
 
   ForwardResult forward(const ForwardRequest& req);
 
+  Backend& backend() const { return be_; }
+
   // Runs the (left-padded) prompts through the model, fills the cache and
-  // returns the last position's logits [batch, vocab].
-  std::vector<float> prefill(const int32_t* ids, const uint8_t* mask, int64_t batch, int64_t seq, int64_t capacity, KvCache& cache);
-  // One token per sequence at its next position; returns logits [batch, vocab].
-  std::vector<float> decode(const int32_t* tokens, KvCache& cache);
+  // returns the last position's logits [batch, vocab] in backend memory
+  // (valid until the next call).
+  const float* prefill(const int32_t* ids, const uint8_t* mask, int64_t batch, int64_t seq, int64_t capacity, KvCache& cache);
+  // One token per sequence at its next position; logits [batch, vocab] as prefill.
+  const float* decode(const int32_t* tokens, KvCache& cache);
 
   // ---- training (backward.cc)
   // The forward pass with every activation kept for backward(); results laid
@@ -65,30 +73,50 @@ class Transformer {
   void set_adapter(Adapter* a) { adapter_ = a; }
   Adapter* adapter() const { return adapter_; }
   void set_full_training(FullGrads* g) { full_ = g; }
-  Weights& mutable_weights() { return w_; }
+  // The host weights (loaded, owned) and the weights the ops read: the same
+  // object on the CPU, a copy in device memory with the same layout otherwise.
+  Weights& host_weights() { return w_; }
+  Weights& backend_weights() { return *bw_; }
+  const float* weight_slab() const { return bw_->slab_base; }
+  // Copies trained weights (full fine-tuning) back into host_weights(); a
+  // no-op when the backend's memory is host memory.
+  void weights_to_host();
 
  private:
   struct Buffers {
-    std::vector<float> x, xn, qkv, att, mlp, act, tmp;
-    void ensure(const Config& c, int64_t rows);
+    Buffer<float> x, xn, qkv, att, mlp, act, tmp, lora_u, dropped, logits;
+    Buffer<int32_t> ids, positions;
+    Buffer<uint8_t> mask;
+    void ensure(Backend& be, const Config& c, int64_t rows);
   };
-  // Runs all layers over `rows` tokens; leaves the final-normed hidden in buf_.xn.
+  // Runs all layers over `rows` tokens; leaves the final-normed hidden in buf_.xn
+  // (acts->xnf when training). ids, positions, mask and slots are host arrays.
   // With a cache, writes each token's k/v at (b, slot[row]) and attends over the cache.
   void body(int64_t rows, const int32_t* ids, const int32_t* positions, const uint8_t* mask, int64_t batch, int64_t seq,
             KvCache* cache, const int32_t* slots, Acts* acts = nullptr);
   void ensure_rope(int64_t max_pos);
+  // Writes layer l's k and v rows of qkv [rows, qkv_dim] into the cache at (row's sequence, slots[row]).
+  void store_kv(KvCache& cache, int64_t l, const float* qkv, int64_t rows, int64_t seq, const int32_t* slots);
   void logits_rows(const float* hidden, int64_t rows, int64_t ld_rows, float* out);
   void check_ids(const int32_t* ids, int64_t n, int64_t seq) const;  // E_ARGUMENT for an id outside the vocabulary
   // LM head (logp/entropy of the next token; per-row targets, entropy and
-  // lse are returned for the backward pass), last-token logits and score head
-  // over the final hidden rows of a [batch, seq] request.
-  void run_heads(const ForwardRequest& req, const uint8_t* mask, const float* hidden, const float* score,
-                 std::vector<int32_t>& targets, std::vector<float>& entropy, std::vector<float>& lse, ForwardResult& out);
+  // lse are kept in `head` for the backward pass), last-token logits and
+  // score head over the final hidden rows of a [batch, seq] request.
+  void run_heads(const ForwardRequest& req, const uint8_t* mask, const float* hidden, const float* score, HeadActs& head,
+                 ForwardResult& out);
+  // LoRA dropout on backend memory (through the host where the backend has
+  // no dropout op).
+  void dropout(const float* in, float* out, int64_t rows, int64_t cols, uint64_t key, size_t module);
 
   Config cfg_;
-  Weights w_;
+  Weights w_;                 // host (owning)
+  Weights device_w_;          // backend copy (views into device_slab_), when the backend is not the host
+  Weights* bw_ = nullptr;     // what the ops read: &w_ or &device_w_
+  Buffer<float> device_slab_;
+  Buffer<uint16_t> device_slab16_;
   Backend& be_;
   Buffers buf_;
+  HeadActs head_;             // the heads of the last inference forward
   Adapter* adapter_ = nullptr;  // active LoRA adapter (null: base only)
   FullGrads* full_ = nullptr;   // full fine-tuning gradients (null: base frozen)
   Acts acts_;                   // activations of the last training forward
@@ -96,10 +124,10 @@ class Transformer {
   Adapter* acts_adapter_ = nullptr;  // the adapter active when acts_ were recorded
   float inv_temperature_ = 1.f;
   struct BackwardBuffers {
-    std::vector<float> dxn, dres, dqkv, datt, dmlp, dact;
+    Buffer<float> dxn, dres, dqkv, datt, dmlp, dact, du, xd, dxd, dlogp, dentropy, dvalues;
   } bwd_;
   float* grad_of(const float* weight);  // gradient view of a base weight (full training), else null
-  std::vector<float> rope_cos_, rope_sin_;
+  Buffer<float> rope_cos_, rope_sin_;
   int64_t rope_rows_ = 0;
 };
 

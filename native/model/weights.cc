@@ -205,6 +205,7 @@ Weights load_weights(const Config& cfg, const TensorFiles& files, const std::vec
   w.slab.reset(new float[static_cast<size_t>(total) + 16]);
   w.slab_floats = total;
   float* base = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(w.slab.get()) + 63) & ~uintptr_t(63));
+  w.slab_base = base;
   for (auto& [slot, n] : plan) {
     *slot = base;
     base += (n + 15) & ~int64_t(15);
@@ -305,6 +306,7 @@ void convert_to_bf16(Weights& w, const Config& cfg) {
   w.slab16.reset(new uint16_t[static_cast<size_t>(total) + 32]);
   w.slab16_elems = total;
   uint16_t* p = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(w.slab16.get()) + 63) & ~uintptr_t(63));
+  w.slab16_base = p;
   for (auto& b : big) {
     const float* src = *b.f32;
     for (int64_t i = 0; i < b.n; ++i) p[i] = st::float_to_bf16(src[i]);
@@ -337,6 +339,7 @@ void convert_to_bf16(Weights& w, const Config& cfg) {
   for (float** f : small) keep += (size_of(f) + 15) & ~int64_t(15);
   std::unique_ptr<float[]> slab(new float[static_cast<size_t>(keep) + 16]);
   float* q = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(slab.get()) + 63) & ~uintptr_t(63));
+  w.slab_base = q;
   for (float** f : small) {
     const int64_t n = size_of(f);
     std::memcpy(q, *f, sizeof(float) * n);
@@ -345,6 +348,36 @@ void convert_to_bf16(Weights& w, const Config& cfg) {
   }
   w.slab = std::move(slab);
   w.slab_floats = keep;
+}
+
+Weights backend_copy(const Weights& w, float* slab, uint16_t* slab16) {
+  Weights d;
+  auto f = [&](float* p) -> float* {
+    if (!p) return nullptr;
+    if (p < w.slab_base || p >= w.slab_base + w.slab_floats) throw Error(code::kInternal, "weight outside the slab");
+    return slab + (p - w.slab_base);
+  };
+  auto h = [&](uint16_t* p) -> uint16_t* {
+    if (!p) return nullptr;
+    if (p < w.slab16_base || p >= w.slab16_base + w.slab16_elems) throw Error(code::kInternal, "bf16 weight outside the slab");
+    return slab16 + (p - w.slab16_base);
+  };
+  d.slab_floats = w.slab_floats;
+  d.slab_base = slab;
+  d.slab16_elems = w.slab16_elems;
+  d.slab16_base = slab16;
+  d.parameters = w.parameters;
+  d.embed = f(w.embed), d.pos_embed = f(w.pos_embed), d.final_norm_w = f(w.final_norm_w), d.final_norm_b = f(w.final_norm_b);
+  d.lm_head = f(w.lm_head), d.score = f(w.score), d.embed16 = h(w.embed16), d.lm_head16 = h(w.lm_head16);
+  for (const LayerWeights& L : w.layers) {
+    LayerWeights D;
+    D.norm1_w = f(L.norm1_w), D.norm1_b = f(L.norm1_b), D.wqkv = f(L.wqkv), D.bqkv = f(L.bqkv), D.wo = f(L.wo), D.bo = f(L.bo);
+    D.norm2_w = f(L.norm2_w), D.norm2_b = f(L.norm2_b), D.w_in = f(L.w_in), D.b_in = f(L.b_in), D.w_out = f(L.w_out);
+    D.b_out = f(L.b_out), D.wqkv16 = h(L.wqkv16), D.wo16 = h(L.wo16), D.w_in16 = h(L.w_in16), D.w_out16 = h(L.w_out16);
+    d.layers.push_back(D);
+  }
+  for (const NamedView& v : w.views) d.views.push_back({v.name, f(v.ptr), v.rows, v.cols, v.transposed});
+  return d;
 }
 
 }  // namespace rlhf::model

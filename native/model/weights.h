@@ -62,7 +62,11 @@ struct Weights {
   int64_t slab16_elems = 0;
   uint16_t* embed16 = nullptr;
   uint16_t* lm_head16 = nullptr;
-  bool bf16() const { return slab16 != nullptr; }
+  // Where the tensors start within slab / slab16 (64-byte aligned); every
+  // pointer above lies in [slab_base, slab_base + slab_floats) or the bf16 twin.
+  float* slab_base = nullptr;
+  uint16_t* slab16_base = nullptr;
+  bool bf16() const { return slab16_base != nullptr; }
   int64_t parameters = 0;  // elements of all loaded tensors
 };
 
@@ -100,6 +104,10 @@ struct ScoreInit {
 // Loads and converts. Throws E_MODEL naming the tensor for a missing tensor or
 // a wrong shape, E_UNSUPPORTED for a dtype other than F32/F16/BF16.
 Weights load_weights(const Config& cfg, const TensorFiles& files, const std::vector<LoraMerge>& loras = {}, const ScoreInit& score_init = {});
+
+// The same weights at another address (a backend's copy of slab_base /
+// slab16_base, same layout): every pointer and view moved there, nothing owned.
+Weights backend_copy(const Weights& w, float* slab, uint16_t* slab16);
 
 float bf16_to_float(uint16_t h);
 float f16_to_float(uint16_t h);
