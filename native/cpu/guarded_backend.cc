@@ -3,7 +3,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <iterator>
 #include <string>
 
 #include "../engine.h"
@@ -12,42 +14,76 @@
 namespace rlhf::cpu {
 
 namespace {
+size_t page_size() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
 size_t page_round(size_t bytes) {
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t page = page_size();
   return ((bytes ? bytes : 1) + page - 1) / page * page;
 }
 }  // namespace
 
 GuardedBackend::Open::Open(GuardedBackend& g_) : g(g_), lock(g_.mu_) { g.protect_all(PROT_READ | PROT_WRITE); }
 GuardedBackend::Open::~Open() {
-  for (const auto& [p, len] : g.maps_) mprotect(p, len, PROT_NONE);  // cannot fail on our own mappings; never throws here
+  if (g.arena_) mprotect(g.arena_, g.arena_bytes_, PROT_NONE);  // cannot fail on our own mapping; never throws here
 }
 
 void GuardedBackend::protect_all(int prot) {
-  for (const auto& [p, len] : maps_)
-    if (mprotect(p, len, prot) != 0) throw Error(code::kInternal, std::string("cpu-guarded: mprotect failed: ") + std::strerror(errno));
+  if (arena_ && mprotect(arena_, arena_bytes_, prot) != 0)
+    throw Error(code::kInternal, std::string("cpu-guarded: mprotect failed: ") + std::strerror(errno));
+}
+
+void GuardedBackend::reserve() {
+  if (arena_) return;
+  // Address space only (MAP_NORESERVE: no commit charge, pages appear on first
+  // write): half the machine's memory, at most 16 GiB.
+  const size_t phys = static_cast<size_t>(sysconf(_SC_PHYS_PAGES)) * page_size();
+  arena_bytes_ = page_round(std::min<size_t>(phys / 2, size_t(16) << 30));
+  void* p = mmap(nullptr, arena_bytes_, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) throw Error(code::kResource, std::string("cpu-guarded: cannot reserve the arena: ") + std::strerror(errno));
+  arena_ = static_cast<char*>(p);
+  free_[0] = arena_bytes_;
 }
 
 GuardedBackend::~GuardedBackend() {
-  for (const auto& [p, len] : maps_) munmap(p, len);
+  if (arena_) munmap(arena_, arena_bytes_);
 }
 
 void* GuardedBackend::alloc(size_t bytes) {
   const size_t len = page_round(bytes);
-  void* p = mmap(nullptr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);  // anonymous pages read as zero
-  if (p == MAP_FAILED) throw Error(code::kResource, std::string(kOutOfMemory) + " (" + std::to_string(bytes) + " bytes)");
   std::lock_guard<std::mutex> lock(mu_);
-  maps_[p] = len;
-  return p;
+  reserve();
+  for (auto it = free_.begin(); it != free_.end(); ++it) {  // first fit
+    if (it->second < len) continue;
+    const size_t off = it->first, rest = it->second - len;
+    free_.erase(it);
+    if (rest) free_[off + len] = rest;
+    used_[off] = len;
+    return arena_ + off;  // never written since mapped or released: reads as zero
+  }
+  throw Error(code::kResource, std::string(kOutOfMemory) + " (cpu-guarded arena of " + std::to_string(arena_bytes_ >> 20) +
+                                   " MiB is full; " + std::to_string(bytes) + " bytes asked)");
 }
 
 void GuardedBackend::release(void* p) noexcept {
   if (!p) return;
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = maps_.find(p);
-  if (it == maps_.end()) return;
-  munmap(it->first, it->second);
-  maps_.erase(it);
+  auto it = used_.find(static_cast<size_t>(static_cast<char*>(p) - arena_));
+  if (it == used_.end()) return;
+  size_t off = it->first, len = it->second;
+  used_.erase(it);
+  madvise(arena_ + off, len, MADV_DONTNEED);  // gives the pages back; they read as zero when reused
+  auto next = free_.lower_bound(off);
+  if (next != free_.end() && off + len == next->first) {
+    len += next->second;
+    next = free_.erase(next);
+  }
+  if (next != free_.begin()) {
+    auto prev = std::prev(next);
+    if (prev->first + prev->second == off) {
+      prev->second += len;
+      return;
+    }
+  }
+  free_[off] = len;
 }
 
 void GuardedBackend::upload(void* dst, const void* host_src, size_t bytes) {
@@ -73,7 +109,7 @@ void GuardedBackend::fill_zero(void* dst, size_t bytes) {
 
 int64_t GuardedBackend::live_allocations() {
   std::lock_guard<std::mutex> lock(mu_);
-  return static_cast<int64_t>(maps_.size());
+  return static_cast<int64_t>(used_.size());
 }
 
 GuardedBackend& guarded_backend() {

@@ -1,10 +1,11 @@
 // "cpu-guarded": the CPU ops on memory the host cannot touch between ops.
-// Every allocation is its own mapping, kept PROT_NONE except while an op or
-// a copy runs, so model code that reads or writes backend memory anywhere but
-// through an op or upload()/download() faults at the first such access: the
-// mistake that on a GPU would read garbage or crash later. It stands in for
-// a GPU's memory in the tests and in the GPU check's dry run on machines
-// without one; results are the CPU backend's, bit for bit.
+// Every allocation comes from one reserved arena that is kept PROT_NONE
+// except while an op or a copy runs, so model code that reads or writes
+// backend memory anywhere but through an op or upload()/download() faults at
+// the first such access: the mistake that on a GPU would read garbage or
+// crash later. It stands in for a GPU's memory in the tests and in the GPU
+// check's dry run on machines without one; results are the CPU backend's,
+// bit for bit. (One arena: opening and closing it is one mprotect each.)
 #pragma once
 #include <map>
 #include <mutex>
@@ -51,9 +52,13 @@ class GuardedBackend final : public Backend {
     std::lock_guard<std::mutex> lock;
   };
   void protect_all(int prot);
+  void reserve();  // maps the arena on first use
   CpuBackend& cpu_;
   std::mutex mu_;
-  std::map<void*, size_t> maps_;  // address -> mapped length
+  char* arena_ = nullptr;
+  size_t arena_bytes_ = 0;
+  std::map<size_t, size_t> free_;  // offset -> length of each free range (coalesced)
+  std::map<size_t, size_t> used_;  // offset -> length of each allocation
 };
 
 // The process-wide instance over the default engine's CPU backend.
