@@ -571,7 +571,7 @@ Napi::Value Model::Step(const Napi::CallbackInfo& info) {
           model::Adapter* a = m.active();
           auto tensors = model::trainable_tensors(*m.transformer, a, a ? nullptr : m.full.get());
           int64_t* step = a ? &a->step : &m.full->step;
-          b.out = model::optimizer_step(m.transformer->backend(), tensors, step, b.cfg);
+          b.out = model::optimizer_step(m.transformer->backend(), tensors, step, b.cfg, a ? a->sumsq : m.full->sumsq);
         },
         [](Napi::Env env, StepBaton& b) -> Napi::Value {
           Napi::Object r = Napi::Object::New(env);

@@ -5,7 +5,9 @@
 //   2. training: 20 LoRA and 20 full SFT steps and one PPO iteration of the
 //      stages on the device against the CPU, same seed and data
 //      (scripts/gpu-check-train.js) -> training.json
-//   3. benchmarks of the fused kernels on device-resident data (GEMM bf16
+//   3. benchmarks: the fused kernels (below), and the whole model
+//      (scripts/gpu-check-model.js: forward, LoRA step, full step, decode on a
+//      1.1B Llama) against transformers + peft -> model.json; and of the fused kernels on device-resident data (GEMM bf16
 //      4096^3, attention forward + backward, fused LM head, PPO loss) and, when
 //      python3 with a CUDA torch is there, the same shapes in PyTorch on the
 //      same card (torch.matmul, scaled_dot_product_attention, matmul +
@@ -20,7 +22,7 @@
 //
 // Runs from the package's dist/ and build/ and its production node_modules
 // only (no TypeScript, no dev dependencies). Usage:
-//   node scripts/gpu-check.js OUT_DIR [--dry-run] [--quick] [--no-torch] [--no-train]
+//   node scripts/gpu-check.js OUT_DIR [--dry-run] [--quick] [--no-torch] [--no-train] [--no-model]
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -30,7 +32,7 @@ const root = path.resolve(__dirname, '..');
 const argv = process.argv.slice(2);
 const outDir = argv.find((a) => !a.startsWith('--'));
 if (!outDir) {
-  process.stderr.write('usage: node scripts/gpu-check.js OUT_DIR [--dry-run] [--quick] [--no-torch] [--no-train]\n');
+  process.stderr.write('usage: node scripts/gpu-check.js OUT_DIR [--dry-run] [--quick] [--no-torch] [--no-train] [--no-model]\n');
   process.exit(2);
 }
 const flag = (f) => argv.includes(f);
@@ -174,6 +176,40 @@ async function main() {
   }
   writeJson('torch.json', torch || { skipped: true });
 
+  // Whole model: ours on the device, then transformers + peft on the same card.
+  let modelBench = null, torchModel = null;
+  log(`\n  whole model (${dry ? "tiny, 'cpu-guarded'" : '1.1B Llama, cuda'}):`);
+  if (flag('--no-model')) {
+    log('  skipped (--no-model)');
+  } else {
+    try {
+      const { runModelBench } = require('./gpu-check-model.js');
+      modelBench = await runModelBench({
+        device: trainDevice, size: dry ? 'dry' : 'gpu', workDir: path.join(outDir, 'model-work'), log,
+        deadline: () => Date.now() - started > DEADLINE_MS - 75000,
+      });
+    } catch (e) {
+      log(`  ERROR ${e.code || ''} ${e.message}`);
+    }
+    if (dry || flag('--no-torch')) {
+      log(`  skipped: transformers + peft on the same card (${dry ? 'GPU-only' : '--no-torch'})`);
+    } else if (!modelBench || Date.now() - started > DEADLINE_MS - 40000) {
+      log('  skipped: transformers + peft (no model of ours, or time budget)');
+    } else {
+      const r = spawnSync(python, [path.join(__dirname, 'gpu-check-torch-model.py'), modelBench.dir, modelBench.idsFile], {
+        encoding: 'utf8',
+        timeout: Math.max(10000, DEADLINE_MS - (Date.now() - started) - 10000),
+      });
+      try {
+        torchModel = JSON.parse((r.stdout || '').trim().split('\n').pop());
+        log(`  torch ${torchModel.torch}, transformers ${torchModel.transformers}, peft ${torchModel.peft || '-'}: ${JSON.stringify(torchModel.rows)}`);
+      } catch (e) {
+        log(`  skipped: transformers + peft (${r.error ? r.error.message : (r.stderr || '').trim().split('\n').pop() || `exit ${r.status}`})`);
+      }
+    }
+  }
+  writeJson('model.json', { ours: modelBench && { device: trainDevice, config: modelBench.config, params: modelBench.params, rows: modelBench.rows }, torch: torchModel });
+
   // ------------------------------------------------------------------ 3. table
   const byOp = new Map();
   for (const r of results) {
@@ -192,7 +228,17 @@ async function main() {
     log(`${pad(op, 24)}${lpad(s.cases, 6)}${lpad(s.worst.toExponential(2), 11)}${lpad(s.tol.toExponential(0), 9)}  ${s.pass === s.cases ? 'ok' : `FAIL (${s.cases - s.pass})`}`);
   log(`\n==== training (${trainDevice} vs cpu) ====`);
   for (const c of training) log(`${pad(c.what, 28)}${c.pass ? 'ok' : 'FAIL'}${c.worstRel !== undefined ? `  worst rel loss diff ${c.worstRel.toExponential(2)} (tol ${c.tol})` : ''}${c.diff ? `  d(reward) ${c.diff.reward.toExponential(2)}` : ''}${c.error ? '  ' + c.error : ''}`);
-  log(`\n==== benchmarks ====`);
+  log(`\n==== whole model, tokens/s (${trainDevice}${torchModel ? ' vs transformers + peft' : ''}) ====`);
+  if (modelBench) {
+    log(`${pad('workload', 14)}${lpad('ours', 12)}${lpad('torch', 12)}${lpad('ours/torch', 12)}${lpad('loss ours', 11)}${lpad('torch', 9)}`);
+    for (const r of modelBench.rows) {
+      const t = torchModel ? torchModel.rows.find((x) => x.name === r.name) : null;
+      const ours = r.tokens_per_sec, theirs = t && t.tokens_per_sec;
+      const f = (x, d = 0) => (x === undefined || x === null ? '-' : Number(x).toFixed(d));
+      log(`${pad(r.name, 14)}${lpad(r.error ? 'ERROR' : f(ours), 12)}${lpad(f(theirs), 12)}${lpad(ours && theirs ? (ours / theirs).toFixed(2) : '-', 12)}${lpad(f(r.loss, 4), 11)}${lpad(f(t && t.loss, 4), 9)}`);
+    }
+  } else log('not run');
+  log(`\n==== kernel benchmarks ====`);
   if (dry) {
     log('GPU-only: skipped in the dry run');
   } else {

@@ -4,7 +4,7 @@
 # a CUDA torch is there). Results: OUT_DIR/{env,parity,bench,torch,summary}.json,
 # OUT_DIR/gpu-check.log, OUT_DIR/nvidia-smi.txt; a short table is printed last.
 #
-#   bash scripts/gpu-check.sh OUT_DIR [--dry-run] [--quick] [--no-torch] [--no-train]
+#   bash scripts/gpu-check.sh OUT_DIR [--dry-run] [--quick] [--no-torch] [--no-train] [--no-model]
 #
 # Needs only dist/, build/ and the production node_modules of the package.
 # NODE=/path/to/node picks the Node binary (e.g. one unpacked beside the
@@ -13,7 +13,7 @@
 # through the same code path and skips the GPU-only benchmarks.
 set -uo pipefail
 if [ $# -lt 1 ] || [ "${1#--}" != "$1" ]; then
-  echo "usage: bash scripts/gpu-check.sh OUT_DIR [--dry-run] [--quick] [--no-torch] [--no-train]" >&2
+  echo "usage: bash scripts/gpu-check.sh OUT_DIR [--dry-run] [--quick] [--no-torch] [--no-train] [--no-model]" >&2
   exit 2
 fi
 OUT="$1"

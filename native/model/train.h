@@ -81,6 +81,7 @@ struct Adapter {
   uint64_t dropout_seed = 0;
   uint64_t forward_count = 0;
   Buffer<float> params, grads, m, v;  // backend memory, one layout
+  Buffer<double> sumsq;               // the optimizer step's gradient-norm scratch
   int64_t step = 0;
 };
 
@@ -88,6 +89,7 @@ struct Adapter {
 // backend's weight slab (Transformer::weight_slab()), and the AdamW moments.
 struct FullGrads {
   Buffer<float> slab, m, v;
+  Buffer<double> sumsq;  // the optimizer step's gradient-norm scratch
   int64_t step = 0;
 };
 

@@ -33,12 +33,11 @@ std::vector<TrainableTensor> trainable_tensors(Transformer& t, Adapter* adapter,
   return out;
 }
 
-StepResult optimizer_step(Backend& be, std::vector<TrainableTensor>& tensors, int64_t* step, const OptimConfig& cfg) {
+StepResult optimizer_step(Backend& be, std::vector<TrainableTensor>& tensors, int64_t* step, const OptimConfig& cfg, Buffer<double>& sumsq_d) {
   if (cfg.optimizer != "adamw" && cfg.optimizer != "sgd") throw Error(code::kArgument, "optimizer must be 'adamw' or 'sgd'");
   StepResult r;
   // The sum of squares accumulates in backend memory; one read back decides
   // whether to step and by how much to clip.
-  Buffer<double> sumsq_d;
   sumsq_d.zeros(be, 1);
   for (auto& t : tensors) {
     GradNormOp g;

@@ -40,7 +40,9 @@ struct StepResult {
 // A gradient whose global norm is NaN or infinite is never applied: the
 // parameters, moments and step count stay as they were and the result says
 // `skipped` (the caller decides whether to skip the step or stop the run).
-StepResult optimizer_step(Backend& be, std::vector<TrainableTensor>& tensors, int64_t* step, const OptimConfig& cfg);
+// `sumsq` is the trainable set's one-element scratch in backend memory (kept
+// with it, so a step allocates nothing).
+StepResult optimizer_step(Backend& be, std::vector<TrainableTensor>& tensors, int64_t* step, const OptimConfig& cfg, Buffer<double>& sumsq);
 void zero_grads(Adapter* adapter, FullGrads* full);
 
 }  // namespace rlhf::model
