@@ -521,7 +521,7 @@ async function main() {
     emit(meta);
     for (const { name: cfgName } of configs)
       for (const n of opts.names) {
-        const row = { name: n, kind: STAGES.includes(n) ? 'stage' : 'kernel', device, config: cfgName, error: 'not supported by the CUDA backend yet', tokens_per_sec: null, gflops: null, mfu: null, median_ms: null, min_ms: null, max_ms: null, peer: null, ratio: null };
+        const row = { name: n, kind: STAGES.includes(n) ? 'stage' : 'kernel', device, config: cfgName, error: 'this table compares with a CPU PyTorch peer; on a GPU run scripts/gpu-check.sh (whole model and kernels beside PyTorch on the same card)', tokens_per_sec: null, gflops: null, mfu: null, median_ms: null, min_ms: null, max_ms: null, peer: null, ratio: null };
         rows.push(row);
         emit(row);
       }
