@@ -11,6 +11,8 @@ namespace rlhf::cuda::status {
 // true: kernels/<family>.cu implements the op on device pointers (fp32 tensors).
 inline constexpr bool gemm = true;
 inline constexpr bool bias_grad = true;
+inline constexpr bool lora = true;
+inline constexpr bool lora_backward = true;
 inline constexpr bool embedding = true;
 inline constexpr bool embedding_backward = true;
 inline constexpr bool rmsnorm = true;
@@ -43,7 +45,7 @@ inline constexpr bool scale = true;
 // Ops that also take bfloat16 weights (GemmOp::b_bf16, EmbeddingOp::table_bf16,
 // LmHead*Op::weight_bf16): supports(op, DType::BF16).
 inline constexpr bool bf16_weights(const char* op) {
-  const char* names[] = {"gemm", "embedding", "lm_head_logp", "lm_head_logp_backward"};
+  const char* names[] = {"gemm", "lora", "embedding", "lm_head_logp", "lm_head_logp_backward"};
   for (const char* n : names) {
     const char *a = n, *b = op;
     while (*a && *a == *b) ++a, ++b;

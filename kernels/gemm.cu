@@ -21,27 +21,7 @@ __global__ void __launch_bounds__(tile::kThreads) gemm_kernel(tile::Operand<TA> 
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * tile::BM, n0 = static_cast<int64_t>(blockIdx.x) * tile::BN;
   float acc[tile::MI][tile::NI][4];
   tile::block_product(A, B, K, m0, n0, sm, acc);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int wm = warp >> 2, wn = warp & 3, g = lane >> 2, c = lane & 3;
-#pragma unroll
-  for (int mi = 0; mi < tile::MI; ++mi)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t row = m0 + wm * 64 + mi * 16 + g + 8 * h;
-      if (row >= out.m) continue;
-      float* crow = out.c + row * out.ldc;
-#pragma unroll
-      for (int ni = 0; ni < tile::NI; ++ni)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int64_t col = n0 + wn * 32 + ni * 8 + 2 * c + e;
-          if (col >= out.n) continue;
-          float v = acc[mi][ni][h * 2 + e];
-          if (out.accumulate) v += crow[col];
-          if (out.bias) v += out.bias[col];
-          crow[col] = v;
-        }
-    }
+  tile::store_tile(acc, m0, n0, out.c, out.ldc, out.m, out.n, out.bias, out.accumulate);
 }
 
 template <typename TA, typename TB>

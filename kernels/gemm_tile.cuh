@@ -151,13 +151,17 @@ __device__ __forceinline__ void mma_slab(const Smem& sm, int stage, float (&acc)
 // Ends with a __syncthreads, so the caller may reuse the shared memory.
 template <typename TA, typename TB>
 __device__ __forceinline__ void block_product(const Operand<TA>& A, const Operand<TB>& B, int64_t K, int64_t m0, int64_t n0,
-                                              Smem& sm, float (&acc)[MI][NI][4]) {
+                                              Smem& sm, float (&acc)[MI][NI][4], bool zero_acc = true) {
+  // zero_acc = false adds this product to what acc holds (a second K
+  // segment of the same output tile: the LoRA kernel's u B^T after x W^T).
+  if (zero_acc) {
 #pragma unroll
-  for (int mi = 0; mi < MI; ++mi)
+    for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
-    for (int ni = 0; ni < NI; ++ni)
+      for (int ni = 0; ni < NI; ++ni)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
+        for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
+  }
   const int64_t KT = (K + BK - 1) / BK;
   if (KT == 0) return;
   uint32_t ra[8], rb[8];
@@ -183,6 +187,34 @@ __device__ __forceinline__ void block_product(const Operand<TA>& A, const Operan
 }
 
 // Host: describe op(A) ([m, k]) and op(B) ([k, n]) for the loader.
+// Writes a block's accumulators to C[m0.., n0..] (rows ldc apart), adding
+// the bias and, with accumulate, what C held; rows >= m and columns >= n are
+// outside the matrix.
+__device__ __forceinline__ void store_tile(const float (&acc)[MI][NI][4], int64_t m0, int64_t n0, float* c, int64_t ldc, int64_t m,
+                                           int64_t n, const float* bias, bool accumulate) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int wm = warp >> 2, wn = warp & 3, g = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t row = m0 + wm * 64 + mi * 16 + g + 8 * h;
+      if (row >= m) continue;
+      float* crow = c + row * ldc;
+#pragma unroll
+      for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t col = n0 + wn * 32 + ni * 8 + 2 * q + e;
+          if (col >= n) continue;
+          float v = acc[mi][ni][h * 2 + e];
+          if (accumulate) v += crow[col];
+          if (bias) v += bias[col];
+          crow[col] = v;
+        }
+    }
+}
+
 template <typename T>
 inline Operand<T> operand_a(const T* a, int64_t lda, bool trans_a, int64_t m) {
   const bool vec = (reinterpret_cast<uintptr_t>(a) % (4 * sizeof(T)) == 0) && (lda % 4 == 0);

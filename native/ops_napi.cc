@@ -68,6 +68,10 @@ struct Fields {
     return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : dflt;
   }
   bool b(const char* key) const { return o.Get(key).ToBoolean().Value(); }
+  bool b(const char* key, bool dflt) const {
+    Napi::Value v = o.Get(key);
+    return v.IsUndefined() || v.IsNull() ? dflt : v.ToBoolean().Value();
+  }
 };
 
 using Runner = std::function<void(Backend&, const Fields&)>;
@@ -102,6 +106,37 @@ const std::unordered_map<std::string, Runner>& runners() {
          if (has_b == has_b16) throw Error(code::kArgument, "gemm: give exactly one of 'b' and 'bBf16'");
          op.bias = f.f32("bias", true), op.accumulate = f.b("accumulate");
          be.gemm(op);
+       }},
+      {"lora",
+       [](Backend& be, const Fields& f) {
+         LoraOp op;
+         op.n = f.i("n"), op.in = f.i("in"), op.out = f.i("out"), op.r = f.i("r");
+         if (op.n < 0 || op.in <= 0 || op.out <= 0 || op.r <= 0) throw Error(code::kArgument, "lora: n >= 0 and in, out, r > 0");
+         op.ldx = f.i("ldx", op.in), op.ldw = f.i("ldw", op.in), op.ldy = f.i("ldy", op.out);
+         if (op.ldx < op.in || op.ldw < op.in || op.ldy < op.out) throw Error(code::kArgument, "lora: a leading dimension is smaller than its row");
+         const int64_t xs = op.n ? (op.n - 1) * op.ldx + op.in : 0;
+         op.x = f32n(f, "x", xs), op.x_lora = f32n(f, "xLora", xs, true);
+         op.w = f32n(f, "w", (op.out - 1) * op.ldw + op.in, true), op.w_bf16 = f.u16("wBf16", true);
+         if (!op.w == !op.w_bf16) throw Error(code::kArgument, "lora: give exactly one of 'w' and 'wBf16'");
+         op.bias = f32n(f, "bias", op.out, true), op.a = f32n(f, "a", op.r * op.in), op.b = f32n(f, "b", op.out * op.r);
+         op.scale = static_cast<float>(f.d("scale", 1));
+         op.u = f32n(f, "u", op.n * op.r), op.y = f32n(f, "y", op.n ? (op.n - 1) * op.ldy + op.out : 0), op.accumulate = f.b("accumulate");
+         be.lora(op);
+       }},
+      {"lora_backward",
+       [](Backend& be, const Fields& f) {
+         LoraBackwardOp op;
+         op.n = f.i("n"), op.in = f.i("in"), op.out = f.i("out"), op.r = f.i("r");
+         if (op.n < 0 || op.in <= 0 || op.out <= 0 || op.r <= 0) throw Error(code::kArgument, "lora_backward: n >= 0 and in, out, r > 0");
+         op.lddy = f.i("lddy", op.out), op.ldx = f.i("ldx", op.in), op.lddx = f.i("lddx", op.in);
+         if (op.lddy < op.out || op.ldx < op.in || op.lddx < op.in) throw Error(code::kArgument, "lora_backward: a leading dimension is smaller than its row");
+         const int64_t rows = op.n ? op.n - 1 : 0;
+         op.dy = f32n(f, "dy", rows * op.lddy + op.out), op.x_lora = f32n(f, "xLora", rows * op.ldx + op.in);
+         op.u = f32n(f, "u", op.n * op.r), op.a = f32n(f, "a", op.r * op.in), op.b = f32n(f, "b", op.out * op.r);
+         op.scale = static_cast<float>(f.d("scale", 1));
+         op.da = f32n(f, "da", op.r * op.in), op.db = f32n(f, "db", op.out * op.r), op.du = f32n(f, "du", op.n * op.r);
+         op.dx = f32n(f, "dx", rows * op.lddx + op.in), op.accumulate_dx = f.b("accumulateDx", true);
+         be.lora_backward(op);
        }},
       {"embedding",
        [](Backend& be, const Fields& f) {

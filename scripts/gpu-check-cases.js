@@ -124,6 +124,36 @@ function makeCases(run, size = 'full') {
         else args.b = bf;
         add('gemm', `${m}x${n}x${k} ${transA ? 'T' : 'N'}${transB ? 'T' : 'N'}${bf16 ? ' bf16 B' : ''}${accumulate ? ' +C' : ''}${bias ? ' +bias' : ''}`, args, ['c'], BF16);
       }
+  // ---------------------------------------------------------------- lora
+  // n rows, in, out, r; odd sizes, a column slice of a wider output (ldy),
+  // strided input rows (ldx), bf16 W, bias, accumulate, a separate adapter
+  // input (dropout's x_lora).
+  const loraShapes = [
+    [7, 33, 13, 4],
+    [130, 64, 257, 8],
+    ...(full ? [[300, 513, 200, 16], [257, 128, 384, 64]] : []),
+  ];
+  for (const [n, inDim, out, r] of loraShapes)
+    for (const variant of [0, 1]) {
+      const rng = new Rng(seed++);
+      const ldx = inDim + variant, ldy = out + 3 * variant, ldw = inDim + (n % 2);
+      const w = rng.normals(out * ldw, 0.5);
+      const args = {
+        n, in: inDim, out, r, x: rng.normals(n * ldx), ldx, ldw, a: rng.normals(r * inDim, 0.3), b: rng.normals(out * r, 0.3),
+        scale: variant ? 0.5 : 2, u: rng.normals(n * r), y: rng.normals(n * ldy), ldy, accumulate: variant === 1,
+        bias: variant === 0 ? rng.normals(out) : undefined, xLora: variant === 1 ? rng.normals(n * ldx) : undefined,
+      };
+      if (variant === 1) args.wBf16 = toBf16(w);
+      else args.w = w;
+      add('lora', `${n}x${inDim}->${out} r${r}${variant ? ' bf16 W, x_lora, ld, +y' : ' +bias'}`, args, ['u', 'y'], BF16);
+      const rb = new Rng(seed++);
+      const lddy = out + variant, lddx = inDim + 2 * variant;
+      add('lora_backward', `${n}x${inDim}->${out} r${r}${variant ? ' ld, dx overwritten' : ''}`, {
+        n, in: inDim, out, r, dy: rb.normals(n * lddy), lddy, xLora: rb.normals(n * ldx), ldx, u: rb.normals(n * r),
+        a: rb.normals(r * inDim, 0.3), b: rb.normals(out * r, 0.3), scale: variant ? 0.5 : 2, da: rb.normals(r * inDim),
+        db: rb.normals(out * r), du: new Float32Array(n * r), dx: rb.normals(n * lddx), lddx, accumulateDx: variant === 0,
+      }, ['da', 'db', 'du', 'dx'], BF16);
+    }
   for (const [n, dim, ld] of [[5, 7, 7], [300, 129, 131]]) {
     const rng = new Rng(seed++);
     add('bias_grad', `${n}x${dim} ld ${ld}`, { n, dim, dy: rng.normals(n * ld), ld, db: rng.normals(dim) }, ['db'], F32);

@@ -56,7 +56,7 @@ t.test('cudaOps lists every op of the op table, each with a CUDA kernel in the f
     t.match(src, new RegExp(`void CudaBackend::${o.name}\\(`), `kernels/${o.family}.cu defines CudaBackend::${o.name}`);
   }
   const bf16 = cuda.ops.filter((o) => o.bf16).map((o) => o.name).sort();
-  t.same(bf16, ['embedding', 'gemm', 'lm_head_logp', 'lm_head_logp_backward'], 'bf16 weights: the ops whose args take them');
+  t.same(bf16, ['embedding', 'gemm', 'lm_head_logp', 'lm_head_logp_backward', 'lora'], 'bf16 weights: the ops whose args take them');
 });
 
 t.test("runOp device 'cpu-copy' (the device path on the CPU backend) reproduces the CPU exactly on every op", async (t) => {

@@ -148,8 +148,8 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
       be_.bias_grad(op);
     }
   };
-  // LoRA modules of layer l reading `in`: with u = s x A^T saved,
-  //   dB += dY^T u;  du = s dY B;  dA += du^T x;  dx += du A.
+  // LoRA modules of layer l reading `in` (the fused op's backward): with
+  // u = s x A^T saved, dB += dY^T u; du = s dY B; dA += du^T x; dx += du A.
   auto lora_bwd = [&](int64_t l, std::initializer_list<Proj> projs, const float* dout, int64_t ld_dout, const float* in, float* din) {
     if (!adapter_) return;
     const int64_t r = adapter_->r;
@@ -158,41 +158,22 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
     for (size_t mi = 0; mi < adapter_->modules.size(); ++mi) {
       const LoraModule& m = adapter_->modules[mi];
       if (m.layer != l || std::find(projs.begin(), projs.end(), m.proj) == projs.end()) continue;
-      const float* u = a.lora_u[mi].data();  // s x A^T
-      GemmOp gb;
-      gb.trans_a = true;
-      gb.m = m.out, gb.n = r, gb.k = N, gb.a = dout + m.col, gb.lda = ld_dout, gb.b = u, gb.ldb = r, gb.c = m.db, gb.ldc = r;
-      gb.accumulate = true;
-      be_.gemm(gb);
-      GemmOp gu;
-      gu.m = N, gu.n = r, gu.k = m.out, gu.a = dout + m.col, gu.lda = ld_dout, gu.b = m.b, gu.ldb = r, gu.c = du, gu.ldc = r;
-      be_.gemm(gu);
-      ScaleOp sc;
-      sc.n = N * r, sc.x = du, sc.factor = adapter_->scale;
-      be_.scale(sc);
-      const float* x_in = in;
-      if (dropout) {  // dropout(x), as the forward saw it
+      LoraBackwardOp op;
+      op.n = N, op.in = m.in, op.out = m.out, op.r = r;
+      op.dy = dout + m.col, op.lddy = ld_dout, op.x_lora = in, op.ldx = m.in;
+      op.u = a.lora_u[mi].data(), op.a = m.a, op.b = m.b, op.scale = adapter_->scale;
+      op.da = m.da, op.db = m.db, op.du = du, op.dx = din, op.lddx = m.in, op.accumulate_dx = true;
+      if (dropout) {  // dropout(x), as the forward saw it; the mask (and 1/(1-p)) applies to the input gradient too
         float* xd = bwd_.xd.ensure(be_, N * m.in);
         this->dropout(in, xd, N, m.in, a.dropout_key, mi);
-        x_in = xd;
+        op.x_lora = xd;
+        op.dx = bwd_.dxd.ensure(be_, N * m.in), op.accumulate_dx = false;
       }
-      GemmOp ga;
-      ga.trans_a = true;
-      ga.m = r, ga.n = m.in, ga.k = N, ga.a = du, ga.lda = r, ga.b = x_in, ga.ldb = m.in, ga.c = m.da, ga.ldc = m.in;
-      ga.accumulate = true;
-      be_.gemm(ga);
-      GemmOp gx;
-      gx.m = N, gx.n = m.in, gx.k = r, gx.a = du, gx.lda = r, gx.b = m.a, gx.ldb = m.in;
-      if (!dropout) {
-        gx.c = din, gx.ldc = m.in, gx.accumulate = true;
-        be_.gemm(gx);
-      } else {  // the mask (and 1/(1-p)) applies to the input gradient too
-        float* dxd = bwd_.dxd.ensure(be_, N * m.in);
-        gx.c = dxd, gx.ldc = m.in;
-        be_.gemm(gx);
-        this->dropout(dxd, dxd, N, m.in, a.dropout_key, mi);
+      be_.lora_backward(op);
+      if (dropout) {
+        this->dropout(op.dx, op.dx, N, m.in, a.dropout_key, mi);
         AddOp add;
-        add.n = N, add.dim = m.in, add.x = dxd, add.y = din;
+        add.n = N, add.dim = m.in, add.x = op.dx, add.y = din;
         be_.add(add);
       }
     }

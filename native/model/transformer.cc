@@ -141,32 +141,49 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
     g.a = in, g.lda = in_dim, g.b = wgt, g.b_bf16 = wgt16, g.ldb = in_dim, g.c = out, g.ldc = out_dim, g.bias = bias;
     be_.gemm(g);
   };
-  // LoRA on the modules of layer l that read `in`: out[:, col:col+o] += (s x A^T) B^T.
-  auto lora_add = [&](int64_t l, std::initializer_list<Proj> projs, const float* in, float* out, int64_t ld_out) {
-    if (!lora) return;
-    for (size_t mi = 0; mi < lora->size(); ++mi) {
-      const LoraModule& m = (*lora)[mi];
-      if (m.layer != l || std::find(projs.begin(), projs.end(), m.proj) == projs.end()) continue;
-      const int64_t r = adapter_->r;
-      float* u = grow(acts ? acts->lora_u[mi] : buf_.lora_u, rows * r);
-      const float* x_in = in;
-      if (dropout) {  // u = dropout(x) A^T
-        float* dropped = grow(buf_.dropped, rows * m.in);
-        this->dropout(in, dropped, rows, m.in, acts->dropout_key, mi);
-        x_in = dropped;
+  // out[:, :out_dim] = in W^T + bias for a base linear, with the active
+  // adapter's modules of layer l on it: each module's column slice through
+  // the fused LoRA op (u = s x A^T kept for the backward), the columns no
+  // module covers through the plain GEMM.
+  auto adapted_linear = [&](int64_t l, std::initializer_list<Proj> projs, const float* in, int64_t in_dim, const float* wgt,
+                            const uint16_t* wgt16, const float* bias, int64_t out_dim, float* out) {
+    std::vector<size_t> mods;
+    if (lora)
+      for (size_t mi = 0; mi < lora->size(); ++mi) {
+        const LoraModule& m = (*lora)[mi];
+        if (m.layer == l && std::find(projs.begin(), projs.end(), m.proj) != projs.end()) mods.push_back(mi);
       }
-      GemmOp g;  // u = x A^T
+    if (mods.empty()) return linear(in, in_dim, wgt, wgt16, bias, out_dim, out);
+    std::sort(mods.begin(), mods.end(), [&](size_t a, size_t b) { return (*lora)[a].col < (*lora)[b].col; });
+    auto base_cols = [&](int64_t c0, int64_t c1) {
+      if (c1 <= c0) return;
+      GemmOp g;
       g.trans_b = true;
-      g.m = rows, g.n = r, g.k = m.in, g.a = x_in, g.lda = m.in, g.b = m.a, g.ldb = m.in, g.c = u, g.ldc = r;
+      g.m = rows, g.n = c1 - c0, g.k = in_dim, g.a = in, g.lda = in_dim;
+      g.b = wgt ? wgt + c0 * in_dim : nullptr, g.b_bf16 = wgt16 ? wgt16 + c0 * in_dim : nullptr, g.ldb = in_dim;
+      g.c = out + c0, g.ldc = out_dim, g.bias = bias ? bias + c0 : nullptr;
       be_.gemm(g);
-      ScaleOp sc;
-      sc.n = rows * r, sc.x = u, sc.factor = adapter_->scale;
-      be_.scale(sc);
-      GemmOp o;  // out += u B^T
-      o.trans_b = true;
-      o.m = rows, o.n = m.out, o.k = r, o.a = u, o.lda = r, o.b = m.b, o.ldb = r, o.c = out + m.col, o.ldc = ld_out, o.accumulate = true;
-      be_.gemm(o);
+    };
+    int64_t col = 0;
+    for (size_t mi : mods) {
+      const LoraModule& m = (*lora)[mi];
+      base_cols(col, m.col);
+      LoraOp op;
+      op.n = rows, op.in = in_dim, op.out = m.out, op.r = adapter_->r;
+      op.x = in, op.ldx = in_dim;
+      if (dropout) {  // the adapter reads dropout(x); the base reads x
+        float* dropped = grow(buf_.dropped, rows * in_dim);
+        this->dropout(in, dropped, rows, in_dim, acts->dropout_key, mi);
+        op.x_lora = dropped;
+      }
+      op.w = wgt ? wgt + m.col * in_dim : nullptr, op.w_bf16 = wgt16 ? wgt16 + m.col * in_dim : nullptr, op.ldw = in_dim;
+      op.bias = bias ? bias + m.col : nullptr, op.a = m.a, op.b = m.b, op.scale = adapter_->scale;
+      op.u = grow(acts ? acts->lora_u[mi] : buf_.lora_u, rows * adapter_->r);
+      op.y = out + m.col, op.ldy = out_dim;
+      be_.lora(op);
+      col = m.col + m.out;
     }
+    base_cols(col, out_dim);
   };
 
   for (int64_t l = 0; l < c.layers; ++l) {
@@ -185,8 +202,7 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
 
     norm(l == 0 ? nullptr : tmp, L.norm1_w, L.norm1_b, xn1, s1a, s1b);  // x += mlp_out(l-1); xn1 = norm(x)
     if (A) be_.copy(grow(A->x1, rows * H), x, sizeof(float) * rows * H);
-    linear(xn1, H, L.wqkv, L.wqkv16, L.bqkv, QKV, qkv);                    // qkv: [rows, Q + 2 KV]
-    lora_add(l, {Proj::kQ, Proj::kK, Proj::kV, Proj::kCAttn}, xn1, qkv, QKV);
+    adapted_linear(l, {Proj::kQ, Proj::kK, Proj::kV, Proj::kCAttn}, xn1, H, L.wqkv, L.wqkv16, L.bqkv, QKV, qkv);  // [rows, Q + 2 KV]
     if (llama) {
       RopeOp r;
       r.n = rows, r.heads = c.heads + c.kv_heads, r.head_dim = D, r.x = qkv, r.ld = QKV;
@@ -210,12 +226,10 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
       a.lse = A ? grow(A->lse, batch * c.heads * seq) : nullptr;
       be_.attention(a);
     }
-    linear(att, Q, L.wo, L.wo16, L.bo, H, tmp);                               // attention output
-    lora_add(l, {Proj::kO, Proj::kAttnCProj}, att, tmp, H);
+    adapted_linear(l, {Proj::kO, Proj::kAttnCProj}, att, Q, L.wo, L.wo16, L.bo, H, tmp);  // attention output
     norm(tmp, L.norm2_w, L.norm2_b, xn2, s2a, s2b);                           // x += attn; xn2 = norm(x)
     if (A) be_.copy(grow(A->x2, rows * H), x, sizeof(float) * rows * H);
-    linear(xn2, H, L.w_in, L.w_in16, L.b_in, MLP, mlp);                      // [gate | up] or c_fc
-    lora_add(l, {Proj::kGate, Proj::kUp, Proj::kCFc}, xn2, mlp, MLP);
+    adapted_linear(l, {Proj::kGate, Proj::kUp, Proj::kCFc}, xn2, H, L.w_in, L.w_in16, L.b_in, MLP, mlp);  // [gate | up] or c_fc
     if (llama) {
       SwigluOp s;
       s.n = rows, s.dim = F, s.gate = mlp, s.up = mlp + F, s.ld_in = 2 * F, s.out = act, s.ld_out = F;
@@ -225,8 +239,7 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
       g.n = rows, g.dim = F, g.x = mlp, g.ld_in = F, g.out = act, g.ld_out = F;
       be_.gelu(g);
     }
-    linear(act, F, L.w_out, L.w_out16, L.b_out, H, tmp);                      // MLP output
-    lora_add(l, {Proj::kDown, Proj::kMlpCProj}, act, tmp, H);
+    adapted_linear(l, {Proj::kDown, Proj::kMlpCProj}, act, F, L.w_out, L.w_out16, L.b_out, H, tmp);  // MLP output
   }
   float* xnf = acts ? grow(acts->xnf, rows * H) : buf_.xn.data();
   norm(tmp, w.final_norm_w, w.final_norm_b, xnf, acts ? grow(acts->statfa, rows) : nullptr,

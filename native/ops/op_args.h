@@ -27,6 +27,54 @@ struct GemmOp {
   bool accumulate = false;
 };
 
+// A LoRA-adapted linear over one output slice, PEFT's formula without ever
+// forming W + s B A:
+//   u = s (x_lora A^T)                                   [n, r], kept for the backward
+//   y = (y if accumulate) + x W^T (+ bias) + u B^T        [n, out]
+// x_lora is the adapter's input: x, or x after LoRA dropout (null: x).
+// W is the [out, in] slice of the base weight (rows `ldw` apart; fp32 or the
+// frozen bf16 copy), A [r, in] and B [out, r] as PEFT stores them.
+struct LoraOp {
+  int64_t n = 0, in = 0, out = 0, r = 0;
+  const float* x = nullptr;       // [n, in], rows ldx apart
+  int64_t ldx = 0;
+  const float* x_lora = nullptr;  // [n, in] (ldx) or null
+  const float* w = nullptr;       // [out, in], rows ldw apart
+  const uint16_t* w_bf16 = nullptr;
+  int64_t ldw = 0;
+  const float* bias = nullptr;    // [out] or null
+  const float* a = nullptr;       // [r, in]
+  const float* b = nullptr;       // [out, r]
+  float scale = 1.f;
+  float* u = nullptr;             // [n, r]
+  float* y = nullptr;             // [n, out], rows ldy apart
+  int64_t ldy = 0;
+  bool accumulate = false;
+};
+
+// Backward of LoraOp into the adapter (the base weight is frozen; the base
+// path's share of the input gradient, dY W, is the caller's product over the
+// whole fused weight):
+//   dB += dY^T u;  du = s dY B;  dA += du^T x_lora;  dx (+)= du A
+// du is caller-provided scratch [n, r].
+struct LoraBackwardOp {
+  int64_t n = 0, in = 0, out = 0, r = 0;
+  const float* dy = nullptr;      // [n, out], rows lddy apart
+  int64_t lddy = 0;
+  const float* x_lora = nullptr;  // [n, in], rows ldx apart (the forward's adapter input)
+  int64_t ldx = 0;
+  const float* u = nullptr;       // [n, r] from the forward
+  const float* a = nullptr;       // [r, in]
+  const float* b = nullptr;       // [out, r]
+  float scale = 1.f;
+  float* da = nullptr;            // [r, in], accumulated
+  float* db = nullptr;            // [out, r], accumulated
+  float* du = nullptr;            // [n, r] scratch
+  float* dx = nullptr;            // [n, in], rows lddx apart
+  int64_t lddx = 0;
+  bool accumulate_dx = true;
+};
+
 // out[i,:] = table[ids[i],:] (+ pos_table[positions[i],:]). ids are checked
 // by the caller against `rows`.
 struct EmbeddingOp {

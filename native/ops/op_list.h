@@ -11,6 +11,8 @@
 #define RLHF_OPS(X)                                                                       \
   X(gemm, GemmOp, gemm)                   /* C = op(A) op(B) (+ bias) (+ C)          */ \
   X(bias_grad, BiasGradOp, gemm)          /* db += column sums of dY                 */ \
+  X(lora, LoraOp, lora)                   /* x W^T + s (x A^T) B^T, W + sBA never formed */ \
+  X(lora_backward, LoraBackwardOp, lora)  /* dA, dB and the adapter's share of dx    */ \
   X(embedding, EmbeddingOp, embedding)    /* rows of a table (+ learned positions)   */ \
   X(embedding_backward, EmbeddingBackwardOp, embedding) /* scatter-add into rows   */ \
   X(rmsnorm, RmsNormOp, norm)             /* fused residual add + RMSNorm            */ \
