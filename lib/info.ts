@@ -66,6 +66,7 @@ export function runtimeInfo(): RuntimeInfo {
 }
 
 let warned = false;
+let warnedCuda = false;
 /**
  * Where a model runs. 'cpu-guarded' is for testing: the CPU ops on memory the
  * host cannot touch between ops (each allocation mapped PROT_NONE outside an
@@ -84,7 +85,14 @@ export const DEVICES: readonly Device[] = ['auto', 'cpu', 'cuda', 'cpu-guarded']
 export function resolveDevice(requested: Device = 'auto', log: (line: string) => void = (l) => process.stderr.write(l + '\n')): ResolvedDevice {
   if (requested === 'cpu' || requested === 'cpu-guarded') return requested;
   const info = runtimeInfo();
-  if (info.cuda.devices.length > 0) return 'cuda';
+  if (info.cuda.devices.length > 0) {
+    if (!warnedCuda) {
+      warnedCuda = true;
+      const d = info.cuda.devices[0];
+      log(`rlhf-native: running on CUDA device 0 (${d.name}); the CUDA backend has not yet been verified on GPU hardware (docs/cuda.md: scripts/gpu-check.sh checks it); --device cpu runs on the CPU`);
+    }
+    return 'cuda';
+  }
   if (requested === 'cuda') {
     throw new RlhfError('E_CUDA', `--device cuda was requested but ${info.cuda.reason}`);
   }
