@@ -47,6 +47,8 @@ default_tests=(
   test/ops-optim.test.ts
   test/ops-sample.test.ts
   test/ops-heads.test.ts
+  test/ops-lora.test.ts
+  test/device-guarded.test.ts
   test/engine-golden.test.ts
   test/engine-generate.test.ts
   test/engine-adapter.test.ts
