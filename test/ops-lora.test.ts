@@ -7,16 +7,12 @@
 //                8 EPS32 times the sum of the magnitudes of the terms of that
 //                element (any summation order), plus the rounding of u itself
 //                carried through B.
-// lora_backward: dB += dY^T u; du = s dY B; dA += du^T x_lora; dx (+)= du A,
-//                checked against central finite differences of the float64
-//                objective L = sum(dY .* (s (x_lora A^T) B^T)) (+ the dx seed's
-//                part), i.e. the gradients of what the forward computes, not
-//                of the op's own formulas.
+// (lora_backward is checked against finite differences in ops-backward.test.ts.)
 // Sizes are odd (SIMD tails), the output is a column slice of a wider matrix
 // (ldy > out) and the input rows are strided (ldx > in): the layouts of the
 // model's fused q|k|v and gate|up projections.
 import t from 'tap';
-import { EPS32, acrossKernels, copy, expectClose, f32, KERNELS, op, Rng, strided } from './helpers/ref';
+import { EPS32, acrossKernels, copy, expectClose, op, Rng, strided } from './helpers/ref';
 
 function bf16(x: Float32Array): { bits: Uint16Array; widened: Float32Array } {
   const f = new Float32Array(1), u = new Uint32Array(f.buffer);
@@ -99,73 +95,5 @@ for (const c of CASES) {
       t.ok(kept, `${isa}: columns past the slice (ldy padding) untouched`);
       return { u: { got: u, tol: uTol }, y: { got: Float32Array.from(idx, (i) => y[i]), tol: Float64Array.from(idx, (i) => yTol[i]) } };
     });
-  });
-}
-
-for (const c of CASES) {
-  t.test(`lora_backward ${c.n}x${c.inDim}->${c.out} r${c.r}: finite differences of the forward`, async (t) => {
-    const rng = new Rng(2000 + c.n);
-    const s = 1.25;
-    const xl = strided(rng, c.n, c.inDim, c.ldx, 1, 0);
-    const a = rng.normals(c.r * c.inDim, 0.3), b = rng.normals(c.out * c.r, 0.3);
-    const dy = strided(rng, c.n, c.out, c.ldy, 1, 0);
-    const da0 = rng.normals(c.r * c.inDim), db0 = rng.normals(c.out * c.r);
-    const dx0 = strided(rng, c.n, c.inDim, c.ldx, 1, 0);
-    // L(x, A, B) = sum_{i,o} dy[i,o] * sum_j s (x_i . A_j) B[o,j]; the fp32 u the forward saved feeds dB.
-    const uF = new Float32Array(c.n * c.r);
-    for (let i = 0; i < c.n; i++)
-      for (let j = 0; j < c.r; j++) {
-        let acc = 0;
-        for (let k = 0; k < c.inDim; k++) acc += xl[i * c.ldx + k] * a[j * c.inDim + k];
-        uF[i * c.r + j] = f32(s * acc);
-      }
-    const L = (X: Float64Array | Float32Array, A: Float64Array | Float32Array, B: Float64Array | Float32Array) => {
-      let tot = 0;
-      for (let i = 0; i < c.n; i++)
-        for (let j = 0; j < c.r; j++) {
-          let xa = 0;
-          for (let k = 0; k < c.inDim; k++) xa += X[i * c.ldx + k] * A[j * c.inDim + k];
-          let g = 0;
-          for (let o = 0; o < c.out; o++) g += dy[i * c.ldy + o] * B[o * c.r + j];
-          tot += s * xa * g;
-        }
-      return tot;
-    };
-    const fd = (arr: Float32Array, which: 0 | 1 | 2, count: number, index: (q: number) => number) => {
-      const out = new Float64Array(count);
-      const X = Float64Array.from(xl), A = Float64Array.from(a), B = Float64Array.from(b);
-      const target = which === 0 ? X : which === 1 ? A : B;
-      for (let q = 0; q < count; q++) {
-        const e = index(q), h = 1e-4 * Math.max(1, Math.abs(arr[e]));
-        const keep = target[e];
-        target[e] = keep + h;
-        const up = L(X, A, B);
-        target[e] = keep - h;
-        const down = L(X, A, B);
-        target[e] = keep;
-        out[q] = (up - down) / (2 * h);
-      }
-      return out;
-    };
-    const dxIdx = Array.from({ length: c.n * c.inDim }, (_, q) => Math.floor(q / c.inDim) * c.ldx + (q % c.inDim));
-    const fdX = fd(xl, 0, dxIdx.length, (q) => dxIdx[q]);
-    const fdA = fd(a, 1, a.length, (q) => q), fdB = fd(b, 2, b.length, (q) => q);
-    const bound = (ref: ArrayLike<number>, start: ArrayLike<number>) => {
-      let big = 0;
-      for (let i = 0; i < ref.length; i++) big = Math.max(big, Math.abs(ref[i]));
-      return Float64Array.from(ref, (v, i) => 1e-4 * big + 1e-3 * Math.abs(v) + 4 * EPS32 * Math.abs(start[i]) + 1e-12);
-    };
-    for (const accumulateDx of [true, false]) {
-      for (const isa of KERNELS) {
-        const da = copy(da0), db = copy(db0), dx = copy(dx0), du = new Float32Array(c.n * c.r);
-        op('lora_backward', { n: c.n, in: c.inDim, out: c.out, r: c.r, dy, lddy: c.ldy, xLora: xl, ldx: c.ldx, u: uF, a, b, scale: s, da, db, du, dx, lddx: c.ldx, accumulateDx }, isa);
-        const refA = Float64Array.from(fdA, (v, i) => da0[i] + v), refB = Float64Array.from(fdB, (v, i) => db0[i] + v);
-        expectClose(t, da, refA, bound(fdA, da0), `${isa}: dA += du^T x_lora`);
-        expectClose(t, db, refB, bound(fdB, db0), `${isa}: dB += dY^T u`);
-        const dxStart = dxIdx.map((e) => (accumulateDx ? dx0[e] : 0));
-        const dxGot = dxIdx.map((e) => dx[e]);
-        expectClose(t, dxGot, Float64Array.from(fdX, (v, q) => dxStart[q] + v), bound(fdX, dxStart), `${isa}: dx ${accumulateDx ? '+=' : '='} du A`);
-      }
-    }
   });
 }
