@@ -53,7 +53,8 @@ void scalar_rows_dot_bf16(int64_t m, int64_t n0, int64_t n1, int64_t k, const fl
 }
 }  // namespace
 
-const GemmKernel kGemmScalar = {"scalar", kScalarMR, kScalarNR, scalar_micro, scalar_micro_a, scalar_rows_dot, scalar_rows_dot_bf16};
+const GemmKernel kGemmScalar = {"scalar", kScalarMR, kScalarNR, scalar_micro, scalar_micro_a, scalar_rows_dot, scalar_rows_dot_bf16,
+                                 nullptr, nullptr, nullptr};
 
 // ---------------------------------------------------------------- dispatch
 namespace {
@@ -101,7 +102,9 @@ inline float a_at(const GemmArgs& g, int64_t i, int64_t k) { return g.trans_a ? 
 
 // Packs rows [i0, i0+mr) x cols [k0, k0+kc) of op(A) as one MR-row micro-panel:
 // dst[k*MR + r], zero-padding rows past mr.
-void pack_a_panel(const GemmArgs& g, int MR, int64_t i0, int mr, int64_t k0, int64_t kc, float* dst) {
+void pack_a_panel(const GemmArgs& g, const GemmKernel& kern, int64_t i0, int mr, int64_t k0, int64_t kc, float* dst) {
+  const int MR = kern.mr;
+  if (!g.trans_a && mr == MR && kern.pack_a_rows) return kern.pack_a_rows(g.a + i0 * g.lda + k0, g.lda, kc, dst);
   if (!g.trans_a) {
     // mr row streams read in step, one contiguous write stream.
     const float* src[16];
@@ -151,7 +154,12 @@ void pack_b_panel_t(const GemmArgs& g, const TB* b, int NR, int64_t j0, int nr, 
   }
 }
 
-void pack_b_panel(const GemmArgs& g, int NR, int64_t j0, int nr, int64_t k0, int64_t kc, float* dst) {
+void pack_b_panel(const GemmArgs& g, const GemmKernel& kern, int64_t j0, int nr, int64_t k0, int64_t kc, float* dst) {
+  const int NR = kern.nr;
+  if (g.trans_b && nr == NR) {
+    if (g.b16 && kern.pack_b_trans_bf16) return kern.pack_b_trans_bf16(g.b16 + j0 * g.ldb + k0, g.ldb, kc, dst);
+    if (!g.b16 && kern.pack_b_trans) return kern.pack_b_trans(g.b + j0 * g.ldb + k0, g.ldb, kc, dst);
+  }
   if (g.b16) pack_b_panel_t(g, g.b16, NR, j0, nr, k0, kc, dst);
   else pack_b_panel_t(g, g.b, NR, j0, nr, k0, kc, dst);
 }
@@ -174,13 +182,15 @@ void gemm_blocked(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
   // across (skinny outputs such as LoRA's rank-r products). B is always
   // packed: a panel read in place strides rows ldb apart, which map to a few
   // L1 sets and thrash (measured slower for the backward's row-major B).
-  const bool direct_a = g.n <= 2 * NR;
+  // A packed by the caller (gemm_pack_a) is read as it is.
+  const bool prepacked = g.a_packed != nullptr;
+  const bool direct_a = !prepacked && g.n <= 2 * NR;
   const bool direct_b = false;
   const int64_t m_pad = (g.m + MR - 1) / MR * MR;
   const int64_t nc_max = std::min<int64_t>(NC, (g.n + NR - 1) / NR * NR);
   const int64_t kc_max = std::min<int64_t>(KC, g.k);
   Buffer bpack = alloc_floats(kc_max * nc_max);
-  Buffer apack = alloc_floats(direct_a ? 16 : kc_max * m_pad);
+  Buffer apack = alloc_floats(direct_a || prepacked ? 16 : kc_max * m_pad);
 
   for (int64_t jc = 0; jc < g.n; jc += NC) {
     const int64_t nc = std::min(NC, g.n - jc);
@@ -189,18 +199,20 @@ void gemm_blocked(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
       const int64_t kc = std::min(KC, g.k - pc);
       const bool acc = g.accumulate || pc > 0;
       float* bp = bpack.get();
-      float* ap = apack.get();
-      const int64_t a_panels = direct_a ? 0 : m_pad / MR;
+      float* ap_fill = apack.get();
+      // Slab pc of a prepacked A starts after the m_pad x pc floats of the slabs before it.
+      const float* ap = prepacked ? g.a_packed + pc * m_pad : ap_fill;
+      const int64_t a_panels = direct_a || prepacked ? 0 : m_pad / MR;
       auto b_in_place = [&](int64_t p) { return direct_b && (p + 1) * NR <= nc; };
       // Pack what is not read in place (B panels, and all of A for this K slab).
       pool.parallel_for(b_panels + a_panels, [&](int64_t p, int) {
         if (p < b_panels) {
           if (b_in_place(p)) return;
           const int64_t j0 = p * NR;
-          pack_b_panel(g, NR, jc + j0, static_cast<int>(std::min<int64_t>(NR, nc - j0)), pc, kc, bp + p * NR * kc);
+          pack_b_panel(g, kern, jc + j0, static_cast<int>(std::min<int64_t>(NR, nc - j0)), pc, kc, bp + p * NR * kc);
         } else {
           const int64_t i0 = (p - b_panels) * MR;
-          pack_a_panel(g, MR, i0, static_cast<int>(std::min<int64_t>(MR, g.m - i0)), pc, kc, ap + (p - b_panels) * MR * kc);
+          pack_a_panel(g, kern, i0, static_cast<int>(std::min<int64_t>(MR, g.m - i0)), pc, kc, ap_fill + (p - b_panels) * MR * kc);
         }
       });
       // Tiles of MC rows x (a share of the NC columns), spread over threads.
@@ -247,6 +259,23 @@ void gemm_f32(const GemmArgs& g, ThreadPool& pool) {
   const GemmKernel& kern = kernel();
   if (g.m <= kSmallM && g.trans_b && !g.trans_a) return gemm_small_m(g, kern, pool);
   gemm_blocked(g, kern, pool);
+}
+
+int64_t gemm_packed_a_floats(int64_t m, int64_t k) {
+  const int MR = kernel().mr;
+  return (m + MR - 1) / MR * MR * k;
+}
+
+// The layout gemm_blocked reads: K slab after K slab (KC deep, the last one
+// shorter), each the MR-row panels of all of op(A)'s rows.
+void gemm_pack_a(const GemmArgs& g, float* dst, ThreadPool& pool) {
+  const GemmKernel& kern = kernel();
+  const int MR = kern.mr;
+  const int64_t m_pad = (g.m + MR - 1) / MR * MR, panels = m_pad / MR, slabs = (g.k + KC - 1) / KC;
+  pool.parallel_for(slabs * panels, [&](int64_t t, int) {
+    const int64_t pc = (t / panels) * KC, kc = std::min(KC, g.k - pc), i0 = (t % panels) * MR;
+    pack_a_panel(g, kern, i0, static_cast<int>(std::min<int64_t>(MR, g.m - i0)), pc, kc, dst + pc * m_pad + i0 * kc);
+  });
 }
 
 void gemm_f32_serial(const GemmArgs& g) {

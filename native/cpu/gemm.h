@@ -29,12 +29,23 @@ struct GemmArgs {
   float* c = nullptr;
   int64_t ldc = 0;
   bool accumulate = false;  // C += op(A) op(B) instead of C = ...
+  // op(A) already packed by gemm_pack_a (same m, k, trans_a, a): the blocked
+  // path reads it instead of packing A again. `a` must still be set (the
+  // small-M path reads A in place).
+  const float* a_packed = nullptr;
 };
 
 void gemm_f32(const GemmArgs& g, ThreadPool& pool);
 // The same on the calling thread only, for ops that already run one task per
 // thread (attention blocks).
 void gemm_f32_serial(const GemmArgs& g);
+
+// Packs op(A) of g, all of K, as gemm_f32 reads it through GemmArgs::a_packed:
+// for a caller that multiplies one A by many B's (the LM head: one block of
+// hidden rows against every vocabulary chunk) and would otherwise repack A
+// for each. dst holds gemm_packed_a_floats(g.m, g.k) floats.
+int64_t gemm_packed_a_floats(int64_t m, int64_t k);
+void gemm_pack_a(const GemmArgs& g, float* dst, ThreadPool& pool);
 
 // Which kernel gemm_f32 uses on this CPU: "avx512" | "avx2" | "scalar".
 const char* gemm_kernel_name();

@@ -26,6 +26,12 @@ struct GemmKernel {
   // The same with B in bfloat16 (widened in registers): half the bytes to stream.
   void (*rows_dot_bf16)(int64_t m, int64_t n0, int64_t n1, int64_t k, const float* a, int64_t lda, const uint16_t* b,
                         int64_t ldb, float* c, int64_t ldc, bool accumulate);
+  // Vectorised packing of a full panel, or null (gemm.cc's scalar loops then):
+  // pack_b_trans: dst[k*NR + c] = B[c*ldb + k] (B stored [N,K], c < NR);
+  // pack_a_rows: dst[k*MR + r] = A[r*lda + k] (A stored [M,K], r < MR).
+  void (*pack_b_trans)(const float* b, int64_t ldb, int64_t kc, float* dst);
+  void (*pack_b_trans_bf16)(const uint16_t* b, int64_t ldb, int64_t kc, float* dst);
+  void (*pack_a_rows)(const float* a, int64_t lda, int64_t kc, float* dst);
 };
 
 static inline float bf16_to_f32(uint16_t h) {
@@ -39,6 +45,9 @@ static inline float bf16_to_f32(uint16_t h) {
 extern const GemmKernel kGemmScalar;
 #if defined(__x86_64__)
 extern const GemmKernel kGemmAvx2;
+void pack_b_trans_avx2(const float* b, int64_t ldb, int64_t kc, float* dst);  // gemm_pack_avx2.cc
+void pack_b_trans_bf16_avx2(const uint16_t* b, int64_t ldb, int64_t kc, float* dst);
+void pack_a_rows_avx2(const float* a, int64_t lda, int64_t kc, float* dst);
 extern const GemmKernel kGemmAvx512;
 #endif
 

@@ -7,16 +7,39 @@
 
 #include "../ops/math.h"
 #include "cpu_backend.h"
+#include "gemm.h"
 #include "vec.h"
 
 namespace rlhf::cpu {
 
 namespace {
-// Rows per block: each block streams the whole LM-head weight once, so more
-// rows means fewer passes over it. Vocabulary chunk: the logits scratch is
-// kRowBlock x kVocabChunk floats (512 KB), which stays in L2.
-constexpr int64_t kRowBlock = 256;
+// Rows per block: each block streams (and packs) the whole LM-head weight
+// once, so more rows means fewer passes over it; the block's hidden rows are
+// packed once for all its vocabulary chunks. Vocabulary chunk: the unit of the
+// log-sum-exp merge (changing it would change the last bits of logp). The
+// logits scratch is kRowBlock x kVocabChunk floats (8 MB, in L3).
+constexpr int64_t kRowBlock = 1024;
 constexpr int64_t kVocabChunk = 2048;
+
+// z[rows, vc] = h W[v0:v0+vc]^T for one block of hidden rows h, whose packed
+// form (gemm_pack_a) `hp` serves every chunk.
+struct LogitsGemm {
+  GemmArgs g;
+  std::vector<float> hp;
+  LogitsGemm(const float* h, int64_t rows, int64_t dim, ThreadPool& pool) {
+    g.trans_b = true;
+    g.m = rows, g.k = dim, g.a = h, g.lda = dim, g.ldb = dim;
+    hp.resize(static_cast<size_t>(gemm_packed_a_floats(rows, dim)));
+    gemm_pack_a(g, hp.data(), pool);
+    g.a_packed = hp.data();
+  }
+  void run(const float* w, const uint16_t* w16, int64_t v0, int64_t vc, float* z, ThreadPool& pool) {
+    g.n = vc, g.c = z, g.ldc = vc;
+    g.b = w ? w + v0 * g.k : nullptr;
+    g.b16 = w16 ? w16 + v0 * g.k : nullptr;
+    gemm_f32(g, pool);
+  }
+};
 }  // namespace
 
 void CpuBackend::lm_head_logp(const LmHeadLogpOp& op) {
@@ -30,21 +53,10 @@ void CpuBackend::lm_head_logp(const LmHeadLogpOp& op) {
     const int64_t rows = std::min(kRowBlock, op.n - r0);
     std::fill(state.begin(), state.begin() + rows, math::OnlineLse{});
     std::fill(target_logit.begin(), target_logit.begin() + rows, 0.f);
+    LogitsGemm lg(op.hidden + r0 * op.dim, rows, op.dim, pool_);
     for (int64_t v0 = 0; v0 < op.vocab; v0 += kVocabChunk) {
       const int64_t vc = std::min(kVocabChunk, op.vocab - v0);
-      GemmOp g;
-      g.trans_b = true;
-      g.m = rows;
-      g.n = vc;
-      g.k = op.dim;
-      g.a = op.hidden + r0 * op.dim;
-      g.lda = op.dim;
-      g.b = op.weight ? op.weight + v0 * op.dim : nullptr;
-      g.b_bf16 = op.weight_bf16 ? op.weight_bf16 + v0 * op.dim : nullptr;
-      g.ldb = op.dim;
-      g.c = logits.data();
-      g.ldc = vc;
-      gemm(g);
+      lg.run(op.weight, op.weight_bf16, v0, vc, logits.data(), pool_);
       pool_.parallel_for(rows, [&](int64_t r, int) {
         const int32_t target = op.targets[r0 + r];
         if (target < 0) return;
@@ -81,20 +93,15 @@ void CpuBackend::value_head(const ValueHeadOp& op) {
 void CpuBackend::lm_head_logp_backward(const LmHeadLogpBackwardOp& op) {
   const VecKernels& v = vec();
   std::vector<std::vector<float>> pbuf(static_cast<size_t>(pool_.size()), std::vector<float>(static_cast<size_t>(kVocabChunk)));
-    const int64_t vc_max = std::min(kVocabChunk, op.vocab);
+  const int64_t vc_max = std::min(kVocabChunk, op.vocab);
   std::vector<float> dz(static_cast<size_t>(std::min(kRowBlock, op.n) * vc_max));
   for (int64_t r0 = 0; r0 < op.n; r0 += kRowBlock) {
     const int64_t rows = std::min(kRowBlock, op.n - r0);
     const float* h = op.hidden + r0 * op.dim;
+    LogitsGemm lg(h, rows, op.dim, pool_);
     for (int64_t v0 = 0; v0 < op.vocab; v0 += kVocabChunk) {
       const int64_t vc = std::min(kVocabChunk, op.vocab - v0);
-      GemmOp g;  // z chunk = h W_chunk^T (unscaled)
-      g.trans_b = true;
-      g.m = rows, g.n = vc, g.k = op.dim, g.a = h, g.lda = op.dim;
-      g.b = op.weight ? op.weight + v0 * op.dim : nullptr;
-      g.b_bf16 = op.weight_bf16 ? op.weight_bf16 + v0 * op.dim : nullptr;
-      g.ldb = op.dim, g.c = dz.data(), g.ldc = vc;
-      gemm(g);
+      lg.run(op.weight, op.weight_bf16, v0, vc, dz.data(), pool_);  // z chunk = h W_chunk^T (unscaled)
       pool_.parallel_for(rows, [&](int64_t r, int thread) {
         float* z = dz.data() + r * vc;
         const int64_t i = r0 + r;
