@@ -9,6 +9,7 @@
 
 #include "../ops/math.h"
 #include "cpu_backend.h"
+#include "vec.h"
 
 namespace rlhf::cpu {
 
@@ -47,12 +48,11 @@ void CpuBackend::adamw(const AdamWOp& op) {
   // with Python floats; the element update itself is fp32.
   const math::AdamWConsts k = math::adamw_consts(op.lr, op.beta1, op.beta2, op.weight_decay, op.step);
   const int64_t n = op.n;
-  const float gs = op.grad_scale;
+  const AdamWRow row{op.grad_scale, k.decay, op.beta1, op.beta2, k.step_size, k.bc2_sqrt, op.eps};
+  const VecKernels& vk = vec();  // vectorised where the CPU allows, the same bits as the scalar update
   pool_.parallel_for(chunks(n), [&](int64_t c, int) {
-    const int64_t e = std::min(n, (c + 1) * kChunk);
-    for (int64_t i = c * kChunk; i < e; ++i)
-      math::adamw_update(op.param[i], op.m[i], op.v[i], op.grad[i] * gs, k.decay, op.beta1, op.beta2, k.step_size, k.bc2_sqrt,
-                         op.eps);
+    const int64_t b = c * kChunk, e = std::min(n, b + kChunk);
+    vk.adamw(op.param + b, op.m + b, op.v + b, op.grad + b, e - b, row);
   });
 }
 

@@ -7,6 +7,11 @@
 
 namespace rlhf::cpu {
 
+// One AdamW step's constants (math::adamw_consts) and the gradient scale.
+struct AdamWRow {
+  float grad_scale, decay, beta1, beta2, step_size, bc2_sqrt, eps;
+};
+
 struct VecKernels {
   const char* name;
   float (*dot)(const float* a, const float* b, int64_t n);
@@ -30,7 +35,14 @@ struct VecKernels {
   void (*silu_mul)(const float* g, const float* u, float* out, int64_t n);
   // out = gelu_tanh(x)
   void (*gelu)(const float* x, float* out, int64_t n);
+  // AdamW on n elements (math::adamw_update each, gradient times grad_scale);
+  // every ISA gives the scalar version's bits.
+  void (*adamw)(float* p, float* m, float* v, const float* g, int64_t n, const AdamWRow& k);
 };
+
+#if defined(__x86_64__)
+void adamw_avx2(float* p, float* m, float* v, const float* g, int64_t n, const AdamWRow& k);  // vec_adamw_avx2.cc
+#endif
 
 const VecKernels& vec();  // the best for this CPU
 bool vec_force(const char* name);  // testing hook: "scalar" | "avx2" | "avx512" | "auto"
