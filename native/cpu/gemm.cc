@@ -179,18 +179,20 @@ void gemm_blocked(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
   const int MR = kern.mr, NR = kern.nr;
   // Packing pays for itself when the packed panel is reused many times.
   // Otherwise A is read in place: when there are few B panels to reuse it
-  // across (skinny outputs such as LoRA's rank-r products). B is always
-  // packed: a panel read in place strides rows ldb apart, which map to a few
-  // L1 sets and thrash (measured slower for the backward's row-major B).
+  // across (skinny outputs such as LoRA's rank-r products). A B panel read in
+  // place strides rows ldb apart, which map to a few L1 sets and thrash when
+  // it is reused (measured slower for the backward's row-major B), so B is
+  // packed unless op(A) has at most 3 panels of rows (LoRA's dA += du^T x,
+  // r = 16 rows: packing would copy all of x to use each value 3 times).
   // A packed by the caller (gemm_pack_a) is read as it is.
   const bool prepacked = g.a_packed != nullptr;
   const bool direct_a = !prepacked && g.n <= 2 * NR;
-  const bool direct_b = false;
+  const bool direct_b = !g.trans_b && !g.b16 && (g.m + MR - 1) / MR <= 3;
   const int64_t m_pad = (g.m + MR - 1) / MR * MR;
   const int64_t nc_max = std::min<int64_t>(NC, (g.n + NR - 1) / NR * NR);
   const int64_t kc_max = std::min<int64_t>(KC, g.k);
-  Buffer bpack = alloc_floats(kc_max * nc_max);
-  Buffer apack = alloc_floats(direct_a || prepacked ? 16 : kc_max * m_pad);
+  float* const bpack = thread_scratch(0, kc_max * nc_max);
+  float* const apack = thread_scratch(1, direct_a || prepacked ? 16 : kc_max * m_pad);
 
   for (int64_t jc = 0; jc < g.n; jc += NC) {
     const int64_t nc = std::min(NC, g.n - jc);
@@ -198,8 +200,8 @@ void gemm_blocked(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
     for (int64_t pc = 0; pc < g.k; pc += KC) {
       const int64_t kc = std::min(KC, g.k - pc);
       const bool acc = g.accumulate || pc > 0;
-      float* bp = bpack.get();
-      float* ap_fill = apack.get();
+      float* bp = bpack;
+      float* ap_fill = apack;
       // Slab pc of a prepacked A starts after the m_pad x pc floats of the slabs before it.
       const float* ap = prepacked ? g.a_packed + pc * m_pad : ap_fill;
       const int64_t a_panels = direct_a || prepacked ? 0 : m_pad / MR;
@@ -248,6 +250,17 @@ void gemm_blocked(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
 }
 
 }  // namespace
+
+float* thread_scratch(int slot, int64_t n) {
+  thread_local Buffer bufs[kScratchSlots];
+  thread_local int64_t caps[kScratchSlots] = {};
+  if (n > caps[slot]) {
+    bufs[slot].reset();  // free first: the peak stays one buffer
+    bufs[slot] = alloc_floats(n);
+    caps[slot] = n;
+  }
+  return bufs[slot].get();
+}
 
 void gemm_f32(const GemmArgs& g, ThreadPool& pool) {
   if (g.m <= 0 || g.n <= 0) return;

@@ -47,6 +47,14 @@ void gemm_f32_serial(const GemmArgs& g);
 int64_t gemm_packed_a_floats(int64_t m, int64_t k);
 void gemm_pack_a(const GemmArgs& g, float* dst, ThreadPool& pool);
 
+// Scratch of the calling thread, kept (and grown, never shrunk) between
+// calls: slot s is one buffer of at least n floats, contents undefined, valid
+// until the next call with the same slot on this thread. For multi-MB packing
+// and logits buffers, which a fresh allocation per call would map and the
+// kernel zero page by page each time. Slots 0-1: gemm_f32; 2-3: the LM head.
+float* thread_scratch(int slot, int64_t n);
+constexpr int kScratchSlots = 4;
+
 // Which kernel gemm_f32 uses on this CPU: "avx512" | "avx2" | "scalar".
 const char* gemm_kernel_name();
 // Testing hook: force a kernel ("avx512", "avx2", "scalar"); returns false if this CPU lacks it.

@@ -25,13 +25,12 @@ constexpr int64_t kVocabChunk = 2048;
 // form (gemm_pack_a) `hp` serves every chunk.
 struct LogitsGemm {
   GemmArgs g;
-  std::vector<float> hp;
   LogitsGemm(const float* h, int64_t rows, int64_t dim, ThreadPool& pool) {
     g.trans_b = true;
     g.m = rows, g.k = dim, g.a = h, g.lda = dim, g.ldb = dim;
-    hp.resize(static_cast<size_t>(gemm_packed_a_floats(rows, dim)));
-    gemm_pack_a(g, hp.data(), pool);
-    g.a_packed = hp.data();
+    float* hp = thread_scratch(3, gemm_packed_a_floats(rows, dim));
+    gemm_pack_a(g, hp, pool);
+    g.a_packed = hp;
   }
   void run(const float* w, const uint16_t* w16, int64_t v0, int64_t vc, float* z, ThreadPool& pool) {
     g.n = vc, g.c = z, g.ldc = vc;
@@ -45,7 +44,7 @@ struct LogitsGemm {
 void CpuBackend::lm_head_logp(const LmHeadLogpOp& op) {
   const VecKernels& v = vec();
   const int64_t vc_max = std::min(kVocabChunk, op.vocab);
-  std::vector<float> logits(static_cast<size_t>(std::min(kRowBlock, op.n) * vc_max));
+  float* const logits = thread_scratch(2, std::min(kRowBlock, op.n) * vc_max);  // written by the GEMM before use
   std::vector<math::OnlineLse> state(static_cast<size_t>(std::min(kRowBlock, op.n)));
   std::vector<float> target_logit(state.size());
 
@@ -56,11 +55,11 @@ void CpuBackend::lm_head_logp(const LmHeadLogpOp& op) {
     LogitsGemm lg(op.hidden + r0 * op.dim, rows, op.dim, pool_);
     for (int64_t v0 = 0; v0 < op.vocab; v0 += kVocabChunk) {
       const int64_t vc = std::min(kVocabChunk, op.vocab - v0);
-      lg.run(op.weight, op.weight_bf16, v0, vc, logits.data(), pool_);
+      lg.run(op.weight, op.weight_bf16, v0, vc, logits, pool_);
       pool_.parallel_for(rows, [&](int64_t r, int) {
         const int32_t target = op.targets[r0 + r];
         if (target < 0) return;
-        const float* row = logits.data() + r * vc;
+        const float* row = logits + r * vc;
         const float m = v.max(row, vc) * op.inv_temperature;  // inv_temperature > 0
         math::OnlineLse chunk{m, 0.f, 0.f};
         v.exp_stats(row, op.inv_temperature, m, &chunk.s, &chunk.t, vc);
@@ -94,16 +93,16 @@ void CpuBackend::lm_head_logp_backward(const LmHeadLogpBackwardOp& op) {
   const VecKernels& v = vec();
   std::vector<std::vector<float>> pbuf(static_cast<size_t>(pool_.size()), std::vector<float>(static_cast<size_t>(kVocabChunk)));
   const int64_t vc_max = std::min(kVocabChunk, op.vocab);
-  std::vector<float> dz(static_cast<size_t>(std::min(kRowBlock, op.n) * vc_max));
+  float* const dz = thread_scratch(2, std::min(kRowBlock, op.n) * vc_max);  // written by the GEMM before use
   for (int64_t r0 = 0; r0 < op.n; r0 += kRowBlock) {
     const int64_t rows = std::min(kRowBlock, op.n - r0);
     const float* h = op.hidden + r0 * op.dim;
     LogitsGemm lg(h, rows, op.dim, pool_);
     for (int64_t v0 = 0; v0 < op.vocab; v0 += kVocabChunk) {
       const int64_t vc = std::min(kVocabChunk, op.vocab - v0);
-      lg.run(op.weight, op.weight_bf16, v0, vc, dz.data(), pool_);  // z chunk = h W_chunk^T (unscaled)
+      lg.run(op.weight, op.weight_bf16, v0, vc, dz, pool_);  // z chunk = h W_chunk^T (unscaled)
       pool_.parallel_for(rows, [&](int64_t r, int thread) {
-        float* z = dz.data() + r * vc;
+        float* z = dz + r * vc;
         const int64_t i = r0 + r;
         const int32_t target = op.targets[i];
         if (target < 0) {
@@ -125,7 +124,7 @@ void CpuBackend::lm_head_logp_backward(const LmHeadLogpBackwardOp& op) {
       });
       // dhidden += dz W_chunk      ([rows, vc] x [vc, dim])
       GemmOp dh;
-      dh.m = rows, dh.n = op.dim, dh.k = vc, dh.a = dz.data(), dh.lda = vc;
+      dh.m = rows, dh.n = op.dim, dh.k = vc, dh.a = dz, dh.lda = vc;
       dh.b = op.weight ? op.weight + v0 * op.dim : nullptr;
       dh.b_bf16 = op.weight_bf16 ? op.weight_bf16 + v0 * op.dim : nullptr;
       dh.ldb = op.dim, dh.c = op.dhidden + r0 * op.dim, dh.ldc = op.dim, dh.accumulate = true;
@@ -133,7 +132,7 @@ void CpuBackend::lm_head_logp_backward(const LmHeadLogpBackwardOp& op) {
       if (op.dweight) {  // dW_chunk += dz^T h   ([vc, rows] x [rows, dim])
         GemmOp dw;
         dw.trans_a = true;
-        dw.m = vc, dw.n = op.dim, dw.k = rows, dw.a = dz.data(), dw.lda = vc, dw.b = h, dw.ldb = op.dim;
+        dw.m = vc, dw.n = op.dim, dw.k = rows, dw.a = dz, dw.lda = vc, dw.b = h, dw.ldb = op.dim;
         dw.c = op.dweight + v0 * op.dim, dw.ldc = op.dim, dw.accumulate = true;
         gemm(dw);
       }
