@@ -54,7 +54,7 @@ void scalar_rows_dot_bf16(int64_t m, int64_t n0, int64_t n1, int64_t k, const fl
 }  // namespace
 
 const GemmKernel kGemmScalar = {"scalar", kScalarMR, kScalarNR, scalar_micro, scalar_micro_a, scalar_rows_dot, scalar_rows_dot_bf16,
-                                 nullptr, nullptr, nullptr};
+                                 nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
 
 // ---------------------------------------------------------------- dispatch
 namespace {
@@ -105,6 +105,7 @@ inline float a_at(const GemmArgs& g, int64_t i, int64_t k) { return g.trans_a ? 
 void pack_a_panel(const GemmArgs& g, const GemmKernel& kern, int64_t i0, int mr, int64_t k0, int64_t kc, float* dst) {
   const int MR = kern.mr;
   if (!g.trans_a && mr == MR && kern.pack_a_rows) return kern.pack_a_rows(g.a + i0 * g.lda + k0, g.lda, kc, dst);
+  if (g.trans_a && mr == MR && kern.pack_a_cols) return kern.pack_a_cols(g.a + k0 * g.lda + i0, g.lda, kc, dst);
   if (!g.trans_a) {
     // mr row streams read in step, one contiguous write stream.
     const float* src[16];
@@ -159,6 +160,10 @@ void pack_b_panel(const GemmArgs& g, const GemmKernel& kern, int64_t j0, int nr,
   if (g.trans_b && nr == NR) {
     if (g.b16 && kern.pack_b_trans_bf16) return kern.pack_b_trans_bf16(g.b16 + j0 * g.ldb + k0, g.ldb, kc, dst);
     if (!g.b16 && kern.pack_b_trans) return kern.pack_b_trans(g.b + j0 * g.ldb + k0, g.ldb, kc, dst);
+  }
+  if (!g.trans_b && nr == NR) {
+    if (g.b16 && kern.pack_b_rows_bf16) return kern.pack_b_rows_bf16(g.b16 + k0 * g.ldb + j0, g.ldb, kc, dst);
+    if (!g.b16 && kern.pack_b_rows) return kern.pack_b_rows(g.b + k0 * g.ldb + j0, g.ldb, kc, dst);
   }
   if (g.b16) pack_b_panel_t(g, g.b16, NR, j0, nr, k0, kc, dst);
   else pack_b_panel_t(g, g.b, NR, j0, nr, k0, kc, dst);

@@ -44,7 +44,8 @@ struct V {
 }  // namespace gemm_avx2
 
 const GemmKernel kGemmAvx2 = {"avx2", gemm_avx2::MR, gemm_avx2::NR, gemm_avx2::micro, gemm_avx2::micro_a, gemm_avx2::rows_dot, gemm_avx2::rows_dot_bf16,
-                             pack_b_trans_avx2, pack_b_trans_bf16_avx2, pack_a_rows_avx2};
+                             pack_b_trans_avx2, pack_b_trans_bf16_avx2, pack_b_rows_avx2, pack_b_rows_bf16_avx2,
+                             pack_a_rows_avx2, pack_a_cols_avx2};
 
 }  // namespace rlhf::cpu
 

@@ -38,7 +38,7 @@ struct V {
 }  // namespace gemm_avx512
 
 const GemmKernel kGemmAvx512 = {"avx512", gemm_avx512::MR, gemm_avx512::NR, gemm_avx512::micro, gemm_avx512::micro_a, gemm_avx512::rows_dot, gemm_avx512::rows_dot_bf16,
-                               nullptr, nullptr, nullptr};
+                               nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
 
 }  // namespace rlhf::cpu
 

@@ -28,10 +28,15 @@ struct GemmKernel {
                         int64_t ldb, float* c, int64_t ldc, bool accumulate);
   // Vectorised packing of a full panel, or null (gemm.cc's scalar loops then):
   // pack_b_trans: dst[k*NR + c] = B[c*ldb + k] (B stored [N,K], c < NR);
-  // pack_a_rows: dst[k*MR + r] = A[r*lda + k] (A stored [M,K], r < MR).
+  // pack_b_rows:  dst[k*NR + c] = B[k*ldb + c] (B stored [K,N]);
+  // pack_a_rows:  dst[k*MR + r] = A[r*lda + k] (A stored [M,K], r < MR);
+  // pack_a_cols:  dst[k*MR + r] = A[k*lda + r] (A stored [K,M]).
   void (*pack_b_trans)(const float* b, int64_t ldb, int64_t kc, float* dst);
   void (*pack_b_trans_bf16)(const uint16_t* b, int64_t ldb, int64_t kc, float* dst);
+  void (*pack_b_rows)(const float* b, int64_t ldb, int64_t kc, float* dst);
+  void (*pack_b_rows_bf16)(const uint16_t* b, int64_t ldb, int64_t kc, float* dst);
   void (*pack_a_rows)(const float* a, int64_t lda, int64_t kc, float* dst);
+  void (*pack_a_cols)(const float* a, int64_t lda, int64_t kc, float* dst);
 };
 
 static inline float bf16_to_f32(uint16_t h) {
@@ -47,7 +52,10 @@ extern const GemmKernel kGemmScalar;
 extern const GemmKernel kGemmAvx2;
 void pack_b_trans_avx2(const float* b, int64_t ldb, int64_t kc, float* dst);  // gemm_pack_avx2.cc
 void pack_b_trans_bf16_avx2(const uint16_t* b, int64_t ldb, int64_t kc, float* dst);
+void pack_b_rows_avx2(const float* b, int64_t ldb, int64_t kc, float* dst);
+void pack_b_rows_bf16_avx2(const uint16_t* b, int64_t ldb, int64_t kc, float* dst);
 void pack_a_rows_avx2(const float* a, int64_t lda, int64_t kc, float* dst);
+void pack_a_cols_avx2(const float* a, int64_t lda, int64_t kc, float* dst);
 extern const GemmKernel kGemmAvx512;
 #endif
 

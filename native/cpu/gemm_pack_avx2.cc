@@ -1,10 +1,9 @@
-// AVX2 packing of the GEMM operands whose packed layout is a transpose of
-// their storage: a Linear weight as B (y = x W^T: W is [N,K], the packed panel
-// wants K-major rows of NR = 16 columns) and a row-major A (panels of MR = 6
-// rows, interleaved per k). The scalar loops in gemm.cc move one float per
-// load/store pair; here 8x8 blocks go through registers, eight floats per
-// load and store. Packing only moves values, so the GEMM's results are the
-// same bits either way.
+// AVX2 packing of full GEMM panels. Transposing ones: a Linear weight as B
+// (y = x W^T: W is [N,K], the packed panel wants K-major rows of NR = 16
+// columns) and a row-major A (panels of MR = 6 rows, interleaved per k), in
+// 8x8 blocks through registers. Copying ones (B stored [K,N], A stored
+// [K,M]): whole vectors per k instead of gemm.cc's float-by-float loops.
+// Packing only moves values, so the GEMM's results are the same bits either way.
 #if defined(__x86_64__)
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
@@ -69,7 +68,29 @@ void pack_b_trans_t(const TB* b, int64_t ldb, int64_t kc, float* dst) {
   }
 }
 
+// dst[k*16 + c] = b[k*ldb + c] for c < 16, k < kc.
+template <typename TB>
+void pack_b_rows_t(const TB* b, int64_t ldb, int64_t kc, float* dst) {
+  for (int64_t k = 0; k < kc; ++k) {
+    _mm256_storeu_ps(dst + k * NR, load8(b + k * ldb));
+    _mm256_storeu_ps(dst + k * NR + 8, load8(b + k * ldb + 8));
+  }
+}
+
 }  // namespace
+
+void pack_b_rows_avx2(const float* b, int64_t ldb, int64_t kc, float* dst) { pack_b_rows_t(b, ldb, kc, dst); }
+void pack_b_rows_bf16_avx2(const uint16_t* b, int64_t ldb, int64_t kc, float* dst) { pack_b_rows_t(b, ldb, kc, dst); }
+
+// dst[k*6 + r] = a[k*lda + r] for r < 6, k < kc: a 4-float and a 2-float move per k.
+void pack_a_cols_avx2(const float* a, int64_t lda, int64_t kc, float* dst) {
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* s = a + k * lda;
+    float* d = dst + k * MR;
+    _mm_storeu_ps(d, _mm_loadu_ps(s));
+    _mm_storel_pi(reinterpret_cast<__m64*>(d + 4), _mm_loadl_pi(_mm_setzero_ps(), reinterpret_cast<const __m64*>(s + 4)));
+  }
+}
 
 void pack_b_trans_avx2(const float* b, int64_t ldb, int64_t kc, float* dst) { pack_b_trans_t(b, ldb, kc, dst); }
 void pack_b_trans_bf16_avx2(const uint16_t* b, int64_t ldb, int64_t kc, float* dst) { pack_b_trans_t(b, ldb, kc, dst); }
