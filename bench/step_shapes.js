@@ -9,7 +9,7 @@
  * the full bench/train.js run. Medians of --repeats samples.
  *
  *   node bench/step_shapes.js [--config M] [--repeats 5] [--only gemm,lora,lm_head,adamw] [--json]
- *   node bench/step_shapes.js --addons old.node,build/Release/rlhf_native.node
+ *   node bench/step_shapes.js --addons old.node,build/Release/rlhf_native.node [--stat min --sample-ms 20 --repeats 15]
  *
  * --addons: two builds of the addon in one process, their samples alternating
  * (A, B, A, B, ...) so that load from other processes hits both alike; prints
@@ -20,7 +20,7 @@
 const { CONFIGS, median, now, requireDist } = require('./common');
 
 function parseArgs(argv) {
-  const o = { config: 'M', repeats: 5, only: ['gemm', 'lora', 'lm_head', 'adamw'], json: false, tokens: 1024, r: 16, addons: [] };
+  const o = { config: 'M', repeats: 5, stat: 'median', sampleMs: 60, only: ['gemm', 'lora', 'lm_head', 'adamw'], json: false, tokens: 1024, r: 16, addons: [] };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--config') o.config = argv[++i];
@@ -28,6 +28,8 @@ function parseArgs(argv) {
     else if (a === '--only') o.only = argv[++i].split(',');
     else if (a === '--json') o.json = true;
     else if (a === '--addons') o.addons = argv[++i].split(',');
+    else if (a === '--stat') o.stat = argv[++i];  // median | min (min: the least disturbed sample on a shared machine)
+    else if (a === '--sample-ms') o.sampleMs = Number(argv[++i]);
     else throw new Error(`unknown argument ${a}`);
   }
   return o;
@@ -43,13 +45,13 @@ function rand(n, seed) {
   return x;
 }
 
-/** Median ms of each of fns over `repeats` samples (each >= ~60 ms of calls), the fns alternating. */
-function time(fns, repeats) {
+/** Median (or min) ms of each of fns over `repeats` samples (each >= ~sampleMs of calls), the fns alternating. */
+function time(fns, repeats, sampleMs, stat) {
   const calls = fns.map((fn) => {
     fn();
     const t0 = now();
     fn();
-    return Math.max(1, Math.round(60 / Math.max(now() - t0, 1e-3)));
+    return Math.max(1, Math.round(sampleMs / Math.max(now() - t0, 1e-3)));
   });
   const samples = fns.map(() => /** @type {number[]} */ ([]));
   for (let r = 0; r < repeats; r++)
@@ -58,7 +60,7 @@ function time(fns, repeats) {
       for (let c = 0; c < calls[i]; c++) fn();
       samples[i].push((now() - t0) / calls[i]);
     });
-  return samples.map(median);
+  return samples.map((x) => (stat === 'min' ? Math.min(...x) : median(x)));
 }
 
 function main() {
@@ -76,7 +78,7 @@ function main() {
   const rows = [];
   // op(addon) runs the work once on that addon; one line per row, one column per addon.
   const row = (name, per, op, flops) => {
-    const ms = time(addons.map((ad) => () => op(ad)), o.repeats);
+    const ms = time(addons.map((ad) => () => op(ad)), o.repeats, o.sampleMs, o.stat);
     const x = { name, per, ms, gflops: flops ? ms.map((t) => flops / t / 1e6) : null, step_ms: ms.map((t) => t * per) };
     rows.push(x);
     const cols = ms.map((t, i) => `${t.toFixed(2).padStart(9)} ms${flops ? ` ${(/** @type {number[]} */ (x.gflops)[i]).toFixed(1).padStart(6)} GF/s` : ''} step ${x.step_ms[i].toFixed(0).padStart(4)}`);

@@ -194,10 +194,24 @@ void gemm_blocked(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
   const bool direct_a = !prepacked && g.n <= 2 * NR;
   const bool direct_b = !g.trans_b && !g.b16 && (g.m + MR - 1) / MR <= 3;
   const int64_t m_pad = (g.m + MR - 1) / MR * MR;
+  // Row blocks. With enough rows, each task packs its own block of A (the
+  // block then sits in the L2 of the core that streams it over the B panels;
+  // packed in a shared pass it was in whichever core's cache packed it), and
+  // the blocks are sized to balance: about 4 per thread, at most MC rows.
+  // Otherwise MC-row blocks, A packed in the shared pass, and the columns
+  // split further for parallelism.
+  const int64_t m_panels = m_pad / MR;
+  const bool private_a = !direct_a && !prepacked && m_panels >= 4 * pool.size();
+  int64_t mc = MC;
+  if (private_a) {
+    const int64_t blocks = std::max<int64_t>(4 * pool.size(), (m_panels * MR + MC - 1) / MC);
+    mc = (m_panels + blocks - 1) / blocks * MR;
+  }
+  const int64_t m_blocks = (g.m + mc - 1) / mc;
   const int64_t nc_max = std::min<int64_t>(NC, (g.n + NR - 1) / NR * NR);
   const int64_t kc_max = std::min<int64_t>(KC, g.k);
   float* const bpack = thread_scratch(0, kc_max * nc_max);
-  float* const apack = thread_scratch(1, direct_a || prepacked ? 16 : kc_max * m_pad);
+  float* const apack = thread_scratch(1, direct_a || prepacked || private_a ? 16 : kc_max * m_pad);
 
   for (int64_t jc = 0; jc < g.n; jc += NC) {
     const int64_t nc = std::min(NC, g.n - jc);
@@ -209,7 +223,7 @@ void gemm_blocked(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
       float* ap_fill = apack;
       // Slab pc of a prepacked A starts after the m_pad x pc floats of the slabs before it.
       const float* ap = prepacked ? g.a_packed + pc * m_pad : ap_fill;
-      const int64_t a_panels = direct_a || prepacked ? 0 : m_pad / MR;
+      const int64_t a_panels = direct_a || prepacked || private_a ? 0 : m_pad / MR;
       auto b_in_place = [&](int64_t p) { return direct_b && (p + 1) * NR <= nc; };
       // Pack what is not read in place (B panels, and all of A for this K slab).
       pool.parallel_for(b_panels + a_panels, [&](int64_t p, int) {
@@ -222,15 +236,23 @@ void gemm_blocked(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
           pack_a_panel(g, kern, i0, static_cast<int>(std::min<int64_t>(MR, g.m - i0)), pc, kc, ap_fill + (p - b_panels) * MR * kc);
         }
       });
-      // Tiles of MC rows x (a share of the NC columns), spread over threads.
-      const int64_t m_blocks = (g.m + MC - 1) / MC;
+      // Tiles of mc rows x (a share of the NC columns), spread over threads.
       int64_t n_split = 1;
       while (m_blocks * n_split < 4 * pool.size() && b_panels / (n_split * 2) >= 2) n_split *= 2;
+      if (private_a) n_split = 1;
       const int64_t panels_per_split = (b_panels + n_split - 1) / n_split;
       pool.parallel_for(m_blocks * n_split, [&](int64_t t, int) {
         const int64_t ib = t / n_split, js = t % n_split;
-        const int64_t i_begin = ib * MC, i_end = std::min(g.m, i_begin + MC);
+        const int64_t i_begin = ib * mc, i_end = std::min(g.m, i_begin + mc);
         const int64_t p_begin = js * panels_per_split, p_end = std::min(b_panels, p_begin + panels_per_split);
+        // A block of this task: packed here, by the thread that uses it, into its own L2.
+        const float* a_blk = ap + i_begin * kc;
+        if (private_a) {
+          float* mine = thread_scratch(4, mc * kc);
+          for (int64_t i0 = i_begin; i0 < i_end; i0 += MR)
+            pack_a_panel(g, kern, i0, static_cast<int>(std::min<int64_t>(MR, g.m - i0)), pc, kc, mine + (i0 - i_begin) * kc);
+          a_blk = mine;
+        }
         for (int64_t p = p_begin; p < p_end; ++p) {
           const int64_t j0 = p * NR;
           const int nr = static_cast<int>(std::min<int64_t>(NR, nc - j0));
@@ -245,7 +267,7 @@ void gemm_blocked(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
               const float* a = g.trans_a ? g.a + pc * g.lda + i : g.a + i * g.lda + pc;
               kern.micro_a(kc, a, g.trans_a ? 1 : g.lda, g.trans_a ? g.lda : 1, bpanel, b_ks, c, g.ldc, mr, nr, acc);
             } else {
-              kern.micro(kc, ap + (i / MR) * MR * kc, bpanel, b_ks, c, g.ldc, mr, nr, acc);
+              kern.micro(kc, a_blk + (i - i_begin) * kc, bpanel, b_ks, c, g.ldc, mr, nr, acc);
             }
           }
         }

@@ -51,9 +51,10 @@ void gemm_pack_a(const GemmArgs& g, float* dst, ThreadPool& pool);
 // calls: slot s is one buffer of at least n floats, contents undefined, valid
 // until the next call with the same slot on this thread. For multi-MB packing
 // and logits buffers, which a fresh allocation per call would map and the
-// kernel zero page by page each time. Slots 0-1: gemm_f32; 2-3: the LM head.
+// kernel zero page by page each time. Slots 0-1: gemm_f32; 2-3: the LM head;
+// 4: gemm_f32's per-task A blocks (on the pool's threads).
 float* thread_scratch(int slot, int64_t n);
-constexpr int kScratchSlots = 4;
+constexpr int kScratchSlots = 5;
 
 // Which kernel gemm_f32 uses on this CPU: "avx512" | "avx2" | "scalar".
 const char* gemm_kernel_name();
