@@ -20,7 +20,7 @@
 const { CONFIGS, median, now, requireDist } = require('./common');
 
 function parseArgs(argv) {
-  const o = { config: 'M', repeats: 5, stat: 'median', sampleMs: 60, only: ['gemm', 'lora', 'lm_head', 'adamw'], json: false, tokens: 1024, r: 16, addons: [] };
+  const o = { config: 'M', repeats: 5, stat: 'median', sampleMs: 60, only: ['gemm', 'lora', 'attention', 'lm_head', 'adamw'], json: false, tokens: 1024, r: 16, addons: [] };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--config') o.config = argv[++i];
@@ -116,6 +116,17 @@ function main() {
       gemm(`lora dA+=du^T x ${what}`, L, r, inn, N, { transA: true, accumulate: true });
       gemm(`lora dx+=du A ${what}`, L, N, inn, r, { accumulate: true });
     }
+  }
+  if (o.only.includes('attention')) {
+    // causal GQA over B = N / 256 sequences of 256; FLOPs: the score and value products over the causal half
+    const T = 256, B = N / T, KVH = c.kvHeads * hd;
+    const q = get(N * Q, 21), k = get(N * KVH, 22), vv = get(N * KVH, 23), dout = get(N * Q, 24);
+    const out = new Float32Array(N * Q), lse = new Float32Array(B * c.heads * T);
+    const dq = new Float32Array(N * Q), dk = new Float32Array(N * KVH), dv = new Float32Array(N * KVH);
+    const base = { batch: B, seq: T, heads: c.heads, kvHeads: c.kvHeads, headDim: hd, scale: 1 / Math.sqrt(hd), q, k, v: vv, ldq: Q, ldk: KVH, ldv: KVH, ldo: Q };
+    const fl = 2 * B * c.heads * T * T * hd;  // QK^T and PV, causal half each
+    row(`attention fwd ${B}x${T} h${c.heads}/${c.kvHeads} d${hd}`, L, (ad) => ad.runOp('attention', { ...base, out, lse }), fl);
+    row(`attention bwd`, L, (ad) => ad.runOp('attention_backward', { ...base, out, dout, lse, dq, dk, dv }), 2.5 * fl);
   }
   if (o.only.includes('lm_head')) {
     const V = c.vocab, w = get(V * H, 3), h = get(N * H, 4);
