@@ -13,6 +13,10 @@ namespace rlhf::cpu {
 
 namespace {
 constexpr int kSpinIterations = 4000;  // tens of microseconds before sleeping
+// The caller spins longer before it sleeps at the end of a job: a worker
+// that lags by less than this costs no wake-up latency; one that lags by more
+// has usually been preempted, for a time slice of milliseconds.
+constexpr int kCallerSpinIterations = 16000;
 }
 
 ThreadPool::ThreadPool(int threads) {
@@ -61,10 +65,18 @@ void ThreadPool::run(int64_t n, TaskFn fn, void* ctx) {
   drain(0);
   // Wait for the workers to leave the job, so its context (on our stack)
   // stays valid. Spin briefly (they usually finish within microseconds),
-  // then yield: on a loaded machine a descheduled worker must get the core.
+  // then sleep until the last one leaves. Sleeping rather than yielding in a
+  // loop matters on a shared machine: a worker preempted by another process
+  // can only move to our core if that core goes idle, and a yielding thread
+  // keeps it busy (the step then waits out the other process's time slice).
   for (int spin = 0; active_.load(std::memory_order_acquire) != 0; ++spin) {
-    if (spin < kSpinIterations) RLHF_PAUSE();
-    else std::this_thread::yield();
+    if (spin < kCallerSpinIterations) {
+      RLHF_PAUSE();
+      continue;
+    }
+    std::unique_lock<std::mutex> lock(done_mu_);
+    done_.wait(lock, [&] { return active_.load(std::memory_order_acquire) == 0; });
+    break;
   }
   std::exception_ptr e;
   {
@@ -93,7 +105,13 @@ void ThreadPool::worker_loop(int index) {
       if (stop_) return;
     }
     drain(index);
-    active_.fetch_sub(1, std::memory_order_acq_rel);
+    if (active_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      // The last worker out wakes the caller if it went to sleep. Notifying
+      // under the mutex: the caller checks active_ under it, so the wake-up
+      // cannot fall between its check and its wait.
+      std::lock_guard<std::mutex> lock(done_mu_);
+      done_.notify_one();
+    }
   }
 }
 

@@ -2,7 +2,9 @@
 // out as `parallel_for(n, fn)`: task indices 0..n-1 are claimed from an atomic
 // counter by the workers and by the calling thread, so uneven tasks balance
 // themselves. Workers spin briefly before sleeping, because ops arrive back to
-// back (dozens per layer) and a futex wake costs more than a small op.
+// back (dozens per layer) and a futex wake costs more than a small op. The
+// caller, waiting for the workers at the end of a job, also spins briefly
+// and then sleeps (see run()).
 //
 // One pool per engine (native/engine.h); calls into one pool must not overlap.
 #pragma once
@@ -53,6 +55,8 @@ class ThreadPool {
   std::atomic<uint64_t> generation_{0};
   std::atomic<int64_t> next_{0};
   std::atomic<int> active_{0};  // workers still inside the current job
+  std::mutex done_mu_;            // the caller sleeps on done_ once it has spun long enough
+  std::condition_variable done_;
   int64_t n_ = 0;
   TaskFn fn_ = nullptr;
   void* ctx_ = nullptr;
