@@ -81,6 +81,12 @@ const GemmKernel& kernel() {
 // sliver of A streams; the packed MC x KC block of A (~200 KB) lives in L2;
 // the packed KC x NC block of B (~1.5 MB) in L2/L3.
 constexpr int64_t KC = 256;
+// Depth of the K slabs for a given K: KC, except that with 16-wide B panels
+// K up to 1.5 KC is one slab (a 24 KB panel still fits L1 beside the A stream). Splitting, say,
+// K = 288 into 256 + 32 would pass over C twice, repack both operands for the
+// 32 and run its micro-kernels at 1/8 of their depth. (K in (KC, 1.5 KC]
+// therefore sums in one pass, not two: different rounding, still deterministic.)
+inline int64_t slab_depth(int64_t k, int nr) { return nr <= 16 && k <= KC + KC / 2 ? k : KC; }
 constexpr int64_t MC = 192;   // multiple of 6 and 12
 constexpr int64_t NC = 1536;  // multiple of 16 and 32
 constexpr int64_t kSmallM = 8;
@@ -209,15 +215,16 @@ void gemm_blocked(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
   }
   const int64_t m_blocks = (g.m + mc - 1) / mc;
   const int64_t nc_max = std::min<int64_t>(NC, (g.n + NR - 1) / NR * NR);
-  const int64_t kc_max = std::min<int64_t>(KC, g.k);
+  const int64_t kd = slab_depth(g.k, NR);
+  const int64_t kc_max = std::min<int64_t>(kd, g.k);
   float* const bpack = thread_scratch(0, kc_max * nc_max);
   float* const apack = thread_scratch(1, direct_a || prepacked || private_a ? 16 : kc_max * m_pad);
 
   for (int64_t jc = 0; jc < g.n; jc += NC) {
     const int64_t nc = std::min(NC, g.n - jc);
     const int64_t b_panels = (nc + NR - 1) / NR;
-    for (int64_t pc = 0; pc < g.k; pc += KC) {
-      const int64_t kc = std::min(KC, g.k - pc);
+    for (int64_t pc = 0; pc < g.k; pc += kd) {
+      const int64_t kc = std::min(kd, g.k - pc);
       const bool acc = g.accumulate || pc > 0;
       float* bp = bpack;
       float* ap_fill = apack;
@@ -306,14 +313,15 @@ int64_t gemm_packed_a_floats(int64_t m, int64_t k) {
   return (m + MR - 1) / MR * MR * k;
 }
 
-// The layout gemm_blocked reads: K slab after K slab (KC deep, the last one
+// The layout gemm_blocked reads: K slab after K slab (slab_depth deep, the last one
 // shorter), each the MR-row panels of all of op(A)'s rows.
 void gemm_pack_a(const GemmArgs& g, float* dst, ThreadPool& pool) {
   const GemmKernel& kern = kernel();
   const int MR = kern.mr;
-  const int64_t m_pad = (g.m + MR - 1) / MR * MR, panels = m_pad / MR, slabs = (g.k + KC - 1) / KC;
+  const int64_t kd = slab_depth(g.k, kern.nr);
+  const int64_t m_pad = (g.m + MR - 1) / MR * MR, panels = m_pad / MR, slabs = (g.k + kd - 1) / kd;
   pool.parallel_for(slabs * panels, [&](int64_t t, int) {
-    const int64_t pc = (t / panels) * KC, kc = std::min(KC, g.k - pc), i0 = (t % panels) * MR;
+    const int64_t pc = (t / panels) * kd, kc = std::min(kd, g.k - pc), i0 = (t % panels) * MR;
     pack_a_panel(g, kern, i0, static_cast<int>(std::min<int64_t>(MR, g.m - i0)), pc, kc, dst + pc * m_pad + i0 * kc);
   });
 }
