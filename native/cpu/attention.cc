@@ -38,6 +38,19 @@ float attend_row(const VecKernels& v, const float* q, int64_t d, float scale, co
   return m + std::log(sum);
 }
 
+// Row t of the scores, keys [0, keys): scaled where key s may be seen (s <= t
+// and not padding), -inf elsewhere. Without a padding mask that is a
+// vectorised scale of the first t + 1 and a fill (the same products).
+void causal_scale_row(const VecKernels& v, float* row, int64_t t, int64_t keys, const uint8_t* mask, float scale) {
+  if (!mask) {
+    const int64_t seen = std::min(keys, t + 1);
+    v.scale(row, scale, row, seen);
+    std::fill(row + seen, row + keys, -INFINITY);
+    return;
+  }
+  for (int64_t s = 0; s < keys; ++s) row[s] = (s > t || !mask[s]) ? -INFINITY : row[s] * scale;
+}
+
 }  // namespace
 
 // Prefill/training attention, blocked: for a block of kQueryBlock query rows
@@ -50,13 +63,12 @@ void CpuBackend::attention(const AttentionOp& op) {
   const VecKernels& v = vec();
   const int64_t group = op.heads / op.kv_heads, T = op.seq, D = op.head_dim;
   const int64_t qblocks = (T + kQueryBlock - 1) / kQueryBlock;
-  std::vector<std::vector<float>> scratch(pool_.size(), std::vector<float>(static_cast<size_t>(kQueryBlock * T + kQueryBlock * D)));
+  std::vector<std::vector<float>> scratch(pool_.size(), std::vector<float>(static_cast<size_t>(kQueryBlock * T)));
   pool_.parallel_for(op.batch * op.heads * qblocks, [&](int64_t task, int thread) {
     const int64_t qb = task % qblocks, bh = task / qblocks;
     const int64_t b = bh / op.heads, h = bh % op.heads, kvh = h / group;
     const int64_t t0 = qb * kQueryBlock, t1 = std::min(T, t0 + kQueryBlock), rows = t1 - t0, keys = t1;
     float* S = scratch[static_cast<size_t>(thread)].data();  // [rows, keys]
-    float* O = S + kQueryBlock * T;                            // [rows, D]
     const uint8_t* mask = op.mask ? op.mask + b * T : nullptr;
     const float* kb = op.k + b * T * op.ldk + kvh * D;
     const float* vb = op.v + b * T * op.ldv + kvh * D;
@@ -75,18 +87,16 @@ void CpuBackend::attention(const AttentionOp& op) {
         if (lse_out) *lse_out = -INFINITY;
         continue;
       }
-      for (int64_t s = 0; s < keys; ++s) srow[s] = (s > t || (mask && !mask[s])) ? -INFINITY : srow[s] * op.scale;
+      causal_scale_row(v, srow, t, keys, mask, op.scale);
       const float m = v.max(srow, t + 1);
       const float sum = v.exp_shift(srow, m, srow, keys);  // masked keys -> 0
       v.scale(srow, 1.f / sum, srow, keys);
       if (lse_out) *lse_out = m + std::log(sum);
     }
-    GemmArgs pv;
+    GemmArgs pv;  // O = P V, written straight into this head's columns of out
     pv.m = rows, pv.n = D, pv.k = keys;
-    pv.a = S, pv.lda = keys, pv.b = vb, pv.ldb = op.ldv, pv.c = O, pv.ldc = D;
+    pv.a = S, pv.lda = keys, pv.b = vb, pv.ldb = op.ldv, pv.c = op.out + (b * T + t0) * op.ldo + h * D, pv.ldc = op.ldo;
     gemm_f32_serial(pv);
-    for (int64_t r = 0; r < rows; ++r)
-      std::memcpy(op.out + (b * T + t0 + r) * op.ldo + h * D, O + r * D, sizeof(float) * D);
   });
 }
 
@@ -112,7 +122,7 @@ void CpuBackend::attention_backward(const AttentionBackwardOp& op) {
   // The task owns dk/dv of its kv head, so no two tasks write the same row.
   const VecKernels& v = vec();
   const int64_t group = op.heads / op.kv_heads, D = op.head_dim, T = op.seq;
-  const size_t per_thread = static_cast<size_t>(2 * kQueryBlock * T + 3 * T * D + kQueryBlock);
+  const size_t per_thread = static_cast<size_t>(2 * kQueryBlock * T + 2 * T * D + kQueryBlock);
   std::vector<std::vector<float>> scratch(static_cast<size_t>(pool_.size()), std::vector<float>(per_thread));
   pool_.parallel_for(op.batch * op.kv_heads, [&](int64_t task, int thread) {
     const int64_t b = task / op.kv_heads, kvh = task % op.kv_heads;
@@ -120,8 +130,7 @@ void CpuBackend::attention_backward(const AttentionBackwardOp& op) {
     float* dP = P + kQueryBlock * T;                          // [rows, keys]
     float* dK = dP + kQueryBlock * T;                         // [T, D] accumulated over the group
     float* dV = dK + T * D;                                   // [T, D]
-    float* dQ = dV + T * D;                                   // [rows, D]
-    float* Dt = dQ + T * D;                                   // [rows]
+    float* Dt = dV + T * D;                                   // [rows]
     std::fill(dK, dK + 2 * T * D, 0.f);
     const uint8_t* mask = op.mask ? op.mask + b * T : nullptr;
     const float* kb = op.k + b * T * op.ldk + kvh * D;
@@ -150,15 +159,15 @@ void CpuBackend::attention_backward(const AttentionBackwardOp& op) {
             continue;
           }
           const float lse = op.lse[(b * op.heads + h) * T + t];
-          for (int64_t s = 0; s < keys; ++s) p[s] = (s > t || (mask && !mask[s])) ? -INFINITY : p[s] * op.scale;
+          causal_scale_row(v, p, t, keys, mask, op.scale);
           v.exp_shift(p, lse, p, keys);  // P = exp(S - lse); masked -> 0
           Dt[r] = v.dot(dob + r * op.ldo, ob + r * op.ldo, D);
           for (int64_t s = 0; s < keys; ++s) dp[s] = p[s] * (dp[s] - Dt[r]) * op.scale;  // dS, with the scale folded in
         }
-        GemmArgs gq;  // dQ = dS K
-        gq.m = rows, gq.n = D, gq.k = keys, gq.a = dP, gq.lda = keys, gq.b = kb, gq.ldb = op.ldk, gq.c = dQ, gq.ldc = D;
+        GemmArgs gq;  // dQ = dS K, written straight into this head's columns of dq
+        gq.m = rows, gq.n = D, gq.k = keys, gq.a = dP, gq.lda = keys, gq.b = kb, gq.ldb = op.ldk;
+        gq.c = op.dq + (b * T + t0) * op.ldq + h * D, gq.ldc = op.ldq;
         gemm_f32_serial(gq);
-        for (int64_t r = 0; r < rows; ++r) std::memcpy(op.dq + (b * T + t0 + r) * op.ldq + h * D, dQ + r * D, sizeof(float) * D);
         GemmArgs gk;  // dK += dS^T Q
         gk.trans_a = true;
         gk.m = keys, gk.n = D, gk.k = rows, gk.a = dP, gk.lda = keys, gk.b = qb, gk.ldb = op.ldq, gk.c = dK, gk.ldc = D;
