@@ -113,7 +113,7 @@ void CpuBackend::lm_head_logp_backward(const LmHeadLogpBackwardOp& op) {
         const float ge = op.dentropy ? op.dentropy[i] : 0.f;
         const float shift = op.dentropy ? -lse + op.entropy[i] : 0.f;
         float* p = pbuf[static_cast<size_t>(thread)].data();
-        v.scale(z, op.inv_temperature, z, vc);  // z = inv_t * logits
+        if (op.inv_temperature != 1.f) v.scale(z, op.inv_temperature, z, vc);  // z = inv_t * logits (x * 1 == x: skipped)
         v.exp_shift(z, lse, p, vc);             // p = softmax(z) entries of this chunk
         for (int64_t j = 0; j < vc; ++j) {
           float d = -gl * p[j];
