@@ -771,10 +771,13 @@ async function main() {
             const n = B * (T - 1);
             const step = async () => {
               const t = now();
-              const f = await tr.forward({ inputIds: typed });
-              const loss = new Float32Array(1), dlogp = new Float32Array(n);
-              addon.runOp('sft_loss', { n, logp: f.flat.logp, loss, dlogp });
-              await tr.backward({ dlogp });
+              // As the SFT stage runs it: the loss gradient (-1/n per token) given to the forward.
+              const lmGrad = new Float32Array(n);
+              addon.runOp('sft_loss', { n, logp: new Float32Array(n), loss: new Float32Array(1), dlogp: lmGrad });
+              const f = await tr.forward({ inputIds: typed, lmGrad });
+              const loss = new Float32Array(1);
+              addon.runOp('sft_loss', { n, logp: f.flat.logp, loss });
+              await tr.backward({});
               await tr.step({ optimizer: 'adamw', ...SFT_OPT });
               await tr.zeroGrad();
               return { ms: now() - t, loss: loss[0] };
@@ -783,7 +786,7 @@ async function main() {
             await runWorkload({
               name, workload: `SFT step ${mode === 'full' ? 'full' : `LoRA r${lora.r}`} b${B}x${T}`, shape: { batch: B, seq: T, ...(mode === 'lora' ? lora : {}) }, unit: 'tok/s', tokens: B * T,
               flops: mode === 'full' ? trainFlops(counts, B, T, 0, counts.body + counts.head) : trainFlops(counts, B, T, counts.body + counts.head, counts.lora),
-              note: 'forward, sft_loss (mean NLL over every target token), backward, clip 1.0 + AdamW, zero grad',
+              note: 'forward with the loss gradient (the LM-head backward in the same pass), sft_loss (mean NLL over every target token), backward, clip 1.0 + AdamW, zero grad',
               ours: step,
               peer: typeof run === 'function' ? async () => run({}) : run,
               check: (res) => lossCheck(res.ours?.first, res.peer?.first),

@@ -357,11 +357,15 @@ async function main() {
         }
         const ourStep = async () => {
           const ta = now();
-          const f = /** @type {any} */ (await tr.forward({ inputIds: idsTyped }));
+          // As the SFT stage runs it: the mean NLL's gradient (-1/n per token) is known before the
+          // forward, which then computes the LM head's gradient in the same pass over the logits.
+          const lmGrad = new Float32Array(n), zero = new Float32Array(1);
+          addon.runOp('sft_loss', { n, logp: new Float32Array(n), loss: zero, dlogp: lmGrad });
+          const f = /** @type {any} */ (await tr.forward({ inputIds: idsTyped, lmGrad }));
           const tb = now();
-          const loss = new Float32Array(1), dlogp = new Float32Array(n);
-          addon.runOp('sft_loss', { n, logp: f.flat.logp, loss, dlogp });
-          await tr.backward({ dlogp });
+          const loss = new Float32Array(1);
+          addon.runOp('sft_loss', { n, logp: f.flat.logp, loss });
+          await tr.backward({});
           const tc = now();
           const s = await tr.step(stepOpts);
           await tr.zeroGrad();

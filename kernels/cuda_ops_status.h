@@ -13,6 +13,7 @@ inline constexpr bool gemm = true;
 inline constexpr bool bias_grad = true;
 inline constexpr bool lora = true;
 inline constexpr bool lora_backward = true;
+inline constexpr bool logits_xent = true;
 inline constexpr bool embedding = true;
 inline constexpr bool embedding_backward = true;
 inline constexpr bool rmsnorm = true;

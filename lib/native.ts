@@ -136,6 +136,8 @@ export interface NativeForwardRequest {
   values?: boolean;
   lastLogits?: boolean;
   temperature?: number;
+  /** Training forward: d loss / d logp [batch, seq-1], known before the forward; backward() then takes no dlogp. */
+  lmGrad?: Float32Array;
 }
 
 export interface NativeForwardResult {

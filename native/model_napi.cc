@@ -177,6 +177,7 @@ struct ForwardBaton {
   std::vector<uint8_t> mask;
   model::ForwardRequest req;
   bool train = false;  // keep activations for backward()
+  std::vector<float> lm_grad;  // training forward: d loss / d logp [batch, seq-1], or empty
   model::ForwardResult out;
 };
 
@@ -305,6 +306,16 @@ void parse_forward(const Napi::Object& o, ForwardBaton& b) {
   b.req.want_values = flag(o, "values", false);
   b.req.want_last_logits = flag(o, "lastLogits", false);
   b.req.temperature = static_cast<float>(num(o, "temperature", 1.0));
+  Napi::Value g = o.Get("lmGrad");
+  if (!g.IsUndefined() && !g.IsNull()) {
+    if (!g.IsTypedArray() || g.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+      throw Error(code::kArgument, "forward: 'lmGrad' must be a Float32Array");
+    Napi::Float32Array ga = g.As<Napi::Float32Array>();
+    if (static_cast<int64_t>(ga.ElementLength()) != batch * (seq - 1))
+      throw Error(code::kArgument, "forward: 'lmGrad' has " + std::to_string(ga.ElementLength()) + " elements, expected batch*(seq-1) = " +
+                                       std::to_string(batch * (seq - 1)));
+    b.lm_grad.assign(ga.Data(), ga.Data() + ga.ElementLength());
+  }
 }
 
 // forward(req) and forwardTrain(req): the same request and result; the
@@ -314,11 +325,13 @@ Napi::Value queue_forward(const Napi::CallbackInfo& info, std::shared_ptr<Loaded
   b.model = std::move(model);
   parse_forward(ArgObject(info, 0, "request"), b);
   b.train = train;
+  if (!train && !b.lm_grad.empty()) throw Error(code::kArgument, "forward: 'lmGrad' is for the training forward only");
   return queue(
       info.Env(), std::move(b),
       [](ForwardBaton& b) {
         b.req.ids = b.ids.data();
         b.req.mask = b.mask.empty() ? nullptr : b.mask.data();
+        b.req.lm_grad = b.lm_grad.empty() ? nullptr : b.lm_grad.data();
         b.out = b.train ? b.model->transformer->forward_train(b.req) : b.model->transformer->forward(b.req);
       },
       forward_result);

@@ -138,6 +138,23 @@ const std::unordered_map<std::string, Runner>& runners() {
          op.dx = f32n(f, "dx", rows * op.lddx + op.in), op.accumulate_dx = f.b("accumulateDx", true);
          be.lora_backward(op);
        }},
+      {"logits_xent",
+       [](Backend& be, const Fields& f) {
+         LogitsXentOp op;
+         op.n = f.i("n"), op.vocab = f.i("vocab"), op.ld = f.i("ld", op.vocab);
+         if (op.n < 0 || op.vocab <= 0 || op.ld < op.vocab) throw Error(code::kArgument, "logits_xent: n >= 0, vocab > 0, ld >= vocab");
+         op.z = f32n(f, "z", op.n ? (op.n - 1) * op.ld + op.vocab : 0);
+         Napi::TypedArray ta = f.arr("targets", napi_int32_array, false);
+         if (static_cast<int64_t>(ta.ElementLength()) < op.n) throw Error(code::kArgument, "logits_xent: 'targets' needs n elements");
+         const Napi::Int32Array tv = ta.As<Napi::Int32Array>();  // checked on the caller's array (the op may get a device copy)
+         for (int64_t i = 0; i < op.n; ++i)
+           if (tv[static_cast<size_t>(i)] >= op.vocab)
+             throw Error(code::kArgument, "logits_xent: target " + std::to_string(tv[static_cast<size_t>(i)]) + " is outside the vocabulary");
+         op.targets = f.i32("targets");
+         op.dlogp = f32n(f, "dlogp", op.n), op.inv_temperature = static_cast<float>(f.d("invTemperature", 1));
+         op.logp = f32n(f, "logp", op.n), op.entropy = f32n(f, "entropy", op.n, true), op.lse = f32n(f, "lse", op.n, true);
+         be.logits_xent(op);
+       }},
       {"embedding",
        [](Backend& be, const Fields& f) {
          EmbeddingOp op;

@@ -154,6 +154,16 @@ function makeCases(run, size = 'full') {
         db: rb.normals(out * r), du: new Float32Array(n * r), dx: rb.normals(n * lddx), lddx, accumulateDx: variant === 0,
       }, ['da', 'db', 'du', 'dx'], BF16);
     }
+  // ---------------------------------------------------------------- xent
+  for (const [n, vocab, ld, invT] of [[3, 7, 7, 1], [17, 1000, 1003, 1 / 0.7], ...(full ? [[64, 32000, 32000, 1]] : [])]) {
+    const rng = new Rng(seed++);
+    const targets = rng.ints(n, 0, vocab);
+    targets[n - 1] = -1;
+    add('logits_xent', `${n}x${vocab} ld ${ld} 1/T ${invT.toFixed(2)}`, {
+      n, vocab, ld, z: rng.normals(n * ld, 2), targets, dlogp: rng.normals(n), invTemperature: invT,
+      logp: new Float32Array(n), entropy: new Float32Array(n), lse: new Float32Array(n),
+    }, ['z', 'logp', 'entropy', 'lse'], F32_SUM);
+  }
   for (const [n, dim, ld] of [[5, 7, 7], [300, 129, 131]]) {
     const rng = new Rng(seed++);
     add('bias_grad', `${n}x${dim} ld ${ld}`, { n, dim, dy: rng.normals(n * ld), ld, db: rng.normals(dim) }, ['db'], F32);

@@ -55,6 +55,15 @@ export interface ForwardInput {
   /** Also return the full logits at each row's last real token. */
   lastLogits?: boolean;
   temperature?: number;
+  /**
+   * Training forward only: the gradient of the loss with respect to each
+   * log-prob, flat [batch, seq-1] in the packed layout of `flat.logp`, when it
+   * is known before the forward (SFT's masked mean NLL: -mask / tokens). The
+   * LM head then computes its gradient in the same pass over each block of
+   * logits instead of recomputing them in backward(); call backward() without
+   * dlogp/dentropy.
+   */
+  lmGrad?: Float32Array;
 }
 
 export interface ForwardOutput {
@@ -152,6 +161,7 @@ export async function runForward(handle: NativeModel, config: ModelConfig, input
     values: input.values ?? false,
     lastLogits: input.lastLogits ?? false,
     temperature: input.temperature ?? 1,
+    ...(input.lmGrad ? { lmGrad: input.lmGrad } : {}),
   };
   const r = await (train ? handle.forwardTrain(req) : handle.forward(req)).catch((e: unknown) => {
     throw fromNative(e);

@@ -476,12 +476,16 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
         const denom = batches.reduce((s, b) => s + b.targets, 0);
         let nll = 0, inputTokens = 0;
         for (const b of batches) {
-          const f = (await trainer.forward({ inputIds: b.inputIds })) as ForwardOutput & { flat: NativeForwardResult };
-          const r = sftLoss(f.flat.logp!, b.mask, denom);
+          // The masked mean NLL's gradient, -mask / denom, does not depend on
+          // the log-probs: given to the forward, the LM head computes its
+          // gradient in the same pass over the logits (no recomputation).
+          const lmGrad = sftLoss(new Float32Array(b.mask.length), b.mask, denom).dlogp!;
+          const f = (await trainer.forward({ inputIds: b.inputIds, lmGrad })) as ForwardOutput & { flat: NativeForwardResult };
+          const r = sftLoss(f.flat.logp!, b.mask, denom, false);
           nll += r.nllSum;
           inputTokens += b.tokens;
           forwards++;
-          await trainer.backward({ dlogp: r.dlogp });
+          await trainer.backward({});
         }
         const loss = denom > 0 ? nll / denom : 0;
         const lr = lrAt(st.step - 1);

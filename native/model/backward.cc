@@ -38,6 +38,7 @@ void lora_dropout_apply(const float* in, float* out, int64_t rows, int64_t cols,
 ForwardResult Transformer::forward_train(const ForwardRequest& req) {
   if (!adapter_ && !full_) throw Error(code::kArgument, "training forward: nothing is trainable (attach an adapter or enable full training)");
   if (req.want_last_logits) throw Error(code::kArgument, "training forward: lastLogits is not available");
+  if (req.lm_grad && !req.want_logp) throw Error(code::kArgument, "training forward: lmGrad needs the LM head (logp)");
   const int64_t B = req.batch, T = req.seq, N = B * T;
   if (B <= 0 || T <= 0) throw Error(code::kArgument, "training forward: empty batch");
   check_ids(req.ids, N, T);
@@ -85,7 +86,11 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
   float* dact = bwd_.dact.zeros(be_, N * F);
 
   // Heads: per-row gradients (row b*T+t) into the final hidden state.
-  if (train_logp_ && (dlogp_in || dentropy_in)) {
+  if (a.head.has_grad) {  // the training forward already ran the LM head's backward (lm_grad)
+    if (dlogp_in || dentropy_in)
+      throw Error(code::kArgument, "backward: the LM-head gradient was given to the training forward (lmGrad); pass no dlogp/dentropy");
+    be_.copy(dxn, a.head.dhidden.data(), sizeof(float) * static_cast<size_t>(N * H));
+  } else if (train_logp_ && (dlogp_in || dentropy_in)) {
     std::vector<float> dl(static_cast<size_t>(N), 0.f), de(static_cast<size_t>(N), 0.f);
     for (int64_t b = 0; b < B; ++b)
       for (int64_t t = 0; t + 1 < T; ++t) {

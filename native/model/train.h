@@ -34,6 +34,9 @@ struct HeadActs {
   std::vector<int32_t> targets;  // host: the next token of each row, -1 = none
   Buffer<int32_t> targets_d;     // [rows] the same in backend memory
   Buffer<float> logp, entropy, lse, values;  // [rows]
+  Buffer<float> dlogp;    // [rows] the loss gradient given to the forward (lm_grad)
+  Buffer<float> dhidden;  // [rows, hidden] the LM head's gradient into the final hidden (lm_grad)
+  bool has_grad = false;  // dhidden holds the LM head's gradient of this forward
 };
 
 struct Acts {

@@ -294,12 +294,19 @@ void Transformer::run_heads(const ForwardRequest& req, const uint8_t* mask, cons
     for (int64_t b = 0; b < B; ++b)
       for (int64_t t = 0; t + 1 < T; ++t)
         if (!mask || (mask[b * T + t] && mask[b * T + t + 1])) head.targets[static_cast<size_t>(b * T + t)] = req.ids[b * T + t + 1];
-    LmHeadLogpOp op;
-    op.n = N, op.dim = cfg_.hidden, op.vocab = cfg_.vocab, op.hidden = hidden, op.weight = w.lm_head, op.weight_bf16 = w.lm_head16;
-    op.targets = head.targets_d.upload(be_, head.targets);
-    op.logp = head.logp.ensure(be_, N), op.entropy = head.entropy.ensure(be_, N), op.lse = head.lse.ensure(be_, N);
-    op.inv_temperature = req.temperature > 0 ? 1.f / req.temperature : 1.f;
-    be_.lm_head_logp(op);
+    head.targets_d.upload(be_, head.targets);
+    head.logp.ensure(be_, N), head.entropy.ensure(be_, N), head.lse.ensure(be_, N);
+    head.has_grad = false;
+    if (req.lm_grad) {
+      lm_head_with_grad(req, hidden, head);
+    } else {
+      LmHeadLogpOp op;
+      op.n = N, op.dim = cfg_.hidden, op.vocab = cfg_.vocab, op.hidden = hidden, op.weight = w.lm_head, op.weight_bf16 = w.lm_head16;
+      op.targets = head.targets_d.data();
+      op.logp = head.logp.data(), op.entropy = head.entropy.data(), op.lse = head.lse.data();
+      op.inv_temperature = req.temperature > 0 ? 1.f / req.temperature : 1.f;
+      be_.lm_head_logp(op);
+    }
     const std::vector<float> logp = head.logp.to_host(N), entropy = head.entropy.to_host(N);
     out.logp.resize(static_cast<size_t>(B * (T - 1)));
     out.entropy.resize(out.logp.size());
@@ -326,6 +333,45 @@ void Transformer::run_heads(const ForwardRequest& req, const uint8_t* mask, cons
     be_.value_head(op);
     out.values = head.values.to_host(N);
   }
+}
+
+void Transformer::lm_head_with_grad(const ForwardRequest& req, const float* hidden, HeadActs& head) {
+  const Weights& w = *bw_;
+  const int64_t B = req.batch, T = req.seq, N = B * T, H = cfg_.hidden, V = cfg_.vocab;
+  std::vector<float> dl(static_cast<size_t>(N), 0.f);  // row b*T+t <- lm_grad[b, t]
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t + 1 < T; ++t) dl[static_cast<size_t>(b * T + t)] = req.lm_grad[b * (T - 1) + t];
+  const float* dl_d = head.dlogp.upload(be_, dl);
+  float* dh = head.dhidden.ensure(be_, N * H);
+  float* dw = grad_of(w.lm_head);  // full fine-tuning (fp32 weights); null otherwise
+  // Row blocks of at most 16M logits (64 MB), equal in size.
+  const int64_t budget = int64_t(1) << 24;
+  const int64_t blocks = std::max<int64_t>(1, (N * V + budget - 1) / budget);
+  const int64_t R = (N + blocks - 1) / blocks;
+  float* z = buf_.xent.ensure(be_, R * V);
+  const float inv_t = req.temperature > 0 ? 1.f / req.temperature : 1.f;
+  for (int64_t r0 = 0; r0 < N; r0 += R) {
+    const int64_t rows = std::min(R, N - r0);
+    GemmOp g;  // z = h W^T
+    g.trans_b = true;
+    g.m = rows, g.n = V, g.k = H, g.a = hidden + r0 * H, g.lda = H, g.b = w.lm_head, g.b_bf16 = w.lm_head16, g.ldb = H, g.c = z, g.ldc = V;
+    be_.gemm(g);
+    LogitsXentOp x;
+    x.n = rows, x.vocab = V, x.ld = V, x.z = z, x.targets = head.targets_d.data() + r0, x.dlogp = dl_d + r0, x.inv_temperature = inv_t;
+    x.logp = head.logp.data() + r0, x.entropy = head.entropy.data() + r0, x.lse = head.lse.data() + r0;
+    be_.logits_xent(x);
+    GemmOp gh;  // dh = dz W
+    gh.m = rows, gh.n = H, gh.k = V, gh.a = z, gh.lda = V, gh.b = w.lm_head, gh.b_bf16 = w.lm_head16, gh.ldb = H;
+    gh.c = dh + r0 * H, gh.ldc = H;
+    be_.gemm(gh);
+    if (dw) {  // dW += dz^T h
+      GemmOp gw;
+      gw.trans_a = true;
+      gw.m = V, gw.n = H, gw.k = rows, gw.a = z, gw.lda = V, gw.b = hidden + r0 * H, gw.ldb = H, gw.c = dw, gw.ldc = H, gw.accumulate = true;
+      be_.gemm(gw);
+    }
+  }
+  head.has_grad = true;
 }
 
 ForwardResult Transformer::forward(const ForwardRequest& req) {

@@ -23,6 +23,10 @@ struct ForwardRequest {
   bool want_values = false;         // score head on every position
   bool want_last_logits = false;    // full logits at each row's last real token
   float temperature = 1.f;          // logits divided by this before log-softmax
+  // Training forward only: d loss / d logp [batch, seq-1], known before the
+  // forward (SFT: -mask / tokens). The LM head then computes its gradient in
+  // the same pass over each block of logits, and backward() takes no dlogp.
+  const float* lm_grad = nullptr;
 };
 
 struct ForwardResult {
@@ -84,7 +88,7 @@ class Transformer {
 
  private:
   struct Buffers {
-    Buffer<float> x, xn, qkv, att, mlp, act, tmp, lora_u, dropped, logits;
+    Buffer<float> x, xn, qkv, att, mlp, act, tmp, lora_u, dropped, logits, xent;
     Buffer<int32_t> ids, positions;
     Buffer<uint8_t> mask;
     void ensure(Backend& be, const Config& c, int64_t rows);
@@ -104,6 +108,10 @@ class Transformer {
   // score head over the final hidden rows of a [batch, seq] request.
   void run_heads(const ForwardRequest& req, const uint8_t* mask, const float* hidden, const float* score, HeadActs& head,
                  ForwardResult& out);
+  // The LM head with its gradient in one pass (req.lm_grad): per block of
+  // rows, logits = h W^T, logits_xent (logp, entropy, lse and dz in place),
+  // dh = dz W, dW += dz^T h; dh is kept in head.dhidden for backward().
+  void lm_head_with_grad(const ForwardRequest& req, const float* hidden, HeadActs& head);
   // LoRA dropout on backend memory (through the host where the backend has
   // no dropout op).
   void dropout(const float* in, float* out, int64_t rows, int64_t cols, uint64_t key, size_t module);

@@ -206,6 +206,25 @@ struct LmHeadLogpOp {
   float inv_temperature = 1.f;     // logits are scaled by this first
 };
 
+// Log-softmax cross-entropy on materialised logits, and its gradient, in
+// place. For each row i of z [n, vocab] (rows ld apart), zt = z * inv_temperature:
+//   lse[i] = logsumexp(zt), logp[i] = zt[target] - lse, entropy[i] = lse - sum p zt,
+//   z <- dz = inv_temperature * dlogp[i] * (onehot(target) - p),   p = softmax(zt)
+// Rows with target < 0 get logp = entropy = 0 and dz = 0. With the loss
+// gradient known before the forward (SFT: -mask / tokens), the LM head is
+// then logits -> this op -> dz W and dz^T h, once per row block, instead of a
+// forward and a backward that recomputes the logits.
+struct LogitsXentOp {
+  int64_t n = 0, vocab = 0, ld = 0;
+  float* z = nullptr;               // [n, ld]: logits in, dz out
+  const int32_t* targets = nullptr; // [n]
+  const float* dlogp = nullptr;     // [n]
+  float inv_temperature = 1.f;
+  float* logp = nullptr;            // [n]
+  float* entropy = nullptr;         // [n] or null
+  float* lse = nullptr;             // [n] or null
+};
+
 // value[i] = hidden[i] . w (+ bias)
 struct ValueHeadOp {
   int64_t n = 0, dim = 0;

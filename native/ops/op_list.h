@@ -32,6 +32,7 @@
   X(value_head, ValueHeadOp, lm_head)     /* scalar head per position                */ \
   X(lm_head_logp_backward, LmHeadLogpBackwardOp, lm_head) /* chunked, recomputes logits */ \
   X(value_head_backward, ValueHeadBackwardOp, lm_head)                              \
+  X(logits_xent, LogitsXentOp, xent)      /* log-softmax CE on logits + dz, in place */ \
   X(sample, SampleOp, sample)             /* greedy / temperature / top-k / top-p    */ \
   X(sft_loss, SftLossOp, loss)            /* masked mean NLL of per-token logp       */ \
   X(pairwise_loss, PairwiseLossOp, loss)  /* reward model: -log sigmoid(rc - rr - m) */ \

@@ -1,0 +1,40 @@
+// Cross-entropy on materialised logits with its gradient, in place (twin of
+// kernels/xent.cu): the middle step of the LM head when the loss gradient is
+// known before the forward. Rows in parallel, each a few vectorised passes
+// over its vocabulary: scale, max, (sum exp, sum exp * z), softmax, dz.
+#include <cmath>
+
+#include "cpu_backend.h"
+#include "vec.h"
+
+namespace rlhf::cpu {
+
+void CpuBackend::logits_xent(const LogitsXentOp& op) {
+  if (op.n <= 0) return;
+  const VecKernels& v = vec();
+  pool_.parallel_for(op.n, [&](int64_t i, int) {
+    float* z = op.z + i * op.ld;
+    const int32_t t = op.targets[i];
+    if (t < 0) {
+      for (int64_t j = 0; j < op.vocab; ++j) z[j] = 0.f;
+      op.logp[i] = 0.f;
+      if (op.entropy) op.entropy[i] = 0.f;
+      if (op.lse) op.lse[i] = 0.f;
+      return;
+    }
+    if (op.inv_temperature != 1.f) v.scale(z, op.inv_temperature, z, op.vocab);
+    const float m = v.max(z, op.vocab);
+    float s = 0.f, sx = 0.f;
+    v.exp_stats(z, 1.f, m, &s, &sx, op.vocab);  // sum exp(z - m), sum exp(z - m) z
+    const float lse = m + std::log(s);
+    op.logp[i] = z[t] - lse;
+    if (op.entropy) op.entropy[i] = lse - sx / s;
+    if (op.lse) op.lse[i] = lse;
+    const float g = op.inv_temperature * op.dlogp[i];
+    v.exp_shift(z, lse, z, op.vocab);  // p
+    v.scale(z, -g, z, op.vocab);       // -g p
+    z[t] += g;                         // + g onehot
+  });
+}
+
+}  // namespace rlhf::cpu
