@@ -42,6 +42,8 @@ const USAGE = `usage: node bench/train.js [options]
   --max-grad-norm X       global-norm clipping in both engines (default 1; 0 = off)
   --threads N             threads for both engines (default RLHF_NUM_THREADS or all usable cores)
   --no-peer               ours only (no PyTorch)
+  --two-pass              our step without the loss gradient in the forward (forward, then a backward that
+                          recomputes the LM head's logits): the path before lmGrad, for comparison
   --peer-wait-policy P    OMP_WAIT_POLICY for the peer: PASSIVE (default), ACTIVE, or default (leave unset)
   --python PATH           python with torch for the peer (default TORCH_PEER_PYTHON or /usr/bin/python3)
   --blas-dir DIR          folder with the OpenMP OpenBLAS libblas.so.3 (default TORCH_PEER_BLAS_DIR or
@@ -51,7 +53,7 @@ const USAGE = `usage: node bench/train.js [options]
 function parseArgs(argv) {
   const o = {
     configs: ['S', 'M'], json: false, modes: [...MODES], repeats: 5, warmup: 1, bf16PeerRepeats: 1, batch: 4, seq: 256,
-    r: 16, alpha: 32, lr: 1e-4, maxGradNorm: 1, threads: 0, peer: true,
+    r: 16, alpha: 32, lr: 1e-4, maxGradNorm: 1, threads: 0, peer: true, twoPass: false,
     python: process.env.TORCH_PEER_PYTHON || '/usr/bin/python3', waitPolicy: 'PASSIVE', blasDir: process.env.TORCH_PEER_BLAS_DIR || '',
     out: path.join(__dirname, 'out'),
   };
@@ -91,6 +93,7 @@ function parseArgs(argv) {
       case '--max-grad-norm': o.maxGradNorm = num(val(), a); break;
       case '--threads': o.threads = int(val(), a); break;
       case '--no-peer': o.peer = false; break;
+      case '--two-pass': o.twoPass = true; break;
       case '--python': o.python = val(); break;
       case '--peer-wait-policy': {
         const v = val().toUpperCase();
@@ -361,11 +364,11 @@ async function main() {
           // forward, which then computes the LM head's gradient in the same pass over the logits.
           const lmGrad = new Float32Array(n), zero = new Float32Array(1);
           addon.runOp('sft_loss', { n, logp: new Float32Array(n), loss: zero, dlogp: lmGrad });
-          const f = /** @type {any} */ (await tr.forward({ inputIds: idsTyped, lmGrad }));
+          const f = /** @type {any} */ (await tr.forward(opts.twoPass ? { inputIds: idsTyped } : { inputIds: idsTyped, lmGrad }));
           const tb = now();
           const loss = new Float32Array(1);
           addon.runOp('sft_loss', { n, logp: f.flat.logp, loss });
-          await tr.backward({});
+          await tr.backward(opts.twoPass ? { dlogp: lmGrad } : {});
           const tc = now();
           const s = await tr.step(stepOpts);
           await tr.zeroGrad();
