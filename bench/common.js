@@ -75,9 +75,10 @@ function findBlasDir(explicit) {
   return fs.existsSync(guess) ? guess : '';
 }
 
-function prepareFolder(lib, name, c, outRoot) {
-  const spec = { format: 1, name, ...c, seed: 0, dtype: 'F32', init: 'normal(0, 0.02), norms 1' };
-  const dir = path.join(outRoot, 'models', `llama-${name}-h${c.hidden}-l${c.layers}-kv${c.kvHeads}-f${c.ffn}-v${c.vocab}`);
+// dtype: the weights' dtype on disk, 'F32' (default) or 'BF16'.
+function prepareFolder(lib, name, c, outRoot, dtype = 'F32') {
+  const spec = { format: 1, name, ...c, seed: 0, dtype, init: 'normal(0, 0.02), norms 1' };
+  const dir = path.join(outRoot, 'models', `llama-${name}-h${c.hidden}-l${c.layers}-kv${c.kvHeads}-f${c.ffn}-v${c.vocab}${dtype === 'F32' ? '' : '-' + dtype.toLowerCase()}`);
   const specFile = path.join(dir, 'bench-spec.json');
   const weights = path.join(dir, 'model.safetensors');
   if (fs.existsSync(specFile) && fs.existsSync(weights) && fs.existsSync(path.join(dir, 'config.json'))) {
@@ -92,9 +93,9 @@ function prepareFolder(lib, name, c, outRoot) {
     hiddenSize: c.hidden, numLayers: c.layers, numHeads: c.heads, numKvHeads: c.kvHeads, intermediateSize: c.ffn,
     gpt2Inner: 4 * c.hidden, maxPositions: c.maxPositions, gpt2MaxPositions: c.maxPositions, tokenizerVocab: c.vocab,
   };
-  const cfg = lib.presetModelConfig('llama', preset, { vocabSize: c.vocab, bos: 1, eos: [2], pad: 0 }, 'float32');
+  const cfg = lib.presetModelConfig('llama', preset, { vocabSize: c.vocab, bos: 1, eos: [2], pad: 0 }, dtype === 'BF16' ? 'bfloat16' : 'float32');
   if (cfg.tieWordEmbeddings) throw new Error('bench configs must have an untied LM head');
-  const tensors = lib.expectedTensors(cfg).map((s) => ({ name: s.name, dtype: 'F32', shape: s.shape, fill: lib.initFill(cfg, s, spec.seed) }));
+  const tensors = lib.expectedTensors(cfg).map((s) => ({ name: s.name, dtype, shape: s.shape, fill: lib.initFill(cfg, s, spec.seed) }));
   const t0 = now();
   lib.writeSafetensors(weights, tensors, { format: 'pt' });
   fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(lib.modelConfigToHf(cfg), null, 2) + '\n');

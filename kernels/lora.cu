@@ -3,14 +3,14 @@
 // y = x W^T + u B^T (+ bias) (+ y): each block runs the tensor-core tile
 // over K = in with (x, W), then over K = r with (u, B) into the same
 // accumulators, so the adapter's product is added in registers instead of in
-// a second pass over y. Backward: the four small products of LoraBackwardOp
-// on the GEMM, and the scale kernel for s.
+// a second pass over y. The shrink and the backward (four small products and
+// a scale) are the ops composed in native/ops/lora_steps.h, shared with the
+// CPU twin.
+#include "../native/ops/lora_steps.h"
 #include "elementwise.cuh"
 #include "gemm_tile.cuh"
 
 namespace rlhf::cuda {
-
-void gemm_f32_bf16w(CudaBackend& be, const GemmOp& op);  // gemm.cu
 
 namespace {
 
@@ -49,40 +49,11 @@ void launch_lora(CudaBackend& be, const LoraOp& op, const TW* w) {
 
 void CudaBackend::lora(const LoraOp& op) {
   if (op.n <= 0 || op.out <= 0) return;
-  GemmOp shrink;  // u = x_lora A^T
-  shrink.trans_b = true;
-  shrink.m = op.n, shrink.n = op.r, shrink.k = op.in;
-  shrink.a = op.x_lora ? op.x_lora : op.x, shrink.lda = op.ldx, shrink.b = op.a, shrink.ldb = op.in, shrink.c = op.u, shrink.ldc = op.r;
-  gemm_f32_bf16w(*this, shrink);
-  ScaleOp sc;
-  sc.n = op.n * op.r, sc.x = op.u, sc.factor = op.scale;
-  scale(sc);
+  lora_shrink(*this, op);  // u = s x_lora A^T (gemm + scale ops)
   if (op.w_bf16) launch_lora(*this, op, op.w_bf16);
   else launch_lora(*this, op, op.w);
 }
 
-void CudaBackend::lora_backward(const LoraBackwardOp& op) {
-  if (op.n <= 0) return;
-  GemmOp gb;  // dB += dY^T u
-  gb.trans_a = true;
-  gb.m = op.out, gb.n = op.r, gb.k = op.n, gb.a = op.dy, gb.lda = op.lddy, gb.b = op.u, gb.ldb = op.r, gb.c = op.db, gb.ldc = op.r;
-  gb.accumulate = true;
-  gemm_f32_bf16w(*this, gb);
-  GemmOp gu;  // du = s dY B
-  gu.m = op.n, gu.n = op.r, gu.k = op.out, gu.a = op.dy, gu.lda = op.lddy, gu.b = op.b, gu.ldb = op.r, gu.c = op.du, gu.ldc = op.r;
-  gemm_f32_bf16w(*this, gu);
-  ScaleOp sc;
-  sc.n = op.n * op.r, sc.x = op.du, sc.factor = op.scale;
-  scale(sc);
-  GemmOp ga;  // dA += du^T x_lora
-  ga.trans_a = true;
-  ga.m = op.r, ga.n = op.in, ga.k = op.n, ga.a = op.du, ga.lda = op.r, ga.b = op.x_lora, ga.ldb = op.ldx, ga.c = op.da, ga.ldc = op.in;
-  ga.accumulate = true;
-  gemm_f32_bf16w(*this, ga);
-  GemmOp gx;  // dx (+)= du A
-  gx.m = op.n, gx.n = op.in, gx.k = op.r, gx.a = op.du, gx.lda = op.r, gx.b = op.a, gx.ldb = op.in, gx.c = op.dx, gx.ldc = op.lddx;
-  gx.accumulate = op.accumulate_dx;
-  gemm_f32_bf16w(*this, gx);
-}
+void CudaBackend::lora_backward(const LoraBackwardOp& op) { lora_backward_steps(*this, op); }
 
 }  // namespace rlhf::cuda

@@ -31,43 +31,9 @@ const SIZES = {
   },
 };
 
-// Same LCG as bench/common.js: ids both engines read.
-function randomIds(rows, cols, vocab, seed) {
-  let s = (seed * 2654435761 + 12345) >>> 0;
-  const out = [];
-  for (let r = 0; r < rows; r++) {
-    const row = new Array(cols);
-    for (let c = 0; c < cols; c++) {
-      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-      row[c] = s % vocab;
-    }
-    out.push(row);
-  }
-  return out;
-}
-
-// A random Llama folder in bf16 (transformers' init: normal(0, 0.02), norms 1).
-function writeModel(dir, c) {
-  const { presetModelConfig, expectedTensors, initFill, modelConfigToHf, writeSafetensors } = lib('index.js');
-  fs.mkdirSync(dir, { recursive: true });
-  const preset = {
-    hiddenSize: c.hidden, numLayers: c.layers, numHeads: c.heads, numKvHeads: c.kvHeads, intermediateSize: c.ffn,
-    gpt2Inner: 4 * c.hidden, maxPositions: c.maxPositions, gpt2MaxPositions: c.maxPositions, tokenizerVocab: c.vocab,
-  };
-  const cfg = presetModelConfig('llama', preset, { vocabSize: c.vocab, bos: 1, eos: [2], pad: 0 }, 'bfloat16');
-  const tensors = expectedTensors(cfg).map((s) => ({ name: s.name, dtype: 'BF16', shape: s.shape, fill: initFill(cfg, s, 0) }));
-  writeSafetensors(path.join(dir, 'model.safetensors'), tensors, { format: 'pt' });
-  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(modelConfigToHf(cfg), null, 2) + '\n');
-  let params = 0;
-  for (const t of tensors) params += t.shape.reduce((a, b) => a * b, 1);
-  return params;
-}
-
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
+// The model folder and token ids come from bench/common.js (the CPU
+// benchmarks' LCG ids and random folders), so both engines read the same.
+const { median, prepareFolder, randomIds } = require('../bench/common.js');
 
 async function timeIt(repeats, fn) {
   await fn();  // warm-up (allocations, kernel caches)
@@ -98,10 +64,13 @@ async function sftStep(model, ids) {
 async function runModelBench({ device, size, workDir, log, deadline = () => false }) {
   const { loadModel } = lib('engine/model.js');
   const S = SIZES[size];
-  const dir = path.join(workDir, `llama-h${S.model.hidden}-l${S.model.layers}`);
   const t0 = Date.now();
-  const params = writeModel(dir, S.model);
-  log(`  model: ${(params / 1e9).toFixed(3)}B parameters (bf16 file), written in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  const dir = prepareFolder(lib('index.js'), `gpu-check-${size}`, S.model, workDir, 'BF16');
+  const file = lib('index.js').openSafetensors(path.join(dir, 'model.safetensors'));
+  let params = 0;
+  for (const t of file.header.tensors) params += t.shape.reduce((a, b) => a * b, 1);
+  file.close();
+  log(`  model: ${(params / 1e9).toFixed(3)}B parameters (bf16 file), ready in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   const ids = randomIds(S.batch, S.seq, S.model.vocab, 1);
   const prompts = randomIds(S.decodeBatch, S.prompt, S.model.vocab, 2);
   const idsFile = path.join(workDir, 'ids.json');

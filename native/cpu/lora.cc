@@ -3,20 +3,14 @@
 // never formed and the adapter's extra work is 2 n r (in + out) flops; its
 // backward is four more products for dA, dB and the input gradient's LoRA
 // share.
+#include "../ops/lora_steps.h"
 #include "cpu_backend.h"
 
 namespace rlhf::cpu {
 
 void CpuBackend::lora(const LoraOp& op) {
   if (op.n <= 0) return;
-  GemmOp shrink;  // u = x_lora A^T, then scaled
-  shrink.trans_b = true;
-  shrink.m = op.n, shrink.n = op.r, shrink.k = op.in;
-  shrink.a = op.x_lora ? op.x_lora : op.x, shrink.lda = op.ldx, shrink.b = op.a, shrink.ldb = op.in, shrink.c = op.u, shrink.ldc = op.r;
-  gemm(shrink);
-  ScaleOp sc;
-  sc.n = op.n * op.r, sc.x = op.u, sc.factor = op.scale;
-  scale(sc);
+  lora_shrink(*this, op);
   GemmOp base;  // y (+)= x W^T + bias
   base.trans_b = true;
   base.m = op.n, base.n = op.out, base.k = op.in;
@@ -30,28 +24,6 @@ void CpuBackend::lora(const LoraOp& op) {
   gemm(expand);
 }
 
-void CpuBackend::lora_backward(const LoraBackwardOp& op) {
-  if (op.n <= 0) return;
-  GemmOp gb;  // dB += dY^T u
-  gb.trans_a = true;
-  gb.m = op.out, gb.n = op.r, gb.k = op.n, gb.a = op.dy, gb.lda = op.lddy, gb.b = op.u, gb.ldb = op.r, gb.c = op.db, gb.ldc = op.r;
-  gb.accumulate = true;
-  gemm(gb);
-  GemmOp gu;  // du = s dY B
-  gu.m = op.n, gu.n = op.r, gu.k = op.out, gu.a = op.dy, gu.lda = op.lddy, gu.b = op.b, gu.ldb = op.r, gu.c = op.du, gu.ldc = op.r;
-  gemm(gu);
-  ScaleOp sc;
-  sc.n = op.n * op.r, sc.x = op.du, sc.factor = op.scale;
-  scale(sc);
-  GemmOp ga;  // dA += du^T x_lora
-  ga.trans_a = true;
-  ga.m = op.r, ga.n = op.in, ga.k = op.n, ga.a = op.du, ga.lda = op.r, ga.b = op.x_lora, ga.ldb = op.ldx, ga.c = op.da, ga.ldc = op.in;
-  ga.accumulate = true;
-  gemm(ga);
-  GemmOp gx;  // dx (+)= du A
-  gx.m = op.n, gx.n = op.in, gx.k = op.r, gx.a = op.du, gx.lda = op.r, gx.b = op.a, gx.ldb = op.in, gx.c = op.dx, gx.ldc = op.lddx;
-  gx.accumulate = op.accumulate_dx;
-  gemm(gx);
-}
+void CpuBackend::lora_backward(const LoraBackwardOp& op) { lora_backward_steps(*this, op); }
 
 }  // namespace rlhf::cpu

@@ -91,17 +91,11 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
       throw Error(code::kArgument, "backward: the LM-head gradient was given to the training forward (lmGrad); pass no dlogp/dentropy");
     be_.copy(dxn, a.head.dhidden.data(), sizeof(float) * static_cast<size_t>(N * H));
   } else if (train_logp_ && (dlogp_in || dentropy_in)) {
-    std::vector<float> dl(static_cast<size_t>(N), 0.f), de(static_cast<size_t>(N), 0.f);
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t t = 0; t + 1 < T; ++t) {
-        if (dlogp_in) dl[static_cast<size_t>(b * T + t)] = dlogp_in[b * (T - 1) + t];
-        if (dentropy_in) de[static_cast<size_t>(b * T + t)] = dentropy_in[b * (T - 1) + t];
-      }
     LmHeadLogpBackwardOp op;
     op.n = N, op.dim = H, op.vocab = c.vocab, op.hidden = a.xnf.data(), op.weight = w.lm_head, op.weight_bf16 = w.lm_head16;
     op.targets = a.head.targets_d.data();
-    op.lse = a.head.lse.data(), op.entropy = a.head.entropy.data(), op.dlogp = bwd_.dlogp.upload(be_, dl);
-    op.dentropy = dentropy_in ? bwd_.dentropy.upload(be_, de) : nullptr;
+    op.lse = a.head.lse.data(), op.entropy = a.head.entropy.data(), op.dlogp = bwd_.dlogp.upload(be_, shifted_to_rows(dlogp_in, B, T));
+    op.dentropy = dentropy_in ? bwd_.dentropy.upload(be_, shifted_to_rows(dentropy_in, B, T)) : nullptr;
     op.inv_temperature = inv_temperature_, op.dhidden = dxn, op.dweight = grad_of(w.lm_head);
     be_.lm_head_logp_backward(op);
   }

@@ -19,6 +19,21 @@ void positions_from_mask(const uint8_t* mask, int64_t batch, int64_t seq, int32_
   }
 }
 
+std::vector<float> shifted_to_rows(const float* shifted, int64_t B, int64_t T) {
+  std::vector<float> rows(static_cast<size_t>(B * T), 0.f);
+  if (shifted)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t + 1 < T; ++t) rows[static_cast<size_t>(b * T + t)] = shifted[b * (T - 1) + t];
+  return rows;
+}
+
+std::vector<float> rows_to_shifted(const std::vector<float>& rows, int64_t B, int64_t T) {
+  std::vector<float> shifted(static_cast<size_t>(B * (T - 1)));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t + 1 < T; ++t) shifted[static_cast<size_t>(b * (T - 1) + t)] = rows[static_cast<size_t>(b * T + t)];
+  return shifted;
+}
+
 void Transformer::Buffers::ensure(Backend& be, const Config& c, int64_t rows) {
   const int64_t mlp_cols = c.arch == Arch::kLlama ? 2 * c.intermediate : c.intermediate;
   x.ensure(be, rows * c.hidden);
@@ -307,14 +322,8 @@ void Transformer::run_heads(const ForwardRequest& req, const uint8_t* mask, cons
       op.inv_temperature = req.temperature > 0 ? 1.f / req.temperature : 1.f;
       be_.lm_head_logp(op);
     }
-    const std::vector<float> logp = head.logp.to_host(N), entropy = head.entropy.to_host(N);
-    out.logp.resize(static_cast<size_t>(B * (T - 1)));
-    out.entropy.resize(out.logp.size());
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t t = 0; t + 1 < T; ++t) {
-        out.logp[static_cast<size_t>(b * (T - 1) + t)] = logp[static_cast<size_t>(b * T + t)];
-        out.entropy[static_cast<size_t>(b * (T - 1) + t)] = entropy[static_cast<size_t>(b * T + t)];
-      }
+    out.logp = rows_to_shifted(head.logp.to_host(N), B, T);
+    out.entropy = rows_to_shifted(head.entropy.to_host(N), B, T);
   }
   if (req.want_last_logits) {
     if (!has_lm) throw Error(code::kArgument, "this model has no LM head");
@@ -338,10 +347,7 @@ void Transformer::run_heads(const ForwardRequest& req, const uint8_t* mask, cons
 void Transformer::lm_head_with_grad(const ForwardRequest& req, const float* hidden, HeadActs& head) {
   const Weights& w = *bw_;
   const int64_t B = req.batch, T = req.seq, N = B * T, H = cfg_.hidden, V = cfg_.vocab;
-  std::vector<float> dl(static_cast<size_t>(N), 0.f);  // row b*T+t <- lm_grad[b, t]
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t + 1 < T; ++t) dl[static_cast<size_t>(b * T + t)] = req.lm_grad[b * (T - 1) + t];
-  const float* dl_d = head.dlogp.upload(be_, dl);
+  const float* dl_d = head.dlogp.upload(be_, shifted_to_rows(req.lm_grad, B, T));
   float* dh = head.dhidden.ensure(be_, N * H);
   float* dw = grad_of(w.lm_head);  // full fine-tuning (fp32 weights); null otherwise
   // Row blocks of at most 16M logits (64 MB), equal in size.

@@ -139,6 +139,13 @@ class Transformer {
   int64_t rope_rows_ = 0;
 };
 
+// The LM head's per-token arrays in the caller's layout [batch, seq-1] (row
+// b*(T-1)+t: the prediction of token t+1) and in the engine's row layout
+// [batch, seq] (row b*T+t, 0 at each sequence's last position). A null
+// `shifted` gives zeros.
+std::vector<float> shifted_to_rows(const float* shifted, int64_t batch, int64_t seq);
+std::vector<float> rows_to_shifted(const std::vector<float>& rows, int64_t batch, int64_t seq);
+
 // position_ids = cumsum(mask) - 1, clamped at 0: a left-padded sequence gets
 // the same positions (and so the same outputs) as the unpadded one.
 void positions_from_mask(const uint8_t* mask, int64_t batch, int64_t seq, int32_t* out);
