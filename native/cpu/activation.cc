@@ -25,13 +25,14 @@ void CpuBackend::add(const AddOp& op) {
 }
 
 void CpuBackend::swiglu_backward(const SwigluBackwardOp& op) {
+  const VecKernels& v = vec();
   pool_.parallel_for(op.n, [&](int64_t i, int) {
     const float* g = op.gate + i * op.ld_in;
     const float* u = op.up + i * op.ld_in;
     const float* dy = op.dout + i * op.ld_out;
     float* dg = op.dgate + i * op.ld_in;
     float* du = op.dup + i * op.ld_in;
-    for (int64_t j = 0; j < op.dim; ++j) math::swiglu_grad(g[j], u[j], dy[j], dg[j], du[j]);
+    v.swiglu_grad(g, u, dy, dg, du, op.dim);
   });
 }
 void CpuBackend::gelu_backward(const GeluBackwardOp& op) {

@@ -35,6 +35,8 @@ struct VecKernels {
   void (*silu_mul)(const float* g, const float* u, float* out, int64_t n);
   // out = gelu_tanh(x)
   void (*gelu)(const float* x, float* out, int64_t n);
+  // SwiGLU's backward for y = silu(g) * u: dg = dy u silu'(g), du = dy silu(g)
+  void (*swiglu_grad)(const float* g, const float* u, const float* dy, float* dg, float* du, int64_t n);
   // AdamW on n elements (math::adamw_update each, gradient times grad_scale);
   // every ISA gives the scalar version's bits.
   void (*adamw)(float* p, float* m, float* v, const float* g, int64_t n, const AdamWRow& k);

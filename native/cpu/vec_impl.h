@@ -126,6 +126,18 @@ void k_silu_mul(const float* g, const float* u, float* out, int64_t n) {
   });
 }
 
+// s = sigmoid(g): du = dy g s, dg = dy u s (1 + g (1 - s)) (math::swiglu_grad).
+void k_swiglu_grad(const float* g, const float* u, const float* dy, float* dg, float* du, int64_t n) {
+  const T one = V::set1(1.f);
+  for_each_block(n, [&](int64_t i, int w) {
+    const T gv = V::load_part(g + i, w), uv = V::load_part(u + i, w), dyv = V::load_part(dy + i, w);
+    const T s = V::div(one, V::add(one, vexp(V::sub(V::zero(), gv))));
+    const T dys = V::mul(dyv, s);
+    V::store_part(du + i, V::mul(dys, gv), w);
+    V::store_part(dg + i, V::mul(V::mul(dys, uv), V::fmadd(gv, V::sub(one, s), one)), w);
+  });
+}
+
 void k_gelu(const float* x, float* out, int64_t n) {
   const T k = V::set1(0.7978845608028654f), c = V::set1(0.044715f), half = V::set1(0.5f), one = V::set1(1.f);
   for_each_block(n, [&](int64_t i, int w) {

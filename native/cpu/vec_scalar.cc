@@ -57,6 +57,9 @@ void s_silu_mul(const float* g, const float* u, float* out, int64_t n) {
 void s_gelu(const float* x, float* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = math::gelu_tanh(x[i]);
 }
+void s_swiglu_grad(const float* g, const float* u, const float* dy, float* dg, float* du, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) math::swiglu_grad(g[i], u[i], dy[i], dg[i], du[i]);
+}
 void s_adamw(float* p, float* m, float* v, const float* g, int64_t n, const AdamWRow& k) {
   for (int64_t i = 0; i < n; ++i)
     math::adamw_update(p[i], m[i], v[i], g[i] * k.grad_scale, k.decay, k.beta1, k.beta2, k.step_size, k.bc2_sqrt, k.eps);
@@ -64,7 +67,7 @@ void s_adamw(float* p, float* m, float* v, const float* g, int64_t n, const Adam
 }  // namespace
 
 const VecKernels kVecScalar = {"scalar", s_dot, s_sum_sq, s_max, s_scale, s_scale_mul, s_norm_affine, s_axpy,
-                               s_add, s_exp_shift, s_exp_stats, s_silu_mul, s_gelu, s_adamw};
+                               s_add, s_exp_shift, s_exp_stats, s_silu_mul, s_gelu, s_swiglu_grad, s_adamw};
 
 namespace {
 const VecKernels* detect() {
