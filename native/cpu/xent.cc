@@ -1,7 +1,7 @@
 // Cross-entropy on materialised logits with its gradient, in place (twin of
 // kernels/xent.cu): the middle step of the LM head when the loss gradient is
 // known before the forward. Rows in parallel, each a few vectorised passes
-// over its vocabulary: scale, max, (sum exp, sum exp * z), softmax, dz.
+// over its vocabulary: scale, max, exp with its sums (stored), dz.
 #include <cmath>
 
 #include "cpu_backend.h"
@@ -24,16 +24,16 @@ void CpuBackend::logits_xent(const LogitsXentOp& op) {
     }
     if (op.inv_temperature != 1.f) v.scale(z, op.inv_temperature, z, op.vocab);
     const float m = v.max(z, op.vocab);
+    const float zt = z[t];
     float s = 0.f, sx = 0.f;
-    v.exp_stats(z, 1.f, m, &s, &sx, op.vocab);  // sum exp(z - m), sum exp(z - m) z
+    v.exp_stats_store(z, m, z, &s, &sx, op.vocab);  // z <- e = exp(z - m); s = sum e, sx = sum e z
     const float lse = m + std::log(s);
-    op.logp[i] = z[t] - lse;
+    op.logp[i] = zt - lse;
     if (op.entropy) op.entropy[i] = lse - sx / s;
     if (op.lse) op.lse[i] = lse;
     const float g = op.inv_temperature * op.dlogp[i];
-    v.exp_shift(z, lse, z, op.vocab);  // p
-    v.scale(z, -g, z, op.vocab);       // -g p
-    z[t] += g;                         // + g onehot
+    v.scale(z, -g / s, z, op.vocab);  // -g p, p = e / s: one exp per logit
+    z[t] += g;                        // + g onehot
   });
 }
 
