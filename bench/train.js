@@ -145,16 +145,21 @@ function modelCounts(c, r) {
   const perLayer = c.hidden * q + 2 * c.hidden * kv + q * c.hidden + 3 * c.hidden * c.ffn + 2 * c.hidden;
   const body = c.layers * perLayer + c.hidden;
   const loraPerLayer = r * ((c.hidden + q) + 2 * (c.hidden + kv) + (q + c.hidden) + 2 * (c.hidden + c.ffn) + (c.ffn + c.hidden));
-  return { body, head: c.vocab * c.hidden, embedding: c.vocab * c.hidden, lora: c.layers * loraPerLayer };
+  return { body, head: c.vocab * c.hidden, embedding: c.vocab * c.hidden, lora: c.layers * loraPerLayer, layers: c.layers, attnDim: q };
 }
 
 /**
- * Training FLOPs of one step of `tokens` tokens (attention's QK^T / PV not counted):
+ * Training FLOPs of one step of `batch` sequences of `seq` tokens, bench.js's convention:
  * full: 6 * (body + head) per token (forward 2, input gradient 2, weight gradient 2);
- * LoRA: 4 * (body + head) (forward + input-gradient GEMMs of the frozen weights) + 6 * lora.
+ * LoRA: 4 * (body + head) (forward + input-gradient GEMMs of the frozen weights) + 6 * lora;
+ * both plus causal attention 3x its forward (QK^T and PV: 4 * layers * heads * head_dim
+ * per query-key pair, T(T+1)/2 pairs per sequence; the backward's four products are
+ * twice the forward's two).
  */
-function trainFlops(m, mode, tokens) {
-  return mode === 'full' ? tokens * 6 * (m.body + m.head) : tokens * (4 * (m.body + m.head) + 6 * m.lora);
+function trainFlops(m, mode, batch, seq) {
+  const tokens = batch * seq;
+  const attention = 3 * batch * 4 * m.layers * m.attnDim * ((seq * (seq + 1)) / 2);
+  return (mode === 'full' ? tokens * 6 * (m.body + m.head) : tokens * (4 * (m.body + m.head) + 6 * m.lora)) + attention;
 }
 
 // ---------------------------------------------------------------------------
@@ -435,7 +440,7 @@ async function main() {
             `torch ${check.abs_diff_torch == null ? '-' : check.abs_diff_torch.toExponential(2)}`);
         }
 
-        const flops = trainFlops(counts, lora ? 'lora' : 'full', tokens);
+        const flops = trainFlops(counts, lora ? 'lora' : 'full', B, T);
         pending.push({ mode, bf16, lora, flops, r, check, oursError, oursTrainable, peerLoad });
         log(`${name} ${mode}: ours ${r.ours ? (tokens / (r.ours.median_ms / 1e3)).toFixed(1) + ' tok/s' : 'n/a'}` + (r.peer ? `, torch ${(tokens / (r.peer.median_ms / 1e3)).toFixed(1)} tok/s` : ''));
         if (model) model.dispose();
@@ -515,7 +520,7 @@ async function main() {
   out('');
   out('tok/s: batch x tokens per step / median step time (forward + loss + backward + clip + AdamW + zero grad). fwd/bwd/opt: forward; loss + backward; clip + AdamW + zero grad.');
   out('MFU: training FLOPs / step time / the fp32 matmul peak above; FLOPs per token: full 6 x (non-embedding body + LM head params), ' +
-    'LoRA 4 x (frozen body + LM head params) + 6 x LoRA params; attention score/value products not counted.');
+    'LoRA 4 x (frozen body + LM head params) + 6 x LoRA params; plus causal attention (QK^T, PV) 3 x its forward, as bench.js counts it.');
   out('load: the 1-minute load average before and after the row\'s steps (other processes share the cores).');
   if (rows.some((r) => r.mode === 'lora-bf16'))
     out(`bf16 row: ours loadModel(dir, { weightsDtype: 'bf16' }) + createLora, torch the fp32 LoRA model with its forward under torch.autocast('cpu', bfloat16); ` +
