@@ -175,6 +175,26 @@ void pack_b_panel(const GemmArgs& g, const GemmKernel& kern, int64_t j0, int nr,
   else pack_b_panel_t(g, g.b, NR, j0, nr, k0, kc, dst);
 }
 
+// The K extension's part of a packed panel, after the kc columns (rows) of the
+// slab: dst[(kc + e)*MR + r] = A_ext[i0 + r, e], dst[(kc + e)*NR + c] =
+// B_ext[j0 + c, e], zero past mr / nr.
+void pack_a_ext(const GemmArgs& g, int MR, int64_t i0, int mr, int64_t kc, float* dst) {
+  for (int64_t e = 0; e < g.k_ext; ++e) {
+    float* d = dst + (kc + e) * MR;
+    int r = 0;
+    for (; r < mr; ++r) d[r] = g.a_ext[(i0 + r) * g.lda_ext + e];
+    for (; r < MR; ++r) d[r] = 0.f;
+  }
+}
+void pack_b_ext(const GemmArgs& g, int NR, int64_t j0, int nr, int64_t kc, float* dst) {
+  for (int64_t e = 0; e < g.k_ext; ++e) {
+    float* d = dst + (kc + e) * NR;
+    int c = 0;
+    for (; c < nr; ++c) d[c] = g.b_ext[(j0 + c) * g.ldb_ext + e];
+    for (; c < NR; ++c) d[c] = 0.f;
+  }
+}
+
 void gemm_small_m(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
   // Split N into chunks of whole 4-row groups; enough chunks to balance threads.
   const int64_t chunk = std::max<int64_t>(16, ((g.n + 4 * pool.size() - 1) / (4 * pool.size()) + 3) / 4 * 4);
@@ -216,7 +236,7 @@ void gemm_blocked(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
   const int64_t m_blocks = (g.m + mc - 1) / mc;
   const int64_t nc_max = std::min<int64_t>(NC, (g.n + NR - 1) / NR * NR);
   const int64_t kd = slab_depth(g.k, NR);
-  const int64_t kc_max = std::min<int64_t>(kd, g.k);
+  const int64_t kc_max = std::min<int64_t>(kd, g.k) + g.k_ext;  // the last slab carries the K extension
   float* const bpack = thread_scratch(0, kc_max * nc_max);
   float* const apack = thread_scratch(1, direct_a || prepacked || private_a ? 16 : kc_max * m_pad);
 
@@ -224,7 +244,9 @@ void gemm_blocked(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
     const int64_t nc = std::min(NC, g.n - jc);
     const int64_t b_panels = (nc + NR - 1) / NR;
     for (int64_t pc = 0; pc < g.k; pc += kd) {
-      const int64_t kc = std::min(kd, g.k - pc);
+      const int64_t kc_main = std::min(kd, g.k - pc);
+      const bool ext = g.k_ext > 0 && pc + kc_main == g.k;  // last slab: append A_ext / B_ext
+      const int64_t kc = kc_main + (ext ? g.k_ext : 0);
       const bool acc = g.accumulate || pc > 0;
       float* bp = bpack;
       float* ap_fill = apack;
@@ -237,10 +259,14 @@ void gemm_blocked(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
         if (p < b_panels) {
           if (b_in_place(p)) return;
           const int64_t j0 = p * NR;
-          pack_b_panel(g, kern, jc + j0, static_cast<int>(std::min<int64_t>(NR, nc - j0)), pc, kc, bp + p * NR * kc);
+          const int nr = static_cast<int>(std::min<int64_t>(NR, nc - j0));
+          pack_b_panel(g, kern, jc + j0, nr, pc, kc_main, bp + p * NR * kc);
+          if (ext) pack_b_ext(g, NR, jc + j0, nr, kc_main, bp + p * NR * kc);
         } else {
           const int64_t i0 = (p - b_panels) * MR;
-          pack_a_panel(g, kern, i0, static_cast<int>(std::min<int64_t>(MR, g.m - i0)), pc, kc, ap_fill + (p - b_panels) * MR * kc);
+          const int mr = static_cast<int>(std::min<int64_t>(MR, g.m - i0));
+          pack_a_panel(g, kern, i0, mr, pc, kc_main, ap_fill + (p - b_panels) * MR * kc);
+          if (ext) pack_a_ext(g, MR, i0, mr, kc_main, ap_fill + (p - b_panels) * MR * kc);
         }
       });
       // Tiles of mc rows x (a share of the NC columns), spread over threads.
@@ -256,8 +282,11 @@ void gemm_blocked(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
         const float* a_blk = ap + i_begin * kc;
         if (private_a) {
           float* mine = thread_scratch(4, mc * kc);
-          for (int64_t i0 = i_begin; i0 < i_end; i0 += MR)
-            pack_a_panel(g, kern, i0, static_cast<int>(std::min<int64_t>(MR, g.m - i0)), pc, kc, mine + (i0 - i_begin) * kc);
+          for (int64_t i0 = i_begin; i0 < i_end; i0 += MR) {
+            const int mr = static_cast<int>(std::min<int64_t>(MR, g.m - i0));
+            pack_a_panel(g, kern, i0, mr, pc, kc_main, mine + (i0 - i_begin) * kc);
+            if (ext) pack_a_ext(g, MR, i0, mr, kc_main, mine + (i0 - i_begin) * kc);
+          }
           a_blk = mine;
         }
         for (int64_t p = p_begin; p < p_end; ++p) {
@@ -298,6 +327,17 @@ float* thread_scratch(int slot, int64_t n) {
 
 void gemm_f32(const GemmArgs& g, ThreadPool& pool) {
   if (g.m <= 0 || g.n <= 0) return;
+  if (g.k_ext > 0 && (g.trans_a || !g.trans_b || g.a_packed || g.k <= 0 || g.m <= kSmallM || g.n <= 2 * kernel().nr)) {
+    // Layouts and paths the fused extension does not cover: two products.
+    GemmArgs base = g;
+    base.k_ext = 0, base.a_ext = nullptr, base.b_ext = nullptr;
+    gemm_f32(base, pool);
+    GemmArgs e;
+    e.trans_b = true;
+    e.m = g.m, e.n = g.n, e.k = g.k_ext, e.a = g.a_ext, e.lda = g.lda_ext, e.b = g.b_ext, e.ldb = g.ldb_ext;
+    e.c = g.c, e.ldc = g.ldc, e.accumulate = true;
+    return gemm_f32(e, pool);
+  }
   if (g.k <= 0) {  // empty sum
     if (!g.accumulate)
       for (int64_t i = 0; i < g.m; ++i) std::memset(g.c + i * g.ldc, 0, sizeof(float) * g.n);

@@ -33,6 +33,16 @@ struct GemmArgs {
   // path reads it instead of packing A again. `a` must still be set (the
   // small-M path reads A in place).
   const float* a_packed = nullptr;
+  // K extension (LoRA's expand, fused into the base product): with k_ext > 0,
+  // C (+)= op(A) op(B) + A_ext B_ext^T, A_ext [M, k_ext] row-major (lda_ext),
+  // B_ext [N, k_ext] (ldb_ext, a Linear weight's layout), fp32. The extra
+  // k_ext terms join the last K slab, so C is written once. For y = x W^T
+  // (trans_b, no trans_a, no a_packed); other calls run it as a second product.
+  const float* a_ext = nullptr;
+  int64_t lda_ext = 0;
+  const float* b_ext = nullptr;
+  int64_t ldb_ext = 0;
+  int64_t k_ext = 0;
 };
 
 void gemm_f32(const GemmArgs& g, ThreadPool& pool);

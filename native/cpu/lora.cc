@@ -1,27 +1,33 @@
 // LoRA-adapted linear (twin of kernels/lora.cu): PEFT's y = x W^T + b +
-// s (x A^T) B^T as three products on the GEMM of gemm.cc, so W + s B A is
+// s (x A^T) B^T as two products on the GEMM of gemm.cc, the shrink
+// u = s x A^T and the base with u and B as r extra K terms, so W + s B A is
 // never formed and the adapter's extra work is 2 n r (in + out) flops; its
 // backward is four more products for dA, dB and the input gradient's LoRA
 // share.
 #include "../ops/lora_steps.h"
 #include "cpu_backend.h"
+#include "gemm.h"
+#include "vec.h"
 
 namespace rlhf::cpu {
 
 void CpuBackend::lora(const LoraOp& op) {
   if (op.n <= 0) return;
   lora_shrink(*this, op);
-  GemmOp base;  // y (+)= x W^T + bias
-  base.trans_b = true;
-  base.m = op.n, base.n = op.out, base.k = op.in;
-  base.a = op.x, base.lda = op.ldx, base.b = op.w, base.b_bf16 = op.w_bf16, base.ldb = op.ldw, base.c = op.y, base.ldc = op.ldy;
-  base.bias = op.bias, base.accumulate = op.accumulate;
-  gemm(base);
-  GemmOp expand;  // y += u B^T
-  expand.trans_b = true;
-  expand.m = op.n, expand.n = op.out, expand.k = op.r;
-  expand.a = op.u, expand.lda = op.r, expand.b = op.b, expand.ldb = op.r, expand.c = op.y, expand.ldc = op.ldy, expand.accumulate = true;
-  gemm(expand);
+  // y (+)= x W^T + u B^T in one product: u and B extend K by r, so the expand
+  // joins the base's last K slab and y is written once (a separate y += u B^T
+  // would pass over all of y again for 2 r flops per element).
+  GemmArgs g;
+  g.trans_b = true;
+  g.m = op.n, g.n = op.out, g.k = op.in;
+  g.a = op.x, g.lda = op.ldx, g.b = op.w, g.b16 = op.w_bf16, g.ldb = op.ldw, g.c = op.y, g.ldc = op.ldy;
+  g.accumulate = op.accumulate;
+  g.a_ext = op.u, g.lda_ext = op.r, g.b_ext = op.b, g.ldb_ext = op.r, g.k_ext = op.r;
+  gemm_f32(g, pool_);
+  if (op.bias) {
+    const VecKernels& v = vec();
+    pool_.parallel_for(op.n, [&](int64_t i, int) { v.add(op.bias, op.y + i * op.ldy, op.out); });
+  }
 }
 
 void CpuBackend::lora_backward(const LoraBackwardOp& op) { lora_backward_steps(*this, op); }
