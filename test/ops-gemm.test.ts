@@ -117,7 +117,7 @@ t.test('small M (m <= 8, trans_b: the dot-product path) and m just above 8', asy
   }
 });
 
-t.test('shapes crossing the cache blocks: m > MC=192, n > NC=1536, k > KC=256 (several K slabs)', async (t) => {
+t.test('shapes crossing the cache blocks: m > MC=192, n > NC=1536, several K slabs (AVX2: K > 768; AVX-512: K > 256)', async (t) => {
   const cases: Case[] = [
     { transA: false, transB: true, m: 200, n: 1600, k: 300, seed: 500 },
     { transA: false, transB: false, m: 13, n: 1600, k: 300, seed: 501, padC: 3, accumulate: true, bias: true },
@@ -125,6 +125,7 @@ t.test('shapes crossing the cache blocks: m > MC=192, n > NC=1536, k > KC=256 (s
     { transA: true, transB: false, m: 197, n: 67, k: 530, seed: 502, padA: 1, padB: 2, accumulate: true },
     { transA: true, transB: true, m: 25, n: 49, k: 777, seed: 503, bias: true },
     { transA: false, transB: true, m: 6, n: 1601, k: 513, seed: 504, accumulate: true },
+    { transA: false, transB: false, m: 50, n: 70, k: 2000, seed: 506, accumulate: true },  // three K slabs
   ];
   for (const cs of cases) await t.test(label(cs), async (t) => runCase(t, cs));
 });

@@ -31,9 +31,9 @@ const CASES = [
   { n: 19, inDim: 37, out: 23, r: 4, ldx: 40, ldy: 29, bf16: false, accumulate: true, bias: false, xLora: true },
   { n: 70, inDim: 64, out: 130, r: 8, ldx: 64, ldy: 131, bf16: true, accumulate: true, bias: true, xLora: false },
   { n: 33, inDim: 129, out: 17, r: 16, ldx: 129, ldy: 17, bf16: true, accumulate: false, bias: false, xLora: true },
-  // in > 384: several K slabs, the adapter's r terms riding on the last one (rows in per-task A blocks, then in a shared pass)
-  { n: 50, inDim: 600, out: 70, r: 16, ldx: 605, ldy: 75, bf16: false, accumulate: true, bias: true, xLora: false },
-  { n: 26, inDim: 520, out: 100, r: 5, ldx: 520, ldy: 100, bf16: true, accumulate: false, bias: true, xLora: true },
+  // in > 768: several K slabs, the adapter's r terms riding on the last one (rows in per-task A blocks, then in a shared pass)
+  { n: 50, inDim: 1000, out: 70, r: 16, ldx: 1005, ldy: 75, bf16: false, accumulate: true, bias: true, xLora: false },
+  { n: 26, inDim: 1600, out: 100, r: 5, ldx: 1600, ldy: 100, bf16: true, accumulate: false, bias: true, xLora: true },
 ];
 
 for (const c of CASES) {
