@@ -5,7 +5,7 @@
 //   or, with trans_b, the transpose of a stored [N,K] matrix (ldb >= K) — the
 //   layout of a Hugging Face Linear weight, so y = x W^T is gemm(false, true).
 //
-// Blocked as in BLIS/GotoBLAS: K in KC slabs, N in NC blocks; A and B are
+// Blocked as in BLIS/GotoBLAS: K in slabs, N in NC blocks; A and B are
 // packed into MR-row / NR-column micro-panels so the micro-kernel streams
 // both from contiguous memory; the micro-kernel keeps an MR x NR tile of C in
 // registers. AVX-512 or AVX2+FMA kernels are picked at run time, with a
