@@ -184,24 +184,16 @@ void pack_b_panel(const GemmArgs& g, const GemmKernel& kern, int64_t j0, int nr,
   else pack_b_panel_t(g, g.b, NR, j0, nr, k0, kc, dst);
 }
 
-// The K extension's part of a packed panel, after the kc columns (rows) of the
-// slab: dst[(kc + e)*MR + r] = A_ext[i0 + r, e], dst[(kc + e)*NR + c] =
-// B_ext[j0 + c, e], zero past mr / nr.
-void pack_a_ext(const GemmArgs& g, int MR, int64_t i0, int mr, int64_t kc, float* dst) {
-  for (int64_t e = 0; e < g.k_ext; ++e) {
-    float* d = dst + (kc + e) * MR;
-    int r = 0;
-    for (; r < mr; ++r) d[r] = g.a_ext[(i0 + r) * g.lda_ext + e];
-    for (; r < MR; ++r) d[r] = 0.f;
-  }
-}
-void pack_b_ext(const GemmArgs& g, int NR, int64_t j0, int nr, int64_t kc, float* dst) {
-  for (int64_t e = 0; e < g.k_ext; ++e) {
-    float* d = dst + (kc + e) * NR;
-    int c = 0;
-    for (; c < nr; ++c) d[c] = g.b_ext[(j0 + c) * g.ldb_ext + e];
-    for (; c < NR; ++c) d[c] = 0.f;
-  }
+// The K extension as a product of its own: op(A) = A_ext, op(B) = B_ext^T (a
+// Linear weight's layout). Its panels are packed by pack_a_panel /
+// pack_b_panel over K [0, k_ext), right after the last slab's kc_main
+// columns (rows) of the same panel.
+GemmArgs ext_args(const GemmArgs& g) {
+  GemmArgs e;
+  e.trans_b = true;
+  e.m = g.m, e.n = g.n, e.k = g.k_ext, e.a = g.a_ext, e.lda = g.lda_ext, e.b = g.b_ext, e.ldb = g.ldb_ext;
+  e.c = g.c, e.ldc = g.ldc, e.accumulate = true;
+  return e;
 }
 
 void gemm_small_m(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
@@ -248,6 +240,7 @@ void gemm_blocked(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
   const int64_t kc_max = std::min<int64_t>(kd, g.k) + g.k_ext;  // the last slab carries the K extension
   float* const bpack = thread_scratch(0, kc_max * nc_max);
   float* const apack = thread_scratch(1, direct_a || prepacked || private_a ? 16 : kc_max * m_pad);
+  const GemmArgs ge = ext_args(g);
 
   for (int64_t jc = 0; jc < g.n; jc += NC) {
     const int64_t nc = std::min(NC, g.n - jc);
@@ -270,12 +263,12 @@ void gemm_blocked(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
           const int64_t j0 = p * NR;
           const int nr = static_cast<int>(std::min<int64_t>(NR, nc - j0));
           pack_b_panel(g, kern, jc + j0, nr, pc, kc_main, bp + p * NR * kc);
-          if (ext) pack_b_ext(g, NR, jc + j0, nr, kc_main, bp + p * NR * kc);
+          if (ext) pack_b_panel(ge, kern, jc + j0, nr, 0, g.k_ext, bp + p * NR * kc + kc_main * NR);
         } else {
           const int64_t i0 = (p - b_panels) * MR;
           const int mr = static_cast<int>(std::min<int64_t>(MR, g.m - i0));
           pack_a_panel(g, kern, i0, mr, pc, kc_main, ap_fill + (p - b_panels) * MR * kc);
-          if (ext) pack_a_ext(g, MR, i0, mr, kc_main, ap_fill + (p - b_panels) * MR * kc);
+          if (ext) pack_a_panel(ge, kern, i0, mr, 0, g.k_ext, ap_fill + (p - b_panels) * MR * kc + kc_main * MR);
         }
       });
       // Tiles of mc rows x (a share of the NC columns), spread over threads.
@@ -294,7 +287,7 @@ void gemm_blocked(const GemmArgs& g, const GemmKernel& kern, ThreadPool& pool) {
           for (int64_t i0 = i_begin; i0 < i_end; i0 += MR) {
             const int mr = static_cast<int>(std::min<int64_t>(MR, g.m - i0));
             pack_a_panel(g, kern, i0, mr, pc, kc_main, mine + (i0 - i_begin) * kc);
-            if (ext) pack_a_ext(g, MR, i0, mr, kc_main, mine + (i0 - i_begin) * kc);
+            if (ext) pack_a_panel(ge, kern, i0, mr, 0, g.k_ext, mine + (i0 - i_begin) * kc + kc_main * MR);
           }
           a_blk = mine;
         }
@@ -341,11 +334,7 @@ void gemm_f32(const GemmArgs& g, ThreadPool& pool) {
     GemmArgs base = g;
     base.k_ext = 0, base.a_ext = nullptr, base.b_ext = nullptr;
     gemm_f32(base, pool);
-    GemmArgs e;
-    e.trans_b = true;
-    e.m = g.m, e.n = g.n, e.k = g.k_ext, e.a = g.a_ext, e.lda = g.lda_ext, e.b = g.b_ext, e.ldb = g.ldb_ext;
-    e.c = g.c, e.ldc = g.ldc, e.accumulate = true;
-    return gemm_f32(e, pool);
+    return gemm_f32(ext_args(g), pool);
   }
   if (g.k <= 0) {  // empty sum
     if (!g.accumulate)
@@ -420,10 +409,12 @@ void CpuBackend::gemm(const GemmOp& op) {
   g.ldc = op.ldc;
   g.accumulate = op.accumulate;
   gemm_f32(g, pool_);
-  if (op.bias) {
-    const VecKernels& v = vec();
-    pool_.parallel_for(op.m, [&](int64_t i, int) { v.add(op.bias, op.c + i * op.ldc, op.n); });
-  }
+  if (op.bias) add_bias_rows(op.bias, op.c, op.ldc, op.m, op.n, pool_);
+}
+
+void add_bias_rows(const float* bias, float* c, int64_t ldc, int64_t m, int64_t n, ThreadPool& pool) {
+  const VecKernels& v = vec();
+  pool.parallel_for(m, [&](int64_t i, int) { v.add(bias, c + i * ldc, n); });
 }
 
 void CpuBackend::bias_grad(const BiasGradOp& op) {

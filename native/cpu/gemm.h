@@ -46,6 +46,8 @@ struct GemmArgs {
 };
 
 void gemm_f32(const GemmArgs& g, ThreadPool& pool);
+// C[i, :] += bias for the m rows of C (a Linear's bias after its product).
+void add_bias_rows(const float* bias, float* c, int64_t ldc, int64_t m, int64_t n, ThreadPool& pool);
 // The same on the calling thread only, for ops that already run one task per
 // thread (attention blocks).
 void gemm_f32_serial(const GemmArgs& g);

@@ -62,7 +62,7 @@ void CpuBackend::lm_head_logp(const LmHeadLogpOp& op) {
         const float* row = logits + r * vc;
         const float m = v.max(row, vc) * op.inv_temperature;  // inv_temperature > 0
         math::OnlineLse chunk{m, 0.f, 0.f};
-        v.exp_stats(row, op.inv_temperature, m, &chunk.s, &chunk.t, vc);
+        v.exp_stats(row, op.inv_temperature, m, nullptr, &chunk.s, &chunk.t, vc);
         // exp_stats sums exp(x - m) * x; the merge keeps the (m, s, t) form.
         state[r] = math::lse_merge(state[r], chunk);
         if (target >= v0 && target < v0 + vc) target_logit[r] = row[target - v0] * op.inv_temperature;

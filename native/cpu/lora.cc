@@ -7,7 +7,6 @@
 #include "../ops/lora_steps.h"
 #include "cpu_backend.h"
 #include "gemm.h"
-#include "vec.h"
 
 namespace rlhf::cpu {
 
@@ -24,10 +23,7 @@ void CpuBackend::lora(const LoraOp& op) {
   g.accumulate = op.accumulate;
   g.a_ext = op.u, g.lda_ext = op.r, g.b_ext = op.b, g.ldb_ext = op.r, g.k_ext = op.r;
   gemm_f32(g, pool_);
-  if (op.bias) {
-    const VecKernels& v = vec();
-    pool_.parallel_for(op.n, [&](int64_t i, int) { v.add(op.bias, op.y + i * op.ldy, op.out); });
-  }
+  if (op.bias) add_bias_rows(op.bias, op.y, op.ldy, op.n, op.out, pool_);
 }
 
 void CpuBackend::lora_backward(const LoraBackwardOp& op) { lora_backward_steps(*this, op); }

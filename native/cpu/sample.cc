@@ -70,7 +70,7 @@ void CpuBackend::sample(const SampleOp& op) {
     if (op.out_logp) {
       const float m = v.max(logits, op.vocab) * inv_t;
       float s, sx;
-      v.exp_stats(logits, inv_t, m, &s, &sx, op.vocab);
+      v.exp_stats(logits, inv_t, m, nullptr, &s, &sx, op.vocab);
       op.out_logp[i] = logits[pick] * inv_t - (m + std::log(s));
     }
     op.out[i] = pick;

@@ -29,10 +29,9 @@ struct VecKernels {
   void (*add)(const float* x, float* y, int64_t n);
   // out = exp(x - shift); returns the sum of out
   float (*exp_shift)(const float* x, float shift, float* out, int64_t n);
-  // sum exp(x*scale - shift) and sum exp(x*scale - shift) * x*scale, without storing
-  void (*exp_stats)(const float* x, float scale, float shift, float* sum, float* sum_x, int64_t n);
-  // the same at scale 1, storing out = exp(x - shift) (out may alias x)
-  void (*exp_stats_store)(const float* x, float shift, float* out, float* sum, float* sum_x, int64_t n);
+  // sum exp(x*scale - shift) and sum exp(x*scale - shift) * x*scale; with out
+  // non-null, also stores out = exp(x*scale - shift) (out may alias x)
+  void (*exp_stats)(const float* x, float scale, float shift, float* out, float* sum, float* sum_x, int64_t n);
   // out = silu(g) * u
   void (*silu_mul)(const float* g, const float* u, float* out, int64_t n);
   // out = gelu_tanh(x)

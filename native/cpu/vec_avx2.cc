@@ -64,7 +64,7 @@ struct V {
 
 const VecKernels kVecAvx2 = {"avx2",          vec_avx2::k_dot,       vec_avx2::k_sum_sq,    vec_avx2::k_max,
                              vec_avx2::k_scale, vec_avx2::k_scale_mul, vec_avx2::k_norm_affine, vec_avx2::k_axpy,
-                             vec_avx2::k_add,   vec_avx2::k_exp_shift, vec_avx2::k_exp_stats, vec_avx2::k_exp_stats_store, vec_avx2::k_silu_mul,
+                             vec_avx2::k_add,   vec_avx2::k_exp_shift, vec_avx2::k_exp_stats, vec_avx2::k_silu_mul,
                              vec_avx2::k_gelu, vec_avx2::k_swiglu_grad, adamw_avx2};
 
 }  // namespace rlhf::cpu

@@ -52,7 +52,7 @@ struct V {
 
 const VecKernels kVecAvx512 = {"avx512",          vec_avx512::k_dot,       vec_avx512::k_sum_sq,     vec_avx512::k_max,
                                vec_avx512::k_scale, vec_avx512::k_scale_mul, vec_avx512::k_norm_affine, vec_avx512::k_axpy,
-                               vec_avx512::k_add,   vec_avx512::k_exp_shift, vec_avx512::k_exp_stats, vec_avx512::k_exp_stats_store, vec_avx512::k_silu_mul,
+                               vec_avx512::k_add,   vec_avx512::k_exp_shift, vec_avx512::k_exp_stats, vec_avx512::k_silu_mul,
                                vec_avx512::k_gelu, vec_avx512::k_swiglu_grad, adamw_avx2};  // AdamW is memory-bound: AVX2 streams it as fast
 
 }  // namespace rlhf::cpu

@@ -103,30 +103,16 @@ float k_exp_shift(const float* x, float shift, float* out, int64_t n) {
   return V::hsum(acc);
 }
 
-void k_exp_stats(const float* x, float scale, float shift, float* sum, float* sum_x, int64_t n) {
+void k_exp_stats(const float* x, float scale, float shift, float* out, float* sum, float* sum_x, int64_t n) {
   const T vsc = V::set1(scale), vs = V::set1(shift);
   T acc = V::zero(), accx = V::zero();
   for_each_block(n, [&](int64_t i, int w) {
     T xs = V::mul(V::load_part(x + i, w), vsc);
     T e = vexp(V::sub(xs, vs));
     if (w < V::W) e = V::keep_first(e, w);
+    if (out) V::store_part(out + i, e, w);
     acc = V::add(acc, e);
     accx = V::fmadd(e, xs, accx);
-  });
-  *sum = V::hsum(acc);
-  *sum_x = V::hsum(accx);
-}
-
-void k_exp_stats_store(const float* x, float shift, float* out, float* sum, float* sum_x, int64_t n) {
-  const T vs = V::set1(shift);
-  T acc = V::zero(), accx = V::zero();
-  for_each_block(n, [&](int64_t i, int w) {
-    const T xv = V::load_part(x + i, w);
-    T e = vexp(V::sub(xv, vs));
-    if (w < V::W) e = V::keep_first(e, w);
-    V::store_part(out + i, e, w);
-    acc = V::add(acc, e);
-    accx = V::fmadd(e, xv, accx);
   });
   *sum = V::hsum(acc);
   *sum_x = V::hsum(accx);

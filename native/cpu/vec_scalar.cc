@@ -41,23 +41,13 @@ float s_exp_shift(const float* x, float shift, float* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) s += (out[i] = std::exp(x[i] - shift));
   return s;
 }
-void s_exp_stats(const float* x, float scale, float shift, float* sum, float* sum_x, int64_t n) {
+void s_exp_stats(const float* x, float scale, float shift, float* out, float* sum, float* sum_x, int64_t n) {
   float s = 0, sx = 0;
   for (int64_t i = 0; i < n; ++i) {
     const float xs = x[i] * scale, e = std::exp(xs - shift);
+    if (out) out[i] = e;
     s += e;
     sx += e * xs;
-  }
-  *sum = s;
-  *sum_x = sx;
-}
-void s_exp_stats_store(const float* x, float shift, float* out, float* sum, float* sum_x, int64_t n) {
-  float s = 0, sx = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const float xi = x[i], e = std::exp(xi - shift);
-    out[i] = e;
-    s += e;
-    sx += e * xi;
   }
   *sum = s;
   *sum_x = sx;
@@ -78,7 +68,7 @@ void s_adamw(float* p, float* m, float* v, const float* g, int64_t n, const Adam
 }  // namespace
 
 const VecKernels kVecScalar = {"scalar", s_dot, s_sum_sq, s_max, s_scale, s_scale_mul, s_norm_affine, s_axpy,
-                               s_add, s_exp_shift, s_exp_stats, s_exp_stats_store, s_silu_mul, s_gelu, s_swiglu_grad, s_adamw};
+                               s_add, s_exp_shift, s_exp_stats, s_silu_mul, s_gelu, s_swiglu_grad, s_adamw};
 
 namespace {
 const VecKernels* detect() {

@@ -26,7 +26,7 @@ void CpuBackend::logits_xent(const LogitsXentOp& op) {
     const float m = v.max(z, op.vocab);
     const float zt = z[t];
     float s = 0.f, sx = 0.f;
-    v.exp_stats_store(z, m, z, &s, &sx, op.vocab);  // z <- e = exp(z - m); s = sum e, sx = sum e z
+    v.exp_stats(z, 1.f, m, z, &s, &sx, op.vocab);  // z <- e = exp(z - m); s = sum e, sx = sum e z
     const float lse = m + std::log(s);
     op.logp[i] = zt - lse;
     if (op.entropy) op.entropy[i] = lse - sx / s;
