@@ -51,6 +51,7 @@ export const UNHASHED_OPTIONS: readonly string[] = [
   'evalBatchSize',
   'nanPolicy',
   'logSteps',
+  'threads',
 ];
 
 export interface CheckpointManifest {
