@@ -19,6 +19,8 @@ export interface AdapterConfig {
   fanInFanOut: boolean;
   modulesToSave: string[];
   baseModel: string | null;
+  /** PEFT lora_dropout of the saved adapter (0 when absent). */
+  loraDropout: number;
 }
 
 export interface LoraPair {
@@ -52,6 +54,7 @@ export function readAdapterConfig(dir: string): AdapterConfig {
     fanInFanOut: Boolean(j.fan_in_fan_out),
     modulesToSave: Array.isArray(j.modules_to_save) ? (j.modules_to_save as string[]) : [],
     baseModel: typeof j.base_model_name_or_path === 'string' ? j.base_model_name_or_path : null,
+    loraDropout: typeof j.lora_dropout === 'number' ? j.lora_dropout : 0,
   };
 }
 

@@ -32,10 +32,12 @@ export const RECIPES = {
   instructgpt: ['sft', 'rm', 'ppo'],
   /** Touvron et al. 2023: SFT -> helpfulness and safety reward models (margin loss) -> rejection sampling -> PPO. */
   llama2: ['sft', 'rm_helpfulness', 'rm_safety', 'rs', 'ppo'],
+  /** Rafailov et al. 2023: SFT -> DPO on preference pairs (no reward model, no sampling). */
+  dpo: ['sft', 'dpo'],
 } as const;
 export type RecipeName = keyof typeof RECIPES;
-export type StageKey = 'sft' | 'rm' | 'rm_helpfulness' | 'rm_safety' | 'rs' | 'ppo';
-const STAGE_KEYS: readonly StageKey[] = ['sft', 'rm', 'rm_helpfulness', 'rm_safety', 'rs', 'ppo'];
+export type StageKey = 'sft' | 'rm' | 'rm_helpfulness' | 'rm_safety' | 'rs' | 'ppo' | 'dpo';
+const STAGE_KEYS: readonly StageKey[] = ['sft', 'rm', 'rm_helpfulness', 'rm_safety', 'rs', 'ppo', 'dpo'];
 
 /** A stage's own options, as given (camelCase keys after normalising). `skip: true` leaves it out. */
 export type StageOptions = Record<string, unknown> & { skip?: boolean };

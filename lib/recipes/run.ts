@@ -26,11 +26,8 @@ import * as path from 'node:path';
 import { RlhfError } from '../errors';
 import { RunFolder } from '../run/run-folder';
 import { createProgress, type Progress } from '../run/progress';
-import { runSft } from '../stages/sft';
-import { runRm } from '../stages/reward';
-import { runRejectionSampling } from '../stages/rejection';
-import { runPpo } from '../stages/ppo';
-import { mergeAdapter } from '../engine/merge';
+import { stageOf } from '../train/registry';
+import { isStageConfig, type RecipeStageContext, type StageHooks } from '../train/stage';
 import type { RewardSource } from '../reward/sources';
 import { recipeStages, type RecipeConfig, type StageKey } from './config';
 
@@ -128,68 +125,48 @@ export async function runRecipe(cfg: RecipeConfig, opts: RecipeHooks & { resume?
         bar ??= createProgress({ label: key, total, stream });
         bar.tick(step, fields);
       };
-      const record = (step: number, m: object) => {
-        const rec = { ...(m as Record<string, unknown>), step };
-        run.appendMetrics(key, rec);
-        opts.onMetrics?.(key, rec);
-      };
-      const common = { log: (l: string) => log(l), signal: abort.signal, handleSigint: false };
+      const stage = stageOf(key);
+      if (!stage?.recipe) throw new RlhfError('E_CONFIG', `the recipe's stage '${key}' cannot be chained (no recipe wiring)`);
+      const wiring = stage.recipe;
       const base = baseModel(cfg, outputs);
       const extra = (await opts.prepare?.(key, { run: run.dir, outputs, base })) ?? {};
-      let out: Record<string, string> = {};
-      let summary: { final?: Record<string, unknown>; eval?: Record<string, unknown>; steps?: number } = {};
-      if (key === 'sft') {
-        const r = await runSft(
-          { checkpointSteps: 50, ...stageOptions(cfg, key, extra), model: cfg.model, out: dir, checkpointDir: dir, resume: wasRunning, seed: cfg.seed, device: cfg.device } as never,
-          { ...common, onStep: (m, i) => (record(m.step, m), tick(m.step, i.totalSteps, { loss: m.loss, eval_loss: m.eval_loss })) },
-        );
-        interrupted ||= r.interrupted;
-        out = { [r.saved]: dir };
-        if (!interrupted && r.saved === 'adapter') {
-          const merged = path.join(dir, 'merged');
-          await mergeAdapter({ model: cfg.model, adapter: dir, out: merged, device: cfg.device });
-          out.model = merged;
-          log(`train: sft: merged the adapter into ${merged} (the base of the later stages)`);
-        } else if (r.saved === 'model') out.model = dir;
-        summary = { eval: r.evalLoss !== null ? { eval_loss: r.evalLoss } : undefined, steps: r.steps };
-      } else if (key === 'rm' || key === 'rm_helpfulness' || key === 'rm_safety') {
-        const r = await runRm(
-          { checkpointSteps: 50, ...stageOptions(cfg, key, extra), model: base, out: dir, checkpointDir: dir, resume: wasRunning, seed: cfg.seed, device: cfg.device } as never,
-          { ...common, onStep: (m, i) => (record(m.step, m), tick(m.step, i.totalSteps, { loss: m.loss, acc: m.accuracy })) },
-        );
-        interrupted ||= r.interrupted;
-        out = { reward_model: dir };
-        summary = { eval: r.finalEval ? { accuracy: r.finalEval.accuracy, loss: r.finalEval.loss, margin: r.finalEval.margin, accuracy_before: r.initialEval?.accuracy } : undefined, steps: r.steps };
-      } else if (key === 'rs') {
-        let n = 0;
-        const r = await runRejectionSampling(
-          { ...stageOptions(cfg, key, extra), ...rewardOptions(cfg, outputs, opts.reward), model: base, out: dir, seed: cfg.seed, device: cfg.device } as never,
-          { ...common, reward: opts.reward, onMetrics: (m) => (record(++n, { ...m, reward: (m as { mean_reward?: number }).mean_reward }), tick(n, n, { reward: (m as { mean_reward?: number }).mean_reward })) },
-        );
-        interrupted ||= r.interrupted;
-        out = { model: r.policy.model, ...(r.policy.adapter ? { adapter: r.policy.adapter } : {}) };
-        summary = { eval: { reward_before: r.initialReward, reward_after: r.finalReward }, steps: r.rounds };
-      } else if (key === 'ppo') {
-        const rs = outputs.get('rs');
-        const r = await runPpo(
-          {
-            ...stageOptions(cfg, key, extra),
-            ...rewardOptions(cfg, outputs, opts.reward),
-            ...(rs?.adapter && !stageOptions(cfg, key, extra).adapter ? { adapter: rs.adapter } : {}),
-            model: rs?.model && !rs.adapter ? rs.model : base,
-            out: dir,
-            seed: cfg.seed,
-            device: cfg.device,
-          } as never,
-          { ...common, reward: opts.reward, onStep: (m, i) => (record(m.step, m), tick(m.step, i.totalSteps, { reward: m.reward, kl: m.kl })) },
-        );
-        interrupted ||= r.interrupted;
-        out = { adapter: dir, critic: path.join(dir, 'critic') };
-        summary = {
-          eval: r.eval ? { reward_before: r.eval.before.reward, reward_after: r.eval.after.reward, kl_after: r.eval.after.kl } : { reward_first: r.initialReward, reward_last: r.finalReward, kl_last: r.finalKl },
-          steps: r.steps,
-        };
-      }
+      const ctx: RecipeStageContext = {
+        dir,
+        base,
+        model: cfg.model,
+        outputs,
+        device: cfg.device,
+        log,
+        rewardOptions: () => rewardOptions(cfg, outputs, opts.reward),
+      };
+      const given = stageOptions(cfg, key, extra);
+      const options: Record<string, unknown> = {
+        ...wiring.defaults,
+        ...given,
+        ...wiring.inputs(ctx, given),
+        out: dir,
+        seed: cfg.seed,
+        device: cfg.device,
+        ...(wiring.checkpoints ? { checkpointDir: dir, resume: wasRunning } : {}),
+      };
+      let n = 0;
+      const hooks: StageHooks = {
+        log: (l: string) => log(l),
+        signal: abort.signal,
+        handleSigint: false,
+        reward: opts.reward,
+        onStep: (m: Record<string, unknown>, info: { totalSteps: number }) => {
+          const rec = wiring.record ? wiring.record(m, ++n) : { ...m, step: m.step as number };
+          run.appendMetrics(key, rec);
+          opts.onMetrics?.(key, rec);
+          tick(rec.step, Math.max(info.totalSteps, rec.step), wiring.progress(m));
+        },
+      };
+      if (!isStageConfig(stage.options, options, `${key}`)) continue;
+      const r = await stage.run(options, hooks);
+      interrupted ||= r.interrupted;
+      const out: Record<string, string> = interrupted ? {} : await wiring.outputs(r, ctx);
+      const summary = wiring.summary(r);
       (bar as Progress | null)?.done();
       if (interrupted) {
         log(`train: ${key}: stopped; resume with --resume ${run.dir}`);

@@ -3,7 +3,7 @@
  * (Rafailov et al. 2023) of a causal LM on preference pairs, with a LoRA
  * adapter (default, PEFT layout) or every weight (`full`); TRL's DPOTrainer
  * semantics (loss_type "sigmoid" with label smoothing) on the native engine.
- * See docs/dpo.md.
+ * See docs/dpo.md. The loop is lib/train/supervised.ts; this file holds what is DPO's own.
  *
  * Policy: the base plus the trainable adapter (or the base itself with
  * `full`). Reference: the model before training — the base with adapters
@@ -23,133 +23,49 @@
  * the step's pairs, so the accumulated gradient is that of the mean loss
  * over every pair of the step.
  */
-import { arg, finite, nonNegInt, posInt } from './options';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { performance } from 'node:perf_hooks';
 import { callNative, RlhfError } from '../errors';
 import { native, type NativeForwardResult } from '../native';
-import { loadModel, type ForwardOutput, type Model } from '../engine/model';
-import { GPT2_LORA_TARGETS, LLAMA_LORA_TARGETS, loraModules, type Trainer } from '../engine/train';
-import { readAdapterConfig } from '../model/peft';
-import { openModelFolder } from '../model/folder';
+import type { ForwardOutput, Model } from '../engine/model';
+import type { Trainer } from '../engine/train';
 import { loadTokenizer, type Tokenizer } from '../tokenizer/tokenizer';
-import { planSteps, splitEval, stepsPerEpoch } from '../data/sft-data';
+import { splitEval } from '../data/sft-data';
 import { identicalWarning, loadPreferenceData, type PreferenceDataStats, type PreferenceExample } from '../data/preference-data';
-import { LR_SCHEDULES, lrSchedule, type LrScheduleKind } from './schedule';
-import { noDecayNames } from './sft';
-import { packageVersion } from '../info';
-import { checkWritableDir } from '../run/atomic';
-import { stopOnSignals } from '../run/signals';
-import { checkNanPolicy, nonFinite, numericStop, type NanPolicy } from './numerics';
-import { DEVICES, type Device } from '../info';
+import { defaultsOf, describe, SUPERVISED_OPTIONS, withDefaults, type OptionTable, type Resolved, type SupervisedOptions } from '../train/options';
+import { resolveSupervised, runSupervised, type SupervisedMethod } from '../train/supervised';
+import type { Stage, StageHooks } from '../train/stage';
 
 export const DPO_LOSS_TYPES = ['sigmoid'] as const;
 export type DpoLossType = (typeof DPO_LOSS_TYPES)[number];
 
-export interface DpoConfig {
-  /** Base model folder (Hugging Face layout, causal LM): the policy's starting point and the reference. Required. */
-  model: string;
-  /** Preference pairs, JSONL (formats: lib/data/preference-data.ts). Required. */
-  data: string;
-  /** Output folder: the adapter (or the full model), metrics.jsonl, dpo_config.json. Required. */
-  out: string;
-  /** Continue training this PEFT LoRA adapter (it is also the reference: the policy before training). */
-  adapter?: string | null;
-  /** Train every weight instead of a LoRA adapter. Default false. */
-  full?: boolean;
-  /** LoRA rank. Default 16 (TRL's ModelConfig.lora_r). */
-  loraR?: number;
-  /** LoRA alpha. Default 32 (TRL's ModelConfig.lora_alpha). */
-  loraAlpha?: number;
-  /** PEFT module names, or 'all-linear'. Default all-linear. */
-  loraTargets?: readonly string[] | 'all-linear';
-  /** rsLoRA scaling alpha / sqrt(r). Default false. */
-  rslora?: boolean;
+/** DPO's own options beside the shared ones. */
+export interface DpoOwnOptions {
   /** Inverse temperature of the implicit reward; higher stays closer to the reference. Default 0.1 (TRL's DPOConfig.beta, the paper's). */
   beta?: number;
   /** Conservative-DPO label smoothing in [0, 0.5). Default 0 (TRL). */
   labelSmoothing?: number;
   /** Only 'sigmoid' (the paper's loss; TRL's default). */
   lossType?: DpoLossType;
-  /** 'adamw' (torch.optim.AdamW) or 'sgd'. Default 'adamw'. */
-  optimizer?: 'adamw' | 'sgd';
-  /** Peak learning rate. Default 5e-6 with LoRA, 5e-7 with full training (TRL's trl/scripts/dpo.py). */
-  lr?: number;
-  adamBeta1?: number;
-  adamBeta2?: number;
-  adamEpsilon?: number;
-  momentum?: number;
-  /** Decoupled weight decay (biases and norm weights exempt). Default 0. */
-  weightDecay?: number;
-  /** Global gradient-norm clipping; 0 disables. Default 1.0. */
-  maxGradNorm?: number;
-  /** 'constant', 'linear' or 'cosine'. Default 'linear'. */
-  lrSchedule?: LrScheduleKind;
-  warmupSteps?: number;
-  /** Optimizer steps; > 0 overrides epochs. Default 0. */
-  steps?: number;
-  /** Passes over the pairs. Default 1 (TRL's example scripts). */
-  epochs?: number;
-  /** Pairs per micro-batch (each is two sequences in the forward). Default 8. */
-  batchSize?: number;
-  gradAccum?: number;
-  /** Chosen and rejected sequences are cut to this many tokens (and to the model's context). Default 1024 (TRL's DPOConfig.max_length). */
-  maxLen?: number;
-  /** LoRA initialisation, shuffling and the eval split. Default 42. */
-  seed?: number;
-  shuffle?: boolean;
-  /** Held-out preference JSONL. Default none. */
-  evalData?: string | null;
-  /** Hold out this fraction of the pairs (seeded) instead. Default 0. */
-  evalFraction?: number;
-  /** Evaluate every N steps (always before the first step and at the end); 0: start and end only. Default 0. */
-  evalSteps?: number;
-  /** Eval (and reference precompute) micro-batch pairs. Default batchSize. */
-  evalBatchSize?: number;
-  /** A step with a NaN/infinite loss or gradient: 'stop' the run (E_NUMERIC) or 'skip' the step (lib/stages/numerics.ts). Default 'stop'. */
-  nanPolicy?: NanPolicy;
-  device?: Device;
 }
+export type DpoConfig = SupervisedOptions & DpoOwnOptions;
+export type ResolvedDpoConfig = Resolved<DpoConfig>;
 
-export type ResolvedDpoConfig = Required<Omit<DpoConfig, 'adapter' | 'evalData' | 'loraTargets'>> & {
-  adapter: string | null;
-  evalData: string | null;
-  loraTargets: string[] | 'all-linear';
+/** The shared options with DPO's defaults (TRL's scripts: one epoch; lr 5e-6 LoRA, 5e-7 full) and DPO's own rows. */
+export const DPO_OPTIONS: OptionTable<DpoConfig> = {
+  ...describe(withDefaults(SUPERVISED_OPTIONS, { epochs: 1 }, { lr: { derive: (r) => (r.full ? 5e-7 : 5e-6), defaultText: '5e-6 LoRA, 5e-7 --full' } }), {
+    model: 'base model folder (Hugging Face layout); also the reference model',
+    data: 'preference JSONL: {prompt, chosen, rejected} (TRL), {chosen, rejected} or {prompt: [messages], chosen: [turns], rejected: [turns]}',
+    out: 'output folder: PEFT adapter (or full model), metrics.jsonl, dpo_config.json',
+    batchSize: 'pairs per micro-batch (two sequences each)',
+    evalBatchSize: 'eval (and reference precompute) pairs per micro-batch',
+    shuffle: 'shuffle pairs each epoch (seeded); default: file order',
+  }),
+  beta: { type: 'number', default: 0.1, check: (v) => (Number.isFinite(v) && v > 0 ? null : `must be a positive number, got ${v}`), describe: 'DPO beta: inverse temperature of the implicit reward', group: 'DPO' },
+  labelSmoothing: { type: 'number', default: 0, check: (v) => (Number.isFinite(v) && v >= 0 && v < 0.5 ? null : `must be in [0, 0.5), got ${v}`), describe: 'conservative DPO: probability that a label is flipped, in [0, 0.5)', group: 'DPO' },
+  lossType: { type: 'string', default: 'sigmoid', describe: `DPO loss (${DPO_LOSS_TYPES.join(', ')})`, group: 'DPO' },
 };
 
-export const DPO_DEFAULTS = {
-  full: false,
-  loraR: 16,
-  loraAlpha: 32,
-  loraTargets: 'all-linear' as const,
-  rslora: false,
-  beta: 0.1,
-  labelSmoothing: 0,
-  lossType: 'sigmoid' as const,
-  optimizer: 'adamw' as const,
-  lrLora: 5e-6,
-  lrFull: 5e-7,
-  adamBeta1: 0.9,
-  adamBeta2: 0.999,
-  adamEpsilon: 1e-8,
-  momentum: 0,
-  weightDecay: 0,
-  maxGradNorm: 1,
-  lrSchedule: 'linear' as const,
-  warmupSteps: 0,
-  steps: 0,
-  epochs: 1,
-  batchSize: 8,
-  gradAccum: 1,
-  maxLen: 1024,
-  seed: 42,
-  shuffle: false,
-  evalFraction: 0,
-  evalSteps: 0,
-  nanPolicy: 'stop' as NanPolicy,
-  device: 'auto' as const,
-};
+/** The defaults of DPO_OPTIONS (lr: 5e-6 with LoRA, 5e-7 with full training). */
+export const DPO_DEFAULTS: Record<string, unknown> = { ...defaultsOf(DPO_OPTIONS), lrLora: 5e-6, lrFull: 5e-7 };
 
 /** Means over pairs (TRL's names without the prefix). */
 export interface DpoPairMetrics {
@@ -195,15 +111,7 @@ export interface DpoStepMetrics {
   'eval_logps/rejected'?: number;
 }
 
-export interface DpoHooks {
-  onStep?: (m: DpoStepMetrics, info: { totalSteps: number }) => void;
-  log?: (line: string) => void;
-  signal?: AbortSignal;
-  /** Install a SIGINT handler for the run (default true): first ^C finishes the step and saves, a second exits (130). */
-  handleSigint?: boolean;
-  /** Return the model and trainer without disposing them (the caller disposes the model). */
-  keepModel?: boolean;
-}
+export type DpoHooks = StageHooks<DpoStepMetrics>;
 
 export interface DpoResult {
   out: string;
@@ -216,6 +124,8 @@ export interface DpoResult {
   signal: NodeJS.Signals | null;
   /** Steps not applied because their loss or gradient was NaN/infinite (nanPolicy 'skip'). */
   skippedSteps: number[];
+  /** The checkpoint step this run continued from (resume), else null. */
+  resumedFrom: number | null;
   initialLoss: number | null;
   finalLoss: number | null;
   /** Eval pairs before the first step and after the last (null without an eval set). */
@@ -233,90 +143,6 @@ export interface DpoResult {
   trainer?: Trainer;
 }
 
-
-/** Fills in the defaults and checks every value (E_ARGUMENT naming the option; E_UNSUPPORTED for another loss type). */
-export function resolveDpoConfig(cfg: DpoConfig): ResolvedDpoConfig {
-  for (const k of ['model', 'data', 'out'] as const) arg(typeof cfg[k] === 'string' && cfg[k].length > 0, `--${k} is required`);
-  const full = cfg.full ?? DPO_DEFAULTS.full;
-  const loraGiven: string[] = (['loraR', 'loraAlpha', 'loraTargets', 'rslora'] as const).filter((k) => cfg[k] !== undefined);
-  const flag = (k: string) => '--' + k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
-  if (full) {
-    arg(!cfg.adapter, '--adapter and --full cannot be combined (full training trains the base weights; merge the adapter first)');
-    arg(loraGiven.length === 0, `LoRA options do not apply with --full: ${loraGiven.map(flag).join(', ')}`);
-  }
-  if (cfg.adapter) arg(loraGiven.length === 0, `${loraGiven.map(flag).join(', ')} cannot be given with --adapter: r, alpha and targets come from the adapter's adapter_config.json`);
-  const lossType = cfg.lossType ?? DPO_DEFAULTS.lossType;
-  if (!(DPO_LOSS_TYPES as readonly string[]).includes(lossType))
-    throw new RlhfError('E_UNSUPPORTED', `--loss-type ${lossType} is not supported: only sigmoid (the DPO paper's loss; use --label-smoothing for conservative DPO)`);
-  const optimizer = cfg.optimizer ?? DPO_DEFAULTS.optimizer;
-  arg(optimizer === 'adamw' || optimizer === 'sgd', `--optimizer must be adamw or sgd, got ${optimizer}`);
-  const lrScheduleKind = cfg.lrSchedule ?? DPO_DEFAULTS.lrSchedule;
-  arg((LR_SCHEDULES as readonly string[]).includes(lrScheduleKind), `--lr-schedule must be one of ${LR_SCHEDULES.join(', ')}, got ${lrScheduleKind}`);
-  const r: ResolvedDpoConfig = {
-    model: cfg.model,
-    data: cfg.data,
-    out: cfg.out,
-    adapter: cfg.adapter ?? null,
-    full,
-    loraR: cfg.loraR ?? DPO_DEFAULTS.loraR,
-    loraAlpha: cfg.loraAlpha ?? DPO_DEFAULTS.loraAlpha,
-    loraTargets:
-      cfg.loraTargets === undefined || cfg.loraTargets === 'all-linear' || (cfg.loraTargets.length === 1 && cfg.loraTargets[0] === 'all-linear') ? 'all-linear' : [...cfg.loraTargets],
-    rslora: cfg.rslora ?? DPO_DEFAULTS.rslora,
-    beta: cfg.beta ?? DPO_DEFAULTS.beta,
-    labelSmoothing: cfg.labelSmoothing ?? DPO_DEFAULTS.labelSmoothing,
-    lossType,
-    optimizer,
-    lr: cfg.lr ?? (full ? DPO_DEFAULTS.lrFull : DPO_DEFAULTS.lrLora),
-    adamBeta1: cfg.adamBeta1 ?? DPO_DEFAULTS.adamBeta1,
-    adamBeta2: cfg.adamBeta2 ?? DPO_DEFAULTS.adamBeta2,
-    adamEpsilon: cfg.adamEpsilon ?? DPO_DEFAULTS.adamEpsilon,
-    momentum: cfg.momentum ?? DPO_DEFAULTS.momentum,
-    weightDecay: cfg.weightDecay ?? DPO_DEFAULTS.weightDecay,
-    maxGradNorm: cfg.maxGradNorm ?? DPO_DEFAULTS.maxGradNorm,
-    lrSchedule: lrScheduleKind,
-    warmupSteps: cfg.warmupSteps ?? DPO_DEFAULTS.warmupSteps,
-    steps: cfg.steps ?? DPO_DEFAULTS.steps,
-    epochs: cfg.epochs ?? DPO_DEFAULTS.epochs,
-    batchSize: cfg.batchSize ?? DPO_DEFAULTS.batchSize,
-    gradAccum: cfg.gradAccum ?? DPO_DEFAULTS.gradAccum,
-    maxLen: cfg.maxLen ?? DPO_DEFAULTS.maxLen,
-    seed: cfg.seed ?? DPO_DEFAULTS.seed,
-    shuffle: cfg.shuffle ?? DPO_DEFAULTS.shuffle,
-    evalData: cfg.evalData ?? null,
-    evalFraction: cfg.evalFraction ?? DPO_DEFAULTS.evalFraction,
-    evalSteps: cfg.evalSteps ?? DPO_DEFAULTS.evalSteps,
-    evalBatchSize: cfg.evalBatchSize ?? cfg.batchSize ?? DPO_DEFAULTS.batchSize,
-    nanPolicy: checkNanPolicy(cfg.nanPolicy ?? DPO_DEFAULTS.nanPolicy),
-    device: cfg.device ?? DPO_DEFAULTS.device,
-  };
-  arg(posInt(r.loraR), `--lora-r must be a positive integer, got ${r.loraR}`);
-  arg(finite(r.loraAlpha) && r.loraAlpha > 0, `--lora-alpha must be a positive number, got ${r.loraAlpha}`);
-  arg(r.loraTargets === 'all-linear' || r.loraTargets.length > 0, '--lora-targets must name at least one module (or all-linear)');
-  arg(finite(r.beta) && r.beta > 0, `--beta must be a positive number, got ${r.beta}`);
-  arg(finite(r.labelSmoothing) && r.labelSmoothing >= 0 && r.labelSmoothing < 0.5, `--label-smoothing must be in [0, 0.5), got ${r.labelSmoothing}`);
-  arg(finite(r.lr) && r.lr >= 0, `--lr must be a number >= 0, got ${r.lr}`);
-  arg(finite(r.adamBeta1) && r.adamBeta1 >= 0 && r.adamBeta1 < 1, `--adam-beta1 must be in [0, 1), got ${r.adamBeta1}`);
-  arg(finite(r.adamBeta2) && r.adamBeta2 >= 0 && r.adamBeta2 < 1, `--adam-beta2 must be in [0, 1), got ${r.adamBeta2}`);
-  arg(finite(r.adamEpsilon) && r.adamEpsilon > 0, `--adam-epsilon must be > 0, got ${r.adamEpsilon}`);
-  arg(finite(r.momentum) && r.momentum >= 0 && r.momentum < 1, `--momentum must be in [0, 1), got ${r.momentum}`);
-  arg(finite(r.weightDecay) && r.weightDecay >= 0, `--weight-decay must be >= 0, got ${r.weightDecay}`);
-  arg(finite(r.maxGradNorm) && r.maxGradNorm >= 0, `--max-grad-norm must be >= 0 (0 disables clipping), got ${r.maxGradNorm}`);
-  arg(nonNegInt(r.warmupSteps), `--warmup-steps must be a non-negative integer, got ${r.warmupSteps}`);
-  arg(nonNegInt(r.steps), `--steps must be a non-negative integer (0: use --epochs), got ${r.steps}`);
-  arg(finite(r.epochs) && r.epochs > 0, `--epochs must be a positive number, got ${r.epochs}`);
-  arg(posInt(r.batchSize), `--batch-size must be a positive integer, got ${r.batchSize}`);
-  arg(posInt(r.gradAccum), `--grad-accum must be a positive integer, got ${r.gradAccum}`);
-  arg(Number.isInteger(r.maxLen) && r.maxLen >= 2, `--max-len must be an integer >= 2, got ${r.maxLen}`);
-  arg(nonNegInt(r.seed), `--seed must be a non-negative integer, got ${r.seed}`);
-  arg(finite(r.evalFraction) && r.evalFraction >= 0 && r.evalFraction < 1, `--eval-fraction must be in [0, 1), got ${r.evalFraction}`);
-  arg(!(r.evalFraction > 0 && r.evalData), '--eval-fraction and --eval-data cannot be combined');
-  arg(nonNegInt(r.evalSteps), `--eval-steps must be a non-negative integer, got ${r.evalSteps}`);
-  arg(posInt(r.evalBatchSize), `--eval-batch-size must be a positive integer, got ${r.evalBatchSize}`);
-  arg(DEVICES.includes(r.device), `--device must be auto, cpu or cuda, got ${r.device}`);
-  arg(path.resolve(r.out) !== path.resolve(r.model), '--out must differ from --model (the base model folder is never overwritten)');
-  return r;
-}
 
 // ------------------------------------------------------------------ batches and the loss
 
@@ -520,241 +346,149 @@ function fmtData(s: PreferenceDataStats): string {
   );
 }
 
-export async function runDpo(config: DpoConfig, hooks: DpoHooks = {}): Promise<DpoResult> {
-  const cfg = resolveDpoConfig(config);
-  const log = hooks.log ?? (() => {});
-  if (fs.existsSync(cfg.out) && !fs.statSync(cfg.out).isDirectory()) throw new RlhfError('E_ARGUMENT', `--out ${cfg.out} exists and is not a folder`, { where: cfg.out });
-  checkWritableDir(cfg.out);
-  if (cfg.adapter) readAdapterConfig(cfg.adapter);
+type DpoRefs = { train: RefLogps; eval: RefLogps | null };
 
-  // Data first (bad rows fail before the weights load).
-  const folder = openModelFolder(cfg.model);
-  const mcfg = folder.config;
-  folder.close();
-  if (mcfg.head !== 'lm') throw new RlhfError('E_MODEL', `${cfg.model}: DPO needs a causal LM head (this is a ${mcfg.architecture})`, { where: cfg.model });
-  if (!cfg.full && !cfg.adapter && cfg.loraTargets !== 'all-linear') loraModules(mcfg, cfg.loraTargets);
-  const maxLen = Math.min(cfg.maxLen, mcfg.maxSequenceLength);
-  let tok: Tokenizer | undefined;
-  const dataOpts = { tokenizer: () => (tok ??= loadTokenizer(cfg.model)), maxLen, vocabSize: mcfg.vocabSize, fallbackEosTokenId: mcfg.eosTokenIds[0] ?? null, stopTokenIds: mcfg.eosTokenIds };
-  const data = loadPreferenceData(cfg.data, dataOpts);
-  const warn = identicalWarning(cfg.data, data.stats);
-  if (warn) log(`dpo: warning: ${warn}`);
-  let train = data.examples, evalSet: PreferenceExample[] = [];
-  if (cfg.evalFraction > 0) {
-    const split = splitEval(data.examples.length, cfg.evalFraction, cfg.seed);
-    train = split.train.map((i) => data.examples[i]);
-    evalSet = split.eval.map((i) => data.examples[i]);
-  } else if (cfg.evalData) {
-    const ev = loadPreferenceData(cfg.evalData, dataOpts);
-    const w = identicalWarning(cfg.evalData, ev.stats);
-    if (w) log(`dpo: warning: ${w}`);
-    evalSet = ev.examples;
-  }
-  log(`dpo: ${cfg.data}: ${fmtData(data.stats)}; max length ${maxLen}`);
-  if (evalSet.length) log(`dpo: eval on ${evalSet.length} pairs${cfg.evalData ? ` of ${cfg.evalData}` : ` held out (--eval-fraction ${cfg.evalFraction})`}`);
-
-  const model = await loadModel(cfg.model, {
-    device: cfg.device,
-    memory: {
-      what: `dpo on ${cfg.model}`,
-      train: cfg.full ? 'full' : 'lora',
-      batch: 2 * Math.max(cfg.batchSize, cfg.evalBatchSize),
-      seq: Math.max(2, ...[...train, ...evalSet].flatMap((p) => [p.chosen.length, p.rejected.length])),
-      lora: cfg.full ? undefined : { r: cfg.adapter ? readAdapterConfig(cfg.adapter).r : cfg.loraR, targets: cfg.loraTargets },
-      optimizer: cfg.optimizer,
-      momentum: cfg.momentum,
+/** The DPO method: its reference log-probs are computed once, before the first step (and before a checkpoint is restored). */
+function dpoMethod(): SupervisedMethod<ResolvedDpoConfig, PreferenceExample, { pairs: number }, DpoPairMetrics> {
+  let refs: DpoRefs | null = null;
+  const lossOpts = (cfg: ResolvedDpoConfig) => ({ beta: cfg.beta, labelSmoothing: cfg.labelSmoothing });
+  return {
+    name: 'dpo',
+    options: DPO_OPTIONS,
+    rowsPerExample: 2,
+    check(cfg) {
+      if (!(DPO_LOSS_TYPES as readonly string[]).includes(cfg.lossType))
+        throw new RlhfError('E_UNSUPPORTED', `--loss-type ${cfg.lossType} is not supported: only sigmoid (the DPO paper's loss; use --label-smoothing for conservative DPO)`);
     },
-  });
-  let keep = false;
-  try {
-    const trainer = model.trainer();
-    let trainableParameters: number;
-    let adapterName: string | null = null;
-    if (cfg.full) {
-      trainer.enableFullTraining();
-      trainableParameters = trainer.trainable().reduce((s, t) => s + t.shape.reduce((a, b) => a * b, 1), 0);
-    } else if (cfg.adapter) {
-      trainableParameters = trainer.loadLora(cfg.adapter).parameters;
-      adapterName = 'default';
-    } else {
-      const targets = cfg.loraTargets === 'all-linear' ? (mcfg.arch === 'gpt2' ? GPT2_LORA_TARGETS : LLAMA_LORA_TARGETS) : cfg.loraTargets;
-      trainableParameters = trainer.createLora({ r: cfg.loraR, alpha: cfg.loraAlpha, rslora: cfg.rslora, targets, seed: cfg.seed }).parameters;
-      adapterName = 'default';
-    }
-    const noDecay = cfg.full ? noDecayNames(trainer.trainable().map((t) => t.name)) : [];
-
+    checkModelFolder(cfg, mcfg) {
+      if (mcfg.head !== 'lm') throw new RlhfError('E_MODEL', `${cfg.model}: DPO needs a causal LM head (this is a ${mcfg.architecture})`, { where: cfg.model });
+    },
+    loadData(cfg, mcfg, log) {
+      const maxLen = Math.min(cfg.maxLen, mcfg.maxSequenceLength);
+      let tok: Tokenizer | undefined;
+      const dataOpts = { tokenizer: () => (tok ??= loadTokenizer(cfg.model)), maxLen, vocabSize: mcfg.vocabSize, fallbackEosTokenId: mcfg.eosTokenIds[0] ?? null, stopTokenIds: mcfg.eosTokenIds };
+      const data = loadPreferenceData(cfg.data, dataOpts);
+      const warn = identicalWarning(cfg.data, data.stats);
+      if (warn) log(`dpo: warning: ${warn}`);
+      let train = data.examples, evalSet: PreferenceExample[] = [];
+      if (cfg.evalFraction > 0) {
+        const split = splitEval(data.examples.length, cfg.evalFraction, cfg.seed);
+        train = split.train.map((i) => data.examples[i]);
+        evalSet = split.eval.map((i) => data.examples[i]);
+      } else if (cfg.evalData) {
+        const ev = loadPreferenceData(cfg.evalData, dataOpts);
+        const w = identicalWarning(cfg.evalData, ev.stats);
+        if (w) log(`dpo: warning: ${w}`);
+        evalSet = ev.examples;
+      }
+      log(`dpo: ${cfg.data}: ${fmtData(data.stats)}; max length ${maxLen}`);
+      if (evalSet.length) log(`dpo: eval on ${evalSet.length} pairs${cfg.evalData ? ` of ${cfg.evalData}` : ` held out (--eval-fraction ${cfg.evalFraction})`}`);
+      return { train, eval: evalSet, stats: data.stats, longest: Math.max(2, ...[...train, ...evalSet].flatMap((p) => [p.chosen.length, p.rejected.length])) };
+    },
     // The reference: the model before any step. A new adapter is switched off
     // (the frozen base alone); a continued adapter stays on (it is the policy
     // being improved); full training has not changed the base yet.
-    const tr0 = performance.now();
-    const newAdapter = adapterName !== null && !cfg.adapter;
-    if (newAdapter) trainer.useAdapter(null);
-    const refTrain = await pairLogps(model, train, cfg.evalBatchSize);
-    const refEval = evalSet.length ? await pairLogps(model, evalSet, cfg.evalBatchSize) : null;
-    if (newAdapter) trainer.useAdapter(adapterName);
-    log(
-      `dpo: reference log-probs of ${train.length + evalSet.length} pairs (${cfg.adapter ? `base + ${cfg.adapter}` : 'base model'}) in ${((performance.now() - tr0) / 1000).toFixed(1)}s`,
-    );
-
-    const spe = stepsPerEpoch(train.length, cfg.batchSize, cfg.gradAccum);
-    const totalSteps = cfg.steps > 0 ? cfg.steps : Math.max(1, Math.ceil(cfg.epochs * spe));
-    const lrAt = lrSchedule({ kind: cfg.lrSchedule, lr: cfg.lr, warmupSteps: cfg.warmupSteps, totalSteps });
-    log(
-      `dpo: ${cfg.full ? 'full training' : cfg.adapter ? `continuing the LoRA adapter ${cfg.adapter}` : `LoRA r ${cfg.loraR} alpha ${cfg.loraAlpha}`}, ` +
-        `${trainableParameters} trainable parameters; beta ${cfg.beta}${cfg.labelSmoothing ? `, label smoothing ${cfg.labelSmoothing}` : ''}; ` +
-        `${totalSteps} steps of ${cfg.batchSize} x ${cfg.gradAccum} pairs (${spe} per epoch)`,
-    );
-
-    fs.mkdirSync(cfg.out, { recursive: true });
-    const metricsFile = path.join(cfg.out, 'metrics.jsonl');
-    const metricsFd = fs.openSync(metricsFile, 'w');
-
-    const stopper = stopOnSignals({ label: 'dpo', log, handleSignals: hooks.handleSigint ?? true, abort: hooks.signal });
-    const skippedSteps: number[] = [];
-
-    const evalOpts = { beta: cfg.beta, labelSmoothing: cfg.labelSmoothing, batchSize: cfg.evalBatchSize };
-    let steps = 0, epochs = 0, initialLoss: number | null = null, finalLoss: number | null = null;
-    let initialEval: DpoPairMetrics | null = null, finalEval: DpoPairMetrics | null = null;
-    let lastEvalStep = -1, tokensSeen = 0;
-    const t0 = performance.now();
-    try {
-      if (evalSet.length) {
-        initialEval = finalEval = await evaluateDpo(model, evalSet, refEval!, evalOpts);
-        lastEvalStep = 0;
-        const m: DpoStepMetrics = { step: 0, epoch: 0, elapsed_s: (performance.now() - t0) / 1000, ...evalKeys(initialEval) };
-        fs.writeSync(metricsFd, JSON.stringify(m) + '\n');
-        log(`dpo: before training: eval loss ${initialEval.loss.toFixed(4)}, reward margin ${initialEval.margin.toFixed(4)}, accuracy ${initialEval.accuracy.toFixed(3)}`);
-      }
-      await trainer.zeroGrad();
-      for (const st of planSteps(train.length, totalSteps, { batchSize: cfg.batchSize, gradAccum: cfg.gradAccum, shuffle: cfg.shuffle, seed: cfg.seed })) {
-        if (stopper.requested) break;
-        const ts = performance.now();
-        const stepPairs = st.micro.reduce((s, rows) => s + rows.length, 0);
-        const acc = new PairMeans();
-        let inputTokens = 0;
-        for (const rows of st.micro) {
-          const ref: RefLogps = { chosen: Float32Array.from(rows, (i) => refTrain.chosen[i]), rejected: Float32Array.from(rows, (i) => refTrain.rejected[i]) };
-          const r = await dpoMicroBatch(
-            trainer,
-            rows.map((i) => train[i]),
-            ref,
-            { beta: cfg.beta, labelSmoothing: cfg.labelSmoothing, gradScale: rows.length / stepPairs },
-          );
-          acc.add(r.loss, r.policy);
-          inputTokens += r.tokens;
-        }
-        const sm = acc.result();
-        const lr = lrAt(st.step - 1);
-        // A non-finite loss is never stepped on; the engine refuses a non-finite gradient itself (s.skipped).
-        const s = !Number.isFinite(sm.loss) ? null : await trainer.step({
-          optimizer: cfg.optimizer,
-          lr,
-          beta1: cfg.adamBeta1,
-          beta2: cfg.adamBeta2,
-          eps: cfg.adamEpsilon,
-          momentum: cfg.momentum,
-          weightDecay: cfg.weightDecay,
-          maxGradNorm: cfg.maxGradNorm,
-          noDecay,
-        });
-        await trainer.zeroGrad();
-        const bad = nonFinite({ loss: sm.loss, gradNorm: s?.gradNorm, skipped: s?.skipped });
-        if (bad || !s) {
-          if (cfg.nanPolicy === 'stop') throw numericStop('dpo', `step ${st.step}`, bad ?? 'the loss is not finite', { lastGoodStep: steps });
-          log(`dpo: step ${st.step} skipped: ${bad} (--nan-policy skip); its gradients were dropped`);
-          skippedSteps.push(st.step);
-          steps = st.step;
-          continue;
-        }
-        const seconds = (performance.now() - ts) / 1000;
-        steps = st.step;
-        epochs = st.epochProgress;
-        tokensSeen += inputTokens;
-        initialLoss ??= sm.loss;
-        finalLoss = sm.loss;
-        const m: DpoStepMetrics = {
-          step: st.step,
-          epoch: Number(st.epochProgress.toFixed(4)),
-          loss: sm.loss,
-          'rewards/chosen': sm.rewardsChosen,
-          'rewards/rejected': sm.rewardsRejected,
-          'rewards/accuracies': sm.accuracy,
-          'rewards/margins': sm.margin,
-          'logps/chosen': sm.logpsChosen,
-          'logps/rejected': sm.logpsRejected,
-          lr,
-          grad_norm: s.gradNorm,
-          pairs: stepPairs,
-          input_tokens: inputTokens,
-          tokens_per_sec: seconds > 0 ? inputTokens / seconds : 0,
-          elapsed_s: (performance.now() - t0) / 1000,
-        };
-        const last = st.step === totalSteps || stopper.requested;
-        if (evalSet.length && ((cfg.evalSteps > 0 && st.step % cfg.evalSteps === 0) || last)) {
-          finalEval = await evaluateDpo(model, evalSet, refEval!, evalOpts);
-          Object.assign(m, evalKeys(finalEval));
-          lastEvalStep = st.step;
-        }
-        fs.writeSync(metricsFd, JSON.stringify(m) + '\n');
-        hooks.onStep?.(m, { totalSteps });
-      }
-      if (evalSet.length && lastEvalStep !== steps) finalEval = await evaluateDpo(model, evalSet, refEval!, evalOpts);
-
-      if (cfg.full) await trainer.saveModel(cfg.out, cfg.model);
-      else await trainer.saveLora(cfg.out, path.resolve(cfg.model));
-    } finally {
-      fs.closeSync(metricsFd);
-      stopper.dispose();
-    }
-    const seconds = (performance.now() - t0) / 1000;
-    const interrupted = stopper.requested && steps < totalSteps;
-    fs.writeFileSync(
-      path.join(cfg.out, 'dpo_config.json'),
-      JSON.stringify(
-        {
-          rlhf_native_version: packageVersion(),
-          ...cfg,
-          reference: cfg.adapter ? `base + ${cfg.adapter}` : 'base',
-          total_steps: totalSteps,
-          steps_done: steps,
-          interrupted,
-          skipped_steps: skippedSteps,
-          initial_eval: initialEval,
-          final_eval: finalEval,
-        },
-        null,
-        2,
-      ) + '\n',
-    );
-    const result: DpoResult = {
-      out: cfg.out,
-      saved: cfg.full ? 'model' : 'adapter',
-      steps,
-      totalSteps,
-      epochs,
-      interrupted,
-      signal: stopper.signal,
-      skippedSteps,
-      initialLoss,
-      finalLoss,
-      initialEval,
-      finalEval,
-      trainableParameters,
-      trainPairs: train.length,
-      evalPairs: evalSet.length,
-      data: data.stats,
-      seconds,
-      tokensPerSec: seconds > 0 ? tokensSeen / seconds : 0,
-      metricsFile,
-      config: cfg,
-    };
-    if (hooks.keepModel) {
-      keep = true;
-      result.model = model;
-      result.trainer = trainer;
-    }
-    return result;
-  } finally {
-    if (!keep) model.dispose();
-  }
+    async prepare({ cfg, model, trainer, log }, data) {
+      const t0 = Date.now();
+      const newAdapter = !cfg.full && !cfg.adapter;
+      if (newAdapter) trainer.useAdapter(null);
+      refs = {
+        train: await pairLogps(model, data.train, cfg.evalBatchSize),
+        eval: data.eval.length ? await pairLogps(model, data.eval, cfg.evalBatchSize) : null,
+      };
+      if (newAdapter) trainer.useAdapter('default');
+      log(`dpo: reference log-probs of ${data.train.length + data.eval.length} pairs (${cfg.adapter ? `base + ${cfg.adapter}` : 'base model'}) in ${((Date.now() - t0) / 1000).toFixed(1)}s`);
+    },
+    describeRun: (cfg) =>
+      `${cfg.full ? 'full training' : cfg.adapter ? `continuing the LoRA adapter ${cfg.adapter}` : `LoRA r ${cfg.loraR} alpha ${cfg.loraAlpha}`}` +
+      ` (beta ${cfg.beta}${cfg.labelSmoothing ? `, label smoothing ${cfg.labelSmoothing}` : ''})`,
+    planStep: (micro) => ({ pairs: micro.reduce((s, rows) => s + rows.length, 0) }),
+    async microBatch({ cfg, trainer }, examples, plan, rows) {
+      const ref: RefLogps = { chosen: Float32Array.from(rows, (i) => refs!.train.chosen[i]), rejected: Float32Array.from(rows, (i) => refs!.train.rejected[i]) };
+      const r = await dpoMicroBatch(trainer, examples, ref, { ...lossOpts(cfg), gradScale: rows.length / plan.pairs });
+      const n = rows.length, mean = (a: Float32Array) => a.reduce((x, y) => x + y, 0);
+      return {
+        inputTokens: r.tokens,
+        loss: r.loss.loss * n,
+        rewardsChosen: r.loss.rewardsChosen * n,
+        rewardsRejected: r.loss.rewardsRejected * n,
+        accuracy: r.loss.accuracy * n,
+        margin: r.loss.margin * n,
+        logpsChosen: mean(r.policy.chosen),
+        logpsRejected: mean(r.policy.rejected),
+      };
+    },
+    stepFigures: (x, { pairs: n }) => ({
+      loss: x.loss / n,
+      head: {
+        'rewards/chosen': x.rewardsChosen / n,
+        'rewards/rejected': x.rewardsRejected / n,
+        'rewards/accuracies': x.accuracy / n,
+        'rewards/margins': x.margin / n,
+        'logps/chosen': x.logpsChosen / n,
+        'logps/rejected': x.logpsRejected / n,
+      },
+      counts: { pairs: n },
+    }),
+    evaluate: ({ cfg, model }, examples) => evaluateDpo(model, examples, refs!.eval!, { ...lossOpts(cfg), batchSize: cfg.evalBatchSize }),
+    evalFields: (e) => evalKeys(e) as Record<string, number>,
+    evalAtStepZero: true,
+    describeEval: (e, when) =>
+      when === 'before' ? `before training: eval loss ${e.loss.toFixed(4)}, reward margin ${e.margin.toFixed(4)}, accuracy ${e.accuracy.toFixed(3)}` : `after training: eval loss ${e.loss.toFixed(4)}, reward margin ${e.margin.toFixed(4)}, accuracy ${e.accuracy.toFixed(3)}`,
+    configRecord: (r) => ({ reference: r.config.adapter ? `base + ${r.config.adapter}` : 'base', initial_eval: r.initialEval, final_eval: r.finalEval }),
+  };
 }
+
+/** Fills in the defaults and checks every value (E_ARGUMENT naming the option; E_UNSUPPORTED for another loss type). */
+export function resolveDpoConfig(cfg: DpoConfig): ResolvedDpoConfig {
+  return resolveSupervised(dpoMethod(), cfg);
+}
+
+export async function runDpo(config: DpoConfig, hooks: DpoHooks = {}): Promise<DpoResult> {
+  const r = await runSupervised(dpoMethod(), config, hooks);
+  return {
+    out: r.out,
+    saved: r.saved,
+    steps: r.steps,
+    totalSteps: r.totalSteps,
+    epochs: r.epochs,
+    interrupted: r.interrupted,
+    signal: r.signal,
+    skippedSteps: r.skippedSteps,
+    resumedFrom: r.resumedFrom,
+    initialLoss: r.initialLoss,
+    finalLoss: r.finalLoss,
+    initialEval: r.initialEval,
+    finalEval: r.finalEval,
+    trainableParameters: r.trainableParameters,
+    trainPairs: r.trainRows,
+    evalPairs: r.evalRows,
+    data: r.data as PreferenceDataStats,
+    seconds: r.seconds,
+    tokensPerSec: r.tokensPerSec,
+    metricsFile: r.metricsFile,
+    config: r.config,
+    model: r.model,
+    trainer: r.trainer,
+  };
+}
+
+export const dpoStage: Stage<DpoConfig, DpoResult, DpoStepMetrics> = {
+  name: 'dpo',
+  summary: 'Direct Preference Optimization (LoRA adapter or --full) on preference pairs',
+  options: DPO_OPTIONS,
+  run: runDpo,
+};
+
+/** In a recipe: DPO trains a policy on the base later stages share (SFT's merged model), which is also its reference. */
+dpoStage.recipe = {
+  defaults: { checkpointSteps: 50 },
+  checkpoints: true,
+  inputs: (ctx) => ({ model: ctx.base }),
+  outputs: async (r, ctx): Promise<Record<string, string>> => (r.saved === 'model' ? { model: ctx.dir } : { model: ctx.base, adapter: ctx.dir }),
+  summary: (r) => ({
+    eval: r.finalEval ? { loss: r.finalEval.loss, accuracy: r.finalEval.accuracy, margin: r.finalEval.margin, accuracy_before: r.initialEval?.accuracy } : undefined,
+    steps: r.steps,
+  }),
+  progress: (m) => ({ loss: m.loss as number | undefined, margin: m['rewards/margins'] as number | undefined }),
+};

@@ -45,6 +45,8 @@ export interface OptionSpec {
   apiOnly?: boolean;
   /** Help section. */
   group?: string;
+  /** The CLI flag, when it is not the key in kebab-case (e.g. RM's useMargin is --margin / --no-margin). */
+  flag?: string;
 }
 
 /** One row per key of the stage's config. */
@@ -52,7 +54,7 @@ export type OptionTable<C> = { [K in keyof C]-?: OptionSpec };
 /** The config with every default filled in. */
 export type Resolved<C> = { [K in keyof C]-?: Exclude<C[K], undefined> };
 
-export const flagOf = (key: string) => '--' + key.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
+export const flagOf = (key: string, spec?: OptionSpec) => '--' + (spec?.flag ?? key.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase()));
 
 // ------------------------------------------------------------------ checks
 // Each returns the message tail after the flag; `hint` goes in parentheses after the requirement.
@@ -308,7 +310,7 @@ export function resolveOptions<C>(table: OptionTable<C>, cfg: C): Resolved<C> {
   const r: Record<string, unknown> = { ...(cfg as Record<string, unknown>) };
   const rows = Object.entries(table) as [string, OptionSpec][];
   for (const [k, s] of rows) {
-    if (s.required && !(typeof r[k] === 'string' && (r[k] as string).length > 0)) throw new RlhfError('E_ARGUMENT', `${flagOf(k)} is required`);
+    if (s.required && !(typeof r[k] === 'string' && (r[k] as string).length > 0)) throw new RlhfError('E_ARGUMENT', `${flagOf(k, s)} is required`);
     if (r[k] === undefined || r[k] === null) r[k] = s.derive ? undefined : (s.default ?? null);
     else if (s.coerce) r[k] = s.coerce(r[k]);
   }
@@ -316,9 +318,9 @@ export function resolveOptions<C>(table: OptionTable<C>, cfg: C): Resolved<C> {
   for (const [k, s] of rows) {
     const v = r[k];
     if (s.choices && v !== null && !s.choices.includes(v as string))
-      throw new RlhfError('E_ARGUMENT', `${flagOf(k)} must be ${s.choices.length === 2 ? s.choices.join(' or ') : `one of ${s.choices.join(', ')}`}, got ${show(v)}`);
+      throw new RlhfError('E_ARGUMENT', `${flagOf(k, s)} must be ${s.choices.length === 2 ? s.choices.join(' or ') : `one of ${s.choices.join(', ')}`}, got ${show(v)}`);
     const msg = s.check && v !== null ? s.check(v, r) : null;
-    if (msg) throw new RlhfError('E_ARGUMENT', `${flagOf(k)} ${msg}`);
+    if (msg) throw new RlhfError('E_ARGUMENT', `${flagOf(k, s)} ${msg}`);
   }
   return r as Resolved<C>;
 }
@@ -358,7 +360,7 @@ export function addCliOptions<T>(y: Argv<T>, table: OptionTable<unknown>, overri
   for (const [k, s0] of Object.entries(table) as [string, OptionSpec][]) {
     const s = { ...s0, ...(overrides[k] ?? {}) };
     if (s.apiOnly) continue;
-    const name = flagOf(k).slice(2);
+    const name = flagOf(k, s).slice(2);
     const describe = s.describe + helpDefault(s);
     a = a.option(name, {
       type: s.type === 'list' ? 'string' : s.type,
@@ -383,7 +385,7 @@ export function configFromArgv<C>(table: OptionTable<C>, argv: Record<string, un
   const c: Record<string, unknown> = {};
   for (const [k, s] of Object.entries(table) as [string, OptionSpec][]) {
     if (s.apiOnly) continue;
-    const v = argv[flagOf(k).slice(2)];
+    const v = argv[flagOf(k, s).slice(2)];
     if (v === undefined) continue;
     c[k] = s.type === 'list' ? splitList(v) : v;
   }

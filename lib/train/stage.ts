@@ -8,6 +8,7 @@
  */
 import { RlhfError } from '../errors';
 import type { OptionSpec, OptionTable } from './options';
+import type { RewardSource } from '../reward/sources';
 
 /** The hooks every stage takes. */
 export interface StageHooks<M = Record<string, unknown>> {
@@ -25,6 +26,8 @@ export interface StageHooks<M = Record<string, unknown>> {
   handleSigint?: boolean;
   /** Return the model and trainer without disposing them (the caller disposes the model). */
   keepModel?: boolean;
+  /** Stages that score responses (rs, ppo): a reward source used instead of reward-model folders (the caller disposes it). */
+  reward?: RewardSource;
 }
 
 /** What any stage's result says, whatever else it holds. */
@@ -36,8 +39,8 @@ export interface StageRunResult {
 
 /** How a recipe runs a stage: its inputs from earlier stages and what it leaves for later ones. */
 export interface RecipeWiring<R> {
-  /** Options the recipe sets from earlier stages' outputs (model, adapter, reward models ...). */
-  inputs(ctx: RecipeStageContext): Record<string, unknown>;
+  /** Options the recipe sets from earlier stages' outputs (model, adapter, reward models ...); `given` is the user's section. */
+  inputs(ctx: RecipeStageContext, given: Record<string, unknown>): Record<string, unknown>;
   /** Defaults the recipe applies under the user's options (e.g. a checkpoint cadence). */
   defaults?: Record<string, unknown>;
   /** The stage resumes from its own checkpoints (options resume/checkpointDir are set by the recipe). */
@@ -48,6 +51,8 @@ export interface RecipeWiring<R> {
   summary(r: R): { eval?: Record<string, unknown>; steps?: number };
   /** Figures shown on the progress line of a metrics record. */
   progress(m: Record<string, unknown>): Record<string, number | string | undefined>;
+  /** The run's metrics record of the stage's n-th record (default: as it is). */
+  record?(m: Record<string, unknown>, n: number): { step: number } & Record<string, unknown>;
 }
 
 export interface RecipeStageContext {
@@ -65,18 +70,18 @@ export interface RecipeStageContext {
   log: (line: string) => void;
 }
 
-export interface Stage<C, R extends StageRunResult> {
+export interface Stage<C, R extends StageRunResult, M = any> { // eslint-disable-line @typescript-eslint/no-explicit-any
   name: string;
   /** One line for --help. */
   summary: string;
   /** Every option of the stage (shared groups + its own), from which the CLI and the checks come. */
   options: OptionTable<C>;
-  run(config: C, hooks?: StageHooks & Record<string, unknown>): Promise<R>;
+  run(config: C, hooks?: StageHooks<M>): Promise<R>;
   recipe?: RecipeWiring<R>;
 }
 
 /** A stage of unknown config and result, as the registry holds them. */
-export type AnyStage = Stage<any, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+export type AnyStage = Stage<any, any, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
 function typeOk(s: OptionSpec, v: unknown): boolean {
   if (v === null || v === undefined) return true;

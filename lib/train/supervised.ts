@@ -155,9 +155,9 @@ export function resolveSupervised<C extends ResolvedSupervised>(method: Pick<Sup
   if (cfg.full) {
     arg(!cfg.adapter, '--adapter and --full cannot be combined (full training trains the base weights; merge the adapter first)');
     const lora = shape.filter((k) => (LORA_SHAPE_KEYS as readonly string[]).includes(k));
-    arg(lora.length === 0, `LoRA options do not apply with --full: ${lora.map(flagOf).join(', ')}`);
+    arg(lora.length === 0, `LoRA options do not apply with --full: ${lora.map((k) => flagOf(k)).join(', ')}`);
   }
-  if (cfg.adapter) arg(shape.length === 0, `${shape.map(flagOf).join(', ')} cannot be given with --adapter: r, alpha and targets come from the adapter's adapter_config.json`);
+  if (cfg.adapter) arg(shape.length === 0, `${shape.map((k) => flagOf(k)).join(', ')} cannot be given with --adapter: r, alpha and targets come from the adapter's adapter_config.json`);
   checkOutDiffers(cfg.out, { '--model': cfg.model });
   method.check?.(cfg, given);
   return cfg;
@@ -185,7 +185,7 @@ function setUpTrainable<C extends ResolvedSupervised>(method: SupervisedMethod<C
 export async function runSupervised<C extends ResolvedSupervised, E, P, V>(
   method: SupervisedMethod<C, E, P, V>,
   config: object,
-  hooks: StageHooks<Record<string, unknown>> = {},
+  hooks: StageHooks<any> = {}, // eslint-disable-line @typescript-eslint/no-explicit-any
 ): Promise<SupervisedRun<C, V>> {
   const cfg = resolveSupervised(method, config);
   const name = method.name;

@@ -1,0 +1,51 @@
+/**
+ * A training stage as a command: its options and --help come from the
+ * stage's option table (lib/train/options.ts), the config from the parsed
+ * arguments; progress lines go to stderr (every --log-steps steps, the first
+ * and last, and every step with held-out figures), the one-line summary to
+ * stdout; exit 130 after SIGINT, 143 after SIGTERM (the output is saved).
+ * A stage command file holds only its progress and summary lines.
+ */
+import type { Argv } from 'yargs';
+import type { Stage, StageRunResult } from '../../lib/train/stage';
+import { addCliOptions, configFromArgv } from '../../lib/train/options';
+import { exitCodeFor } from '../../lib/run/signals';
+import { runCommand } from '../cli-util';
+
+export interface StageCommand<C, R extends StageRunResult, M> {
+  stage: Stage<C, R>;
+  /** One progress line of a metrics record. */
+  progress(m: M, totalSteps: number): string;
+  /** Print this record whatever the cadence (e.g. it carries held-out figures). */
+  always?(m: M): boolean;
+  /** The line printed on stdout when the run ends. */
+  summary(r: R): string;
+}
+
+/** A number for a progress line: fixed below 1e4 and above 1e-3, else exponent notation. */
+export const fmt = (x: number) => (x === 0 || (Math.abs(x) >= 1e-3 && Math.abs(x) < 1e4) ? x.toFixed(4) : x.toExponential(3));
+
+export function registerStage<T, C, R extends StageRunResult, M>(y: Argv<T>, cmd: StageCommand<C, R, M>): Argv<T> {
+  const { stage } = cmd;
+  return y.command(
+    stage.name,
+    stage.summary,
+    (a) => addCliOptions(a, stage.options).option('log-steps', { type: 'number', default: 1, describe: 'a progress line on stderr every N steps (and the first and last)' }),
+    (argv) =>
+      runCommand(argv, async () => {
+        const logEvery = Math.max(1, Math.floor(Number(argv['log-steps'])));
+        const r = await stage.run(configFromArgv(stage.options, argv as Record<string, unknown>), {
+          log: (line: string) => void process.stderr.write(line + '\n'),
+          onStep: (m: unknown, { totalSteps }: { totalSteps: number }) => {
+            const rec = m as M & { step: number };
+            if (rec.step === 1 || rec.step === totalSteps || rec.step % logEvery === 0 || cmd.always?.(rec)) process.stderr.write(cmd.progress(rec, totalSteps) + '\n');
+          },
+        });
+        process.stdout.write(cmd.summary(r) + '\n');
+        if (r.interrupted) process.exitCode = exitCodeFor(r.signal); // 130 after SIGINT, 143 after SIGTERM
+      }),
+  );
+}
+
+/** "N/total" with N padded to the width of total. */
+export const stepOf = (step: number, total: number) => `${String(step).padStart(String(total).length)}/${total}`;

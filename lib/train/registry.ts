@@ -1,0 +1,26 @@
+/**
+ * Every training stage, by name: what the CLI registers as stage commands
+ * and what recipes chain. A new method adds one line here.
+ */
+import { sftStage } from '../stages/sft';
+import { rmStage } from '../stages/reward';
+import { dpoStage } from '../stages/dpo';
+import { ppoStage, rsStage } from './online-stages';
+import type { AnyStage } from './stage';
+
+export const STAGES = {
+  sft: sftStage,
+  rm: rmStage,
+  dpo: dpoStage,
+  rs: rsStage,
+  ppo: ppoStage,
+} as const satisfies Record<string, AnyStage>;
+
+export type StageName = keyof typeof STAGES;
+
+/** The stage a recipe section runs: its own name, or a named instance of one (rm_helpfulness, rm_safety are rm). */
+export function stageOf(key: string): AnyStage | undefined {
+  if (key in STAGES) return STAGES[key as StageName];
+  const base = key.split('_')[0];
+  return base in STAGES ? STAGES[base as StageName] : undefined;
+}
