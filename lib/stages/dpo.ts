@@ -31,7 +31,7 @@ import { loadTokenizer, type Tokenizer } from '../tokenizer/tokenizer';
 import { splitEval } from '../data/sft-data';
 import { identicalWarning, loadPreferenceData, type PreferenceDataStats, type PreferenceExample } from '../data/preference-data';
 import { defaultsOf, describe, SUPERVISED_OPTIONS, withDefaults, type OptionTable, type Resolved, type SupervisedOptions } from '../train/options';
-import { resolveSupervised, runSupervised, type SupervisedMethod } from '../train/supervised';
+import { resolveSupervised, runSupervised, type SupervisedMethod, type SupervisedRun } from '../train/supervised';
 import type { Stage, StageHooks } from '../train/stage';
 
 export const DPO_LOSS_TYPES = ['sigmoid'] as const;
@@ -113,36 +113,12 @@ export interface DpoStepMetrics {
 
 export type DpoHooks = StageHooks<DpoStepMetrics>;
 
-export interface DpoResult {
-  out: string;
-  saved: 'adapter' | 'model';
-  steps: number;
-  totalSteps: number;
-  epochs: number;
-  interrupted: boolean;
-  /** The signal that stopped the run (SIGINT, SIGTERM), or null. */
-  signal: NodeJS.Signals | null;
-  /** Steps not applied because their loss or gradient was NaN/infinite (nanPolicy 'skip'). */
-  skippedSteps: number[];
-  /** The checkpoint step this run continued from (resume), else null. */
-  resumedFrom: number | null;
-  initialLoss: number | null;
-  finalLoss: number | null;
-  /** Eval pairs before the first step and after the last (null without an eval set). */
-  initialEval: DpoPairMetrics | null;
-  finalEval: DpoPairMetrics | null;
-  trainableParameters: number;
+/** The loop's result (lib/train/supervised.ts), with the row counts as pairs and the data statistics. */
+export interface DpoResult extends SupervisedRun<ResolvedDpoConfig, DpoPairMetrics> {
   trainPairs: number;
   evalPairs: number;
   data: PreferenceDataStats;
-  seconds: number;
-  tokensPerSec: number;
-  metricsFile: string;
-  config: ResolvedDpoConfig;
-  model?: Model;
-  trainer?: Trainer;
 }
-
 
 // ------------------------------------------------------------------ batches and the loss
 
@@ -446,31 +422,7 @@ export function resolveDpoConfig(cfg: DpoConfig): ResolvedDpoConfig {
 
 export async function runDpo(config: DpoConfig, hooks: DpoHooks = {}): Promise<DpoResult> {
   const r = await runSupervised(dpoMethod(), config, hooks);
-  return {
-    out: r.out,
-    saved: r.saved,
-    steps: r.steps,
-    totalSteps: r.totalSteps,
-    epochs: r.epochs,
-    interrupted: r.interrupted,
-    signal: r.signal,
-    skippedSteps: r.skippedSteps,
-    resumedFrom: r.resumedFrom,
-    initialLoss: r.initialLoss,
-    finalLoss: r.finalLoss,
-    initialEval: r.initialEval,
-    finalEval: r.finalEval,
-    trainableParameters: r.trainableParameters,
-    trainPairs: r.trainRows,
-    evalPairs: r.evalRows,
-    data: r.data as PreferenceDataStats,
-    seconds: r.seconds,
-    tokensPerSec: r.tokensPerSec,
-    metricsFile: r.metricsFile,
-    config: r.config,
-    model: r.model,
-    trainer: r.trainer,
-  };
+  return { ...r, trainPairs: r.trainRows, evalPairs: r.evalRows, data: r.data as PreferenceDataStats };
 }
 
 export const dpoStage: Stage<DpoConfig, DpoResult, DpoStepMetrics> = {

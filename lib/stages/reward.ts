@@ -30,7 +30,7 @@ import { loadTokenizer, type Tokenizer } from '../tokenizer/tokenizer';
 import { loadPreferenceData, identicalWarning, type MarginScale, type PreferenceExample } from '../data/preference-data';
 import { splitEval } from '../data/sft-data';
 import { checks, defaultsOf, describe, SUPERVISED_OPTIONS, withDefaults, type OptionTable, type Resolved, type SupervisedOptions } from '../train/options';
-import { resolveSupervised, runSupervised, type SupervisedMethod } from '../train/supervised';
+import { resolveSupervised, runSupervised, type SupervisedMethod, type SupervisedRun } from '../train/supervised';
 import type { Stage, StageHooks } from '../train/stage';
 
 /** RM's own options beside the shared ones. */
@@ -99,32 +99,11 @@ export interface RmEval {
 
 export type RmHooks = StageHooks<RmStepMetrics>;
 
-export interface RmResult {
-  out: string;
-  saved: 'adapter' | 'model';
-  steps: number;
-  totalSteps: number;
-  interrupted: boolean;
-  /** The signal that stopped the run (SIGINT, SIGTERM), or null. */
-  signal: NodeJS.Signals | null;
-  /** Steps not applied because their loss or gradient was NaN/infinite (nanPolicy 'skip'). */
-  skippedSteps: number[];
-  resumedFrom: number | null;
-  /** Held-out evaluation before the first step and after the last (null without an eval set). */
-  initialEval: RmEval | null;
-  finalEval: RmEval | null;
-  finalLoss: number | null;
-  trainableParameters: number;
+/** The loop's result (lib/train/supervised.ts), with the row counts as pairs. */
+export interface RmResult extends SupervisedRun<ResolvedRmConfig, RmEval> {
   trainPairs: number;
   evalPairs: number;
-  seconds: number;
-  tokensPerSec: number;
-  metricsFile: string;
-  config: ResolvedRmConfig;
-  model?: Model;
-  trainer?: Trainer;
 }
-
 
 /** Pairwise loss over per-pair rewards through the native op. */
 export function pairwiseLoss(chosen: Float32Array, rejected: Float32Array, margin: Float32Array | null, gradScale = 1, withGrad = true) {
@@ -243,28 +222,7 @@ export function resolveRmConfig(cfg: RmConfig): ResolvedRmConfig {
 
 export async function runRm(config: RmConfig, hooks: RmHooks = {}): Promise<RmResult> {
   const r = await runSupervised(RM_METHOD, config, hooks);
-  return {
-    out: r.out,
-    saved: r.saved,
-    steps: r.steps,
-    totalSteps: r.totalSteps,
-    interrupted: r.interrupted,
-    signal: r.signal,
-    skippedSteps: r.skippedSteps,
-    resumedFrom: r.resumedFrom,
-    initialEval: r.initialEval,
-    finalEval: r.finalEval,
-    finalLoss: r.finalLoss,
-    trainableParameters: r.trainableParameters,
-    trainPairs: r.trainRows,
-    evalPairs: r.evalRows,
-    seconds: r.seconds,
-    tokensPerSec: r.tokensPerSec,
-    metricsFile: r.metricsFile,
-    config: r.config,
-    model: r.model,
-    trainer: r.trainer,
-  };
+  return { ...r, trainPairs: r.trainRows, evalPairs: r.evalRows };
 }
 
 export const rmStage: Stage<RmConfig, RmResult, RmStepMetrics> = {

@@ -21,7 +21,7 @@ import { readAdapterConfig } from '../model/peft';
 import { loadTokenizer, type Tokenizer } from '../tokenizer/tokenizer';
 import { loadSftData, packSftBatch, splitEval, type SftDataStats, type SftExample } from '../data/sft-data';
 import { defaultsOf, SUPERVISED_OPTIONS, withDefaults, describe, type OptionTable, type Resolved, type SupervisedOptions } from '../train/options';
-import { noDecayNames, resolveSupervised, runSupervised, type SupervisedMethod } from '../train/supervised';
+import { noDecayNames, resolveSupervised, runSupervised, type SupervisedMethod, type SupervisedRun } from '../train/supervised';
 import type { Stage, StageHooks } from '../train/stage';
 import type { Trainer } from '../engine/train';
 
@@ -69,37 +69,14 @@ export interface SftStepMetrics {
 }
 
 export type SftHooks = StageHooks<SftStepMetrics>;
+type SftEval = { loss: number; tokens: number };
 
-export interface SftResult {
-  out: string;
-  /** 'adapter' (PEFT LoRA folder) or 'model' (full Hugging Face folder). */
-  saved: 'adapter' | 'model';
-  steps: number;
-  totalSteps: number;
-  epochs: number;
-  /** Stopped early by SIGINT, SIGTERM or the abort signal (the output was still saved). */
-  interrupted: boolean;
-  /** The signal that stopped the run, or null. */
-  signal: NodeJS.Signals | null;
-  /** Steps not applied because their loss or gradient was NaN/infinite (nanPolicy 'skip'). */
-  skippedSteps: number[];
-  /** The checkpoint step this run continued from (resume), else null. */
-  resumedFrom: number | null;
-  initialLoss: number | null;
-  finalLoss: number | null;
+/** The loop's result (lib/train/supervised.ts) with SFT's held-out losses and data statistics. */
+export interface SftResult extends SupervisedRun<ResolvedSftConfig, SftEval> {
   /** Held-out loss before the first step (null without an eval set). */
   initialEvalLoss: number | null;
   evalLoss: number | null;
-  trainableParameters: number;
-  trainRows: number;
-  evalRows: number;
   data: SftDataStats;
-  seconds: number;
-  tokensPerSec: number;
-  metricsFile: string;
-  config: ResolvedSftConfig;
-  model?: Model;
-  trainer?: Trainer;
 }
 
 /** Masked NLL and its gradient through the native `sft_loss` op. */
@@ -130,8 +107,6 @@ function fmtRows(s: SftDataStats): string {
   const formats = Object.entries(s.formats).map(([k, v]) => `${v} ${k}`).join(', ');
   return `${s.rows} rows (${formats}), ${s.tokens} tokens, ${s.targets} target tokens` + (s.truncatedRows ? `, ${s.truncatedRows} truncated` : '') + (s.noTargetRows ? `, ${s.noTargetRows} with no target token` : '');
 }
-
-type SftEval = { loss: number; tokens: number };
 
 export const SFT_METHOD: SupervisedMethod<ResolvedSftConfig, SftExample, { denom: number }, SftEval> = {
   name: 'sft',
@@ -190,31 +165,7 @@ export function resolveSftConfig(cfg: SftConfig): ResolvedSftConfig {
 
 export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<SftResult> {
   const r = await runSupervised(SFT_METHOD, config, hooks);
-  return {
-    out: r.out,
-    saved: r.saved,
-    steps: r.steps,
-    totalSteps: r.totalSteps,
-    epochs: r.epochs,
-    interrupted: r.interrupted,
-    signal: r.signal,
-    skippedSteps: r.skippedSteps,
-    resumedFrom: r.resumedFrom,
-    initialLoss: r.initialLoss,
-    finalLoss: r.finalLoss,
-    initialEvalLoss: r.initialEval?.loss ?? null,
-    evalLoss: r.finalEval?.loss ?? null,
-    trainableParameters: r.trainableParameters,
-    trainRows: r.trainRows,
-    evalRows: r.evalRows,
-    data: r.data as SftDataStats,
-    seconds: r.seconds,
-    tokensPerSec: r.tokensPerSec,
-    metricsFile: r.metricsFile,
-    config: r.config,
-    model: r.model,
-    trainer: r.trainer,
-  };
+  return { ...r, initialEvalLoss: r.initialEval?.loss ?? null, evalLoss: r.finalEval?.loss ?? null, data: r.data as SftDataStats };
 }
 
 export const sftStage: Stage<SftConfig, SftResult, SftStepMetrics> = {
