@@ -57,7 +57,7 @@ export const DPO_OPTIONS: OptionTable<DpoConfig> = {
     out: 'output folder: PEFT adapter (or full model), metrics.jsonl, dpo_config.json',
     batchSize: 'pairs per micro-batch (two sequences each)',
     evalBatchSize: 'eval (and reference precompute) pairs per micro-batch',
-    shuffle: 'shuffle pairs each epoch (seeded); default: file order',
+    shuffle: 'shuffle pairs each epoch (seeded; otherwise file order)',
   }),
   beta: { type: 'number', default: 0.1, check: (v) => (Number.isFinite(v) && v > 0 ? null : `must be a positive number, got ${v}`), describe: 'DPO beta: inverse temperature of the implicit reward', group: 'DPO' },
   labelSmoothing: { type: 'number', default: 0, check: (v) => (Number.isFinite(v) && v >= 0 && v < 0.5 ? null : `must be in [0, 0.5), got ${v}`), describe: 'conservative DPO: probability that a label is flipped, in [0, 0.5)', group: 'DPO' },

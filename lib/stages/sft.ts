@@ -36,7 +36,7 @@ export const SFT_OPTIONS: OptionTable<SftConfig> = describe(
   {
     data: 'JSONL rows: {prompt, completion}, {messages}, {text} or {input_ids, labels}',
     out: 'output folder: PEFT adapter (or full model), metrics.jsonl, sft_config.json',
-    shuffle: 'shuffle rows each epoch (seeded); default: file order',
+    shuffle: 'shuffle rows each epoch (seeded; otherwise file order)',
     gradAccum: 'micro-batches per optimizer step (token-weighted)',
   },
 );
