@@ -76,6 +76,12 @@ function stageOptions(cfg: RecipeConfig, key: StageKey, extra: Record<string, un
 export async function runRecipe(cfg: RecipeConfig, opts: RecipeHooks & { resume?: boolean } = {}): Promise<RecipeResult> {
   const log = opts.log ?? (() => {});
   const stages = recipeStages(cfg);
+  // Every section against its stage's options before anything runs (a typo fails now, not after an hour of SFT).
+  for (const key of stages) {
+    const stage = stageOf(key);
+    if (!stage?.recipe) throw new RlhfError('E_CONFIG', `the recipe's stage '${key}' cannot be chained (no recipe wiring)`);
+    isStageConfig(stage.options, stageOptions(cfg, key), key);
+  }
   const run = RunFolder.open(cfg.out, { resume: opts.resume ?? false, stages, recipe: cfg.recipe, config: cfg, seed: cfg.seed });
   const abort = new AbortController();
   let interrupted = false;
