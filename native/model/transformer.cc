@@ -302,6 +302,10 @@ void Transformer::run_heads(const ForwardRequest& req, const uint8_t* mask, cons
   const int64_t B = req.batch, T = req.seq, N = B * T;
   const bool has_lm = w.lm_head || w.lm_head16;
   head.targets.assign(static_cast<size_t>(N), -1);
+  // Reset whatever the forward runs: a forward without the LM head must not
+  // leave an earlier forward's fused LM-head gradient for backward().
+  head.has_grad = false;
+  head.has_sft_mask = false;
   if (req.want_logp) {
     if (!has_lm) throw Error(code::kArgument, "this model has no LM head (it is a sequence classifier)");
     // Row (b, t) predicts ids[b, t+1]; padded queries/targets and each
@@ -311,8 +315,6 @@ void Transformer::run_heads(const ForwardRequest& req, const uint8_t* mask, cons
         if (!mask || (mask[b * T + t] && mask[b * T + t + 1])) head.targets[static_cast<size_t>(b * T + t)] = req.ids[b * T + t + 1];
     head.targets_d.upload(be_, head.targets);
     head.logp.ensure(be_, N), head.entropy.ensure(be_, N), head.lse.ensure(be_, N);
-    head.has_grad = false;
-    head.has_sft_mask = false;
     if (req.lm_grad || req.sft_mask) {
       lm_head_with_grad(req, hidden, head);
     } else {
