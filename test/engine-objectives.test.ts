@@ -26,8 +26,10 @@
  */
 import t from 'tap';
 import type { Test } from 'tap';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { loadModel, type Model } from '../lib/engine/model';
+import { loadModel, packBatch, runForward, type Model } from '../lib/engine/model';
+import * as forwardModule from '../lib/engine/forward';
 import type { Trainer } from '../lib/engine/train';
 import { native } from '../lib/native';
 import { scatterTokens, spanMask } from '../lib/engine/objectives';
@@ -566,4 +568,14 @@ t.test('the loss API refuses what it cannot do', async (t) => {
   await tr.backward({});
   t.ok(tr.trainable().every((x) => tr.read(x.name, 'grad').every((v) => v === 0)), 'a training forward discards the gradients of the loss call before it');
   m.dispose();
+});
+
+t.test('lib/engine: model.ts and train.ts do not import each other; the forward names stay importable from model.ts', async (t) => {
+  const src = (f: string) => fs.readFileSync(path.join(__dirname, '..', 'lib', 'engine', f), 'utf8');
+  const imports = (f: string) => [...src(f).matchAll(/^import[^;]*?from '([^']+)'/gms)].map((m) => m[1]);
+  t.notOk(imports('train.ts').includes('./model'), 'train.ts does not import ./model');
+  t.notOk(imports('forward.ts').some((i) => i === './model' || i === './train'), 'forward.ts imports neither');
+  t.notOk(imports('objectives.ts').some((i) => i === './model' || i === './train'), 'objectives.ts imports neither');
+  t.equal(packBatch, forwardModule.packBatch, 'packBatch re-exported from model.ts');
+  t.equal(runForward, forwardModule.runForward, 'runForward re-exported from model.ts');
 });
