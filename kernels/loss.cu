@@ -1,5 +1,7 @@
 // Loss kernels (twin of native/cpu/loss.cc): SFT, pairwise reward-model, PPO
-// and DPO. Each is ONE kernel launch of one block that computes the loss, the
+// and DPO, and the per-row reductions that feed them (row_dot: one block per
+// row, fp64 sum; row_dot_backward: one thread per element). Each loss is ONE
+// kernel launch of one block that computes the loss, the
 // gradients (times grad_scale) and the statistics together: the masked means
 // need the mask sum before any gradient can be written, which a single block
 // gets with one extra pass over the mask and no grid-wide synchronisation.
@@ -7,6 +9,8 @@
 // a fixed order (thread t takes elements t, t + 1024, ...; a fixed reduction
 // tree), so results are deterministic. A loss reads a few arrays of n floats:
 // one block streams even a million tokens in tens of microseconds.
+#include <algorithm>
+
 #include "common.cuh"
 
 namespace rlhf::cuda {
@@ -178,7 +182,45 @@ __global__ void __launch_bounds__(kThreads) dpo_loss_kernel(DpoLossOp op) {
   }
 }
 
+// out[r] = sum_c w[r,c] x[r,c]: block r, thread t takes columns t, t + 256,
+// ... in fp64; the block's fixed reduction tree sums them.
+constexpr int kRowThreads = 256;
+__global__ void __launch_bounds__(kRowThreads) row_dot_kernel(RowDotOp op) {
+  __shared__ double sh[32];
+  const int64_t r = blockIdx.x;
+  const float* x = op.x + r * op.cols;
+  const float* w = op.w + r * op.cols;
+  double acc[1] = {0};
+  for (int64_t c = threadIdx.x; c < op.cols; c += blockDim.x) {
+    const float wc = w[c];
+    if (wc != 0.f) acc[0] += static_cast<double>(wc) * x[c];
+  }
+  block_sum_n<1>(acc, sh);
+  if (threadIdx.x == 0) op.out[r] = static_cast<float>(acc[0]);
+}
+
+__global__ void row_dot_backward_kernel(RowDotBackwardOp op) {
+  const int64_t n = op.rows * op.cols;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float wi = op.w[i];
+    op.dx[i] = wi != 0.f ? wi * op.dout[i / op.cols] : 0.f;
+  }
+}
+
 }  // namespace
+
+void CudaBackend::row_dot(const RowDotOp& op) {
+  if (op.rows <= 0) return;
+  row_dot_kernel<<<static_cast<unsigned>(op.rows), kRowThreads, 0, stream_of(*this)>>>(op);
+  RLHF_CUDA_LAUNCHED();
+}
+void CudaBackend::row_dot_backward(const RowDotBackwardOp& op) {
+  const int64_t n = op.rows * op.cols;
+  if (n <= 0) return;
+  const int64_t blocks = std::min<int64_t>((n + 255) / 256, 4096);
+  row_dot_backward_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream_of(*this)>>>(op);
+  RLHF_CUDA_LAUNCHED();
+}
 
 void CudaBackend::sft_loss(const SftLossOp& op) {
   sft_loss_kernel<<<1, kThreads, 0, stream_of(*this)>>>(op);

@@ -19,6 +19,7 @@ export { scoreRows } from './engine/score';
 export { readAdapterConfig, readLoraPairs, loraScale } from './model/peft';
 export { Trainer, loraModules, LLAMA_LORA_TARGETS, GPT2_LORA_TARGETS } from './engine/train';
 export type { LoraOptions } from './engine/train';
+export * from './engine/objectives';
 export * from './stages/sft';
 export * from './stages/reward';
 export { StageCheckpoints, configHash, hashedConfig, UNHASHED_OPTIONS } from './stages/checkpoints';

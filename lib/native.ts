@@ -138,7 +138,49 @@ export interface NativeForwardRequest {
   temperature?: number;
   /** Training forward: d loss / d logp [batch, seq-1], known before the forward; backward() then takes no dlogp. */
   lmGrad?: Float32Array;
+  /** Training forward, instead of lmGrad: SFT's loss mask [batch, seq-1]; the gradient -mask / sftDenom is made on the device. */
+  sftMask?: Float32Array;
+  /** The masked mean's denominator with sftMask (<= 0 or absent: max(1, sum(mask))). */
+  sftDenom?: number;
+  /** Training forward: false keeps the outputs in backend memory for loss() (the result has no arrays). Default true. */
+  download?: boolean;
 }
+
+/**
+ * One loss call (Model.loss): the loss kernels on the model's backend over
+ * the last training forward's outputs, the gradients left there for
+ * backward(). Per-token arrays are [batch, seq-1] (the forward's logp
+ * layout), per-pair arrays [batch / 2] (chosen rows then rejected rows).
+ * See native/model/objective.h.
+ */
+export type NativeLossRequest =
+  | { kind: 'sft'; mask?: Float32Array; denom?: number; gradScale?: number }
+  | { kind: 'pairwise'; last?: Int32Array; margin?: Float32Array; gradScale?: number }
+  | {
+      kind: 'dpo';
+      mask: Float32Array;
+      refChosen: Float32Array;
+      refRejected: Float32Array;
+      beta: number;
+      labelSmoothing?: number;
+      gradScale?: number;
+    }
+  | {
+      kind: 'ppo';
+      mask: Float32Array;
+      oldLogp?: Float32Array;
+      advantages?: Float32Array;
+      refLogp?: Float32Array;
+      returns?: Float32Array;
+      oldValues?: Float32Array;
+      clipRange?: number;
+      clipRangeValue?: number;
+      vfCoef?: number;
+      klCoef?: number;
+      klEstimator?: 'k1' | 'k2' | 'k3';
+      entCoef?: number;
+      gradScale?: number;
+    };
 
 export interface NativeForwardResult {
   logp?: Float32Array;
@@ -193,7 +235,10 @@ export interface NativeStepOptions {
 export interface NativeModel {
   forward(req: NativeForwardRequest): Promise<NativeForwardResult>;
   forwardTrain(req: NativeForwardRequest): Promise<NativeForwardResult>;
+  /** Gradients of the last training forward's outputs; an output given no array takes the gradient a loss() call left on the device. */
   backward(grads: { dlogp?: Float32Array; dentropy?: Float32Array; dvalues?: Float32Array }): Promise<void>;
+  /** The loss kernels over the last training forward's device outputs: named scalars ('loss' first); the gradients stay for backward(). */
+  loss(req: NativeLossRequest): Promise<Record<string, number>>;
   /** One optimizer step; a NaN/infinite gradient norm is not applied (`skipped`, nothing changes). */
   step(opts: NativeStepOptions): Promise<{ gradNorm: number; clipCoef: number; step: number; skipped: boolean }>;
   zeroGrad(): void;

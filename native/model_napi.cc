@@ -13,6 +13,7 @@
 #include "engine.h"
 #include "model/adapter.h"
 #include "model/generate.h"
+#include "model/objective.h"
 #include "model/train_step.h"
 #include "model/transformer.h"
 #include "model/weights.h"
@@ -106,6 +107,7 @@ class Model : public Napi::ObjectWrap<Model> {
   Napi::Value CreateAdapter(const Napi::CallbackInfo& info);
   Napi::Value ForwardTrain(const Napi::CallbackInfo& info);
   Napi::Value Backward(const Napi::CallbackInfo& info);
+  Napi::Value Loss(const Napi::CallbackInfo& info);
   Napi::Value ZeroGrad(const Napi::CallbackInfo& info);
   Napi::Value Step(const Napi::CallbackInfo& info);
   Napi::Value Trainable(const Napi::CallbackInfo& info);
@@ -178,6 +180,7 @@ struct ForwardBaton {
   model::ForwardRequest req;
   bool train = false;  // keep activations for backward()
   std::vector<float> lm_grad;  // training forward: d loss / d logp [batch, seq-1], or empty
+  std::vector<float> sft_mask;  // training forward: SFT's loss mask [batch, seq-1] instead of lm_grad, or empty
   model::ForwardResult out;
 };
 
@@ -233,11 +236,12 @@ Napi::Float32Array to_f32(Napi::Env env, const std::vector<float>& v) {
 
 Napi::Value forward_result(Napi::Env env, ForwardBaton& b) {
   Napi::Object r = Napi::Object::New(env);
-  if (b.req.want_logp) {
+  // download: false (training forward): the outputs stay in backend memory, for a loss call.
+  if (b.req.want_logp && b.req.download) {
     r.Set("logp", to_f32(env, b.out.logp));
     r.Set("entropy", to_f32(env, b.out.entropy));
   }
-  if (b.req.want_values) r.Set("values", to_f32(env, b.out.values));
+  if (b.req.want_values && b.req.download) r.Set("values", to_f32(env, b.out.values));
   if (b.req.want_last_logits) r.Set("lastLogits", to_f32(env, b.out.last_logits));
   return r;
 }
@@ -258,6 +262,7 @@ Napi::Object Model::Init(Napi::Env env, Napi::Object exports) {
                                   InstanceMethod("enableFullTraining", &Model::EnableFullTraining),
                                   InstanceMethod("createAdapter", &Model::CreateAdapter),
                                   InstanceMethod("forwardTrain", &Model::ForwardTrain), InstanceMethod("backward", &Model::Backward),
+                                  InstanceMethod("loss", &Model::Loss),
                                   InstanceMethod("zeroGrad", &Model::ZeroGrad), InstanceMethod("step", &Model::Step),
                                   InstanceMethod("trainable", &Model::Trainable),
                                   InstanceMethod("readTrainable", &Model::ReadTrainable),
@@ -316,6 +321,18 @@ void parse_forward(const Napi::Object& o, ForwardBaton& b) {
                                        std::to_string(batch * (seq - 1)));
     b.lm_grad.assign(ga.Data(), ga.Data() + ga.ElementLength());
   }
+  Napi::Value sm = o.Get("sftMask");
+  if (!sm.IsUndefined() && !sm.IsNull()) {
+    if (!sm.IsTypedArray() || sm.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+      throw Error(code::kArgument, "forward: 'sftMask' must be a Float32Array");
+    Napi::Float32Array ma = sm.As<Napi::Float32Array>();
+    if (static_cast<int64_t>(ma.ElementLength()) != batch * (seq - 1))
+      throw Error(code::kArgument, "forward: 'sftMask' has " + std::to_string(ma.ElementLength()) + " elements, expected batch*(seq-1) = " +
+                                       std::to_string(batch * (seq - 1)));
+    b.sft_mask.assign(ma.Data(), ma.Data() + ma.ElementLength());
+    b.req.sft_denom = static_cast<float>(num(o, "sftDenom", 0));
+  }
+  b.req.download = flag(o, "download", true);
 }
 
 // forward(req) and forwardTrain(req): the same request and result; the
@@ -325,13 +342,15 @@ Napi::Value queue_forward(const Napi::CallbackInfo& info, std::shared_ptr<Loaded
   b.model = std::move(model);
   parse_forward(ArgObject(info, 0, "request"), b);
   b.train = train;
-  if (!train && !b.lm_grad.empty()) throw Error(code::kArgument, "forward: 'lmGrad' is for the training forward only");
+  if (!train && (!b.lm_grad.empty() || !b.sft_mask.empty() || !b.req.download))
+    throw Error(code::kArgument, "forward: 'lmGrad', 'sftMask' and 'download: false' are for the training forward only");
   return queue(
       info.Env(), std::move(b),
       [](ForwardBaton& b) {
         b.req.ids = b.ids.data();
         b.req.mask = b.mask.empty() ? nullptr : b.mask.data();
         b.req.lm_grad = b.lm_grad.empty() ? nullptr : b.lm_grad.data();
+        b.req.sft_mask = b.sft_mask.empty() ? nullptr : b.sft_mask.data();
         b.out = b.train ? b.model->transformer->forward_train(b.req) : b.model->transformer->forward(b.req);
       },
       forward_result);
@@ -548,6 +567,72 @@ Napi::Value Model::Backward(const Napi::CallbackInfo& info) {
                                          b.dvalues.empty() ? nullptr : b.dvalues.data());
         },
         [](Napi::Env env, BackwardBaton&) -> Napi::Value { return env.Undefined(); });
+  });
+}
+
+// loss({kind, ...}) -> Promise<{loss, ...statistics}>: the loss kernels on
+// the model's backend over the last training forward's outputs
+// (model/objective.h); the gradients stay in backend memory for backward().
+namespace {
+struct LossBaton {
+  std::shared_ptr<LoadedModel> model;
+  model::ObjectiveRequest req;
+  model::ObjectiveResult out;
+};
+}  // namespace
+
+Napi::Value Model::Loss(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), [&]() -> Napi::Value {
+    Napi::Object o = ArgObject(info, 0, "request");
+    LossBaton b;
+    b.model = model();
+    model::ObjectiveRequest& r = b.req;
+    const std::string kind = o.Get("kind").IsString() ? o.Get("kind").As<Napi::String>().Utf8Value() : "";
+    if (kind == "sft") r.kind = model::ObjectiveKind::kSft;
+    else if (kind == "pairwise") r.kind = model::ObjectiveKind::kPairwise;
+    else if (kind == "dpo") r.kind = model::ObjectiveKind::kDpo;
+    else if (kind == "ppo") r.kind = model::ObjectiveKind::kPpo;
+    else throw Error(code::kArgument, "loss: 'kind' must be 'sft', 'pairwise', 'dpo' or 'ppo', got '" + kind + "'");
+    r.grad_scale = static_cast<float>(num(o, "gradScale", 1));
+    r.mask = opt_f32(o, "mask");
+    Napi::Value denom = o.Get("denom");
+    r.has_denom = !denom.IsUndefined() && !denom.IsNull();
+    r.denom = static_cast<float>(num(o, "denom", 0));
+    Napi::Value last = o.Get("last");
+    if (!last.IsUndefined() && !last.IsNull()) {
+      if (!last.IsTypedArray() || last.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+        throw Error(code::kArgument, "loss: 'last' must be an Int32Array");
+      Napi::Int32Array la = last.As<Napi::Int32Array>();
+      r.last.assign(la.Data(), la.Data() + la.ElementLength());
+    }
+    r.margin = opt_f32(o, "margin");
+    r.ref_chosen = opt_f32(o, "refChosen");
+    r.ref_rejected = opt_f32(o, "refRejected");
+    r.beta = static_cast<float>(num(o, "beta", 0.1));
+    r.label_smoothing = static_cast<float>(num(o, "labelSmoothing", 0));
+    r.old_logp = opt_f32(o, "oldLogp");
+    r.advantages = opt_f32(o, "advantages");
+    r.ref_logp = opt_f32(o, "refLogp");
+    r.returns = opt_f32(o, "returns");
+    r.old_values = opt_f32(o, "oldValues");
+    r.clip_range = static_cast<float>(num(o, "clipRange", 0.2));
+    r.clip_range_value = static_cast<float>(num(o, "clipRangeValue", 0.2));
+    r.vf_coef = static_cast<float>(num(o, "vfCoef", 0.1));
+    r.kl_coef = static_cast<float>(num(o, "klCoef", 0));
+    r.ent_coef = static_cast<float>(num(o, "entCoef", 0));
+    Napi::Value est = o.Get("klEstimator");
+    const std::string e = est.IsUndefined() || est.IsNull() ? "k1" : est.ToString().Utf8Value();
+    if (e == "k1") r.kl_estimator = KlEstimator::kK1;
+    else if (e == "k2") r.kl_estimator = KlEstimator::kK2;
+    else if (e == "k3") r.kl_estimator = KlEstimator::kK3;
+    else throw Error(code::kArgument, "loss: 'klEstimator' must be 'k1', 'k2' or 'k3'");
+    return queue(
+        info.Env(), std::move(b), [](LossBaton& b) { b.out = model::run_objective(*b.model->transformer, b.req); },
+        [](Napi::Env env, LossBaton& b) -> Napi::Value {
+          Napi::Object r = Napi::Object::New(env);
+          for (const auto& [k, v] : b.out.stats) r.Set(k, v);
+          return r;
+        });
   });
 }
 

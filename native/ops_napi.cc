@@ -301,6 +301,22 @@ const std::unordered_map<std::string, Runner>& runners() {
          op.stats = f32n(f, "stats", DpoLossOp::kStatCount, true);
          be.dpo_loss(op);
        }},
+      {"row_dot",
+       [](Backend& be, const Fields& f) {
+         RowDotOp op;
+         op.rows = f.i("rows"), op.cols = f.i("cols");
+         if (op.rows < 0 || op.cols < 0) throw Error(code::kArgument, "row_dot: rows and cols must be >= 0");
+         op.x = f32n(f, "x", op.rows * op.cols), op.w = f32n(f, "w", op.rows * op.cols), op.out = f32n(f, "out", op.rows);
+         be.row_dot(op);
+       }},
+      {"row_dot_backward",
+       [](Backend& be, const Fields& f) {
+         RowDotBackwardOp op;
+         op.rows = f.i("rows"), op.cols = f.i("cols");
+         if (op.rows < 0 || op.cols < 0) throw Error(code::kArgument, "row_dot_backward: rows and cols must be >= 0");
+         op.w = f32n(f, "w", op.rows * op.cols), op.dout = f32n(f, "dout", op.rows), op.dx = f32n(f, "dx", op.rows * op.cols);
+         be.row_dot_backward(op);
+       }},
       {"adamw",
        [](Backend& be, const Fields& f) {
          AdamWOp op;

@@ -359,6 +359,25 @@ function makeCases(run, size = 'full') {
       ['loss', 'dpolicyChosen', 'dpolicyRejected', 'stats'], F32);
   }
 
+  // ---------------------------------------------------------------- per-row reductions (loss family)
+  // rows x cols as a forward's [batch, seq]: completion masks (DPO sums),
+  // one-hot rows (reward at the last token), general weights; masked-out x is NaN.
+  for (const [rows, cols, kind] of [[4, 37, 'mask'], [6, 20, 'onehot'], [33, 300, 'weights'], ...(full ? [[64, 4096, 'mask'], [2048, 7, 'onehot']] : [])]) {
+    const rng = new Rng(seed++);
+    const w = new Float32Array(rows * cols);
+    for (let r = 0; r < rows; ++r) {
+      if (kind === 'onehot') w[r * cols + rng.int(0, cols)] = 1;
+      else if (kind === 'mask') {
+        const from = rng.int(0, cols), to = rng.int(from, cols + 1);
+        w.fill(1, r * cols + from, r * cols + to);
+      } else for (let c = 0; c < cols; ++c) w[r * cols + c] = rng.next() < 0.3 ? 0 : rng.normal();
+    }
+    const x = rng.normals(rows * cols, 2, -3);
+    for (let i = 0; i < x.length; ++i) if (w[i] === 0) x[i] = NaN;
+    add('row_dot', `${rows}x${cols} ${kind}`, { rows, cols, x, w, out: new Float32Array(rows) }, ['out'], F32);
+    add('row_dot_backward', `${rows}x${cols} ${kind}`, { rows, cols, w, dout: rng.normals(rows), dx: rng.normals(rows * cols) }, ['dx'], F32);
+  }
+
   // ---------------------------------------------------------------- optimizers
   for (const n of [1, 1000, 100003, ...(full ? [3000017] : [])]) {
     const rng = new Rng(seed++);

@@ -4,7 +4,12 @@
 //     20 full-parameter SFT steps (40 rows, batch 8: 4 epochs): the per-step
 //     training losses, which must also fall (the CPU run, steps 16-20 vs 1-5),
 //   - one PPO iteration (16 prompts, 24 new tokens, 2 epochs, a reward
-//     function of the response): reward, KL, policy and value losses.
+//     function of the response): reward, KL, policy and value losses,
+//   - the loss API (lib/engine/objectives.ts: the loss kernels on the device
+//     over the training forward's device outputs, gradients left there for
+//     backward): SFT, pairwise, DPO, PPO critic and policy, one micro-batch
+//     each; every statistic within 3% (or 1e-3 absolute) of the CPU's and the
+//     adapter's gradient within 5% (relative L2) of the CPU's.
 // The device runs its matrix products in bf16 (fp32 accumulation), so the
 // losses agree to bf16 accuracy, not bit for bit: SFT losses within 3% of the
 // CPU's at every step; PPO's rollouts are sampled, and a token can flip where
@@ -85,6 +90,60 @@ async function ppoRun(device, dir, data) {
   return { metrics: metrics[0], seconds: (Date.now() - t0) / 1000 };
 }
 
+// One micro-batch of each loss kind through the loss API on `device`:
+// forward (download: false) -> loss -> backward({}); the named statistics
+// and the adapter's gradients (all tensors, concatenated).
+async function lossApiRun(device) {
+  const { loadModel } = lib('engine/model.js');
+  const { spanMask, scatterTokens } = lib('engine/objectives.js');
+  const { demoBaseDir } = lib('demo/base.js');
+  const m = await loadModel(demoBaseDir(), { device });
+  const tr = m.trainer();
+  tr.createLora({ r: 8, alpha: 16, seed: 7, head: { std: 0.3 } });
+  // A fixed nonzero B (PEFT starts it at zero), so every adapter tensor gets a gradient.
+  let k = 0;
+  for (const { name, shape } of tr.trainable())
+    if (name.includes('lora_B')) tr.write(name, Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => 0.02 * Math.sin(++k)));
+  const vocab = m.config.vocabSize;
+  const rows = Array.from({ length: 8 }, (_, b) => Array.from({ length: 20 + ((b * 7) % 13) }, (_, t) => (b * 131 + t * 17 + 5) % vocab));
+  const prompt = rows.map((r, b) => 4 + (b % 5));
+  const seq = Math.max(...rows.map((r) => r.length));
+  const spans = rows.map((r, b) => [prompt[b] - 1, r.length - 1]);
+  const mask = spanMask(seq, spans);
+  const tokens = (f) => scatterTokens(seq, rows.map((r, b) => ({ start: prompt[b] - 1, values: Array.from({ length: r.length - prompt[b] }, (_, j) => f(b, j)) })));
+  const out = {};
+  const grads = () => {
+    const parts = tr.trainable().map((x) => tr.read(x.name, 'grad'));
+    const all = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+    let o = 0;
+    for (const p of parts) all.set(p, o), (o += p.length);
+    return all;
+  };
+  const step = async (name, forward, loss) => {
+    await tr.zeroGrad();
+    await tr.forward({ inputIds: rows, download: false, ...forward });
+    out[name] = { stats: await loss(), grad: grads() };
+    await tr.backward({});
+    out[name].grad = grads();
+  };
+  // Reference sums and rollout log-probs near the model's own (a plain forward on the CPU).
+  const base = await loadModel(demoBaseDir(), { device: 'cpu' });
+  const plain = await base.forward({ inputIds: rows, temperature: 0.8 });
+  base.dispose();
+  const lp = (b, j) => plain.flat.logp[b * (seq - 1) + prompt[b] - 1 + j];
+  const sums = spans.map(([a, e], b) => plain.flat.logp.subarray(b * (seq - 1) + a, b * (seq - 1) + e).reduce((x, y) => x + y, 0));
+  await step('sft', { sftLoss: { mask, denom: 150 } }, () => tr.sftLoss());
+  await step('pairwise', { values: true, logp: false }, () => tr.pairwiseLoss({ margins: Float32Array.from([0.5, 0, 1, 0.25]), gradScale: 0.5 }));
+  await step('dpo', {}, () =>
+    tr.dpoLoss({ mask, refChosen: Float32Array.from(sums.slice(0, 4), (x, i) => x + 3 * Math.sin(i)), refRejected: Float32Array.from(sums.slice(4), (x, i) => x + 3 * Math.cos(i)), beta: 0.1, labelSmoothing: 0.05 }));
+  await step('ppo critic', { values: true, logp: false }, () =>
+    tr.ppoLoss({ mask, returns: tokens((b, j) => Math.sin(b + j)), oldValues: tokens((b, j) => 0.1 * Math.cos(b * j)), vfCoef: 0.1, clipRangeValue: 0.2 }));
+  await step('ppo policy', { temperature: 0.8 }, () =>
+    tr.ppoLoss({ mask, oldLogp: tokens((b, j) => lp(b, j) + 0.3 * Math.sin(b * 3 + j)), advantages: tokens((b, j) => Math.cos(b + 2 * j)), refLogp: tokens((b, j) => lp(b, j) + 0.2 * Math.cos(b + j)), klCoef: 0.05, klEstimator: 'k3', entCoef: 0.01 }));
+  m.dispose();
+  return out;
+}
+
 async function runTrainingParity({ device, workDir, log, exact }) {
   fs.mkdirSync(workDir, { recursive: true });
   const { sftDemonstrations, chatSftRow, samplePrompts, chatPrompt } = lib('demo/index.js');
@@ -120,6 +179,26 @@ async function runTrainingParity({ device, workDir, log, exact }) {
   const pass = exact ? exactSame : Math.abs(diff.reward) <= 0.15 && keys.every((k) => Number.isFinite(dev.metrics[k]));
   checks.push({ what: 'PPO, 1 iteration', pass, cpu: ref.metrics, [device]: dev.metrics, diff, seconds: { cpu: ref.seconds, [device]: dev.seconds } });
   log(`  PPO 1 iteration: ${keys.map((k) => `${k} ${ref.metrics[k].toFixed(4)} / ${dev.metrics[k].toFixed(4)}`).join(', ')} (cpu / ${device}) ${pass ? 'ok' : 'FAIL'}`);
+
+  const t0 = Date.now();
+  const lref = await lossApiRun('cpu');
+  const t1 = Date.now();
+  const ldev = await lossApiRun(device);
+  const seconds = { cpu: (t1 - t0) / 1000, [device]: (Date.now() - t1) / 1000 };
+  for (const kind of Object.keys(lref)) {
+    const a = lref[kind], b = ldev[kind];
+    let worstStat = 0, num = 0, den = 0, same = a.grad.length === b.grad.length;
+    for (const [k, v] of Object.entries(a.stats)) {
+      const d = Math.abs(b.stats[k] - v);
+      worstStat = Math.max(worstStat, exact ? (Object.is(b.stats[k], v) ? 0 : Infinity) : d <= 1e-3 ? 0 : d / Math.max(1e-6, Math.abs(v)));
+    }
+    for (let i = 0; i < a.grad.length; i++) (num += (a.grad[i] - b.grad[i]) ** 2), (den += a.grad[i] ** 2), (same &&= Object.is(a.grad[i], b.grad[i]));
+    const gradRel = Math.sqrt(num / Math.max(den, 1e-300));
+    const okGrad = exact ? same : gradRel <= 0.05 && den > 0;
+    const pass = Number.isFinite(worstStat) && worstStat <= (exact ? 0 : 0.03) && okGrad;
+    checks.push({ what: `loss API: ${kind}`, pass, cpu: a.stats, [device]: b.stats, worstStatRel: worstStat, gradRelL2: gradRel, seconds });
+    log(`  loss API ${kind}: loss ${a.stats.loss.toFixed(5)} / ${b.stats.loss.toFixed(5)} (cpu / ${device}), worst stat rel diff ${worstStat.toExponential(2)}, gradient rel L2 diff ${gradRel.toExponential(2)} ${pass ? 'ok' : 'FAIL'}`);
+  }
   return checks;
 }
 

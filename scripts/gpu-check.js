@@ -3,7 +3,8 @@
 //   1. parity: every op of the op table, CUDA vs CPU, on fresh random inputs
 //      (odd sizes included; cases in scripts/gpu-check-cases.js) -> parity.json
 //   2. training: 20 LoRA and 20 full SFT steps and one PPO iteration of the
-//      stages on the device against the CPU, same seed and data
+//      stages on the device against the CPU, same seed and data, and one
+//      micro-batch of each loss kind through the loss API
 //      (scripts/gpu-check-train.js) -> training.json
 //   3. benchmarks: the fused kernels (below), and the whole model
 //      (scripts/gpu-check-model.js: forward, LoRA step, full step, decode on a

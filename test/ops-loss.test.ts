@@ -1,4 +1,5 @@
-// The loss kernels (sft_loss, pairwise_loss, ppo_loss, dpo_loss) against
+// The loss kernels (sft_loss, pairwise_loss, ppo_loss, dpo_loss) and the
+// per-row reductions that feed them (row_dot, row_dot_backward) against
 // float64 references written here from the formulas of docs/losses.md: the
 // loss, every statistic, and every gradient, the gradients both against the
 // analytic float64 gradient and against central finite differences of the
@@ -21,6 +22,11 @@
 //   pairwise: [accuracy, margin_mean, chosen_mean, rejected_mean]
 //   ppo:      [pg_loss, vf_loss, kl, entropy, approx_kl, clipfrac, vf_clipfrac, ratio_mean, tokens]
 //   dpo:      [accuracy, chosen_reward, rejected_reward, margin]
+//
+// row_dot (out[r] = sum_c w[r,c] x[r,c], fp64 sum rounded once) is checked to
+// one fp32 rounding of the float64 sum plus 2^-52 of the magnitudes;
+// row_dot_backward (dx = w dout, one fp32 product) exactly; the gradient of
+// L = sum_r g[r] out[r] also against finite differences of the float64 L.
 import t from 'tap';
 import type { Test } from 'tap';
 import { EPS32, expectClose, expectEqual, f32, KERNELS, op, Rng } from './helpers/ref';
@@ -554,5 +560,83 @@ t.test('dpo_loss: sigmoid loss with label smoothing, gradients, reward statistic
     expectClose(t, dpolicyChosen, [-B * sigmoid(-B * 1.5)], 1e-7, 'dpolicy_chosen');
     expectClose(t, dpolicyRejected, [B * sigmoid(-B * 1.5)], 1e-7, 'dpolicy_rejected');
     expectClose(t, stats, [1, B, -0.5 * B, 1.5 * B], 1e-7, 'accuracy, rewards, margin');
+  });
+});
+
+// ================================================================== row_dot
+
+function rowDotRef(x: ArrayLike<number>, w: ArrayLike<number>, rows: number, cols: number) {
+  const out = new Float64Array(rows), mag = new Float64Array(rows);
+  for (let r = 0; r < rows; ++r)
+    for (let c = 0; c < cols; ++c) {
+      const wv = w[r * cols + c];
+      if (wv === 0) continue;
+      out[r] += wv * x[r * cols + c];
+      mag[r] += Math.abs(wv * x[r * cols + c]);
+    }
+  return { out, mag };
+}
+
+function rowDotCase(t: Test, rows: number, cols: number, kind: 'mask' | 'onehot' | 'weights', fd: boolean, seed: number) {
+  const rng = new Rng(seed);
+  const w = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; ++r) {
+    if (kind === 'onehot') w[r * cols + rng.int(0, cols)] = 1;
+    else if (kind === 'mask') {
+      // a span of each row (a completion), a few rows empty
+      const from = rng.int(0, cols), to = r % 5 === 4 ? from : rng.int(from, cols + 1);
+      w.fill(1, r * cols + from, r * cols + to);
+    } else for (let c = 0; c < cols; ++c) w[r * cols + c] = rng.uniform() < 0.3 ? 0 : rng.normal();
+  }
+  const x = poison(rng.uniforms(rows * cols, -12, 0.5), w); // NaN where w == 0: skipped
+  const dout = rng.normals(rows);
+  const out = runAll(t, (isa) => {
+    const o = new Float32Array(rows).fill(7), dx = new Float32Array(rows * cols).fill(7);
+    op('row_dot', { rows, cols, x, w, out: o }, isa);
+    op('row_dot_backward', { rows, cols, w, dout, dx }, isa);
+    return { out: o, dx };
+  });
+  const ref = rowDotRef(x, w, rows, cols);
+  expectClose(t, out.out, ref.out, ref.out.map((v, r) => EPS32 * Math.abs(v) + 2 ** -52 * cols * ref.mag[r] + 1e-300), 'out vs float64 sum');
+  // dx = w * dout: one fp32 product, so exact against the rounded float64 product.
+  const dref = Float64Array.from({ length: rows * cols }, (_, i) => (w[i] === 0 ? 0 : f32(w[i] * dout[Math.floor(i / cols)])));
+  expectEqual(t, out.dx, dref, 'dx = w * dout');
+  zerosAt(t, out.dx, w, 'dx');
+  if (fd) {
+    // L(x) = sum_r dout[r] * sum_c w[r,c] x[r,c], in float64 (masked-out x read as 0).
+    const L = (xx: Float64Array) => {
+      let s = 0;
+      for (let r = 0; r < rows; ++r) for (let c = 0; c < cols; ++c) if (w[r * cols + c] !== 0) s += dout[r] * w[r * cols + c] * xx[r * cols + c];
+      return s;
+    };
+    const clean = Float64Array.from(x, (v) => (Number.isNaN(v) ? 0 : v));
+    expectFd(t, out.dx, fdGrad(L, clean, (i) => w[i] === 0), 'dx');
+  }
+  return out;
+}
+
+t.test('row_dot / row_dot_backward: per-row weighted sums (sequence log-prob sums, last-token scores) and their broadcast', async (t) => {
+  await t.test('completion masks, 9 x 37', async (t) => void rowDotCase(t, 9, 37, 'mask', true, 41));
+  await t.test('one-hot (a value at each row index), 6 x 20', async (t) => void rowDotCase(t, 6, 20, 'onehot', true, 42));
+  await t.test('general weights, 5 x 64', async (t) => void rowDotCase(t, 5, 64, 'weights', true, 43));
+  await t.test('long rows, 3 x 9000', async (t) => void rowDotCase(t, 3, 9000, 'mask', false, 44));
+  await t.test('many rows, 700 x 5', async (t) => void rowDotCase(t, 700, 5, 'weights', false, 45));
+  await t.test('a worked example', async (t) => {
+    const x = new Float32Array([1, 2, 3, NaN, -1, -2, -3, -4]), w = new Float32Array([0, 1, 1, 0, 1, 0, 0, 0.5]);
+    for (const isa of KERNELS) {
+      const out = new Float32Array(2), dx = new Float32Array(8).fill(9);
+      op('row_dot', { rows: 2, cols: 4, x, w, out }, isa);
+      op('row_dot_backward', { rows: 2, cols: 4, w, dout: new Float32Array([2, -4]), dx }, isa);
+      expectEqual(t, out, [5, -3], `${isa}: out`);
+      expectEqual(t, dx, [0, 2, 2, 0, -4, 0, 0, -2], `${isa}: dx`);
+    }
+  });
+  await t.test('empty shapes and short arrays', async (t) => {
+    op('row_dot', { rows: 0, cols: 5, x: new Float32Array(0), w: new Float32Array(0), out: new Float32Array(0) }, KERNELS[0]);
+    const out = new Float32Array([7]);
+    op('row_dot', { rows: 1, cols: 0, x: new Float32Array(0), w: new Float32Array(0), out }, KERNELS[0]);
+    t.equal(out[0], 0, 'a row of no columns sums to 0');
+    t.throws(() => op('row_dot', { rows: 2, cols: 3, x: new Float32Array(5), w: new Float32Array(6), out: new Float32Array(2) }, KERNELS[0]), /'x' has 5 elements, needs 6/);
+    t.throws(() => op('row_dot_backward', { rows: 2, cols: 3, w: new Float32Array(6), dout: new Float32Array(1), dx: new Float32Array(6) }, KERNELS[0]), /'dout'/);
   });
 });

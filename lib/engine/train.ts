@@ -2,7 +2,10 @@
  * Training on a loaded Model: a LoRA adapter (PEFT semantics and layout) or
  * full fine-tuning; forwardTrain keeps activations, backward runs the
  * hand-written backward pass from gradients of the per-token outputs, step
- * applies AdamW or SGD with global-norm clipping.
+ * applies AdamW or SGD with global-norm clipping. The loss calls (sftLoss,
+ * pairwiseLoss, dpoLoss, ppoLoss; lib/engine/objectives.ts) run the loss
+ * kernels on the model's device over the forward's outputs there and leave
+ * the gradients there for backward({}).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -11,7 +14,21 @@ import type { NativeAdapterModule, NativeModel, NativeStepOptions } from '../nat
 import type { ModelConfig } from '../model/config';
 import { ADAPTER_HEAD_TENSOR, readAdapterConfig } from '../model/peft';
 import { openSafetensors } from '../safetensors';
-import { runForward, type ForwardInput, type ForwardOutput } from './model';
+import { runForward, type ForwardInput, type ForwardOutput } from './forward';
+import {
+  dpoObjective,
+  pairwiseObjective,
+  ppoObjective,
+  sftObjective,
+  type DpoLossInput,
+  type DpoLossStats,
+  type PairwiseLossInput,
+  type PairwiseLossStats,
+  type PpoLossInput,
+  type PpoLossStats,
+  type SftLossInput,
+  type SftLossStats,
+} from './objectives';
 
 export const LLAMA_LORA_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const;
 export const GPT2_LORA_TARGETS = ['c_attn', 'c_proj', 'c_fc'] as const;
@@ -127,11 +144,34 @@ export class Trainer {
     return runForward(this.handle, this.config, input, true);
   }
 
-  /** Gradients of the last forward's outputs, flat: dlogp/dentropy [batch*(seq-1)], dvalues [batch*seq]. */
-  backward(grads: { dlogp?: Float32Array; dentropy?: Float32Array; dvalues?: Float32Array }): Promise<void> {
+  /**
+   * Gradients of the last forward's outputs, flat: dlogp/dentropy [batch*(seq-1)], dvalues [batch*seq].
+   * An output given no array takes the gradient the last loss call left on the device: backward({}).
+   */
+  backward(grads: { dlogp?: Float32Array; dentropy?: Float32Array; dvalues?: Float32Array } = {}): Promise<void> {
     return this.handle.backward(grads).catch((e: unknown) => {
       throw fromNative(e);
     });
+  }
+
+  /** SFT's masked mean NLL of the last training forward's logp, on the device (see lib/engine/objectives.ts). */
+  sftLoss(input: SftLossInput = {}): Promise<SftLossStats> {
+    return sftObjective(this.handle, input);
+  }
+
+  /** The reward model's pairwise loss over the last training forward's values (chosen rows, then rejected rows). */
+  pairwiseLoss(input: PairwiseLossInput = {}): Promise<PairwiseLossStats> {
+    return pairwiseObjective(this.handle, input);
+  }
+
+  /** DPO over the last training forward's logp (chosen rows, then rejected rows) against reference sums. */
+  dpoLoss(input: DpoLossInput): Promise<DpoLossStats> {
+    return dpoObjective(this.handle, input);
+  }
+
+  /** PPO's clipped surrogate / clipped value loss / KL / entropy over the last training forward's logp and/or values. */
+  ppoLoss(input: PpoLossInput): Promise<PpoLossStats> {
+    return ppoObjective(this.handle, input);
   }
 
   step(opts: NativeStepOptions) {

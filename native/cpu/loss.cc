@@ -1,5 +1,8 @@
 // Loss kernels: SFT (masked NLL), pairwise reward-model loss, PPO (clipped
-// surrogate + clipped value loss + KL + entropy) and DPO. Each writes the
+// surrogate + clipped value loss + KL + entropy) and DPO, and the per-row
+// reductions that feed them from the model's row layout (row_dot: a reward
+// model's score at each row's last token, DPO's sequence log-prob sums) with
+// their backward (the per-sequence gradient broadcast back). Each loss writes the
 // scalar loss, the gradients w.r.t. the arrays the model produced (per-token
 // logp, values, entropy; per-sequence scores or log-prob sums) times
 // grad_scale, and its statistics. The per-element math is in ops/math.h, shared
@@ -209,6 +212,30 @@ void CpuBackend::dpo_loss(const DpoLossOp& op) {
     op.stats[DpoLossOp::kRejectedReward] = static_cast<float>(s[3] * inv_b);
     op.stats[DpoLossOp::kMargin] = static_cast<float>((s[2] - s[3]) * inv_b);
   }
+}
+
+// One row per task; each row summed in fp64 in column order (no chunks: a
+// row is one sequence, and the order must not depend on the thread count).
+void CpuBackend::row_dot(const RowDotOp& op) {
+  const int64_t cols = op.cols;
+  pool_.parallel_for(op.rows, [&](int64_t r, int) {
+    const float* x = op.x + r * cols;
+    const float* w = op.w + r * cols;
+    double acc = 0;
+    for (int64_t c = 0; c < cols; ++c)
+      if (w[c] != 0.f) acc += static_cast<double>(w[c]) * x[c];
+    op.out[r] = static_cast<float>(acc);
+  });
+}
+
+void CpuBackend::row_dot_backward(const RowDotBackwardOp& op) {
+  const int64_t cols = op.cols;
+  pool_.parallel_for(op.rows, [&](int64_t r, int) {
+    const float* w = op.w + r * cols;
+    float* dx = op.dx + r * cols;
+    const float d = op.dout[r];
+    for (int64_t c = 0; c < cols; ++c) dx[c] = w[c] != 0.f ? w[c] * d : 0.f;
+  });
 }
 
 }  // namespace rlhf::cpu

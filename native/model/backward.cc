@@ -38,7 +38,8 @@ void lora_dropout_apply(const float* in, float* out, int64_t rows, int64_t cols,
 ForwardResult Transformer::forward_train(const ForwardRequest& req) {
   if (!adapter_ && !full_) throw Error(code::kArgument, "training forward: nothing is trainable (attach an adapter or enable full training)");
   if (req.want_last_logits) throw Error(code::kArgument, "training forward: lastLogits is not available");
-  if (req.lm_grad && !req.want_logp) throw Error(code::kArgument, "training forward: lmGrad needs the LM head (logp)");
+  if ((req.lm_grad || req.sft_mask) && !req.want_logp) throw Error(code::kArgument, "training forward: lmGrad / sftMask need the LM head (logp)");
+  if (req.lm_grad && req.sft_mask) throw Error(code::kArgument, "training forward: give lmGrad or sftMask, not both");
   const int64_t B = req.batch, T = req.seq, N = B * T;
   if (B <= 0 || T <= 0) throw Error(code::kArgument, "training forward: empty batch");
   check_ids(req.ids, N, T);
@@ -51,6 +52,7 @@ ForwardResult Transformer::forward_train(const ForwardRequest& req) {
   positions_from_mask(a.mask.data(), B, T, a.positions.data());
   if (a.layers.size() != static_cast<size_t>(cfg_.layers)) a.layers.resize(static_cast<size_t>(cfg_.layers));
   has_acts_ = false;  // until the heads have run too
+  loss_.clear();      // gradients of an earlier forward's outputs are void
   body(N, a.ids.data(), a.positions.data(), a.mask.data(), B, T, nullptr, nullptr, &a);
   train_logp_ = req.want_logp;
   train_values_ = req.want_values;
@@ -85,27 +87,46 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
   float* dmlp = bwd_.dmlp.zeros(be_, N * MLP);
   float* dact = bwd_.dact.zeros(be_, N * F);
 
+  // Gradients a loss call left in backend memory (row layout) stand in for
+  // the host arrays not given.
+  LossState& ls = loss_;
+  auto clash = [](bool host, bool device, const char* what) {
+    if (host && device)
+      throw Error(code::kArgument, std::string("backward: the loss call already left the gradient of ") + what +
+                                       " in backend memory; pass no '" + what + "' array (or make no loss call)");
+  };
+  clash(dlogp_in, ls.has_dlogp, "dlogp");
+  clash(dentropy_in, ls.has_dentropy, "dentropy");
+  clash(dvalues, ls.has_dvalues, "dvalues");
+  const float* dlogp_d = dlogp_in ? nullptr : ls.has_dlogp ? ls.dlogp.data() : nullptr;
+  const float* dentropy_d = dentropy_in ? nullptr : ls.has_dentropy ? ls.dentropy.data() : nullptr;
+  const float* dvalues_d = dvalues ? nullptr : ls.has_dvalues ? ls.dvalues.data() : nullptr;
+  const bool any_dlogp = dlogp_in || dlogp_d, any_dentropy = dentropy_in || dentropy_d;
+
   // Heads: per-row gradients (row b*T+t) into the final hidden state.
   if (a.head.has_grad) {  // the training forward already ran the LM head's backward (lm_grad)
-    if (dlogp_in || dentropy_in)
+    if (any_dlogp || any_dentropy)
       throw Error(code::kArgument, "backward: the LM-head gradient was given to the training forward (lmGrad); pass no dlogp/dentropy");
     be_.copy(dxn, a.head.dhidden.data(), sizeof(float) * static_cast<size_t>(N * H));
-  } else if (train_logp_ && (dlogp_in || dentropy_in)) {
+  } else if (train_logp_ && (any_dlogp || any_dentropy)) {
     LmHeadLogpBackwardOp op;
     op.n = N, op.dim = H, op.vocab = c.vocab, op.hidden = a.xnf.data(), op.weight = w.lm_head, op.weight_bf16 = w.lm_head16;
     op.targets = a.head.targets_d.data();
-    op.lse = a.head.lse.data(), op.entropy = a.head.entropy.data(), op.dlogp = bwd_.dlogp.upload(be_, shifted_to_rows(dlogp_in, B, T));
-    op.dentropy = dentropy_in ? bwd_.dentropy.upload(be_, shifted_to_rows(dentropy_in, B, T)) : nullptr;
+    op.lse = a.head.lse.data(), op.entropy = a.head.entropy.data();
+    op.dlogp = dlogp_d ? dlogp_d : bwd_.dlogp.upload(be_, shifted_to_rows(dlogp_in, B, T));
+    op.dentropy = dentropy_d ? dentropy_d : dentropy_in ? bwd_.dentropy.upload(be_, shifted_to_rows(dentropy_in, B, T)) : nullptr;
     op.inv_temperature = inv_temperature_, op.dhidden = dxn, op.dweight = grad_of(w.lm_head);
     be_.lm_head_logp_backward(op);
   }
-  if (train_values_ && dvalues) {
+  if (train_values_ && (dvalues || dvalues_d)) {
     const bool adapter_head = adapter_ && adapter_->score;
     ValueHeadBackwardOp op;
     op.n = N, op.dim = H, op.hidden = a.xnf.data(), op.weight = adapter_head ? adapter_->score : w.score;
-    op.dvalue = bwd_.dvalues.upload(be_, dvalues, N), op.dhidden = dxn, op.dweight = adapter_head ? adapter_->dscore : grad_of(w.score);
+    op.dvalue = dvalues_d ? dvalues_d : bwd_.dvalues.upload(be_, dvalues, N), op.dhidden = dxn;
+    op.dweight = adapter_head ? adapter_->dscore : grad_of(w.score);
     be_.value_head_backward(op);
   }
+  ls.clear();  // consumed
 
   auto norm_bwd = [&](const float* x, const float* wgt, const float* sa, const float* sb) {
     if (llama) {

@@ -37,6 +37,25 @@ struct HeadActs {
   Buffer<float> dlogp;    // [rows] the loss gradient given to the forward (lm_grad)
   Buffer<float> dhidden;  // [rows, hidden] the LM head's gradient into the final hidden (lm_grad)
   bool has_grad = false;  // dhidden holds the LM head's gradient of this forward
+  // The SFT loss mask given to the training forward instead of lm_grad
+  // (ForwardRequest::sft_mask), in the row layout, kept for the loss call.
+  Buffer<float> sft_mask;  // [rows]
+  float sft_denom = 0.f;
+  bool has_sft_mask = false;
+};
+
+// What a loss call (objective.cc) leaves in backend memory for the next
+// backward(): gradients of the last training forward's outputs in the row
+// layout, and the scratch the loss kernels work in. A training forward clears
+// the gradients; backward() consumes them.
+struct LossState {
+  Buffer<float> dlogp, dentropy, dvalues;  // [rows]
+  bool has_dlogp = false, has_dentropy = false, has_dvalues = false;
+  void clear() { has_dlogp = has_dentropy = has_dvalues = false; }
+  // scratch: per-token inputs [rows], per-row sums and their gradients, the
+  // scalars read back (loss, statistics, ...)
+  Buffer<float> mask, w, old_logp, advantages, ref_logp, returns, old_values, zeros;
+  Buffer<float> sums, dsums, pair_in, out;
 };
 
 struct Acts {

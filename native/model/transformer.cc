@@ -302,6 +302,10 @@ void Transformer::run_heads(const ForwardRequest& req, const uint8_t* mask, cons
   const int64_t B = req.batch, T = req.seq, N = B * T;
   const bool has_lm = w.lm_head || w.lm_head16;
   head.targets.assign(static_cast<size_t>(N), -1);
+  // Reset whatever the forward runs: a forward without the LM head must not
+  // leave an earlier forward's fused LM-head gradient for backward().
+  head.has_grad = false;
+  head.has_sft_mask = false;
   if (req.want_logp) {
     if (!has_lm) throw Error(code::kArgument, "this model has no LM head (it is a sequence classifier)");
     // Row (b, t) predicts ids[b, t+1]; padded queries/targets and each
@@ -311,8 +315,7 @@ void Transformer::run_heads(const ForwardRequest& req, const uint8_t* mask, cons
         if (!mask || (mask[b * T + t] && mask[b * T + t + 1])) head.targets[static_cast<size_t>(b * T + t)] = req.ids[b * T + t + 1];
     head.targets_d.upload(be_, head.targets);
     head.logp.ensure(be_, N), head.entropy.ensure(be_, N), head.lse.ensure(be_, N);
-    head.has_grad = false;
-    if (req.lm_grad) {
+    if (req.lm_grad || req.sft_mask) {
       lm_head_with_grad(req, hidden, head);
     } else {
       LmHeadLogpOp op;
@@ -322,8 +325,10 @@ void Transformer::run_heads(const ForwardRequest& req, const uint8_t* mask, cons
       op.inv_temperature = req.temperature > 0 ? 1.f / req.temperature : 1.f;
       be_.lm_head_logp(op);
     }
-    out.logp = rows_to_shifted(head.logp.to_host(N), B, T);
-    out.entropy = rows_to_shifted(head.entropy.to_host(N), B, T);
+    if (req.download) {
+      out.logp = rows_to_shifted(head.logp.to_host(N), B, T);
+      out.entropy = rows_to_shifted(head.entropy.to_host(N), B, T);
+    }
   }
   if (req.want_last_logits) {
     if (!has_lm) throw Error(code::kArgument, "this model has no LM head");
@@ -340,14 +345,29 @@ void Transformer::run_heads(const ForwardRequest& req, const uint8_t* mask, cons
     ValueHeadOp op;
     op.n = N, op.dim = cfg_.hidden, op.hidden = hidden, op.weight = score, op.value = head.values.ensure(be_, N);
     be_.value_head(op);
-    out.values = head.values.to_host(N);
+    if (req.download) out.values = head.values.to_host(N);
   }
 }
 
 void Transformer::lm_head_with_grad(const ForwardRequest& req, const float* hidden, HeadActs& head) {
   const Weights& w = *bw_;
   const int64_t B = req.batch, T = req.seq, N = B * T, H = cfg_.hidden, V = cfg_.vocab;
-  const float* dl_d = head.dlogp.upload(be_, shifted_to_rows(req.lm_grad, B, T));
+  const float* dl_d = nullptr;
+  if (req.sft_mask) {
+    // SFT's gradient -mask / denom, made on the backend by the sft_loss op
+    // (its loss output, of a zero logp, is not used); the mask stays for the
+    // loss call.
+    head.sft_mask.upload(be_, shifted_to_rows(req.sft_mask, B, T));
+    head.sft_denom = req.sft_denom;
+    head.has_sft_mask = true;
+    SftLossOp op;
+    op.n = N, op.logp = loss_.zeros.zeros(be_, N), op.mask = head.sft_mask.data(), op.denom = req.sft_denom;
+    op.loss = loss_.out.ensure(be_, 1), op.dlogp = head.dlogp.ensure(be_, N);
+    be_.sft_loss(op);
+    dl_d = head.dlogp.data();
+  } else {
+    dl_d = head.dlogp.upload(be_, shifted_to_rows(req.lm_grad, B, T));
+  }
   float* dh = head.dhidden.ensure(be_, N * H);
   float* dw = grad_of(w.lm_head);  // full fine-tuning (fp32 weights); null otherwise
   // Row blocks of at most 16M logits (64 MB), equal in size.
@@ -383,6 +403,8 @@ void Transformer::lm_head_with_grad(const ForwardRequest& req, const float* hidd
 ForwardResult Transformer::forward(const ForwardRequest& req) {
   const int64_t B = req.batch, T = req.seq, N = B * T;
   if (B <= 0 || T <= 0) throw Error(code::kArgument, "forward: empty batch");
+  if (req.lm_grad || req.sft_mask || !req.download)
+    throw Error(code::kArgument, "forward: lmGrad, sftMask and download: false are for the training forward only");
   check_ids(req.ids, N, T);
   std::vector<int32_t> pos(static_cast<size_t>(N));
   positions_from_mask(req.mask, B, T, pos.data());

@@ -27,6 +27,15 @@ struct ForwardRequest {
   // forward (SFT: -mask / tokens). The LM head then computes its gradient in
   // the same pass over each block of logits, and backward() takes no dlogp.
   const float* lm_grad = nullptr;
+  // Training forward only, instead of lm_grad: SFT's loss mask [batch, seq-1]
+  // and denominator (<= 0: max(1, sum(mask))). The gradient -mask / denom is
+  // made on the backend (sft_loss) and used as lm_grad is; the mask is kept
+  // for the loss call (objective.h), which then needs none.
+  const float* sft_mask = nullptr;
+  float sft_denom = 0.f;
+  // false: the outputs stay in backend memory only (a loss call reads them
+  // there); the result holds no arrays. Training forward only.
+  bool download = true;
 };
 
 struct ForwardResult {
@@ -72,8 +81,18 @@ class Transformer {
   ForwardResult forward_train(const ForwardRequest& req);
   // Gradients of the last forward_train's outputs (same layouts: dlogp and
   // dentropy [batch, seq-1], dvalues [batch, seq]; each may be null) flow back
-  // into the trainable set: the active adapter, or every base weight.
+  // into the trainable set: the active adapter, or every base weight. An
+  // output given no host array takes the gradient a loss call left in
+  // backend memory (loss_state()), if any; giving both is an error.
   void backward(const float* dlogp, const float* dentropy, const float* dvalues);
+  // The last training forward's outputs in backend memory (row layout
+  // [batch, seq]: acts.head.logp/entropy/values), for the loss kernels
+  // (objective.h), and where those leave their gradients for backward().
+  bool has_train_outputs() const { return has_acts_; }
+  const Acts& train_acts() const { return acts_; }
+  bool train_logp() const { return train_logp_; }
+  bool train_values() const { return train_values_; }
+  LossState& loss_state() { return loss_; }
   void set_adapter(Adapter* a) { adapter_ = a; }
   Adapter* adapter() const { return adapter_; }
   void set_full_training(FullGrads* g) { full_ = g; }
@@ -128,6 +147,7 @@ class Transformer {
   Adapter* adapter_ = nullptr;  // active LoRA adapter (null: base only)
   FullGrads* full_ = nullptr;   // full fine-tuning gradients (null: base frozen)
   Acts acts_;                   // activations of the last training forward
+  LossState loss_;              // gradients a loss call left for backward(), and its scratch
   bool has_acts_ = false, train_logp_ = false, train_values_ = false;
   Adapter* acts_adapter_ = nullptr;  // the adapter active when acts_ were recorded
   float inv_temperature_ = 1.f;

@@ -368,6 +368,29 @@ struct DpoLossOp {
   float* stats = nullptr;             // [kStatCount] or null
 };
 
+// Per-row weighted sums, the loss kernels' per-sequence reductions over the
+// model's row layout [rows, cols] (a forward's [batch, seq]):
+//   out[r] = sum_c w[r, c] x[r, c]
+// summed in fp64 in column order, rounded once to fp32. With w a 0/1 mask
+// over a row's completion tokens it is DPO's sequence log-prob sum; with w
+// one-hot at each row's last token, a reward model's score of the row.
+// Columns with w == 0 are skipped, so x there may hold anything (even NaN).
+struct RowDotOp {
+  int64_t rows = 0, cols = 0;
+  const float* x = nullptr;  // [rows, cols]
+  const float* w = nullptr;  // [rows, cols]
+  float* out = nullptr;      // [rows]
+};
+
+// Backward of RowDotOp: dx[r, c] = w[r, c] * dout[r], written (not
+// accumulated); +0 where w == 0.
+struct RowDotBackwardOp {
+  int64_t rows = 0, cols = 0;
+  const float* w = nullptr;     // [rows, cols]
+  const float* dout = nullptr;  // [rows]
+  float* dx = nullptr;          // [rows, cols]
+};
+
 // ------------------------------------------------------------------ optimizers
 // One step of torch.optim.AdamW (amsgrad off) on a flat fp32 array, in place:
 //   g = grad * grad_scale

@@ -38,6 +38,8 @@
   X(pairwise_loss, PairwiseLossOp, loss)  /* reward model: -log sigmoid(rc - rr - m) */ \
   X(ppo_loss, PpoLossOp, loss)            /* clipped surrogate + value + KL + entropy*/ \
   X(dpo_loss, DpoLossOp, loss)            /* DPO sigmoid loss (+ label smoothing)    */ \
+  X(row_dot, RowDotOp, loss)              /* out[r] = sum_c w[r,c] x[r,c] (fp64 sum) */ \
+  X(row_dot_backward, RowDotBackwardOp, loss) /* dx[r,c] = w[r,c] dout[r]             */ \
   X(adamw, AdamWOp, optim)                /* torch.optim.AdamW step, in place        */ \
   X(sgd, SgdOp, optim)                    /* torch.optim.SGD step (momentum, decay)  */ \
   X(grad_norm, GradNormOp, optim)         /* out += sum of squares (fp64 accumulate) */ \

@@ -1,0 +1,265 @@
+/**
+ * The training objectives on the engine's own device: SFT, the reward
+ * model's pairwise loss, DPO and PPO, each one loss call that runs the loss
+ * kernels where the model lives (CPU, or the CUDA kernels of
+ * kernels/loss.cu) over the outputs the last training forward left there,
+ * leaves the gradients there for the next backward(), and returns only named
+ * scalars. Per micro-batch nothing per token comes back to JS.
+ *
+ * How a stage uses it (Trainer methods, lib/engine/train.ts):
+ *
+ *   // reward model: chosen rows then rejected rows in one forward
+ *   await trainer.forward({ inputIds: [...chosen, ...rejected], values: true, logp: false, download: false });
+ *   const s = await trainer.pairwiseLoss({ margins, gradScale });   // {loss, accuracy, margin, chosen, rejected}
+ *   await trainer.backward({});                                       // takes the gradient the loss left on the device
+ *
+ *   // SFT: the gradient -mask / denom is known before the forward, which
+ *   // computes the LM head's gradient in the same pass over the logits
+ *   await trainer.forward({ inputIds, sftLoss: { mask, denom }, download: false });
+ *   const s = await trainer.sftLoss();                                // {loss, tokens, nllSum} from the device logp
+ *   await trainer.backward({});
+ *
+ *   // DPO: the reference sums come from a separate non-training forward
+ *   await trainer.forward({ inputIds: [...chosen, ...rejected], download: false });
+ *   const s = await trainer.dpoLoss({ mask: spanMask(seq, spans), refChosen, refRejected, beta, gradScale });
+ *   await trainer.backward({});
+ *
+ *   // PPO: critic and policy are two forwards (two adapters); per-token
+ *   // rollout arrays are scattered on the host into the forward's layout
+ *   await trainer.forward({ inputIds, values: true, logp: false, download: false });
+ *   await trainer.ppoLoss({ mask, returns, oldValues, clipRangeValue, vfCoef, gradScale });
+ *   await trainer.backward({});
+ *   await trainer.forward({ inputIds, logp: true, temperature, download: false });
+ *   await trainer.ppoLoss({ mask, oldLogp, advantages, clipRange, entCoef, gradScale });
+ *   await trainer.backward({});
+ *
+ * Layouts (the forward's own, as `ForwardOutput.flat` has them): per-token
+ * arrays are flat [batch, seq-1], position b*(seq-1)+t for the prediction of
+ * token t+1 of row b (for the critic: the value of the prefix up to token t,
+ * TRL's values[context_length - 1 : -1]); `seq` is the forward's
+ * (`ForwardOutput.seq`: the longest row). `spanMask` and `scatterTokens` build
+ * them from per-row spans and arrays. Per-pair arrays have one entry per
+ * pair: rows 0..b-1 of the forward are the chosen sequences, rows b..2b-1 the
+ * rejected ones.
+ *
+ * Gradients are of gradScale * loss (the loss itself is not scaled), so
+ * micro-batches accumulate into one optimizer step. A loss call replaces the
+ * gradients an earlier one left; a training forward discards them; backward()
+ * consumes them, and refuses a host array for an output whose gradient the
+ * loss call already left on the device.
+ */
+import { fromNative, RlhfError } from '../errors';
+import type { NativeLossRequest, NativeModel } from '../native';
+
+// ------------------------------------------------------------------ statistics
+
+export interface SftLossStats {
+  /** nllSum / denom. */
+  loss: number;
+  /** sum(mask): the target tokens of this micro-batch. */
+  tokens: number;
+  /** -sum(mask * logp). */
+  nllSum: number;
+}
+
+export interface PairwiseLossStats {
+  /** mean over pairs of -log sigmoid(chosen - rejected - margin). */
+  loss: number;
+  /** fraction of pairs with chosen > rejected. */
+  accuracy: number;
+  /** mean of chosen - rejected (without the margins). */
+  margin: number;
+  /** mean reward of the chosen rows. */
+  chosen: number;
+  /** mean reward of the rejected rows. */
+  rejected: number;
+}
+
+export interface DpoLossStats {
+  /** mean over pairs of the (label-smoothed) sigmoid DPO loss. */
+  loss: number;
+  /** fraction of pairs whose chosen implicit reward beats the rejected one. */
+  accuracy: number;
+  /** mean beta * (policy - reference) sequence log-prob of the chosen rows. */
+  rewardsChosen: number;
+  rewardsRejected: number;
+  /** rewardsChosen - rewardsRejected. */
+  margin: number;
+  /** mean policy sequence log-prob of the chosen / rejected completions. */
+  logpsChosen: number;
+  logpsRejected: number;
+  pairs: number;
+}
+
+export interface PpoLossStats {
+  /** pgLoss + vfCoef vfLoss + klCoef kl - entCoef entropy. */
+  loss: number;
+  pgLoss: number;
+  /** 0.5 masked mean of the clipped squared value error (0 without a value part). */
+  vfLoss: number;
+  /** masked mean KL estimate to the reference (0 without refLogp). */
+  kl: number;
+  /** masked mean entropy of the policy (0 without a policy part). */
+  entropy: number;
+  /** 0.5 masked mean (logp - oldLogp)^2. */
+  approxKl: number;
+  clipfrac: number;
+  vfClipfrac: number;
+  /** masked mean probability ratio. */
+  ratio: number;
+  /** sum(mask). */
+  tokens: number;
+}
+
+// ------------------------------------------------------------------ inputs
+
+export interface SftLossInput {
+  /** Loss mask, flat [batch, seq-1]; default: the one given to the forward (`sftLoss.mask`). */
+  mask?: Float32Array;
+  /** Denominator of the masked mean; default: the forward's, else sum(mask). */
+  denom?: number;
+  /**
+   * Scale of the gradient. Only without a gradient given to the forward
+   * (with `sftLoss` / `lmGrad` on the forward, the forward made the gradient
+   * and this call only measures).
+   */
+  gradScale?: number;
+}
+
+export interface PairwiseLossInput {
+  /** Index of each row's reward token (its last, by default: the last real token of each row). */
+  last?: Int32Array | readonly number[];
+  /** Per-pair margin (Llama 2), or null/absent for none. */
+  margins?: Float32Array | null;
+  gradScale?: number;
+}
+
+export interface DpoLossInput {
+  /** Each row's completion tokens, flat [batch, seq-1] (see spanMask). */
+  mask: Float32Array;
+  /** Reference sequence log-prob sums, one per pair. */
+  refChosen: Float32Array;
+  refRejected: Float32Array;
+  beta: number;
+  labelSmoothing?: number;
+  gradScale?: number;
+}
+
+export interface PpoLossInput {
+  /** Tokens in the loss (the response tokens), flat [batch, seq-1]. */
+  mask: Float32Array;
+  /** Policy part (a forward with logp): rollout log-probs and advantages. */
+  oldLogp?: Float32Array;
+  advantages?: Float32Array;
+  /** Reference log-probs for a KL term in the loss (klCoef). */
+  refLogp?: Float32Array;
+  /** Value part (a forward with values): returns and rollout values. */
+  returns?: Float32Array;
+  oldValues?: Float32Array;
+  clipRange?: number;
+  clipRangeValue?: number;
+  vfCoef?: number;
+  klCoef?: number;
+  klEstimator?: 'k1' | 'k2' | 'k3';
+  entCoef?: number;
+  gradScale?: number;
+}
+
+// ------------------------------------------------------------------ layout helpers
+
+/** A flat [rows, seq-1] 0/1 mask with ones at positions [from, to) of each row (spans in the forward's logp layout). */
+export function spanMask(seq: number, spans: readonly (readonly [number, number])[]): Float32Array {
+  const w = seq - 1;
+  const m = new Float32Array(spans.length * w);
+  spans.forEach(([from, to], row) => {
+    if (from < 0 || to > w || from > to) throw new RlhfError('E_ARGUMENT', `spanMask: span [${from}, ${to}) of row ${row} is outside [0, ${w})`);
+    m.fill(1, row * w + from, row * w + to);
+  });
+  return m;
+}
+
+/** Per-row arrays placed at `start` of each row of a flat [rows, seq-1] array (zeros elsewhere). */
+export function scatterTokens(seq: number, rows: readonly { start: number; values: ArrayLike<number> }[]): Float32Array {
+  const w = seq - 1;
+  const out = new Float32Array(rows.length * w);
+  rows.forEach(({ start, values }, row) => {
+    if (start < 0 || start + values.length > w)
+      throw new RlhfError('E_ARGUMENT', `scatterTokens: ${values.length} values at ${start} of row ${row} do not fit in ${w} positions`);
+    out.set(values, row * w + start);
+  });
+  return out;
+}
+
+// ------------------------------------------------------------------ the calls
+
+async function run(handle: NativeModel, req: NativeLossRequest): Promise<Record<string, number>> {
+  return handle.loss(req).catch((e: unknown) => {
+    throw fromNative(e);
+  });
+}
+
+const opt = <K extends string, V>(key: K, v: V | undefined | null): Partial<Record<K, V>> => (v === undefined || v === null ? {} : ({ [key]: v } as Record<K, V>));
+
+export async function sftObjective(handle: NativeModel, x: SftLossInput = {}): Promise<SftLossStats> {
+  const r = await run(handle, { kind: 'sft', ...opt('mask', x.mask), ...opt('denom', x.denom), ...opt('gradScale', x.gradScale) });
+  return { loss: r.loss, tokens: r.tokens, nllSum: r.nllSum };
+}
+
+export async function pairwiseObjective(handle: NativeModel, x: PairwiseLossInput = {}): Promise<PairwiseLossStats> {
+  const last = x.last === undefined ? undefined : x.last instanceof Int32Array ? x.last : Int32Array.from(x.last);
+  const r = await run(handle, { kind: 'pairwise', ...opt('last', last), ...opt('margin', x.margins), ...opt('gradScale', x.gradScale) });
+  return { loss: r.loss, accuracy: r.accuracy, margin: r.margin, chosen: r.chosen, rejected: r.rejected };
+}
+
+export async function dpoObjective(handle: NativeModel, x: DpoLossInput): Promise<DpoLossStats> {
+  const r = await run(handle, {
+    kind: 'dpo',
+    mask: x.mask,
+    refChosen: x.refChosen,
+    refRejected: x.refRejected,
+    beta: x.beta,
+    ...opt('labelSmoothing', x.labelSmoothing),
+    ...opt('gradScale', x.gradScale),
+  });
+  return {
+    loss: r.loss,
+    accuracy: r.accuracy,
+    rewardsChosen: r.rewardsChosen,
+    rewardsRejected: r.rewardsRejected,
+    margin: r.margin,
+    logpsChosen: r.logpsChosen,
+    logpsRejected: r.logpsRejected,
+    pairs: r.pairs,
+  };
+}
+
+export async function ppoObjective(handle: NativeModel, x: PpoLossInput): Promise<PpoLossStats> {
+  const r = await run(handle, {
+    kind: 'ppo',
+    mask: x.mask,
+    ...opt('oldLogp', x.oldLogp),
+    ...opt('advantages', x.advantages),
+    ...opt('refLogp', x.refLogp),
+    ...opt('returns', x.returns),
+    ...opt('oldValues', x.oldValues),
+    ...opt('clipRange', x.clipRange),
+    ...opt('clipRangeValue', x.clipRangeValue),
+    ...opt('vfCoef', x.vfCoef),
+    ...opt('klCoef', x.klCoef),
+    ...opt('klEstimator', x.klEstimator),
+    ...opt('entCoef', x.entCoef),
+    ...opt('gradScale', x.gradScale),
+  });
+  return {
+    loss: r.loss,
+    pgLoss: r.pgLoss,
+    vfLoss: r.vfLoss,
+    kl: r.kl,
+    entropy: r.entropy,
+    approxKl: r.approxKl,
+    clipfrac: r.clipfrac,
+    vfClipfrac: r.vfClipfrac,
+    ratio: r.ratio,
+    tokens: r.tokens,
+  };
+}

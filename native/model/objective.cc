@@ -1,0 +1,236 @@
+#include "objective.h"
+
+#include "../error.h"
+
+namespace rlhf::model {
+
+namespace {
+
+struct Ctx {
+  Transformer& t;
+  Backend& be;
+  const Acts& a;
+  LossState& s;
+  int64_t B, T, N;
+  const char* what;
+
+  [[noreturn]] void fail(const std::string& msg) const { throw Error(code::kArgument, std::string(what) + " loss: " + msg); }
+
+  // A host array in the caller's [batch, seq-1] layout, into `buf` in the
+  // row layout [batch, seq] (0 at each row's last position).
+  const float* tokens(Buffer<float>& buf, const std::vector<float>& v, const char* name) const {
+    if (static_cast<int64_t>(v.size()) != B * (T - 1))
+      fail(std::string("'") + name + "' has " + std::to_string(v.size()) + " elements, expected batch*(seq-1) = " + std::to_string(B * (T - 1)));
+    return buf.upload(be, shifted_to_rows(v.data(), B, T));
+  }
+  const float* pairs(Buffer<float>& buf, const std::vector<float>& v, int64_t P, const char* name) const {
+    if (static_cast<int64_t>(v.size()) != P)
+      fail(std::string("'") + name + "' has " + std::to_string(v.size()) + " elements, expected one per pair (" + std::to_string(P) + ")");
+    return buf.upload(be, v);
+  }
+  int64_t pair_count() const {
+    if (B % 2) fail("the forward has " + std::to_string(B) + " rows; it needs chosen rows then rejected rows (an even count)");
+    return B / 2;
+  }
+  void need_logp() const {
+    if (!t.train_logp()) fail("the training forward computed no log-probs (logp: false)");
+  }
+  void need_values() const {
+    if (!t.train_values()) fail("the training forward computed no values (values: true)");
+  }
+  void no_forward_grad() const {
+    if (a.head.has_grad) fail("the training forward was given the LM-head gradient (lmGrad / sftMask); run it without one");
+  }
+  // The scalars: `count` floats at the start of s.out, in one read back.
+  std::vector<float> read(int64_t count) const { return s.out.to_host(count); }
+};
+
+ObjectiveResult sft(Ctx& c, const ObjectiveRequest& r) {
+  c.need_logp();
+  const HeadActs& h = c.a.head;
+  const float* mask = nullptr;
+  float denom = r.has_denom ? r.denom : 0.f;
+  if (!r.mask.empty()) {
+    mask = c.tokens(c.s.mask, r.mask, "mask");
+  } else if (h.has_sft_mask) {
+    mask = h.sft_mask.data();
+    if (!r.has_denom) denom = h.sft_denom;
+  } else {
+    c.fail("give the loss mask (or pass it to the training forward as sftMask)");
+  }
+  if (h.has_grad && r.grad_scale != 1.f)
+    c.fail("the gradient was given to the training forward; gradScale does not apply to it (pass 1 or scale the forward's gradient)");
+  SftLossOp op;
+  op.n = c.N, op.logp = h.logp.data(), op.mask = mask, op.denom = denom, op.grad_scale = r.grad_scale;
+  float* out = c.s.out.ensure(c.be, 1 + SftLossOp::kStatCount);
+  op.loss = out, op.stats = out + 1;
+  if (!h.has_grad) op.dlogp = c.s.dlogp.ensure(c.be, c.N);
+  c.be.sft_loss(op);
+  c.s.has_dlogp = !h.has_grad;
+  const std::vector<float> v = c.read(1 + SftLossOp::kStatCount);
+  return {{{"loss", v[0]}, {"tokens", v[1 + SftLossOp::kTokens]}, {"nllSum", v[1 + SftLossOp::kNllSum]}}};
+}
+
+ObjectiveResult pairwise(Ctx& c, const ObjectiveRequest& r) {
+  c.need_values();
+  const int64_t P = c.pair_count(), B = c.B, T = c.T;
+  // One-hot weights at each row's reward token.
+  std::vector<float> w(static_cast<size_t>(B * T), 0.f);
+  if (!r.last.empty() && static_cast<int64_t>(r.last.size()) != B)
+    c.fail("'last' has " + std::to_string(r.last.size()) + " elements, expected one per row (" + std::to_string(B) + ")");
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t at = -1;
+    if (!r.last.empty()) {
+      at = r.last[static_cast<size_t>(b)];
+      if (at < 0 || at >= T) c.fail("last[" + std::to_string(b) + "] = " + std::to_string(at) + " is outside the row (seq " + std::to_string(T) + ")");
+    } else {
+      for (int64_t t = T - 1; t >= 0 && at < 0; --t)
+        if (c.a.mask[static_cast<size_t>(b * T + t)]) at = t;
+      if (at < 0) c.fail("row " + std::to_string(b) + " has no real token");
+    }
+    w[static_cast<size_t>(b * T + at)] = 1.f;
+  }
+  const float* wd = c.s.w.upload(c.be, w);
+  float* sums = c.s.sums.ensure(c.be, B);
+  float* dsums = c.s.dsums.ensure(c.be, B);
+  RowDotOp rd;
+  rd.rows = B, rd.cols = T, rd.x = c.a.head.values.data(), rd.w = wd, rd.out = sums;
+  c.be.row_dot(rd);
+  PairwiseLossOp op;
+  op.b = P, op.chosen = sums, op.rejected = sums + P;
+  op.margin = r.margin.empty() ? nullptr : c.pairs(c.s.pair_in, r.margin, P, "margin");
+  op.grad_scale = r.grad_scale;
+  float* out = c.s.out.ensure(c.be, 1 + PairwiseLossOp::kStatCount);
+  op.loss = out, op.stats = out + 1, op.dchosen = dsums, op.drejected = dsums + P;
+  c.be.pairwise_loss(op);
+  RowDotBackwardOp bd;
+  bd.rows = B, bd.cols = T, bd.w = wd, bd.dout = dsums, bd.dx = c.s.dvalues.ensure(c.be, c.N);
+  c.be.row_dot_backward(bd);
+  c.s.has_dvalues = true;
+  const std::vector<float> v = c.read(1 + PairwiseLossOp::kStatCount);
+  const float* st = v.data() + 1;
+  return {{{"loss", v[0]},
+           {"accuracy", st[PairwiseLossOp::kAccuracy]},
+           {"margin", st[PairwiseLossOp::kMarginMean]},
+           {"chosen", st[PairwiseLossOp::kChosenMean]},
+           {"rejected", st[PairwiseLossOp::kRejectedMean]}}};
+}
+
+ObjectiveResult dpo(Ctx& c, const ObjectiveRequest& r) {
+  c.need_logp();
+  c.no_forward_grad();
+  const int64_t P = c.pair_count(), B = c.B, T = c.T;
+  if (r.mask.empty()) c.fail("give the mask of each row's completion tokens");
+  const float* mask = c.tokens(c.s.mask, r.mask, "mask");
+  constexpr int64_t K = DpoLossOp::kStatCount;
+  // out: loss, the statistics, then the 2P sequence sums (read back with them).
+  float* out = c.s.out.ensure(c.be, 1 + K + B);
+  float* sums = c.s.sums.ensure(c.be, B);
+  float* dsums = c.s.dsums.ensure(c.be, B);
+  RowDotOp rd;
+  rd.rows = B, rd.cols = T, rd.x = c.a.head.logp.data(), rd.w = mask, rd.out = sums;
+  c.be.row_dot(rd);
+  std::vector<float> ref(r.ref_chosen);
+  if (static_cast<int64_t>(r.ref_chosen.size()) != P || static_cast<int64_t>(r.ref_rejected.size()) != P)
+    c.fail("'refChosen' and 'refRejected' need one element per pair (" + std::to_string(P) + ")");
+  ref.insert(ref.end(), r.ref_rejected.begin(), r.ref_rejected.end());
+  const float* refd = c.s.pair_in.upload(c.be, ref);
+  DpoLossOp op;
+  op.b = P, op.policy_chosen = sums, op.policy_rejected = sums + P, op.ref_chosen = refd, op.ref_rejected = refd + P;
+  op.beta = r.beta, op.label_smoothing = r.label_smoothing, op.grad_scale = r.grad_scale;
+  op.loss = out, op.stats = out + 1, op.dpolicy_chosen = dsums, op.dpolicy_rejected = dsums + P;
+  c.be.dpo_loss(op);
+  RowDotBackwardOp bd;
+  bd.rows = B, bd.cols = T, bd.w = mask, bd.dout = dsums, bd.dx = c.s.dlogp.ensure(c.be, c.N);
+  c.be.row_dot_backward(bd);
+  c.s.has_dlogp = true;
+  c.be.copy(out + 1 + K, sums, sizeof(float) * static_cast<size_t>(B));
+  const std::vector<float> v = c.read(1 + K + B);
+  const float* st = v.data() + 1;
+  double lc = 0, lr = 0;  // mean sequence log-probs, as the stage reports them
+  for (int64_t i = 0; i < P; ++i) lc += v[static_cast<size_t>(1 + K + i)], lr += v[static_cast<size_t>(1 + K + P + i)];
+  return {{{"loss", v[0]},
+           {"accuracy", st[DpoLossOp::kAccuracy]},
+           {"rewardsChosen", st[DpoLossOp::kChosenReward]},
+           {"rewardsRejected", st[DpoLossOp::kRejectedReward]},
+           {"margin", st[DpoLossOp::kMargin]},
+           {"logpsChosen", P ? lc / static_cast<double>(P) : 0.0},
+           {"logpsRejected", P ? lr / static_cast<double>(P) : 0.0},
+           {"pairs", static_cast<double>(P)}}};
+}
+
+ObjectiveResult ppo(Ctx& c, const ObjectiveRequest& r) {
+  const bool policy = c.t.train_logp(), critic = c.t.train_values();
+  if (!policy && !critic) c.fail("the training forward computed neither log-probs nor values");
+  if (policy) {
+    c.no_forward_grad();
+    if (r.old_logp.empty() || r.advantages.empty()) c.fail("the policy part (a forward with logp) needs 'oldLogp' and 'advantages'");
+  }
+  if (critic && (r.returns.empty() || r.old_values.empty()))
+    c.fail("the value part (a forward with values) needs 'returns' and 'oldValues'");
+  if (r.mask.empty()) c.fail("give the mask of the tokens in the loss");
+  const HeadActs& h = c.a.head;
+  LossState& s = c.s;
+  PpoLossOp op;
+  op.n = c.N;
+  op.mask = c.tokens(s.mask, r.mask, "mask");
+  if (policy) {
+    op.logp = h.logp.data();
+    op.old_logp = c.tokens(s.old_logp, r.old_logp, "oldLogp");
+    op.advantages = c.tokens(s.advantages, r.advantages, "advantages");
+    op.ref_logp = r.ref_logp.empty() ? nullptr : c.tokens(s.ref_logp, r.ref_logp, "refLogp");
+    op.entropy = h.entropy.data();
+    op.dlogp = s.dlogp.ensure(c.be, c.N);
+    op.dentropy = r.ent_coef != 0.f ? s.dentropy.ensure(c.be, c.N) : nullptr;
+  } else {  // value loss alone: a zero advantage makes the surrogate 0 (ratio 1)
+    const float* z = s.zeros.zeros(c.be, c.N);
+    op.logp = op.old_logp = op.advantages = z;
+  }
+  if (critic) {
+    op.values = h.values.data();
+    op.returns = c.tokens(s.returns, r.returns, "returns");
+    op.old_values = c.tokens(s.old_values, r.old_values, "oldValues");
+    op.dvalues = s.dvalues.ensure(c.be, c.N);
+  }
+  op.clip_range = r.clip_range, op.clip_range_value = r.clip_range_value, op.vf_coef = r.vf_coef;
+  op.kl_coef = r.kl_coef, op.kl_estimator = r.kl_estimator, op.ent_coef = r.ent_coef, op.grad_scale = r.grad_scale;
+  constexpr int64_t K = PpoLossOp::kStatCount;
+  float* out = s.out.ensure(c.be, 1 + K);
+  op.loss = out, op.stats = out + 1;
+  c.be.ppo_loss(op);
+  s.has_dlogp = op.dlogp != nullptr;
+  s.has_dentropy = op.dentropy != nullptr;
+  s.has_dvalues = op.dvalues != nullptr;
+  const std::vector<float> v = c.read(1 + K);
+  const float* st = v.data() + 1;
+  return {{{"loss", v[0]},
+           {"pgLoss", st[PpoLossOp::kPgLoss]},
+           {"vfLoss", st[PpoLossOp::kVfLoss]},
+           {"kl", st[PpoLossOp::kKl]},
+           {"entropy", st[PpoLossOp::kEntropy]},
+           {"approxKl", st[PpoLossOp::kApproxKl]},
+           {"clipfrac", st[PpoLossOp::kClipfrac]},
+           {"vfClipfrac", st[PpoLossOp::kVfClipfrac]},
+           {"ratio", st[PpoLossOp::kRatioMean]},
+           {"tokens", st[PpoLossOp::kTokens]}}};
+}
+
+}  // namespace
+
+ObjectiveResult run_objective(Transformer& t, const ObjectiveRequest& req) {
+  static const char* names[] = {"sft", "pairwise", "dpo", "ppo"};
+  const char* what = names[static_cast<int>(req.kind)];
+  if (!t.has_train_outputs()) throw Error(code::kArgument, std::string(what) + " loss: call the training forward first");
+  const Acts& a = t.train_acts();
+  Ctx c{t, t.backend(), a, t.loss_state(), a.batch, a.seq, a.rows, what};
+  c.s.clear();  // a loss call replaces the gradients of an earlier one
+  switch (req.kind) {
+    case ObjectiveKind::kSft: return sft(c, req);
+    case ObjectiveKind::kPairwise: return pairwise(c, req);
+    case ObjectiveKind::kDpo: return dpo(c, req);
+    case ObjectiveKind::kPpo: return ppo(c, req);
+  }
+  throw Error(code::kArgument, "loss: unknown kind");
+}
+
+}  // namespace rlhf::model

@@ -1,0 +1,69 @@
+// The training objectives on the model's own backend: one loss call runs the
+// loss kernels (ops/op_args.h: sft_loss, pairwise_loss, dpo_loss, ppo_loss,
+// with row_dot / row_dot_backward for the per-sequence reductions) over the
+// outputs the last training forward left in backend memory (HeadActs: logp,
+// entropy, values in the row layout [batch, seq]), writes the gradients of
+// those outputs into backend buffers (Transformer::loss_state()) that the
+// next backward() takes, and reads back only the scalars: the loss and its
+// statistics. A stage runs forward (download: false) -> loss -> backward()
+// with no host arrays; per micro-batch only what the host knows goes down
+// (masks, reference log-probs, rollout arrays) and a few floats come back.
+//
+// Layouts of the host inputs: per-token arrays are [batch, seq-1] as the
+// forward's logp (position t: the prediction of token t+1; for PPO's critic,
+// the value of the prefix ids[..t], TRL's values[context_length - 1 : -1]);
+// per-row arrays [batch]; per-pair arrays [batch / 2] (chosen rows first,
+// then rejected rows, in one forward).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "../ops/op_args.h"
+#include "transformer.h"
+
+namespace rlhf::model {
+
+enum class ObjectiveKind { kSft, kPairwise, kDpo, kPpo };
+
+struct ObjectiveRequest {
+  ObjectiveKind kind = ObjectiveKind::kSft;
+  float grad_scale = 1.f;  // the gradients are of grad_scale * loss (the loss itself is not scaled)
+
+  // sft: the loss mask (empty: the one given to the forward as sftMask) and
+  // the denominator (has_denom false: the forward's, else max(1, sum(mask))).
+  // With a gradient given to the forward (lmGrad / sftMask) the loss call
+  // only measures; without one it leaves dlogp.
+  // dpo: the completion tokens of each row (required). ppo: the tokens in
+  // the loss (required).
+  std::vector<float> mask;  // [batch, seq-1]
+  float denom = 0.f;
+  bool has_denom = false;
+
+  // pairwise (reward model): the score of each row is its value at index
+  // last[row] (empty: each row's last real token by the forward's attention
+  // mask); the margin of each pair or empty.
+  std::vector<int32_t> last;  // [batch]
+  std::vector<float> margin;  // [batch / 2]
+
+  // dpo: reference sequence log-prob sums (a separate non-training forward).
+  std::vector<float> ref_chosen, ref_rejected;  // [batch / 2]
+  float beta = 0.1f, label_smoothing = 0.f;
+
+  // ppo: the policy part needs old_logp and advantages (and the forward's
+  // logp), the value part returns and old_values (and the forward's values);
+  // a forward with only one of the two runs that part alone.
+  std::vector<float> old_logp, advantages, ref_logp, returns, old_values;  // [batch, seq-1]
+  float clip_range = 0.2f, clip_range_value = 0.2f, vf_coef = 0.1f, kl_coef = 0.f, ent_coef = 0.f;
+  KlEstimator kl_estimator = KlEstimator::kK1;
+};
+
+// Named scalars, "loss" first.
+struct ObjectiveResult {
+  std::vector<std::pair<std::string, double>> stats;
+};
+
+ObjectiveResult run_objective(Transformer& t, const ObjectiveRequest& req);
+
+}  // namespace rlhf::model
