@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { fromNative, callNative, RlhfError } from '../errors';
 import type { NativeAdapterModule, NativeModel, NativeStepOptions } from '../native';
 import type { ModelConfig } from '../model/config';
-import { ADAPTER_HEAD_TENSOR, readAdapterConfig } from '../model/peft';
+import { ADAPTER_HEAD_TENSOR, readAdapterConfig, writeAdapterConfig } from '../model/peft';
 import { openSafetensors } from '../safetensors';
 import { runForward, type ForwardInput, type ForwardOutput } from './forward';
 import {
@@ -246,24 +246,16 @@ export class Trainer {
     if (!lora) throw new RlhfError('E_ARGUMENT', 'saveLora: no adapter is active');
     fs.mkdirSync(dir, { recursive: true });
     callNative(() => this.handle.saveAdapter(path.join(dir, 'adapter_model.safetensors')));
-    const gpt2 = this.config.arch === 'gpt2';
-    const cfg = {
-      peft_type: 'LORA',
-      task_type: this.config.head === 'score' || lora.head ? 'SEQ_CLS' : 'CAUSAL_LM',
-      base_model_name_or_path: baseModel,
+    writeAdapterConfig(dir, {
       r: lora.r,
-      lora_alpha: lora.alpha,
-      lora_dropout: lora.dropout,
-      use_rslora: lora.rslora,
-      target_modules: [...lora.targets].sort(),
-      fan_in_fan_out: gpt2,
-      bias: 'none',
-      modules_to_save: lora.head ? ['classifier', 'score'] : null,
-      init_lora_weights: true,
-      inference_mode: true,
-    };
-    const tmp = path.join(dir, `adapter_config.json.tmp-${process.pid}`);
-    fs.writeFileSync(tmp, JSON.stringify(cfg, null, 2) + '\n');
-    fs.renameSync(tmp, path.join(dir, 'adapter_config.json'));
+      loraAlpha: lora.alpha,
+      loraDropout: lora.dropout,
+      useRslora: lora.rslora,
+      targetModules: lora.targets,
+      fanInFanOut: this.config.arch === 'gpt2',
+      seqCls: this.config.head === 'score' || lora.head,
+      savesHead: lora.head,
+      baseModel,
+    });
   }
 }

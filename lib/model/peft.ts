@@ -58,6 +58,49 @@ export function readAdapterConfig(dir: string): AdapterConfig {
   };
 }
 
+/** What adapter_config.json records of an adapter this package wrote. */
+export interface AdapterConfigOut {
+  r: number;
+  loraAlpha: number;
+  loraDropout: number;
+  useRslora: boolean;
+  targetModules: readonly string[];
+  /** GPT-2's Conv1D modules: PEFT records fan_in_fan_out. */
+  fanInFanOut: boolean;
+  /** The model scores sequences (reward model, critic): task_type SEQ_CLS. */
+  seqCls: boolean;
+  /** The adapter holds the score head: modules_to_save lists it. */
+  savesHead: boolean;
+  baseModel: string | null;
+}
+
+/** Writes `dir`/adapter_config.json in PEFT's layout (through a temporary name, renamed when complete). */
+export function writeAdapterConfig(dir: string, c: AdapterConfigOut): void {
+  const cfg = {
+    peft_type: 'LORA',
+    task_type: c.seqCls ? 'SEQ_CLS' : 'CAUSAL_LM',
+    base_model_name_or_path: c.baseModel,
+    r: c.r,
+    lora_alpha: c.loraAlpha,
+    lora_dropout: c.loraDropout,
+    use_rslora: c.useRslora,
+    target_modules: [...c.targetModules].sort(),
+    fan_in_fan_out: c.fanInFanOut,
+    bias: 'none',
+    modules_to_save: c.savesHead ? ['classifier', 'score'] : null,
+    init_lora_weights: true,
+    inference_mode: true,
+  };
+  const tmp = path.join(dir, `adapter_config.json.tmp-${process.pid}`);
+  fs.writeFileSync(tmp, JSON.stringify(cfg, null, 2) + '\n');
+  fs.renameSync(tmp, path.join(dir, 'adapter_config.json'));
+}
+
+/** A PEFT adapter folder (adapter_config.json and no config.json of its own), not a model folder. */
+export function isAdapterDir(dir: string): boolean {
+  return fs.existsSync(path.join(dir, 'adapter_config.json')) && !fs.existsSync(path.join(dir, 'config.json'));
+}
+
 export function loraScale(cfg: AdapterConfig): number {
   return cfg.useRslora ? cfg.loraAlpha / Math.sqrt(cfg.r) : cfg.loraAlpha / cfg.r;
 }

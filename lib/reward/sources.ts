@@ -21,7 +21,7 @@ import * as path from 'node:path';
 import { RlhfError } from '../errors';
 import { loadModel, type Model } from '../engine/model';
 import { openModelFolder } from '../model/folder';
-import { ADAPTER_HEAD_TENSOR, adapterHead, readAdapterConfig } from '../model/peft';
+import { ADAPTER_HEAD_TENSOR, adapterHead, isAdapterDir, readAdapterConfig } from '../model/peft';
 import { openSafetensors } from '../safetensors';
 import type { ModelConfig } from '../model/config';
 import { loadTokenizer } from '../tokenizer/tokenizer';
@@ -241,7 +241,7 @@ function checkRewardModel(cfg: ModelConfig, dir: string, flag: string): void {
  * `rm` stage saves by default) on the base named by its adapter_config.json.
  */
 export function rewardModelWeights(dir: string, flag = '--reward-model'): { base: string; adapter: string | null } {
-  const isAdapter = fs.existsSync(path.join(dir, 'adapter_config.json')) && !fs.existsSync(path.join(dir, 'config.json'));
+  const isAdapter = isAdapterDir(dir);
   if (!isAdapter) {
     const f = openModelFolder(dir);
     const cfg = f.config;

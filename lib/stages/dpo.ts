@@ -27,6 +27,7 @@ import { callNative, RlhfError } from '../errors';
 import { native, type NativeForwardResult } from '../native';
 import type { ForwardOutput, Model } from '../engine/model';
 import type { Trainer } from '../engine/train';
+import { spanMask } from '../engine/objectives';
 import { loadTokenizer, type Tokenizer } from '../tokenizer/tokenizer';
 import { splitEval } from '../data/sft-data';
 import { identicalWarning, loadPreferenceData, type PreferenceDataStats, type PreferenceExample } from '../data/preference-data';
@@ -380,18 +381,26 @@ function dpoMethod(): SupervisedMethod<ResolvedDpoConfig, PreferenceExample, { p
       ` (beta ${cfg.beta}${cfg.labelSmoothing ? `, label smoothing ${cfg.labelSmoothing}` : ''})`,
     planStep: (micro) => ({ pairs: micro.reduce((s, rows) => s + rows.length, 0) }),
     async microBatch({ cfg, trainer }, examples, plan, rows) {
-      const ref: RefLogps = { chosen: Float32Array.from(rows, (i) => refs!.train.chosen[i]), rejected: Float32Array.from(rows, (i) => refs!.train.rejected[i]) };
-      const r = await dpoMicroBatch(trainer, examples, ref, { ...lossOpts(cfg), gradScale: rows.length / plan.pairs });
-      const n = rows.length, mean = (a: Float32Array) => a.reduce((x, y) => x + y, 0);
+      const batch = packDpoBatch(examples);
+      const n = rows.length;
+      await trainer.forward({ inputIds: batch.inputIds, download: false });
+      const r = await trainer.dpoLoss({
+        mask: spanMask(batch.seq, batch.spans),
+        refChosen: Float32Array.from(rows, (i) => refs!.train.chosen[i]),
+        refRejected: Float32Array.from(rows, (i) => refs!.train.rejected[i]),
+        ...lossOpts(cfg),
+        gradScale: n / plan.pairs,
+      });
+      await trainer.backward({});
       return {
-        inputTokens: r.tokens,
-        loss: r.loss.loss * n,
-        rewardsChosen: r.loss.rewardsChosen * n,
-        rewardsRejected: r.loss.rewardsRejected * n,
-        accuracy: r.loss.accuracy * n,
-        margin: r.loss.margin * n,
-        logpsChosen: mean(r.policy.chosen),
-        logpsRejected: mean(r.policy.rejected),
+        inputTokens: batch.tokens,
+        loss: r.loss * n,
+        rewardsChosen: r.rewardsChosen * n,
+        rewardsRejected: r.rewardsRejected * n,
+        accuracy: r.accuracy * n,
+        margin: r.margin * n,
+        logpsChosen: r.logpsChosen * n,
+        logpsRejected: r.logpsRejected * n,
       };
     },
     stepFigures: (x, { pairs: n }) => ({

@@ -193,16 +193,11 @@ export const RM_METHOD: SupervisedMethod<ResolvedRmConfig, PreferenceExample, Pa
   planStep: (micro) => ({ n: micro.reduce((s, m) => s + m.length, 0) }),
   async microBatch({ cfg, trainer }, part, plan) {
     const b = pairBatch(part);
-    const f = await trainer.forward({ inputIds: b.ids, values: true, logp: false });
-    const seq = f.seq, n = part.length;
-    const r = Float32Array.from(b.last, (t, row) => f.values![row][t]);
-    const s = pairwiseLoss(r.subarray(0, n), r.subarray(n), marginsOf(part, cfg.useMargin), n / plan.n);
-    const dvalues = new Float32Array(2 * n * seq);
-    for (let i = 0; i < n; i++) {
-      dvalues[i * seq + b.last[i]] = s.dchosen![i];
-      dvalues[(n + i) * seq + b.last[n + i]] = s.drejected![i];
-    }
-    await trainer.backward({ dvalues });
+    const n = part.length;
+    // Chosen rows then rejected rows; the reward of a row is its value at its last token.
+    await trainer.forward({ inputIds: b.ids, values: true, logp: false, download: false });
+    const s = await trainer.pairwiseLoss({ last: b.last, margins: marginsOf(part, cfg.useMargin), gradScale: n / plan.n });
+    await trainer.backward({});
     return { inputTokens: b.tokens, loss: s.loss * n, accuracy: s.accuracy * n, margin: s.margin * n, chosen: s.chosen * n, rejected: s.rejected * n };
   },
   stepFigures: (x, { n }) => ({

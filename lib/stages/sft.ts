@@ -142,12 +142,12 @@ export const SFT_METHOD: SupervisedMethod<ResolvedSftConfig, SftExample, { denom
     const b = packSftBatch(examples);
     // The masked mean NLL's gradient, -mask / denom, does not depend on the
     // log-probs: given to the forward, the LM head computes its gradient in
-    // the same pass over the logits (no recomputation).
-    const lmGrad = sftLoss(new Float32Array(b.mask.length), b.mask, denom).dlogp!;
-    const f = (await trainer.forward({ inputIds: b.inputIds, lmGrad })) as ForwardOutput & { flat: NativeForwardResult };
-    const r = sftLoss(f.flat.logp!, b.mask, denom, false);
+    // the same pass over the logits (no recomputation); the loss call then
+    // measures the NLL on the device.
+    await trainer.forward({ inputIds: b.inputIds, sftLoss: { mask: b.mask, denom }, download: false });
+    const s = await trainer.sftLoss();
     await trainer.backward({});
-    return { inputTokens: b.tokens, nll: r.nllSum };
+    return { inputTokens: b.tokens, nll: s.nllSum };
   },
   stepFigures(sums, { denom }) {
     return { loss: denom > 0 ? sums.nll / denom : 0, head: {}, counts: { tokens: denom } };
