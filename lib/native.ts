@@ -266,7 +266,7 @@ export interface NativeModel {
   setDropoutCounter(n: number): void;
   loadOptimizerState(path: string): void;
   generate(req: NativeGenerateRequest): Promise<NativeGenerateResult>;
-  info(): { parameters: number; weightsDtype: 'f32' | 'bf16'; vocab: number; hidden: number; layers: number; hasLmHead: boolean; hasScoreHead: boolean; device: string; threads: number };
+  info(): { parameters: number; weightsDtype: 'f32' | 'bf16'; vocab: number; hidden: number; layers: number; hasLmHead: boolean; hasScoreHead: boolean; device: string; threads: number; transfers?: { uploads: number; uploadBytes: number; downloads: number; downloadBytes: number } };
   dispose(): void;
 }
 

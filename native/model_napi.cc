@@ -446,6 +446,15 @@ Napi::Value Model::Info(const Napi::CallbackInfo& info) {
     r.Set("hasScoreHead", m->transformer->weights().score != nullptr);
     r.Set("device", m->transformer->backend().name());
     r.Set("threads", m->transformer->backend().threads());
+    Backend::TransferCounts tc;
+    if (m->transformer->backend().transfer_counts(&tc)) {
+      Napi::Object x = Napi::Object::New(info.Env());
+      x.Set("uploads", static_cast<double>(tc.uploads));
+      x.Set("uploadBytes", static_cast<double>(tc.upload_bytes));
+      x.Set("downloads", static_cast<double>(tc.downloads));
+      x.Set("downloadBytes", static_cast<double>(tc.download_bytes));
+      r.Set("transfers", x);
+    }
     return r;
   });
 }

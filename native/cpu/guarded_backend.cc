@@ -89,10 +89,18 @@ void GuardedBackend::release(void* p) noexcept {
 void GuardedBackend::upload(void* dst, const void* host_src, size_t bytes) {
   Open open(*this);
   cpu_.upload(dst, host_src, bytes);
+  uploads_ += 1;
+  upload_bytes_ += static_cast<int64_t>(bytes);
 }
 void GuardedBackend::download(void* host_dst, const void* src, size_t bytes) {
   Open open(*this);
   cpu_.download(host_dst, src, bytes);
+  downloads_ += 1;
+  download_bytes_ += static_cast<int64_t>(bytes);
+}
+bool GuardedBackend::transfer_counts(TransferCounts* out) const {
+  out->uploads = uploads_, out->upload_bytes = upload_bytes_, out->downloads = downloads_, out->download_bytes = download_bytes_;
+  return true;
 }
 void GuardedBackend::copy(void* dst, const void* src, size_t bytes) {
   Open open(*this);

@@ -7,6 +7,7 @@
 // check's dry run on machines without one; results are the CPU backend's,
 // bit for bit. (One arena: opening and closing it is one mprotect each.)
 #pragma once
+#include <atomic>
 #include <map>
 #include <mutex>
 
@@ -33,6 +34,7 @@ class GuardedBackend final : public Backend {
   void synchronize() override {}
 
   int64_t live_allocations();  // for tests: every buffer released means none left
+  bool transfer_counts(TransferCounts* out) const override;
 
 #define RLHF_GUARDED_OP(name, Args, family) \
   void name(const Args& args) override {    \
@@ -54,6 +56,7 @@ class GuardedBackend final : public Backend {
   void protect_all(int prot);
   void reserve();  // maps the arena on first use
   CpuBackend& cpu_;
+  std::atomic<int64_t> uploads_{0}, upload_bytes_{0}, downloads_{0}, download_bytes_{0};
   std::mutex mu_;
   char* arena_ = nullptr;
   size_t arena_bytes_ = 0;

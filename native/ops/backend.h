@@ -24,6 +24,12 @@ class Backend {
   // runs the op; the model moves data in and out only through these calls, so
   // the same model code runs on any backend.
   virtual bool host_memory() const = 0;  // true: backend pointers are plain host pointers
+  // The host <-> backend copies so far, for backends that count them (the
+  // testing device cpu-guarded): false when this backend does not.
+  struct TransferCounts {
+    int64_t uploads = 0, upload_bytes = 0, downloads = 0, download_bytes = 0;
+  };
+  virtual bool transfer_counts(TransferCounts* /*out*/) const { return false; }
   virtual void* alloc(size_t bytes) = 0;  // zero-filled, 64-byte aligned at least; throws E_RESOURCE / E_CUDA
   virtual void release(void* p) noexcept = 0;
   virtual void upload(void* dst, const void* host_src, size_t bytes) = 0;
