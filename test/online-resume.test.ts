@@ -109,7 +109,7 @@ t.test('ppo: stopped by an abort after iteration 2, resumed: the same metrics an
 
   const logs: string[] = [];
   const b2 = await runPpo({ ...ppoCfg, out: cut, resume: true }, { handleSigint: false, reward: thirds(), log: (l) => logs.push(l) });
-  t.ok(logs.some((l) => /^ppo: resuming after iteration 2 /.test(l)), logs.join('\n'));
+  t.ok(logs.some((l) => /^ppo: resuming after iteration 2 /.test(l)), 'logged: resuming after iteration 2');
   t.equal(b2.resumedFrom, 2);
   t.equal(b2.steps, 5);
   t.notOk(b2.interrupted);

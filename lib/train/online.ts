@@ -19,6 +19,11 @@
  * pure function of (seed, iteration) (lib/data/batches.ts `mixSeed`), so a
  * resumed run writes the metrics of an uninterrupted one, timings aside.
  *
+ * The loop assumes nothing of PPO: a group method (GRPO, RLOO) is a rollout
+ * of G samples per prompt, a score phase that turns each group's rewards
+ * into advantages (no critic), and an update of the policy adapter alone
+ * (`adapters: ['policy']`).
+ *
  * SIGINT/SIGTERM or the abort signal: the current iteration finishes (a
  * method may drop it instead: a rollout that returns null, an update that
  * reports itself incomplete), then a checkpoint and the outputs are saved so
