@@ -1,6 +1,7 @@
 /** JSON Lines input: one object per non-blank line; errors name the file and line. */
 import * as fs from 'node:fs';
 import { RlhfError } from '../errors';
+import type { ChatMessage } from '../tokenizer/chat-template';
 
 export interface JsonlRow {
   line: number;
@@ -43,4 +44,9 @@ export function dataError(file: string, line: number, msg: string): RlhfError {
 export function intList(v: unknown, key: string, file: string, line: number): number[] {
   if (!Array.isArray(v) || !v.every((x) => Number.isInteger(x))) throw dataError(file, line, `"${key}" must be a list of integers`);
   return v as number[];
+}
+
+/** A non-empty list of {"role": string, "content": string} messages. */
+export function isMessages(v: unknown): v is ChatMessage[] {
+  return Array.isArray(v) && v.length > 0 && v.every((m) => m && typeof m === 'object' && typeof m.role === 'string' && typeof m.content === 'string');
 }

@@ -27,7 +27,7 @@
  * "safe" (boolean) and "category" (string), passed through.
  */
 import { RlhfError } from '../errors';
-import { dataError, intList, readJsonl, type JsonlRow } from './jsonl';
+import { dataError, intList, isMessages, readJsonl, type JsonlRow } from './jsonl';
 import { chatTokens, IGNORE_INDEX } from './sft-data';
 import type { Tokenizer } from '../tokenizer/tokenizer';
 import type { ChatMessage } from '../tokenizer/chat-template';
@@ -134,10 +134,6 @@ export interface PreferenceDataset {
   file: string;
   examples: PreferenceExample[];
   stats: PreferenceDataStats;
-}
-
-function isMessages(v: unknown): v is ChatMessage[] {
-  return Array.isArray(v) && v.length > 0 && v.every((m) => m && typeof m === 'object' && typeof m.role === 'string' && typeof m.content === 'string');
 }
 
 function sameMessage(a: ChatMessage, b: ChatMessage): boolean {

@@ -22,7 +22,7 @@
  * loss. labels[0] is never a target (nothing predicts the first token).
  */
 import { RlhfError } from '../errors';
-import { dataError, intList, readJsonl, type JsonlRow } from './jsonl';
+import { dataError, intList, isMessages, readJsonl, type JsonlRow } from './jsonl';
 import type { Tokenizer } from '../tokenizer/tokenizer';
 import type { ChatMessage } from '../tokenizer/chat-template';
 
@@ -86,10 +86,6 @@ export interface SftDataset {
 /** labels -> the loss mask over logp positions (labels[t + 1] != -100). */
 export function lossMaskFromLabels(labels: readonly number[]): Float32Array {
   return Float32Array.from(labels.slice(1), (l) => (l === IGNORE_INDEX ? 0 : 1));
-}
-
-function isMessages(v: unknown): v is ChatMessage[] {
-  return Array.isArray(v) && v.length > 0 && v.every((m) => m && typeof m === 'object' && typeof m.role === 'string' && typeof m.content === 'string');
 }
 
 /**

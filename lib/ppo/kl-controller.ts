@@ -9,6 +9,9 @@
  * where KL_t is the mean over the batch of each response's summed KL and
  * n_steps the number of rollouts the update stands for (TRL's
  * AdaptiveKLController: `update(current, n_steps)`, target 6, horizon 10000).
+ *
+ * The coefficient is a controller's whole state: a checkpoint stores
+ * `value`, and `klController(value, target, horizon)` restores it.
  */
 import { RlhfError } from '../errors';
 

@@ -7,10 +7,15 @@
  *                          A/B and head, or every base weight), by the
  *                          names the trainer lists them under
  *   optimizer.safetensors  AdamW moments (or SGD momentum) and step count
+ * or, for a stage that trains several adapters on one base (PPO's policy
+ * and critic), the same two files per adapter in `<adapter>/` (the manifest
+ * lists the adapter names), or none at all for a stage that keeps its
+ * weights in folders of its own (rejection sampling's rounds);
  *   trainer_state.json     {step, extra}: what the stage needs to continue
  *                          exactly (held-out figures so far, elapsed time,
  *                          LoRA dropout forward count, KL coefficient, ...)
- *   manifest.json          {stage, step, config_hash, config, inputs, files}:
+ *   manifest.json          {stage, step, config_hash, config, inputs, files,
+ *                          adapters?}:
  *                          the options that shape training (hashed), the
  *                          fingerprints of the input files, and the size and
  *                          SHA-256 of every file above
@@ -64,8 +69,10 @@ export interface CheckpointManifest {
   config: Record<string, unknown>;
   /** Input files by role (e.g. data): size and SHA-256. */
   inputs: Record<string, { path: string; bytes: number; sha256: string }>;
-  /** Every other file of the checkpoint: size and SHA-256. */
+  /** Every other file of the checkpoint (paths relative to it, '/'-separated): size and SHA-256. */
   files: Record<string, { bytes: number; sha256: string }>;
+  /** The adapters saved in subfolders of their own; absent: the active trainable set at the top. */
+  adapters?: string[];
 }
 
 export function sha256File(file: string): string {
@@ -115,6 +122,32 @@ export interface ResumeState {
   step: number;
   dir: string;
   extra: Record<string, unknown>;
+  /** The adapters the checkpoint holds in subfolders (absent: the active set). */
+  adapters?: string[];
+}
+
+/** Which trainable sets a checkpoint holds: the active one (absent), or the named adapters, each in its own subfolder ([] for none). */
+export type CheckpointSets = readonly string[] | undefined;
+
+/** The files a checkpoint of `adapters` must hold besides trainer_state.json. */
+function weightFiles(adapters: CheckpointSets): string[] {
+  if (!adapters) return ['trainable.safetensors', 'optimizer.safetensors'];
+  return adapters.flatMap((a) => [`${a}/trainable.safetensors`, `${a}/optimizer.safetensors`]);
+}
+
+/** Every file under `dir`, '/'-separated paths relative to it, sorted. */
+function filesUnder(dir: string, prefix = ''): string[] {
+  const out: string[] = [];
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    if (e.isDirectory()) out.push(...filesUnder(path.join(dir, e.name), `${prefix}${e.name}/`));
+    else if (e.isFile()) out.push(prefix + e.name);
+  }
+  return out.sort();
+}
+
+/** An adapter name as a folder name: letters, digits, '.', '_', '-' only. */
+function checkAdapterName(name: string): void {
+  if (!/^[A-Za-z0-9._-]+$/.test(name) || name === '.' || name === '..') throw new RlhfError('E_ARGUMENT', `checkpoint adapter name '${name}' must be a plain folder name`);
 }
 
 export class StageCheckpoints {
@@ -140,22 +173,39 @@ export class StageCheckpoints {
     return (this.inputPrints = out);
   }
 
-  /** Writes checkpoint-<step> (atomically, with its manifest) and prunes older ones beyond `keep`. */
-  async save(step: number, trainer: Trainer, opts: { full?: boolean; sourceModel?: string; extra?: Record<string, unknown> } = {}): Promise<string> {
+  /**
+   * Writes checkpoint-<step> (atomically, with its manifest) and prunes older
+   * ones beyond `keep`. `adapters`: the named adapters (each made active in
+   * turn, so the caller chooses the active one afterwards), or [] for none
+   * (then `trainer` may be null); absent: the trainer's active set.
+   */
+  async save(step: number, trainer: Trainer | null, opts: { full?: boolean; sourceModel?: string; extra?: Record<string, unknown>; adapters?: readonly string[] } = {}): Promise<string> {
     const config = this.opts.config ?? {};
     const inputs = this.inputs();
+    const sets = opts.adapters;
+    sets?.forEach(checkAdapterName);
+    if (!trainer && (!sets || sets.length)) throw new RlhfError('E_ARGUMENT', 'StageCheckpoints.save: trainable weights need a trainer');
     const ck = await saveCheckpoint(
       this.dir,
       step,
       async (tmp) => {
-        const tensors = trainer.trainable().map((t) => ({ name: t.name, dtype: 'F32' as const, shape: t.shape, data: trainer.read(t.name) }));
-        writeSafetensors(path.join(tmp, 'trainable.safetensors'), tensors, { format: 'rlhf-native-trainable' });
-        await trainer.saveOptimizerState(path.join(tmp, 'optimizer.safetensors'));
+        const writeSet = async (dir: string) => {
+          fs.mkdirSync(dir, { recursive: true });
+          const tensors = trainer!.trainable().map((t) => ({ name: t.name, dtype: 'F32' as const, shape: t.shape, data: trainer!.read(t.name) }));
+          writeSafetensors(path.join(dir, 'trainable.safetensors'), tensors, { format: 'rlhf-native-trainable' });
+          await trainer!.saveOptimizerState(path.join(dir, 'optimizer.safetensors'));
+        };
+        if (!sets) await writeSet(tmp);
+        else
+          for (const a of sets) {
+            trainer!.useAdapter(a);
+            await writeSet(path.join(tmp, a));
+          }
         writeFileAtomic(path.join(tmp, 'trainer_state.json'), JSON.stringify({ step, extra: opts.extra ?? {} }, null, 2) + '\n');
         const files: CheckpointManifest['files'] = {};
-        for (const f of fs.readdirSync(tmp).sort()) {
+        for (const f of filesUnder(tmp)) {
           const p = path.join(tmp, f);
-          if (fs.statSync(p).isFile()) files[f] = { bytes: fs.statSync(p).size, sha256: sha256File(p) };
+          files[f] = { bytes: fs.statSync(p).size, sha256: sha256File(p) };
         }
         const manifest: CheckpointManifest = {
           format: MANIFEST_FORMAT,
@@ -167,6 +217,7 @@ export class StageCheckpoints {
           config: hashedConfig(config),
           inputs,
           files,
+          ...(sets ? { adapters: [...sets] } : {}),
         };
         writeFileAtomic(path.join(tmp, MANIFEST), JSON.stringify(manifest, null, 2) + '\n');
       },
@@ -206,8 +257,8 @@ export class StageCheckpoints {
       if (size !== want.bytes) return `${name} has ${size} bytes, the manifest says ${want.bytes}`;
       if (sha256File(p) !== want.sha256) return `${name} does not match its SHA-256 in the manifest`;
     }
-    for (const need of ['trainable.safetensors', 'optimizer.safetensors', 'trainer_state.json'])
-      if (!(need in m.files)) return `the manifest does not list ${need}`;
+    if (m.adapters !== undefined && !(Array.isArray(m.adapters) && m.adapters.every((a) => typeof a === 'string'))) return `${MANIFEST} has a bad adapter list`;
+    for (const need of [...weightFiles(m.adapters), 'trainer_state.json']) if (!(need in m.files)) return `the manifest does not list ${need}`;
     return null;
   }
 
@@ -240,7 +291,7 @@ export class StageCheckpoints {
         throw new RlhfError('E_CHECKPOINT', `${stateFile}: cannot read the checkpoint state (${(e as Error).message})`, { where: stateFile });
       }
       if (state.step !== ck.step) throw new RlhfError('E_CHECKPOINT', `${stateFile}: step ${String(state.step)} does not match the folder name`, { where: stateFile });
-      return { step: ck.step, dir: ck.dir, extra: (state.extra as Record<string, unknown>) ?? {} };
+      return { step: ck.step, dir: ck.dir, extra: (state.extra as Record<string, unknown>) ?? {}, ...(manifest.adapters ? { adapters: manifest.adapters } : {}) };
     }
     throw new RlhfError(
       'E_CHECKPOINT',
@@ -278,9 +329,28 @@ export class StageCheckpoints {
     });
   }
 
-  /** Puts the checkpoint's trainable values and optimizer state into the trainer's active set. */
-  restore(state: ResumeState, trainer: Trainer): void {
-    const file = path.join(state.dir, 'trainable.safetensors');
+  /**
+   * Puts the checkpoint's trainable values and optimizer state into the
+   * trainer: its active set, or (`adapters`) each named adapter, which the
+   * checkpoint must hold, leaving the last one active.
+   */
+  restore(state: ResumeState, trainer: Trainer, adapters?: readonly string[]): void {
+    const want = adapters ? [...adapters] : undefined;
+    if (JSON.stringify(state.adapters ?? null) !== JSON.stringify(want ?? null))
+      throw new RlhfError(
+        'E_CHECKPOINT',
+        `${state.dir} holds ${state.adapters ? `the adapters ${state.adapters.join(', ')}` : 'one trainable set'}, this run trains ${want ? `the adapters ${want.join(', ')}` : 'one trainable set'}: the checkpoint is for another stage`,
+        { where: state.dir },
+      );
+    if (!want) return this.restoreSet(state.dir, trainer);
+    for (const a of want) {
+      trainer.useAdapter(a);
+      this.restoreSet(path.join(state.dir, a), trainer);
+    }
+  }
+
+  private restoreSet(dir: string, trainer: Trainer): void {
+    const file = path.join(dir, 'trainable.safetensors');
     const st = openSafetensors(file);
     try {
       for (const t of trainer.trainable()) {
@@ -294,6 +364,6 @@ export class StageCheckpoints {
     } finally {
       st.close();
     }
-    trainer.loadOptimizerState(path.join(state.dir, 'optimizer.safetensors'));
+    trainer.loadOptimizerState(path.join(dir, 'optimizer.safetensors'));
   }
 }

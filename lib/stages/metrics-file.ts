@@ -3,9 +3,11 @@ import * as fs from 'node:fs';
 /**
  * metrics.jsonl for a stage run: a fresh file, or on resume the existing
  * lines up to the checkpoint's step (later lines belong to the steps that
- * run again), so the finished file matches an uninterrupted run's.
+ * run again), so the finished file matches an uninterrupted run's. `keep`
+ * picks the lines to keep instead of `step <= keepThroughStep` (a stage
+ * whose records are not numbered by step, e.g. rejection sampling's rounds).
  */
-export function openMetrics(file: string, keepThroughStep: number): number {
+export function openMetrics(file: string, keepThroughStep: number, keep?: (record: Record<string, unknown>) => boolean): number {
   if (keepThroughStep > 0 && fs.existsSync(file)) {
     const kept = fs
       .readFileSync(file, 'utf8')
@@ -13,7 +15,8 @@ export function openMetrics(file: string, keepThroughStep: number): number {
       .filter((l) => {
         if (!l.trim()) return false;
         try {
-          return (JSON.parse(l).step ?? Infinity) <= keepThroughStep;
+          const m = JSON.parse(l);
+          return keep ? keep(m) : (m.step ?? Infinity) <= keepThroughStep;
         } catch {
           return false;
         }

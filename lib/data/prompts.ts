@@ -1,5 +1,6 @@
 /**
- * Prompt data for on-policy stages, JSONL in TRL's prompt-only formats:
+ * Prompt data for the online stages (PPO, rejection sampling, and the
+ * sampling methods to come), JSONL in TRL's prompt-only formats:
  *
  *   {"prompt": "..."}             encoded with the tokenizer's special tokens
  *                                 (as SFT encodes prompts);
@@ -9,14 +10,15 @@
  *
  * messages are rendered with the chat template and the generation prompt.
  * Optional "safe": true/false marks the prompt for a safety reward model.
- * Every problem is an E_DATA error naming file:line.
+ * Other keys are ignored. Every problem is an E_DATA error naming file:line.
  */
-import { dataError, readJsonl } from '../data/jsonl';
+import { dataError, isMessages, readJsonl } from './jsonl';
 import { RlhfError } from '../errors';
 import type { ChatMessage } from '../tokenizer/chat-template';
 import type { Tokenizer } from '../tokenizer/tokenizer';
 
-export interface PromptRow {
+/** What a stage needs of a prompt to sample from it and score the result. */
+export interface PromptIds {
   /** 1-based line in its file. */
   line: number;
   /** What the model sees, as text: the string, or the rendered chat template. */
@@ -25,30 +27,41 @@ export interface PromptRow {
   safe?: boolean;
 }
 
+export interface PromptRow extends PromptIds {
+  /** The prompt as given: a string or chat messages. */
+  prompt: string | ChatMessage[];
+}
+
 export interface LoadPromptsOptions {
   tokenizer: Tokenizer;
   /** Longest prompt allowed, in tokens (the context minus the response budget). */
   maxPromptTokens: number;
-  /** Why the limit is what it is, for the error message. */
-  limitReason: string;
+  /** Why the limit is what it is, for the error message ("the model's context 256 minus --max-new-tokens 200"). */
+  limitReason?: string;
+  /** The whole message of a prompt over the limit, instead of the one built from `limitReason`. */
+  tooLong?: (tokens: number, max: number) => string;
+  /** The message of a row with neither "prompt" nor "messages". */
+  missing?: string;
   vocabSize: number;
 }
 
-function isMessages(v: unknown): v is ChatMessage[] {
-  return Array.isArray(v) && v.length > 0 && v.every((m) => m && typeof m === 'object' && typeof m.role === 'string' && typeof m.content === 'string');
-}
+const MISSING = 'expected {"prompt": "..."}, {"prompt": [messages]} or {"messages": [...]} ("prompt" is missing)';
 
-export function loadPrompts(file: string, opts: LoadPromptsOptions): PromptRow[] {
-  const rows = readJsonl(file);
+/** Reads a prompt file: `loadPrompts(file, opts)`, or `loadPrompts(file, tokenizer, opts)`. */
+export function loadPrompts(file: string, opts: LoadPromptsOptions): PromptRow[];
+export function loadPrompts(file: string, tokenizer: Tokenizer, opts: Omit<LoadPromptsOptions, 'tokenizer'>): PromptRow[];
+export function loadPrompts(file: string, a: LoadPromptsOptions | Tokenizer, b?: Omit<LoadPromptsOptions, 'tokenizer'>): PromptRow[] {
+  const opts: LoadPromptsOptions = b ? { ...b, tokenizer: a as Tokenizer } : (a as LoadPromptsOptions);
   const tok = opts.tokenizer;
-  return rows.map((row) => {
+  const tooLong = opts.tooLong ?? ((n: number, max: number) => `the prompt is ${n} tokens, longer than ${max}${opts.limitReason ? ` (${opts.limitReason})` : ''}`);
+  return readJsonl(file).map((row) => {
     const v = row.value;
     const err = (msg: string) => dataError(file, row.line, msg);
-    let text: string, ids: number[];
+    let prompt: string | ChatMessage[], text: string, ids: number[];
     try {
       if (typeof v.prompt === 'string') {
         if (v.prompt.length === 0) throw err('"prompt" is empty');
-        text = v.prompt;
+        prompt = text = v.prompt;
         ids = tok.encode(text, { addSpecialTokens: true });
       } else {
         let msgs: ChatMessage[];
@@ -61,8 +74,9 @@ export function loadPrompts(file: string, opts: LoadPromptsOptions): PromptRow[]
           while (msgs.length && msgs[msgs.length - 1].role === 'assistant') msgs.pop();
           if (msgs.length === 0) throw err('"messages" has only assistant messages: there is no prompt');
         } else {
-          throw err('expected {"prompt": "..."}, {"prompt": [messages]} or {"messages": [...]} ("prompt" is missing)');
+          throw err(opts.missing ?? MISSING);
         }
+        prompt = msgs;
         text = tok.applyChatTemplate(msgs, { addGenerationPrompt: true });
         ids = tok.encode(text, { addSpecialTokens: false });
       }
@@ -70,12 +84,12 @@ export function loadPrompts(file: string, opts: LoadPromptsOptions): PromptRow[]
       if (e instanceof RlhfError && !e.message.startsWith(`${file}:`)) throw err(e.message);
       throw e;
     }
-    if ('safe' in v && v.safe !== null && typeof v.safe !== 'boolean') throw err('"safe" must be true or false');
+    if (v.safe !== undefined && v.safe !== null && typeof v.safe !== 'boolean') throw err('"safe" must be true or false');
     if (ids.length === 0) throw err('the prompt encodes to no tokens');
-    if (ids.length > opts.maxPromptTokens) throw err(`the prompt is ${ids.length} tokens, longer than ${opts.maxPromptTokens} (${opts.limitReason})`);
+    if (ids.length > opts.maxPromptTokens) throw err(tooLong(ids.length, opts.maxPromptTokens));
     const bad = ids.find((id) => id < 0 || id >= opts.vocabSize);
     if (bad !== undefined) throw err(`token id ${bad} is outside the model's vocabulary (${opts.vocabSize})`);
-    const out: PromptRow = { line: row.line, text, ids };
+    const out: PromptRow = { line: row.line, prompt, text, ids };
     if (typeof v.safe === 'boolean') out.safe = v.safe;
     return out;
   });
