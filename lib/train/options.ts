@@ -25,8 +25,8 @@ export type Check = (v: any, r: Record<string, any>) => string | null; // eslint
 export interface OptionSpec {
   /** Help text (one line). */
   describe: string;
-  /** 'list': comma- or space-separated on the CLI, string[] in the API. */
-  type: 'number' | 'string' | 'boolean' | 'list';
+  /** 'list': comma- or space-separated on the CLI, string[] in the API; 'object': a nested section (API and recipe files only). */
+  type: 'number' | 'string' | 'boolean' | 'list' | 'object';
   choices?: readonly string[];
   /** The default (absent: none, resolved to null). */
   default?: unknown;
@@ -359,7 +359,7 @@ export function addCliOptions<T>(y: Argv<T>, table: OptionTable<unknown>, overri
   let a = y;
   for (const [k, s0] of Object.entries(table) as [string, OptionSpec][]) {
     const s = { ...s0, ...(overrides[k] ?? {}) };
-    if (s.apiOnly) continue;
+    if (s.apiOnly || s.type === 'object') continue;
     const name = flagOf(k, s).slice(2);
     const describe = s.describe + helpDefault(s);
     a = a.option(name, {

@@ -5,7 +5,8 @@
 import { sftStage } from '../stages/sft';
 import { rmStage } from '../stages/reward';
 import { dpoStage } from '../stages/dpo';
-import { ppoStage, rsStage } from './online-stages';
+import { rsStage } from '../stages/rejection/stage';
+import { ppoStage } from '../stages/ppo/stage';
 import type { AnyStage } from './stage';
 
 export const STAGES = {

@@ -86,6 +86,7 @@ export type AnyStage = Stage<any, any, any>; // eslint-disable-line @typescript-
 function typeOk(s: OptionSpec, v: unknown): boolean {
   if (v === null || v === undefined) return true;
   if (s.type === 'list') return v === 'all-linear' || (Array.isArray(v) && v.every((x) => typeof x === 'string'));
+  if (s.type === 'object') return typeof v === 'object' && !Array.isArray(v);
   return typeof v === s.type;
 }
 
@@ -95,7 +96,6 @@ function typeOk(s: OptionSpec, v: unknown): boolean {
  */
 export function isStageConfig<C>(table: OptionTable<C>, input: Record<string, unknown>, where: string): input is Record<string, unknown> & C {
   const rows = table as Record<string, OptionSpec>;
-  if (Object.keys(rows).length === 0) return true; // a stage without an option table checks its own config
   for (const [k, v] of Object.entries(input)) {
     const s = rows[k];
     if (!s) throw new RlhfError('E_CONFIG', `${where}: unknown option '${k}' (the stage's options: ${Object.keys(rows).join(', ')})`, { where });

@@ -272,7 +272,7 @@ export function resolvePpoConfig(cfg: PpoConfig): ResolvedPpoConfig {
   if (cfg.adapter && cfg.critic) {
     // New adapters (the critic) still use these; only refuse them when nothing new is created.
     const given = (['loraR', 'loraAlpha', 'loraTargets', 'rslora'] as const).filter((k) => cfg[k] !== undefined);
-    arg(given.length === 0, `${given.map(flagOf).join(', ')} cannot be given with --adapter and --critic: both adapters come from their folders`);
+    arg(given.length === 0, `${given.map((k) => flagOf(k)).join(', ')} cannot be given with --adapter and --critic: both adapters come from their folders`);
   }
   arg(!cfg.safetyModel || !!cfg.rewardModel, '--safety-model needs --reward-model (the helpfulness reward model)');
   const r = resolveOptions(PPO_OPTIONS, cfg) as ResolvedPpoConfig;

@@ -17,11 +17,11 @@ export const ppoStage: Stage<PpoConfig, PpoResult> = {
      * reference is that base alone; rewards and the critic come from the
      * recipe's reward model(s).
      */
-    inputs(ctx) {
+    inputs(ctx, given) {
       const rs = ctx.outputs.get('rs');
       return {
         ...ctx.rewardOptions(),
-        ...(rs?.adapter ? { adapter: rs.adapter } : {}),
+        ...(rs?.adapter && !given.adapter ? { adapter: rs.adapter } : {}),
         model: rs?.model && !rs.adapter ? rs.model : ctx.base,
       };
     },

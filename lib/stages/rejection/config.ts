@@ -199,7 +199,7 @@ const ROWS: OptionTable<RsConfig> = {
   evalSamples: { type: 'number', check: checks.posInt(), describe: 'samples per held-out prompt', group: 'Evaluation' },
   ...SFT_ROWS,
   // An object: API and recipe files only (OptionSpec has no object type yet; isStageConfig compares typeof).
-  sft: { type: 'object' as OptionSpec['type'], apiOnly: true, describe: 'per-round SFT options (the same as the top-level ones; these win)', group: 'Finetuning (each round)' },
+  sft: { type: 'object', apiOnly: true, describe: 'per-round SFT options (the same as the top-level ones; these win)', group: 'Finetuning (each round)' },
   ...CHECKPOINT_OPTIONS,
 };
 
@@ -249,7 +249,7 @@ export function resolveRsConfig(cfg: RsConfig, opts: { rewardSource?: boolean } 
 export function sftRoundConfig(cfg: ResolvedRsConfig, round: number, model: string, adapter: string | null, data: string, out: string): SftConfig {
   const sft: RsSftOptions = { ...cfg.sft };
   if (cfg.full || adapter) for (const k of LORA_SHAPE_KEYS) delete sft[k];
-  const given = LORA_SHAPE_KEYS.filter((k) => cfg.sft[k] !== undefined).map(flagOf);
+  const given = LORA_SHAPE_KEYS.filter((k) => cfg.sft[k] !== undefined).map((k) => flagOf(k));
   arg(!cfg.full || given.length === 0, `LoRA options do not apply with --full: ${given.join(', ')}`);
   arg(!cfg.adapter || given.length === 0, `${given.join(', ')} cannot be given with --adapter: r, alpha and targets come from the adapter's adapter_config.json`);
   const c: SftConfig = { ...sft, model, data, out, adapter, full: cfg.full, seed: (cfg.seed + round) % 2 ** 31, nanPolicy: cfg.nanPolicy, device: cfg.device };

@@ -17,5 +17,7 @@ export const rsStage: Stage<RsConfig, RsResult> = {
     outputs: async (r) => ({ model: r.policy.model, ...(r.policy.adapter ? { adapter: r.policy.adapter } : {}) }),
     summary: (r) => ({ eval: { reward_before: r.initialReward, reward_after: r.finalReward }, steps: r.rounds }),
     progress: (m) => ({ reward: m.mean_reward as number | undefined }),
+    /** In the run's metrics an rs record's step is its round (0: the eval before round 1), as its checkpoints are counted; a round's SFT step is sft_step. */
+    record: (m) => ({ ...m, ...(m.step !== undefined ? { sft_step: m.step } : {}), reward: m.mean_reward, step: Number(m.round ?? 0) }),
   },
 };
