@@ -41,6 +41,6 @@ export * from './reward/sources';
 export * from './run/run-folder';
 export * from './stages/dpo';
 export * from './data/preference-data';
-export { runPpo, resolvePpoConfig, PPO_DEFAULTS, PPO_OPTIONS, ppoStage, ppoLoss, criticGradients, policyGradients, iterationPrompts, klPerToken, shapeRewards, gae, maskedWhiten, klController, AdaptiveKlController, FixedKlController, loadPrompts } from './stages/ppo';
+export { runPpo, resolvePpoConfig, PPO_DEFAULTS, PPO_OPTIONS, ppoStage, criticGradients, policyGradients, iterationPrompts, klPerToken, shapeRewards, gae, maskedWhiten, klController, AdaptiveKlController, FixedKlController, loadPrompts } from './stages/ppo';
 export type { PpoConfig, ResolvedPpoConfig, PpoHooks, PpoResult, PpoEvalResult, PpoStepMetrics, PpoUpdateOptions, Rollout as PpoRollout, KlController, PromptRow } from './stages/ppo';
 export * as demo from './demo';

@@ -32,8 +32,8 @@
  */
 export { PPO_DEFAULTS, PPO_OPTIONS, resolvePpoConfig } from './ppo/config';
 export type { PpoConfig, ResolvedPpoConfig, PpoStepMetrics, PpoHooks, PpoEvalResult, PpoResult } from './ppo/config';
-export { ppoLoss, criticGradients, policyGradients } from './ppo/loss';
-export type { PpoLossInput, PpoLossOutput, Rollout, PpoUpdateOptions } from './ppo/loss';
+export { criticGradients, policyGradients } from './ppo/loss';
+export type { Rollout, PpoUpdateOptions } from './ppo/loss';
 export { runPpo, PPO_ADAPTERS } from './ppo/run';
 export { ppoStage } from './ppo/stage';
 export { mixSeed, iterationPrompts } from '../data/batches';

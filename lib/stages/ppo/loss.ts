@@ -1,95 +1,14 @@
 /**
- * PPO's loss, in one place: the native `ppo_loss` op over a minibatch's
- * response tokens, and the gradients of the critic (clipped value loss) and
- * of the policy (clipped surrogate and entropy bonus) accumulated over
- * micro-batches. See docs/losses.md.
+ * PPO's loss, in one place: the gradients of the critic (clipped value loss)
+ * and of the policy (clipped surrogate and entropy bonus) of a minibatch,
+ * accumulated over micro-batches. Each micro-batch is a training forward
+ * that keeps its outputs on the model's device, one loss call there
+ * (`ppo_loss` over the response tokens, lib/engine/objectives.ts) and a
+ * backward from the gradients it left. See docs/losses.md.
  */
-import { callNative } from '../../errors';
-import { native } from '../../native';
 import type { Trainer } from '../../engine/train';
+import { scatterTokens } from '../../engine/objectives';
 import type { PromptIds } from '../../data/prompts';
-
-export interface PpoLossInput {
-  logp: Float32Array;
-  oldLogp: Float32Array;
-  advantages: Float32Array;
-  values?: Float32Array;
-  oldValues?: Float32Array;
-  returns?: Float32Array;
-  refLogp?: Float32Array;
-  entropy?: Float32Array;
-  clipRange: number;
-  clipRangeValue: number;
-  vfCoef: number;
-  entCoef?: number;
-  gradScale?: number;
-  /** Which gradients to return. */
-  want?: { dlogp?: boolean; dvalues?: boolean; dentropy?: boolean };
-}
-
-export interface PpoLossOutput {
-  loss: number;
-  pgLoss: number;
-  vfLoss: number;
-  kl: number;
-  entropy: number;
-  approxKl: number;
-  clipfrac: number;
-  vfClipfrac: number;
-  ratioMean: number;
-  tokens: number;
-  dlogp?: Float32Array;
-  dvalues?: Float32Array;
-  dentropy?: Float32Array;
-}
-
-/** The native `ppo_loss` op over n tokens (no mask: the caller passes response tokens only). */
-export function ppoLoss(x: PpoLossInput): PpoLossOutput {
-  const n = x.logp.length;
-  const loss = new Float32Array(1), stats = new Float32Array(9);
-  const dlogp = x.want?.dlogp ? new Float32Array(n) : undefined;
-  const dvalues = x.want?.dvalues ? new Float32Array(n) : undefined;
-  const dentropy = x.want?.dentropy ? new Float32Array(n) : undefined;
-  callNative(() =>
-    native().runOp('ppo_loss', {
-      n,
-      logp: x.logp,
-      oldLogp: x.oldLogp,
-      advantages: x.advantages,
-      values: x.values,
-      oldValues: x.oldValues,
-      returns: x.returns,
-      refLogp: x.refLogp,
-      entropy: x.entropy,
-      clipRange: x.clipRange,
-      clipRangeValue: x.clipRangeValue,
-      vfCoef: x.vfCoef,
-      klCoef: 0,
-      entCoef: x.entCoef ?? 0,
-      gradScale: x.gradScale ?? 1,
-      loss,
-      dlogp,
-      dvalues,
-      dentropy,
-      stats,
-    }),
-  );
-  return {
-    loss: loss[0],
-    pgLoss: stats[0],
-    vfLoss: stats[1],
-    kl: stats[2],
-    entropy: stats[3],
-    approxKl: stats[4],
-    clipfrac: stats[5],
-    vfClipfrac: stats[6],
-    ratioMean: stats[7],
-    tokens: stats[8],
-    dlogp,
-    dvalues,
-    dentropy,
-  };
-}
 
 /** One sampled response and everything the update needs about it. */
 export interface Rollout {
@@ -132,37 +51,14 @@ function microBatches(mb: readonly Rollout[], size: number): Rollout[][] {
   return out;
 }
 
-/**
- * Gathers a training forward's per-position outputs at the response tokens
- * (width w per row: seq - 1 for log-probs, seq for values), and scatters
- * gradients back into the same flat layout, zero elsewhere.
- */
-function gatherResponses(flat: Float32Array, w: number, rs: readonly Rollout[], n: number): Float32Array {
-  const out = new Float32Array(n);
-  let k = 0;
-  rs.forEach((r, b) => {
-    const P = r.prompt.ids.length, L = r.response.length;
-    out.set(flat.subarray(b * w + P - 1, b * w + P - 1 + L), k);
-    k += L;
-  });
-  return out;
+/** Per-token arrays of the rollouts at their response tokens, in a training forward's flat [rows, seq-1] layout (zeros elsewhere). */
+function responseTokens(seq: number, rs: readonly Rollout[], pick: (r: Rollout) => ArrayLike<number>): Float32Array {
+  return scatterTokens(
+    seq,
+    rs.map((r) => ({ start: r.prompt.ids.length - 1, values: pick(r) })),
+  );
 }
-function scatterResponses(src: Float32Array, w: number, rs: readonly Rollout[]): Float32Array {
-  const dst = new Float32Array(rs.length * w);
-  let k = 0;
-  rs.forEach((r, b) => {
-    const P = r.prompt.ids.length, L = r.response.length;
-    dst.set(src.subarray(k, k + L), b * w + P - 1);
-    k += L;
-  });
-  return dst;
-}
-function concat(rs: readonly Rollout[], pick: (r: Rollout) => Float32Array, n: number): Float32Array {
-  const out = new Float32Array(n);
-  let k = 0;
-  for (const r of rs) out.set(pick(r), k), (k += r.response.length);
-  return out;
-}
+const ones = (r: Rollout) => new Float32Array(r.response.length).fill(1);
 
 /**
  * The critic's gradients for one minibatch (zeroed first, accumulated over
@@ -178,22 +74,18 @@ export async function criticGradients(trainer: Trainer, mb: readonly Rollout[], 
   for (const rs of microBatches(mb, o.microBatchSize)) {
     const n = rs.reduce((s, r) => s + r.response.length, 0);
     const ids = rs.map((r) => [...r.prompt.ids, ...r.response]);
-    const f = await trainer.forward({ inputIds: ids, values: true, logp: false });
-    const lp = concat(rs, (r) => r.oldLogp, n);
-    const out = ppoLoss({
-      logp: lp,
-      oldLogp: lp,
-      advantages: new Float32Array(n),
-      values: gatherResponses(f.flat.values!, f.seq, rs, n),
-      oldValues: concat(rs, (r) => r.oldValues, n),
-      returns: concat(rs, (r) => r.returns, n),
+    // Values only: the loss call runs the clipped value loss alone, on the model's backend.
+    const { seq } = await trainer.forward({ inputIds: ids, values: true, logp: false, download: false });
+    const out = await trainer.ppoLoss({
+      mask: responseTokens(seq, rs, ones),
+      returns: responseTokens(seq, rs, (r) => r.returns),
+      oldValues: responseTokens(seq, rs, (r) => r.oldValues),
       clipRange: o.cliprange,
       clipRangeValue: o.cliprangeValue,
       vfCoef: o.vfCoef,
       gradScale: n / total,
-      want: { dvalues: true },
     });
-    await trainer.backward({ dvalues: scatterResponses(out.dvalues!, f.seq, rs) });
+    await trainer.backward({});
     vf += out.vfLoss * n;
     vclip += out.vfClipfrac * n;
     seqTokens += ids.reduce((s, x) => s + x.length, 0);
@@ -218,26 +110,24 @@ export async function policyGradients(
   for (const rs of microBatches(mb, o.microBatchSize)) {
     const n = rs.reduce((s, r) => s + r.response.length, 0);
     const ids = rs.map((r) => [...r.prompt.ids, ...r.response]);
-    const f = await trainer.forward({ inputIds: ids, logp: true, temperature: o.temperature });
-    const w = f.seq - 1;
-    const out = ppoLoss({
-      logp: gatherResponses(f.flat.logp!, w, rs, n),
-      oldLogp: concat(rs, (r) => r.oldLogp, n),
-      advantages: concat(rs, (r) => r.advantages, n),
-      entropy: gatherResponses(f.flat.entropy!, w, rs, n),
+    // Log-probs (and entropies) only: the loss call runs the clipped surrogate and the entropy bonus, on the model's backend.
+    const { seq } = await trainer.forward({ inputIds: ids, logp: true, temperature: o.temperature, download: false });
+    const out = await trainer.ppoLoss({
+      mask: responseTokens(seq, rs, ones),
+      oldLogp: responseTokens(seq, rs, (r) => r.oldLogp),
+      advantages: responseTokens(seq, rs, (r) => r.advantages),
       clipRange: o.cliprange,
       clipRangeValue: o.cliprangeValue,
       vfCoef: o.vfCoef,
       entCoef: o.entCoef,
       gradScale: n / total,
-      want: { dlogp: true, dentropy: o.entCoef > 0 },
     });
-    await trainer.backward({ dlogp: scatterResponses(out.dlogp!, w, rs), dentropy: out.dentropy ? scatterResponses(out.dentropy, w, rs) : undefined });
+    await trainer.backward({});
     pg += out.pgLoss * n;
     ent += out.entropy * n;
     akl += out.approxKl * n;
     clip += out.clipfrac * n;
-    ratio += out.ratioMean * n;
+    ratio += out.ratio * n;
     seqTokens += ids.reduce((s, x) => s + x.length, 0);
   }
   const d = total || 1;
