@@ -9,14 +9,14 @@ import { RlhfError } from '../../lib/errors';
 import { loadRecipeConfig, resolveRecipeConfig, mergeOptions, normaliseTree, RECIPES } from '../../lib/recipes/config';
 import { runRecipe } from '../../lib/recipes/run';
 
-const STAGE_ARGS = ['sft', 'rm', 'rm_helpfulness', 'rm-helpfulness', 'rmHelpfulness', 'rm_safety', 'rm-safety', 'rmSafety', 'rs', 'ppo'];
+const STAGE_ARGS = ['sft', 'rm', 'rm_helpfulness', 'rm-helpfulness', 'rmHelpfulness', 'rm_safety', 'rm-safety', 'rmSafety', 'rs', 'ppo', 'dpo'];
 const fmt = (v: unknown) => (typeof v === 'number' ? (Number.isInteger(v) ? String(v) : Math.abs(v) >= 1e-3 && Math.abs(v) < 1e4 ? v.toFixed(4) : v.toExponential(3)) : v === null || v === undefined ? '-' : String(v));
 
 /** The command line's recipe-level and per-stage overrides. */
 function overridesOf(argv: Record<string, unknown>): Record<string, unknown> {
   const o: Record<string, unknown> = {};
   for (const k of ['recipe', 'model', 'out', 'seed', 'device']) if (argv[k] !== undefined) o[k] = argv[k];
-  if (o.device === 'auto' && argv.config) delete o.device; // yargs' default must not beat the file
+  if (o.device === 'auto' && (argv.config || argv.resume)) delete o.device; // yargs' default must not beat the file or the run's saved config
   for (const k of STAGE_ARGS) if (argv[k] !== undefined) o[k.replace(/-/g, '_')] = argv[k];
   return o;
 }
