@@ -24,8 +24,9 @@ class Backend {
   // runs the op; the model moves data in and out only through these calls, so
   // the same model code runs on any backend.
   virtual bool host_memory() const = 0;  // true: backend pointers are plain host pointers
-  // The host <-> backend copies so far, for backends that count them (the
-  // testing device cpu-guarded): false when this backend does not.
+  // The host <-> backend copies so far, over every model on this backend, for
+  // backends that count them (the testing device cpu-guarded): false when
+  // this backend does not.
   struct TransferCounts {
     int64_t uploads = 0, upload_bytes = 0, downloads = 0, download_bytes = 0;
   };
