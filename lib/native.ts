@@ -142,7 +142,10 @@ export interface NativeForwardRequest {
   sftMask?: Float32Array;
   /** The masked mean's denominator with sftMask (<= 0 or absent: max(1, sum(mask))). */
   sftDenom?: number;
-  /** Training forward: false keeps the outputs in backend memory for loss() (the result has no arrays). Default true. */
+  /**
+   * false keeps the outputs in backend memory only (the result has no arrays):
+   * for loss() after a training forward, for evalLoss() after an inference forward. Default true.
+   */
   download?: boolean;
 }
 
@@ -181,6 +184,18 @@ export type NativeLossRequest =
       entCoef?: number;
       gradScale?: number;
     };
+
+/**
+ * One evaluation call (Model.evalLoss): the loss kernels on the model's
+ * backend over the last INFERENCE forward's outputs, no gradients (nothing is
+ * left for backward()). The layouts of NativeLossRequest; 'sequenceLogps'
+ * returns the per-row masked sums of logp. See native/model/objective.h.
+ */
+export type NativeEvalLossRequest =
+  | { kind: 'sft'; mask: Float32Array; denom?: number }
+  | { kind: 'pairwise'; last?: Int32Array; margin?: Float32Array }
+  | { kind: 'dpo'; mask: Float32Array; refChosen: Float32Array; refRejected: Float32Array; beta: number; labelSmoothing?: number }
+  | { kind: 'sequenceLogps'; mask: Float32Array };
 
 export interface NativeForwardResult {
   logp?: Float32Array;
@@ -239,6 +254,10 @@ export interface NativeModel {
   backward(grads: { dlogp?: Float32Array; dentropy?: Float32Array; dvalues?: Float32Array }): Promise<void>;
   /** The loss kernels over the last training forward's device outputs: named scalars ('loss' first); the gradients stay for backward(). */
   loss(req: NativeLossRequest): Promise<Record<string, number>>;
+  /** Per-row masked sums of the last inference forward's logp [batch], on the device. */
+  evalLoss(req: Extract<NativeEvalLossRequest, { kind: 'sequenceLogps' }>): Promise<{ sums: Float32Array }>;
+  /** The loss kernels over the last inference forward's device outputs, no gradients: named scalars ('loss' first). */
+  evalLoss(req: Exclude<NativeEvalLossRequest, { kind: 'sequenceLogps' }>): Promise<Record<string, number>>;
   /** One optimizer step; a NaN/infinite gradient norm is not applied (`skipped`, nothing changes). */
   step(opts: NativeStepOptions): Promise<{ gradNorm: number; clipCoef: number; step: number; skipped: boolean }>;
   zeroGrad(): void;

@@ -108,6 +108,7 @@ class Model : public Napi::ObjectWrap<Model> {
   Napi::Value ForwardTrain(const Napi::CallbackInfo& info);
   Napi::Value Backward(const Napi::CallbackInfo& info);
   Napi::Value Loss(const Napi::CallbackInfo& info);
+  Napi::Value EvalLoss(const Napi::CallbackInfo& info);
   Napi::Value ZeroGrad(const Napi::CallbackInfo& info);
   Napi::Value Step(const Napi::CallbackInfo& info);
   Napi::Value Trainable(const Napi::CallbackInfo& info);
@@ -262,7 +263,7 @@ Napi::Object Model::Init(Napi::Env env, Napi::Object exports) {
                                   InstanceMethod("enableFullTraining", &Model::EnableFullTraining),
                                   InstanceMethod("createAdapter", &Model::CreateAdapter),
                                   InstanceMethod("forwardTrain", &Model::ForwardTrain), InstanceMethod("backward", &Model::Backward),
-                                  InstanceMethod("loss", &Model::Loss),
+                                  InstanceMethod("loss", &Model::Loss), InstanceMethod("evalLoss", &Model::EvalLoss),
                                   InstanceMethod("zeroGrad", &Model::ZeroGrad), InstanceMethod("step", &Model::Step),
                                   InstanceMethod("trainable", &Model::Trainable),
                                   InstanceMethod("readTrainable", &Model::ReadTrainable),
@@ -342,8 +343,8 @@ Napi::Value queue_forward(const Napi::CallbackInfo& info, std::shared_ptr<Loaded
   b.model = std::move(model);
   parse_forward(ArgObject(info, 0, "request"), b);
   b.train = train;
-  if (!train && (!b.lm_grad.empty() || !b.sft_mask.empty() || !b.req.download))
-    throw Error(code::kArgument, "forward: 'lmGrad', 'sftMask' and 'download: false' are for the training forward only");
+  if (!train && (!b.lm_grad.empty() || !b.sft_mask.empty()))
+    throw Error(code::kArgument, "forward: 'lmGrad' and 'sftMask' are for the training forward only");
   return queue(
       info.Env(), std::move(b),
       [](ForwardBaton& b) {
@@ -588,6 +589,26 @@ struct LossBaton {
   model::ObjectiveRequest req;
   model::ObjectiveResult out;
 };
+
+// The request fields of the loss kinds (the kind itself is the caller's).
+void parse_objective(const Napi::Object& o, model::ObjectiveRequest& r) {
+  r.mask = opt_f32(o, "mask");
+  Napi::Value denom = o.Get("denom");
+  r.has_denom = !denom.IsUndefined() && !denom.IsNull();
+  r.denom = static_cast<float>(num(o, "denom", 0));
+  Napi::Value last = o.Get("last");
+  if (!last.IsUndefined() && !last.IsNull()) {
+    if (!last.IsTypedArray() || last.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+      throw Error(code::kArgument, "loss: 'last' must be an Int32Array");
+    Napi::Int32Array la = last.As<Napi::Int32Array>();
+    r.last.assign(la.Data(), la.Data() + la.ElementLength());
+  }
+  r.margin = opt_f32(o, "margin");
+  r.ref_chosen = opt_f32(o, "refChosen");
+  r.ref_rejected = opt_f32(o, "refRejected");
+  r.beta = static_cast<float>(num(o, "beta", 0.1));
+  r.label_smoothing = static_cast<float>(num(o, "labelSmoothing", 0));
+}
 }  // namespace
 
 Napi::Value Model::Loss(const Napi::CallbackInfo& info) {
@@ -603,22 +624,7 @@ Napi::Value Model::Loss(const Napi::CallbackInfo& info) {
     else if (kind == "ppo") r.kind = model::ObjectiveKind::kPpo;
     else throw Error(code::kArgument, "loss: 'kind' must be 'sft', 'pairwise', 'dpo' or 'ppo', got '" + kind + "'");
     r.grad_scale = static_cast<float>(num(o, "gradScale", 1));
-    r.mask = opt_f32(o, "mask");
-    Napi::Value denom = o.Get("denom");
-    r.has_denom = !denom.IsUndefined() && !denom.IsNull();
-    r.denom = static_cast<float>(num(o, "denom", 0));
-    Napi::Value last = o.Get("last");
-    if (!last.IsUndefined() && !last.IsNull()) {
-      if (!last.IsTypedArray() || last.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-        throw Error(code::kArgument, "loss: 'last' must be an Int32Array");
-      Napi::Int32Array la = last.As<Napi::Int32Array>();
-      r.last.assign(la.Data(), la.Data() + la.ElementLength());
-    }
-    r.margin = opt_f32(o, "margin");
-    r.ref_chosen = opt_f32(o, "refChosen");
-    r.ref_rejected = opt_f32(o, "refRejected");
-    r.beta = static_cast<float>(num(o, "beta", 0.1));
-    r.label_smoothing = static_cast<float>(num(o, "labelSmoothing", 0));
+    parse_objective(o, r);
     r.old_logp = opt_f32(o, "oldLogp");
     r.advantages = opt_f32(o, "advantages");
     r.ref_logp = opt_f32(o, "refLogp");
@@ -639,6 +645,35 @@ Napi::Value Model::Loss(const Napi::CallbackInfo& info) {
         info.Env(), std::move(b), [](LossBaton& b) { b.out = model::run_objective(*b.model->transformer, b.req); },
         [](Napi::Env env, LossBaton& b) -> Napi::Value {
           Napi::Object r = Napi::Object::New(env);
+          for (const auto& [k, v] : b.out.stats) r.Set(k, v);
+          return r;
+        });
+  });
+}
+
+// evalLoss({kind, ...}) -> Promise<{loss, ...statistics}> or, for kind
+// 'sequenceLogps', Promise<{sums: Float32Array}>: the loss kernels on the
+// model's backend over the last inference forward's outputs, no gradients
+// (model/objective.h, evaluation mode).
+Napi::Value Model::EvalLoss(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), [&]() -> Napi::Value {
+    Napi::Object o = ArgObject(info, 0, "request");
+    LossBaton b;
+    b.model = model();
+    model::ObjectiveRequest& r = b.req;
+    r.eval = true;
+    const std::string kind = o.Get("kind").IsString() ? o.Get("kind").As<Napi::String>().Utf8Value() : "";
+    if (kind == "sft") r.kind = model::ObjectiveKind::kSft;
+    else if (kind == "pairwise") r.kind = model::ObjectiveKind::kPairwise;
+    else if (kind == "dpo") r.kind = model::ObjectiveKind::kDpo;
+    else if (kind == "sequenceLogps") r.kind = model::ObjectiveKind::kSequenceLogps;
+    else throw Error(code::kArgument, "evalLoss: 'kind' must be 'sft', 'pairwise', 'dpo' or 'sequenceLogps', got '" + kind + "'");
+    parse_objective(o, r);
+    return queue(
+        info.Env(), std::move(b), [](LossBaton& b) { b.out = model::run_objective(*b.model->transformer, b.req); },
+        [](Napi::Env env, LossBaton& b) -> Napi::Value {
+          Napi::Object r = Napi::Object::New(env);
+          if (b.req.kind == model::ObjectiveKind::kSequenceLogps) r.Set("sums", to_f32(env, b.out.sums));
           for (const auto& [k, v] : b.out.stats) r.Set(k, v);
           return r;
         });

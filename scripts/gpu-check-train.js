@@ -9,7 +9,12 @@
 //     over the training forward's device outputs, gradients left there for
 //     backward): SFT, pairwise, DPO, PPO critic and policy, one micro-batch
 //     each; every statistic within 3% (or 1e-3 absolute) of the CPU's and the
-//     adapter's gradient within 5% (relative L2) of the CPU's.
+//     adapter's gradient within 5% (relative L2) of the CPU's,
+//   - its evaluation mode (the Model's sftLoss, pairwiseLoss, dpoLoss and
+//     sequenceLogps over an inference forward's device outputs, no
+//     gradients): every statistic and per-row sum within the same bounds, and
+//     a backward({}) after the evaluations (behind a training forward with no
+//     loss call) leaves every gradient 0.
 // The device runs its matrix products in bf16 (fp32 accumulation), so the
 // losses agree to bf16 accuracy, not bit for bit: SFT losses within 3% of the
 // CPU's at every step; PPO's rollouts are sampled, and a token can flip where
@@ -140,6 +145,23 @@ async function lossApiRun(device) {
     tr.ppoLoss({ mask, returns: tokens((b, j) => Math.sin(b + j)), oldValues: tokens((b, j) => 0.1 * Math.cos(b * j)), vfCoef: 0.1, clipRangeValue: 0.2 }));
   await step('ppo policy', { temperature: 0.8 }, () =>
     tr.ppoLoss({ mask, oldLogp: tokens((b, j) => lp(b, j) + 0.3 * Math.sin(b * 3 + j)), advantages: tokens((b, j) => Math.cos(b + 2 * j)), refLogp: tokens((b, j) => lp(b, j) + 0.2 * Math.cos(b + j)), klCoef: 0.05, klEstimator: 'k3', entCoef: 0.01 }));
+  // Evaluation mode: an inference forward (outputs kept on the device), the
+  // evaluation calls, then backward({}) behind a training forward with no
+  // loss call: the gradients must stay 0 (`eval: true`: no gradient expected).
+  const evalStep = async (name, forward, call) => {
+    await tr.zeroGrad();
+    await tr.forward({ inputIds: rows, download: false });
+    await m.forward({ inputIds: rows, download: false, ...forward });
+    const r = await call();
+    out[name] = { stats: r instanceof Float32Array ? Object.fromEntries(Array.from(r, (v, i) => [`row${i}`, v])) : { ...r }, eval: true };
+    await tr.backward({});
+    out[name].grad = grads();
+  };
+  await evalStep('eval sft', {}, () => m.sftLoss({ mask, denom: 150 }));
+  await evalStep('eval pairwise', { values: true, logp: false }, () => m.pairwiseLoss({ margins: Float32Array.from([0.5, 0, 1, 0.25]) }));
+  await evalStep('eval dpo', {}, () =>
+    m.dpoLoss({ mask, refChosen: Float32Array.from(sums.slice(0, 4), (x, i) => x + 3 * Math.sin(i)), refRejected: Float32Array.from(sums.slice(4), (x, i) => x + 3 * Math.cos(i)), beta: 0.1, labelSmoothing: 0.05 }));
+  await evalStep('eval sequenceLogps', {}, () => m.sequenceLogps({ mask }));
   m.dispose();
   return out;
 }
@@ -194,10 +216,13 @@ async function runTrainingParity({ device, workDir, log, exact }) {
     }
     for (let i = 0; i < a.grad.length; i++) (num += (a.grad[i] - b.grad[i]) ** 2), (den += a.grad[i] ** 2), (same &&= Object.is(a.grad[i], b.grad[i]));
     const gradRel = Math.sqrt(num / Math.max(den, 1e-300));
-    const okGrad = exact ? same : gradRel <= 0.05 && den > 0;
+    // Evaluation kinds: no gradient at all, on either device.
+    const okGrad = a.eval ? a.grad.every((v) => v === 0) && b.grad.every((v) => v === 0) : exact ? same : gradRel <= 0.05 && den > 0;
     const pass = Number.isFinite(worstStat) && worstStat <= (exact ? 0 : 0.03) && okGrad;
     checks.push({ what: `loss API: ${kind}`, pass, cpu: a.stats, [device]: b.stats, worstStatRel: worstStat, gradRelL2: gradRel, seconds });
-    log(`  loss API ${kind}: loss ${a.stats.loss.toFixed(5)} / ${b.stats.loss.toFixed(5)} (cpu / ${device}), worst stat rel diff ${worstStat.toExponential(2)}, gradient rel L2 diff ${gradRel.toExponential(2)} ${pass ? 'ok' : 'FAIL'}`);
+    const [k0] = Object.keys(a.stats);
+    const gradNote = a.eval ? `gradients left: ${okGrad ? 'none' : 'SOME'}` : `gradient rel L2 diff ${gradRel.toExponential(2)}`;
+    log(`  loss API ${kind}: ${k0} ${a.stats[k0].toFixed(5)} / ${b.stats[k0].toFixed(5)} (cpu / ${device}), worst stat rel diff ${worstStat.toExponential(2)}, ${gradNote} ${pass ? 'ok' : 'FAIL'}`);
   }
   return checks;
 }

@@ -50,6 +50,7 @@ default_tests=(
   test/ops-lora.test.ts
   test/device-guarded.test.ts
   test/engine-objectives.test.ts
+  test/engine-eval-loss.test.ts
   test/engine-golden.test.ts
   test/engine-generate.test.ts
   test/engine-adapter.test.ts

@@ -541,7 +541,7 @@ t.test('the loss API refuses what it cannot do', async (t) => {
   const inputIds = PAIRS.map((r) => r.ids), seq = seqOf(PAIRS);
   const mask = spanMask(seq, spansOf(PAIRS));
   await t.rejects(tr.sftLoss({ mask }), { code: 'E_ARGUMENT', message: /call the training forward first/ }, 'no training forward yet');
-  await t.rejects(m.forward({ inputIds, download: false }), { code: 'E_ARGUMENT', message: /training forward only/ }, 'download: false on the inference forward');
+  await t.rejects(m.forward({ inputIds, sftLoss: { mask } }), { code: 'E_ARGUMENT', message: /training forward only/ }, 'a loss gradient given to the inference forward');
   await tr.forward({ inputIds: inputIds.slice(0, 3), download: false });
   await t.rejects(tr.dpoLoss({ mask: spanMask(seq, spansOf(PAIRS.slice(0, 3))), refChosen: new Float32Array(1), refRejected: new Float32Array(1), beta: 0.1 }), { message: /even count/ }, 'DPO needs chosen and rejected rows');
   await tr.forward({ inputIds, download: false });

@@ -39,10 +39,11 @@ export interface ForwardInput {
    */
   sftLoss?: { mask: Float32Array; denom?: number };
   /**
-   * Training forward only. false: the outputs (logp, entropy, values) stay in
-   * the engine's memory for a loss call (lib/engine/objectives.ts) and
-   * nothing per token comes back (`logp`, `values`, `flat.*` are absent).
-   * Default true.
+   * false: the outputs (logp, entropy, values) stay in the engine's memory
+   * for a loss call (lib/engine/objectives.ts: the Trainer's after a training
+   * forward, the Model's evaluation calls after an inference forward) and
+   * nothing per token comes back (`logp`, `entropy`, `values`, `flat.*` are
+   * absent; `lastLogits` still comes back). Default true.
    */
   download?: boolean;
 }

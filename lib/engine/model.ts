@@ -13,6 +13,19 @@ import { architectureName, readModelConfig } from '../model/config';
 import { checkMemory, type MemoryShape } from './memory';
 import { Trainer } from './train';
 import { runForward, type ForwardInput, type ForwardOutput } from './forward';
+import {
+  dpoEvaluation,
+  pairwiseEvaluation,
+  sequenceLogpsEvaluation,
+  sftEvaluation,
+  type DpoEvalInput,
+  type DpoLossStats,
+  type PairwiseEvalInput,
+  type PairwiseLossStats,
+  type SequenceLogpsInput,
+  type SftEvalInput,
+  type SftLossStats,
+} from './objectives';
 
 // The forward pass's types and helpers live in ./forward (shared with ./train
 // without an import circle); re-exported here, where they always were.
@@ -153,6 +166,32 @@ export class Model {
 
   async forward(input: ForwardInput): Promise<ForwardOutput> {
     return runForward(this.live(), this.config, input, false);
+  }
+
+  // Evaluation losses (lib/engine/objectives.ts): the loss kernels on the
+  // model's device over the outputs of the last forward() (run it with
+  // `download: false` so that nothing per token comes back), no gradients;
+  // only the statistics (or, for sequenceLogps, one sum per row) come back.
+  // Refused (E_ARGUMENT) without an earlier forward().
+
+  /** SFT's masked mean NLL of the last forward's logp: {loss, tokens, nllSum}. */
+  sftLoss(input: SftEvalInput): Promise<SftLossStats> {
+    return sftEvaluation(this.live(), input);
+  }
+
+  /** The reward model's pairwise loss over the last forward's values (chosen rows, then rejected rows). */
+  pairwiseLoss(input: PairwiseEvalInput = {}): Promise<PairwiseLossStats> {
+    return pairwiseEvaluation(this.live(), input);
+  }
+
+  /** DPO's loss and implicit-reward statistics over the last forward's logp (chosen rows, then rejected rows). */
+  dpoLoss(input: DpoEvalInput): Promise<DpoLossStats> {
+    return dpoEvaluation(this.live(), input);
+  }
+
+  /** Each row's sum of the last forward's logp over `mask` (flat [batch, seq-1]): a Float32Array [batch]. */
+  sequenceLogps(input: SequenceLogpsInput): Promise<Float32Array> {
+    return sequenceLogpsEvaluation(this.live(), input);
   }
 
   async generate(input: GenerateInput): Promise<NativeGenerateResult> {

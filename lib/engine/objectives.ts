@@ -47,9 +47,28 @@
  * gradients an earlier one left; a training forward discards them; backward()
  * consumes them, and refuses a host array for an output whose gradient the
  * loss call already left on the device.
+ *
+ * Evaluation (Model methods, lib/engine/model.ts): the same kinds but PPO
+ * over the outputs of the last INFERENCE forward (`model.forward`, with
+ * `download: false` so that nothing per token comes back), computing the
+ * loss and its statistics with no gradients; nothing is left for backward()
+ * and a training loss call's pending gradients stay as they were. Held-out
+ * evaluation and DPO's reference log-probs:
+ *
+ *   await model.forward({ inputIds, download: false });
+ *   const s = await model.sftLoss({ mask });                          // {loss, tokens, nllSum}
+ *   await model.forward({ inputIds: [...chosen, ...rejected], values: true, logp: false, download: false });
+ *   const r = await model.pairwiseLoss({ margins });                  // {loss, accuracy, margin, chosen, rejected}
+ *   await model.forward({ inputIds: [...chosen, ...rejected], download: false });
+ *   const d = await model.dpoLoss({ mask, refChosen, refRejected, beta });
+ *   const sums = await model.sequenceLogps({ mask });                 // Float32Array [batch]: DPO's reference
+ *
+ * An evaluation call reads the outputs of the last `model.forward` of that
+ * model (a later forward replaces them; a training forward, generate and
+ * backward leave them alone); without one it is refused (E_ARGUMENT).
  */
 import { fromNative, RlhfError } from '../errors';
-import type { NativeLossRequest, NativeModel } from '../native';
+import type { NativeEvalLossRequest, NativeLossRequest, NativeModel } from '../native';
 
 // ------------------------------------------------------------------ statistics
 
@@ -165,6 +184,20 @@ export interface PpoLossInput {
   gradScale?: number;
 }
 
+/** Evaluation inputs: those of the training calls without gradScale; SFT's mask is required (an inference forward keeps none). */
+export interface SftEvalInput {
+  /** Loss mask, flat [batch, seq-1]. */
+  mask: Float32Array;
+  /** Denominator of the masked mean; default max(1, sum(mask)). */
+  denom?: number;
+}
+export type PairwiseEvalInput = Omit<PairwiseLossInput, 'gradScale'>;
+export type DpoEvalInput = Omit<DpoLossInput, 'gradScale'>;
+export interface SequenceLogpsInput {
+  /** Each row's completion tokens, flat [batch, seq-1] (see spanMask). */
+  mask: Float32Array;
+}
+
 // ------------------------------------------------------------------ layout helpers
 
 /** A flat [rows, seq-1] 0/1 mask with ones at positions [from, to) of each row (spans in the forward's logp layout). */
@@ -200,15 +233,26 @@ async function run(handle: NativeModel, req: NativeLossRequest): Promise<Record<
 
 const opt = <K extends string, V>(key: K, v: V | undefined | null): Partial<Record<K, V>> => (v === undefined || v === null ? {} : ({ [key]: v } as Record<K, V>));
 
+const sftStats = (r: Record<string, number>): SftLossStats => ({ loss: r.loss, tokens: r.tokens, nllSum: r.nllSum });
+const pairwiseStats = (r: Record<string, number>): PairwiseLossStats => ({ loss: r.loss, accuracy: r.accuracy, margin: r.margin, chosen: r.chosen, rejected: r.rejected });
+const dpoStats = (r: Record<string, number>): DpoLossStats => ({
+  loss: r.loss,
+  accuracy: r.accuracy,
+  rewardsChosen: r.rewardsChosen,
+  rewardsRejected: r.rewardsRejected,
+  margin: r.margin,
+  logpsChosen: r.logpsChosen,
+  logpsRejected: r.logpsRejected,
+  pairs: r.pairs,
+});
+const int32 = (x: Int32Array | readonly number[] | undefined) => (x === undefined ? undefined : x instanceof Int32Array ? x : Int32Array.from(x));
+
 export async function sftObjective(handle: NativeModel, x: SftLossInput = {}): Promise<SftLossStats> {
-  const r = await run(handle, { kind: 'sft', ...opt('mask', x.mask), ...opt('denom', x.denom), ...opt('gradScale', x.gradScale) });
-  return { loss: r.loss, tokens: r.tokens, nllSum: r.nllSum };
+  return sftStats(await run(handle, { kind: 'sft', ...opt('mask', x.mask), ...opt('denom', x.denom), ...opt('gradScale', x.gradScale) }));
 }
 
 export async function pairwiseObjective(handle: NativeModel, x: PairwiseLossInput = {}): Promise<PairwiseLossStats> {
-  const last = x.last === undefined ? undefined : x.last instanceof Int32Array ? x.last : Int32Array.from(x.last);
-  const r = await run(handle, { kind: 'pairwise', ...opt('last', last), ...opt('margin', x.margins), ...opt('gradScale', x.gradScale) });
-  return { loss: r.loss, accuracy: r.accuracy, margin: r.margin, chosen: r.chosen, rejected: r.rejected };
+  return pairwiseStats(await run(handle, { kind: 'pairwise', ...opt('last', int32(x.last)), ...opt('margin', x.margins), ...opt('gradScale', x.gradScale) }));
 }
 
 export async function dpoObjective(handle: NativeModel, x: DpoLossInput): Promise<DpoLossStats> {
@@ -221,16 +265,7 @@ export async function dpoObjective(handle: NativeModel, x: DpoLossInput): Promis
     ...opt('labelSmoothing', x.labelSmoothing),
     ...opt('gradScale', x.gradScale),
   });
-  return {
-    loss: r.loss,
-    accuracy: r.accuracy,
-    rewardsChosen: r.rewardsChosen,
-    rewardsRejected: r.rewardsRejected,
-    margin: r.margin,
-    logpsChosen: r.logpsChosen,
-    logpsRejected: r.logpsRejected,
-    pairs: r.pairs,
-  };
+  return dpoStats(r);
 }
 
 export async function ppoObjective(handle: NativeModel, x: PpoLossInput): Promise<PpoLossStats> {
@@ -262,4 +297,37 @@ export async function ppoObjective(handle: NativeModel, x: PpoLossInput): Promis
     ratio: r.ratio,
     tokens: r.tokens,
   };
+}
+
+// ------------------------------------------------------------------ evaluation calls (no gradients)
+
+async function runEval(handle: NativeModel, req: Exclude<NativeEvalLossRequest, { kind: 'sequenceLogps' }>): Promise<Record<string, number>> {
+  return handle.evalLoss(req).catch((e: unknown) => {
+    throw fromNative(e);
+  });
+}
+
+/** SFT's masked NLL over the last inference forward's logp. */
+export async function sftEvaluation(handle: NativeModel, x: SftEvalInput): Promise<SftLossStats> {
+  return sftStats(await runEval(handle, { kind: 'sft', mask: x.mask, ...opt('denom', x.denom) }));
+}
+
+/** The pairwise loss over the last inference forward's values (chosen rows, then rejected rows). */
+export async function pairwiseEvaluation(handle: NativeModel, x: PairwiseEvalInput = {}): Promise<PairwiseLossStats> {
+  return pairwiseStats(await runEval(handle, { kind: 'pairwise', ...opt('last', int32(x.last)), ...opt('margin', x.margins) }));
+}
+
+/** DPO over the last inference forward's logp (chosen rows, then rejected rows) against reference sums. */
+export async function dpoEvaluation(handle: NativeModel, x: DpoEvalInput): Promise<DpoLossStats> {
+  return dpoStats(
+    await runEval(handle, { kind: 'dpo', mask: x.mask, refChosen: x.refChosen, refRejected: x.refRejected, beta: x.beta, ...opt('labelSmoothing', x.labelSmoothing) }),
+  );
+}
+
+/** Per-row sums of the last inference forward's logp over `mask` (row_dot on the device), one per row of the forward. */
+export async function sequenceLogpsEvaluation(handle: NativeModel, x: SequenceLogpsInput): Promise<Float32Array> {
+  const r = await handle.evalLoss({ kind: 'sequenceLogps', mask: x.mask }).catch((e: unknown) => {
+    throw fromNative(e);
+  });
+  return r.sums;
 }

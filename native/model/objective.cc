@@ -6,15 +6,22 @@ namespace rlhf::model {
 
 namespace {
 
+// The outputs a loss call reads (the training forward's, or in evaluation
+// mode the inference forward's) and the scratch it works in.
 struct Ctx {
-  Transformer& t;
   Backend& be;
-  const Acts& a;
+  const HeadActs& h;                // logp, entropy, values [rows]
+  const std::vector<uint8_t>& amask;  // the forward's attention mask [batch, seq]
+  bool has_logp, has_values;
+  bool eval;  // no gradients: null gradient outputs, no row_dot_backward
   LossState& s;
   int64_t B, T, N;
   const char* what;
+  const char* forward_name() const { return eval ? "forward" : "training forward"; }
 
-  [[noreturn]] void fail(const std::string& msg) const { throw Error(code::kArgument, std::string(what) + " loss: " + msg); }
+  [[noreturn]] void fail(const std::string& msg) const {
+    throw Error(code::kArgument, std::string(what) + (eval ? " evaluation: " : " loss: ") + msg);
+  }
 
   // A host array in the caller's [batch, seq-1] layout, into `buf` in the
   // row layout [batch, seq] (0 at each row's last position).
@@ -33,13 +40,23 @@ struct Ctx {
     return B / 2;
   }
   void need_logp() const {
-    if (!t.train_logp()) fail("the training forward computed no log-probs (logp: false)");
+    if (!has_logp) fail(std::string("the ") + forward_name() + " computed no log-probs (logp: false)");
   }
   void need_values() const {
-    if (!t.train_values()) fail("the training forward computed no values (values: true)");
+    if (!has_values) fail(std::string("the ") + forward_name() + " computed no values (values: true)");
   }
   void no_forward_grad() const {
-    if (a.head.has_grad) fail("the training forward was given the LM-head gradient (lmGrad / sftMask); run it without one");
+    if (h.has_grad) fail("the training forward was given the LM-head gradient (lmGrad / sftMask); run it without one");
+  }
+  // The per-row masked sums of logp (row_dot with the completion mask) into
+  // s.sums; the mask, uploaded, is returned for row_dot_backward.
+  const float* logp_sums(const std::vector<float>& m) const {
+    if (m.empty()) fail("give the mask of each row's completion tokens");
+    const float* mask = tokens(s.mask, m, "mask");
+    RowDotOp rd;
+    rd.rows = B, rd.cols = T, rd.x = h.logp.data(), rd.w = mask, rd.out = s.sums.ensure(be, B);
+    be.row_dot(rd);
+    return mask;
   }
   // The scalars: `count` floats at the start of s.out, in one read back.
   std::vector<float> read(int64_t count) const { return s.out.to_host(count); }
@@ -47,7 +64,7 @@ struct Ctx {
 
 ObjectiveResult sft(Ctx& c, const ObjectiveRequest& r) {
   c.need_logp();
-  const HeadActs& h = c.a.head;
+  const HeadActs& h = c.h;
   const float* mask = nullptr;
   float denom = r.has_denom ? r.denom : 0.f;
   if (!r.mask.empty()) {
@@ -56,19 +73,20 @@ ObjectiveResult sft(Ctx& c, const ObjectiveRequest& r) {
     mask = h.sft_mask.data();
     if (!r.has_denom) denom = h.sft_denom;
   } else {
-    c.fail("give the loss mask (or pass it to the training forward as sftMask)");
+    c.fail(c.eval ? "give the loss mask" : "give the loss mask (or pass it to the training forward as sftMask)");
   }
-  if (h.has_grad && r.grad_scale != 1.f)
+  if (!c.eval && h.has_grad && r.grad_scale != 1.f)
     c.fail("the gradient was given to the training forward; gradScale does not apply to it (pass 1 or scale the forward's gradient)");
   SftLossOp op;
   op.n = c.N, op.logp = h.logp.data(), op.mask = mask, op.denom = denom, op.grad_scale = r.grad_scale;
   float* out = c.s.out.ensure(c.be, 1 + SftLossOp::kStatCount);
   op.loss = out, op.stats = out + 1;
-  if (!h.has_grad) op.dlogp = c.s.dlogp.ensure(c.be, c.N);
+  const bool grad = !c.eval && !h.has_grad;
+  if (grad) op.dlogp = c.s.dlogp.ensure(c.be, c.N);
   c.be.sft_loss(op);
-  c.s.has_dlogp = !h.has_grad;
+  if (grad) c.s.has_dlogp = true;
   const std::vector<float> v = c.read(1 + SftLossOp::kStatCount);
-  return {{{"loss", v[0]}, {"tokens", v[1 + SftLossOp::kTokens]}, {"nllSum", v[1 + SftLossOp::kNllSum]}}};
+  return {{{"loss", v[0]}, {"tokens", v[1 + SftLossOp::kTokens]}, {"nllSum", v[1 + SftLossOp::kNllSum]}}, {}};
 }
 
 ObjectiveResult pairwise(Ctx& c, const ObjectiveRequest& r) {
@@ -85,65 +103,67 @@ ObjectiveResult pairwise(Ctx& c, const ObjectiveRequest& r) {
       if (at < 0 || at >= T) c.fail("last[" + std::to_string(b) + "] = " + std::to_string(at) + " is outside the row (seq " + std::to_string(T) + ")");
     } else {
       for (int64_t t = T - 1; t >= 0 && at < 0; --t)
-        if (c.a.mask[static_cast<size_t>(b * T + t)]) at = t;
+        if (c.amask[static_cast<size_t>(b * T + t)]) at = t;
       if (at < 0) c.fail("row " + std::to_string(b) + " has no real token");
     }
     w[static_cast<size_t>(b * T + at)] = 1.f;
   }
   const float* wd = c.s.w.upload(c.be, w);
   float* sums = c.s.sums.ensure(c.be, B);
-  float* dsums = c.s.dsums.ensure(c.be, B);
+  float* dsums = c.eval ? nullptr : c.s.dsums.ensure(c.be, B);
   RowDotOp rd;
-  rd.rows = B, rd.cols = T, rd.x = c.a.head.values.data(), rd.w = wd, rd.out = sums;
+  rd.rows = B, rd.cols = T, rd.x = c.h.values.data(), rd.w = wd, rd.out = sums;
   c.be.row_dot(rd);
   PairwiseLossOp op;
   op.b = P, op.chosen = sums, op.rejected = sums + P;
   op.margin = r.margin.empty() ? nullptr : c.pairs(c.s.pair_in, r.margin, P, "margin");
   op.grad_scale = r.grad_scale;
   float* out = c.s.out.ensure(c.be, 1 + PairwiseLossOp::kStatCount);
-  op.loss = out, op.stats = out + 1, op.dchosen = dsums, op.drejected = dsums + P;
+  op.loss = out, op.stats = out + 1;
+  if (dsums) op.dchosen = dsums, op.drejected = dsums + P;
   c.be.pairwise_loss(op);
-  RowDotBackwardOp bd;
-  bd.rows = B, bd.cols = T, bd.w = wd, bd.dout = dsums, bd.dx = c.s.dvalues.ensure(c.be, c.N);
-  c.be.row_dot_backward(bd);
-  c.s.has_dvalues = true;
+  if (dsums) {
+    RowDotBackwardOp bd;
+    bd.rows = B, bd.cols = T, bd.w = wd, bd.dout = dsums, bd.dx = c.s.dvalues.ensure(c.be, c.N);
+    c.be.row_dot_backward(bd);
+    c.s.has_dvalues = true;
+  }
   const std::vector<float> v = c.read(1 + PairwiseLossOp::kStatCount);
   const float* st = v.data() + 1;
   return {{{"loss", v[0]},
            {"accuracy", st[PairwiseLossOp::kAccuracy]},
            {"margin", st[PairwiseLossOp::kMarginMean]},
            {"chosen", st[PairwiseLossOp::kChosenMean]},
-           {"rejected", st[PairwiseLossOp::kRejectedMean]}}};
+           {"rejected", st[PairwiseLossOp::kRejectedMean]}}, {}};
 }
 
 ObjectiveResult dpo(Ctx& c, const ObjectiveRequest& r) {
   c.need_logp();
   c.no_forward_grad();
   const int64_t P = c.pair_count(), B = c.B, T = c.T;
-  if (r.mask.empty()) c.fail("give the mask of each row's completion tokens");
-  const float* mask = c.tokens(c.s.mask, r.mask, "mask");
+  if (static_cast<int64_t>(r.ref_chosen.size()) != P || static_cast<int64_t>(r.ref_rejected.size()) != P)
+    c.fail("'refChosen' and 'refRejected' need one element per pair (" + std::to_string(P) + ")");
   constexpr int64_t K = DpoLossOp::kStatCount;
   // out: loss, the statistics, then the 2P sequence sums (read back with them).
   float* out = c.s.out.ensure(c.be, 1 + K + B);
-  float* sums = c.s.sums.ensure(c.be, B);
-  float* dsums = c.s.dsums.ensure(c.be, B);
-  RowDotOp rd;
-  rd.rows = B, rd.cols = T, rd.x = c.a.head.logp.data(), rd.w = mask, rd.out = sums;
-  c.be.row_dot(rd);
+  const float* mask = c.logp_sums(r.mask);
+  float* sums = c.s.sums.data();
+  float* dsums = c.eval ? nullptr : c.s.dsums.ensure(c.be, B);
   std::vector<float> ref(r.ref_chosen);
-  if (static_cast<int64_t>(r.ref_chosen.size()) != P || static_cast<int64_t>(r.ref_rejected.size()) != P)
-    c.fail("'refChosen' and 'refRejected' need one element per pair (" + std::to_string(P) + ")");
   ref.insert(ref.end(), r.ref_rejected.begin(), r.ref_rejected.end());
   const float* refd = c.s.pair_in.upload(c.be, ref);
   DpoLossOp op;
   op.b = P, op.policy_chosen = sums, op.policy_rejected = sums + P, op.ref_chosen = refd, op.ref_rejected = refd + P;
   op.beta = r.beta, op.label_smoothing = r.label_smoothing, op.grad_scale = r.grad_scale;
-  op.loss = out, op.stats = out + 1, op.dpolicy_chosen = dsums, op.dpolicy_rejected = dsums + P;
+  op.loss = out, op.stats = out + 1;
+  if (dsums) op.dpolicy_chosen = dsums, op.dpolicy_rejected = dsums + P;
   c.be.dpo_loss(op);
-  RowDotBackwardOp bd;
-  bd.rows = B, bd.cols = T, bd.w = mask, bd.dout = dsums, bd.dx = c.s.dlogp.ensure(c.be, c.N);
-  c.be.row_dot_backward(bd);
-  c.s.has_dlogp = true;
+  if (dsums) {
+    RowDotBackwardOp bd;
+    bd.rows = B, bd.cols = T, bd.w = mask, bd.dout = dsums, bd.dx = c.s.dlogp.ensure(c.be, c.N);
+    c.be.row_dot_backward(bd);
+    c.s.has_dlogp = true;
+  }
   c.be.copy(out + 1 + K, sums, sizeof(float) * static_cast<size_t>(B));
   const std::vector<float> v = c.read(1 + K + B);
   const float* st = v.data() + 1;
@@ -156,11 +176,11 @@ ObjectiveResult dpo(Ctx& c, const ObjectiveRequest& r) {
            {"margin", st[DpoLossOp::kMargin]},
            {"logpsChosen", P ? lc / static_cast<double>(P) : 0.0},
            {"logpsRejected", P ? lr / static_cast<double>(P) : 0.0},
-           {"pairs", static_cast<double>(P)}}};
+           {"pairs", static_cast<double>(P)}}, {}};
 }
 
 ObjectiveResult ppo(Ctx& c, const ObjectiveRequest& r) {
-  const bool policy = c.t.train_logp(), critic = c.t.train_values();
+  const bool policy = c.has_logp, critic = c.has_values;
   if (!policy && !critic) c.fail("the training forward computed neither log-probs nor values");
   if (policy) {
     c.no_forward_grad();
@@ -169,7 +189,7 @@ ObjectiveResult ppo(Ctx& c, const ObjectiveRequest& r) {
   if (critic && (r.returns.empty() || r.old_values.empty()))
     c.fail("the value part (a forward with values) needs 'returns' and 'oldValues'");
   if (r.mask.empty()) c.fail("give the mask of the tokens in the loss");
-  const HeadActs& h = c.a.head;
+  const HeadActs& h = c.h;
   LossState& s = c.s;
   PpoLossOp op;
   op.n = c.N;
@@ -212,23 +232,54 @@ ObjectiveResult ppo(Ctx& c, const ObjectiveRequest& r) {
            {"clipfrac", st[PpoLossOp::kClipfrac]},
            {"vfClipfrac", st[PpoLossOp::kVfClipfrac]},
            {"ratio", st[PpoLossOp::kRatioMean]},
-           {"tokens", st[PpoLossOp::kTokens]}}};
+           {"tokens", st[PpoLossOp::kTokens]}}, {}};
+}
+
+// Evaluation only: the per-row masked sums of logp, read back.
+ObjectiveResult sequence_logps(Ctx& c, const ObjectiveRequest& r) {
+  c.need_logp();
+  c.logp_sums(r.mask);
+  ObjectiveResult out;
+  out.sums = c.s.sums.to_host(c.B);
+  return out;
 }
 
 }  // namespace
 
 ObjectiveResult run_objective(Transformer& t, const ObjectiveRequest& req) {
-  static const char* names[] = {"sft", "pairwise", "dpo", "ppo"};
+  static const char* names[] = {"sft", "pairwise", "dpo", "ppo", "sequence logps"};
   const char* what = names[static_cast<int>(req.kind)];
+  if (req.eval) {
+    // Over the inference forward's outputs; the loss state's gradients
+    // (a training loss call's, for backward()) are neither read nor written,
+    // only its scratch.
+    if (req.kind == ObjectiveKind::kPpo) throw Error(code::kArgument, std::string(what) + " loss: there is no evaluation mode of PPO's loss");
+    const InferenceOutputs& o = t.inference_outputs();
+    if (!o.valid)
+      throw Error(code::kArgument, std::string(what) +
+                                       " evaluation: call the inference forward (model.forward) first; an evaluation reads its outputs, "
+                                       "not a training forward's");
+    Ctx c{t.backend(), t.inference_head(), o.mask, o.logp, o.values, true, t.loss_state(), o.batch, o.seq, o.batch * o.seq, what};
+    switch (req.kind) {
+      case ObjectiveKind::kSft: return sft(c, req);
+      case ObjectiveKind::kPairwise: return pairwise(c, req);
+      case ObjectiveKind::kDpo: return dpo(c, req);
+      case ObjectiveKind::kSequenceLogps: return sequence_logps(c, req);
+      default: break;
+    }
+    throw Error(code::kArgument, "evaluation loss: unknown kind");
+  }
+  if (req.kind == ObjectiveKind::kSequenceLogps) throw Error(code::kArgument, "sequence logps: an evaluation call only (over an inference forward's outputs)");
   if (!t.has_train_outputs()) throw Error(code::kArgument, std::string(what) + " loss: call the training forward first");
   const Acts& a = t.train_acts();
-  Ctx c{t, t.backend(), a, t.loss_state(), a.batch, a.seq, a.rows, what};
+  Ctx c{t.backend(), a.head, a.mask, t.train_logp(), t.train_values(), false, t.loss_state(), a.batch, a.seq, a.rows, what};
   c.s.clear();  // a loss call replaces the gradients of an earlier one
   switch (req.kind) {
     case ObjectiveKind::kSft: return sft(c, req);
     case ObjectiveKind::kPairwise: return pairwise(c, req);
     case ObjectiveKind::kDpo: return dpo(c, req);
     case ObjectiveKind::kPpo: return ppo(c, req);
+    default: break;
   }
   throw Error(code::kArgument, "loss: unknown kind");
 }

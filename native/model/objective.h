@@ -9,6 +9,15 @@
 // with no host arrays; per micro-batch only what the host knows goes down
 // (masks, reference log-probs, rollout arrays) and a few floats come back.
 //
+// Evaluation mode (ObjectiveRequest::eval): the same kinds but PPO over the
+// outputs the last INFERENCE forward (Transformer::forward; download false or
+// not) left in backend memory, with no gradients: the loss kernels get null
+// gradient outputs, no row_dot_backward runs, and nothing is left for
+// backward() (the gradients an earlier training loss call left stay as they
+// were). Held-out evaluation and DPO's reference log-probs: the kind
+// kSequenceLogps (evaluation only) returns the per-row masked sums of logp
+// (row_dot) instead of scalars.
+//
 // Layouts of the host inputs: per-token arrays are [batch, seq-1] as the
 // forward's logp (position t: the prediction of token t+1; for PPO's critic,
 // the value of the prefix ids[..t], TRL's values[context_length - 1 : -1]);
@@ -25,18 +34,22 @@
 
 namespace rlhf::model {
 
-enum class ObjectiveKind { kSft, kPairwise, kDpo, kPpo };
+enum class ObjectiveKind { kSft, kPairwise, kDpo, kPpo, kSequenceLogps };
 
 struct ObjectiveRequest {
   ObjectiveKind kind = ObjectiveKind::kSft;
+  // false: over the last training forward's outputs, gradients left for
+  // backward(); true: over the last inference forward's, no gradients.
+  bool eval = false;
   float grad_scale = 1.f;  // the gradients are of grad_scale * loss (the loss itself is not scaled)
 
   // sft: the loss mask (empty: the one given to the forward as sftMask) and
   // the denominator (has_denom false: the forward's, else max(1, sum(mask))).
   // With a gradient given to the forward (lmGrad / sftMask) the loss call
   // only measures; without one it leaves dlogp.
-  // dpo: the completion tokens of each row (required). ppo: the tokens in
-  // the loss (required).
+  // dpo and sequence logps: the completion tokens of each row (required).
+  // ppo: the tokens in the loss (required). In evaluation mode the sft mask
+  // is required too (an inference forward keeps none).
   std::vector<float> mask;  // [batch, seq-1]
   float denom = 0.f;
   bool has_denom = false;
@@ -59,9 +72,11 @@ struct ObjectiveRequest {
   KlEstimator kl_estimator = KlEstimator::kK1;
 };
 
-// Named scalars, "loss" first.
+// Named scalars, "loss" first; for kSequenceLogps no scalars but the
+// per-row sums [batch].
 struct ObjectiveResult {
   std::vector<std::pair<std::string, double>> stats;
+  std::vector<float> sums;
 };
 
 ObjectiveResult run_objective(Transformer& t, const ObjectiveRequest& req);

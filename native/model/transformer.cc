@@ -403,15 +403,21 @@ void Transformer::lm_head_with_grad(const ForwardRequest& req, const float* hidd
 ForwardResult Transformer::forward(const ForwardRequest& req) {
   const int64_t B = req.batch, T = req.seq, N = B * T;
   if (B <= 0 || T <= 0) throw Error(code::kArgument, "forward: empty batch");
-  if (req.lm_grad || req.sft_mask || !req.download)
-    throw Error(code::kArgument, "forward: lmGrad, sftMask and download: false are for the training forward only");
+  if (req.lm_grad || req.sft_mask) throw Error(code::kArgument, "forward: lmGrad and sftMask are for the training forward only");
   check_ids(req.ids, N, T);
+  infer_.valid = false;  // until the heads have run
   std::vector<int32_t> pos(static_cast<size_t>(N));
   positions_from_mask(req.mask, B, T, pos.data());
   body(N, req.ids, pos.data(), req.mask, B, T, nullptr, nullptr);
   ForwardResult out;
   const float* score = adapter_ && adapter_->score ? adapter_->score : bw_->score;
   run_heads(req, req.mask, buf_.xn.data(), score, head_, out);
+  infer_.batch = B, infer_.seq = T;
+  if (req.mask) infer_.mask.assign(req.mask, req.mask + N);
+  else infer_.mask.assign(static_cast<size_t>(N), 1);
+  infer_.logp = req.want_logp;
+  infer_.values = req.want_values;
+  infer_.valid = true;
   return out;
 }
 

@@ -34,7 +34,8 @@ struct ForwardRequest {
   const float* sft_mask = nullptr;
   float sft_denom = 0.f;
   // false: the outputs stay in backend memory only (a loss call reads them
-  // there); the result holds no arrays. Training forward only.
+  // there: the training loss over a training forward's, the evaluation loss
+  // over an inference forward's); the result holds no arrays.
   bool download = true;
 };
 
@@ -58,6 +59,19 @@ struct KvCache {
   Buffer<int32_t> length_d;
 };
 
+// What the last inference forward left in backend memory (its heads' logp,
+// entropy, values: HeadActs in the row layout [batch, seq]) and what an
+// evaluation loss call (objective.h, ObjectiveRequest::eval) needs to read
+// them: the shape, the host attention mask (all ones when the forward had
+// none; the pairwise loss's "last real token" rule) and which outputs the
+// forward computed.
+struct InferenceOutputs {
+  bool valid = false;  // an inference forward completed
+  int64_t batch = 0, seq = 0;
+  std::vector<uint8_t> mask;  // [batch, seq]
+  bool logp = false, values = false;
+};
+
 class Transformer {
  public:
   Transformer(Config cfg, Weights w, Backend& be);
@@ -65,6 +79,11 @@ class Transformer {
   const Weights& weights() const { return w_; }
 
   ForwardResult forward(const ForwardRequest& req);
+  // The last inference forward's outputs (head_, backend memory) and their
+  // description, for an evaluation loss call; a later forward() replaces
+  // them (a training forward, generation and backward() leave them alone).
+  const InferenceOutputs& inference_outputs() const { return infer_; }
+  const HeadActs& inference_head() const { return head_; }
 
   Backend& backend() const { return be_; }
 
@@ -144,6 +163,7 @@ class Transformer {
   Backend& be_;
   Buffers buf_;
   HeadActs head_;             // the heads of the last inference forward
+  InferenceOutputs infer_;    // ... and what an evaluation loss call needs to read them
   Adapter* adapter_ = nullptr;  // active LoRA adapter (null: base only)
   FullGrads* full_ = nullptr;   // full fine-tuning gradients (null: base frozen)
   Acts acts_;                   // activations of the last training forward
