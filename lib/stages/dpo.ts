@@ -23,9 +23,8 @@
  * the step's pairs, so the accumulated gradient is that of the mean loss
  * over every pair of the step.
  */
-import { callNative, RlhfError } from '../errors';
-import { native, type NativeForwardResult } from '../native';
-import type { ForwardOutput, Model } from '../engine/model';
+import { RlhfError } from '../errors';
+import type { Model } from '../engine/model';
 import type { Trainer } from '../engine/train';
 import { spanMask } from '../engine/objectives';
 import { loadTokenizer, type Tokenizer } from '../tokenizer/tokenizer';
@@ -149,157 +148,48 @@ export function packDpoBatch(examples: readonly PreferenceExample[]): DpoBatch {
   return { inputIds, pairs: examples.length, seq: Math.max(...inputIds.map((r) => r.length)), spans, tokens: inputIds.reduce((s, r) => s + r.length, 0) };
 }
 
-/** Per-row sums of logp over each completion span (flat logp [2b * (seq - 1)]), summed in fp64 by the native sft_loss op. */
-export function sequenceLogps(flatLogp: Float32Array, batch: DpoBatch): { chosen: Float32Array; rejected: Float32Array } {
-  const w = batch.seq - 1, b = batch.pairs;
-  const sums = new Float32Array(2 * b);
-  const loss = new Float32Array(1), stats = new Float32Array(2);
-  const op = native();
-  batch.spans.forEach(([a, e], row) => {
-    const logp = flatLogp.subarray(row * w + a, row * w + e);
-    callNative(() => op.runOp('sft_loss', { n: logp.length, logp, loss, stats }));
-    sums[row] = -stats[1];
-  });
-  return { chosen: sums.subarray(0, b), rejected: sums.subarray(b) };
-}
-
-/** dlogp for backward: each row's sequence gradient on every token of its completion span, 0 elsewhere. */
-export function broadcastSequenceGrads(batch: DpoBatch, dChosen: Float32Array, dRejected: Float32Array): Float32Array {
-  const w = batch.seq - 1, b = batch.pairs;
-  const dlogp = new Float32Array(2 * b * w);
-  batch.spans.forEach(([a, e], row) => dlogp.fill(row < b ? dChosen[row] : dRejected[row - b], row * w + a, row * w + e));
-  return dlogp;
-}
-
-export interface DpoLossResult {
-  /** Mean loss over the pairs. */
-  loss: number;
-  accuracy: number;
-  rewardsChosen: number;
-  rewardsRejected: number;
-  margin: number;
-  /** Gradients of loss * gradScale w.r.t. the policy sums (with withGrad). */
-  dChosen?: Float32Array;
-  dRejected?: Float32Array;
-}
-
-/** The sigmoid DPO loss over b pairs through the native `dpo_loss` op (docs/losses.md). */
-export function dpoLoss(
-  x: { policyChosen: Float32Array; policyRejected: Float32Array; refChosen: Float32Array; refRejected: Float32Array },
-  opts: { beta: number; labelSmoothing: number; gradScale?: number; withGrad?: boolean },
-): DpoLossResult {
-  const b = x.policyChosen.length;
-  const loss = new Float32Array(1), stats = new Float32Array(4);
-  const withGrad = opts.withGrad ?? true;
-  const dChosen = withGrad ? new Float32Array(b) : undefined, dRejected = withGrad ? new Float32Array(b) : undefined;
-  callNative(() =>
-    native().runOp('dpo_loss', {
-      b,
-      ...x,
-      beta: opts.beta,
-      labelSmoothing: opts.labelSmoothing,
-      gradScale: opts.gradScale ?? 1,
-      loss,
-      dpolicyChosen: dChosen,
-      dpolicyRejected: dRejected,
-      stats,
-    }),
-  );
-  return { loss: loss[0], accuracy: stats[0], rewardsChosen: stats[1], rewardsRejected: stats[2], margin: stats[3], dChosen, dRejected };
-}
-
 /** Reference sequence log-probs, per pair. */
 export interface RefLogps {
   chosen: Float32Array;
   rejected: Float32Array;
 }
 
-/** Sequence log-probs of every pair under the model as it is now (its active adapter, or none), in micro-batches of `batchSize` pairs. */
+/** Sequence log-probs of every pair under the model as it is now (its active adapter, or none), in micro-batches of `batchSize` pairs, summed on the model's device. */
 export async function pairLogps(model: Model, examples: readonly PreferenceExample[], batchSize: number): Promise<RefLogps> {
   const out: RefLogps = { chosen: new Float32Array(examples.length), rejected: new Float32Array(examples.length) };
   for (let i = 0; i < examples.length; i += batchSize) {
     const batch = packDpoBatch(examples.slice(i, i + batchSize));
-    const f = await model.forward({ inputIds: batch.inputIds, logp: true });
-    const s = sequenceLogps(f.flat.logp!, batch);
-    out.chosen.set(s.chosen, i);
-    out.rejected.set(s.rejected, i);
+    const { seq } = await model.forward({ inputIds: batch.inputIds, logp: true, download: false });
+    const sums = await model.sequenceLogps({ mask: spanMask(seq, batch.spans) });
+    out.chosen.set(sums.subarray(0, batch.pairs), i);
+    out.rejected.set(sums.subarray(batch.pairs), i);
   }
   return out;
 }
 
-/** Pair-weighted running means of the loss statistics (over micro-batches, or eval batches). */
-class PairMeans {
-  private s = { loss: 0, rewardsChosen: 0, rewardsRejected: 0, accuracy: 0, margin: 0, logpsChosen: 0, logpsRejected: 0 };
-  pairs = 0;
-  add(r: DpoLossResult, logps: { chosen: Float32Array; rejected: Float32Array }): void {
-    const b = logps.chosen.length;
-    const mean = (a: Float32Array) => a.reduce((x, y) => x + y, 0) / b;
-    this.s.loss += r.loss * b;
-    this.s.rewardsChosen += r.rewardsChosen * b;
-    this.s.rewardsRejected += r.rewardsRejected * b;
-    this.s.accuracy += r.accuracy * b;
-    this.s.margin += r.margin * b;
-    this.s.logpsChosen += mean(logps.chosen) * b;
-    this.s.logpsRejected += mean(logps.rejected) * b;
-    this.pairs += b;
-  }
-  result(): DpoPairMetrics {
-    const n = this.pairs || 1;
-    const s = this.s;
-    return {
-      loss: s.loss / n,
-      rewardsChosen: s.rewardsChosen / n,
-      rewardsRejected: s.rewardsRejected / n,
-      accuracy: s.accuracy / n,
-      margin: s.margin / n,
-      logpsChosen: s.logpsChosen / n,
-      logpsRejected: s.logpsRejected / n,
-      pairs: this.pairs,
-    };
-  }
-}
-
-/** The DPO loss and implicit-reward statistics of `examples` under the model's current weights (no gradients). */
+/** The DPO loss and implicit-reward statistics of `examples` under the model's current weights (no gradients), pair-weighted over batches. */
 export async function evaluateDpo(
   model: Model,
   examples: readonly PreferenceExample[],
   ref: RefLogps,
   opts: { beta: number; labelSmoothing: number; batchSize: number },
 ): Promise<DpoPairMetrics> {
-  const acc = new PairMeans();
+  const keys = ['loss', 'rewardsChosen', 'rewardsRejected', 'accuracy', 'margin', 'logpsChosen', 'logpsRejected'] as const;
+  const sum = Object.fromEntries(keys.map((k) => [k, 0])) as Record<(typeof keys)[number], number>;
   for (let i = 0; i < examples.length; i += opts.batchSize) {
-    const rows = examples.slice(i, i + opts.batchSize);
-    const batch = packDpoBatch(rows);
-    const f = await model.forward({ inputIds: batch.inputIds, logp: true });
-    const pol = sequenceLogps(f.flat.logp!, batch);
-    const r = dpoLoss(
-      { policyChosen: pol.chosen, policyRejected: pol.rejected, refChosen: ref.chosen.subarray(i, i + rows.length), refRejected: ref.rejected.subarray(i, i + rows.length) },
-      { beta: opts.beta, labelSmoothing: opts.labelSmoothing, withGrad: false },
-    );
-    acc.add(r, pol);
+    const batch = packDpoBatch(examples.slice(i, i + opts.batchSize));
+    const { seq } = await model.forward({ inputIds: batch.inputIds, logp: true, download: false });
+    const r = await model.dpoLoss({
+      mask: spanMask(seq, batch.spans),
+      refChosen: ref.chosen.subarray(i, i + batch.pairs),
+      refRejected: ref.rejected.subarray(i, i + batch.pairs),
+      beta: opts.beta,
+      labelSmoothing: opts.labelSmoothing,
+    });
+    for (const k of keys) sum[k] += r[k] * batch.pairs;
   }
-  return acc.result();
-}
-
-/**
- * One micro-batch of training: training forward, sequence log-probs, the
- * loss (gradients scaled by `gradScale`), their broadcast onto dlogp, and
- * backward (gradients accumulate). Returns the loss statistics, the policy
- * sums and the dlogp that went into backward.
- */
-export async function dpoMicroBatch(
-  trainer: Trainer,
-  examples: readonly PreferenceExample[],
-  ref: RefLogps,
-  opts: { beta: number; labelSmoothing: number; gradScale: number },
-): Promise<{ loss: DpoLossResult; policy: { chosen: Float32Array; rejected: Float32Array }; dlogp: Float32Array; tokens: number }> {
-  const batch = packDpoBatch(examples);
-  const f = (await trainer.forward({ inputIds: batch.inputIds, logp: true })) as ForwardOutput & { flat: NativeForwardResult };
-  const policy = sequenceLogps(f.flat.logp!, batch);
-  const loss = dpoLoss({ policyChosen: policy.chosen, policyRejected: policy.rejected, refChosen: ref.chosen, refRejected: ref.rejected }, { ...opts, withGrad: true });
-  const dlogp = broadcastSequenceGrads(batch, loss.dChosen!, loss.dRejected!);
-  await trainer.backward({ dlogp });
-  return { loss, policy, dlogp, tokens: batch.tokens };
+  const n = examples.length || 1;
+  return { ...(Object.fromEntries(keys.map((k) => [k, sum[k] / n])) as Record<(typeof keys)[number], number>), pairs: examples.length };
 }
 
 function evalKeys(m: DpoPairMetrics): Partial<DpoStepMetrics> {

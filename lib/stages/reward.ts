@@ -22,8 +22,7 @@
  * Every micro-batch scales its gradient by its share of the step's pairs, so
  * the accumulated gradient is that of the mean over all of them.
  */
-import { callNative, RlhfError } from '../errors';
-import { native } from '../native';
+import { RlhfError } from '../errors';
 import type { Model } from '../engine/model';
 import type { Trainer } from '../engine/train';
 import { loadTokenizer, type Tokenizer } from '../tokenizer/tokenizer';
@@ -105,15 +104,6 @@ export interface RmResult extends SupervisedRun<ResolvedRmConfig, RmEval> {
   evalPairs: number;
 }
 
-/** Pairwise loss over per-pair rewards through the native op. */
-export function pairwiseLoss(chosen: Float32Array, rejected: Float32Array, margin: Float32Array | null, gradScale = 1, withGrad = true) {
-  const b = chosen.length;
-  const loss = new Float32Array(1), stats = new Float32Array(4);
-  const dchosen = withGrad ? new Float32Array(b) : undefined, drejected = withGrad ? new Float32Array(b) : undefined;
-  callNative(() => native().runOp('pairwise_loss', { b, chosen, rejected, margin: margin ?? undefined, gradScale, loss, dchosen, drejected, stats }));
-  return { loss: loss[0], accuracy: stats[0], margin: stats[1], chosen: stats[2], rejected: stats[3], dchosen, drejected };
-}
-
 /** Rows of one micro-batch as a forward input: chosen sequences then rejected ones, and each row's last index. */
 function pairBatch(pairs: readonly PreferenceExample[]): { ids: number[][]; last: number[]; tokens: number } {
   const ids = [...pairs.map((p) => p.chosen), ...pairs.map((p) => p.rejected)];
@@ -131,10 +121,9 @@ export async function evaluateRm(model: Model, pairs: readonly PreferenceExample
   for (let i = 0; i < pairs.length; i += batchSize) {
     const part = pairs.slice(i, i + batchSize);
     const b = pairBatch(part);
-    const f = await model.forward({ inputIds: b.ids, values: true, logp: false });
-    const r = Float32Array.from(b.last, (t, row) => f.values![row][t]);
+    await model.forward({ inputIds: b.ids, values: true, logp: false, download: false });
+    const s = await model.pairwiseLoss({ last: b.last, margins: marginsOf(part, useMargin) });
     const n = part.length;
-    const s = pairwiseLoss(r.subarray(0, n), r.subarray(n), marginsOf(part, useMargin), 1, false);
     loss += s.loss * n;
     correct += s.accuracy * n;
     margin += s.margin * n;

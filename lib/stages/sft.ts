@@ -12,11 +12,11 @@
  * (transformers' `num_items_in_batch`).
  */
 import * as path from 'node:path';
-import { callNative, RlhfError } from '../errors';
+import { RlhfError } from '../errors';
 import { mergeAdapter } from '../engine/merge';
+import { scatterTokens } from '../engine/objectives';
 import type { Device } from '../info';
-import { native, type NativeForwardResult } from '../native';
-import type { ForwardOutput, Model } from '../engine/model';
+import type { Model } from '../engine/model';
 import { readAdapterConfig } from '../model/peft';
 import { loadTokenizer, type Tokenizer } from '../tokenizer/tokenizer';
 import { loadSftData, packSftBatch, splitEval, type SftDataStats, type SftExample } from '../data/sft-data';
@@ -79,26 +79,15 @@ export interface SftResult extends SupervisedRun<ResolvedSftConfig, SftEval> {
   data: SftDataStats;
 }
 
-/** Masked NLL and its gradient through the native `sft_loss` op. */
-export function sftLoss(logp: Float32Array, mask: Float32Array, denom: number, withGrad = true): { loss: number; dlogp?: Float32Array; tokens: number; nllSum: number } {
-  const n = mask.length;
-  const loss = new Float32Array(1), stats = new Float32Array(2);
-  const dlogp = withGrad ? new Float32Array(n) : undefined;
-  callNative(() => native().runOp('sft_loss', { n, logp, mask, denom, loss, dlogp, stats }));
-  return { loss: loss[0], dlogp, tokens: stats[0], nllSum: stats[1] };
-}
-
-/** Token-weighted mean NLL of `examples` under the model's current weights. */
+/** Token-weighted mean NLL of `examples` under the model's current weights, measured on the model's device. */
 export async function evaluateSft(model: Model, examples: readonly SftExample[], batchSize: number): Promise<{ loss: number; tokens: number }> {
   let nll = 0, tokens = 0;
   for (let i = 0; i < examples.length; i += batchSize) {
     const rows = examples.slice(i, i + batchSize);
-    const f = await model.forward({ inputIds: rows.map((e) => e.ids), logp: true });
-    rows.forEach((e, b) => {
-      const r = sftLoss(f.logp![b].subarray(0, e.lossMask.length), e.lossMask, 0, false);
-      nll += r.nllSum;
-      tokens += r.tokens;
-    });
+    const { seq } = await model.forward({ inputIds: rows.map((e) => e.ids), logp: true, download: false });
+    const s = await model.sftLoss({ mask: scatterTokens(seq, rows.map((e) => ({ start: 0, values: e.lossMask }))) });
+    nll += s.nllSum;
+    tokens += s.tokens;
   }
   return { loss: tokens > 0 ? nll / tokens : 0, tokens };
 }
