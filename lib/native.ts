@@ -170,10 +170,14 @@ export type NativeLossRequest =
     }
   | {
       kind: 'ppo';
+      /** Tokens in the loss (the response tokens), flat [batch, seq-1]. */
       mask: Float32Array;
+      /** Policy part (a forward with logp): rollout log-probs and advantages. */
       oldLogp?: Float32Array;
       advantages?: Float32Array;
+      /** Reference log-probs for a KL term in the loss (klCoef). */
       refLogp?: Float32Array;
+      /** Value part (a forward with values): returns and rollout values. */
       returns?: Float32Array;
       oldValues?: Float32Array;
       clipRange?: number;

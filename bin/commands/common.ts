@@ -33,9 +33,3 @@ export function openOutput(file?: string): { write(s: string): void; close(): Pr
     },
   };
 }
-
-/** A list option given as repeated flags and/or comma-separated values. */
-export function splitList(v: unknown): string[] | undefined {
-  if (v === undefined) return undefined;
-  return (Array.isArray(v) ? v : [v]).flatMap((x) => String(x).split(',')).map((x) => x.trim()).filter(Boolean);
-}

@@ -8,18 +8,24 @@
  */
 import type { Argv } from 'yargs';
 import type { Stage, StageRunResult } from '../../lib/train/stage';
-import { addCliOptions, configFromArgv } from '../../lib/train/options';
+import { addCliOptions, configFromArgv, type OptionSpec } from '../../lib/train/options';
 import { exitCodeFor } from '../../lib/run/signals';
 import { runCommand } from '../cli-util';
 
 export interface StageCommand<C, R extends StageRunResult, M> {
   stage: Stage<C, R>;
-  /** One progress line of a metrics record. */
-  progress(m: M, totalSteps: number): string;
+  /** One progress line of a metrics record (printed on the first and last step and every --log-steps). */
+  progress?(m: M, totalSteps: number): string;
   /** Print this record whatever the cadence (e.g. it carries held-out figures). */
   always?(m: M): boolean;
+  /** Instead of `progress`: the lines of a record, given the cadence (stages whose records are not steps). */
+  lines?(m: M, logEvery: number): string[];
   /** The line printed on stdout when the run ends. */
-  summary(r: R): string;
+  summary(r: R, argv: Record<string, unknown>): string;
+  /** CLI-only changes to rows of the option table (e.g. an option the CLI demands). */
+  cliOverrides?: Record<string, Partial<OptionSpec>>;
+  /** --log-steps: its default and what a step is. Default 1, 'steps'. */
+  logSteps?: { default: number; unit: string };
 }
 
 /** A number for a progress line: fixed below 1e4 and above 1e-3, else exponent notation. */
@@ -30,7 +36,12 @@ export function registerStage<T, C, R extends StageRunResult, M>(y: Argv<T>, cmd
   return y.command(
     stage.name,
     stage.summary,
-    (a) => addCliOptions(a, stage.options).option('log-steps', { type: 'number', default: 1, describe: 'a progress line on stderr every N steps (and the first and last)' }),
+    (a) =>
+      addCliOptions(a, stage.options, cmd.cliOverrides).option('log-steps', {
+        type: 'number',
+        default: cmd.logSteps?.default ?? 1,
+        describe: `a progress line on stderr every N ${cmd.logSteps?.unit ?? 'steps'} (and the first and last)`,
+      }),
     (argv) =>
       runCommand(argv, async () => {
         const logEvery = Math.max(1, Math.floor(Number(argv['log-steps'])));
@@ -38,10 +49,11 @@ export function registerStage<T, C, R extends StageRunResult, M>(y: Argv<T>, cmd
           log: (line: string) => void process.stderr.write(line + '\n'),
           onStep: (m: unknown, { totalSteps }: { totalSteps: number }) => {
             const rec = m as M & { step: number };
-            if (rec.step === 1 || rec.step === totalSteps || rec.step % logEvery === 0 || cmd.always?.(rec)) process.stderr.write(cmd.progress(rec, totalSteps) + '\n');
+            if (cmd.lines) for (const l of cmd.lines(rec, logEvery)) process.stderr.write(l + '\n');
+            else if (cmd.progress && (rec.step === 1 || rec.step === totalSteps || rec.step % logEvery === 0 || cmd.always?.(rec))) process.stderr.write(cmd.progress(rec, totalSteps) + '\n');
           },
         });
-        process.stdout.write(cmd.summary(r) + '\n');
+        process.stdout.write(cmd.summary(r, argv as Record<string, unknown>) + '\n');
         if (r.interrupted) process.exitCode = exitCodeFor(r.signal); // 130 after SIGINT, 143 after SIGTERM
       }),
   );

@@ -164,25 +164,8 @@ export interface DpoLossInput {
   gradScale?: number;
 }
 
-export interface PpoLossInput {
-  /** Tokens in the loss (the response tokens), flat [batch, seq-1]. */
-  mask: Float32Array;
-  /** Policy part (a forward with logp): rollout log-probs and advantages. */
-  oldLogp?: Float32Array;
-  advantages?: Float32Array;
-  /** Reference log-probs for a KL term in the loss (klCoef). */
-  refLogp?: Float32Array;
-  /** Value part (a forward with values): returns and rollout values. */
-  returns?: Float32Array;
-  oldValues?: Float32Array;
-  clipRange?: number;
-  clipRangeValue?: number;
-  vfCoef?: number;
-  klCoef?: number;
-  klEstimator?: 'k1' | 'k2' | 'k3';
-  entCoef?: number;
-  gradScale?: number;
-}
+/** The PPO loss call's inputs (documented with the native request, lib/native.ts). */
+export type PpoLossInput = Omit<Extract<NativeLossRequest, { kind: 'ppo' }>, 'kind'>;
 
 /** Evaluation inputs: those of the training calls without gradScale; SFT's mask is required (an inference forward keeps none). */
 export interface SftEvalInput {
