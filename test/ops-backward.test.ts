@@ -744,6 +744,31 @@ for (const c of LORA_CASES) {
   });
 }
 
+// ------------------------------------------------------------------ row_dot_backward
+
+// Forward: out[r] = sum_c w[r,c] x[r,c] (row_dot); L = sum_r dout[r] out[r].
+// dx is written (not accumulated): start it at NaN to see every element set.
+t.test('row_dot_backward: dx = w dout against finite differences (zero weights give zero)', async (t) => {
+  for (const [rows, cols, seed] of [[3, 7, 41], [1, 1, 42], [5, 33, 43]]) {
+    const rng = new Rng(seed);
+    const xf = rng.normals(rows * cols), dout = rng.normals(rows);
+    const wf = Float32Array.from(rng.normals(rows * cols), (v, i) => (i % 4 === 1 ? 0 : v));
+    const x = Float64Array.from(xf);
+    const fd = fdGrad(x, range(rows * cols), (q) => {
+      const r = Math.floor(q / cols);
+      let l = 0;
+      for (let c = 0; c < cols; ++c) l += wf[r * cols + c] * x[r * cols + c];
+      return dout[r] * l;
+    });
+    for (const isa of KERNELS) {
+      const dx = new Float32Array(rows * cols).fill(NaN);
+      op('row_dot_backward', { rows, cols, w: wf, dout, dx }, isa);
+      expectGrad(t, dx, fd, range(rows * cols), `${isa}: ${rows} x ${cols}: dx`);
+      t.ok(Array.from(dx).every((v, i) => wf[i] !== 0 || v === 0), `${isa}: ${rows} x ${cols}: dx is 0 where the weight is 0`);
+    }
+  }
+});
+
 // ------------------------------------------------------------------ coverage
 
 /** The backward ops of the op table, each tested above. */
@@ -758,6 +783,7 @@ const BACKWARD_OPS = [
   'gelu_backward',
   'lm_head_logp_backward',
   'value_head_backward',
+  'row_dot_backward',
 ];
 
 t.test('every backward op of the table (bias_grad and *_backward) is checked here, on every kernel', async (t) => {

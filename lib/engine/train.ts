@@ -12,8 +12,7 @@ import * as path from 'node:path';
 import { fromNative, callNative, RlhfError } from '../errors';
 import type { NativeAdapterModule, NativeModel, NativeStepOptions } from '../native';
 import type { ModelConfig } from '../model/config';
-import { ADAPTER_HEAD_TENSOR, readAdapterConfig, writeAdapterConfig } from '../model/peft';
-import { openSafetensors } from '../safetensors';
+import { readAdapterConfig, savedLoraTensors, writeAdapterConfig } from '../model/peft';
 import { runForward, type ForwardInput, type ForwardOutput } from './forward';
 import {
   dpoObjective,
@@ -118,19 +117,12 @@ export class Trainer {
   /** Continues training (or runs) a saved PEFT LoRA adapter, with its score head if it has one. */
   loadLora(dir: string, name = 'default'): { scale: number; parameters: number } {
     const cfg = readAdapterConfig(dir);
-    const file = path.join(dir, 'adapter_model.safetensors');
-    const st = openSafetensors(file);
-    const names = new Set(st.tensorNames);
-    st.close();
-    const modules = loraModules(this.config, cfg.targetModules).filter((m) => names.has(`base_model.model.${modulePath(this.config, m)}.lora_A.weight`));
-    if (modules.length === 0) throw new RlhfError('E_MODEL', `${file}: no LoRA tensors for this model`, { where: file });
-    for (const m of modules) {
-      const base = `base_model.model.${modulePath(this.config, m)}`;
-      m.a = [file, `${base}.lora_A.weight`];
-      m.b = [file, `${base}.lora_B.weight`];
-      if (!names.has(`${base}.lora_B.weight`)) throw new RlhfError('E_MODEL', `${file}: ${base}.lora_B.weight is missing`, { where: file });
-    }
-    const headFrom = names.has(ADAPTER_HEAD_TENSOR) ? ([file, ADAPTER_HEAD_TENSOR] as [string, string]) : undefined;
+    const all = loraModules(this.config, cfg.targetModules);
+    const saved = savedLoraTensors(dir, all.map((m) => modulePath(this.config, m)));
+    const modules = all.filter((m) => saved.modules.has(modulePath(this.config, m)));
+    if (modules.length === 0) throw new RlhfError('E_MODEL', `${saved.file}: no LoRA tensors for this model`, { where: saved.file });
+    for (const m of modules) Object.assign(m, saved.modules.get(modulePath(this.config, m)));
+    const headFrom = saved.head ?? undefined;
     const res = callNative(() =>
       this.handle.createAdapter({ name, r: cfg.r, alpha: cfg.loraAlpha, rslora: cfg.useRslora, modules, head: headFrom ? { rows: 1, from: headFrom } : undefined }),
     );

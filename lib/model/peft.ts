@@ -101,6 +101,27 @@ export function isAdapterDir(dir: string): boolean {
   return fs.existsSync(path.join(dir, 'adapter_config.json')) && !fs.existsSync(path.join(dir, 'config.json'));
 }
 
+/**
+ * The tensors of a saved adapter for the modules at `modulePaths` (Hugging
+ * Face module paths, e.g. model.layers.0.self_attn.q_proj): each present
+ * module's lora_A and lora_B as [file, tensor name] (E_MODEL when a lora_B
+ * is missing), and the score head when the adapter holds one.
+ */
+export function savedLoraTensors(dir: string, modulePaths: readonly string[]): { file: string; modules: Map<string, { a: [string, string]; b: [string, string] }>; head: [string, string] | null } {
+  const file = path.join(dir, 'adapter_model.safetensors');
+  const st = openSafetensors(file);
+  const names = new Set(st.tensorNames);
+  st.close();
+  const modules = new Map<string, { a: [string, string]; b: [string, string] }>();
+  for (const mp of modulePaths) {
+    const base = `base_model.model.${mp}`;
+    if (!names.has(`${base}.lora_A.weight`)) continue;
+    if (!names.has(`${base}.lora_B.weight`)) throw new RlhfError('E_MODEL', `${file}: ${base}.lora_B.weight is missing`, { where: file });
+    modules.set(mp, { a: [file, `${base}.lora_A.weight`], b: [file, `${base}.lora_B.weight`] });
+  }
+  return { file, modules, head: names.has(ADAPTER_HEAD_TENSOR) ? [file, ADAPTER_HEAD_TENSOR] : null };
+}
+
 export function loraScale(cfg: AdapterConfig): number {
   return cfg.useRslora ? cfg.loraAlpha / Math.sqrt(cfg.r) : cfg.loraAlpha / cfg.r;
 }
