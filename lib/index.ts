@@ -44,3 +44,13 @@ export * from './data/preference-data';
 export { runPpo, resolvePpoConfig, PPO_DEFAULTS, PPO_OPTIONS, ppoStage, criticGradients, policyGradients, iterationPrompts, klPerToken, shapeRewards, gae, maskedWhiten, klController, AdaptiveKlController, FixedKlController, loadPrompts } from './stages/ppo';
 export type { PpoConfig, ResolvedPpoConfig, PpoHooks, PpoResult, PpoEvalResult, PpoStepMetrics, PpoUpdateOptions, Rollout as PpoRollout, KlController, PromptRow } from './stages/ppo';
 export * as demo from './demo';
+// The structure every stage shares: the options table, the two loops, the stage contract and registry.
+export * from './train/options';
+export { runSupervised, resolveSupervised } from './train/supervised';
+export type { SupervisedMethod, SupervisedContext, SupervisedData, SupervisedRun, MicroSums } from './train/supervised';
+export { runOnline } from './train/online';
+export type { OnlineMethod, OnlineContext, OnlineRun, OnlineLoopOptions, IterationInfo, UpdateResult } from './train/online';
+export { isStageConfig, applyThreads } from './train/stage';
+export type { Stage, StageHooks, StageRunResult, RecipeWiring, RecipeStageContext, AnyStage } from './train/stage';
+export { STAGES, stageOf } from './train/registry';
+export type { StageName } from './train/registry';
