@@ -113,7 +113,8 @@ let threadsSet = false;
 export function applyThreads(n: number, log: (line: string) => void): void {
   if (!n) return;
   if (threadsSet && process.env.RLHF_NUM_THREADS !== String(n)) {
-    log(`note: --threads ${n} not applied: the engine already runs with ${process.env.RLHF_NUM_THREADS} threads in this process`);
+    const now = process.env.RLHF_NUM_THREADS;
+    log(`note: --threads ${n} not applied: the engine already runs ${now} thread${now === '1' ? '' : 's'} in this process`);
     return;
   }
   process.env.RLHF_NUM_THREADS = String(n);
