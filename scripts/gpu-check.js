@@ -228,7 +228,7 @@ async function main() {
   for (const [op, s] of byOp)
     log(`${pad(op, 24)}${lpad(s.cases, 6)}${lpad(s.worst.toExponential(2), 11)}${lpad(s.tol.toExponential(0), 9)}  ${s.pass === s.cases ? 'ok' : `FAIL (${s.cases - s.pass})`}`);
   log(`\n==== training (${trainDevice} vs cpu) ====`);
-  for (const c of training) log(`${pad(c.what, 28)}${c.pass ? 'ok' : 'FAIL'}${c.worstRel !== undefined ? `  worst rel loss diff ${c.worstRel.toExponential(2)} (tol ${c.tol})` : ''}${c.diff ? `  d(reward) ${c.diff.reward.toExponential(2)}` : ''}${c.error ? '  ' + c.error : ''}`);
+  for (const c of training) log(`${pad(c.what, 30)}${c.pass ? 'ok' : 'FAIL'}${c.worstRel !== undefined ? `  worst rel loss diff ${c.worstRel.toExponential(2)} (tol ${c.tol})` : ''}${c.diff ? `  d(reward) ${c.diff.reward.toExponential(2)}` : ''}${c.error ? '  ' + c.error : ''}`);
   log(`\n==== whole model, tokens/s (${trainDevice}${torchModel ? ' vs transformers + peft' : ''}) ====`);
   if (modelBench) {
     log(`${pad('workload', 14)}${lpad('ours', 12)}${lpad('torch', 12)}${lpad('ours/torch', 12)}${lpad('loss ours', 11)}${lpad('torch', 9)}`);
