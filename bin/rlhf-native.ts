@@ -17,6 +17,17 @@ import * as dpo from './commands/dpo';
 import * as ppo from './commands/ppo';
 import { packageVersion } from '../lib/info';
 
+/** The status a shell reports for a process killed by SIGPIPE (128 + 13). */
+const EXIT_SIGPIPE = 141;
+
+// A reader that closed the pipe (`rlhf-native score ... | head -1`): stop quietly, as a
+// process killed by SIGPIPE would (Node ignores the signal and reports EPIPE instead).
+for (const stream of [process.stdout, process.stderr])
+  stream.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EPIPE') throw e;
+    process.exit(EXIT_SIGPIPE);
+  });
+
 async function main(): Promise<void> {
   let y = yargs(hideBin(process.argv))
     .scriptName('rlhf-native')

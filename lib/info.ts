@@ -82,6 +82,16 @@ export const DEVICES: readonly Device[] = ['auto', 'cpu', 'cuda', 'cpu-guarded']
  * clear line on stderr when CUDA is compiled in but unusable; an explicit
  * `cuda` with no device is an error.
  */
+/** An NVIDIA GPU is visible to this process (its device node or the driver's GPU list), usable or not. */
+export function gpuVisible(): boolean {
+  try {
+    if (fs.existsSync('/dev/nvidia0')) return true;
+    return fs.readdirSync('/proc/driver/nvidia/gpus').length > 0;
+  } catch {
+    return false;
+  }
+}
+
 export function resolveDevice(requested: Device = 'auto', log: (line: string) => void = (l) => process.stderr.write(l + '\n')): ResolvedDevice {
   if (requested === 'cpu' || requested === 'cpu-guarded') return requested;
   const info = runtimeInfo();
@@ -96,7 +106,9 @@ export function resolveDevice(requested: Device = 'auto', log: (line: string) =>
   if (requested === 'cuda') {
     throw new RlhfError('E_CUDA', `--device cuda was requested but ${info.cuda.reason}`);
   }
-  if (info.cuda.compiled && !warned) {
+  // Only worth a line when a GPU is there that we cannot use; without one, 'auto' on the CPU is no news
+  // (`rlhf-native info` always says why CUDA is off).
+  if (info.cuda.compiled && !warned && gpuVisible()) {
     warned = true;
     log(`rlhf-native: CUDA backend present but not usable: ${info.cuda.reason}`);
   }

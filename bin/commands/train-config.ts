@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { RlhfError } from '../../lib/errors';
 import { loadRecipeConfig, resolveRecipeConfig, mergeOptions, normaliseTree, RECIPES } from '../../lib/recipes/config';
+import { exitCodeFor } from '../../lib/run/signals';
 import { runRecipe } from '../../lib/recipes/run';
 
 const STAGE_ARGS = ['sft', 'rm', 'rm_helpfulness', 'rm-helpfulness', 'rmHelpfulness', 'rm_safety', 'rm-safety', 'rmSafety', 'rs', 'ppo', 'dpo'];
@@ -55,6 +56,6 @@ export async function runTrainConfig(argv: Record<string, unknown>): Promise<voi
   process.stdout.write(`run folder: ${r.run}\nsummary: ${r.summaryFile}\nreport: ${r.reportFile}\n`);
   if (r.interrupted) {
     process.stdout.write(`stopped before the end; continue with: rlhf-native train --resume ${r.run}\n`);
-    process.exitCode = r.signal === 'SIGTERM' ? 143 : 130;
+    process.exitCode = exitCodeFor(r.signal);
   }
 }

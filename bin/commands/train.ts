@@ -16,6 +16,7 @@ import { runtimeInfo, resolveDevice } from '../../lib/info';
 import { runCommand } from '../cli-util';
 import { deviceOption } from './common';
 import { runTrainConfig } from './train-config';
+import { exitCodeFor } from '../../lib/run/signals';
 import { runDemo, DEMO_SIZES, type DemoResult, type DemoScale } from '../../lib/recipes/demo';
 
 /** A fresh run folder: `base`, or `base-2`, `base-3`, ... when it is taken (nothing a user has is touched). */
@@ -96,7 +97,7 @@ export function register<T>(y: Argv<T>): Argv<T> {
         );
         if (r.interrupted) {
           process.stdout.write(`stopped; continue with: rlhf-native train --resume ${r.run}\n`);
-          process.exitCode = r.signal === 'SIGTERM' ? 143 : 130;
+          process.exitCode = exitCodeFor(r.signal);
           return;
         }
         process.stdout.write(

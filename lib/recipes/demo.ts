@@ -24,6 +24,7 @@ import { performance } from 'node:perf_hooks';
 import { loadModel } from '../engine/model';
 import { loadTokenizer } from '../tokenizer/tokenizer';
 import { writeFileAtomic } from '../run/atomic';
+import { stopOnSignals } from '../run/signals';
 import { demoBaseDir } from '../demo/base';
 import { chatPrompt, chatSftRow, evalPrompts, samplePrompts, sftDemonstrations, type WorldPrompt } from '../demo/world';
 import { evaluatePolicy, preferencePairs, winRate, type PolicyEvaluation } from '../demo/labeler';
@@ -91,7 +92,7 @@ export interface DemoResult {
   run: string;
   interrupted: boolean;
   /** The signal that stopped the run, if one did. */
-  signal?: 'SIGINT' | 'SIGTERM';
+  signal?: 'SIGINT' | 'SIGTERM' | 'SIGHUP';
   policies: DemoPolicyRow[];
   /** Held-out accuracy of the reward models (on a tenth of their pairs). */
   rmAccuracy: { helpfulness: number | null; safety: number | null };
@@ -237,7 +238,23 @@ export async function runDemo(opts: DemoOptions, hooks: Omit<RecipeHooks, 'prepa
   const tok = loadTokenizer(sftModel);
   const answers: Record<string, { sampled: string[]; greedy: string[] }> = {};
   const heldSampled = Array.from({ length: EVAL_SAMPLES }, () => held).flat();
-  for (const p of policies) {
+  // Stoppable like the stages: a stop ends the evaluation (nothing of it is kept; train --resume runs it again).
+  const stopper = stopOnSignals({ label: 'demo', log, handleSignals: hooks.handleSigint ?? true, abort: hooks.signal, then: 'stopping the held-out evaluation (train --resume runs it again)' });
+  try {
+    for (const p of policies) {
+      if (stopper.requested) break;
+      await evaluateOne(p);
+    }
+  } finally {
+    stopper.dispose();
+  }
+  if (stopper.requested) return { ...result, interrupted: true, signal: (stopper.signal ?? undefined) as DemoResult['signal'], seconds: (performance.now() - t0) / 1000 };
+  const evalFile = path.join(out, 'demo_eval.json');
+  writeFileAtomic(evalFile, JSON.stringify({ prompts: held.map((p) => p.text), answers, policies: result.policies, rmAccuracy: result.rmAccuracy }, null, 2) + '\n');
+  result.seconds = (performance.now() - t0) / 1000;
+  return result;
+
+  async function evaluateOne(p: { policy: DemoPolicyRow['policy']; adapter?: string }): Promise<void> {
     const m = await loadModel(sftModel, { device: opts.device ?? 'auto', adapter: p.adapter });
     try {
       const sampled: string[] = [];
@@ -255,8 +272,4 @@ export async function runDemo(opts: DemoOptions, hooks: Omit<RecipeHooks, 'prepa
       greedyWinVsSft: winRate(held, a.greedy, base.greedy).winRate,
     });
   }
-  const evalFile = path.join(out, 'demo_eval.json');
-  writeFileAtomic(evalFile, JSON.stringify({ prompts: held.map((p) => p.text), answers, policies: result.policies, rmAccuracy: result.rmAccuracy }, null, 2) + '\n');
-  result.seconds = (performance.now() - t0) / 1000;
-  return result;
 }

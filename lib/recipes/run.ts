@@ -25,6 +25,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { RlhfError } from '../errors';
 import { RunFolder } from '../run/run-folder';
+import { watchLauncher } from '../run/launcher';
 import { createProgress, type Progress } from '../run/progress';
 import { stageOf } from '../train/registry';
 import { isStageConfig, type RecipeStageContext, type StageHooks } from '../train/stage';
@@ -60,8 +61,8 @@ export interface RecipeResult {
   run: string;
   recipe: string;
   interrupted: boolean;
-  /** The signal that stopped the run, if one did (the CLI exits 130 for SIGINT, 143 for SIGTERM). */
-  signal?: 'SIGINT' | 'SIGTERM';
+  /** What stopped the run, if a signal did (the CLI exits 130 for SIGINT, 143 for SIGTERM; 'SIGHUP': its launcher went away, 129). */
+  signal?: 'SIGINT' | 'SIGTERM' | 'SIGHUP';
   stages: { name: StageKey; outputs: Record<string, string>; summary: Record<string, unknown> | null }[];
   summaryFile: string;
   reportFile: string;
@@ -104,9 +105,16 @@ export async function runRecipe(cfg: RecipeConfig, opts: RecipeHooks & { resume?
   };
   const onSigint = () => onSignal('SIGINT');
   const onSigterm = () => onSignal('SIGTERM');
+  let unwatch = () => {};
   if (opts.handleSigint ?? true) {
     process.on('SIGINT', onSigint);
     process.on('SIGTERM', onSigterm);
+    unwatch = watchLauncher((why) => {
+      if (interrupted) return;
+      result.signal = 'SIGHUP';
+      log(`train: ${why}: finishing the current step, then saving (resume later with --resume)`);
+      onUserAbort();
+    });
   }
   const outputs = new Map<StageKey, Record<string, string>>();
   for (const s of run.state.stages) outputs.set(s.name as StageKey, Object.fromEntries(Object.entries(s.outputs).map(([k, v]) => [k, path.resolve(run.dir, v)])));
@@ -191,6 +199,7 @@ export async function runRecipe(cfg: RecipeConfig, opts: RecipeHooks & { resume?
   } finally {
     process.off('SIGINT', onSigint);
     process.off('SIGTERM', onSigterm);
+    unwatch();
     opts.signal?.removeEventListener('abort', onUserAbort);
     run.close();
   }

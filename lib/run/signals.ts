@@ -10,12 +10,16 @@
  * point leaves the previous versions intact. See docs/reliability.md.
  */
 
+import { EXIT_ORPHANED, watchLauncher } from './launcher';
+
+export { EXIT_ORPHANED };
+
 export const EXIT_SIGINT = 130;
 export const EXIT_SIGTERM = 143;
 
-/** The exit code of a run stopped by `signal` (130 for SIGINT and by default, 143 for SIGTERM). */
+/** The exit code of a run stopped by `signal` (130 for SIGINT and by default, 143 for SIGTERM, 129 when its launcher went away: 'SIGHUP'). */
 export function exitCodeFor(signal: NodeJS.Signals | null | undefined): number {
-  return signal === 'SIGTERM' ? EXIT_SIGTERM : EXIT_SIGINT;
+  return signal === 'SIGTERM' ? EXIT_SIGTERM : signal === 'SIGHUP' ? EXIT_ORPHANED : EXIT_SIGINT;
 }
 
 export interface StopRequest {
@@ -62,9 +66,12 @@ export function stopOnSignals(opts: StopOptions): StopRequest {
   };
   const onAbort = () => request('aborted', null, '');
   const handle = opts.handleSignals ?? true;
+  let unwatch = () => {};
   if (handle) {
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
+    // A launcher that went away without passing its signal on (npx, sh -c): stop as on SIGTERM, exit 129.
+    unwatch = watchLauncher((why) => request(why, 'SIGHUP', ' (a signal exits without saving)'));
   }
   opts.abort?.addEventListener('abort', onAbort);
   if (opts.abort?.aborted) onAbort();
@@ -79,6 +86,7 @@ export function stopOnSignals(opts: StopOptions): StopRequest {
       if (handle) {
         process.off('SIGINT', onSignal);
         process.off('SIGTERM', onSignal);
+        unwatch();
       }
       opts.abort?.removeEventListener('abort', onAbort);
     },
