@@ -1,4 +1,5 @@
 import t from 'tap';
+import { gpuVisible } from '../lib/info';
 import * as fs from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { runCli, cliBuilt } from './helpers/cli';
@@ -47,15 +48,16 @@ t.test('info prints a human summary', { skip: !cliBuilt() && 'CLI not compiled' 
   if (!gpuPresent && nvccOnPath) t.match(r.stdout, /no CUDA device: /);
 });
 
-t.test('--device auto falls back to the CPU with one clear line when CUDA is unusable', { skip: (!cliBuilt() || gpuPresent || !nvccOnPath) && 'needs a CUDA build on a GPU-less machine' }, async (t) => {
+// Without a GPU in sight, falling back to the CPU is no news (docs/reliability.md): the line saying why
+// CUDA is not used is for a GPU that is visible but unusable; `info` always says why.
+t.test('--device auto on a machine without a GPU: the CPU, without a word about CUDA', { skip: (!cliBuilt() || gpuPresent || !nvccOnPath || gpuVisible()) && 'needs a CUDA build on a machine with no GPU visible' }, async (t) => {
   const dir = fs.mkdtempSync('/tmp/rlhf-auto-');
   const model = `${dir}/m`;
   t.equal(runCli(['init', '--arch', 'llama', '--preset', 'tiny', '--out', model]).status, 0, 'a tiny model');
   const r = runCli(['generate', '--model', model, '--prompt', 'Hello', '--max-new-tokens', '3', '--device', 'auto']);
   t.equal(r.status, 0, r.stderr);
   const lines = r.stderr.split('\n').filter((l) => /CUDA/.test(l));
-  t.equal(lines.length, 1, `one CUDA line on stderr: ${JSON.stringify(r.stderr)}`);
-  t.match(lines[0], /not usable/);
+  t.equal(lines.length, 0, `no CUDA line on stderr: ${JSON.stringify(r.stderr)}`);
   t.ok(r.stdout.trim().length > 0, 'and the command still does its work on the CPU');
   const r2 = runCli(['generate', '--model', model, '--prompt', 'Hello', '--max-new-tokens', '3', '--device', 'cuda']);
   t.equal(r2.status, 1);
