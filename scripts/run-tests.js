@@ -9,7 +9,8 @@ const path = require('path');
 const readline = require('readline');
 
 const root = path.resolve(__dirname, '..');
-const tsc = spawnSync(process.execPath, [require.resolve('typescript/bin/tsc'), '-p', 'tsconfig.json'], { cwd: root, stdio: 'inherit' });
+// The same compile as `npm run build` (scripts/build-ts.js: tsc, then the CLI made executable for npx).
+const tsc = spawnSync(process.execPath, [path.join(root, 'scripts', 'build-ts.js')], { cwd: root, stdio: 'inherit' });
 if (tsc.status !== 0) {
   console.log('TypeScript compilation failed');
   console.log('0 passed, 1 failed');
