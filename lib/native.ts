@@ -161,7 +161,9 @@ export type NativeLossRequest =
   | { kind: 'pairwise'; last?: Int32Array; margin?: Float32Array; gradScale?: number }
   | {
       kind: 'dpo';
+      /** Each row's completion tokens, flat [batch, seq-1] (see spanMask). */
       mask: Float32Array;
+      /** Reference sequence log-prob sums, one per pair. */
       refChosen: Float32Array;
       refRejected: Float32Array;
       beta: number;
@@ -198,7 +200,7 @@ export type NativeLossRequest =
 export type NativeEvalLossRequest =
   | { kind: 'sft'; mask: Float32Array; denom?: number }
   | { kind: 'pairwise'; last?: Int32Array; margin?: Float32Array }
-  | { kind: 'dpo'; mask: Float32Array; refChosen: Float32Array; refRejected: Float32Array; beta: number; labelSmoothing?: number }
+  | Omit<Extract<NativeLossRequest, { kind: 'dpo' }>, 'gradScale'>
   | { kind: 'sequenceLogps'; mask: Float32Array };
 
 export interface NativeForwardResult {

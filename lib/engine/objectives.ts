@@ -153,16 +153,8 @@ export interface PairwiseLossInput {
   gradScale?: number;
 }
 
-export interface DpoLossInput {
-  /** Each row's completion tokens, flat [batch, seq-1] (see spanMask). */
-  mask: Float32Array;
-  /** Reference sequence log-prob sums, one per pair. */
-  refChosen: Float32Array;
-  refRejected: Float32Array;
-  beta: number;
-  labelSmoothing?: number;
-  gradScale?: number;
-}
+/** The DPO loss call's inputs (documented with the native request, lib/native.ts). */
+export type DpoLossInput = Omit<Extract<NativeLossRequest, { kind: 'dpo' }>, 'kind'>;
 
 /** The PPO loss call's inputs (documented with the native request, lib/native.ts). */
 export type PpoLossInput = Omit<Extract<NativeLossRequest, { kind: 'ppo' }>, 'kind'>;

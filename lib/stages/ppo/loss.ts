@@ -7,7 +7,7 @@
  * backward from the gradients it left. See docs/losses.md.
  */
 import type { Trainer } from '../../engine/train';
-import { scatterTokens } from '../../engine/objectives';
+import { scatterTokens, type PpoLossStats } from '../../engine/objectives';
 import type { PromptIds } from '../../data/prompts';
 
 /** One sampled response and everything the update needs about it. */
@@ -61,75 +61,53 @@ function responseTokens(seq: number, rs: readonly Rollout[], pick: (r: Rollout) 
 const ones = (r: Rollout) => new Float32Array(r.response.length).fill(1);
 
 /**
- * The critic's gradients for one minibatch (zeroed first, accumulated over
- * micro-batches, not stepped): the clipped value loss of `ppo_loss` times
- * vf_coef, a mean over every response token of the minibatch (each
- * micro-batch's op call is scaled by its share of the tokens).
+ * One part's gradients for a minibatch (its adapter's, zeroed first,
+ * accumulated over micro-batches, not stepped): each micro-batch is a
+ * training forward of that part's outputs only, one `ppo_loss` call scaled by
+ * its share of the minibatch's response tokens, and a backward. Returns the
+ * loss statistics as token-weighted means over the minibatch.
  */
-export async function criticGradients(trainer: Trainer, mb: readonly Rollout[], o: PpoUpdateOptions): Promise<{ tokens: number; seqTokens: number; vfLoss: number; vfClipfrac: number }> {
-  trainer.useAdapter('critic');
+async function partGradients(trainer: Trainer, mb: readonly Rollout[], o: PpoUpdateOptions, part: 'critic' | 'policy'): Promise<{ tokens: number; seqTokens: number; stats: PpoLossStats }> {
+  trainer.useAdapter(part);
   await trainer.zeroGrad();
   const total = mb.reduce((s, r) => s + r.response.length, 0);
-  let vf = 0, vclip = 0, seqTokens = 0;
+  const sums: Record<string, number> = {};
+  let seqTokens = 0;
   for (const rs of microBatches(mb, o.microBatchSize)) {
     const n = rs.reduce((s, r) => s + r.response.length, 0);
     const ids = rs.map((r) => [...r.prompt.ids, ...r.response]);
-    // Values only: the loss call runs the clipped value loss alone, on the model's backend.
-    const { seq } = await trainer.forward({ inputIds: ids, values: true, logp: false, download: false });
+    // The critic: values only, so the loss call runs the clipped value loss alone; the policy:
+    // log-probs (and entropies) only, the clipped surrogate and the entropy bonus.
+    const { seq } = await trainer.forward(part === 'critic' ? { inputIds: ids, values: true, logp: false, download: false } : { inputIds: ids, logp: true, temperature: o.temperature, download: false });
+    const tokens = (pick: (r: Rollout) => ArrayLike<number>) => responseTokens(seq, rs, pick);
     const out = await trainer.ppoLoss({
-      mask: responseTokens(seq, rs, ones),
-      returns: responseTokens(seq, rs, (r) => r.returns),
-      oldValues: responseTokens(seq, rs, (r) => r.oldValues),
+      mask: tokens(ones),
+      ...(part === 'critic' ? { returns: tokens((r) => r.returns), oldValues: tokens((r) => r.oldValues) } : { oldLogp: tokens((r) => r.oldLogp), advantages: tokens((r) => r.advantages), entCoef: o.entCoef }),
       clipRange: o.cliprange,
       clipRangeValue: o.cliprangeValue,
       vfCoef: o.vfCoef,
       gradScale: n / total,
     });
     await trainer.backward({});
-    vf += out.vfLoss * n;
-    vclip += out.vfClipfrac * n;
+    for (const [k, v] of Object.entries(out)) sums[k] = (sums[k] ?? 0) + v * n;
     seqTokens += ids.reduce((s, x) => s + x.length, 0);
   }
-  return { tokens: total, seqTokens, vfLoss: total ? vf / total : 0, vfClipfrac: total ? vclip / total : 0 };
+  const d = total || 1;
+  return { tokens: total, seqTokens, stats: Object.fromEntries(Object.entries(sums).map(([k, v]) => [k, v / d])) as unknown as PpoLossStats };
 }
 
-/**
- * The policy's gradients for one minibatch (zeroed first, accumulated, not
- * stepped): the clipped surrogate of `ppo_loss` minus ent_coef times the mean
- * entropy, a mean over every response token of the minibatch.
- */
+/** The critic's gradients for one minibatch: the clipped value loss times vf_coef, a mean over every response token. */
+export async function criticGradients(trainer: Trainer, mb: readonly Rollout[], o: PpoUpdateOptions): Promise<{ tokens: number; seqTokens: number; vfLoss: number; vfClipfrac: number }> {
+  const { tokens, seqTokens, stats } = await partGradients(trainer, mb, o, 'critic');
+  return { tokens, seqTokens, vfLoss: stats.vfLoss ?? 0, vfClipfrac: stats.vfClipfrac ?? 0 };
+}
+
+/** The policy's gradients for one minibatch: the clipped surrogate minus ent_coef times the mean entropy, a mean over every response token. */
 export async function policyGradients(
   trainer: Trainer,
   mb: readonly Rollout[],
   o: PpoUpdateOptions,
 ): Promise<{ tokens: number; seqTokens: number; pgLoss: number; entropy: number; approxKl: number; clipfrac: number; ratio: number }> {
-  trainer.useAdapter('policy');
-  await trainer.zeroGrad();
-  const total = mb.reduce((s, r) => s + r.response.length, 0);
-  let pg = 0, ent = 0, akl = 0, clip = 0, ratio = 0, seqTokens = 0;
-  for (const rs of microBatches(mb, o.microBatchSize)) {
-    const n = rs.reduce((s, r) => s + r.response.length, 0);
-    const ids = rs.map((r) => [...r.prompt.ids, ...r.response]);
-    // Log-probs (and entropies) only: the loss call runs the clipped surrogate and the entropy bonus, on the model's backend.
-    const { seq } = await trainer.forward({ inputIds: ids, logp: true, temperature: o.temperature, download: false });
-    const out = await trainer.ppoLoss({
-      mask: responseTokens(seq, rs, ones),
-      oldLogp: responseTokens(seq, rs, (r) => r.oldLogp),
-      advantages: responseTokens(seq, rs, (r) => r.advantages),
-      clipRange: o.cliprange,
-      clipRangeValue: o.cliprangeValue,
-      vfCoef: o.vfCoef,
-      entCoef: o.entCoef,
-      gradScale: n / total,
-    });
-    await trainer.backward({});
-    pg += out.pgLoss * n;
-    ent += out.entropy * n;
-    akl += out.approxKl * n;
-    clip += out.clipfrac * n;
-    ratio += out.ratio * n;
-    seqTokens += ids.reduce((s, x) => s + x.length, 0);
-  }
-  const d = total || 1;
-  return { tokens: total, seqTokens, pgLoss: pg / d, entropy: ent / d, approxKl: akl / d, clipfrac: clip / d, ratio: ratio / d };
+  const { tokens, seqTokens, stats: s } = await partGradients(trainer, mb, o, 'policy');
+  return { tokens, seqTokens, pgLoss: s.pgLoss ?? 0, entropy: s.entropy ?? 0, approxKl: s.approxKl ?? 0, clipfrac: s.clipfrac ?? 0, ratio: s.ratio ?? 0 };
 }

@@ -4,18 +4,16 @@
  * `reward:<part>`, no second copy of the base), combined as in Llama 2 with
  * two.
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { RlhfError } from '../../errors';
 import type { Model } from '../../engine/model';
 import { openModelFolder } from '../../model/folder';
-import { adapterHead } from '../../model/peft';
+import { adapterHead, isAdapterDir } from '../../model/peft';
 import type { ModelConfig } from '../../model/config';
 import { combineRewards, rewardModels, type RewardInput, type RewardSource } from '../../reward/sources';
 import type { ResolvedPpoConfig } from './config';
 
 /** A PEFT adapter folder (adapter_config.json and no config.json of its own). */
-export const isAdapterDir = (dir: string) => fs.existsSync(path.join(dir, 'adapter_config.json')) && !fs.existsSync(path.join(dir, 'config.json'));
+export { isAdapterDir };
 
 /**
  * Checks the reward-model folders against the base (E_MODEL) and returns

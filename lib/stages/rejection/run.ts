@@ -35,15 +35,16 @@ import { splitEval } from '../../data/sft-data';
 import { rewardModels, type RewardSource } from '../../reward/sources';
 import { runSft } from '../sft';
 import { packageVersion } from '../../info';
-import { checkWritableDir, removeDirAtomic } from '../../run/atomic';
+import { removeDirAtomic } from '../../run/atomic';
 import { applyThreads } from '../../train/stage';
 import { runOnline, type OnlineMethod } from '../../train/online';
+import { checkOutFolder } from '../../train/supervised';
 import { resolveRsConfig, sftRoundConfig, type RsConfig, type RsHooks, type RsMetrics, type RsResult, type RsRoundSummary } from './config';
 import { evaluatePolicy, mean, partMeans, rewardInputs, samplePolicy, scoreAll, sftRow, stopTokenIds, type Kept, type Sample, type SampleOptions } from './sampling';
 
-function checkOutFolder(out: string, resume: boolean): void {
+/** An earlier rejection-sampling run in `out` is continued only with --resume. */
+function refuseEarlierRun(out: string, resume: boolean): void {
   if (!fs.existsSync(out)) return;
-  if (!fs.statSync(out).isDirectory()) throw new RlhfError('E_ARGUMENT', `--out ${out} exists and is not a folder`, { where: out });
   const earlier = fs.readdirSync(out).filter((f) => f === 'rs_config.json' || f === 'metrics.jsonl' || /^round-\d+$/.test(f));
   if (earlier.length && !resume)
     throw new RlhfError('E_ARGUMENT', `--out ${out} already holds a rejection-sampling run (${earlier.slice(0, 3).join(', ')}); choose a new folder, or continue it with --resume (nothing there was changed)`, {
@@ -67,8 +68,8 @@ export async function runRejectionSampling(config: RsConfig, hooks: RsHooks = {}
   const cfg = resolveRsConfig(config, { rewardSource: hooks.reward !== undefined });
   const log = hooks.log ?? (() => {});
   applyThreads(cfg.threads, log);
-  checkOutFolder(cfg.out, cfg.resume);
-  checkWritableDir(cfg.out);
+  checkOutFolder(cfg.out);
+  refuseEarlierRun(cfg.out, cfg.resume);
   if (cfg.adapter) readAdapterConfig(cfg.adapter);
 
   // The policy's config and tokenizer, then the data: bad rows fail before any weights load or anything is written.
