@@ -58,6 +58,14 @@ struct Ctx {
     be.row_dot(rd);
     return mask;
   }
+  // The per-row gradients dsums spread over each row's tokens by its weights
+  // (row_dot_backward) into `dx`, the gradient backward() takes next.
+  void broadcast(const float* w, const float* dsums, Buffer<float>& dx, bool& has) const {
+    RowDotBackwardOp bd;
+    bd.rows = B, bd.cols = T, bd.w = w, bd.dout = dsums, bd.dx = dx.ensure(be, N);
+    be.row_dot_backward(bd);
+    has = true;
+  }
   // The scalars: `count` floats at the start of s.out, in one read back.
   std::vector<float> read(int64_t count) const { return s.out.to_host(count); }
 };
@@ -122,12 +130,7 @@ ObjectiveResult pairwise(Ctx& c, const ObjectiveRequest& r) {
   op.loss = out, op.stats = out + 1;
   if (dsums) op.dchosen = dsums, op.drejected = dsums + P;
   c.be.pairwise_loss(op);
-  if (dsums) {
-    RowDotBackwardOp bd;
-    bd.rows = B, bd.cols = T, bd.w = wd, bd.dout = dsums, bd.dx = c.s.dvalues.ensure(c.be, c.N);
-    c.be.row_dot_backward(bd);
-    c.s.has_dvalues = true;
-  }
+  if (dsums) c.broadcast(wd, dsums, c.s.dvalues, c.s.has_dvalues);
   const std::vector<float> v = c.read(1 + PairwiseLossOp::kStatCount);
   const float* st = v.data() + 1;
   return {{{"loss", v[0]},
@@ -158,12 +161,7 @@ ObjectiveResult dpo(Ctx& c, const ObjectiveRequest& r) {
   op.loss = out, op.stats = out + 1;
   if (dsums) op.dpolicy_chosen = dsums, op.dpolicy_rejected = dsums + P;
   c.be.dpo_loss(op);
-  if (dsums) {
-    RowDotBackwardOp bd;
-    bd.rows = B, bd.cols = T, bd.w = mask, bd.dout = dsums, bd.dx = c.s.dlogp.ensure(c.be, c.N);
-    c.be.row_dot_backward(bd);
-    c.s.has_dlogp = true;
-  }
+  if (dsums) c.broadcast(mask, dsums, c.s.dlogp, c.s.has_dlogp);
   c.be.copy(out + 1 + K, sums, sizeof(float) * static_cast<size_t>(B));
   const std::vector<float> v = c.read(1 + K + B);
   const float* st = v.data() + 1;
