@@ -30,7 +30,7 @@ import { spanMask } from '../engine/objectives';
 import { loadTokenizer, type Tokenizer } from '../tokenizer/tokenizer';
 import { splitEval } from '../data/sft-data';
 import { identicalWarning, loadPreferenceData, type PreferenceDataStats, type PreferenceExample } from '../data/preference-data';
-import { defaultsOf, describe, SUPERVISED_OPTIONS, withDefaults, type OptionTable, type Resolved, type SupervisedOptions } from '../train/options';
+import { defaultsOf, lrDefaults, describe, SUPERVISED_OPTIONS, withDefaults, type OptionTable, type Resolved, type SupervisedOptions } from '../train/options';
 import { resolveSupervised, runSupervised, type SupervisedMethod, type SupervisedRun } from '../train/supervised';
 import type { Stage, StageHooks } from '../train/stage';
 
@@ -65,7 +65,7 @@ export const DPO_OPTIONS: OptionTable<DpoConfig> = {
 };
 
 /** The defaults of DPO_OPTIONS (lr: 5e-6 with LoRA, 5e-7 with full training). */
-export const DPO_DEFAULTS: Record<string, unknown> = { ...defaultsOf(DPO_OPTIONS), lrLora: 5e-6, lrFull: 5e-7 };
+export const DPO_DEFAULTS: Record<string, unknown> = { ...defaultsOf(DPO_OPTIONS), ...lrDefaults(DPO_OPTIONS) };
 
 /** Means over pairs (TRL's names without the prefix). */
 export interface DpoPairMetrics {

@@ -28,7 +28,7 @@ import type { Trainer } from '../engine/train';
 import { loadTokenizer, type Tokenizer } from '../tokenizer/tokenizer';
 import { loadPreferenceData, identicalWarning, type MarginScale, type PreferenceExample } from '../data/preference-data';
 import { splitEval } from '../data/sft-data';
-import { checks, defaultsOf, describe, SUPERVISED_OPTIONS, withDefaults, type OptionTable, type Resolved, type SupervisedOptions } from '../train/options';
+import { checks, defaultsOf, lrDefaults, describe, SUPERVISED_OPTIONS, withDefaults, type OptionTable, type Resolved, type SupervisedOptions } from '../train/options';
 import { resolveSupervised, runSupervised, type SupervisedMethod, type SupervisedRun } from '../train/supervised';
 import type { Stage, StageHooks } from '../train/stage';
 
@@ -64,7 +64,7 @@ export const RM_OPTIONS: OptionTable<RmConfig> = {
 };
 
 /** The defaults of RM_OPTIONS (lr: 1e-4 with LoRA, 1e-5 with full training). */
-export const RM_DEFAULTS: Record<string, unknown> = { ...defaultsOf(RM_OPTIONS), lrFull: 1e-5, lrLora: 1e-4 };
+export const RM_DEFAULTS: Record<string, unknown> = { ...defaultsOf(RM_OPTIONS), ...lrDefaults(RM_OPTIONS) };
 
 /** One line of metrics.jsonl. */
 export interface RmStepMetrics {

@@ -20,7 +20,7 @@ import type { Model } from '../engine/model';
 import { readAdapterConfig } from '../model/peft';
 import { loadTokenizer, type Tokenizer } from '../tokenizer/tokenizer';
 import { loadSftData, packSftBatch, splitEval, type SftDataStats, type SftExample } from '../data/sft-data';
-import { defaultsOf, SUPERVISED_OPTIONS, withDefaults, describe, type OptionTable, type Resolved, type SupervisedOptions } from '../train/options';
+import { defaultsOf, lrDefaults, SUPERVISED_OPTIONS, withDefaults, describe, type OptionTable, type Resolved, type SupervisedOptions } from '../train/options';
 import { noDecayNames, resolveSupervised, runSupervised, type SupervisedMethod, type SupervisedRun } from '../train/supervised';
 import type { Stage, StageHooks } from '../train/stage';
 import type { Trainer } from '../engine/train';
@@ -42,7 +42,7 @@ export const SFT_OPTIONS: OptionTable<SftConfig> = describe(
 );
 
 /** The defaults of SFT_OPTIONS (lr: 2e-4 with LoRA, 2e-5 with full training). */
-export const SFT_DEFAULTS: Record<string, unknown> = { ...defaultsOf(SFT_OPTIONS), lrLora: 2e-4, lrFull: 2e-5 };
+export const SFT_DEFAULTS: Record<string, unknown> = { ...defaultsOf(SFT_OPTIONS), ...lrDefaults(SFT_OPTIONS) };
 
 /** One line of metrics.jsonl. */
 export interface SftStepMetrics {
@@ -125,7 +125,8 @@ export const SFT_METHOD: SupervisedMethod<ResolvedSftConfig, SftExample, { denom
     if (saved > 0) log(`sft: note: ${cfg.adapter} was trained with lora_dropout ${saved}; it is continued without dropout`);
   },
   planStep(micro) {
-    return { denom: micro.reduce((s, rows) => s + packSftBatch(rows).targets, 0) };
+    // The step's target tokens (what packSftBatch sums per micro-batch), without packing twice.
+    return { denom: micro.reduce((s, rows) => s + rows.reduce((t, e) => t + e.targets, 0), 0) };
   },
   async microBatch({ trainer }, examples, { denom }) {
     const b = packSftBatch(examples);

@@ -299,6 +299,12 @@ export function defaultsOf<C>(table: OptionTable<C>): Record<string, unknown> {
   return out;
 }
 
+/** A stage's two learning rates (`lrLora`, `lrFull`), from its table's derived lr. */
+export function lrDefaults(table: OptionTable<{ lr?: number }>): { lrLora: unknown; lrFull: unknown } {
+  const derive = table.lr.derive ?? (() => table.lr.default);
+  return { lrLora: derive({ full: false }), lrFull: derive({ full: true }) };
+}
+
 // ------------------------------------------------------------------ resolving
 
 /**
