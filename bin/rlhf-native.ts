@@ -15,6 +15,7 @@ import * as merge from './commands/merge';
 import * as rs from './commands/rs';
 import * as dpo from './commands/dpo';
 import * as ppo from './commands/ppo';
+import * as grpo from './commands/grpo';
 import { packageVersion } from '../lib/info';
 
 /** The status a shell reports for a process killed by SIGPIPE (128 + 13). */
@@ -45,6 +46,7 @@ async function main(): Promise<void> {
     .wrap(Math.min(110, process.stdout.columns || 100));
   for (const c of [train, info, inspect, init, score, generate, bench, sft, rm, merge, dpo, rs]) y = c.register(y);
   y = ppo.register(y);
+  y = grpo.register(y);
   await y.parseAsync();
 }
 

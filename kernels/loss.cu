@@ -92,8 +92,9 @@ __global__ void __launch_bounds__(kThreads) ppo_loss_kernel(PpoLossOp op) {
     cnt[0] = threadIdx.x == 0 ? static_cast<double>(op.n) : 0.0;
   block_sum_n<1>(cnt, sh);
   const double count = cnt[0];
-  const double inv = 1.0 / mean_divisor(count);
+  const double inv = 1.0 / (op.denom > 0 ? op.denom : mean_divisor(count));
   const float g = static_cast<float>(op.grad_scale * inv);
+  const float eps_hi = op.clip_range_high < 0.f ? op.clip_range : op.clip_range_high;
   enum { kPg, kVf, kKl, kEnt, kApproxKl, kClip, kVfClip, kRatio, kAcc };
   double acc[kAcc] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (int64_t i = threadIdx.x; i < op.n; i += blockDim.x) {
@@ -107,7 +108,7 @@ __global__ void __launch_bounds__(kThreads) ppo_loss_kernel(PpoLossOp op) {
     const double wd = w;
     const float gw = g * w;
     const float lp = op.logp[i], olp = op.old_logp[i];
-    const math::PpoPgTerm pg = math::ppo_pg_term(lp, olp, op.advantages[i], op.clip_range);
+    const math::PpoPgTerm pg = math::ppo_pg_term(lp, olp, op.advantages[i], op.clip_range, eps_hi);
     acc[kPg] += wd * pg.loss;
     acc[kRatio] += wd * pg.ratio;
     acc[kClip] += pg.clipped ? wd : 0.0;

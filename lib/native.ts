@@ -182,13 +182,28 @@ export type NativeLossRequest =
       /** Value part (a forward with values): returns and rollout values. */
       returns?: Float32Array;
       oldValues?: Float32Array;
+      /** The ratio's lower bound is 1 - clipRange, its upper 1 + clipRangeHigh (default clipRange; DAPO's clip-higher raises it). */
       clipRange?: number;
+      clipRangeHigh?: number;
       clipRangeValue?: number;
       vfCoef?: number;
       klCoef?: number;
       klEstimator?: 'k1' | 'k2' | 'k3';
       entCoef?: number;
       gradScale?: number;
+      /**
+       * The divisor of the masked means (default sum(mask)): a minibatch's
+       * total when it is split into micro-batches, or a constant (Dr. GRPO).
+       * The mask's values are weights (GRPO's per-sequence mean: 1/length).
+       */
+      denom?: number;
+      /**
+       * Sequence-level ratio (TRL's RLOO): oldLogp and advantages hold one
+       * value per row (the rollout's sequence log-prob sum over `mask`); the
+       * surrogate is a mean over rows (or a sum over denom). The policy part
+       * alone: no refLogp, klCoef or entCoef.
+       */
+      sequence?: boolean;
     };
 
 /**

@@ -635,6 +635,9 @@ Napi::Value Model::Loss(const Napi::CallbackInfo& info) {
     r.vf_coef = static_cast<float>(num(o, "vfCoef", 0.1));
     r.kl_coef = static_cast<float>(num(o, "klCoef", 0));
     r.ent_coef = static_cast<float>(num(o, "entCoef", 0));
+    r.clip_range_high = static_cast<float>(num(o, "clipRangeHigh", -1));
+    Napi::Value seq = o.Get("sequence");
+    r.sequence = seq.IsBoolean() && seq.As<Napi::Boolean>().Value();
     Napi::Value est = o.Get("klEstimator");
     const std::string e = est.IsUndefined() || est.IsNull() ? "k1" : est.ToString().Utf8Value();
     if (e == "k1") r.kl_estimator = KlEstimator::kK1;

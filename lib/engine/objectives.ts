@@ -126,7 +126,7 @@ export interface PpoLossStats {
   vfClipfrac: number;
   /** masked mean probability ratio. */
   ratio: number;
-  /** sum(mask). */
+  /** sum(mask); with `sequence`, the rows. Statistics are sums over `denom` when it is given. */
   tokens: number;
 }
 
@@ -253,24 +253,28 @@ export async function ppoObjective(handle: NativeModel, x: PpoLossInput): Promis
     ...opt('returns', x.returns),
     ...opt('oldValues', x.oldValues),
     ...opt('clipRange', x.clipRange),
+    ...opt('clipRangeHigh', x.clipRangeHigh),
     ...opt('clipRangeValue', x.clipRangeValue),
     ...opt('vfCoef', x.vfCoef),
     ...opt('klCoef', x.klCoef),
     ...opt('klEstimator', x.klEstimator),
     ...opt('entCoef', x.entCoef),
     ...opt('gradScale', x.gradScale),
+    ...opt('denom', x.denom),
+    ...(x.sequence ? { sequence: true } : {}),
   });
+  // The sequence-level surrogate has no value, KL or entropy part; its count is of rows.
   return {
     loss: r.loss,
     pgLoss: r.pgLoss,
-    vfLoss: r.vfLoss,
-    kl: r.kl,
-    entropy: r.entropy,
+    vfLoss: r.vfLoss ?? 0,
+    kl: r.kl ?? 0,
+    entropy: r.entropy ?? 0,
     approxKl: r.approxKl,
     clipfrac: r.clipfrac,
-    vfClipfrac: r.vfClipfrac,
+    vfClipfrac: r.vfClipfrac ?? 0,
     ratio: r.ratio,
-    tokens: r.tokens,
+    tokens: r.tokens ?? r.sequences,
   };
 }
 

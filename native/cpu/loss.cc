@@ -119,8 +119,9 @@ void CpuBackend::ppo_loss(const PpoLossOp& op) {
   const bool has_values = op.values && op.old_values && op.returns;
   const int estimator = static_cast<int>(op.kl_estimator);
   const double count = mask_sum(pool_, mask, n);
-  const double inv = 1.0 / mean_divisor(count);
+  const double inv = 1.0 / (op.denom > 0 ? op.denom : mean_divisor(count));
   const float g = static_cast<float>(op.grad_scale * inv);
+  const float eps_hi = op.clip_range_high < 0.f ? op.clip_range : op.clip_range_high;
   enum { kPg, kVf, kKl, kEnt, kApproxKl, kClip, kVfClip, kRatio, kAcc };
   const auto s = chunked_sum<kAcc>(pool_, n, [&](int64_t b, int64_t e, std::array<double, kAcc>& acc) {
     // Local accumulators (kept in registers), stored to acc once per chunk.
@@ -138,7 +139,7 @@ void CpuBackend::ppo_loss(const PpoLossOp& op) {
       }
       const double wd = w;
       const float gw = g * w;
-      const math::PpoPgTerm pg = math::ppo_pg_term(logp[i], old_logp[i], adv[i], eps);
+      const math::PpoPgTerm pg = math::ppo_pg_term(logp[i], old_logp[i], adv[i], eps, eps_hi);
       a_pg += wd * pg.loss;
       a_ratio += wd * pg.ratio;
       a_clip += pg.clipped ? wd : 0.0;

@@ -35,6 +35,11 @@ struct Ctx {
       fail(std::string("'") + name + "' has " + std::to_string(v.size()) + " elements, expected one per pair (" + std::to_string(P) + ")");
     return buf.upload(be, v);
   }
+  const float* per_row(Buffer<float>& buf, const std::vector<float>& v, const char* name) const {
+    if (static_cast<int64_t>(v.size()) != B)
+      fail(std::string("'") + name + "' has " + std::to_string(v.size()) + " elements, expected one per row (" + std::to_string(B) + ")");
+    return buf.upload(be, v);
+  }
   int64_t pair_count() const {
     if (B % 2) fail("the forward has " + std::to_string(B) + " rows; it needs chosen rows then rejected rows (an even count)");
     return B / 2;
@@ -177,7 +182,42 @@ ObjectiveResult dpo(Ctx& c, const ObjectiveRequest& r) {
            {"pairs", static_cast<double>(P)}}, {}};
 }
 
+// The sequence-level surrogate (TRL's RLOO): the per-token PPO term over
+// rows, with each row's masked log-prob sum as its log-prob; the gradient of
+// a row's sum reaches its tokens through row_dot_backward.
+ObjectiveResult ppo_sequence(Ctx& c, const ObjectiveRequest& r) {
+  c.need_logp();
+  c.no_forward_grad();
+  if (c.has_values) c.fail("the sequence-level surrogate has no value part (run the forward with values: false)");
+  if (!r.ref_logp.empty() || r.ent_coef != 0.f || r.kl_coef != 0.f) c.fail("the sequence-level surrogate takes no 'refLogp', 'klCoef' or 'entCoef'");
+  LossState& s = c.s;
+  const float* mask = c.logp_sums(r.mask);
+  PpoLossOp op;
+  op.n = c.B;
+  op.logp = s.sums.data();
+  op.old_logp = c.per_row(s.old_logp, r.old_logp, "oldLogp");
+  op.advantages = c.per_row(s.advantages, r.advantages, "advantages");
+  op.clip_range = r.clip_range, op.clip_range_high = r.clip_range_high, op.grad_scale = r.grad_scale;
+  op.denom = r.has_denom ? r.denom : 0.0;
+  op.dlogp = s.dsums.ensure(c.be, c.B);
+  constexpr int64_t K = PpoLossOp::kStatCount;
+  float* out = s.out.ensure(c.be, 1 + K);
+  op.loss = out, op.stats = out + 1;
+  c.be.ppo_loss(op);
+  c.broadcast(mask, op.dlogp, s.dlogp, s.has_dlogp);
+  const std::vector<float> v = c.read(1 + K);
+  const float* st = v.data() + 1;
+  return {{{"loss", v[0]},
+           {"pgLoss", st[PpoLossOp::kPgLoss]},
+           {"approxKl", st[PpoLossOp::kApproxKl]},
+           {"clipfrac", st[PpoLossOp::kClipfrac]},
+           {"ratio", st[PpoLossOp::kRatioMean]},
+           {"sequences", st[PpoLossOp::kTokens]}}, {}};
+}
+
 ObjectiveResult ppo(Ctx& c, const ObjectiveRequest& r) {
+  if (r.has_denom && !(r.denom > 0.f)) c.fail("'denom' must be > 0");
+  if (r.sequence) return ppo_sequence(c, r);
   const bool policy = c.has_logp, critic = c.has_values;
   if (!policy && !critic) c.fail("the training forward computed neither log-probs nor values");
   if (policy) {
@@ -212,6 +252,8 @@ ObjectiveResult ppo(Ctx& c, const ObjectiveRequest& r) {
   }
   op.clip_range = r.clip_range, op.clip_range_value = r.clip_range_value, op.vf_coef = r.vf_coef;
   op.kl_coef = r.kl_coef, op.kl_estimator = r.kl_estimator, op.ent_coef = r.ent_coef, op.grad_scale = r.grad_scale;
+  op.clip_range_high = r.clip_range_high;
+  op.denom = r.has_denom ? r.denom : 0.0;
   constexpr int64_t K = PpoLossOp::kStatCount;
   float* out = s.out.ensure(c.be, 1 + K);
   op.loss = out, op.stats = out + 1;

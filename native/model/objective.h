@@ -69,7 +69,15 @@ struct ObjectiveRequest {
   // a forward with only one of the two runs that part alone.
   std::vector<float> old_logp, advantages, ref_logp, returns, old_values;  // [batch, seq-1]
   float clip_range = 0.2f, clip_range_value = 0.2f, vf_coef = 0.1f, kl_coef = 0.f, ent_coef = 0.f;
+  float clip_range_high = -1.f;  // < 0: clip_range
   KlEstimator kl_estimator = KlEstimator::kK1;
+  // ppo's divisor (has_denom: `denom` replaces sum(mask); shared with sft's).
+  // sequence: the importance ratio of whole sequences (TRL's RLOO): the
+  // policy's masked log-prob sum of each row against old_logp and
+  // advantages given per row ([batch]); the surrogate is a mean over rows
+  // (or a sum over `denom`), its per-row gradient spread back over each
+  // row's masked tokens. No value, KL or entropy part.
+  bool sequence = false;
 };
 
 // Named scalars, "loss" first; for kSequenceLogps no scalars but the

@@ -137,16 +137,17 @@ RLHF_HD LossTerm dpo_term(float h, float beta, float ls) {
 }
 
 // PPO clipped surrogate of one token as a loss (Schulman et al. 2017; TRL):
-// ratio r = exp(logp - old_logp), loss = max(-A r, -A clip(r, 1 - eps, 1 + eps)).
+// ratio r = exp(logp - old_logp), loss = max(-A r, -A clip(r, 1 - eps_lo, 1 + eps_hi))
+// (eps_lo = eps_hi in PPO; DAPO's "clip-higher" raises eps_hi).
 // `clipped` when the clipped branch is strictly larger (then r is outside the
 // range and the loss does not depend on logp); otherwise grad = d/dlogp = -A r.
 struct PpoPgTerm {
   float loss, grad, ratio;
   bool clipped;
 };
-RLHF_HD PpoPgTerm ppo_pg_term(float logp, float old_logp, float adv, float eps) {
+RLHF_HD PpoPgTerm ppo_pg_term(float logp, float old_logp, float adv, float eps_lo, float eps_hi) {
   const float r = expf(logp - old_logp);
-  const float rc = fminf(fmaxf(r, 1.f - eps), 1.f + eps);
+  const float rc = fminf(fmaxf(r, 1.f - eps_lo), 1.f + eps_hi);
   const float l1 = -adv * r, l2 = -adv * rc;
   if (l2 > l1) return PpoPgTerm{l2, 0.f, r, true};
   return PpoPgTerm{l1, -adv * r, r, false};

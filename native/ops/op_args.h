@@ -330,10 +330,14 @@ struct PpoLossOp {
   const float* ref_logp = nullptr;    // [n] reference model, or null
   const float* entropy = nullptr;     // [n] or null
   const float* mask = nullptr;        // [n] or null
-  float clip_range = 0.2f;
+  float clip_range = 0.2f;         // the ratio's lower bound is 1 - clip_range
+  float clip_range_high = -1.f;    // its upper bound 1 + clip_range_high; < 0: clip_range (symmetric)
   float clip_range_value = 0.2f;
   float vf_coef = 0.1f;
   float kl_coef = 0.f;
+  // The masked means' divisor: > 0 replaces sum(mask) (a minibatch's total
+  // split over micro-batches, or Dr. GRPO's constant).
+  double denom = 0.0;
   KlEstimator kl_estimator = KlEstimator::kK1;
   float ent_coef = 0.f;
   float grad_scale = 1.f;

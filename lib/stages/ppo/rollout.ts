@@ -138,7 +138,7 @@ function responseSlices(rows: readonly Float32Array[], promptLens: readonly numb
   return rows.map((r, b) => Float32Array.from(r.subarray(promptLens[b] - 1, promptLens[b] - 1 + respLens[b])));
 }
 
-async function perToken(
+export async function perToken(
   model: Model,
   seqs: readonly number[][],
   promptLens: readonly number[],

@@ -1,0 +1,24 @@
+/** The GRPO family as a registered stage: its options, its run, and how a recipe wires it (lib/train/stage.ts). */
+import type { Stage } from '../../train/stage';
+import { GRPO_OPTIONS, type GrpoConfig, type GrpoHooks, type GrpoResult } from './config';
+import { runGrpo } from './run';
+
+export const grpoStage: Stage<GrpoConfig, GrpoResult> = {
+  name: 'grpo',
+  summary: 'GRPO / RLOO / REINFORCE++: G samples per prompt, group-relative advantages, no critic',
+  options: GRPO_OPTIONS,
+  run: (config, hooks = {}) => runGrpo(config, hooks as GrpoHooks),
+  recipe: {
+    /** A new LoRA policy on the recipe's base (SFT's model), rewarded by the recipe's reward model(s) or hooks.reward. */
+    inputs: (ctx) => ({ ...ctx.rewardOptions(), model: ctx.base }),
+    /** A checkpoint every iteration: a recipe stopped inside grpo resumes from the newest one. */
+    defaults: { checkpointSteps: 1, checkpointKeep: 2 },
+    checkpoints: true,
+    outputs: async (r) => ({ adapter: r.out }),
+    summary: (r) => ({
+      eval: r.eval ? { reward_before: r.eval.before.reward, reward_after: r.eval.after.reward } : { reward_first: r.initialReward, reward_last: r.finalReward },
+      steps: r.steps,
+    }),
+    progress: (m) => ({ reward: m.reward as number | undefined, kl: m.kl as number | undefined }),
+  },
+};
