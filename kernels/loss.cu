@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(kThreads) ppo_loss_kernel(PpoLossOp op) {
     acc[kApproxKl] += wd * (0.5f * dlr * dlr);
     float dlogp = pg.grad;
     if (op.ref_logp) {
-      const math::LossTerm kl = math::kl_term(lp, op.ref_logp[i], estimator);
+      const math::LossTerm kl = math::kl_ratio_term(math::kl_term(lp, op.ref_logp[i], estimator), pg.ratio, op.kl_times_ratio);
       acc[kKl] += wd * kl.loss;
       dlogp += op.kl_coef * kl.grad;
     }

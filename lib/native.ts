@@ -189,6 +189,8 @@ export type NativeLossRequest =
       vfCoef?: number;
       klCoef?: number;
       klEstimator?: 'k1' | 'k2' | 'k3';
+      /** The KL term times the probability ratio (TRL's use_bias_correction_kl; its gradient is then the unbiased reverse-KL one). */
+      klTimesRatio?: boolean;
       entCoef?: number;
       gradScale?: number;
       /**

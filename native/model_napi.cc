@@ -636,6 +636,8 @@ Napi::Value Model::Loss(const Napi::CallbackInfo& info) {
     r.kl_coef = static_cast<float>(num(o, "klCoef", 0));
     r.ent_coef = static_cast<float>(num(o, "entCoef", 0));
     r.clip_range_high = static_cast<float>(num(o, "clipRangeHigh", -1));
+    Napi::Value ktr = o.Get("klTimesRatio");
+    r.kl_times_ratio = ktr.IsBoolean() && ktr.As<Napi::Boolean>().Value();
     Napi::Value seq = o.Get("sequence");
     r.sequence = seq.IsBoolean() && seq.As<Napi::Boolean>().Value();
     Napi::Value est = o.Get("klEstimator");

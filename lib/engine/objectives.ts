@@ -262,6 +262,7 @@ export async function ppoObjective(handle: NativeModel, x: PpoLossInput): Promis
     ...opt('gradScale', x.gradScale),
     ...opt('denom', x.denom),
     ...(x.sequence ? { sequence: true } : {}),
+    ...(x.klTimesRatio ? { klTimesRatio: true } : {}),
   });
   // The sequence-level surrogate has no value, KL or entropy part; its count is of rows.
   return {

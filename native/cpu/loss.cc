@@ -147,7 +147,7 @@ void CpuBackend::ppo_loss(const PpoLossOp& op) {
       a_akl += wd * (0.5f * dlr * dlr);
       float dlogp = pg.grad;
       if (ref) {
-        const math::LossTerm kl = math::kl_term(logp[i], ref[i], estimator);
+        const math::LossTerm kl = math::kl_ratio_term(math::kl_term(logp[i], ref[i], estimator), pg.ratio, op.kl_times_ratio);
         a_kl += wd * kl.loss;
         dlogp += kl_coef * kl.grad;
       }

@@ -253,6 +253,7 @@ ObjectiveResult ppo(Ctx& c, const ObjectiveRequest& r) {
   op.clip_range = r.clip_range, op.clip_range_value = r.clip_range_value, op.vf_coef = r.vf_coef;
   op.kl_coef = r.kl_coef, op.kl_estimator = r.kl_estimator, op.ent_coef = r.ent_coef, op.grad_scale = r.grad_scale;
   op.clip_range_high = r.clip_range_high;
+  op.kl_times_ratio = r.kl_times_ratio;
   op.denom = r.has_denom ? r.denom : 0.0;
   constexpr int64_t K = PpoLossOp::kStatCount;
   float* out = s.out.ensure(c.be, 1 + K);

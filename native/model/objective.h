@@ -70,6 +70,7 @@ struct ObjectiveRequest {
   std::vector<float> old_logp, advantages, ref_logp, returns, old_values;  // [batch, seq-1]
   float clip_range = 0.2f, clip_range_value = 0.2f, vf_coef = 0.1f, kl_coef = 0.f, ent_coef = 0.f;
   float clip_range_high = -1.f;  // < 0: clip_range
+  bool kl_times_ratio = false;    // the KL term times the probability ratio (PpoLossOp)
   KlEstimator kl_estimator = KlEstimator::kK1;
   // ppo's divisor (has_denom: `denom` replaces sum(mask); shared with sft's).
   // sequence: the importance ratio of whole sequences (TRL's RLOO): the

@@ -184,6 +184,14 @@ RLHF_HD LossTerm kl_term(float logp, float ref_logp, int estimator) {
   return LossTerm{d, 1.f};
 }
 
+// The KL term weighted by the probability ratio r = exp(logp - old_logp)
+// when `times_ratio` (r is differentiable in logp, dr/dlogp = r):
+// loss = r kl, grad = r (kl + dkl/dlogp); for k3 the grad is r (logp - ref).
+RLHF_HD LossTerm kl_ratio_term(LossTerm kl, float ratio, bool times_ratio) {
+  if (!times_ratio) return kl;
+  return LossTerm{ratio * kl.loss, ratio * (kl.loss + kl.grad)};
+}
+
 // ------------------------------------------------------------------ optimizers
 
 // AdamW's per-step constants, in fp64 on the host as torch does with Python

@@ -335,6 +335,9 @@ struct PpoLossOp {
   float clip_range_value = 0.2f;
   float vf_coef = 0.1f;
   float kl_coef = 0.f;
+  // The KL term times the probability ratio (TRL's use_bias_correction_kl, from
+  // DeepSeek-V3.2): the gradient of r * kl is then the unbiased reverse-KL one.
+  bool kl_times_ratio = false;
   // The masked means' divisor: > 0 replaces sum(mask) (a minibatch's total
   // split over micro-batches, or Dr. GRPO's constant).
   double denom = 0.0;

@@ -79,6 +79,8 @@ export interface GrpoConfig extends CheckpointOptions {
   epsilonHigh?: number;
   /** KL coefficient (k3 in the loss for grpo; in the rewards for rloo and reinforce_pp). Default 0 (TRL). */
   beta?: number;
+  /** GRPO: the KL term times the probability ratio (TRL's use_bias_correction_kl, DeepSeek-V3.2). Default true (TRL 1.13). */
+  klBiasCorrection?: boolean;
   /** GRPO: divide by the group's std ('group'), the batch's ('batch') or not at all ('none': Dr. GRPO). Default 'group'. */
   scaleRewards?: RewardScale;
   /** Averaging of the token losses. Default 'dapo' (TRL). */
@@ -126,6 +128,7 @@ export const GRPO_DEFAULTS = {
   topP: 1,
   epsilon: 0.2,
   beta: 0,
+  klBiasCorrection: true,
   scaleRewards: 'group' as RewardScale,
   lossType: 'dapo' as LossType,
   normalizeAdvantages: false,
@@ -186,6 +189,7 @@ const ROWS: OptionTable<GrpoConfig> = {
   epsilon: { type: 'number', check: checks.openUnit(), describe: 'ratio clip: 1 - epsilon below', group: G },
   epsilonHigh: { type: 'number', derive: (r) => r.epsilon, defaultText: '--epsilon', check: checks.gtZero(), describe: "ratio clip above: 1 + epsilon-high (DAPO's clip-higher: 0.28)", group: G },
   beta: { type: 'number', check: checks.nonNeg('0: no reference model'), describe: 'KL coefficient (grpo: k3 in the loss; rloo, reinforce_pp: in the rewards)', group: 'KL' },
+  klBiasCorrection: { type: 'boolean', describe: "grpo: the KL term times the probability ratio (TRL's use_bias_correction_kl)", group: 'KL' },
   scaleRewards: { type: 'string', choices: ['group', 'batch', 'none'], describe: "grpo: divide by the group's reward std, the batch's, or not (none: Dr. GRPO)", group: G },
   lossType: { type: 'string', choices: LOSS_TYPES, describe: 'token-loss averaging: dapo/bnpo (per token), grpo (per sequence), dr_grpo (a constant)', group: G },
   normalizeAdvantages: { type: 'boolean', describe: 'rloo: whiten the advantages over the batch', group: G },

@@ -16,7 +16,7 @@
 import type { Trainer } from '../../engine/train';
 import { scatterTokens, type PpoLossStats } from '../../engine/objectives';
 import type { PromptIds } from '../../data/prompts';
-import type { LossType } from './config';
+import type { LossType, ResolvedGrpoConfig } from './config';
 
 /** One sample and what the update needs of it. */
 export interface GrpoSample {
@@ -42,8 +42,25 @@ export interface GrpoLossOptions {
   epsilonHigh: number;
   /** The k3 KL's weight in the loss (0: none). */
   beta: number;
+  /** The KL term times the probability ratio. */
+  klTimesRatio: boolean;
   temperature: number;
   microBatchSize: number;
+}
+
+/** The loss options of a resolved config: the KL is in GRPO's loss only (rloo and reinforce_pp put it in the rewards). */
+export function lossOptionsOf(cfg: ResolvedGrpoConfig): GrpoLossOptions {
+  return {
+    sequence: cfg.estimator === 'rloo',
+    lossType: cfg.lossType,
+    maxNewTokens: cfg.maxNewTokens,
+    epsilon: cfg.epsilon,
+    epsilonHigh: cfg.epsilonHigh,
+    beta: cfg.estimator === 'grpo' ? cfg.beta : 0,
+    klTimesRatio: cfg.klBiasCorrection,
+    temperature: cfg.temperature,
+    microBatchSize: cfg.microBatchSize,
+  };
 }
 
 /** The minibatch's divisor and each sample's token weight, as `lossType` averages. */
@@ -70,7 +87,7 @@ export async function minibatchGradients(trainer: Trainer, mb: readonly GrpoSamp
   await trainer.zeroGrad();
   const { denom, weight } = lossWeights(mb, o);
   const stats: Record<string, number> = {};
-  let seqTokens = 0;
+  let seqTokens = 0, weights = 0;
   for (let i = 0; i < mb.length; i += o.microBatchSize) {
     const rs = mb.slice(i, i + o.microBatchSize).filter((s) => s.response.length > 0);
     if (!rs.length) continue;
@@ -78,6 +95,7 @@ export async function minibatchGradients(trainer: Trainer, mb: readonly GrpoSamp
     const { seq } = await trainer.forward({ inputIds: ids, logp: true, temperature: o.temperature, download: false });
     const tokens = (pick: (s: GrpoSample) => ArrayLike<number>) => scatterTokens(seq, rs.map((s) => ({ start: s.prompt.ids.length - 1, values: pick(s) })));
     const mask = tokens((s) => new Float32Array(s.response.length).fill(o.sequence ? 1 : weight(s)));
+    weights += o.sequence ? rs.length : rs.reduce((n, s) => n + weight(s) * s.response.length, 0);
     const out = o.sequence
       ? await trainer.ppoLoss({
           mask,
@@ -92,7 +110,7 @@ export async function minibatchGradients(trainer: Trainer, mb: readonly GrpoSamp
           mask,
           oldLogp: tokens((s) => s.oldLogp),
           advantages: tokens((s) => s.advantages),
-          ...(o.beta > 0 ? { refLogp: tokens((s) => s.refLogp!), klCoef: o.beta, klEstimator: 'k3' as const } : {}),
+          ...(o.beta > 0 ? { refLogp: tokens((s) => s.refLogp!), klCoef: o.beta, klEstimator: 'k3' as const, klTimesRatio: o.klTimesRatio } : {}),
           clipRange: o.epsilon,
           clipRangeHigh: o.epsilonHigh,
           denom,
@@ -101,5 +119,10 @@ export async function minibatchGradients(trainer: Trainer, mb: readonly GrpoSamp
     for (const [k, v] of Object.entries(out)) if (k !== 'tokens') stats[k] = (stats[k] ?? 0) + v;
     seqTokens += ids.reduce((n, x) => n + x.length, 0);
   }
-  return { stats: { ...stats, tokens: denom } as unknown as PpoLossStats, seqTokens };
+  // The loss and its policy part are the objective (over `denom`); the other figures are means over the weighted tokens.
+  const mean = (k: string) => ((stats[k] ?? 0) * denom) / Math.max(weights, 1e-30);
+  return {
+    stats: { loss: stats.loss ?? 0, pgLoss: stats.pgLoss ?? 0, vfLoss: 0, kl: mean('kl'), entropy: mean('entropy'), approxKl: mean('approxKl'), clipfrac: mean('clipfrac'), vfClipfrac: 0, ratio: mean('ratio'), tokens: denom },
+    seqTokens,
+  };
 }

@@ -34,7 +34,7 @@ import { runOnline, type OnlineMethod } from '../../train/online';
 import { isAdapterDir, stageRewardSource } from '../ppo/reward-source';
 import type { ResolvedPpoConfig } from '../ppo/config';
 import { resolveGrpoConfig, type GrpoConfig, type GrpoEvalResult, type GrpoHooks, type GrpoResult, type GrpoStepMetrics } from './config';
-import { minibatchGradients, type GrpoLossOptions, type GrpoSample } from './loss';
+import { lossOptionsOf, minibatchGradients, type GrpoSample } from './loss';
 import { mean, sampleGroups, scoreGroups, scoreSamples, type GrpoBatch, type GrpoEnv, type ScoredGroups } from './rollout';
 
 export async function runGrpo(config: GrpoConfig, hooks: GrpoHooks = {}): Promise<GrpoResult> {
@@ -108,16 +108,7 @@ export async function runGrpo(config: GrpoConfig, hooks: GrpoHooks = {}): Promis
     const stepsPerIt = cfg.numIterations * Math.ceil(samplesPerIt / miniBatch);
     const policyLr = lrSchedule({ kind: cfg.lrSchedule, lr: cfg.lr, warmupSteps: cfg.warmupSteps, totalSteps: totalSteps * stepsPerIt });
     const optim = { optimizer: 'adamw' as const, beta1: cfg.adamBeta1, beta2: cfg.adamBeta2, eps: cfg.adamEpsilon, weightDecay: cfg.weightDecay, maxGradNorm: cfg.maxGradNorm };
-    const lossOpts: GrpoLossOptions = {
-      sequence: cfg.estimator === 'rloo',
-      lossType: cfg.lossType,
-      maxNewTokens: cfg.maxNewTokens,
-      epsilon: cfg.epsilon,
-      epsilonHigh: cfg.epsilonHigh,
-      beta: cfg.estimator === 'grpo' ? cfg.beta : 0,
-      temperature: cfg.temperature,
-      microBatchSize: cfg.microBatchSize,
-    };
+    const lossOpts = lossOptionsOf(cfg);
 
     // What the next iteration depends on beyond the adapter (checkpointed).
     let optSteps = 0, skippedUpdates = 0;
