@@ -168,6 +168,7 @@ export const REST_OPTIONS: OptionTable<RestConfig> = withDefaults(
     adapter: "the starting policy's PEFT LoRA adapter",
     full: 'finetune every weight instead of a LoRA adapter',
     seed: "sampling, the eval split and each Improve step's SFT",
+    warmupSteps: 'linear warmup steps',
     checkpointSteps: 'a resumable checkpoint every N Grow steps into OUT/checkpoints (0: only when stopped between Grow steps)',
     resume: 'continue after the newest finished Grow step (one cut short is done again)',
     nanPolicy: "each Improve step's SFT: a step whose loss or gradient is NaN/infinite stops the run, or is skipped",
