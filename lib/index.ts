@@ -37,6 +37,8 @@ export { runRecipe } from './recipes/run';
 export type { RecipeHooks, RecipeResult } from './recipes/run';
 export { runRejectionSampling, resolveRsConfig, RS_DEFAULTS, RS_OPTIONS, rsStage } from './stages/rejection';
 export type { RsConfig, ResolvedRsConfig, RsHooks, RsMetrics, RsResult, RsRoundSummary, RsSftOptions } from './stages/rejection';
+export { runRest, resolveRestConfig, REST_DEFAULTS, REST_OPTIONS, REST_VARIANT_DEFAULTS, restStage } from './stages/rest/stage';
+export type { RestConfig, ResolvedRestConfig, RestHooks, RestMetrics, RestResult, RestGrowSummary, RestImproveSummary, RestVariant } from './stages/rest/stage';
 export * from './reward/sources';
 export * from './run/run-folder';
 export * from './stages/dpo';

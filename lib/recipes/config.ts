@@ -34,10 +34,12 @@ export const RECIPES = {
   llama2: ['sft', 'rm_helpfulness', 'rm_safety', 'rs', 'ppo'],
   /** Rafailov et al. 2023: SFT -> DPO on preference pairs (no reward model, no sampling). */
   dpo: ['sft', 'dpo'],
+  /** Gulcehre et al. 2023: SFT (behaviour cloning) -> reward model -> ReST (Grow and Improve steps). */
+  rest: ['sft', 'rm', 'rest'],
 } as const;
 export type RecipeName = keyof typeof RECIPES;
-export type StageKey = 'sft' | 'rm' | 'rm_helpfulness' | 'rm_safety' | 'rs' | 'ppo' | 'dpo';
-const STAGE_KEYS: readonly StageKey[] = ['sft', 'rm', 'rm_helpfulness', 'rm_safety', 'rs', 'ppo', 'dpo'];
+export type StageKey = 'sft' | 'rm' | 'rm_helpfulness' | 'rm_safety' | 'rs' | 'ppo' | 'dpo' | 'rest';
+const STAGE_KEYS: readonly StageKey[] = ['sft', 'rm', 'rm_helpfulness', 'rm_safety', 'rs', 'ppo', 'dpo', 'rest'];
 
 /** A stage's own options, as given (camelCase keys after normalising). `skip: true` leaves it out. */
 export type StageOptions = Record<string, unknown> & { skip?: boolean };
@@ -142,7 +144,7 @@ export function resolveRecipeConfig(raw: Record<string, unknown>, where = 'confi
   const cfg: RecipeConfig = { recipe: recipe as RecipeName, model: top.model as string, out: top.out as string, seed: seed as number, device: device as RecipeConfig['device'], stages };
   for (const s of recipeStages(cfg)) {
     const data = cfg.stages[s]?.data;
-    if (typeof data !== 'string' || !data) throw bad(`${s}.data is required for the ${cfg.recipe} recipe (${s === 'rs' || s === 'ppo' ? 'prompts' : s === 'sft' ? 'demonstrations' : 'preference pairs'} JSONL)`);
+    if (typeof data !== 'string' || !data) throw bad(`${s}.data is required for the ${cfg.recipe} recipe (${s === 'rs' || s === 'ppo' || s === 'rest' ? 'prompts' : s === 'sft' ? 'demonstrations' : 'preference pairs'} JSONL)`);
   }
   return cfg;
 }

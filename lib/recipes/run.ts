@@ -215,6 +215,6 @@ function rewardOptions(cfg: RecipeConfig, outputs: Map<StageKey, Record<string, 
   if (reward) return {};
   const helpful = outputs.get('rm')?.reward_model ?? outputs.get('rm_helpfulness')?.reward_model;
   const safety = outputs.get('rm_safety')?.reward_model;
-  if (!helpful) throw new RlhfError('E_CONFIG', `the ${cfg.recipe} recipe has no reward model for rejection sampling or PPO (its rm stage was skipped); give rs/ppo a reward_model`);
+  if (!helpful) throw new RlhfError('E_CONFIG', `the ${cfg.recipe} recipe has no reward model for rejection sampling, ReST or PPO (its rm stage was skipped); give rs/rest/ppo a reward_model`);
   return { rewardModel: helpful, ...(safety ? { safetyModel: safety } : {}) };
 }

@@ -8,6 +8,7 @@ import { dpoStage } from '../stages/dpo';
 import { rsStage } from '../stages/rejection/stage';
 import { ppoStage } from '../stages/ppo/stage';
 import { grpoStage } from '../stages/grpo/stage';
+import { restStage } from '../stages/rest/stage';
 import type { AnyStage } from './stage';
 
 export const STAGES = {
@@ -17,6 +18,7 @@ export const STAGES = {
   rs: rsStage,
   ppo: ppoStage,
   grpo: grpoStage,
+  rest: restStage,
 } as const satisfies Record<string, AnyStage>;
 
 export type StageName = keyof typeof STAGES;

@@ -85,7 +85,8 @@ export type AnyStage = Stage<any, any, any>; // eslint-disable-line @typescript-
 
 function typeOk(s: OptionSpec, v: unknown): boolean {
   if (v === null || v === undefined) return true;
-  if (s.type === 'list') return v === 'all-linear' || (Array.isArray(v) && v.every((x) => typeof x === 'string'));
+  // Lists of numbers too (ReST's thresholds in a YAML recipe); the row's own check judges the values.
+  if (s.type === 'list') return v === 'all-linear' || (Array.isArray(v) && v.every((x) => typeof x === 'string' || typeof x === 'number'));
   if (s.type === 'object') return typeof v === 'object' && !Array.isArray(v);
   return typeof v === s.type;
 }
@@ -99,7 +100,7 @@ export function isStageConfig<C>(table: OptionTable<C>, input: Record<string, un
   for (const [k, v] of Object.entries(input)) {
     const s = rows[k];
     if (!s) throw new RlhfError('E_CONFIG', `${where}: unknown option '${k}' (the stage's options: ${Object.keys(rows).join(', ')})`, { where });
-    if (!typeOk(s, v)) throw new RlhfError('E_CONFIG', `${where}.${k} must be ${s.type === 'list' ? 'a list of strings' : `a ${s.type}`}, got ${JSON.stringify(v)}`, { where });
+    if (!typeOk(s, v)) throw new RlhfError('E_CONFIG', `${where}.${k} must be ${s.type === 'list' ? 'a list of strings or numbers' : `a ${s.type}`}, got ${JSON.stringify(v)}`, { where });
   }
   return true;
 }

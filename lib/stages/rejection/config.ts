@@ -10,81 +10,16 @@
 import * as path from 'node:path';
 import type { Device } from '../../info';
 import type { RewardSource } from '../../reward/sources';
-import { resolveSftConfig, type SftConfig, type SftStepMetrics } from '../sft';
-import {
-  arg,
-  BATCH_OPTIONS,
-  checks,
-  CHECKPOINT_OPTIONS,
-  describe,
-  EVAL_OPTIONS,
-  flagOf,
-  LORA_OPTIONS,
-  LORA_SHAPE_KEYS,
-  OPTIMIZER_OPTIONS,
-  resolveOptions,
-  RUN_OPTIONS,
-  SCHEDULE_OPTIONS,
-  withDefaults,
-  type CheckpointOptions,
-  type OptionSpec,
-  type OptionTable,
-  type Resolved,
-} from '../../train/options';
+import type { SftConfig, SftStepMetrics } from '../sft';
+import { arg, checks, CHECKPOINT_OPTIONS, describe, EVAL_OPTIONS, LORA_OPTIONS, resolveOptions, RUN_OPTIONS, withDefaults, type CheckpointOptions, type OptionTable, type Resolved } from '../../train/options';
+import { gatherSftOptions, SAMPLED_SFT_KEYS, sftOptionRows, sftRunConfig, type SampledSftOptions } from '../self-training/sft-options';
 import type { StageHooks } from '../../train/stage';
 
 /** SFT options applied to each round's finetuning (lib/stages/sft.ts documents each). */
-export type RsSftOptions = Partial<
-  Pick<
-    SftConfig,
-    | 'loraR'
-    | 'loraAlpha'
-    | 'loraDropout'
-    | 'loraTargets'
-    | 'rslora'
-    | 'optimizer'
-    | 'lr'
-    | 'adamBeta1'
-    | 'adamBeta2'
-    | 'adamEpsilon'
-    | 'momentum'
-    | 'weightDecay'
-    | 'maxGradNorm'
-    | 'lrSchedule'
-    | 'warmupSteps'
-    | 'steps'
-    | 'epochs'
-    | 'batchSize'
-    | 'gradAccum'
-    | 'maxLen'
-    | 'shuffle'
-  >
->;
+export type RsSftOptions = SampledSftOptions;
 
 /** The per-round SFT option keys, as RS_OPTIONS rows at the top of the config (the same as the keys of `sft`). */
-export const RS_SFT_KEYS = [
-  'loraR',
-  'loraAlpha',
-  'loraDropout',
-  'loraTargets',
-  'rslora',
-  'optimizer',
-  'lr',
-  'adamBeta1',
-  'adamBeta2',
-  'adamEpsilon',
-  'momentum',
-  'weightDecay',
-  'maxGradNorm',
-  'lrSchedule',
-  'warmupSteps',
-  'steps',
-  'epochs',
-  'batchSize',
-  'gradAccum',
-  'maxLen',
-  'shuffle',
-] as const satisfies readonly (keyof RsSftOptions)[];
+export const RS_SFT_KEYS = SAMPLED_SFT_KEYS;
 
 /**
  * The per-round SFT options may be given at the top of the config (as on
@@ -168,11 +103,7 @@ export const RS_DEFAULTS = {
   device: 'auto' as const,
 };
 
-/** A row of a per-round SFT option: SFT's check and flag, no default here (SFT's applies). */
-const sftRow = (s: OptionSpec): OptionSpec => ({ ...s, default: undefined, derive: undefined, defaultText: "SFT's", group: 'Finetuning (each round)' });
-const SFT_ROWS = Object.fromEntries(
-  RS_SFT_KEYS.map((k) => [k, sftRow(({ ...LORA_OPTIONS, ...OPTIMIZER_OPTIONS, ...SCHEDULE_OPTIONS, ...BATCH_OPTIONS } as Record<string, OptionSpec>)[k])]),
-) as OptionTable<RsSftOptions>;
+const SFT_ROWS = sftOptionRows('Finetuning (each round)');
 
 const RS = 'Rejection sampling';
 const ROWS: OptionTable<RsConfig> = {
@@ -228,13 +159,7 @@ export function resolveRsConfig(cfg: RsConfig, opts: { rewardSource?: boolean } 
   if (opts.rewardSource) arg(rewardModel === null && safetyModel === null, '--reward-model / --safety-model cannot be given together with a reward source (hooks.reward)');
   else arg(rewardModel !== null && rewardModel.length > 0, '--reward-model is required (or pass a RewardSource as hooks.reward)');
   arg(safetyModel === null || rewardModel !== null, '--safety-model needs --reward-model (the helpfulness model)');
-  const all = resolveOptions(RS_OPTIONS, cfg) as Record<string, unknown>;
-  const sft: RsSftOptions = {};
-  for (const k of RS_SFT_KEYS) {
-    if (all[k] !== null && all[k] !== undefined) (sft as Record<string, unknown>)[k] = all[k];
-    delete all[k];
-  }
-  const r = { ...all, sft: { ...sft, ...(cfg.sft ?? {}) } } as ResolvedRsConfig;
+  const r = gatherSftOptions(resolveOptions(RS_OPTIONS, cfg) as Record<string, unknown>, cfg.sft) as unknown as ResolvedRsConfig;
   arg(r.combine !== 'llama2' || r.safetyModel !== null, '--combine llama2 needs --safety-model');
   arg(!(r.full && r.adapter), '--adapter and --full cannot be combined (full training trains the base weights; merge the adapter first)');
   const outAbs = path.resolve(r.out);
@@ -245,16 +170,9 @@ export function resolveRsConfig(cfg: RsConfig, opts: { rewardSource?: boolean } 
   return r;
 }
 
-/** The SFT config of one round: LoRA shape options only when the adapter is created (round 1 without --adapter). */
+/** The SFT config of one round (seeded seed + round): LoRA shape options only when the adapter is created (round 1 without --adapter). */
 export function sftRoundConfig(cfg: ResolvedRsConfig, round: number, model: string, adapter: string | null, data: string, out: string): SftConfig {
-  const sft: RsSftOptions = { ...cfg.sft };
-  if (cfg.full || adapter) for (const k of LORA_SHAPE_KEYS) delete sft[k];
-  const given = LORA_SHAPE_KEYS.filter((k) => cfg.sft[k] !== undefined).map((k) => flagOf(k));
-  arg(!cfg.full || given.length === 0, `LoRA options do not apply with --full: ${given.join(', ')}`);
-  arg(!cfg.adapter || given.length === 0, `${given.join(', ')} cannot be given with --adapter: r, alpha and targets come from the adapter's adapter_config.json`);
-  const c: SftConfig = { ...sft, model, data, out, adapter, full: cfg.full, seed: (cfg.seed + round) % 2 ** 31, nanPolicy: cfg.nanPolicy, device: cfg.device };
-  resolveSftConfig(c);
-  return c;
+  return sftRunConfig(cfg, cfg.seed + round, model, adapter, data, out);
 }
 
 /** One line of metrics.jsonl. */

@@ -26,12 +26,8 @@ import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { RlhfError } from '../../errors';
 import { loadModel, type Model } from '../../engine/model';
-import { openModelFolder } from '../../model/folder';
 import { readAdapterConfig } from '../../model/peft';
-import { loadTokenizer } from '../../tokenizer/tokenizer';
-import { loadPrompts, type PromptRow } from '../../data/prompts';
 import { mixSeed } from '../../data/batches';
-import { splitEval } from '../../data/sft-data';
 import { rewardModels, type RewardSource } from '../../reward/sources';
 import { runSft } from '../sft';
 import { packageVersion } from '../../info';
@@ -40,17 +36,8 @@ import { applyThreads } from '../../train/stage';
 import { runOnline, type OnlineMethod } from '../../train/online';
 import { checkOutFolder } from '../../train/supervised';
 import { resolveRsConfig, sftRoundConfig, type RsConfig, type RsHooks, type RsMetrics, type RsResult, type RsRoundSummary } from './config';
-import { evaluatePolicy, mean, partMeans, rewardInputs, samplePolicy, scoreAll, sftRow, stopTokenIds, type Kept, type Sample, type SampleOptions } from './sampling';
-
-/** An earlier rejection-sampling run in `out` is continued only with --resume. */
-function refuseEarlierRun(out: string, resume: boolean): void {
-  if (!fs.existsSync(out)) return;
-  const earlier = fs.readdirSync(out).filter((f) => f === 'rs_config.json' || f === 'metrics.jsonl' || /^round-\d+$/.test(f));
-  if (earlier.length && !resume)
-    throw new RlhfError('E_ARGUMENT', `--out ${out} already holds a rejection-sampling run (${earlier.slice(0, 3).join(', ')}); choose a new folder, or continue it with --resume (nothing there was changed)`, {
-      where: out,
-    });
-}
+import { evaluatePolicy, mean, rewardInputs, sampleFigures, samplePolicy, scoreAll, sftRow, writeSamples, writeSftRows, type Kept, type Sample, type SampleOptions } from '../self-training/sampling';
+import { checkRewardContext, loadPromptSet, refuseEarlierRun } from '../self-training/setup';
 
 /** A round's samples, and the scored round ready for its SFT. */
 interface RoundSamples {
@@ -69,34 +56,13 @@ export async function runRejectionSampling(config: RsConfig, hooks: RsHooks = {}
   const log = hooks.log ?? (() => {});
   applyThreads(cfg.threads, log);
   checkOutFolder(cfg.out);
-  refuseEarlierRun(cfg.out, cfg.resume);
+  refuseEarlierRun(cfg.out, cfg.resume, (f) => f === 'rs_config.json' || f === 'metrics.jsonl' || /^round-\d+$/.test(f), 'a rejection-sampling run');
   if (cfg.adapter) readAdapterConfig(cfg.adapter);
 
   // The policy's config and tokenizer, then the data: bad rows fail before any weights load or anything is written.
-  const folder = openModelFolder(cfg.model);
-  const mcfg = folder.config;
-  folder.close();
-  if (mcfg.head !== 'lm') throw new RlhfError('E_MODEL', `--model ${cfg.model}: the policy needs a causal LM head (this is a ${mcfg.architecture})`, { where: cfg.model });
-  const tok = loadTokenizer(cfg.model);
-  const eosIds = stopTokenIds(cfg.model);
-  let maxPromptTokens = mcfg.maxSequenceLength - cfg.maxNewTokens;
-  if (maxPromptTokens < 1) throw new RlhfError('E_ARGUMENT', `--max-new-tokens ${cfg.maxNewTokens} leaves no room for a prompt in the model's context (${mcfg.maxSequenceLength})`);
   const reward0 = hooks.reward;
-  if (reward0?.maxTokens !== undefined) maxPromptTokens = Math.min(maxPromptTokens, reward0.maxTokens - cfg.maxNewTokens);
-  const popts = {
-    maxPromptTokens,
-    vocabSize: mcfg.vocabSize,
-    tooLong: (n: number, max: number) => `the prompt is ${n} tokens, more than the ${max} that the context leaves after --max-new-tokens`,
-    missing: 'expected {"prompt": "..."} or {"messages": [...]} (a prompt row; "prompt" is missing)',
-  };
-  const all = loadPrompts(cfg.data, tok, popts);
-  let train = all, held: PromptRow[] = [];
-  if (cfg.evalData) held = loadPrompts(cfg.evalData, tok, popts);
-  else if (cfg.evalFraction > 0) {
-    const split = splitEval(all.length, cfg.evalFraction, cfg.seed);
-    train = split.train.map((i) => all[i]);
-    held = split.eval.map((i) => all[i]);
-  }
+  const promptSet = loadPromptSet(cfg, reward0);
+  const { tok, eosIds, train, held } = promptSet;
 
   const reward: RewardSource =
     reward0 ??
@@ -111,10 +77,7 @@ export async function runRejectionSampling(config: RsConfig, hooks: RsHooks = {}
     }));
   const ownReward = reward0 === undefined;
   try {
-    if (ownReward && reward.maxTokens !== undefined) {
-      const worst = Math.max(...train.map((p) => p.ids.length), ...held.map((p) => p.ids.length)) + cfg.maxNewTokens;
-      if (worst > reward.maxTokens) throw new RlhfError('E_ARGUMENT', `a prompt plus --max-new-tokens ${cfg.maxNewTokens} is ${worst} tokens, longer than the reward model's context (${reward.maxTokens})`);
-    }
+    if (ownReward) checkRewardContext(reward, promptSet, cfg.maxNewTokens);
     log(
       `rs: ${train.length} prompts x ${cfg.k} samples, ${cfg.rounds} round${cfg.rounds > 1 ? 's' : ''}` +
         (held.length ? `; ${held.length} held-out prompts${cfg.evalData ? ` from ${cfg.evalData}` : ` (--eval-fraction ${cfg.evalFraction})`}` : '; no held-out evaluation') +
@@ -199,41 +162,27 @@ export async function runRejectionSampling(config: RsConfig, hooks: RsHooks = {}
         // The samples and the SFT data.
         const dir = roundDir(round);
         fs.mkdirSync(dir, { recursive: true });
-        fs.writeFileSync(
-          path.join(dir, 'samples.jsonl'),
-          samples
-            .map((s, i) =>
-              JSON.stringify({
-                source_line: train[s.prompt].line,
-                sample: s.index,
-                completion: s.text,
-                tokens: s.ids.length,
-                finish: s.finish,
-                reward: scored.reward[i],
-                parts: Object.fromEntries(Object.entries(scored.parts).map(([k, v]) => [k, v[i]])),
-              }),
-            )
-            .join('\n') + '\n',
-        );
+        writeSamples(path.join(dir, 'samples.jsonl'), train, samples, scored);
         const sftData = path.join(dir, 'sft.jsonl');
-        fs.writeFileSync(sftData, rows.map((k) => JSON.stringify(sftRow(train[k.prompt], k))).join('\n') + (rows.length ? '\n' : ''));
+        writeSftRows(sftData, rows.map((k) => sftRow(train[k.prompt], k.sample, k.reward, { round: k.round })));
+        const fig = sampleFigures(samples, scored, generateSeconds, scoreS);
         const sm: RsMetrics & { phase: 'sample' } = {
           phase: 'sample',
           round,
           prompts: train.length,
           samples: samples.length,
-          mean_reward: mean(scored.reward),
+          mean_reward: fig.mean_reward,
           mean_best_reward: mean([...roundBest.values()].map((k) => k.reward)),
-          max_reward: Math.max(...scored.reward),
-          min_reward: Math.min(...scored.reward),
+          max_reward: fig.max_reward,
+          min_reward: fig.min_reward,
           kept: keptNow.length,
           sft_rows: rows.length,
-          mean_response_tokens: mean(samples.map((s) => s.ids.length)),
-          eos_fraction: samples.filter((s) => s.finish === 'eos').length / samples.length,
-          samples_per_sec: generateSeconds > 0 ? samples.length / generateSeconds : 0,
-          generate_s: generateSeconds,
-          score_s: scoreS,
-          parts: partMeans(scored.parts),
+          mean_response_tokens: fig.mean_response_tokens,
+          eos_fraction: fig.eos_fraction,
+          samples_per_sec: fig.samples_per_sec,
+          generate_s: fig.generate_s,
+          score_s: fig.score_s,
+          parts: fig.parts,
         };
         ctx.emit(sm);
         log(

@@ -1,8 +1,10 @@
 /**
- * Rejection sampling's pieces: K samples per prompt from the policy
- * (seeded per generate call), their rewards, the held-out evaluation, and
- * the SFT rows of the kept samples.
+ * What the stages that finetune on their own samples share (rejection
+ * sampling, ReST): K samples per prompt from the policy (seeded per generate
+ * call), their rewards, the samples file and its figures, the held-out
+ * evaluation, and the SFT rows of the kept samples.
  */
+import * as fs from 'node:fs';
 import { RlhfError } from '../../errors';
 import type { Model } from '../../engine/model';
 import { openModelFolder } from '../../model/folder';
@@ -108,7 +110,6 @@ export async function evaluatePolicy(model: Model, tok: Tokenizer, prompts: read
   return { meanReward: mean(r.reward), prompts: prompts.length, samples: samples.length, meanResponseTokens: mean(samples.map((s) => s.ids.length)), parts: partMeans(r.parts) };
 }
 
-
 /** A prompt's kept sample: the best of its K (of every round so far, with accumulate). */
 export interface Kept {
   prompt: number;
@@ -117,11 +118,69 @@ export interface Kept {
   sample: Sample;
 }
 
-/** The SFT row of a kept sample: the text for people, the exact sampled ids for training. */
-export function sftRow(p: PromptRow, k: Kept): Record<string, unknown> {
-  const ids = [...p.ids, ...k.sample.ids];
-  const labels = [...new Array<number>(p.ids.length).fill(IGNORE_INDEX), ...k.sample.ids];
-  const head = typeof p.prompt === 'string' ? { prompt: p.prompt, completion: k.sample.text } : { messages: [...p.prompt, { role: 'assistant', content: k.sample.text }] };
+/**
+ * The SFT row of a kept sample: the text for people, the exact sampled ids
+ * for training; `tags` (e.g. the round it was sampled in) go between the
+ * reward and the source line.
+ */
+export function sftRow(p: PromptRow, sample: Sample, reward: number, tags: Record<string, unknown>): Record<string, unknown> {
+  const ids = [...p.ids, ...sample.ids];
+  const labels = [...new Array<number>(p.ids.length).fill(IGNORE_INDEX), ...sample.ids];
+  const head = typeof p.prompt === 'string' ? { prompt: p.prompt, completion: sample.text } : { messages: [...p.prompt, { role: 'assistant', content: sample.text }] };
   // "input_ids" wins in the SFT loader: training sees exactly the sampled ids; the text is for people.
-  return { ...head, input_ids: ids, labels, reward: k.reward, round: k.round, source_line: p.line };
+  return { ...head, input_ids: ids, labels, reward, ...tags, source_line: p.line };
+}
+
+/** Writes an SFT data file of rows (empty when there are none). */
+export function writeSftRows(file: string, rows: readonly Record<string, unknown>[]): void {
+  fs.writeFileSync(file, rows.map((r) => JSON.stringify(r)).join('\n') + (rows.length ? '\n' : ''));
+}
+
+/** samples.jsonl: every sample with its reward and the reward's parts. */
+export function writeSamples(file: string, prompts: readonly PromptRow[], samples: readonly Sample[], scored: { reward: Float64Array; parts: Record<string, Float64Array> }): void {
+  fs.writeFileSync(
+    file,
+    samples
+      .map((s, i) =>
+        JSON.stringify({
+          source_line: prompts[s.prompt].line,
+          sample: s.index,
+          completion: s.text,
+          tokens: s.ids.length,
+          finish: s.finish,
+          reward: scored.reward[i],
+          parts: Object.fromEntries(Object.entries(scored.parts).map(([k, v]) => [k, v[i]])),
+        }),
+      )
+      .join('\n') + '\n',
+  );
+}
+
+/** The figures of a scored sample set that every sampling stage's metrics record holds (a type, so a metrics record may spread it). */
+export type SampleFigures = {
+  mean_reward: number;
+  max_reward: number;
+  min_reward: number;
+  mean_response_tokens: number;
+  /** Fraction of samples that ended with an EOS token (the rest hit maxNewTokens). */
+  eos_fraction: number;
+  samples_per_sec: number;
+  generate_s: number;
+  score_s: number;
+  parts: Record<string, number>;
+};
+
+export function sampleFigures(samples: readonly Sample[], scored: { reward: Float64Array; parts: Record<string, Float64Array> }, generateSeconds: number, scoreSeconds: number): SampleFigures {
+  return {
+    mean_reward: mean(scored.reward),
+    // A loop, not Math.max(...): a spread of a large sample set overflows the call stack.
+    max_reward: scored.reward.reduce((a, b) => Math.max(a, b), -Infinity),
+    min_reward: scored.reward.reduce((a, b) => Math.min(a, b), Infinity),
+    mean_response_tokens: mean(samples.map((s) => s.ids.length)),
+    eos_fraction: samples.filter((s) => s.finish === 'eos').length / samples.length,
+    samples_per_sec: generateSeconds > 0 ? samples.length / generateSeconds : 0,
+    generate_s: generateSeconds,
+    score_s: scoreSeconds,
+    parts: partMeans(scored.parts),
+  };
 }
