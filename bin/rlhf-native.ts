@@ -17,6 +17,7 @@ import * as rest from './commands/rest';
 import * as dpo from './commands/dpo';
 import * as ppo from './commands/ppo';
 import * as grpo from './commands/grpo';
+import * as rloo from './commands/rloo';
 import { packageVersion } from '../lib/info';
 
 /** The status a shell reports for a process killed by SIGPIPE (128 + 13). */
@@ -48,6 +49,7 @@ async function main(): Promise<void> {
   for (const c of [train, info, inspect, init, score, generate, bench, sft, rm, merge, dpo, rs, rest]) y = c.register(y);
   y = ppo.register(y);
   y = grpo.register(y);
+  y = rloo.register(y);
   await y.parseAsync();
 }
 

@@ -44,7 +44,7 @@ export * from './run/run-folder';
 export * from './stages/dpo';
 export * from './data/preference-data';
 export { runPpo, resolvePpoConfig, PPO_DEFAULTS, PPO_OPTIONS, ppoStage, criticGradients, policyGradients, iterationPrompts, klPerToken, shapeRewards, gae, maskedWhiten, klController, AdaptiveKlController, FixedKlController, loadPrompts } from './stages/ppo';
-export { runGrpo, resolveGrpoConfig, GRPO_DEFAULTS, GRPO_OPTIONS, grpoStage } from './stages/grpo';
+export { runGrpo, resolveGrpoConfig, GRPO_DEFAULTS, GRPO_OPTIONS, grpoStage, rlooStage } from './stages/grpo';
 export type { GrpoConfig, ResolvedGrpoConfig, GrpoHooks, GrpoResult, GrpoEvalResult, GrpoStepMetrics } from './stages/grpo';
 export { grpoAdvantages, rlooAdvantages, reinforcePlusPlusAdvantages } from './grpo/advantages';
 export type { PpoConfig, ResolvedPpoConfig, PpoHooks, PpoResult, PpoEvalResult, PpoStepMetrics, PpoUpdateOptions, Rollout as PpoRollout, KlController, PromptRow } from './stages/ppo';

@@ -36,10 +36,19 @@ export const RECIPES = {
   dpo: ['sft', 'dpo'],
   /** Gulcehre et al. 2023: SFT (behaviour cloning) -> reward model -> ReST (Grow and Improve steps). */
   rest: ['sft', 'rm', 'rest'],
+  /**
+   * Every method side by side (`train --methods`): each policy stage starts
+   * from the same SFT model (none continues another's policy); the sections
+   * a run does not ask for are skipped.
+   */
+  methods: ['sft', 'rm_helpfulness', 'rm_safety', 'rs', 'ppo', 'dpo', 'grpo', 'rloo', 'rest'],
 } as const;
 export type RecipeName = keyof typeof RECIPES;
-export type StageKey = 'sft' | 'rm' | 'rm_helpfulness' | 'rm_safety' | 'rs' | 'ppo' | 'dpo' | 'rest';
-const STAGE_KEYS: readonly StageKey[] = ['sft', 'rm', 'rm_helpfulness', 'rm_safety', 'rs', 'ppo', 'dpo', 'rest'];
+export type StageKey = 'sft' | 'rm' | 'rm_helpfulness' | 'rm_safety' | 'rs' | 'ppo' | 'dpo' | 'rest' | 'grpo' | 'rloo';
+const STAGE_KEYS: readonly StageKey[] = ['sft', 'rm', 'rm_helpfulness', 'rm_safety', 'rs', 'ppo', 'dpo', 'rest', 'grpo', 'rloo'];
+
+/** Recipes whose policy stages build on each other (ppo continues rs's policy); in the others each starts from SFT's model. */
+export const CHAINED_RECIPES: ReadonlySet<RecipeName> = new Set(['instructgpt', 'llama2', 'dpo', 'rest']);
 
 /** A stage's own options, as given (camelCase keys after normalising). `skip: true` leaves it out. */
 export type StageOptions = Record<string, unknown> & { skip?: boolean };
@@ -144,7 +153,7 @@ export function resolveRecipeConfig(raw: Record<string, unknown>, where = 'confi
   const cfg: RecipeConfig = { recipe: recipe as RecipeName, model: top.model as string, out: top.out as string, seed: seed as number, device: device as RecipeConfig['device'], stages };
   for (const s of recipeStages(cfg)) {
     const data = cfg.stages[s]?.data;
-    if (typeof data !== 'string' || !data) throw bad(`${s}.data is required for the ${cfg.recipe} recipe (${s === 'rs' || s === 'ppo' || s === 'rest' ? 'prompts' : s === 'sft' ? 'demonstrations' : 'preference pairs'} JSONL)`);
+    if (typeof data !== 'string' || !data) throw bad(`${s}.data is required for the ${cfg.recipe} recipe (${['rs', 'ppo', 'rest', 'grpo', 'rloo'].includes(s) ? 'prompts' : s === 'sft' ? 'demonstrations' : 'preference pairs'} JSONL)`);
   }
   return cfg;
 }

@@ -30,7 +30,7 @@ import { createProgress, type Progress } from '../run/progress';
 import { stageOf } from '../train/registry';
 import { isStageConfig, type RecipeStageContext, type StageHooks } from '../train/stage';
 import type { RewardSource } from '../reward/sources';
-import { recipeStages, type RecipeConfig, type StageKey } from './config';
+import { CHAINED_RECIPES, recipeStages, type RecipeConfig, type StageKey } from './config';
 
 export interface RecipeHooks {
   log?: (line: string) => void;
@@ -148,6 +148,7 @@ export async function runRecipe(cfg: RecipeConfig, opts: RecipeHooks & { resume?
         dir,
         base,
         model: cfg.model,
+        chained: CHAINED_RECIPES.has(cfg.recipe),
         outputs,
         device: cfg.device,
         log,

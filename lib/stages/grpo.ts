@@ -7,6 +7,6 @@
  * reference = base with adapters off (read only when beta > 0). See
  * docs/grpo.md.
  */
-export { grpoStage } from './grpo/stage';
+export { grpoStage, rlooStage } from './grpo/stage';
 export { runGrpo } from './grpo/run';
 export * from './grpo/config';

@@ -7,7 +7,7 @@ import { rmStage } from '../stages/reward';
 import { dpoStage } from '../stages/dpo';
 import { rsStage } from '../stages/rejection/stage';
 import { ppoStage } from '../stages/ppo/stage';
-import { grpoStage } from '../stages/grpo/stage';
+import { grpoStage, rlooStage } from '../stages/grpo/stage';
 import { restStage } from '../stages/rest/stage';
 import type { AnyStage } from './stage';
 
@@ -18,6 +18,7 @@ export const STAGES = {
   rs: rsStage,
   ppo: ppoStage,
   grpo: grpoStage,
+  rloo: rlooStage,
   rest: restStage,
 } as const satisfies Record<string, AnyStage>;
 

@@ -58,6 +58,8 @@ export interface RecipeWiring<R> {
 export interface RecipeStageContext {
   /** The stage's folder in the run. */
   dir: string;
+  /** Policy stages build on each other (ppo continues rs's policy); false: each starts from `base`. */
+  chained: boolean;
   /** The model later stages build on (SFT's merged or full model, else the recipe's model). */
   base: string;
   /** The recipe's starting model. */

@@ -1,5 +1,6 @@
 /** The GRPO family as a registered stage: its options, its run, and how a recipe wires it (lib/train/stage.ts). */
 import type { Stage } from '../../train/stage';
+import { withDefaults } from '../../train/options';
 import { GRPO_OPTIONS, type GrpoConfig, type GrpoHooks, type GrpoResult } from './config';
 import { runGrpo } from './run';
 
@@ -21,4 +22,16 @@ export const grpoStage: Stage<GrpoConfig, GrpoResult> = {
     }),
     progress: (m) => ({ reward: m.reward as number | undefined, kl: m.kl as number | undefined }),
   },
+};
+
+/** RLOO's defaults (TRL 1.13's RLOOConfig): the leave-one-out estimator, KL coefficient 0.05 in the rewards. */
+const RLOO_DEFAULTS = { estimator: 'rloo', beta: 0.05 } as const;
+
+/** RLOO (`rlhf-native rloo`, a recipe's `rloo` section): the grpo stage with RLOO's defaults. */
+export const rlooStage: Stage<GrpoConfig, GrpoResult> = {
+  ...grpoStage,
+  name: 'rloo',
+  summary: 'RLOO: G samples per prompt, leave-one-out baseline, sequence-level clipped ratio, no critic',
+  options: withDefaults(GRPO_OPTIONS, RLOO_DEFAULTS),
+  run: (config, hooks = {}) => runGrpo({ ...RLOO_DEFAULTS, ...config }, hooks as GrpoHooks),
 };

@@ -11,14 +11,14 @@ export const ppoStage: Stage<PpoConfig, PpoResult> = {
   run: (config, hooks = {}) => runPpo(config, hooks as PpoHooks),
   recipe: {
     /**
-     * The policy continues the rejection-sampling adapter when the recipe has
-     * one (unless the stage's section names its own `adapter`), on the base
+     * The policy continues the rejection-sampling adapter when the recipe
+     * chains its policy stages and has one (unless the stage's section names its own `adapter`), on the base
      * rs sampled from (its full model when it trained every weight); the
      * reference is that base alone; rewards and the critic come from the
      * recipe's reward model(s).
      */
     inputs(ctx, given) {
-      const rs = ctx.outputs.get('rs');
+      const rs = ctx.chained ? ctx.outputs.get('rs') : undefined;
       return {
         ...ctx.rewardOptions(),
         ...(rs?.adapter && !given.adapter ? { adapter: rs.adapter } : {}),
