@@ -32,7 +32,8 @@ import { loadTokenizer } from '../../tokenizer/tokenizer';
 import { loadPrompts, type PromptRow } from '../../data/prompts';
 import { mixSeed } from '../../data/batches';
 import { splitEval } from '../../data/sft-data';
-import { rewardModels, type RewardSource } from '../../reward/sources';
+import type { RewardSource } from '../../reward/sources';
+import { checkRewardData, openRewardSource } from '../../reward/options';
 import { runSft } from '../sft';
 import { packageVersion } from '../../info';
 import { removeDirAtomic } from '../../run/atomic';
@@ -98,20 +99,12 @@ export async function runRejectionSampling(config: RsConfig, hooks: RsHooks = {}
     held = split.eval.map((i) => all[i]);
   }
 
-  const reward: RewardSource =
-    reward0 ??
-    (await rewardModels({
-      helpfulness: cfg.rewardModel!,
-      safety: cfg.safetyModel,
-      combine: cfg.combine,
-      safetyThreshold: cfg.safetyThreshold,
-      batchSize: cfg.rewardBatchSize,
-      device: cfg.device,
-      policy: cfg.model,
-    }));
-  const ownReward = reward0 === undefined;
+  checkRewardData(cfg, [...train, ...held]);
+
+  // The policy is reloaded every round, so reward adapters are merged into reward models of their own (no shared base).
+  const reward: RewardSource = await openRewardSource(cfg, null, log, { hook: reward0, batchSize: cfg.rewardBatchSize, stage: 'rs' });
   try {
-    if (ownReward && reward.maxTokens !== undefined) {
+    if (reward.maxTokens !== undefined) {
       const worst = Math.max(...train.map((p) => p.ids.length), ...held.map((p) => p.ids.length)) + cfg.maxNewTokens;
       if (worst > reward.maxTokens) throw new RlhfError('E_ARGUMENT', `a prompt plus --max-new-tokens ${cfg.maxNewTokens} is ${worst} tokens, longer than the reward model's context (${reward.maxTokens})`);
     }
@@ -290,7 +283,7 @@ export async function runRejectionSampling(config: RsConfig, hooks: RsHooks = {}
     const t0 = performance.now();
     let run;
     try {
-      run = await runOnline(method, { ...cfg, config: cfg as unknown as Record<string, unknown>, inputs: { data: cfg.data, eval_data: cfg.evalData } }, {
+      run = await runOnline(method, { ...cfg, config: cfg as unknown as Record<string, unknown>, inputs: { data: cfg.data, eval_data: cfg.evalData, reward_module: cfg.rewardModule } }, {
         log,
         signal: hooks.signal,
         handleSigint: hooks.handleSigint,
@@ -324,6 +317,6 @@ export async function runRejectionSampling(config: RsConfig, hooks: RsHooks = {}
     );
     return result;
   } finally {
-    if (ownReward) reward.dispose();
+    reward.dispose();
   }
 }
