@@ -101,3 +101,31 @@ t.test('a module that throws in iteration 2: one E_REWARD line naming the module
   t.same(metrics.map((x) => x.step), [1], "iteration 1's metrics line");
   t.equal(metrics[0]['reward/module'], (metrics[0].reward), 'one source of weight 1: the module is the reward');
 });
+
+t.test('rs --reward-function exact --reward-module M: every sample scored 1 x module + 3 x exact, recomputed from samples.jsonl', { skip }, async (t) => {
+  const mod = path.join(tmp, 'ids.mjs');
+  fs.writeFileSync(mod, 'export default ({ completion, row }) => row.id * 10 + completion.length;\n');
+  const out = path.join(tmp, 'rs');
+  const r = runCli(['rs', '--model', base, '--data', data, '--out', out, '--rounds', '1', '--k', '2', '--max-new-tokens', String(MAX_NEW), '--steps', '1', '--batch-size', '2', '--lora-r', '4', '--eval-fraction', '0', '--device', 'cpu', '--reward-function', 'exact', '--reward-module', mod, '--reward-weights', '1', '3']);
+  t.equal(r.status, 0, r.stderr);
+  const samples = fs.readFileSync(path.join(out, 'round-1', 'samples.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { source_line: number; completion: string; reward: number; parts: Record<string, number> });
+  t.equal(samples.length, 2 * N);
+  const norm = (s: string) => s.split(/\s+/).filter(Boolean).join(' ');
+  let hits = 0;
+  for (const s of samples) {
+    const exact = norm(s.completion) === norm(answers[s.source_line - 1]) ? 1 : 0;
+    hits += exact;
+    const module = s.source_line * 10 + s.completion.length; // id = line
+    t.same(s.parts, { module, exact }, `line ${s.source_line}: ${JSON.stringify(s.completion)}`);
+    t.equal(s.reward, module + 3 * exact);
+  }
+  t.ok(hits > 0 && hits < samples.length, `exact scored both 1s and 0s (${hits} of ${samples.length} hit)`);
+});
+
+t.test('--reward-function with rows that lack the answer field: E_DATA naming file:line and the field, before any weights load', { skip }, async (t) => {
+  const out = path.join(tmp, 'no-field');
+  const r = run(out, '--reward-function', 'numeric', '--answer-field', 'solution');
+  t.equal(r.status, 1);
+  t.equal(r.stderr.trim(), `rlhf-native: error E_DATA: ${data}:1: no "solution": the "numeric" reward's reference answer (--answer-field solution) is missing`);
+  t.notOk(fs.existsSync(out), 'nothing written');
+});

@@ -55,6 +55,7 @@ export const REWARD_OPTIONS: OptionTable<RewardOptions> = {
   rewardFunction: {
     type: 'list',
     default: [],
+    defaultText: 'none',
     coerce: (v: unknown) => (Array.isArray(v) ? v : [v]),
     check: (v: unknown[]) => {
       const bad = v.find((x) => !(VERIFIERS as readonly unknown[]).includes(x));
