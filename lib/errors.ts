@@ -19,7 +19,14 @@ export type RlhfErrorCode =
   | 'E_DATA'
   | 'E_RESOURCE'
   | 'E_NUMERIC'
-  | 'E_CHECKPOINT';
+  | 'E_CHECKPOINT'
+  /**
+   * A reward module's call failed on a row: it threw, its promise rejected,
+   * or it gave no finite number. Neither a bad argument (the module loaded)
+   * nor bad data (the row is read as given): the message names the module
+   * and the data file:line, and the code lets a script tell it apart.
+   */
+  | 'E_REWARD';
 
 export class RlhfError extends Error {
   readonly code: RlhfErrorCode;

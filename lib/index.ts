@@ -40,6 +40,10 @@ export type { RsConfig, ResolvedRsConfig, RsHooks, RsMetrics, RsResult, RsRoundS
 export { runRest, resolveRestConfig, REST_DEFAULTS, REST_OPTIONS, REST_VARIANT_DEFAULTS, restStage } from './stages/rest/stage';
 export type { RestConfig, ResolvedRestConfig, RestHooks, RestMetrics, RestResult, RestGrowSummary, RestImproveSummary, RestVariant } from './stages/rest/stage';
 export * from './reward/sources';
+export { openRewardSource, checkRewardOptions, checkRewardData, rewardSourceLabels, REWARD_OPTIONS, type RewardOptions, type RewardSourceConfig, type OpenRewardOptions } from './reward/options';
+export { exactMatch, finalNumber, numericMatch, referenceOf, verifierSource, VERIFIERS, type VerifierName } from './reward/verifiable';
+export { loadRewardModule, moduleSource, type RewardModuleInput, type RewardModuleFn } from './reward/module';
+export { mixRewards, type WeightedSource } from './reward/mix';
 export * from './run/run-folder';
 export * from './stages/dpo';
 export * from './data/preference-data';

@@ -1,6 +1,7 @@
 /**
- * `rlhf-native ppo --model DIR --data PROMPTS.jsonl --reward-model DIR --out DIR [options]`:
- * PPO against one or two reward models (LoRA policy and critic on one base).
+ * `rlhf-native ppo --model DIR --data PROMPTS.jsonl --out DIR (--reward-model DIR | --reward-function exact | --reward-module FILE ...) [options]`:
+ * PPO against reward models, a reward module and/or built-in verifiable
+ * rewards (LoRA policy and critic on one base).
  * Options: lib/stages/ppo/config.ts (PPO_OPTIONS); see docs/ppo.md.
  */
 import type { Argv } from 'yargs';
@@ -10,7 +11,6 @@ import { fmt as g, registerStage, stepOf } from './stage-command';
 export function register<T>(y: Argv<T>): Argv<T> {
   return registerStage(y, {
     stage: ppoStage,
-    cliOverrides: { rewardModel: { required: true } },
     logSteps: { default: 1, unit: 'iterations' },
     progress: (m: PpoStepMetrics, total) =>
       `ppo step ${stepOf(m.step, total)}  reward ${g(m.reward)}  kl ${g(m.kl)}  kl_coef ${g(m.kl_coef)}  approxkl ${g(m.approxkl)}  ` +

@@ -1,5 +1,5 @@
 /**
- * `rlhf-native rs --model DIR --data PROMPTS.jsonl --reward-model DIR --out DIR [options]`:
+ * `rlhf-native rs --model DIR --data PROMPTS.jsonl --out DIR (--reward-model DIR | --reward-function ... | --reward-module FILE ...) [options]`:
  * rejection sampling (Llama 2 section 3.2.3): sample K responses per prompt,
  * keep the best under the reward model(s), finetune on them; repeat for
  * --rounds. Options: lib/stages/rejection/config.ts (RS_OPTIONS); see docs/rs.md.
@@ -11,7 +11,6 @@ import { fmt as g, registerStage } from './stage-command';
 export function register<T>(y: Argv<T>): Argv<T> {
   return registerStage(y, {
     stage: rsStage,
-    cliOverrides: { rewardModel: { required: true } },
     logSteps: { default: 10, unit: 'SFT steps of a round' },
     lines: (m: RsMetrics, logEvery) => [
       ...(m.phase === 'sft' && (m.step === 1 || m.step % logEvery === 0) ? [`rs round ${m.round} sft step ${m.step}  loss ${g(m.loss)}  lr ${m.lr.toExponential(2)}  tok/s ${Math.round(m.tokens_per_sec)}`] : []),

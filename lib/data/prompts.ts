@@ -10,7 +10,9 @@
  *
  * messages are rendered with the chat template and the generation prompt.
  * Optional "safe": true/false marks the prompt for a safety reward model.
- * Other keys are ignored. Every problem is an E_DATA error naming file:line.
+ * Other keys are not read here but travel with the prompt (`row`): the
+ * rewards read them (a reference answer, a test case). Every problem is an
+ * E_DATA error naming file:line.
  */
 import { dataError, isMessages, readJsonl } from './jsonl';
 import { RlhfError } from '../errors';
@@ -25,11 +27,17 @@ export interface PromptIds {
   text: string;
   ids: number[];
   safe?: boolean;
+  /** The file the prompt was read from (for messages naming file:line). */
+  file?: string;
+  /** The whole JSONL object of the line, for the rewards (reference answers, tests). */
+  row?: Record<string, unknown>;
 }
 
 export interface PromptRow extends PromptIds {
   /** The prompt as given: a string or chat messages. */
   prompt: string | ChatMessage[];
+  file: string;
+  row: Record<string, unknown>;
 }
 
 export interface LoadPromptsOptions {
@@ -89,7 +97,7 @@ export function loadPrompts(file: string, a: LoadPromptsOptions | Tokenizer, b?:
     if (ids.length > opts.maxPromptTokens) throw err(tooLong(ids.length, opts.maxPromptTokens));
     const bad = ids.find((id) => id < 0 || id >= opts.vocabSize);
     if (bad !== undefined) throw err(`token id ${bad} is outside the model's vocabulary (${opts.vocabSize})`);
-    const out: PromptRow = { line: row.line, prompt, text, ids };
+    const out: PromptRow = { line: row.line, file, row: v, prompt, text, ids };
     if (typeof v.safe === 'boolean') out.safe = v.safe;
     return out;
   });

@@ -169,7 +169,7 @@ export function loadRecipeConfig(file: string | null, overrides: Record<string, 
     for (const [k, v] of Object.entries(raw))
       if (isObject(v)) {
         const o: Record<string, unknown> = { ...v };
-        for (const pk of ['data', 'eval_data', 'evalData', 'eval-data', 'adapter', 'reward_model', 'rewardModel', 'safety_model', 'safetyModel']) if (pk in o) o[pk] = rel(o[pk]);
+        for (const pk of ['data', 'eval_data', 'evalData', 'eval-data', 'adapter', 'reward_model', 'rewardModel', 'safety_model', 'safetyModel', 'reward_module', 'rewardModule']) if (pk in o) o[pk] = rel(o[pk]);
         raw[k] = o;
       }
   }

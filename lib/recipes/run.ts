@@ -144,6 +144,7 @@ export async function runRecipe(cfg: RecipeConfig, opts: RecipeHooks & { resume?
       const wiring = stage.recipe;
       const base = baseModel(cfg, outputs);
       const extra = (await opts.prepare?.(key, { run: run.dir, outputs, base })) ?? {};
+      const given = stageOptions(cfg, key, extra);
       const ctx: RecipeStageContext = {
         dir,
         base,
@@ -152,9 +153,8 @@ export async function runRecipe(cfg: RecipeConfig, opts: RecipeHooks & { resume?
         outputs,
         device: cfg.device,
         log,
-        rewardOptions: () => rewardOptions(cfg, outputs, opts.reward),
+        rewardOptions: () => (ownReward(given) ? {} : rewardOptions(cfg, outputs, opts.reward)),
       };
-      const given = stageOptions(cfg, key, extra);
       const options: Record<string, unknown> = {
         ...wiring.defaults,
         ...given,
@@ -209,6 +209,12 @@ export async function runRecipe(cfg: RecipeConfig, opts: RecipeHooks & { resume?
 /** The model later stages build on: SFT's merged or full model, else the recipe's model. */
 function baseModel(cfg: RecipeConfig, outputs: Map<StageKey, Record<string, string>>): string {
   return outputs.get('sft')?.model ?? cfg.model;
+}
+
+/** The section names its own reward (a reward model, a module or built-in verifiable rewards): the recipe's reward models are not added. */
+function ownReward(given: Record<string, unknown>): boolean {
+  const fns = given.rewardFunction;
+  return !!given.rewardModel || !!given.rewardModule || (Array.isArray(fns) ? fns.length > 0 : !!fns);
 }
 
 /** Reward-model options of rs/ppo: the recipe's reward models, unless the stage names its own or a RewardSource is given. */

@@ -26,6 +26,7 @@ import { openSafetensors } from '../safetensors';
 import type { ModelConfig } from '../model/config';
 import { loadTokenizer } from '../tokenizer/tokenizer';
 import type { Device } from '../info';
+import type { PromptIds } from '../data/prompts';
 
 export interface RewardInput {
   prompt: string;
@@ -35,6 +36,11 @@ export interface RewardInput {
   responseIds: number[];
   /** The prompt is marked safe (true) or unsafe (false), when the data says. */
   safe?: boolean;
+  /** The prompt's whole JSONL object (reference answers, tests), when it came from a prompt file. */
+  row?: Record<string, unknown>;
+  /** The prompt's file and 1-based line there, for messages that name the row. */
+  file?: string;
+  line?: number;
 }
 
 export interface RewardScores {
@@ -51,6 +57,16 @@ export interface RewardSource {
   /** Longest prompt + response (tokens) the source can score, when it has a limit. */
   maxTokens?: number;
   dispose(): void;
+}
+
+/** The reward input of a response to a loaded prompt: its text and ids, and the row it came from (safe, row, file, line). */
+export function promptRewardInput(p: PromptIds, response: string, responseIds: number[]): RewardInput {
+  const x: RewardInput = { prompt: p.text, promptIds: p.ids, response, responseIds };
+  if (p.safe !== undefined) x.safe = p.safe;
+  if (p.row !== undefined) x.row = p.row;
+  if (p.file !== undefined) x.file = p.file;
+  x.line = p.line;
+  return x;
 }
 
 /** A reward computed by a JS function: one finite number per input. */

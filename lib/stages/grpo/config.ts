@@ -9,6 +9,7 @@
 import type { Model } from '../../engine/model';
 import type { Trainer } from '../../engine/train';
 import type { RewardSource } from '../../reward/sources';
+import { checkRewardOptions, REWARD_OPTIONS, type RewardOptions } from '../../reward/options';
 import type { Device } from '../../info';
 import type { LrScheduleKind } from '../schedule';
 import type { NanPolicy } from '../numerics';
@@ -38,19 +39,13 @@ export type Estimator = (typeof ESTIMATORS)[number];
 export const LOSS_TYPES = ['dapo', 'bnpo', 'grpo', 'dr_grpo'] as const;
 export type LossType = (typeof LOSS_TYPES)[number];
 
-export interface GrpoConfig extends CheckpointOptions {
+export interface GrpoConfig extends CheckpointOptions, RewardOptions {
   /** Base model folder (the SFT model, causal LM). Required. */
   model: string;
   /** Prompts, JSONL: {prompt}, {prompt: [messages]} or {messages}; other fields reach the reward functions. Required. */
   data: string;
   /** Output folder: the policy adapter (PEFT), metrics.jsonl, grpo_config.json, checkpoints/. Required. */
   out: string;
-  /** Helpfulness reward model (a *ForSequenceClassification folder or a PEFT adapter with a score head). */
-  rewardModel?: string | null;
-  /** Safety reward model; the two combine as in Llama 2. */
-  safetyModel?: string | null;
-  combine?: 'llama2' | 'helpfulness';
-  safetyThreshold?: number;
   /** 'grpo' (group-normalised), 'rloo' (leave-one-out baseline, sequence-level ratio) or 'reinforce_pp'. Default 'grpo'. */
   estimator?: Estimator;
   /** Samples per prompt (G). Default 8 (TRL num_generations). */
@@ -114,7 +109,6 @@ export interface GrpoConfig extends CheckpointOptions {
 export type ResolvedGrpoConfig = Resolved<Omit<GrpoConfig, 'loraTargets'>> & { loraTargets: string[] | 'all-linear' };
 
 export const GRPO_DEFAULTS = {
-  safetyThreshold: 0.15,
   estimator: 'grpo' as Estimator,
   numGenerations: 8,
   iterations: 0,
@@ -158,10 +152,7 @@ const ROWS: OptionTable<GrpoConfig> = {
   model,
   data,
   out,
-  rewardModel: { type: 'string', describe: 'helpfulness reward model: *ForSequenceClassification folder or PEFT adapter with a score head', group: 'Rewards' },
-  safetyModel: { type: 'string', describe: 'safety reward model (Llama 2 combination)', group: 'Rewards' },
-  combine: { type: 'string', choices: ['llama2', 'helpfulness'], derive: (r) => (r.safetyModel ? 'llama2' : 'helpfulness'), defaultText: 'llama2 with --safety-model', describe: 'how two reward models combine', group: 'Rewards' },
-  safetyThreshold: { type: 'number', check: checks.openUnit(), describe: 'Llama 2 safety threshold (sigmoid scale)', group: 'Rewards' },
+  ...REWARD_OPTIONS,
   estimator: { type: 'string', choices: ESTIMATORS, describe: 'advantages: grpo (group-normalised), rloo (leave-one-out), reinforce_pp (REINFORCE++)', group: G },
   numGenerations: { type: 'number', check: checks.intAtLeast(2)(), describe: 'samples per prompt (G)', group: G },
   iterations: { type: 'number', check: checks.nonNegInt('0: one pass over the prompts'), describe: 'iterations (sample + update); 0: one pass over the prompts', group: G },
@@ -230,14 +221,13 @@ export const GRPO_OPTIONS: OptionTable<GrpoConfig> = withDefaults(
 );
 
 /** Fills in the defaults and checks every value (E_ARGUMENT naming the option). */
-export function resolveGrpoConfig(cfg: GrpoConfig): ResolvedGrpoConfig {
+export function resolveGrpoConfig(cfg: GrpoConfig, opts: { rewardSource?: boolean } = {}): ResolvedGrpoConfig {
   for (const k of ['model', 'data', 'out'] as const) arg(typeof cfg[k] === 'string' && cfg[k].length > 0, `--${k} is required`);
-  arg(!cfg.safetyModel || !!cfg.rewardModel, '--safety-model needs --reward-model (the helpfulness reward model)');
   const r = resolveOptions(GRPO_OPTIONS, cfg) as ResolvedGrpoConfig;
-  arg(r.combine !== 'llama2' || r.safetyModel !== null, '--combine llama2 needs a safety reward model (--safety-model)');
   arg(r.estimator !== 'rloo' || cfg.lossType === undefined, '--loss-type applies to the token-level estimators (grpo, reinforce_pp); rloo averages over sequences');
   arg(r.estimator === 'grpo' || cfg.scaleRewards === undefined, '--scale-rewards applies to --estimator grpo');
   arg(r.estimator === 'rloo' || !r.normalizeAdvantages, '--normalize-advantages applies to --estimator rloo');
+  checkRewardOptions(r, opts.rewardSource === true);
   checkOutDiffers(r.out, { '--model': r.model, '--reward-model': r.rewardModel, '--safety-model': r.safetyModel, '--adapter': r.adapter });
   return r;
 }
@@ -272,7 +262,7 @@ export interface GrpoStepMetrics {
 }
 
 export interface GrpoHooks extends Omit<StageHooks<GrpoStepMetrics>, 'onStep'> {
-  /** Scores the samples instead of the config's reward models (the caller keeps and disposes it). */
+  /** Scores the samples in place of the config's reward models, mixed with the module and built-ins (the caller keeps and disposes it). */
   reward?: RewardSource;
   onStep?: (m: GrpoStepMetrics, info: { totalSteps: number }) => void;
 }

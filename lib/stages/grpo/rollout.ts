@@ -10,7 +10,7 @@ import type { Trainer } from '../../engine/train';
 import type { Tokenizer } from '../../tokenizer/tokenizer';
 import type { PromptIds } from '../../data/prompts';
 import { mixSeed } from '../../data/batches';
-import type { RewardInput, RewardSource } from '../../reward/sources';
+import { promptRewardInput, type RewardInput, type RewardSource } from '../../reward/sources';
 import { klPerToken } from '../../ppo/gae';
 import { grpoAdvantages, reinforcePlusPlusAdvantages, rlooAdvantages } from '../../grpo/advantages';
 import { perToken } from '../ppo/rollout';
@@ -62,11 +62,7 @@ export async function sampleGroups(env: GrpoEnv, prompts: PromptIds[], copies: n
 
 /** The reward of each sample (finite, one each) and its parts. */
 export async function scoreSamples(env: GrpoEnv, b: GrpoBatch, file: string): Promise<{ reward: Float64Array; parts: Record<string, Float64Array> }> {
-  const inputs: RewardInput[] = b.rows.map((p, i) => {
-    const x: RewardInput = { prompt: p.text, promptIds: p.ids, response: env.tok.decode(b.responses[i], { skipSpecialTokens: true }), responseIds: b.responses[i] };
-    if (p.safe !== undefined) x.safe = p.safe;
-    return x;
-  });
+  const inputs: RewardInput[] = b.rows.map((p, i) => promptRewardInput(p, env.tok.decode(b.responses[i], { skipSpecialTokens: true }), b.responses[i]));
   const s = await env.reward.score(inputs);
   if (s.reward.length !== b.rows.length) throw new RlhfError('E_ARGUMENT', `the reward source returned ${s.reward.length} rewards for ${b.rows.length} samples`);
   const bad = Array.from(s.reward).findIndex((x) => !Number.isFinite(x));

@@ -31,17 +31,16 @@ import { checkOutFolder } from '../../train/supervised';
 import { arg } from '../../train/options';
 import { applyThreads } from '../../train/stage';
 import { runOnline, type OnlineMethod } from '../../train/online';
-import { isAdapterDir, stageRewardSource } from '../ppo/reward-source';
-import type { ResolvedPpoConfig } from '../ppo/config';
+import { isAdapterDir } from '../../model/peft';
+import { checkRewardData, openRewardSource } from '../../reward/options';
 import { resolveGrpoConfig, type GrpoConfig, type GrpoEvalResult, type GrpoHooks, type GrpoResult, type GrpoStepMetrics } from './config';
 import { lossOptionsOf, minibatchGradients, type GrpoSample } from './loss';
 import { mean, sampleGroups, scoreGroups, scoreSamples, type GrpoBatch, type GrpoEnv, type ScoredGroups } from './rollout';
 
 export async function runGrpo(config: GrpoConfig, hooks: GrpoHooks = {}): Promise<GrpoResult> {
-  const cfg = resolveGrpoConfig(config);
+  const cfg = resolveGrpoConfig(config, { rewardSource: hooks.reward !== undefined });
   const log = hooks.log ?? (() => {});
-  const name = 'grpo';
-  arg(!!hooks.reward || cfg.rewardModel !== null, 'a reward is required: --reward-model (or pass a RewardSource as hooks.reward)');
+  const name = cfg.estimator === 'grpo' ? 'grpo' : cfg.estimator;
   applyThreads(cfg.threads, log);
   checkOutFolder(cfg.out);
   if (cfg.adapter) {
@@ -61,6 +60,7 @@ export async function runGrpo(config: GrpoConfig, hooks: GrpoHooks = {}): Promis
   const promptOpts = { tokenizer: tok, maxPromptTokens: ctxLen - cfg.maxNewTokens, limitReason: `the model's context ${ctxLen} minus --max-new-tokens ${cfg.maxNewTokens}`, vocabSize: mcfg.vocabSize };
   const prompts = loadPrompts(cfg.data, promptOpts);
   const evalPrompts = cfg.evalData ? loadPrompts(cfg.evalData, promptOpts) : [];
+  checkRewardData(cfg, [...prompts, ...evalPrompts]);
   const G = cfg.numGenerations;
   const samplesPerIt = cfg.batchSize * G;
   const miniBatch = cfg.miniBatchSize || samplesPerIt;
@@ -88,7 +88,7 @@ export async function runGrpo(config: GrpoConfig, hooks: GrpoHooks = {}): Promis
   try {
     const trainer = model.trainer();
     const targets = cfg.loraTargets === 'all-linear' ? (mcfg.arch === 'gpt2' ? GPT2_LORA_TARGETS : LLAMA_LORA_TARGETS) : cfg.loraTargets;
-    const reward = hooks.reward ?? (ownedReward = (await stageRewardSource(cfg as unknown as ResolvedPpoConfig, model, log)).source);
+    const reward = (ownedReward = await openRewardSource(cfg, model, log, { hook: hooks.reward, batchSize: cfg.forwardBatchSize, stage: name }));
     if (reward.maxTokens !== undefined) {
       for (const [file, rows] of [[cfg.data, prompts], [cfg.evalData, evalPrompts]] as const) {
         const tooLong = rows.find((p) => p.ids.length + cfg.maxNewTokens > reward.maxTokens!);
@@ -216,7 +216,7 @@ export async function runGrpo(config: GrpoConfig, hooks: GrpoHooks = {}): Promis
         await trainer.saveLora(cfg.out, path.resolve(cfg.model));
       },
     };
-    const run = await runOnline(method, { ...cfg, config: cfg as unknown as Record<string, unknown>, inputs: { data: cfg.data } }, {
+    const run = await runOnline(method, { ...cfg, config: cfg as unknown as Record<string, unknown>, inputs: { data: cfg.data, reward_module: cfg.rewardModule } }, {
       log,
       signal: hooks.signal,
       handleSigint: hooks.handleSigint,

@@ -7,6 +7,7 @@
 import type { Model } from '../../engine/model';
 import type { Trainer } from '../../engine/train';
 import type { RewardSource } from '../../reward/sources';
+import { checkRewardOptions, REWARD_OPTIONS, type RewardOptions } from '../../reward/options';
 import type { RewardKlEstimator } from '../../ppo/gae';
 import type { Device } from '../../info';
 import type { LrScheduleKind } from '../schedule';
@@ -32,26 +33,19 @@ import {
 } from '../../train/options';
 import type { StageHooks } from '../../train/stage';
 
-export interface PpoConfig extends CheckpointOptions {
+/**
+ * The rewards (RewardOptions, lib/reward/options.ts): reward model(s), a
+ * reward module and built-in verifiable rewards in any mix; at least one
+ * unless hooks.reward is given. A reward model given also starts the critic
+ * (unless `critic` is given), even when hooks.reward scores.
+ */
+export interface PpoConfig extends CheckpointOptions, RewardOptions {
   /** Base model folder (the SFT model, causal LM, Hugging Face layout). Required. */
   model: string;
   /** Prompts, JSONL: {"prompt": "..."}, {"prompt": [messages]} or {"messages": [...]}, optional "safe". Required. */
   data: string;
   /** Output folder: the policy adapter (PEFT), critic/ (adapter with value head), metrics.jsonl, ppo_config.json, checkpoints/. Required. */
   out: string;
-  /**
-   * Helpfulness reward model: a *ForSequenceClassification folder, or a PEFT
-   * adapter with a score head trained on this base. Scores the responses
-   * (unless a RewardSource is passed in the hooks) and initialises the critic
-   * (unless `critic` is given). Required unless hooks.reward is given.
-   */
-  rewardModel?: string | null;
-  /** Safety reward model (same kinds); rewards then combine as in Llama 2. */
-  safetyModel?: string | null;
-  /** How two reward models combine: 'llama2' (default with a safety model) or 'helpfulness'. */
-  combine?: 'llama2' | 'helpfulness';
-  /** Llama 2's safety threshold on the sigmoid scale. Default 0.15. */
-  safetyThreshold?: number;
   /** Continue this PEFT LoRA adapter as the policy instead of creating one. */
   adapter?: string | null;
   /** Start the critic from this PEFT adapter with a score head instead of from the reward model. */
@@ -188,10 +182,7 @@ const ROWS: OptionTable<PpoConfig> = {
   model,
   data,
   out,
-  rewardModel: { type: 'string', describe: 'helpfulness reward model: *ForSequenceClassification folder or PEFT adapter with a score head', group: 'Rewards' },
-  safetyModel: { type: 'string', describe: 'safety reward model (Llama 2 combination)', group: 'Rewards' },
-  combine: { type: 'string', choices: ['llama2', 'helpfulness'], derive: (r) => (r.safetyModel ? 'llama2' : 'helpfulness'), defaultText: 'llama2 with --safety-model', describe: 'how two reward models combine', group: 'Rewards' },
-  safetyThreshold: { type: 'number', check: checks.openUnit(), describe: 'Llama 2 safety threshold (sigmoid scale)', group: 'Rewards' },
+  ...REWARD_OPTIONS,
   missingEosPenalty: { type: 'number', check: checks.nullOr(checks.nonNeg()), describe: 'subtracted from the score of responses without EOS (default: none)', group: 'Rewards' },
   adapter,
   critic: { type: 'string', describe: 'start the critic from this PEFT adapter with a score head (default: from the reward model)', group: 'LoRA' },
@@ -274,9 +265,8 @@ export function resolvePpoConfig(cfg: PpoConfig): ResolvedPpoConfig {
     const given = (['loraR', 'loraAlpha', 'loraTargets', 'rslora'] as const).filter((k) => cfg[k] !== undefined);
     arg(given.length === 0, `${given.map((k) => flagOf(k)).join(', ')} cannot be given with --adapter and --critic: both adapters come from their folders`);
   }
-  arg(!cfg.safetyModel || !!cfg.rewardModel, '--safety-model needs --reward-model (the helpfulness reward model)');
   const r = resolveOptions(PPO_OPTIONS, cfg) as ResolvedPpoConfig;
-  arg(r.combine !== 'llama2' || r.safetyModel !== null, '--combine llama2 needs a safety reward model (--safety-model)');
+  checkRewardOptions(r);
   arg(r.miniBatchSize <= r.batchSize, `--mini-batch-size (${r.miniBatchSize}) must not exceed --batch-size (${r.batchSize})`);
   arg(r.klTarget === null || r.klCoef > 0, '--kl-target needs --kl-coef > 0 (the adaptive controller scales the coefficient)');
   checkOutDiffers(r.out, { '--model': r.model, '--reward-model': r.rewardModel, '--safety-model': r.safetyModel, '--adapter': r.adapter, '--critic': r.critic });
@@ -326,7 +316,7 @@ export interface PpoStepMetrics {
 }
 
 export interface PpoHooks extends Omit<StageHooks<PpoStepMetrics>, 'onStep'> {
-  /** Scores the responses instead of the reward models of the config (the caller keeps and disposes it). */
+  /** Scores the responses in place of the config's reward models, mixed with its module and built-ins (the caller keeps and disposes it). */
   reward?: RewardSource;
   onStep?: (m: PpoStepMetrics, info: { totalSteps: number }) => void;
 }

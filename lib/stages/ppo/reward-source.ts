@@ -1,15 +1,12 @@
 /**
- * PPO's reward source and the critic's starting point: reward models given
- * as folders or as PEFT adapters on the policy's own base (frozen adapters
- * `reward:<part>`, no second copy of the base), combined as in Llama 2 with
- * two.
+ * The critic's starting point: the helpfulness reward model's score head.
+ * (The reward source itself, reward adapters on the policy's own base
+ * included, is lib/reward/options.ts's openRewardSource.)
  */
 import { RlhfError } from '../../errors';
-import type { Model } from '../../engine/model';
 import { openModelFolder } from '../../model/folder';
-import { adapterHead, isAdapterDir } from '../../model/peft';
+import { isAdapterDir } from '../../model/peft';
 import type { ModelConfig } from '../../model/config';
-import { combineRewards, rewardModels, type RewardInput, type RewardSource } from '../../reward/sources';
 import type { ResolvedPpoConfig } from './config';
 
 /** A PEFT adapter folder (adapter_config.json and no config.json of its own). */
@@ -45,69 +42,3 @@ export function rewardModelHead(cfg: ResolvedPpoConfig, mcfg: ModelConfig): [str
   }
   return rmHead;
 }
-
-/**
- * Reward models on the shared base: each part that is a PEFT adapter with a
- * score head is loaded as a frozen adapter (`reward:<part>`) on the policy's
- * base; a part that is a model folder is loaded on its own through
- * `rewardModels`. Parts combine as in `rewardModels` (Llama 2 with two).
- */
-export async function stageRewardSource(cfg: ResolvedPpoConfig, model: Model, log: (l: string) => void): Promise<{ source: RewardSource; adapterNames: string[] }> {
-  const parts: [string, string][] = [['helpfulness', cfg.rewardModel!]];
-  if (cfg.safetyModel) parts.push(['safety', cfg.safetyModel]);
-  if (parts.every(([, d]) => !isAdapterDir(d))) {
-    const source = await rewardModels({ helpfulness: cfg.rewardModel!, safety: cfg.safetyModel, combine: cfg.combine, safetyThreshold: cfg.safetyThreshold, batchSize: cfg.forwardBatchSize, device: cfg.device, policy: cfg.model });
-    return { source, adapterNames: [] };
-  }
-  const trainer = model.trainer();
-  const scorers: { name: string; score: (seqs: number[][]) => Promise<Float64Array>; dispose: () => void }[] = [];
-  const adapterNames: string[] = [];
-  try {
-    for (const [name, dir] of parts) {
-      if (isAdapterDir(dir)) {
-        if (!adapterHead(dir)) throw new RlhfError('E_MODEL', `${dir}: a reward adapter needs a score head (${'base_model.model.score.weight'}); this adapter has none`, { where: dir });
-        const an = `reward:${name}`;
-        trainer.loadLora(dir, an);
-        adapterNames.push(an);
-        log(`ppo: ${name} reward model: adapter ${dir} on the shared base`);
-        scorers.push({
-          name,
-          score: async (seqs) => {
-            trainer.useAdapter(an);
-            const out = new Float64Array(seqs.length);
-            for (let i = 0; i < seqs.length; i += cfg.forwardBatchSize) {
-              const rows = seqs.slice(i, i + cfg.forwardBatchSize);
-              const f = await model.forward({ inputIds: rows, values: true, logp: false });
-              rows.forEach((ids, b) => (out[i + b] = f.values![b][ids.length - 1]));
-            }
-            return out;
-          },
-          dispose: () => {},
-        });
-      } else {
-        const src = await rewardModels({ helpfulness: dir, combine: 'helpfulness', batchSize: cfg.forwardBatchSize, device: cfg.device, policy: cfg.model });
-        scorers.push({
-          name,
-          score: async (seqs) => (await src.score(seqs.map((ids) => ({ prompt: '', promptIds: ids, response: '', responseIds: [] })))).reward,
-          dispose: () => src.dispose(),
-        });
-      }
-    }
-  } catch (e) {
-    scorers.forEach((s) => s.dispose());
-    throw e;
-  }
-  const source: RewardSource = {
-    names: scorers.map((s) => s.name),
-    async score(batch: RewardInput[]) {
-      const seqs = batch.map((x) => [...x.promptIds, ...x.responseIds]);
-      const out: Record<string, Float64Array> = {};
-      for (const s of scorers) out[s.name] = await s.score(seqs);
-      const { reward } = combineRewards(out.helpfulness, out.safety ?? null, batch.map((x) => x.safe), { combine: cfg.combine, safetyThreshold: cfg.safetyThreshold });
-      return { reward, parts: out };
-    },
-    dispose: () => scorers.forEach((s) => s.dispose()),
-  };
-  return { source, adapterNames };
-}
-

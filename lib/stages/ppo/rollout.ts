@@ -11,7 +11,7 @@ import type { Trainer } from '../../engine/train';
 import type { Tokenizer } from '../../tokenizer/tokenizer';
 import type { PromptIds } from '../../data/prompts';
 import { mixSeed } from '../../data/batches';
-import type { RewardInput, RewardScores, RewardSource } from '../../reward/sources';
+import { promptRewardInput, type RewardInput, type RewardScores, type RewardSource } from '../../reward/sources';
 import { gae, klPerToken, maskedWhiten, shapeRewards } from '../../ppo/gae';
 import type { Rollout } from './loss';
 import type { PpoEvalResult, ResolvedPpoConfig } from './config';
@@ -70,11 +70,7 @@ export async function sampleResponses(env: RolloutEnv, rows: PromptIds[], seed: 
 export async function scoreResponses(env: RolloutEnv, s: PpoSamples, file: string, withValues: boolean): Promise<PpoScored> {
   const { cfg, model, trainer, tok } = env;
   const { rows, responses } = s;
-  const inputs: RewardInput[] = rows.map((p, b) => {
-    const x: RewardInput = { prompt: p.text, promptIds: p.ids, response: tok.decode(responses[b], { skipSpecialTokens: true }), responseIds: responses[b] };
-    if (p.safe !== undefined) x.safe = p.safe;
-    return x;
-  });
+  const inputs: RewardInput[] = rows.map((p, b) => promptRewardInput(p, tok.decode(responses[b], { skipSpecialTokens: true }), responses[b]));
   const scored = await env.reward.score(inputs);
   if (scored.reward.length !== rows.length) throw new RlhfError('E_ARGUMENT', `the reward source returned ${scored.reward.length} rewards for ${rows.length} responses`);
   const bad = Array.from(scored.reward).findIndex((x) => !Number.isFinite(x));

@@ -35,7 +35,8 @@ import { arg } from '../../train/options';
 import { applyThreads } from '../../train/stage';
 import { runOnline, type OnlineMethod } from '../../train/online';
 import { resolvePpoConfig, type PpoConfig, type PpoEvalResult, type PpoHooks, type PpoResult, type PpoStepMetrics } from './config';
-import { isAdapterDir, rewardModelHead, stageRewardSource } from './reward-source';
+import { isAdapterDir, rewardModelHead } from './reward-source';
+import { checkRewardData, checkRewardOptions, openRewardSource } from '../../reward/options';
 import { evaluatePrompts, mean, sampleResponses, scoreResponses, toRollouts, type PpoSamples, type PpoScored, type RolloutEnv } from './rollout';
 import { ppoEpochs } from './update';
 
@@ -45,7 +46,7 @@ export const PPO_ADAPTERS = ['policy', 'critic'] as const;
 export async function runPpo(config: PpoConfig, hooks: PpoHooks = {}): Promise<PpoResult> {
   const cfg = resolvePpoConfig(config);
   const log = hooks.log ?? (() => {});
-  arg(!!hooks.reward || cfg.rewardModel !== null, '--reward-model is required (or pass a RewardSource as hooks.reward)');
+  checkRewardOptions(cfg, hooks.reward !== undefined);
   applyThreads(cfg.threads, log);
   checkOutFolder(cfg.out);
   if (cfg.adapter) {
@@ -72,6 +73,7 @@ export async function runPpo(config: PpoConfig, hooks: PpoHooks = {}): Promise<P
   const promptOpts = { tokenizer: tok, maxPromptTokens: ctxLen - cfg.maxNewTokens, limitReason: `the model's context ${ctxLen} minus --max-new-tokens ${cfg.maxNewTokens}`, vocabSize: mcfg.vocabSize };
   const prompts = loadPrompts(cfg.data, promptOpts);
   const evalPrompts = cfg.evalData ? loadPrompts(cfg.evalData, promptOpts) : [];
+  checkRewardData(cfg, [...prompts, ...evalPrompts]);
   const totalSteps = cfg.iterations > 0 ? cfg.iterations : Math.ceil(prompts.length / cfg.batchSize);
   log(`ppo: ${cfg.data}: ${prompts.length} prompts; ${totalSteps} iterations of ${cfg.batchSize} rollouts, ${cfg.ppoEpochs} epochs of minibatches of ${cfg.miniBatchSize}`);
 
@@ -97,8 +99,8 @@ export async function runPpo(config: PpoConfig, hooks: PpoHooks = {}): Promise<P
     const newLora = (name: string, seed: number, head?: boolean | { from: [string, string] }) =>
       trainer.createLora({ name, r: cfg.loraR, alpha: cfg.loraAlpha, rslora: cfg.rslora, targets, seed, head }).parameters;
 
-    // Rewards.
-    const reward = hooks.reward ?? (ownedReward = (await stageRewardSource(cfg, model, log)).source);
+    // Rewards (hooks.reward takes the reward models' place in scoring; a reward model given still starts the critic).
+    const reward = (ownedReward = await openRewardSource(cfg, model, log, { hook: hooks.reward, batchSize: cfg.forwardBatchSize, stage: 'ppo' }));
     if (reward.maxTokens !== undefined) {
       for (const [file, rows] of [[cfg.data, prompts], [cfg.evalData, evalPrompts]] as const) {
         const tooLong = rows.find((p) => p.ids.length + cfg.maxNewTokens > reward.maxTokens!);
@@ -222,7 +224,7 @@ export async function runPpo(config: PpoConfig, hooks: PpoHooks = {}): Promise<P
         trainer.useAdapter('policy');
       },
     };
-    const run = await runOnline(method, { ...cfg, config: cfg as unknown as Record<string, unknown>, inputs: { data: cfg.data } }, {
+    const run = await runOnline(method, { ...cfg, config: cfg as unknown as Record<string, unknown>, inputs: { data: cfg.data, reward_module: cfg.rewardModule } }, {
       log,
       signal: hooks.signal,
       handleSigint: hooks.handleSigint,

@@ -10,6 +10,7 @@
 import * as path from 'node:path';
 import type { Device } from '../../info';
 import type { RewardSource } from '../../reward/sources';
+import { checkRewardOptions, REWARD_OPTIONS, type RewardOptions } from '../../reward/options';
 import type { SftConfig, SftStepMetrics } from '../sft';
 import { arg, checks, CHECKPOINT_OPTIONS, describe, EVAL_OPTIONS, LORA_OPTIONS, resolveOptions, RUN_OPTIONS, withDefaults, type CheckpointOptions, type OptionTable, type Resolved } from '../../train/options';
 import { gatherSftOptions, SAMPLED_SFT_KEYS, sftOptionRows, sftRunConfig, type SampledSftOptions } from '../self-training/sft-options';
@@ -24,9 +25,11 @@ export const RS_SFT_KEYS = SAMPLED_SFT_KEYS;
 /**
  * The per-round SFT options may be given at the top of the config (as on
  * the CLI: `lr`, `epochs`, `loraR` ...) or under `sft`; `sft` wins where
- * both name one.
+ * both name one. The rewards (RewardOptions, lib/reward/options.ts): reward
+ * model(s), a reward module and built-in verifiable rewards in any mix; at
+ * least one unless hooks.reward is given (then no reward model).
  */
-export interface RsConfig extends RsSftOptions, CheckpointOptions {
+export interface RsConfig extends RsSftOptions, CheckpointOptions, RewardOptions {
   /** Policy model folder (Hugging Face causal LM). Required. */
   model: string;
   /** Prompts, JSONL: {"prompt": "..."}, {"prompt": [messages]} or {"messages": [...]}, optional "safe": bool. Required. */
@@ -37,14 +40,6 @@ export interface RsConfig extends RsSftOptions, CheckpointOptions {
   adapter?: string | null;
   /** Finetune every weight instead of a LoRA adapter. Default false. */
   full?: boolean;
-  /** Helpfulness reward model: a *ForSequenceClassification folder or a LoRA adapter with a score head. Required unless a RewardSource is passed in the hooks. */
-  rewardModel?: string | null;
-  /** Safety reward model folder (Llama 2's combination). Default none. */
-  safetyModel?: string | null;
-  /** 'llama2' (default with a safety model) or 'helpfulness'. */
-  combine?: 'llama2' | 'helpfulness';
-  /** Sigmoid-scale safety threshold. Default 0.15 (Llama 2). */
-  safetyThreshold?: number;
   /** Sequences per reward-model forward. Default 8. */
   rewardBatchSize?: number;
   /** Sample / select / finetune rounds. Default 1. */
@@ -109,10 +104,7 @@ const RS = 'Rejection sampling';
 const ROWS: OptionTable<RsConfig> = {
   ...RUN_OPTIONS,
   seed: { ...RUN_OPTIONS.seed, check: (v) => (Number.isInteger(v) && v >= 0 && v < 2 ** 31 ? null : `must be an integer in [0, 2^31), got ${v}`) },
-  rewardModel: { type: 'string', describe: 'helpfulness reward model: a *ForSequenceClassification folder (num_labels 1) or a LoRA adapter with a score head', group: 'Rewards' },
-  safetyModel: { type: 'string', describe: 'safety reward model, the same kinds (Llama 2 combination)', group: 'Rewards' },
-  combine: { type: 'string', choices: ['llama2', 'helpfulness'], derive: (r) => (r.safetyModel ? 'llama2' : 'helpfulness'), defaultText: 'llama2 with --safety-model', describe: 'how two reward models combine', group: 'Rewards' },
-  safetyThreshold: { type: 'number', check: checks.openUnit('a sigmoid-scale score'), describe: 'sigmoid-scale safety score under which safety decides', group: 'Rewards' },
+  ...REWARD_OPTIONS,
   rewardBatchSize: { type: 'number', check: checks.posInt(), describe: 'sequences per reward-model forward', group: 'Rewards' },
   adapter: LORA_OPTIONS.adapter,
   full: LORA_OPTIONS.full,
@@ -155,12 +147,9 @@ export const RS_OPTIONS: OptionTable<RsConfig> = withDefaults(
 /** Fills in the defaults and checks every value (E_ARGUMENT naming the flag). */
 export function resolveRsConfig(cfg: RsConfig, opts: { rewardSource?: boolean } = {}): ResolvedRsConfig {
   for (const k of ['model', 'data', 'out'] as const) arg(typeof cfg[k] === 'string' && cfg[k].length > 0, `--${k} is required`);
-  const rewardModel = cfg.rewardModel ?? null, safetyModel = cfg.safetyModel ?? null;
-  if (opts.rewardSource) arg(rewardModel === null && safetyModel === null, '--reward-model / --safety-model cannot be given together with a reward source (hooks.reward)');
-  else arg(rewardModel !== null && rewardModel.length > 0, '--reward-model is required (or pass a RewardSource as hooks.reward)');
-  arg(safetyModel === null || rewardModel !== null, '--safety-model needs --reward-model (the helpfulness model)');
+  if (opts.rewardSource) arg((cfg.rewardModel ?? null) === null && (cfg.safetyModel ?? null) === null, '--reward-model / --safety-model cannot be given together with a reward source (hooks.reward)');
   const r = gatherSftOptions(resolveOptions(RS_OPTIONS, cfg) as Record<string, unknown>, cfg.sft) as unknown as ResolvedRsConfig;
-  arg(r.combine !== 'llama2' || r.safetyModel !== null, '--combine llama2 needs --safety-model');
+  checkRewardOptions(r, opts.rewardSource === true);
   arg(!(r.full && r.adapter), '--adapter and --full cannot be combined (full training trains the base weights; merge the adapter first)');
   const outAbs = path.resolve(r.out);
   arg(outAbs !== path.resolve(r.model), '--out must differ from --model (the policy model folder is never overwritten)');
@@ -223,7 +212,7 @@ export type RsMetrics =
     };
 
 export interface RsHooks extends Omit<StageHooks<RsMetrics>, 'keepModel'> {
-  /** A reward source to use instead of --reward-model (e.g. functionReward). The caller disposes it. */
+  /** A reward source in place of --reward-model (e.g. functionReward), mixed with the module and built-ins. The caller disposes it. */
   reward?: RewardSource;
   /** Called with every metrics.jsonl record (as onStep is). */
   onMetrics?: (m: RsMetrics) => void;

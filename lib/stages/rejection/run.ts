@@ -28,7 +28,8 @@ import { RlhfError } from '../../errors';
 import { loadModel, type Model } from '../../engine/model';
 import { readAdapterConfig } from '../../model/peft';
 import { mixSeed } from '../../data/batches';
-import { rewardModels, type RewardSource } from '../../reward/sources';
+import type { RewardSource } from '../../reward/sources';
+import { checkRewardData, openRewardSource } from '../../reward/options';
 import { runSft } from '../sft';
 import { packageVersion } from '../../info';
 import { removeDirAtomic } from '../../run/atomic';
@@ -64,20 +65,12 @@ export async function runRejectionSampling(config: RsConfig, hooks: RsHooks = {}
   const promptSet = loadPromptSet(cfg, reward0);
   const { tok, eosIds, train, held } = promptSet;
 
-  const reward: RewardSource =
-    reward0 ??
-    (await rewardModels({
-      helpfulness: cfg.rewardModel!,
-      safety: cfg.safetyModel,
-      combine: cfg.combine,
-      safetyThreshold: cfg.safetyThreshold,
-      batchSize: cfg.rewardBatchSize,
-      device: cfg.device,
-      policy: cfg.model,
-    }));
-  const ownReward = reward0 === undefined;
+  checkRewardData(cfg, [...train, ...held]);
+
+  // The policy is reloaded every round, so reward adapters are merged into reward models of their own (no shared base).
+  const reward: RewardSource = await openRewardSource(cfg, null, log, { hook: reward0, batchSize: cfg.rewardBatchSize, stage: 'rs' });
   try {
-    if (ownReward) checkRewardContext(reward, promptSet, cfg.maxNewTokens);
+    checkRewardContext(reward, promptSet, cfg.maxNewTokens);
     log(
       `rs: ${train.length} prompts x ${cfg.k} samples, ${cfg.rounds} round${cfg.rounds > 1 ? 's' : ''}` +
         (held.length ? `; ${held.length} held-out prompts${cfg.evalData ? ` from ${cfg.evalData}` : ` (--eval-fraction ${cfg.evalFraction})`}` : '; no held-out evaluation') +
@@ -239,7 +232,7 @@ export async function runRejectionSampling(config: RsConfig, hooks: RsHooks = {}
     const t0 = performance.now();
     let run;
     try {
-      run = await runOnline(method, { ...cfg, config: cfg as unknown as Record<string, unknown>, inputs: { data: cfg.data, eval_data: cfg.evalData } }, {
+      run = await runOnline(method, { ...cfg, config: cfg as unknown as Record<string, unknown>, inputs: { data: cfg.data, eval_data: cfg.evalData, reward_module: cfg.rewardModule } }, {
         log,
         signal: hooks.signal,
         handleSigint: hooks.handleSigint,
@@ -273,6 +266,6 @@ export async function runRejectionSampling(config: RsConfig, hooks: RsHooks = {}
     );
     return result;
   } finally {
-    if (ownReward) reward.dispose();
+    reward.dispose();
   }
 }

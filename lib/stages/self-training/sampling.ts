@@ -12,7 +12,7 @@ import type { Tokenizer } from '../../tokenizer/tokenizer';
 import type { PromptRow } from '../../data/prompts';
 import { mixSeed } from '../../data/batches';
 import { IGNORE_INDEX } from '../../data/sft-data';
-import type { RewardInput, RewardSource } from '../../reward/sources';
+import { promptRewardInput, type RewardInput, type RewardSource } from '../../reward/sources';
 
 /** The ids generation stops at: config.json's eos_token_id plus generation_config.json's. */
 export function stopTokenIds(dir: string): number[] {
@@ -75,12 +75,7 @@ export async function samplePolicy(model: Model, tok: Tokenizer, prompts: readon
 }
 
 export function rewardInputs(prompts: readonly PromptRow[], samples: readonly Sample[]): RewardInput[] {
-  return samples.map((s) => {
-    const p = prompts[s.prompt];
-    const x: RewardInput = { prompt: p.text, promptIds: p.ids, response: s.text, responseIds: s.ids };
-    if (p.safe !== undefined) x.safe = p.safe;
-    return x;
-  });
+  return samples.map((s) => promptRewardInput(prompts[s.prompt], s.text, s.ids));
 }
 
 export async function scoreAll(reward: RewardSource, inputs: RewardInput[]): Promise<{ reward: Float64Array; parts: Record<string, Float64Array> }> {
