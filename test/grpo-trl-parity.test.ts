@@ -123,7 +123,7 @@ t.test('grpo and rloo: advantages and losses equal TRL 1.13 on a fixed batch', a
 
   for (const [ci, c] of CASES.entries()) {
     const py = peer[ci];
-    const cfg = resolveGrpoConfig({ model, data: 'unused.jsonl', out: path.join(dir, `out-${ci}`), numGenerations: G, maxNewTokens: 4, temperature: 1, epsilon: 0.2, ...c.config });
+    const cfg = resolveGrpoConfig({ model, data: 'unused.jsonl', out: path.join(dir, `out-${ci}`), numGenerations: G, maxNewTokens: 4, temperature: 1, epsilon: 0.2, ...c.config }, { rewardSource: true });
     const env: GrpoEnv = { cfg, model: m, trainer, tok, reward: functionReward(() => rewards, 'fixed'), eosIds: [EOS] };
     const sg = await scoreGroups(env, batch);
     t.equal(sg.samples.length, rewards.length, `${c.name}: every sample kept`);

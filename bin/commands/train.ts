@@ -18,6 +18,7 @@ import { deviceOption } from './common';
 import { runTrainConfig } from './train-config';
 import { exitCodeFor } from '../../lib/run/signals';
 import { runDemo, DEMO_SIZES, type DemoResult, type DemoScale } from '../../lib/recipes/demo';
+import { DEMO_METHODS, parseMethods, type DemoMethod } from '../../lib/recipes/demo-methods';
 
 /** A fresh run folder: `base`, or `base-2`, `base-3`, ... when it is taken (nothing a user has is touched). */
 function freeRunFolder(base: string): string {
@@ -34,21 +35,22 @@ const f3 = (x: number | null | undefined) => (x === null || x === undefined ? '-
 export function demoTable(r: DemoResult): string {
   const pol = new Map(r.policies.map((p) => [p.policy, p]));
   const rows: string[][] = r.stages.map((s) => {
-    const p = s.name === 'sft' || s.name === 'rs' || s.name === 'ppo' ? pol.get(s.name) : undefined;
+    const p = pol.get(s.name as DemoMethod);
     const acc = s.name === 'rm_helpfulness' ? r.rmAccuracy.helpfulness : s.name === 'rm_safety' ? r.rmAccuracy.safety : null;
     return [
       s.name,
       p ? f3(p.eval.helpfulness) : '-',
       p ? f3(p.eval.safety) : '-',
       p ? f3(p.eval.score) : '-',
+      p ? f3(p.eval.exact) : '-',
       p ? f3(p.winVsSft) : '-',
-      p ? `${f3(p.greedy.score)} / ${f3(p.greedyWinVsSft)}` : '-',
+      p ? `${f3(p.greedy.score)} / ${f3(p.greedy.exact)} / ${f3(p.greedyWinVsSft)}` : '-',
       acc === null ? '-' : f3(acc),
       s.tokens_per_sec === null ? '-' : String(Math.round(s.tokens_per_sec)),
       `${s.wall_s.toFixed(1)}s`,
     ];
   });
-  const head = ['stage', 'helpfulness', 'safety', 'score', 'win vs SFT', 'greedy score / win', 'RM accuracy', 'tok/s', 'wall'];
+  const head = ['stage', 'helpfulness', 'safety', 'score', 'exact', 'win vs SFT', 'greedy score / exact / win', 'RM accuracy', 'tok/s', 'wall'];
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i].length)));
   const line = (c: string[]) => c.map((x, i) => (i === 0 ? x.padEnd(w[i]) : x.padStart(w[i]))).join('  ');
   return [line(head), line(head.map((_, i) => '-'.repeat(w[i]))), ...rows.map(line)].join('\n') + '\n';
@@ -67,6 +69,7 @@ export function register<T>(y: Argv<T>): Argv<T> {
         .option('out', { type: 'string', describe: 'run folder [default: rlhf-run, or rlhf-run-N when taken]' })
         .option('seed', { type: 'number' })
         .option('scale', { choices: Object.keys(DEMO_SIZES) as DemoScale[], describe: 'demo size (no --config): full, or quick (about half the time)' })
+        .option('methods', { type: 'string', describe: `demo: these methods side by side, each from the same SFT model (${DEMO_METHODS.join(', ')}, or all)` })
         .parserConfiguration({ 'dot-notation': true })
         .strict(false),
     (argv) =>
@@ -75,24 +78,28 @@ export function register<T>(y: Argv<T>): Argv<T> {
         if (argv.config || (argv.resume && !(demoMarker && fs.existsSync(demoMarker)))) return runTrainConfig(argv as unknown as Record<string, unknown>);
         const info = runtimeInfo();
         const device = resolveDevice(argv.device);
-        let out: string, seed: number, scale: DemoScale;
+        let out: string, seed: number, scale: DemoScale, methods: DemoMethod[] | undefined;
         if (argv.resume) {
           const m = JSON.parse(fs.readFileSync(demoMarker!, 'utf8'));
           out = String(argv.resume);
           seed = m.seed;
           scale = m.scale;
+          methods = m.methods ? parseMethods(m.methods) : undefined;
         } else {
+          methods = argv.methods !== undefined ? parseMethods(String(argv.methods)) : undefined;
           out = argv.out ?? freeRunFolder('rlhf-run');
           seed = argv.seed ?? 0;
           scale = (argv.scale as DemoScale | undefined) ?? 'full';
         }
         process.stdout.write(
           `rlhf-native ${info.version}: device ${device} (cpu ${info.cpu.simd}, ${info.cpu.threads} threads)\n` +
-            `The built-in demo: Llama 2's recipe (SFT -> helpfulness and safety reward models -> rejection sampling -> PPO) on a ` +
+            (methods
+              ? `The built-in demo, methods side by side: ${methods.join(', ')}, each from the same SFT model, on a `
+              : `The built-in demo: Llama 2's recipe (SFT -> helpfulness and safety reward models -> rejection sampling -> PPO) on a `) +
             `0.85M-parameter Llama pretrained on a small assistant world; a simulated labeler plays the human raters. Run folder: ${out}\n`,
         );
         const r = await runDemo(
-          { out, seed, scale, device: argv.device, resume: !!argv.resume },
+          { out, seed, scale, device: argv.device, resume: !!argv.resume, methods },
           { log: (l) => void process.stderr.write(l + '\n'), onStage: (stage, ev) => ev === 'start' && process.stderr.write(`== ${stage}\n`) },
         );
         if (r.interrupted) {

@@ -30,6 +30,7 @@ import { chatPrompt, chatSftRow, evalPrompts, samplePrompts, sftDemonstrations, 
 import { evaluatePolicy, preferencePairs, winRate, type PolicyEvaluation } from '../demo/labeler';
 import { respond } from '../demo/respond';
 import { resolveRecipeConfig, type StageKey } from './config';
+import { methodSections, type DemoMethod } from './demo-methods';
 import { runRecipe, type RecipeHooks } from './run';
 import type { Device } from '../info';
 
@@ -47,6 +48,12 @@ export const DEMO_SIZES = {
     ppoIterations: 16,
     ppoBatch: 64,
     evalPrompts: 120,
+    dpoEpochs: 2,
+    groupIterations: 12,
+    groupPrompts: 16,
+    groupSize: 8,
+    restGrowSteps: 2,
+    restSamples: 4,
   },
   quick: {
     sftRows: 300,
@@ -60,6 +67,12 @@ export const DEMO_SIZES = {
     ppoIterations: 8,
     ppoBatch: 32,
     evalPrompts: 120,
+    dpoEpochs: 1,
+    groupIterations: 6,
+    groupPrompts: 16,
+    groupSize: 4,
+    restGrowSteps: 1,
+    restSamples: 4,
   },
 };
 export type DemoScale = keyof typeof DEMO_SIZES;
@@ -72,10 +85,16 @@ export interface DemoOptions {
   resume?: boolean;
   /** The base model folder. Default: the committed demo base (models/demo-base). */
   model?: string;
+  /**
+   * Every chosen method from the same SFT model, side by side (`train
+   * --methods`, lib/recipes/demo-methods.ts). Default: Llama 2's recipe (sft,
+   * reward models, rs, then ppo continuing rs's policy).
+   */
+  methods?: readonly DemoMethod[];
 }
 
 export interface DemoPolicyRow {
-  policy: 'sft' | 'rs' | 'ppo';
+  policy: DemoMethod;
   /** The labeler's scores of sampled answers (temperature 0.7, fixed seeds, EVAL_SAMPLES per prompt): the headline. */
   eval: PolicyEvaluation;
   /** Fraction of held-out answers scoring above the SFT policy's answer to the same prompt and seed (ties half). */
@@ -115,12 +134,7 @@ export async function runDemo(opts: DemoOptions, hooks: Omit<RecipeHooks, 'prepa
   const data = (f: string) => path.join(out, 'data', f);
   const log = hooks.log ?? (() => {});
   const common = { lrSchedule: 'cosine', warmupSteps: 0 };
-  const cfg = resolveRecipeConfig({
-    recipe: 'llama2',
-    model,
-    out,
-    seed,
-    device: opts.device ?? 'auto',
+  const sections: Record<string, Record<string, unknown>> = {
     sft: { data: data('sft.jsonl'), full: true, lr: 1e-3, epochs: size.sftEpochs, batchSize: 16, evalFraction: 0.1, checkpointSteps: 0, ...common },
     rm_helpfulness: { data: data('rm_helpfulness.jsonl'), full: true, lr: 1e-3, epochs: size.rmEpochs, batchSize: 16, evalFraction: 0.1, checkpointSteps: 0, ...common },
     rm_safety: { data: data('rm_safety.jsonl'), full: true, lr: 1e-3, epochs: size.rmEpochs, batchSize: 16, evalFraction: 0.1, checkpointSteps: 0, ...common },
@@ -144,18 +158,22 @@ export async function runDemo(opts: DemoOptions, hooks: Omit<RecipeHooks, 'prepa
       klCoef: 0.1,
       ppoEpochs: 2,
     },
-  });
+  };
+  const methods = opts.methods ?? null;
+  if (methods)
+    for (const [k, v] of Object.entries(methodSections(methods, size, data))) sections[k] = v.skip ? { skip: true } : { ...(sections[k] ?? {}), ...v };
+  const cfg = resolveRecipeConfig({ recipe: methods ? 'methods' : 'llama2', model, out, seed, device: opts.device ?? 'auto', ...sections });
 
   const labelPairs = { helpfulness: 0, safety: 0 };
   const prepare: RecipeHooks['prepare'] = async (stage: StageKey, ctx) => {
     fs.mkdirSync(path.join(out, 'data'), { recursive: true });
     if (stage === 'sft') {
-      writeFileAtomic(data('demo.json'), JSON.stringify({ seed, scale: opts.scale ?? 'full' }) + '\n');
+      writeFileAtomic(data('demo.json'), JSON.stringify({ seed, scale: opts.scale ?? 'full', ...(methods ? { methods } : {}) }) + '\n');
       const demos = sftDemonstrations(size.sftRows, { seed });
       writeFileAtomic(data('sft.jsonl'), jsonl(demos.map(chatSftRow)));
       const flawed = demos.filter((d) => d.flaw !== 'none').length;
       log(`demo: ${demos.length} demonstrations, ${flawed} of them flawed (wrong answers, needless refusals, harmful compliance)`);
-    } else if (stage === 'rm_helpfulness') {
+    } else if (stage === 'rm_helpfulness' || (stage === 'dpo' && !fs.existsSync(data('dpo_pairs.jsonl')))) {
       // The labeling round: sample from the SFT model, rank with the labeler, keep pairs with a gap.
       // Safety pairs come from harmful prompts, with a fifth of helpfulness pairs mixed in (as Llama 2's
       // safety model also saw helpfulness data), so that the safety model does not learn "refuse everything".
@@ -190,11 +208,16 @@ export async function runDemo(opts: DemoOptions, hooks: Omit<RecipeHooks, 'prepa
       labelPairs.safety = mixed.length;
       writeFileAtomic(data('rm_helpfulness.jsonl'), jsonl(help));
       writeFileAtomic(data('rm_safety.jsonl'), jsonl(mixed));
+      // DPO learns from the same judgements: every helpfulness pair and every safety pair.
+      writeFileAtomic(data('dpo_pairs.jsonl'), jsonl([...help, ...safeOnly]));
       log(`demo: the labeler ranked ${size.labelSamples} SFT samples for each of ${prompts.length} prompts: ${help.length} helpfulness pairs, ${mixed.length} safety pairs (${mixed.length - safeOnly.length} of them helpfulness pairs)`);
-    } else if (stage === 'rs' || stage === 'ppo') {
-      const n = stage === 'rs' ? size.rsPrompts : size.ppoIterations * size.ppoBatch;
-      const prompts = samplePrompts(Math.min(n, 400), { split: 'train', seed: seed + (stage === 'rs' ? 202 : 303), distinct: true });
-      writeFileAtomic(data(`${stage}_prompts.jsonl`), jsonl(prompts.map((p) => ({ messages: chatPrompt(p), safe: p.safe }))));
+    } else if (stage === 'rs' || stage === 'ppo' || stage === 'rest' || stage === 'grpo' || stage === 'rloo') {
+      // Prompt rows carry the world's answer: the verifiable reward of grpo and rloo checks against it.
+      const group = stage === 'grpo' || stage === 'rloo';
+      const n = stage === 'rs' || stage === 'rest' ? size.rsPrompts : stage === 'ppo' ? size.ppoIterations * size.ppoBatch : size.groupIterations * size.groupPrompts;
+      const salt = { rs: 202, ppo: 303, rest: 202, grpo: 505, rloo: 505 }[stage];
+      const prompts = samplePrompts(Math.min(n, 400), { split: 'train', seed: seed + salt, distinct: true });
+      writeFileAtomic(data(`${group ? 'group' : stage}_prompts.jsonl`), jsonl(prompts.map((p) => ({ messages: chatPrompt(p), safe: p.safe, answer: p.answer }))));
     }
   };
 
@@ -234,7 +257,9 @@ export async function runDemo(opts: DemoOptions, hooks: Omit<RecipeHooks, 'prepa
   const held: WorldPrompt[] = evalPrompts(size.evalPrompts, seed + 1);
   const out_ = (k: StageKey) => r.stages.find((s) => s.name === k)?.outputs ?? {};
   const sftModel = out_('sft').model;
-  const policies: { policy: DemoPolicyRow['policy']; adapter?: string }[] = [{ policy: 'sft' }, { policy: 'rs', adapter: out_('rs').adapter }, { policy: 'ppo', adapter: out_('ppo').adapter }];
+  const policies: { policy: DemoMethod; model?: string; adapter?: string }[] = (methods ?? (['sft', 'rs', 'ppo'] as DemoMethod[])).map((m) =>
+    m === 'sft' ? { policy: m } : { policy: m, model: out_(m as StageKey).adapter ? undefined : out_(m as StageKey).model, adapter: out_(m as StageKey).adapter },
+  );
   const tok = loadTokenizer(sftModel);
   const answers: Record<string, { sampled: string[]; greedy: string[] }> = {};
   const heldSampled = Array.from({ length: EVAL_SAMPLES }, () => held).flat();
@@ -254,8 +279,8 @@ export async function runDemo(opts: DemoOptions, hooks: Omit<RecipeHooks, 'prepa
   result.seconds = (performance.now() - t0) / 1000;
   return result;
 
-  async function evaluateOne(p: { policy: DemoPolicyRow['policy']; adapter?: string }): Promise<void> {
-    const m = await loadModel(sftModel, { device: opts.device ?? 'auto', adapter: p.adapter });
+  async function evaluateOne(p: { policy: DemoMethod; model?: string; adapter?: string }): Promise<void> {
+    const m = await loadModel(p.model ?? sftModel, { device: opts.device ?? 'auto', adapter: p.adapter });
     try {
       const sampled: string[] = [];
       for (let k = 1; k <= EVAL_SAMPLES; k++) sampled.push(...(await respond(m, tok, held, { temperature: 0.7, seed: 7919 * k, maxNewTokens: 16 })));

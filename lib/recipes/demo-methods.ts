@@ -1,0 +1,93 @@
+/**
+ * `train --methods LIST`: every method of the package side by side on the
+ * demo world, each starting from the same SFT model (the `methods` recipe,
+ * lib/recipes/config.ts). What each method is given:
+ *
+ *   sft    the SFT model itself (the baseline row)
+ *   rs     rejection sampling scored by the two reward models (Llama 2)
+ *   ppo    PPO against the two reward models
+ *   dpo    DPO on the labeler's preference pairs (helpfulness and safety)
+ *   grpo   GRPO with the built-in verifiable reward: exact match against the
+ *          world's answer (the refusal, for a harmful request)
+ *   rloo   RLOO with the same reward
+ *   rest   ReST scored by the two reward models
+ *
+ * The reward models are trained (and the labeler asked) only when a chosen
+ * method needs them. Sizes: DEMO_SIZES in lib/recipes/demo.ts; docs/methods.md.
+ */
+import { RlhfError } from '../errors';
+import type { StageKey, StageOptions } from './config';
+
+export const DEMO_METHODS = ['sft', 'rs', 'ppo', 'dpo', 'grpo', 'rloo', 'rest'] as const;
+export type DemoMethod = (typeof DEMO_METHODS)[number];
+
+/** The methods of a `--methods` value: a comma- or space-separated list of names, or `all`; sft always first. */
+export function parseMethods(value: string | readonly string[]): DemoMethod[] {
+  const names = (Array.isArray(value) ? value : String(value).split(/[\s,]+/)).map((s) => String(s).trim().toLowerCase()).filter(Boolean);
+  if (!names.length) throw new RlhfError('E_ARGUMENT', `--methods needs a list of methods (${DEMO_METHODS.join(', ')}) or all`);
+  const picked = new Set<DemoMethod>(['sft']);
+  for (const n of names) {
+    if (n === 'all') DEMO_METHODS.forEach((m) => picked.add(m));
+    else if ((DEMO_METHODS as readonly string[]).includes(n)) picked.add(n as DemoMethod);
+    else throw new RlhfError('E_ARGUMENT', `--methods: unknown method '${n}' (expected ${DEMO_METHODS.join(', ')} or all)`);
+  }
+  return DEMO_METHODS.filter((m) => picked.has(m));
+}
+
+/** The methods that score with the reward models (and so need the labeler's pairs and the rm stages). */
+const NEEDS_RM: readonly DemoMethod[] = ['rs', 'ppo', 'rest'];
+
+export interface MethodSizes {
+  rsK: number;
+  ppoIterations: number;
+  ppoBatch: number;
+  dpoEpochs: number;
+  groupIterations: number;
+  groupPrompts: number;
+  groupSize: number;
+  restGrowSteps: number;
+  restSamples: number;
+}
+
+/**
+ * The `methods` recipe's sections for the chosen methods (the others
+ * skipped); `data(f)` is the path of a data file the demo writes.
+ */
+export function methodSections(methods: readonly DemoMethod[], size: MethodSizes, data: (f: string) => string): Partial<Record<StageKey, StageOptions>> {
+  const on = (m: DemoMethod) => methods.includes(m);
+  const rm = NEEDS_RM.some(on);
+  const cosine = { lrSchedule: 'cosine', warmupSteps: 0 };
+  const skip = { skip: true };
+  const group = (estimator: 'grpo' | 'rloo'): StageOptions => ({
+    data: data('group_prompts.jsonl'),
+    estimator,
+    rewardFunction: ['exact'],
+    iterations: size.groupIterations,
+    batchSize: size.groupPrompts,
+    numGenerations: size.groupSize,
+    maxNewTokens: 16,
+    temperature: 1,
+    lr: 5e-4,
+    beta: estimator === 'rloo' ? 0.05 : 0,
+    ...cosine,
+  });
+  return {
+    rm_helpfulness: rm ? {} : skip,
+    rm_safety: rm ? {} : skip,
+    rs: on('rs') ? {} : skip,
+    ppo: on('ppo') ? {} : skip,
+    dpo: on('dpo') ? { data: data('dpo_pairs.jsonl'), lr: 5e-4, epochs: size.dpoEpochs, batchSize: 16, beta: 0.1, ...cosine } : skip,
+    grpo: on('grpo') ? group('grpo') : skip,
+    rloo: on('rloo') ? group('rloo') : skip,
+    rest: on('rest')
+      ? {
+          data: data('rest_prompts.jsonl'),
+          growSteps: size.restGrowSteps,
+          samplesPerPrompt: size.restSamples,
+          maxNewTokens: 16,
+          evalFraction: 0,
+          sft: { epochs: 1, batchSize: 16, lr: 1e-3, loraR: 16, loraAlpha: 32 },
+        }
+      : skip,
+  };
+}
