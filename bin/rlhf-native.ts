@@ -13,6 +13,7 @@ import * as sft from './commands/sft';
 import * as rm from './commands/rm';
 import * as merge from './commands/merge';
 import * as rs from './commands/rs';
+import * as hir from './commands/hir';
 import * as dpo from './commands/dpo';
 import * as ppo from './commands/ppo';
 import { packageVersion } from '../lib/info';
@@ -43,7 +44,7 @@ async function main(): Promise<void> {
     })
     .help()
     .wrap(Math.min(110, process.stdout.columns || 100));
-  for (const c of [train, info, inspect, init, score, generate, bench, sft, rm, merge, dpo, rs]) y = c.register(y);
+  for (const c of [train, info, inspect, init, score, generate, bench, sft, rm, merge, dpo, rs, hir]) y = c.register(y);
   y = ppo.register(y);
   await y.parseAsync();
 }

@@ -34,10 +34,12 @@ export const RECIPES = {
   llama2: ['sft', 'rm_helpfulness', 'rm_safety', 'rs', 'ppo'],
   /** Rafailov et al. 2023: SFT -> DPO on preference pairs (no reward model, no sampling). */
   dpo: ['sft', 'dpo'],
+  /** Zhang et al. 2023: SFT -> hindsight instruction relabelling (a checker instead of a reward model). */
+  hir: ['sft', 'hir'],
 } as const;
 export type RecipeName = keyof typeof RECIPES;
-export type StageKey = 'sft' | 'rm' | 'rm_helpfulness' | 'rm_safety' | 'rs' | 'ppo' | 'dpo';
-const STAGE_KEYS: readonly StageKey[] = ['sft', 'rm', 'rm_helpfulness', 'rm_safety', 'rs', 'ppo', 'dpo'];
+export type StageKey = 'sft' | 'rm' | 'rm_helpfulness' | 'rm_safety' | 'rs' | 'ppo' | 'dpo' | 'hir';
+const STAGE_KEYS: readonly StageKey[] = ['sft', 'rm', 'rm_helpfulness', 'rm_safety', 'rs', 'ppo', 'dpo', 'hir'];
 
 /** A stage's own options, as given (camelCase keys after normalising). `skip: true` leaves it out. */
 export type StageOptions = Record<string, unknown> & { skip?: boolean };

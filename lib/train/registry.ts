@@ -7,6 +7,7 @@ import { rmStage } from '../stages/reward';
 import { dpoStage } from '../stages/dpo';
 import { rsStage } from '../stages/rejection/stage';
 import { ppoStage } from '../stages/ppo/stage';
+import { hirStage } from '../stages/hir/stage';
 import type { AnyStage } from './stage';
 
 export const STAGES = {
@@ -15,6 +16,7 @@ export const STAGES = {
   dpo: dpoStage,
   rs: rsStage,
   ppo: ppoStage,
+  hir: hirStage,
 } as const satisfies Record<string, AnyStage>;
 
 export type StageName = keyof typeof STAGES;
