@@ -21,6 +21,8 @@ import { runHir } from '../lib/stages/hir/run';
 import { applyTemplate, loadRelabelModule, relabelByVerdict, relabelWithModule, SampleBuffer, type BufferEntry } from '../lib/stages/hir/relabel';
 import { functionReward } from '../lib/reward/sources';
 import { RlhfError } from '../lib/errors';
+import { resolveRecipeConfig } from '../lib/recipes/config';
+import { runRecipe } from '../lib/recipes/run';
 import { cliBuilt, runCli } from './helpers/cli';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'rlhf-hir-'));
@@ -176,6 +178,27 @@ t.test("SFT's --label-smoothing: the step loss is the smoothed one, nll and eval
   const ev = ls.find((m) => m.eval_loss !== undefined)!;
   t.ok(ev.eval_nll !== undefined && ev.eval_loss! > ev.eval_nll, 'eval_loss smoothed, eval_nll beside it');
   t.throws(() => resolveSftConfig({ model: v1, data, out: path.join(tmp, 'ls-bad'), labelSmoothing: -0.1 }), { code: 'E_ARGUMENT', message: /--label-smoothing/ });
+});
+
+t.test('the hir recipe: sft -> hir on the merged SFT model, the checker from the recipe run', async (t) => {
+  const out = path.join(tmp, 'recipe');
+  const rows = Array.from({ length: 12 }, (_, i) => ({ prompt: `Colours ${i}:`, completion: ' red blue green.' }));
+  const sftData = path.join(tmp, 'recipe-sft.jsonl');
+  fs.writeFileSync(sftData, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
+  const cfg = resolveRecipeConfig({
+    recipe: 'hir',
+    model: base,
+    out,
+    seed: 3,
+    device: 'cpu',
+    sft: { data: sftData, steps: 2, batch_size: 6 },
+    hir: { data: prompts, iterations: 1, epochs: 1, samples_per_prompt: 2, max_new_tokens: 6, eval_fraction: 0 },
+  });
+  const r = await runRecipe(cfg, { log: () => {}, progress: false, handleSigint: false, reward: blue() });
+  t.same(r.stages.map((s) => s.name), ['sft', 'hir']);
+  const hirCfg = JSON.parse(fs.readFileSync(path.join(out, 'hir', 'hir_config.json'), 'utf8'));
+  t.equal(path.resolve(hirCfg.model), path.resolve(out, 'sft', 'merged'), 'hir samples from the merged SFT model');
+  t.ok(fs.existsSync(path.join(out, 'hir', 'adapter_model.safetensors')), 'the policy adapter in the stage folder');
 });
 
 t.test('CLI: hir and sft list their options', { skip: !cliBuilt() && 'the CLI is not built' }, async (t) => {
