@@ -79,10 +79,10 @@ export interface SftLossStats {
   tokens: number;
   /** -sum(mask * logp). */
   nllSum: number;
-  /** -sum(mask * mean_v log p_v): label smoothing's term (0 without labelSmoothing). */
-  smoothSum: number;
-  /** sum(mask * entropy) / denom (0 without entCoef). */
-  entropy: number;
+  /** -sum(mask * mean_v log p_v): label smoothing's term; only with labelSmoothing != 0. */
+  smoothSum?: number;
+  /** sum(mask * entropy) / denom; only with entCoef != 0. */
+  entropy?: number;
 }
 
 export interface PairwiseLossStats {
@@ -226,7 +226,13 @@ async function run(handle: NativeModel, req: NativeLossRequest): Promise<Record<
 
 const opt = <K extends string, V>(key: K, v: V | undefined | null): Partial<Record<K, V>> => (v === undefined || v === null ? {} : ({ [key]: v } as Record<K, V>));
 
-const sftStats = (r: Record<string, number>): SftLossStats => ({ loss: r.loss, tokens: r.tokens, nllSum: r.nllSum, smoothSum: r.smoothSum, entropy: r.entropy });
+const sftStats = (r: Record<string, number>): SftLossStats => ({
+  loss: r.loss,
+  tokens: r.tokens,
+  nllSum: r.nllSum,
+  ...(r.smoothSum !== undefined ? { smoothSum: r.smoothSum } : {}),
+  ...(r.entropy !== undefined ? { entropy: r.entropy } : {}),
+});
 const pairwiseStats = (r: Record<string, number>): PairwiseLossStats => ({ loss: r.loss, accuracy: r.accuracy, margin: r.margin, chosen: r.chosen, rejected: r.rejected });
 const dpoStats = (r: Record<string, number>): DpoLossStats => ({
   loss: r.loss,

@@ -113,7 +113,7 @@ export async function evaluateSft(model: Model, examples: readonly SftExample[],
     const { seq } = await model.forward({ inputIds: rows.map((e) => e.ids), logp: true, download: false });
     const s = await model.sftLoss({ mask: scatterTokens(seq, rows.map((e) => ({ start: 0, values: e.lossMask }))), ...(labelSmoothing ? { labelSmoothing } : {}) });
     nll += s.nllSum;
-    smooth += s.smoothSum;
+    smooth += s.smoothSum ?? 0;
     tokens += s.tokens;
   }
   const eps = labelSmoothing;
@@ -168,7 +168,7 @@ export const SFT_METHOD: SupervisedMethod<ResolvedSftConfig, SftExample, { denom
     const s = await trainer.sftLoss();
     await trainer.backward({});
     // lossSum: the micro-batch's share of the step's (smoothed) loss numerator.
-    return { inputTokens: b.tokens, nll: s.nllSum, ...(eps ? { lossSum: (1 - eps) * s.nllSum + eps * s.smoothSum } : {}) };
+    return { inputTokens: b.tokens, nll: s.nllSum, ...(eps ? { lossSum: (1 - eps) * s.nllSum + eps * (s.smoothSum ?? 0) } : {}) };
   },
   stepFigures(sums, { denom }): { loss: number; head: Record<string, number>; counts: Record<string, number> } {
     const mean = (x: number) => (denom > 0 ? x / denom : 0);

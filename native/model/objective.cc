@@ -118,11 +118,11 @@ ObjectiveResult sft(Ctx& c, const ObjectiveRequest& r) {
   const double nll = v[1 + SftLossOp::kNllSum];
   // The mean entropy: sft_loss of the entropy is -sum(mask * H) / denom.
   const double ent = r.ent_coef != 0.f ? -static_cast<double>(v[K]) : 0.0;
-  return {{{"loss", v[0] - static_cast<double>(r.ent_coef) * ent},
-           {"tokens", v[1 + SftLossOp::kTokens]},
-           {"nllSum", nll},
-           {"smoothSum", eps != 0.f ? static_cast<double>(v[1 + SftLossOp::kSmoothSum]) : 0.0},
-           {"entropy", ent}}, {}};
+  ObjectiveResult res{{{"loss", v[0] - static_cast<double>(r.ent_coef) * ent}, {"tokens", v[1 + SftLossOp::kTokens]}, {"nllSum", nll}}, {}};
+  // The smoothing and entropy figures only when their terms are in the loss.
+  if (eps != 0.f) res.stats.emplace_back("smoothSum", v[1 + SftLossOp::kSmoothSum]);
+  if (r.ent_coef != 0.f) res.stats.emplace_back("entropy", ent);
+  return res;
 }
 
 ObjectiveResult pairwise(Ctx& c, const ObjectiveRequest& r) {

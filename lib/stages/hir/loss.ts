@@ -89,8 +89,8 @@ export async function hirMicroBatch(trainer: Trainer, examples: readonly HirExam
   const sums: HirMicroSums = {
     inputTokens: inputIds.reduce((n, r) => n + r.length, 0),
     nll: s.nllSum,
-    smoothed: (1 - o.eps) * s.nllSum + o.eps * s.smoothSum,
-    entropy: s.entropy * o.tokens,
+    smoothed: (1 - o.eps) * s.nllSum + o.eps * (s.smoothSum ?? 0),
+    entropy: (s.entropy ?? 0) * o.tokens,
     contrastive: 0,
     correct: 0,
   };
