@@ -40,8 +40,8 @@ const HIR: HirExample[] = [
   { pos: [30, 31, 32, 33], neg: [30, 31, 99, 98, 97, 33], output: [200, 201, 3] },
 ];
 
-async function setup(arch: 'llama' | 'gpt2'): Promise<{ m: Model; tr: Trainer }> {
-  const m = await loadModel(path.join(G, arch), { device: 'cpu' });
+async function setup(arch: 'llama' | 'gpt2', device: 'cpu' | 'cpu-guarded' = 'cpu'): Promise<{ m: Model; tr: Trainer }> {
+  const m = await loadModel(path.join(G, arch), { device });
   const tr = m.trainer();
   tr.createLora({ r: 4, alpha: 8, seed: 3, targets: TARGETS[arch] });
   const rng = new Rng(11);
@@ -250,3 +250,25 @@ for (const arch of ['llama', 'gpt2'] as const) {
     }
   });
 }
+
+t.test('cpu-guarded (backend memory the host cannot touch between ops): the same bits as the CPU', async (t) => {
+  const run = async (device: 'cpu' | 'cpu-guarded') => {
+    const { m, tr } = await setup('llama', device);
+    try {
+      const rows = SFT_ROWS.map((r) => r.ids);
+      const mask = spanMask(Math.max(...rows.map((r) => r.length)), SFT_ROWS.map((r): [number, number] => [r.prompt - 1, r.ids.length - 1]));
+      await tr.forward({ inputIds: rows, sftLoss: { mask, labelSmoothing: 0.2 }, download: false });
+      const s = await tr.sftLoss();
+      await tr.backward({});
+      const h = await hirMicroBatch(tr, HIR, { eps: 0.2, contrastiveCoef: 1, entropyCoef: 0.01, tokens: 15, pairs: 3 });
+      await m.forward({ inputIds: rows, download: false });
+      const e = await m.sftLoss({ mask, labelSmoothing: 0.2 });
+      return { stats: [s.loss, s.smoothSum!, h.smoothed, h.contrastive, h.entropy, e.loss, e.smoothSum!], grads: grads(tr) };
+    } finally {
+      m.dispose();
+    }
+  };
+  const a = await run('cpu'), b = await run('cpu-guarded');
+  t.ok(a.stats.every((x, i) => Object.is(x, b.stats[i])), 'statistics');
+  t.ok(Object.keys(a.grads).every((n) => a.grads[n].every((x, i) => Object.is(x, b.grads[n][i]))), 'parameter gradients');
+});
