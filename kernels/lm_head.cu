@@ -22,12 +22,12 @@ void gemm_f32_bf16w(CudaBackend& be, const GemmOp& op);  // gemm.cu
 
 namespace {
 
-struct LseParts {  // partial states, [splits][n] each
-  float *m, *s, *t;
+struct LseParts {  // partial states, [splits][n] each; u: sums of the scaled logits (mean_logp)
+  float *m, *s, *t, *u;
 };
 
 struct RowRed {  // per-warp-column partials of one vocabulary tile
-  float m[4][tile::BM], s[4][tile::BM], t[4][tile::BM];
+  float m[4][tile::BM], s[4][tile::BM], t[4][tile::BM], u[4][tile::BM];
 };
 
 __device__ __forceinline__ math::OnlineLse shfl_xor_lse(const math::OnlineLse& a, int mask) {
@@ -43,14 +43,14 @@ __global__ void __launch_bounds__(tile::kThreads)
     tile::Smem sm;
     RowRed red;
   } u;
-  __shared__ float run_m[tile::BM], run_s[tile::BM], run_t[tile::BM];
+  __shared__ float run_m[tile::BM], run_s[tile::BM], run_t[tile::BM], run_u[tile::BM];
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * tile::BM;
   const int split = blockIdx.y;
   const int64_t vt_count = (vocab + tile::BN - 1) / tile::BN;
   const int64_t vt0 = split * tiles_per_split, vt1 = min(vt_count, vt0 + tiles_per_split);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int wm = warp >> 2, wn = warp & 3, g = lane >> 2, c = lane & 3;
-  if (threadIdx.x < tile::BM) run_m[threadIdx.x] = -INFINITY, run_s[threadIdx.x] = 0.f, run_t[threadIdx.x] = 0.f;
+  if (threadIdx.x < tile::BM) run_m[threadIdx.x] = -INFINITY, run_s[threadIdx.x] = 0.f, run_t[threadIdx.x] = 0.f, run_u[threadIdx.x] = 0.f;
   // Targets of this thread's 8 rows.
   int32_t tgt[tile::MI][2];
 #pragma unroll
@@ -68,7 +68,7 @@ __global__ void __launch_bounds__(tile::kThreads)
     for (int mi = 0; mi < tile::MI; ++mi)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        float mx = -INFINITY;
+        float mx = -INFINITY, us = 0.f;
 #pragma unroll
         for (int ni = 0; ni < tile::NI; ++ni)
 #pragma unroll
@@ -77,6 +77,7 @@ __global__ void __launch_bounds__(tile::kThreads)
             const float z = acc[mi][ni][h * 2 + e] * inv_t;
             if (col < vocab) {
               mx = fmaxf(mx, z);
+              us += z;
               if (col == tgt[mi][h]) target_logit[m0 + wm * 64 + mi * 16 + g + 8 * h] = z;
             }
           }
@@ -97,9 +98,11 @@ __global__ void __launch_bounds__(tile::kThreads)
         }
         st = math::lse_merge(st, shfl_xor_lse(st, 1));
         st = math::lse_merge(st, shfl_xor_lse(st, 2));
+        us += __shfl_xor_sync(0xffffffffu, us, 1);
+        us += __shfl_xor_sync(0xffffffffu, us, 2);
         if (c == 0) {
           const int r = wm * 64 + mi * 16 + g + 8 * h;
-          u.red.m[wn][r] = st.m, u.red.s[wn][r] = st.s, u.red.t[wn][r] = st.t;
+          u.red.m[wn][r] = st.m, u.red.s[wn][r] = st.s, u.red.t[wn][r] = st.t, u.red.u[wn][r] = us;
         }
       }
     __syncthreads();
@@ -109,12 +112,13 @@ __global__ void __launch_bounds__(tile::kThreads)
 #pragma unroll
       for (int w = 0; w < 4; ++w) run = math::lse_merge(run, math::OnlineLse{u.red.m[w][r], u.red.s[w][r], u.red.t[w][r]});
       run_m[r] = run.m, run_s[r] = run.s, run_t[r] = run.t;
+      run_u[r] += u.red.u[0][r] + u.red.u[1][r] + u.red.u[2][r] + u.red.u[3][r];
     }
     __syncthreads();  // u.red is read before the next product reuses the memory
   }
   if (threadIdx.x < tile::BM && m0 + threadIdx.x < n) {
     const int64_t i = static_cast<int64_t>(split) * n + m0 + threadIdx.x;
-    part.m[i] = run_m[threadIdx.x], part.s[i] = run_s[threadIdx.x], part.t[i] = run_t[threadIdx.x];
+    part.m[i] = run_m[threadIdx.x], part.s[i] = run_s[threadIdx.x], part.t[i] = run_t[threadIdx.x], part.u[i] = run_u[threadIdx.x];
   }
 }
 
@@ -124,28 +128,33 @@ __global__ void lm_head_finish_kernel(LmHeadLogpOp op, LseParts part, int splits
       op.logp[i] = 0.f;
       if (op.entropy) op.entropy[i] = 0.f;
       if (op.lse) op.lse[i] = 0.f;
+      if (op.mean_logp) op.mean_logp[i] = 0.f;
       continue;
     }
     math::OnlineLse st;
+    float us = 0.f;
     for (int s = 0; s < splits; ++s) {
       const int64_t k = static_cast<int64_t>(s) * op.n + i;
       st = math::lse_merge(st, math::OnlineLse{part.m[k], part.s[k], part.t[k]});
+      us += part.u[k];
     }
     const float lse = math::lse_value(st);
     op.logp[i] = target_logit[i] - lse;
     if (op.entropy) op.entropy[i] = math::lse_entropy(st);
     if (op.lse) op.lse[i] = lse;
+    if (op.mean_logp) op.mean_logp[i] = math::mean_logp(us, 1.f / static_cast<float>(op.vocab), lse);
   }
 }
 
 // dz of one [rows, vc] chunk (vocabulary v0..), from recomputed logits:
-//   dz = inv_t (dlogp (onehot - p) - dentropy p (z - lse + H)).
+//   dz = inv_t (dlogp (onehot - p) - dentropy p (z - lse + H) + dmean_logp (1/V - p))
+// (math::lm_head_dz).
 struct DzArgs {
   float* dz;  // [rows, vc]
   int64_t rows, vc, v0;
   const int32_t* targets;
-  const float *lse, *entropy, *dlogp, *dentropy;
-  float inv_t;
+  const float *lse, *entropy, *dlogp, *dentropy, *dmean_logp;
+  float inv_t, inv_vocab;
 };
 
 template <typename TB>
@@ -163,9 +172,10 @@ __global__ void __launch_bounds__(tile::kThreads) lm_head_dz_kernel(tile::Operan
       const int64_t i = m0 + wm * 64 + mi * 16 + g + 8 * h;
       if (i >= a.rows) continue;
       const int32_t target = a.targets[i];
-      const float lse = a.lse[i], gl = a.dlogp[i];
+      const float lse = a.lse[i], gl = a.dlogp ? a.dlogp[i] : 0.f;
       const float ge = a.dentropy ? a.dentropy[i] : 0.f;
       const float shift = a.dentropy ? -lse + a.entropy[i] : 0.f;
+      const float gm = a.dmean_logp ? a.dmean_logp[i] : 0.f;
       float* out = a.dz + i * a.vc;
 #pragma unroll
       for (int ni = 0; ni < tile::NI; ++ni)
@@ -179,8 +189,7 @@ __global__ void __launch_bounds__(tile::kThreads) lm_head_dz_kernel(tile::Operan
           }
           const float z = acc[mi][ni][h * 2 + e] * a.inv_t;
           const float p = expf(z - lse);
-          float d = -gl * p;
-          if (ge != 0.f) d -= ge * p * (z + shift);
+          float d = math::lm_head_dz(p, z, gl, ge, shift, gm, a.inv_vocab);
           d *= a.inv_t;
           if (a.v0 + j == target) d += gl * a.inv_t;
           out[j] = d;
@@ -227,9 +236,9 @@ void lm_head_forward(CudaBackend& be, const LmHeadLogpOp& op, const TB* w) {
   const int64_t tps = (vt + splits - 1) / splits;
   splits = (vt + tps - 1) / tps;
   if (rt > (1LL << 31) - 1 || splits > 65535) throw Error(code::kUnsupported, "lm_head_logp: too many rows");
-  float* ws = static_cast<float*>(be.workspace(sizeof(float) * (3 * splits + 1) * op.n));
-  LseParts part{ws, ws + splits * op.n, ws + 2 * splits * op.n};
-  float* tl = ws + 3 * splits * op.n;
+  float* ws = static_cast<float*>(be.workspace(sizeof(float) * (4 * splits + 1) * op.n));
+  LseParts part{ws, ws + splits * op.n, ws + 2 * splits * op.n, ws + 3 * splits * op.n};
+  float* tl = ws + 4 * splits * op.n;
   const auto H = tile::operand_a(op.hidden, op.dim, false, op.n);
   const auto W = tile::operand_b(w, op.dim, true, op.vocab);
   lm_head_fwd_kernel<TB><<<dim3(static_cast<unsigned>(rt), static_cast<unsigned>(splits)), tile::kThreads, 0, stream_of(be)>>>(
@@ -253,8 +262,9 @@ void lm_head_backward(CudaBackend& be, const LmHeadLogpBackwardOp& op, const TB*
     for (int64_t v0 = 0; v0 < op.vocab; v0 += kVocab) {
       const int64_t vc = std::min(kVocab, op.vocab - v0);
       const TB* wc = w + v0 * op.dim;
-      DzArgs a{dz, rows, vc, v0, op.targets + r0, op.lse + r0, op.entropy ? op.entropy + r0 : nullptr, op.dlogp + r0,
-               op.dentropy ? op.dentropy + r0 : nullptr, op.inv_temperature};
+      DzArgs a{dz, rows, vc, v0, op.targets + r0, op.lse + r0, op.entropy ? op.entropy + r0 : nullptr, op.dlogp ? op.dlogp + r0 : nullptr,
+               op.dentropy ? op.dentropy + r0 : nullptr, op.dmean_logp ? op.dmean_logp + r0 : nullptr, op.inv_temperature,
+               1.f / static_cast<float>(op.vocab)};
       const dim3 grid(static_cast<unsigned>((vc + tile::BN - 1) / tile::BN), static_cast<unsigned>((rows + tile::BM - 1) / tile::BM));
       lm_head_dz_kernel<TB><<<grid, tile::kThreads, 0, stream_of(be)>>>(H, tile::operand_b(wc, op.dim, true, vc), op.dim, a);
       RLHF_CUDA_LAUNCHED();

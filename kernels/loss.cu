@@ -23,28 +23,39 @@ __device__ __forceinline__ float weight(const float* mask, int64_t i) { return m
 __device__ __forceinline__ double mean_divisor(double count) { return count > 0 ? count : 1.0; }
 
 __global__ void __launch_bounds__(kThreads) sft_loss_kernel(SftLossOp op) {
-  __shared__ double sh[32 * 2];
-  double acc[2] = {0, 0};  // sum(mask), -sum(mask * logp)
+  __shared__ double sh[32 * 3];
+  const float eps = op.label_smoothing;
+  const bool smooth = eps != 0.f;  // eps 0 reads no mean_logp (as native/cpu/loss.cc)
+  double acc[3] = {0, 0, 0};  // sum(mask), -sum(mask * logp), -sum(mask * mean_logp)
   for (int64_t i = threadIdx.x; i < op.n; i += blockDim.x) {
     const float w = weight(op.mask, i);
     if (w == 0.f) continue;
     acc[0] += w;
     acc[1] -= static_cast<double>(w) * op.logp[i];
+    if (smooth) acc[2] -= static_cast<double>(w) * op.mean_logp[i];
   }
-  block_sum_n<2>(acc, sh);
+  block_sum_n<3>(acc, sh);
   const double denom = op.denom > 0.f ? static_cast<double>(op.denom) : mean_divisor(acc[0]);
+  const double total = smooth ? (1.0 - eps) * acc[1] + static_cast<double>(eps) * acc[2] : acc[1];
   if (op.dlogp) {
     const float g = static_cast<float>(-static_cast<double>(op.grad_scale) / denom);
     for (int64_t i = threadIdx.x; i < op.n; i += blockDim.x) {
       const float w = weight(op.mask, i);
-      op.dlogp[i] = w != 0.f ? w * g : 0.f;
+      if (!smooth) {
+        op.dlogp[i] = w != 0.f ? w * g : 0.f;
+        continue;
+      }
+      const math::SmoothedGrads d = math::smoothed_nll_grads(w != 0.f ? -w * g : 0.f, eps);
+      op.dlogp[i] = w != 0.f ? d.logp : 0.f;
+      if (op.dmean_logp) op.dmean_logp[i] = w != 0.f ? d.mean_logp : 0.f;
     }
   }
   if (threadIdx.x == 0) {
-    op.loss[0] = static_cast<float>(acc[1] / denom);
+    op.loss[0] = static_cast<float>(total / denom);
     if (op.stats) {
       op.stats[SftLossOp::kTokens] = static_cast<float>(acc[0]);
       op.stats[SftLossOp::kNllSum] = static_cast<float>(acc[1]);
+      if (smooth) op.stats[SftLossOp::kSmoothSum] = static_cast<float>(acc[2]);
     }
   }
 }

@@ -142,6 +142,8 @@ export interface NativeForwardRequest {
   sftMask?: Float32Array;
   /** The masked mean's denominator with sftMask (<= 0 or absent: max(1, sum(mask))). */
   sftDenom?: number;
+  /** Label smoothing eps in [0, 1] of the SFT loss made with sftMask (default 0). */
+  sftLabelSmoothing?: number;
   /**
    * false keeps the outputs in backend memory only (the result has no arrays):
    * for loss() after a training forward, for evalLoss() after an inference forward. Default true.
@@ -157,7 +159,16 @@ export interface NativeForwardRequest {
  * See native/model/objective.h.
  */
 export type NativeLossRequest =
-  | { kind: 'sft'; mask?: Float32Array; denom?: number; gradScale?: number }
+  | {
+      kind: 'sft';
+      mask?: Float32Array;
+      denom?: number;
+      /** eps in [0, 1]: (1 - eps) NLL + eps (mean over the vocabulary of -log p); default the forward's (sftLoss), else 0. */
+      labelSmoothing?: number;
+      /** Entropy bonus: - entCoef * (masked mean entropy), its gradient to the entropy output (a forward without sftMask/lmGrad). */
+      entCoef?: number;
+      gradScale?: number;
+    }
   | { kind: 'pairwise'; last?: Int32Array; margin?: Float32Array; gradScale?: number }
   | {
       kind: 'dpo';
@@ -215,7 +226,7 @@ export type NativeLossRequest =
  * returns the per-row masked sums of logp. See native/model/objective.h.
  */
 export type NativeEvalLossRequest =
-  | { kind: 'sft'; mask: Float32Array; denom?: number }
+  | { kind: 'sft'; mask: Float32Array; denom?: number; labelSmoothing?: number }
   | { kind: 'pairwise'; last?: Int32Array; margin?: Float32Array }
   | Omit<Extract<NativeLossRequest, { kind: 'dpo' }>, 'gradScale'>
   | { kind: 'sequenceLogps'; mask: Float32Array };

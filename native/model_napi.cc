@@ -332,6 +332,7 @@ void parse_forward(const Napi::Object& o, ForwardBaton& b) {
                                        std::to_string(batch * (seq - 1)));
     b.sft_mask.assign(ma.Data(), ma.Data() + ma.ElementLength());
     b.req.sft_denom = static_cast<float>(num(o, "sftDenom", 0));
+    b.req.sft_label_smoothing = static_cast<float>(num(o, "sftLabelSmoothing", 0));
   }
   b.req.download = flag(o, "download", true);
 }
@@ -607,6 +608,8 @@ void parse_objective(const Napi::Object& o, model::ObjectiveRequest& r) {
   r.ref_chosen = opt_f32(o, "refChosen");
   r.ref_rejected = opt_f32(o, "refRejected");
   r.beta = static_cast<float>(num(o, "beta", 0.1));
+  Napi::Value ls = o.Get("labelSmoothing");
+  r.has_label_smoothing = !ls.IsUndefined() && !ls.IsNull();
   r.label_smoothing = static_cast<float>(num(o, "labelSmoothing", 0));
 }
 }  // namespace

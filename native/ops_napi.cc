@@ -153,6 +153,7 @@ const std::unordered_map<std::string, Runner>& runners() {
          op.targets = f.i32("targets");
          op.dlogp = f32n(f, "dlogp", op.n), op.inv_temperature = static_cast<float>(f.d("invTemperature", 1));
          op.logp = f32n(f, "logp", op.n), op.entropy = f32n(f, "entropy", op.n, true), op.lse = f32n(f, "lse", op.n, true);
+         op.dmean_logp = f32n(f, "dmeanLogp", op.n, true), op.mean_logp = f32n(f, "meanLogp", op.n, true);
          be.logits_xent(op);
        }},
       {"embedding",
@@ -226,6 +227,7 @@ const std::unordered_map<std::string, Runner>& runners() {
          LmHeadLogpOp op;
          op.n = f.i("n"), op.dim = f.i("dim"), op.vocab = f.i("vocab"), op.hidden = f.f32("hidden"), op.weight = f.f32("weight");
          op.targets = f.i32("targets"), op.logp = f.f32("logp"), op.entropy = f.f32("entropy", true), op.lse = f.f32("lse", true);
+         op.mean_logp = f.f32("meanLogp", true);
          op.inv_temperature = static_cast<float>(f.d("invTemperature", 1));
          be.lm_head_logp(op);
        }},
@@ -252,8 +254,11 @@ const std::unordered_map<std::string, Runner>& runners() {
          op.n = f.i("n");
          op.logp = f32n(f, "logp", op.n), op.mask = f32n(f, "mask", op.n, true);
          op.denom = static_cast<float>(f.d("denom", 0)), op.grad_scale = static_cast<float>(f.d("gradScale", 1));
-         op.loss = f32n(f, "loss", 1), op.dlogp = f32n(f, "dlogp", op.n, true);
-         op.stats = f32n(f, "stats", SftLossOp::kStatCount, true);
+         op.label_smoothing = static_cast<float>(f.d("labelSmoothing", 0));
+         const bool smooth = op.label_smoothing != 0.f;
+         op.mean_logp = f32n(f, "meanLogp", op.n, !smooth);
+         op.loss = f32n(f, "loss", 1), op.dlogp = f32n(f, "dlogp", op.n, true), op.dmean_logp = f32n(f, "dmeanLogp", op.n, true);
+         op.stats = f32n(f, "stats", smooth ? SftLossOp::kStatCount : SftLossOp::kSmoothSum, true);
          be.sft_loss(op);
        }},
       {"pairwise_loss",
@@ -413,6 +418,7 @@ const std::unordered_map<std::string, Runner>& runners() {
          op.n = f.i("n"), op.dim = f.i("dim"), op.vocab = f.i("vocab"), op.hidden = f.f32("hidden");
          op.weight = f.f32("weight", true), op.weight_bf16 = f.u16("weightBf16", true), op.targets = f.i32("targets");
          op.lse = f.f32("lse"), op.entropy = f.f32("entropy", true), op.dlogp = f.f32("dlogp"), op.dentropy = f.f32("dentropy", true);
+         op.dmean_logp = f.f32("dmeanLogp", true);
          op.inv_temperature = static_cast<float>(f.d("invTemperature", 1)), op.dhidden = f.f32("dhidden");
          op.dweight = f.f32("dweight", true);
          if (f.o.Get("weight").IsTypedArray() == f.o.Get("weightBf16").IsTypedArray())

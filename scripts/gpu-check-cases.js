@@ -359,6 +359,37 @@ function makeCases(run, size = 'full') {
       ['loss', 'dpolicyChosen', 'dpolicyRejected', 'stats'], F32);
   }
 
+  // ---------------------------------------------------------------- label smoothing (mean_logp and its gradient)
+  // Fixed seeds of their own, so the cases above keep their random numbers.
+  {
+    const rng = new Rng(0x15ab);
+    for (const [n, vocab, ld, invT] of [[5, 37, 40, 1], [9, 1000, 1000, 1 / 0.8]]) {
+      const targets = rng.ints(n, 0, vocab);
+      targets[1] = -1;
+      add('logits_xent', `${n}x${vocab} ld ${ld} 1/T ${invT.toFixed(2)}, label smoothing`, {
+        n, vocab, ld, z: rng.normals(n * ld, 2), targets, dlogp: rng.normals(n), dmeanLogp: rng.normals(n), invTemperature: invT,
+        logp: new Float32Array(n), lse: new Float32Array(n), meanLogp: new Float32Array(n),
+      }, ['z', 'logp', 'lse', 'meanLogp'], F32_SUM);
+    }
+    for (const [n, dim, vocab] of [[6, 16, 37], [70, 64, 3000]]) {
+      const hidden = rng.normals(n * dim), weight = rng.normals(vocab * dim, 2 / Math.sqrt(dim));
+      const targets = rng.ints(n, 0, vocab);
+      targets[0] = -1;
+      const label = `${n} rows, dim ${dim}, vocab ${vocab}, mean_logp`;
+      add('lm_head_logp', label, { n, dim, vocab, hidden, weight, targets, logp: new Float32Array(n), lse: new Float32Array(n), meanLogp: new Float32Array(n) }, ['logp', 'lse', 'meanLogp'], BF16);
+      const lse = new Float32Array(n), logp = new Float32Array(n);
+      run('lm_head_logp', { n, dim, vocab, hidden, weight, targets, logp, lse });
+      add('lm_head_logp_backward', label, { n, dim, vocab, hidden, weight, targets, lse, dlogp: rng.normals(n), dmeanLogp: rng.normals(n), dhidden: rng.normals(n * dim), dweight: rng.normals(vocab * dim) },
+        ['dhidden', 'dweight'], BF16);
+    }
+    for (const n of [1, 5000]) {
+      add('sft_loss', `n ${n}, label smoothing 0.2`, {
+        n, logp: rng.normals(n, 1, -2), meanLogp: rng.normals(n, 1, -6), mask: n > 1 ? rng.mask(n, 0.3) : undefined, labelSmoothing: 0.2, gradScale: 0.5,
+        loss: new Float32Array(1), dlogp: new Float32Array(n), dmeanLogp: new Float32Array(n), stats: new Float32Array(3),
+      }, ['loss', 'dlogp', 'dmeanLogp', 'stats'], F32);
+    }
+  }
+
   // ---------------------------------------------------------------- per-row reductions (loss family)
   // rows x cols as a forward's [batch, seq]: completion masks (DPO sums),
   // one-hot rows (reward at the last token), general weights; masked-out x is NaN.

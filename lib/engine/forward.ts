@@ -36,8 +36,11 @@ export interface ForwardInput {
    * The gradient -mask / denom is made on the engine's device and used as
    * `lmGrad` is; the mask stays there for the loss call
    * (lib/engine/objectives.ts: `sftLoss`), which then needs none.
+   * `labelSmoothing` eps in [0, 1] (default 0) makes it the label-smoothed
+   * cross-entropy, (1 - eps) NLL + eps (mean over the vocabulary of -log p)
+   * per target token (torch's CrossEntropyLoss(label_smoothing)).
    */
-  sftLoss?: { mask: Float32Array; denom?: number };
+  sftLoss?: { mask: Float32Array; denom?: number; labelSmoothing?: number };
   /**
    * false: the outputs (logp, entropy, values) stay in the engine's memory
    * for a loss call (lib/engine/objectives.ts: the Trainer's after a training
@@ -95,7 +98,13 @@ export async function runForward(handle: NativeModel, config: ModelConfig, input
     lastLogits: input.lastLogits ?? false,
     temperature: input.temperature ?? 1,
     ...(input.lmGrad ? { lmGrad: input.lmGrad } : {}),
-    ...(input.sftLoss ? { sftMask: input.sftLoss.mask, ...(input.sftLoss.denom !== undefined ? { sftDenom: input.sftLoss.denom } : {}) } : {}),
+    ...(input.sftLoss
+      ? {
+          sftMask: input.sftLoss.mask,
+          ...(input.sftLoss.denom !== undefined ? { sftDenom: input.sftLoss.denom } : {}),
+          ...(input.sftLoss.labelSmoothing ? { sftLabelSmoothing: input.sftLoss.labelSmoothing } : {}),
+        }
+      : {}),
     ...(input.download === false ? { download: false } : {}),
   };
   const r = await (train ? handle.forwardTrain(req) : handle.forward(req)).catch((e: unknown) => {

@@ -73,12 +73,16 @@ import type { NativeEvalLossRequest, NativeLossRequest, NativeModel } from '../n
 // ------------------------------------------------------------------ statistics
 
 export interface SftLossStats {
-  /** nllSum / denom. */
+  /** ((1 - eps) nllSum + eps smoothSum) / denom - entCoef entropy (eps: labelSmoothing; nllSum / denom without either). */
   loss: number;
   /** sum(mask): the target tokens of this micro-batch. */
   tokens: number;
   /** -sum(mask * logp). */
   nllSum: number;
+  /** -sum(mask * mean_v log p_v): label smoothing's term; only with labelSmoothing != 0. */
+  smoothSum?: number;
+  /** sum(mask * entropy) / denom; only with entCoef != 0. */
+  entropy?: number;
 }
 
 export interface PairwiseLossStats {
@@ -138,6 +142,18 @@ export interface SftLossInput {
   /** Denominator of the masked mean; default: the forward's, else sum(mask). */
   denom?: number;
   /**
+   * Label smoothing eps in [0, 1]: each target token's term is (1 - eps)
+   * (-log p_y) + eps (-(1/V) sum_v log p_v). Default: the forward's
+   * (`sftLoss.labelSmoothing`), else 0.
+   */
+  labelSmoothing?: number;
+  /**
+   * Entropy bonus: subtracts entCoef times the masked mean entropy (same mask
+   * and denominator) and sends its gradient to the forward's entropy output.
+   * Needs a forward without a gradient (no `sftLoss` / `lmGrad`).
+   */
+  entCoef?: number;
+  /**
    * Scale of the gradient. Only without a gradient given to the forward
    * (with `sftLoss` / `lmGrad` on the forward, the forward made the gradient
    * and this call only measures).
@@ -165,6 +181,8 @@ export interface SftEvalInput {
   mask: Float32Array;
   /** Denominator of the masked mean; default max(1, sum(mask)). */
   denom?: number;
+  /** Label smoothing eps in [0, 1]; default 0. */
+  labelSmoothing?: number;
 }
 export type PairwiseEvalInput = Omit<PairwiseLossInput, 'gradScale'>;
 export type DpoEvalInput = Omit<DpoLossInput, 'gradScale'>;
@@ -208,7 +226,13 @@ async function run(handle: NativeModel, req: NativeLossRequest): Promise<Record<
 
 const opt = <K extends string, V>(key: K, v: V | undefined | null): Partial<Record<K, V>> => (v === undefined || v === null ? {} : ({ [key]: v } as Record<K, V>));
 
-const sftStats = (r: Record<string, number>): SftLossStats => ({ loss: r.loss, tokens: r.tokens, nllSum: r.nllSum });
+const sftStats = (r: Record<string, number>): SftLossStats => ({
+  loss: r.loss,
+  tokens: r.tokens,
+  nllSum: r.nllSum,
+  ...(r.smoothSum !== undefined ? { smoothSum: r.smoothSum } : {}),
+  ...(r.entropy !== undefined ? { entropy: r.entropy } : {}),
+});
 const pairwiseStats = (r: Record<string, number>): PairwiseLossStats => ({ loss: r.loss, accuracy: r.accuracy, margin: r.margin, chosen: r.chosen, rejected: r.rejected });
 const dpoStats = (r: Record<string, number>): DpoLossStats => ({
   loss: r.loss,
@@ -223,7 +247,16 @@ const dpoStats = (r: Record<string, number>): DpoLossStats => ({
 const int32 = (x: Int32Array | readonly number[] | undefined) => (x === undefined ? undefined : x instanceof Int32Array ? x : Int32Array.from(x));
 
 export async function sftObjective(handle: NativeModel, x: SftLossInput = {}): Promise<SftLossStats> {
-  return sftStats(await run(handle, { kind: 'sft', ...opt('mask', x.mask), ...opt('denom', x.denom), ...opt('gradScale', x.gradScale) }));
+  return sftStats(
+    await run(handle, {
+      kind: 'sft',
+      ...opt('mask', x.mask),
+      ...opt('denom', x.denom),
+      ...opt('labelSmoothing', x.labelSmoothing),
+      ...opt('entCoef', x.entCoef),
+      ...opt('gradScale', x.gradScale),
+    }),
+  );
 }
 
 export async function pairwiseObjective(handle: NativeModel, x: PairwiseLossInput = {}): Promise<PairwiseLossStats> {
@@ -289,7 +322,7 @@ async function runEval(handle: NativeModel, req: Exclude<NativeEvalLossRequest, 
 
 /** SFT's masked NLL over the last inference forward's logp. */
 export async function sftEvaluation(handle: NativeModel, x: SftEvalInput): Promise<SftLossStats> {
-  return sftStats(await runEval(handle, { kind: 'sft', mask: x.mask, ...opt('denom', x.denom) }));
+  return sftStats(await runEval(handle, { kind: 'sft', mask: x.mask, ...opt('denom', x.denom), ...opt('labelSmoothing', x.labelSmoothing) }));
 }
 
 /** The pairwise loss over the last inference forward's values (chosen rows, then rejected rows). */

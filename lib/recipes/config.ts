@@ -36,19 +36,21 @@ export const RECIPES = {
   dpo: ['sft', 'dpo'],
   /** Gulcehre et al. 2023: SFT (behaviour cloning) -> reward model -> ReST (Grow and Improve steps). */
   rest: ['sft', 'rm', 'rest'],
+  /** Zhang et al. 2023: SFT -> hindsight instruction relabelling (a checker instead of a reward model). */
+  hir: ['sft', 'hir'],
   /**
    * Every method side by side (`train --methods`): each policy stage starts
    * from the same SFT model (none continues another's policy); the sections
    * a run does not ask for are skipped.
    */
-  methods: ['sft', 'rm_helpfulness', 'rm_safety', 'rs', 'ppo', 'dpo', 'grpo', 'rloo', 'rest'],
+  methods: ['sft', 'rm_helpfulness', 'rm_safety', 'rs', 'ppo', 'dpo', 'grpo', 'rloo', 'rest', 'hir'],
 } as const;
 export type RecipeName = keyof typeof RECIPES;
-export type StageKey = 'sft' | 'rm' | 'rm_helpfulness' | 'rm_safety' | 'rs' | 'ppo' | 'dpo' | 'rest' | 'grpo' | 'rloo';
-const STAGE_KEYS: readonly StageKey[] = ['sft', 'rm', 'rm_helpfulness', 'rm_safety', 'rs', 'ppo', 'dpo', 'rest', 'grpo', 'rloo'];
+export type StageKey = 'sft' | 'rm' | 'rm_helpfulness' | 'rm_safety' | 'rs' | 'ppo' | 'dpo' | 'rest' | 'grpo' | 'rloo' | 'hir';
+const STAGE_KEYS: readonly StageKey[] = ['sft', 'rm', 'rm_helpfulness', 'rm_safety', 'rs', 'ppo', 'dpo', 'rest', 'grpo', 'rloo', 'hir'];
 
 /** Recipes whose policy stages build on each other (ppo continues rs's policy); in the others each starts from SFT's model. */
-export const CHAINED_RECIPES: ReadonlySet<RecipeName> = new Set(['instructgpt', 'llama2', 'dpo', 'rest']);
+export const CHAINED_RECIPES: ReadonlySet<RecipeName> = new Set(['instructgpt', 'llama2', 'dpo', 'rest', 'hir']);
 
 /** A stage's own options, as given (camelCase keys after normalising). `skip: true` leaves it out. */
 export type StageOptions = Record<string, unknown> & { skip?: boolean };

@@ -20,19 +20,37 @@ import type { Model } from '../engine/model';
 import { readAdapterConfig } from '../model/peft';
 import { loadTokenizer, type Tokenizer } from '../tokenizer/tokenizer';
 import { loadSftData, packSftBatch, splitEval, type SftDataStats, type SftExample } from '../data/sft-data';
-import { defaultsOf, lrDefaults, SUPERVISED_OPTIONS, withDefaults, describe, type OptionTable, type Resolved, type SupervisedOptions } from '../train/options';
+import { checks, defaultsOf, lrDefaults, SUPERVISED_OPTIONS, withDefaults, describe, type OptionTable, type Resolved, type SupervisedOptions } from '../train/options';
 import { noDecayNames, resolveSupervised, runSupervised, type SupervisedMethod, type SupervisedRun } from '../train/supervised';
 import type { Stage, StageHooks } from '../train/stage';
 import type { Trainer } from '../engine/train';
 
 export { noDecayNames };
 
-/** SFT's options: the shared training options with SFT's defaults (TRL's SFTConfig). */
-export type SftConfig = SupervisedOptions;
+/** SFT's options: the shared training options with SFT's defaults (TRL's SFTConfig), and label smoothing. */
+export interface SftConfig extends SupervisedOptions {
+  /**
+   * Label smoothing eps in [0, 1] (transformers' label_smoothing_factor,
+   * torch's CrossEntropyLoss(label_smoothing)): each target token's loss is
+   * (1 - eps)(-log p_y) + eps(-(1/V) sum_v log p_v). Default 0 (the NLL).
+   */
+  labelSmoothing?: number;
+}
 export type ResolvedSftConfig = Resolved<SftConfig>;
 
+const SFT_ROWS: OptionTable<SftConfig> = {
+  ...SUPERVISED_OPTIONS,
+  labelSmoothing: {
+    type: 'number',
+    default: 0,
+    check: checks.unitClosed(),
+    describe: 'label smoothing eps: each target token costs (1-eps)(-log p) + eps(mean over the vocabulary of -log p)',
+    group: 'Optimizer',
+  },
+};
+
 export const SFT_OPTIONS: OptionTable<SftConfig> = describe(
-  withDefaults(SUPERVISED_OPTIONS, { epochs: 3, shuffle: false }, { lr: { derive: (r) => (r.full ? 2e-5 : 2e-4), defaultText: '2e-4 LoRA, 2e-5 --full' } }),
+  withDefaults(SFT_ROWS, { epochs: 3, shuffle: false }, { lr: { derive: (r) => (r.full ? 2e-5 : 2e-4), defaultText: '2e-4 LoRA, 2e-5 --full' } }),
   {
     data: 'JSONL rows: {prompt, completion}, {messages}, {text} or {input_ids, labels}',
     out: 'output folder: PEFT adapter (or full model), metrics.jsonl, sft_config.json',
@@ -49,8 +67,10 @@ export interface SftStepMetrics {
   step: number;
   /** Epochs completed (fractional). */
   epoch: number;
-  /** Token-weighted mean NLL of the step's target tokens. */
+  /** Token-weighted mean NLL of the step's target tokens (label-smoothed with --label-smoothing). */
   loss: number;
+  /** With --label-smoothing: the step's token-weighted mean NLL, unsmoothed. */
+  nll?: number;
   /** Learning rate this step ran with. */
   lr: number;
   /** Global gradient norm before clipping. */
@@ -66,10 +86,12 @@ export interface SftStepMetrics {
   /** Present on steps where the eval set was scored. */
   eval_loss?: number;
   eval_tokens?: number;
+  /** With --label-smoothing: the held-out mean NLL, unsmoothed (eval_loss is smoothed as the training loss is). */
+  eval_nll?: number;
 }
 
 export type SftHooks = StageHooks<SftStepMetrics>;
-type SftEval = { loss: number; tokens: number };
+type SftEval = { loss: number; tokens: number; nll: number; smoothed: boolean };
 
 /** The loop's result (lib/train/supervised.ts) with SFT's held-out losses and data statistics. */
 export interface SftResult extends SupervisedRun<ResolvedSftConfig, SftEval> {
@@ -79,17 +101,24 @@ export interface SftResult extends SupervisedRun<ResolvedSftConfig, SftEval> {
   data: SftDataStats;
 }
 
-/** Token-weighted mean NLL of `examples` under the model's current weights, measured on the model's device. */
-export async function evaluateSft(model: Model, examples: readonly SftExample[], batchSize: number): Promise<{ loss: number; tokens: number }> {
-  let nll = 0, tokens = 0;
+/**
+ * Token-weighted mean NLL of `examples` under the model's current weights,
+ * measured on the model's device; with label smoothing eps, `loss` is the
+ * smoothed loss (as the training loss) and `nll` the plain mean NLL.
+ */
+export async function evaluateSft(model: Model, examples: readonly SftExample[], batchSize: number, labelSmoothing = 0): Promise<SftEval> {
+  let nll = 0, smooth = 0, tokens = 0;
   for (let i = 0; i < examples.length; i += batchSize) {
     const rows = examples.slice(i, i + batchSize);
     const { seq } = await model.forward({ inputIds: rows.map((e) => e.ids), logp: true, download: false });
-    const s = await model.sftLoss({ mask: scatterTokens(seq, rows.map((e) => ({ start: 0, values: e.lossMask }))) });
+    const s = await model.sftLoss({ mask: scatterTokens(seq, rows.map((e) => ({ start: 0, values: e.lossMask }))), ...(labelSmoothing ? { labelSmoothing } : {}) });
     nll += s.nllSum;
+    smooth += s.smoothSum ?? 0;
     tokens += s.tokens;
   }
-  return { loss: tokens > 0 ? nll / tokens : 0, tokens };
+  const eps = labelSmoothing;
+  const mean = (x: number) => (tokens > 0 ? x / tokens : 0);
+  return { loss: eps ? mean((1 - eps) * nll + eps * smooth) : mean(nll), tokens, nll: mean(nll), smoothed: eps !== 0 };
 }
 
 function fmtRows(s: SftDataStats): string {
@@ -128,22 +157,26 @@ export const SFT_METHOD: SupervisedMethod<ResolvedSftConfig, SftExample, { denom
     // The step's target tokens (what packSftBatch sums per micro-batch), without packing twice.
     return { denom: micro.reduce((s, rows) => s + rows.reduce((t, e) => t + e.targets, 0), 0) };
   },
-  async microBatch({ trainer }, examples, { denom }) {
+  async microBatch({ trainer, cfg }, examples, { denom }) {
     const b = packSftBatch(examples);
     // The masked mean NLL's gradient, -mask / denom, does not depend on the
     // log-probs: given to the forward, the LM head computes its gradient in
     // the same pass over the logits (no recomputation); the loss call then
     // measures the NLL on the device.
-    await trainer.forward({ inputIds: b.inputIds, sftLoss: { mask: b.mask, denom }, download: false });
+    const eps = cfg.labelSmoothing;
+    await trainer.forward({ inputIds: b.inputIds, sftLoss: { mask: b.mask, denom, ...(eps ? { labelSmoothing: eps } : {}) }, download: false });
     const s = await trainer.sftLoss();
     await trainer.backward({});
-    return { inputTokens: b.tokens, nll: s.nllSum };
+    // lossSum: the micro-batch's share of the step's (smoothed) loss numerator.
+    return { inputTokens: b.tokens, nll: s.nllSum, ...(eps ? { lossSum: (1 - eps) * s.nllSum + eps * (s.smoothSum ?? 0) } : {}) };
   },
-  stepFigures(sums, { denom }) {
-    return { loss: denom > 0 ? sums.nll / denom : 0, head: {}, counts: { tokens: denom } };
+  stepFigures(sums, { denom }): { loss: number; head: Record<string, number>; counts: Record<string, number> } {
+    const mean = (x: number) => (denom > 0 ? x / denom : 0);
+    if (sums.lossSum === undefined) return { loss: mean(sums.nll), head: {}, counts: { tokens: denom } };
+    return { loss: mean(sums.lossSum), head: { nll: mean(sums.nll) }, counts: { tokens: denom } };
   },
-  evaluate: ({ model, cfg }, examples) => evaluateSft(model, examples, cfg.evalBatchSize),
-  evalFields: (e) => ({ eval_loss: e.loss, eval_tokens: e.tokens }),
+  evaluate: ({ model, cfg }, examples) => evaluateSft(model, examples, cfg.evalBatchSize, cfg.labelSmoothing),
+  evalFields: (e) => ({ eval_loss: e.loss, eval_tokens: e.tokens, ...(e.smoothed ? { eval_nll: e.nll } : {}) }),
   describeEval: (e, when) => (when === 'before' ? `held-out loss before training ${e.loss.toFixed(4)}` : `held-out loss after training ${e.loss.toFixed(4)}`),
   configRecord: (r) => ({ initial_eval_loss: r.initialEval?.loss ?? null, eval_loss: r.finalEval?.loss ?? null }),
 };

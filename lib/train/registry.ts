@@ -9,6 +9,7 @@ import { rsStage } from '../stages/rejection/stage';
 import { ppoStage } from '../stages/ppo/stage';
 import { grpoStage, rlooStage } from '../stages/grpo/stage';
 import { restStage } from '../stages/rest/stage';
+import { hirStage } from '../stages/hir/stage';
 import type { AnyStage } from './stage';
 
 export const STAGES = {
@@ -20,6 +21,7 @@ export const STAGES = {
   grpo: grpoStage,
   rloo: rlooStage,
   rest: restStage,
+  hir: hirStage,
 } as const satisfies Record<string, AnyStage>;
 
 export type StageName = keyof typeof STAGES;

@@ -47,11 +47,13 @@ void CpuBackend::lm_head_logp(const LmHeadLogpOp& op) {
   float* const logits = thread_scratch(2, std::min(kRowBlock, op.n) * vc_max);  // written by the GEMM before use
   std::vector<math::OnlineLse> state(static_cast<size_t>(std::min(kRowBlock, op.n)));
   std::vector<float> target_logit(state.size());
+  std::vector<double> logit_sum(op.mean_logp ? state.size() : 0);  // scaled logits, summed over the chunks
 
   for (int64_t r0 = 0; r0 < op.n; r0 += kRowBlock) {
     const int64_t rows = std::min(kRowBlock, op.n - r0);
     std::fill(state.begin(), state.begin() + rows, math::OnlineLse{});
     std::fill(target_logit.begin(), target_logit.begin() + rows, 0.f);
+    std::fill(logit_sum.begin(), logit_sum.end(), 0.0);
     LogitsGemm lg(op.hidden + r0 * op.dim, rows, op.dim, pool_);
     for (int64_t v0 = 0; v0 < op.vocab; v0 += kVocabChunk) {
       const int64_t vc = std::min(kVocabChunk, op.vocab - v0);
@@ -66,6 +68,7 @@ void CpuBackend::lm_head_logp(const LmHeadLogpOp& op) {
         // exp_stats sums exp(x - m) * x; the merge keeps the (m, s, t) form.
         state[r] = math::lse_merge(state[r], chunk);
         if (target >= v0 && target < v0 + vc) target_logit[r] = row[target - v0] * op.inv_temperature;
+        if (op.mean_logp) logit_sum[r] += static_cast<double>(vec_sum(v, row, vc)) * op.inv_temperature;
       });
     }
     for (int64_t r = 0; r < rows; ++r) {
@@ -74,12 +77,14 @@ void CpuBackend::lm_head_logp(const LmHeadLogpOp& op) {
         op.logp[i] = 0.f;
         if (op.entropy) op.entropy[i] = 0.f;
         if (op.lse) op.lse[i] = 0.f;
+        if (op.mean_logp) op.mean_logp[i] = 0.f;
         continue;
       }
       const float lse = math::lse_value(state[r]);
       op.logp[i] = target_logit[r] - lse;
       if (op.entropy) op.entropy[i] = math::lse_entropy(state[r]);
       if (op.lse) op.lse[i] = lse;
+      if (op.mean_logp) op.mean_logp[i] = math::mean_logp(static_cast<float>(logit_sum[r]), 1.f / static_cast<float>(op.vocab), lse);
     }
   }
 }
@@ -93,6 +98,7 @@ void CpuBackend::lm_head_logp_backward(const LmHeadLogpBackwardOp& op) {
   const VecKernels& v = vec();
   std::vector<std::vector<float>> pbuf(static_cast<size_t>(pool_.size()), std::vector<float>(static_cast<size_t>(kVocabChunk)));
   const int64_t vc_max = std::min(kVocabChunk, op.vocab);
+  const float inv_vocab = 1.f / static_cast<float>(op.vocab);
   float* const dz = thread_scratch(2, std::min(kRowBlock, op.n) * vc_max);  // written by the GEMM before use
   for (int64_t r0 = 0; r0 < op.n; r0 += kRowBlock) {
     const int64_t rows = std::min(kRowBlock, op.n - r0);
@@ -109,17 +115,15 @@ void CpuBackend::lm_head_logp_backward(const LmHeadLogpBackwardOp& op) {
           std::memset(z, 0, sizeof(float) * vc);
           return;
         }
-        const float lse = op.lse[i], gl = op.dlogp[i];
+        const float lse = op.lse[i], gl = op.dlogp ? op.dlogp[i] : 0.f;
         const float ge = op.dentropy ? op.dentropy[i] : 0.f;
         const float shift = op.dentropy ? -lse + op.entropy[i] : 0.f;
+        const float gm = op.dmean_logp ? op.dmean_logp[i] : 0.f;
         float* p = pbuf[static_cast<size_t>(thread)].data();
         if (op.inv_temperature != 1.f) v.scale(z, op.inv_temperature, z, vc);  // z = inv_t * logits (x * 1 == x: skipped)
         v.exp_shift(z, lse, p, vc);             // p = softmax(z) entries of this chunk
-        for (int64_t j = 0; j < vc; ++j) {
-          float d = -gl * p[j];
-          if (ge != 0.f) d -= ge * p[j] * (z[j] + shift);
-          z[j] = d * op.inv_temperature;  // chain rule through z = inv_t * h W^T
-        }
+        for (int64_t j = 0; j < vc; ++j)  // chain rule through z = inv_t * h W^T
+          z[j] = math::lm_head_dz(p[j], z[j], gl, ge, shift, gm, inv_vocab) * op.inv_temperature;
         if (target >= v0 && target < v0 + vc) z[target - v0] += gl * op.inv_temperature;
       });
       // dhidden += dz W_chunk      ([rows, vc] x [vc, dim])

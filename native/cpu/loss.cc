@@ -58,30 +58,41 @@ inline double mean_divisor(double count) { return count > 0 ? count : 1.0; }
 void CpuBackend::sft_loss(const SftLossOp& op) {
   const int64_t n = op.n;
   const float* mask = op.mask;
-  // acc: [0] sum(mask), [1] -sum(mask * logp)
-  const auto s = chunked_sum<2>(pool_, n, [&](int64_t b, int64_t e, std::array<double, 2>& acc) {
+  const float eps = op.label_smoothing;
+  const bool smooth = eps != 0.f;  // eps 0 reads no mean_logp and gives the plain NLL's bits
+  // acc: [0] sum(mask), [1] -sum(mask * logp), [2] -sum(mask * mean_logp)
+  const auto s = chunked_sum<3>(pool_, n, [&](int64_t b, int64_t e, std::array<double, 3>& acc) {
     for (int64_t i = b; i < e; ++i) {
       const float w = weight(mask, i);
       if (w == 0.f) continue;
       acc[0] += w;
       acc[1] -= static_cast<double>(w) * op.logp[i];
+      if (smooth) acc[2] -= static_cast<double>(w) * op.mean_logp[i];
     }
   });
   const double denom = op.denom > 0.f ? static_cast<double>(op.denom) : mean_divisor(s[0]);
-  op.loss[0] = static_cast<float>(s[1] / denom);
+  const double total = smooth ? (1.0 - eps) * s[1] + static_cast<double>(eps) * s[2] : s[1];
+  op.loss[0] = static_cast<float>(total / denom);
   if (op.dlogp) {
     const float g = static_cast<float>(-static_cast<double>(op.grad_scale) / denom);
     pool_.parallel_for((n + kChunk - 1) / kChunk, [&](int64_t c, int) {
       const int64_t e = std::min(n, (c + 1) * kChunk);
       for (int64_t i = c * kChunk; i < e; ++i) {
         const float w = weight(mask, i);
-        op.dlogp[i] = w != 0.f ? w * g : 0.f;
+        if (!smooth) {
+          op.dlogp[i] = w != 0.f ? w * g : 0.f;
+          continue;
+        }
+        const math::SmoothedGrads d = math::smoothed_nll_grads(w != 0.f ? -w * g : 0.f, eps);
+        op.dlogp[i] = w != 0.f ? d.logp : 0.f;
+        if (op.dmean_logp) op.dmean_logp[i] = w != 0.f ? d.mean_logp : 0.f;
       }
     });
   }
   if (op.stats) {
     op.stats[SftLossOp::kTokens] = static_cast<float>(s[0]);
     op.stats[SftLossOp::kNllSum] = static_cast<float>(s[1]);
+    if (smooth) op.stats[SftLossOp::kSmoothSum] = static_cast<float>(s[2]);
   }
 }
 

@@ -47,6 +47,21 @@ struct VecKernels {
 void adamw_avx2(float* p, float* m, float* v, const float* g, int64_t n, const AdamWRow& k);  // vec_adamw_avx2.cc
 #endif
 
+// sum(x) as dots with a block of ones (the kernels have no plain sum; the
+// LM head's mean logit, for label smoothing).
+inline float vec_sum(const VecKernels& v, const float* x, int64_t n) {
+  constexpr int64_t kOnes = 1024;
+  static const struct Ones {
+    float x[kOnes];
+    Ones() {
+      for (float& e : x) e = 1.f;
+    }
+  } ones;
+  float s = 0.f;
+  for (int64_t i = 0; i < n; i += kOnes) s += v.dot(x + i, ones.x, n - i < kOnes ? n - i : kOnes);
+  return s;
+}
+
 const VecKernels& vec();  // the best for this CPU
 bool vec_force(const char* name);  // testing hook: "scalar" | "avx2" | "avx512" | "auto"
 

@@ -40,6 +40,9 @@ ForwardResult Transformer::forward_train(const ForwardRequest& req) {
   if (req.want_last_logits) throw Error(code::kArgument, "training forward: lastLogits is not available");
   if ((req.lm_grad || req.sft_mask) && !req.want_logp) throw Error(code::kArgument, "training forward: lmGrad / sftMask need the LM head (logp)");
   if (req.lm_grad && req.sft_mask) throw Error(code::kArgument, "training forward: give lmGrad or sftMask, not both");
+  if (!(req.sft_label_smoothing >= 0.f && req.sft_label_smoothing <= 1.f))
+    throw Error(code::kArgument, "training forward: the SFT label smoothing must be in [0, 1], got " + std::to_string(req.sft_label_smoothing));
+  if (req.sft_label_smoothing != 0.f && !req.sft_mask) throw Error(code::kArgument, "training forward: label smoothing needs sftMask");
   const int64_t B = req.batch, T = req.seq, N = B * T;
   if (B <= 0 || T <= 0) throw Error(code::kArgument, "training forward: empty batch");
   check_ids(req.ids, N, T);
@@ -101,7 +104,8 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
   const float* dlogp_d = dlogp_in ? nullptr : ls.has_dlogp ? ls.dlogp.data() : nullptr;
   const float* dentropy_d = dentropy_in ? nullptr : ls.has_dentropy ? ls.dentropy.data() : nullptr;
   const float* dvalues_d = dvalues ? nullptr : ls.has_dvalues ? ls.dvalues.data() : nullptr;
-  const bool any_dlogp = dlogp_in || dlogp_d, any_dentropy = dentropy_in || dentropy_d;
+  const float* dmean_d = ls.has_dmean_logp ? ls.dmean_logp.data() : nullptr;  // label smoothing (no host array form)
+  const bool any_dlogp = dlogp_in || dlogp_d || dmean_d, any_dentropy = dentropy_in || dentropy_d;
 
   // Heads: per-row gradients (row b*T+t) into the final hidden state.
   if (a.head.has_grad) {  // the training forward already ran the LM head's backward (lm_grad)
@@ -113,7 +117,8 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
     op.n = N, op.dim = H, op.vocab = c.vocab, op.hidden = a.xnf.data(), op.weight = w.lm_head, op.weight_bf16 = w.lm_head16;
     op.targets = a.head.targets_d.data();
     op.lse = a.head.lse.data(), op.entropy = a.head.entropy.data();
-    op.dlogp = dlogp_d ? dlogp_d : bwd_.dlogp.upload(be_, shifted_to_rows(dlogp_in, B, T));
+    op.dlogp = dlogp_d ? dlogp_d : dlogp_in ? bwd_.dlogp.upload(be_, shifted_to_rows(dlogp_in, B, T)) : nullptr;
+    op.dmean_logp = dmean_d;
     op.dentropy = dentropy_d ? dentropy_d : dentropy_in ? bwd_.dentropy.upload(be_, shifted_to_rows(dentropy_in, B, T)) : nullptr;
     op.inv_temperature = inv_temperature_, op.dhidden = dxn, op.dweight = grad_of(w.lm_head);
     be_.lm_head_logp_backward(op);

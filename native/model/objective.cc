@@ -80,26 +80,54 @@ ObjectiveResult sft(Ctx& c, const ObjectiveRequest& r) {
   const HeadActs& h = c.h;
   const float* mask = nullptr;
   float denom = r.has_denom ? r.denom : 0.f;
+  float eps = r.has_label_smoothing ? r.label_smoothing : 0.f;
   if (!r.mask.empty()) {
     mask = c.tokens(c.s.mask, r.mask, "mask");
   } else if (h.has_sft_mask) {
     mask = h.sft_mask.data();
     if (!r.has_denom) denom = h.sft_denom;
+    if (!r.has_label_smoothing) eps = h.sft_label_smoothing;
   } else {
     c.fail(c.eval ? "give the loss mask" : "give the loss mask (or pass it to the training forward as sftMask)");
   }
+  if (!(eps >= 0.f && eps <= 1.f)) c.fail("labelSmoothing must be in [0, 1], got " + std::to_string(eps));
   if (!c.eval && h.has_grad && r.grad_scale != 1.f)
     c.fail("the gradient was given to the training forward; gradScale does not apply to it (pass 1 or scale the forward's gradient)");
+  if (!c.eval && h.has_grad && r.ent_coef != 0.f)
+    c.fail("the gradient was given to the training forward; an entropy bonus (entCoef) needs a forward without one");
+  if (!c.eval && h.has_grad && eps != h.sft_label_smoothing)
+    c.fail("the training forward made the gradient with label smoothing " + std::to_string(h.sft_label_smoothing) + ", not " + std::to_string(eps));
   SftLossOp op;
   op.n = c.N, op.logp = h.logp.data(), op.mask = mask, op.denom = denom, op.grad_scale = r.grad_scale;
-  float* out = c.s.out.ensure(c.be, 1 + SftLossOp::kStatCount);
+  op.label_smoothing = eps, op.mean_logp = h.mean_logp.data();
+  constexpr int64_t K = 1 + SftLossOp::kStatCount;
+  float* out = c.s.out.ensure(c.be, 2 * K);  // the NLL's loss and statistics, then the entropy's
   op.loss = out, op.stats = out + 1;
   const bool grad = !c.eval && !h.has_grad;
   if (grad) op.dlogp = c.s.dlogp.ensure(c.be, c.N);
+  if (grad && eps != 0.f) op.dmean_logp = c.s.dmean_logp.ensure(c.be, c.N);
   c.be.sft_loss(op);
-  if (grad) c.s.has_dlogp = true;
-  const std::vector<float> v = c.read(1 + SftLossOp::kStatCount);
-  return {{{"loss", v[0]}, {"tokens", v[1 + SftLossOp::kTokens]}, {"nllSum", v[1 + SftLossOp::kNllSum]}}, {}};
+  if (grad) c.s.has_dlogp = true, c.s.has_dmean_logp = eps != 0.f;
+  if (r.ent_coef != 0.f) {
+    // The entropy bonus -ent_coef * sum(mask * H) / denom: the same masked
+    // mean, taken of the entropy output; its gradient -ent_coef * mask /
+    // denom (times grad_scale) is sft_loss's with grad_scale * ent_coef.
+    SftLossOp e;
+    e.n = c.N, e.logp = h.entropy.data(), e.mask = mask, e.denom = denom, e.grad_scale = r.grad_scale * r.ent_coef;
+    e.loss = out + K, e.stats = out + K + 1;
+    if (grad) e.dlogp = c.s.dentropy.ensure(c.be, c.N);
+    c.be.sft_loss(e);
+    if (grad) c.s.has_dentropy = true;
+  }
+  const std::vector<float> v = c.read(r.ent_coef != 0.f ? 2 * K : K);
+  const double nll = v[1 + SftLossOp::kNllSum];
+  // The mean entropy: sft_loss of the entropy is -sum(mask * H) / denom.
+  const double ent = r.ent_coef != 0.f ? -static_cast<double>(v[K]) : 0.0;
+  ObjectiveResult res{{{"loss", v[0] - static_cast<double>(r.ent_coef) * ent}, {"tokens", v[1 + SftLossOp::kTokens]}, {"nllSum", nll}}, {}};
+  // The smoothing and entropy figures only when their terms are in the loss.
+  if (eps != 0.f) res.stats.emplace_back("smoothSum", v[1 + SftLossOp::kSmoothSum]);
+  if (r.ent_coef != 0.f) res.stats.emplace_back("entropy", ent);
+  return res;
 }
 
 ObjectiveResult pairwise(Ctx& c, const ObjectiveRequest& r) {

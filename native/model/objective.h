@@ -53,6 +53,12 @@ struct ObjectiveRequest {
   std::vector<float> mask;  // [batch, seq-1]
   float denom = 0.f;
   bool has_denom = false;
+  // sft: label smoothing eps in [0, 1] (has_label_smoothing false: the
+  // forward's with sftMask, else 0) over the head's mean_logp, and an entropy
+  // bonus -ent_coef * (masked mean entropy, the same mask and denominator),
+  // whose gradient goes to the entropy output (training, without a gradient
+  // given to the forward). dpo reads label_smoothing too.
+  bool has_label_smoothing = false;
 
   // pairwise (reward model): the score of each row is its value at index
   // last[row] (empty: each row's last real token by the forward's attention

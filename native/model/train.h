@@ -34,6 +34,7 @@ struct HeadActs {
   std::vector<int32_t> targets;  // host: the next token of each row, -1 = none
   Buffer<int32_t> targets_d;     // [rows] the same in backend memory
   Buffer<float> logp, entropy, lse, values;  // [rows]
+  Buffer<float> mean_logp;  // [rows] mean over the vocabulary of log p (label smoothing)
   Buffer<float> dlogp;    // [rows] the loss gradient given to the forward (lm_grad)
   Buffer<float> dhidden;  // [rows, hidden] the LM head's gradient into the final hidden (lm_grad)
   bool has_grad = false;  // dhidden holds the LM head's gradient of this forward
@@ -41,7 +42,9 @@ struct HeadActs {
   // (ForwardRequest::sft_mask), in the row layout, kept for the loss call.
   Buffer<float> sft_mask;  // [rows]
   float sft_denom = 0.f;
+  float sft_label_smoothing = 0.f;
   bool has_sft_mask = false;
+  Buffer<float> dmean_logp;  // [rows] the label-smoothing gradient given to the forward (sft_mask)
 };
 
 // What a loss call (objective.cc) leaves in backend memory for the next
@@ -49,9 +52,9 @@ struct HeadActs {
 // layout, and the scratch the loss kernels work in. A training forward clears
 // the gradients; backward() consumes them.
 struct LossState {
-  Buffer<float> dlogp, dentropy, dvalues;  // [rows]
-  bool has_dlogp = false, has_dentropy = false, has_dvalues = false;
-  void clear() { has_dlogp = has_dentropy = has_dvalues = false; }
+  Buffer<float> dlogp, dentropy, dvalues, dmean_logp;  // [rows]
+  bool has_dlogp = false, has_dentropy = false, has_dvalues = false, has_dmean_logp = false;
+  void clear() { has_dlogp = has_dentropy = has_dvalues = has_dmean_logp = false; }
   // scratch: per-token inputs [rows], per-row sums and their gradients, the
   // scalars read back (loss, statistics, ...)
   Buffer<float> mask, w, old_logp, advantages, ref_logp, returns, old_values, zeros;

@@ -314,14 +314,14 @@ void Transformer::run_heads(const ForwardRequest& req, const uint8_t* mask, cons
       for (int64_t t = 0; t + 1 < T; ++t)
         if (!mask || (mask[b * T + t] && mask[b * T + t + 1])) head.targets[static_cast<size_t>(b * T + t)] = req.ids[b * T + t + 1];
     head.targets_d.upload(be_, head.targets);
-    head.logp.ensure(be_, N), head.entropy.ensure(be_, N), head.lse.ensure(be_, N);
+    head.logp.ensure(be_, N), head.entropy.ensure(be_, N), head.lse.ensure(be_, N), head.mean_logp.ensure(be_, N);
     if (req.lm_grad || req.sft_mask) {
       lm_head_with_grad(req, hidden, head);
     } else {
       LmHeadLogpOp op;
       op.n = N, op.dim = cfg_.hidden, op.vocab = cfg_.vocab, op.hidden = hidden, op.weight = w.lm_head, op.weight_bf16 = w.lm_head16;
       op.targets = head.targets_d.data();
-      op.logp = head.logp.data(), op.entropy = head.entropy.data(), op.lse = head.lse.data();
+      op.logp = head.logp.data(), op.entropy = head.entropy.data(), op.lse = head.lse.data(), op.mean_logp = head.mean_logp.data();
       op.inv_temperature = req.temperature > 0 ? 1.f / req.temperature : 1.f;
       be_.lm_head_logp(op);
     }
@@ -353,18 +353,24 @@ void Transformer::lm_head_with_grad(const ForwardRequest& req, const float* hidd
   const Weights& w = *bw_;
   const int64_t B = req.batch, T = req.seq, N = B * T, H = cfg_.hidden, V = cfg_.vocab;
   const float* dl_d = nullptr;
+  const float* dm_d = nullptr;  // label smoothing's gradient w.r.t. mean_logp
+  head.sft_label_smoothing = 0.f;
   if (req.sft_mask) {
     // SFT's gradient -mask / denom, made on the backend by the sft_loss op
     // (its loss output, of a zero logp, is not used); the mask stays for the
     // loss call.
     head.sft_mask.upload(be_, shifted_to_rows(req.sft_mask, B, T));
     head.sft_denom = req.sft_denom;
+    head.sft_label_smoothing = req.sft_label_smoothing;
     head.has_sft_mask = true;
     SftLossOp op;
     op.n = N, op.logp = loss_.zeros.zeros(be_, N), op.mask = head.sft_mask.data(), op.denom = req.sft_denom;
+    op.label_smoothing = req.sft_label_smoothing, op.mean_logp = op.logp;
     op.loss = loss_.out.ensure(be_, 1), op.dlogp = head.dlogp.ensure(be_, N);
+    if (req.sft_label_smoothing != 0.f) op.dmean_logp = head.dmean_logp.ensure(be_, N);
     be_.sft_loss(op);
     dl_d = head.dlogp.data();
+    dm_d = op.dmean_logp;
   } else {
     dl_d = head.dlogp.upload(be_, shifted_to_rows(req.lm_grad, B, T));
   }
@@ -385,6 +391,7 @@ void Transformer::lm_head_with_grad(const ForwardRequest& req, const float* hidd
     LogitsXentOp x;
     x.n = rows, x.vocab = V, x.ld = V, x.z = z, x.targets = head.targets_d.data() + r0, x.dlogp = dl_d + r0, x.inv_temperature = inv_t;
     x.logp = head.logp.data() + r0, x.entropy = head.entropy.data() + r0, x.lse = head.lse.data() + r0;
+    x.mean_logp = head.mean_logp.data() + r0, x.dmean_logp = dm_d ? dm_d + r0 : nullptr;
     be_.logits_xent(x);
     GemmOp gh;  // dh = dz W
     gh.m = rows, gh.n = H, gh.k = V, gh.a = z, gh.lda = V, gh.b = w.lm_head, gh.b_bf16 = w.lm_head16, gh.ldb = H;

@@ -33,6 +33,8 @@ struct ForwardRequest {
   // for the loss call (objective.h), which then needs none.
   const float* sft_mask = nullptr;
   float sft_denom = 0.f;
+  // With sft_mask: label smoothing eps of the SFT loss (SftLossOp), 0 = none.
+  float sft_label_smoothing = 0.f;
   // false: the outputs stay in backend memory only (a loss call reads them
   // there: the training loss over a training forward's, the evaluation loss
   // over an inference forward's); the result holds no arrays.

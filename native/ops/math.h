@@ -67,6 +67,24 @@ RLHF_HD float lse_value(const OnlineLse& a) { return a.m + logf(a.s); }
 // Entropy of softmax(x) = lse - E[x].
 RLHF_HD float lse_entropy(const OnlineLse& a) { return lse_value(a) - a.t / a.s; }
 
+// The LM head's per-row outputs beyond logp and entropy, and the gradient of
+// one logit (lm_head_logp_backward on both backends).
+//
+// Mean over the vocabulary of log softmax(x): mean(x) - lse, from the row's
+// sum of (scaled) logits. Minus this is label smoothing's term of the
+// cross-entropy (sft_loss).
+RLHF_HD float mean_logp(float xsum, float inv_vocab, float lse) { return xsum * inv_vocab - lse; }
+
+// d loss / dz_v of one row, p = softmax(z)_v, without the target's +gl (the
+// caller adds it at the target column): gl = d loss / d logp, ge = d loss /
+// d entropy with shift = entropy - lse, gm = d loss / d mean_logp.
+RLHF_HD float lm_head_dz(float p, float z, float gl, float ge, float shift, float gm, float inv_vocab) {
+  float d = -gl * p;
+  if (ge != 0.f) d -= ge * p * (z + shift);
+  if (gm != 0.f) d += gm * (inv_vocab - p);
+  return d;
+}
+
 // llama3 RoPE scaling of one inverse frequency (transformers'
 // _compute_llama3_parameters): long wavelengths are divided by `factor`, short
 // ones kept, and the band between is interpolated smoothly.
@@ -121,6 +139,15 @@ struct LossTerm {
   float loss;  // the per-element loss
   float grad;  // d loss / d (the element's input named by the function)
 };
+
+// Label-smoothed NLL of one target token (sft_loss; torch's
+// CrossEntropyLoss(label_smoothing=eps)): (1 - eps)(-logp) + eps(-mean_logp).
+// Its gradients, for a token weight c (mask / denom * grad_scale), are
+// -(1 - eps) c w.r.t. logp and -eps c w.r.t. mean_logp.
+struct SmoothedGrads {
+  float logp, mean_logp;
+};
+RLHF_HD SmoothedGrads smoothed_nll_grads(float c, float eps) { return SmoothedGrads{-(1.f - eps) * c, -eps * c}; }
 
 // Pairwise (Bradley-Terry) reward-model loss of one pair, z = chosen - rejected
 // - margin: loss = -log sigmoid(z), grad = d/dz = -sigmoid(-z).

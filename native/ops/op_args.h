@@ -194,6 +194,8 @@ struct AddOp {
 //   entropy[i] = lse - sum softmax(logits) * logits,
 // computed over vocabulary chunks with an online log-sum-exp, so at most
 // chunk_rows x chunk_vocab logits exist at once. Rows with target < 0 get 0.
+// mean_logp[i] = (1/vocab) sum_v log softmax(logits)_v = mean(logits) - lse:
+// minus the label-smoothing term of the cross-entropy (sft_loss).
 struct LmHeadLogpOp {
   int64_t n = 0, dim = 0, vocab = 0;
   const float* hidden = nullptr;   // [n, dim]
@@ -203,6 +205,7 @@ struct LmHeadLogpOp {
   float* logp = nullptr;           // [n]
   float* entropy = nullptr;        // [n] or null
   float* lse = nullptr;            // [n] or null (kept for the backward pass)
+  float* mean_logp = nullptr;      // [n] or null
   float inv_temperature = 1.f;     // logits are scaled by this first
 };
 
@@ -210,7 +213,9 @@ struct LmHeadLogpOp {
 // place. For each row i of z [n, vocab] (rows ld apart), zt = z * inv_temperature:
 //   lse[i] = logsumexp(zt), logp[i] = zt[target] - lse, entropy[i] = lse - sum p zt,
 //   z <- dz = inv_temperature * dlogp[i] * (onehot(target) - p),   p = softmax(zt)
-// Rows with target < 0 get logp = entropy = 0 and dz = 0. With the loss
+// With dmean_logp (label smoothing), mean_logp[i] = mean(zt) - lse and
+//   dz += inv_temperature * dmean_logp[i] * (1/vocab - p).
+// Rows with target < 0 get logp = entropy = mean_logp = 0 and dz = 0. With the loss
 // gradient known before the forward (SFT: -mask / tokens), the LM head is
 // then logits -> this op -> dz W and dz^T h, once per row block, instead of a
 // forward and a backward that recomputes the logits.
@@ -223,6 +228,8 @@ struct LogitsXentOp {
   float* logp = nullptr;            // [n]
   float* entropy = nullptr;         // [n] or null
   float* lse = nullptr;             // [n] or null
+  const float* dmean_logp = nullptr;  // [n] or null (no smoothing term)
+  float* mean_logp = nullptr;       // [n] or null
 };
 
 // value[i] = hidden[i] . w (+ bias)
@@ -269,15 +276,27 @@ struct SampleOp {
 // or, when the caller passes denom > 0, that value (token-weighted gradient
 // accumulation: the caller passes the mask sum of all micro-batches).
 //   dlogp = -mask / denom * grad_scale
+//
+// With label_smoothing eps > 0 (torch's CrossEntropyLoss(label_smoothing),
+// transformers' label_smoothing_factor) each token's term is
+//   (1 - eps) (-logp_i) + eps (-mean_logp_i),  mean_logp = (1/V) sum_v log p_v
+// (the LM head's mean_logp output), and the gradients are
+//   dlogp_i = -(1 - eps) mask_i / denom * grad_scale,
+//   dmean_logp_i = -eps mask_i / denom * grad_scale.
 struct SftLossOp {
-  enum Stat : int { kTokens, kNllSum, kStatCount };  // sum(mask), -sum(mask * logp)
+  // sum(mask), -sum(mask * logp), -sum(mask * mean_logp) (written only with
+  // label_smoothing != 0: a caller without smoothing may pass 2 slots)
+  enum Stat : int { kTokens, kNllSum, kSmoothSum, kStatCount };
   int64_t n = 0;
   const float* logp = nullptr;  // [n]
   const float* mask = nullptr;  // [n] or null
   float denom = 0.f;            // > 0: normaliser instead of max(1, sum(mask))
   float grad_scale = 1.f;
+  float label_smoothing = 0.f;  // eps in [0, 1]; > 0 needs mean_logp
+  const float* mean_logp = nullptr;  // [n], read with label_smoothing > 0
   float* loss = nullptr;        // [1]
   float* dlogp = nullptr;       // [n] or null
+  float* dmean_logp = nullptr;  // [n] or null (written with dlogp when label_smoothing > 0)
   float* stats = nullptr;       // [kStatCount] or null
 };
 
@@ -537,8 +556,10 @@ struct GeluBackwardOp {
 // Backward of lm_head_logp: with z = inv_temperature * hidden W^T,
 //   d logp_i / dz_v   = [v = target_i] - p_v
 //   d entropy_i / dz_v = -p_v (z_v - lse_i + entropy_i)
-// so dz = dlogp * (onehot - p) - dentropy * p * (z - lse + H), recomputed
-// chunk by chunk; dhidden = inv_t dz W, dweight += inv_t dz^T hidden.
+//   d mean_logp_i / dz_v = 1/vocab - p_v
+// so dz = dlogp * (onehot - p) - dentropy * p * (z - lse + H)
+// + dmean_logp * (1/vocab - p) (math::lm_head_dz), recomputed chunk by
+// chunk; dhidden = inv_t dz W, dweight += inv_t dz^T hidden.
 struct LmHeadLogpBackwardOp {
   int64_t n = 0, dim = 0, vocab = 0;
   const float* hidden = nullptr;
@@ -549,6 +570,7 @@ struct LmHeadLogpBackwardOp {
   const float* entropy = nullptr;     // [n] from the forward (needed with dentropy)
   const float* dlogp = nullptr;       // [n]
   const float* dentropy = nullptr;    // [n] or null
+  const float* dmean_logp = nullptr;  // [n] or null
   float inv_temperature = 1.f;
   float* dhidden = nullptr;           // [n, dim], accumulated
   float* dweight = nullptr;           // [vocab, dim], accumulated, or null (frozen)
