@@ -11,6 +11,8 @@
  *          world's answer (the refusal, for a harmful request)
  *   rloo   RLOO with the same reward
  *   rest   ReST scored by the two reward models
+ *   hir    HIR with the exact-match reward as its checker: a correct answer
+ *          keeps its instruction, a wrong one is relabelled "give a wrong answer"
  *
  * The reward models are trained (and the labeler asked) only when a chosen
  * method needs them. Sizes: DEMO_SIZES in lib/recipes/demo.ts; docs/methods.md.
@@ -18,7 +20,7 @@
 import { RlhfError } from '../errors';
 import type { StageKey, StageOptions } from './config';
 
-export const DEMO_METHODS = ['sft', 'rs', 'ppo', 'dpo', 'grpo', 'rloo', 'rest'] as const;
+export const DEMO_METHODS = ['sft', 'rs', 'ppo', 'dpo', 'grpo', 'rloo', 'rest', 'hir'] as const;
 export type DemoMethod = (typeof DEMO_METHODS)[number];
 
 /** The methods of a `--methods` value: a comma- or space-separated list of names, or `all`; sft always first. */
@@ -47,6 +49,7 @@ export interface MethodSizes {
   groupSize: number;
   restGrowSteps: number;
   restSamples: number;
+  hirIterations: number;
 }
 
 /**
@@ -88,6 +91,9 @@ export function methodSections(methods: readonly DemoMethod[], size: MethodSizes
           evalFraction: 0,
           sft: { epochs: 1, batchSize: 16, lr: 1e-3, loraR: 16, loraAlpha: 32 },
         }
+      : skip,
+    hir: on('hir')
+      ? { data: data('group_prompts.jsonl'), rewardFunction: ['exact'], iterations: size.hirIterations, samplesPerPrompt: 4, maxNewTokens: 16, batchSize: 16, epochs: 1, lr: 5e-4, evalFraction: 0 }
       : skip,
   };
 }

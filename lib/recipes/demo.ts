@@ -54,6 +54,7 @@ export const DEMO_SIZES = {
     groupSize: 8,
     restGrowSteps: 2,
     restSamples: 4,
+    hirIterations: 3,
   },
   quick: {
     sftRows: 300,
@@ -73,6 +74,7 @@ export const DEMO_SIZES = {
     groupSize: 4,
     restGrowSteps: 1,
     restSamples: 4,
+    hirIterations: 2,
   },
 };
 export type DemoScale = keyof typeof DEMO_SIZES;
@@ -211,11 +213,11 @@ export async function runDemo(opts: DemoOptions, hooks: Omit<RecipeHooks, 'prepa
       // DPO learns from the same judgements: every helpfulness pair and every safety pair.
       writeFileAtomic(data('dpo_pairs.jsonl'), jsonl([...help, ...safeOnly]));
       log(`demo: the labeler ranked ${size.labelSamples} SFT samples for each of ${prompts.length} prompts: ${help.length} helpfulness pairs, ${mixed.length} safety pairs (${mixed.length - safeOnly.length} of them helpfulness pairs)`);
-    } else if (stage === 'rs' || stage === 'ppo' || stage === 'rest' || stage === 'grpo' || stage === 'rloo') {
+    } else if (stage === 'rs' || stage === 'ppo' || stage === 'rest' || stage === 'grpo' || stage === 'rloo' || stage === 'hir') {
       // Prompt rows carry the world's answer: the verifiable reward of grpo and rloo checks against it.
-      const group = stage === 'grpo' || stage === 'rloo';
+      const group = stage === 'grpo' || stage === 'rloo' || stage === 'hir';
       const n = stage === 'rs' || stage === 'rest' ? size.rsPrompts : stage === 'ppo' ? size.ppoIterations * size.ppoBatch : size.groupIterations * size.groupPrompts;
-      const salt = { rs: 202, ppo: 303, rest: 202, grpo: 505, rloo: 505 }[stage];
+      const salt = { rs: 202, ppo: 303, rest: 202, grpo: 505, rloo: 505, hir: 505 }[stage];
       const prompts = samplePrompts(Math.min(n, 400), { split: 'train', seed: seed + salt, distinct: true });
       writeFileAtomic(data(`${group ? 'group' : stage}_prompts.jsonl`), jsonl(prompts.map((p) => ({ messages: chatPrompt(p), safe: p.safe, answer: p.answer }))));
     }

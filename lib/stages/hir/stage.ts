@@ -14,7 +14,7 @@ export const hirStage: Stage<HirConfig, HirResult> = {
      * is the recipe's reward source or reward model(s), unless the section
      * names its own reward model or a relabel module.
      */
-    inputs: (ctx, given) => ({ ...(given.rewardModel || given.relabelModule ? {} : ctx.rewardOptions()), model: ctx.base }),
+    inputs: (ctx, given) => ({ ...(given.relabelModule ? {} : ctx.rewardOptions()), model: ctx.base }),
     /** A checkpoint after every iteration: a recipe stopped inside hir resumes after the last finished one. */
     defaults: { checkpointSteps: 1 },
     checkpoints: true,
