@@ -19,6 +19,7 @@ import { runTrainConfig } from './train-config';
 import { exitCodeFor } from '../../lib/run/signals';
 import { runDemo, DEMO_SIZES, type DemoResult, type DemoScale } from '../../lib/recipes/demo';
 import { DEMO_METHODS, parseMethods, type DemoMethod } from '../../lib/recipes/demo-methods';
+import { demoComparison, DEMO_TABLE_CAPTION, formatTable } from '../../lib/recipes/demo-table';
 
 /** A fresh run folder: `base`, or `base-2`, `base-3`, ... when it is taken (nothing a user has is touched). */
 function freeRunFolder(base: string): string {
@@ -29,31 +30,9 @@ function freeRunFolder(base: string): string {
   }
 }
 
-const f3 = (x: number | null | undefined) => (x === null || x === undefined ? '-' : x.toFixed(3));
-
-/** The demo's final table: one row per stage. */
+/** The demo's final table: one row per stage (lib/recipes/demo-table.ts). */
 export function demoTable(r: DemoResult): string {
-  const pol = new Map(r.policies.map((p) => [p.policy, p]));
-  const rows: string[][] = r.stages.map((s) => {
-    const p = pol.get(s.name as DemoMethod);
-    const acc = s.name === 'rm_helpfulness' ? r.rmAccuracy.helpfulness : s.name === 'rm_safety' ? r.rmAccuracy.safety : null;
-    return [
-      s.name,
-      p ? f3(p.eval.helpfulness) : '-',
-      p ? f3(p.eval.safety) : '-',
-      p ? f3(p.eval.score) : '-',
-      p ? f3(p.eval.exact) : '-',
-      p ? f3(p.winVsSft) : '-',
-      p ? `${f3(p.greedy.score)} / ${f3(p.greedy.exact)} / ${f3(p.greedyWinVsSft)}` : '-',
-      acc === null ? '-' : f3(acc),
-      s.tokens_per_sec === null ? '-' : String(Math.round(s.tokens_per_sec)),
-      `${s.wall_s.toFixed(1)}s`,
-    ];
-  });
-  const head = ['stage', 'helpfulness', 'safety', 'score', 'exact', 'win vs SFT', 'greedy score / exact / win', 'RM accuracy', 'tok/s', 'wall'];
-  const w = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i].length)));
-  const line = (c: string[]) => c.map((x, i) => (i === 0 ? x.padEnd(w[i]) : x.padStart(w[i]))).join('  ');
-  return [line(head), line(head.map((_, i) => '-'.repeat(w[i]))), ...rows.map(line)].join('\n') + '\n';
+  return formatTable(demoComparison(r));
 }
 
 export function register<T>(y: Argv<T>): Argv<T> {
@@ -108,8 +87,7 @@ export function register<T>(y: Argv<T>): Argv<T> {
           return;
         }
         process.stdout.write(
-          `\nHeld-out prompts scored by the labeler (score = Llama 2's combination of helpfulness and safety; sampled at temperature 0.7, ` +
-            `2 answers per prompt; win = share of answers better than the SFT policy's, ties half):\n\n` +
+          `\n${DEMO_TABLE_CAPTION}:\n\n` +
             demoTable(r) +
             `\nPreference pairs from the labeler: ${r.labelPairs.helpfulness} helpfulness, ${r.labelPairs.safety} safety. ` +
             `Total ${r.seconds.toFixed(0)}s.\nrun folder: ${r.run}\nsummary: ${r.summaryFile}\nreport: ${r.reportFile}\n`,

@@ -31,6 +31,8 @@ import { evaluatePolicy, preferencePairs, winRate, type PolicyEvaluation } from 
 import { respond } from '../demo/respond';
 import { resolveRecipeConfig, type StageKey } from './config';
 import { methodSections, type DemoMethod } from './demo-methods';
+import { demoComparison } from './demo-table';
+import { RunFolder } from '../run/run-folder';
 import { runRecipe, type RecipeHooks } from './run';
 import type { Device } from '../info';
 
@@ -276,6 +278,13 @@ export async function runDemo(opts: DemoOptions, hooks: Omit<RecipeHooks, 'prepa
     stopper.dispose();
   }
   if (stopper.requested) return { ...result, interrupted: true, signal: (stopper.signal ?? undefined) as DemoResult['signal'], seconds: (performance.now() - t0) / 1000 };
+  // The table goes into summary.json and report.html too.
+  const folder = RunFolder.open(out, { resume: true });
+  try {
+    folder.setComparison(demoComparison(result));
+  } finally {
+    folder.close();
+  }
   const evalFile = path.join(out, 'demo_eval.json');
   writeFileAtomic(evalFile, JSON.stringify({ prompts: held.map((p) => p.text), answers, policies: result.policies, rmAccuracy: result.rmAccuracy }, null, 2) + '\n');
   result.seconds = (performance.now() - t0) / 1000;

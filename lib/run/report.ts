@@ -25,9 +25,17 @@ export interface StageSummary {
   [key: string]: unknown;
 }
 
+/** A table comparing the run's policies (the demo's held-out evaluation), shown first in the report. */
+export interface ComparisonTable {
+  caption: string;
+  columns: string[];
+  rows: (string | number | null)[][];
+}
+
 /** summary.json. */
 export interface RunSummary {
   stages: Record<string, StageSummary>;
+  comparison?: ComparisonTable;
 }
 
 export interface ReportInput {
@@ -242,7 +250,8 @@ h1{font-size:22px;margin:0 0 8px}h2{font-size:18px;margin:32px 0 10px;border-bot
 table{border-collapse:collapse;margin:8px 0}td,th{padding:3px 12px 3px 0;text-align:left;vertical-align:top}
 th{font-weight:600}.num{font-variant-numeric:tabular-nums}tr.group th{padding-top:10px;color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.04em}
 table.info td:first-child,table.summary td:first-child{color:var(--muted)}
-table.overview th,table.overview td{border-bottom:1px solid var(--grid)}
+table.overview th,table.overview td,table.comparison th,table.comparison td{border-bottom:1px solid var(--grid)}
+table.comparison{margin:.6em 0}table.comparison caption{text-align:left;color:var(--muted);padding-bottom:.3em}
 .charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:16px}
 figure.chart{margin:0;padding:10px 12px;background:var(--card);border-radius:8px}
 figcaption{font-weight:600;margin-bottom:4px}svg.chart{width:100%;height:auto;display:block}
@@ -286,6 +295,15 @@ export function renderReport(input: ReportInput): string {
   out.push(`<header><h1>${escapeHtml(input.title)}</h1>`);
   const info = Object.entries(input.info ?? {}).filter(([, v]) => v !== null && v !== undefined);
   if (info.length) out.push(`<table class="info"><tbody>${info.map(([k, v]) => `<tr><td>${escapeHtml(k)}</td><td>${escapeHtml(fmt(v))}</td></tr>`).join('')}</tbody></table>`);
+  const cmp = input.summary?.comparison;
+  if (cmp) {
+    const cell = (v: string | number | null) => (v === null ? '-' : typeof v === 'number' ? fmt(v) : v);
+    out.push(
+      `<table class="comparison"><caption>${escapeHtml(cmp.caption)}</caption><thead><tr>${cmp.columns.map((c) => `<th>${escapeHtml(c)}</th>`).join('')}</tr></thead><tbody>` +
+        cmp.rows.map((r) => `<tr>${r.map((v, i) => `<td${i ? ' class="num"' : ''}>${escapeHtml(cell(v))}</td>`).join('')}</tr>`).join('') +
+        `</tbody></table>`,
+    );
+  }
   if (stages.length) {
     out.push(`<table class="overview"><thead><tr><th>stage</th><th>status</th><th>steps</th><th>wall time</th></tr></thead><tbody>`);
     stages.forEach((s, i) => {

@@ -22,7 +22,7 @@ import { performance } from 'node:perf_hooks';
 import { RlhfError } from '../errors';
 import { packageVersion } from '../info';
 import { latestCheckpoint, recoverLeftovers, saveCheckpoint, writeFileAtomic, type Checkpoint } from './atomic';
-import { renderReport, type MetricRecord, type RunSummary, type StageSummary } from './report';
+import { renderReport, type ComparisonTable, type MetricRecord, type RunSummary, type StageSummary } from './report';
 
 export * from './atomic';
 export * from './report';
@@ -393,6 +393,13 @@ export class RunFolder {
     this.summary.stages[stage] = s;
     this.saveState();
     this.saveSummary();
+  }
+
+  /** Sets summary.json's comparison table (the report shows it first) and rewrites report.html. */
+  setComparison(table: ComparisonTable): void {
+    this.summary.comparison = table;
+    this.saveSummary();
+    this.writeReport();
   }
 
   /** A copy of summary.json's current contents. */
