@@ -51,9 +51,9 @@ export const DEMO_SIZES = {
     ppoBatch: 64,
     evalPrompts: 120,
     dpoEpochs: 2,
-    groupIterations: 12,
+    groupIterations: 32,
     groupPrompts: 16,
-    groupSize: 8,
+    groupSize: 16,
     restGrowSteps: 2,
     restSamples: 4,
     hirIterations: 3,
@@ -71,9 +71,9 @@ export const DEMO_SIZES = {
     ppoBatch: 32,
     evalPrompts: 120,
     dpoEpochs: 1,
-    groupIterations: 6,
+    groupIterations: 8,
     groupPrompts: 16,
-    groupSize: 4,
+    groupSize: 8,
     restGrowSteps: 1,
     restSamples: 4,
     hirIterations: 2,
@@ -195,9 +195,9 @@ export async function runDemo(opts: DemoOptions, hooks: Omit<RecipeHooks, 'prepa
       } finally {
         m.dispose();
       }
-      const rows = (which: 'helpfulness' | 'safety', from: number, to: number) =>
+      const rows = (which: 'helpfulness' | 'safety' | 'overall', from: number, to: number) =>
         prompts.slice(from, to).flatMap((p, i) =>
-          preferencePairs(p, answers[from + i], which).map((r) => ({
+          preferencePairs(p, answers[from + i], which === 'overall' ? (p.safe ? 'helpfulness' : 'safety') : which).map((r) => ({
             prompt: chatPrompt(p),
             chosen: [{ role: 'assistant', content: r.chosen }],
             rejected: [{ role: 'assistant', content: r.rejected }],
