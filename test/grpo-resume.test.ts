@@ -19,7 +19,7 @@ import * as path from 'node:path';
 import yargs from 'yargs';
 import { initModel } from '../lib/model/init';
 import { runGrpo } from '../lib/stages/grpo/run';
-import { GRPO_OPTIONS, resolveGrpoConfig, type GrpoConfig } from '../lib/stages/grpo/config';
+import { GRPO_OPTIONS, resolveGrpoConfig as resolveConfig, type GrpoConfig, type ResolvedGrpoConfig } from '../lib/stages/grpo/config';
 import { addCliOptions, configFromArgv } from '../lib/train/options';
 import { functionReward } from '../lib/reward/sources';
 import { StageCheckpoints } from '../lib/stages/checkpoints';
@@ -37,6 +37,9 @@ t.before(async () => {
   fs.writeFileSync(prompts, Array.from({ length: 8 }, (_, i) => JSON.stringify({ prompt: `Tell me about ${i}` })).join('\n') + '\n');
   fs.writeFileSync(held, Array.from({ length: 3 }, (_, i) => JSON.stringify({ prompt: `Why ${i}?` })).join('\n') + '\n');
 });
+
+// The options as a run with a RewardSource in its hooks resolves them (the reward is the hook's, not an option).
+const resolveGrpoConfig = (c: GrpoConfig): ResolvedGrpoConfig => (resolveConfig as (c: GrpoConfig, o: { rewardSource: boolean }) => ResolvedGrpoConfig)(c, { rewardSource: true });
 
 const TIMING = /per_sec|elapsed|seconds|_s$/;
 const metrics = (dir: string) =>

@@ -28,7 +28,7 @@ import { loadTokenizer } from '../lib/tokenizer/tokenizer';
 import { loadPrompts } from '../lib/data/prompts';
 import { functionReward } from '../lib/reward/sources';
 import { runGrpo } from '../lib/stages/grpo/run';
-import { resolveGrpoConfig, type GrpoStepMetrics } from '../lib/stages/grpo/config';
+import { resolveGrpoConfig, type GrpoConfig, type GrpoStepMetrics, type ResolvedGrpoConfig } from '../lib/stages/grpo/config';
 import { sampleGroups, scoreGroups, type GrpoEnv } from '../lib/stages/grpo/rollout';
 import { runPpo, type PpoStepMetrics } from '../lib/stages/ppo';
 import { resolvePpoConfig } from '../lib/stages/ppo/config';
@@ -161,7 +161,8 @@ t.test('grpo (estimators grpo and rloo): the first update\'s ratio is 1; per tok
       trainer.useAdapter('policy');
       const tok = loadTokenizer(BASE);
       const prompts = loadPrompts(promptsFile, { tokenizer: tok, maxPromptTokens: 100 });
-      const rcfg = resolveGrpoConfig({ ...cfg, out: path.join(tmp, 'unused') });
+      // Resolved as a run with a RewardSource in its hooks does (the env's reward is the function).
+      const rcfg = (resolveGrpoConfig as (c: GrpoConfig, o: { rewardSource: boolean }) => ResolvedGrpoConfig)({ ...cfg, out: path.join(tmp, 'unused') }, { rewardSource: true });
       const env: GrpoEnv = { cfg: rcfg, model, trainer, tok, reward: reward(), eosIds: model.config.eosTokenIds };
       const b = await sampleGroups(env, prompts.slice(0, 2), 3, 99);
       const sg = await scoreGroups(env, b);
