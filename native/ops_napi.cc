@@ -285,7 +285,7 @@ const std::unordered_map<std::string, Runner>& runners() {
          op.vf_coef = static_cast<float>(f.d("vfCoef", 0.1)), op.kl_coef = static_cast<float>(f.d("klCoef", 0));
          op.ent_coef = static_cast<float>(f.d("entCoef", 0)), op.grad_scale = static_cast<float>(f.d("gradScale", 1));
          op.clip_range_high = static_cast<float>(f.d("clipRangeHigh", -1)), op.denom = f.d("denom", 0);
-         op.kl_times_ratio = f.d("klTimesRatio", 0) != 0;
+         op.kl_times_ratio = f.b("klTimesRatio", false);  // a boolean, as the loss API takes it (or 0/1)
          Napi::Value est = f.o.Get("klEstimator");
          const std::string e = est.IsString() ? est.As<Napi::String>().Utf8Value() : est.IsNumber() ? "k" + std::to_string(f.i("klEstimator")) : "k1";
          if (e == "k1") op.kl_estimator = KlEstimator::kK1;

@@ -140,7 +140,9 @@ t.test('PPO raises the held-out reward; the KL to the reference stays within (re
   const keys = ['step', 'reward', 'reward/in_set', 'kl', 'rlhf_reward', 'approxkl', 'clipfrac', 'vf_clipfrac', 'entropy', 'value_loss', 'pg_loss', 'ratio', 'kl_coef', 'response_length', 'eos_fraction', 'lr', 'grad_norm', 'value_grad_norm', 'tokens_per_sec', 'gen_tokens_per_sec', 'update_tokens_per_sec', 'elapsed_s'];
   for (const m of lines) t.same(keys.filter((k) => !Number.isFinite(m[k])), [], `step ${m.step}: every key present and finite`);
   t.ok(lines.every((m) => m.kl_coef === BETA), 'a fixed KL coefficient');
-  t.equal(lines[0].kl, 0, 'the first rollout is sampled from the reference itself (LoRA B starts at 0)');
+  // The first rollout is sampled from the reference itself (LoRA B starts at 0): its KL is 0 up to the
+  // difference between the sampler's log-probs (old_logp, --rollout-logprobs) and the reference forward's, 1e-5 a token.
+  t.ok(Math.abs(lines[0].kl) <= MAX_NEW * 1e-5, `the first rollout's KL is 0 within the sampler's rounding (${lines[0].kl})`);
   t.ok(lines.every((m) => m.response_length > 0 && m.response_length <= MAX_NEW));
 
   // Saved adapters: the policy (causal LM) and the critic with its value head.

@@ -116,6 +116,12 @@ export interface PpoConfig extends CheckpointOptions, RewardOptions {
   whitenAdvantages?: boolean;
   /** Subtracted from the score of a response that did not end with EOS; null: none. Default null. */
   missingEosPenalty?: number | null;
+  /**
+   * Use the log-probs the sampler recorded as old_logp instead of a policy
+   * forward over the responses (the same kernels: equal within 1e-5, see
+   * docs/ppo.md). false runs the forward. Default true.
+   */
+  rolloutLogprobs?: boolean;
   /** Seed of the adapters' initialisation, prompt order, sampling and shuffles. Default 42. */
   seed?: number;
   /** Held-out prompts scored (reward, KL) before training and at the end. Default none. */
@@ -167,6 +173,7 @@ export const PPO_DEFAULTS = {
   whitenRewards: false,
   whitenAdvantages: true,
   missingEosPenalty: null,
+  rolloutLogprobs: true,
   seed: 42,
   nanPolicy: 'stop' as NanPolicy,
   device: 'auto' as const,
@@ -228,6 +235,7 @@ const ROWS: OptionTable<PpoConfig> = {
   klEstimator: { type: 'string', choices: ['k1', 'k3'], describe: 'per-token KL estimate in the rewards', group: 'KL' },
   whitenRewards: { type: 'boolean', describe: 'whiten the per-token rewards (scale only)', group: PPO },
   whitenAdvantages: { type: 'boolean', describe: 'whiten the advantages over the batch', group: PPO },
+  rolloutLogprobs: { type: 'boolean', describe: "the sampler's log-probs are old_logp (no policy forward over the responses)", group: PPO },
   seed,
   evalData: { ...EVAL_OPTIONS.evalData, describe: 'held-out prompts: reward and KL before and after training' },
   device,

@@ -1,9 +1,10 @@
 /**
  * PPO's rollout and scoring: sample one response per prompt with the
  * policy, score the responses with the reward source, read the per-token
- * arrays the update needs (old log-probs under the policy, reference
- * log-probs with the adapters off, the critic's values), then the
- * KL-shaped rewards, GAE advantages and returns.
+ * arrays the update needs (old log-probs under the policy: the sampler's, or
+ * a forward with rolloutLogprobs false; reference log-probs with the
+ * adapters off; the critic's values), then the KL-shaped rewards, GAE
+ * advantages and returns.
  */
 import { RlhfError } from '../../errors';
 import type { Model } from '../../engine/model';
@@ -22,6 +23,8 @@ export interface PpoSamples {
   responses: number[][];
   /** Generation ended with EOS (the response then holds it). */
   eos: boolean[];
+  /** The sampler's log-prob of each response token (the tempered full softmax, as the training forward's). */
+  logprobs: Float32Array[];
   genTokens: number;
 }
 
@@ -54,20 +57,24 @@ export const mean = (xs: ArrayLike<number>): number => {
 export async function sampleResponses(env: RolloutEnv, rows: PromptIds[], seed: number): Promise<PpoSamples> {
   const { cfg, model, trainer } = env;
   trainer.useAdapter('policy');
-  const responses: number[][] = [], eos: boolean[] = [];
+  const responses: number[][] = [], eos: boolean[] = [], logprobs: Float32Array[] = [];
   for (let i = 0, c = 0; i < rows.length; i += cfg.forwardBatchSize, c++) {
     const chunk = rows.slice(i, i + cfg.forwardBatchSize);
     const g = await model.generate({ prompts: chunk.map((p) => p.ids), maxNewTokens: cfg.maxNewTokens, temperature: cfg.temperature, topK: cfg.topK, topP: cfg.topP, seed: mixSeed(seed, c), eosIds: env.eosIds });
     g.tokens.forEach((t, b) => {
       responses.push(Array.from(t));
       eos.push(g.finish[b] === 'eos');
+      logprobs.push(Float32Array.from(g.logprobs[b]));
     });
   }
-  return { rows, responses, eos, genTokens: responses.reduce((s, r) => s + r.length, 0) };
+  return { rows, responses, eos, logprobs, genTokens: responses.reduce((s, r) => s + r.length, 0) };
 }
 
-/** Scores the responses (rewards must be finite, one per response) and reads the per-token arrays; values only `withValues`. */
-export async function scoreResponses(env: RolloutEnv, s: PpoSamples, file: string, withValues: boolean): Promise<PpoScored> {
+/**
+ * Scores the responses (rewards must be finite, one per response) and reads the per-token arrays; values only `withValues`.
+ * `samplerLogprobs`: old_logp is what the sampler recorded (no policy forward); otherwise a policy forward over the responses.
+ */
+export async function scoreResponses(env: RolloutEnv, s: PpoSamples, file: string, withValues: boolean, samplerLogprobs = env.cfg.rolloutLogprobs): Promise<PpoScored> {
   const { cfg, model, trainer, tok } = env;
   const { rows, responses } = s;
   const inputs: RewardInput[] = rows.map((p, b) => promptRewardInput(p, tok.decode(responses[b], { skipSpecialTokens: true }), responses[b]));
@@ -79,7 +86,7 @@ export async function scoreResponses(env: RolloutEnv, s: PpoSamples, file: strin
   const seqs = rows.map((p, b) => [...p.ids, ...responses[b]]);
   const pl = rows.map((p) => p.ids.length), rl = responses.map((r) => r.length);
   trainer.useAdapter('policy');
-  const oldLogp = await perToken(model, seqs, pl, rl, 'logp', cfg.temperature, cfg.forwardBatchSize);
+  const oldLogp = samplerLogprobs ? s.logprobs : await perToken(model, seqs, pl, rl, 'logp', cfg.temperature, cfg.forwardBatchSize);
   trainer.useAdapter(null);
   const refLogp = await perToken(model, seqs, pl, rl, 'logp', cfg.temperature, cfg.forwardBatchSize);
   let oldValues: Float32Array[] = [];
@@ -116,10 +123,13 @@ export function toRollouts(cfg: ResolvedPpoConfig, ro: PpoScored, klCoef: number
   return { rollouts, scores, klSums };
 }
 
-/** Held-out evaluation: one response per prompt (a fixed seed), its mean score and summed k1 KL to the reference. */
+/**
+ * Held-out evaluation: one response per prompt (a fixed seed), its mean score and summed k1 KL to the reference;
+ * the policy's log-probs from a forward whatever rolloutLogprobs says, so the held-out figures do not depend on it.
+ */
 export async function evaluatePrompts(env: RolloutEnv, rows: PromptIds[], file: string): Promise<PpoEvalResult> {
   const s = await sampleResponses(env, rows, mixSeed(env.cfg.seed, 0xe7a1));
-  const r = await scoreResponses(env, s, file, false);
+  const r = await scoreResponses(env, s, file, false, false);
   const kls = r.oldLogp.map((lp, b) => klPerToken(lp, r.refLogp[b], 'k1').reduce((a, x) => a + x, 0));
   return { reward: mean(r.scored.reward), kl: mean(kls), responseLength: mean(r.responses.map((x) => x.length)) };
 }
