@@ -212,8 +212,9 @@ export async function runDemo(opts: DemoOptions, hooks: Omit<RecipeHooks, 'prepa
       labelPairs.safety = mixed.length;
       writeFileAtomic(data('rm_helpfulness.jsonl'), jsonl(help));
       writeFileAtomic(data('rm_safety.jsonl'), jsonl(mixed));
-      // DPO learns from the same judgements: every helpfulness pair and every safety pair.
-      writeFileAtomic(data('dpo_pairs.jsonl'), jsonl([...help, ...safeOnly]));
+      // DPO has no reward models to combine, so its pairs are judged as the combination does: on
+      // helpfulness for a safe prompt, on safety for a harmful one (every labelled prompt once).
+      writeFileAtomic(data('dpo_pairs.jsonl'), jsonl(rows('overall', 0, prompts.length)));
       log(`demo: the labeler ranked ${size.labelSamples} SFT samples for each of ${prompts.length} prompts: ${help.length} helpfulness pairs, ${mixed.length} safety pairs (${mixed.length - safeOnly.length} of them helpfulness pairs)`);
     } else if (stage === 'rs' || stage === 'ppo' || stage === 'rest' || stage === 'grpo' || stage === 'rloo' || stage === 'hir') {
       // Prompt rows carry the world's answer: the verifiable reward of grpo and rloo checks against it.
