@@ -108,6 +108,21 @@ t.test('grpo: stopped by an abort after iteration 1, resumed: the same metrics a
   t.ok(bytes(path.join(cut, 'adapter_model.safetensors')).equals(bytes(path.join(straight, 'adapter_model.safetensors'))), 'adapter_model.safetensors: bit-identical');
 });
 
+for (const estimator of ['rloo', 'reinforce_pp'] as const)
+  t.test(`${estimator}: stopped after iteration 1 and resumed: the same metrics and a bit-identical adapter`, async (t) => {
+    const c = { ...cfg, estimator, beta: 0.05 };
+    const straight = path.join(tmp, `${estimator}-straight`), cut = path.join(tmp, `${estimator}-cut`);
+    const a = await runGrpo({ ...c, out: straight }, { ...quiet, reward: thirds() });
+    t.equal(a.steps, 3, 'three iterations');
+    const ac = new AbortController();
+    const b1 = await runGrpo({ ...c, out: cut }, { ...quiet, reward: thirds(), signal: ac.signal, onStep: (m) => m.step === 1 && ac.abort() });
+    t.equal(b1.steps, 1, 'stopped after iteration 1');
+    const b2 = await runGrpo({ ...c, out: cut, resume: true }, { ...quiet, reward: thirds() });
+    t.equal(b2.resumedFrom, 1, 'resumed from iteration 1');
+    t.same(metrics(cut), metrics(straight), 'metrics.jsonl equal line for line, timings aside');
+    t.ok(bytes(path.join(cut, 'adapter_model.safetensors')).equals(bytes(path.join(straight, 'adapter_model.safetensors'))), 'adapter_model.safetensors: bit-identical');
+  });
+
 t.test('grpo options: bad values are E_ARGUMENT naming the flag', async (t) => {
   const ok: GrpoConfig = { model: 'm', data: 'd', out: 'o' };
   const bad: [Partial<GrpoConfig>, RegExp][] = [

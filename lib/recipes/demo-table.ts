@@ -5,8 +5,15 @@
  * first in report.html.
  */
 import type { ComparisonTable } from '../run/report';
+import type { PolicyEvaluation } from '../demo/labeler';
 import type { DemoMethod } from './demo-methods';
-import type { DemoResult } from './demo';
+
+/** What the table shows of a demo run (DemoResult has it). */
+export interface DemoTableInput {
+  policies: readonly { policy: DemoMethod; eval: PolicyEvaluation; winVsSft: number; greedy: PolicyEvaluation; greedyWinVsSft: number }[];
+  stages: readonly { name: string; wall_s: number; tokens_per_sec: number | null }[];
+  rmAccuracy: { helpfulness: number | null; safety: number | null };
+}
 
 export const DEMO_TABLE_CAPTION =
   "Held-out prompts scored by the labeler (score = Llama 2's combination of helpfulness and safety; sampled at temperature 0.7, " +
@@ -14,7 +21,7 @@ export const DEMO_TABLE_CAPTION =
 
 const f3 = (x: number | null | undefined) => (x === null || x === undefined ? '-' : x.toFixed(3));
 
-export function demoComparison(r: Pick<DemoResult, 'policies' | 'stages' | 'rmAccuracy'>): ComparisonTable {
+export function demoComparison(r: DemoTableInput): ComparisonTable {
   const pol = new Map(r.policies.map((p) => [p.policy, p]));
   const rows: string[][] = r.stages.map((s) => {
     const p = pol.get(s.name as DemoMethod);

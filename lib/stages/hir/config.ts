@@ -211,7 +211,9 @@ export function resolveHirConfig(cfg: HirConfig, opts: { rewardSource?: boolean 
   const r = resolveOptions(HIR_OPTIONS, cfg) as ResolvedHirConfig;
   if (opts.rewardSource) arg(r.rewardModel === null && r.safetyModel === null, '--reward-model / --safety-model cannot be given together with a reward source (hooks.reward)');
   // A relabel module may decide alone; otherwise the checker is a reward source (reward models, a module, built-ins).
-  if (r.relabelModule === null || hasChecker(r, opts.rewardSource === true)) checkRewardOptions(r, opts.rewardSource === true);
+  const hook = opts.rewardSource === true;
+  arg(r.relabelModule !== null || hasChecker(r, hook), '--reward-model is required (or a --relabel-module, --reward-function or --reward-module, or a RewardSource as hooks.reward)');
+  if (hasChecker(r, hook)) checkRewardOptions(r, hook);
   if (r.relabelModule !== null) arg(/\.(c|m)?js$/.test(r.relabelModule), `--relabel-module ${r.relabelModule}: expected a .js, .mjs or .cjs file`);
   const outAbs = path.resolve(r.out);
   for (const [flag, dir] of [['--model', r.model], ['--adapter', r.adapter]] as const) arg(!dir || outAbs !== path.resolve(dir), `--out must differ from ${flag}`);
