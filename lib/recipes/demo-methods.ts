@@ -81,7 +81,8 @@ export function methodSections(methods: readonly DemoMethod[], size: MethodSizes
     rm_helpfulness: rm ? {} : skip,
     rm_safety: rm ? {} : skip,
     rs: on('rs') ? {} : skip,
-    ppo: on('ppo') ? {} : skip,
+    // From the SFT model (not rs's policy) a smaller step than the default demo's 5e-4 keeps the greedy answers improving too.
+    ppo: on('ppo') ? { lr: 2e-4 } : skip,
     dpo: on('dpo') ? { data: data('dpo_pairs.jsonl'), lr: 5e-4, epochs: size.dpoEpochs, batchSize: 16, beta: 0.1, ...cosine } : skip,
     grpo: on('grpo') ? group('grpo') : skip,
     rloo: on('rloo') ? group('rloo') : skip,
