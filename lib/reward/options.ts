@@ -12,6 +12,7 @@
  * summed with `rewardWeights` (one per source in that order, default 1).
  * docs/rewards.md states the rules.
  */
+import { RlhfError } from '../errors';
 import type { Model } from '../engine/model';
 import type { Device } from '../info';
 import { arg, checks, type OptionTable, type Resolved } from '../train/options';
@@ -153,4 +154,16 @@ export async function openRewardSource(cfg: RewardSourceConfig, model: Model | n
   }
   if (sources.length > 1 || weights.some((w) => w !== 1)) log(`${stage}: reward = ${sources.map((s, i) => `${s.weight} x ${rewardSourceLabels(cfg, opts.hook !== undefined)[i]}`).join(' + ')}`);
   return mixRewards(sources);
+}
+
+/** Every prompt plus `maxNewTokens` fits the reward source's context, when it has one (E_DATA naming file:line). */
+export function checkRewardContext(reward: RewardSource, files: readonly (readonly [string | null, readonly { ids: readonly number[]; line: number }[]])[], maxNewTokens: number): void {
+  if (reward.maxTokens === undefined) return;
+  for (const [file, rows] of files) {
+    const tooLong = rows.find((p) => p.ids.length + maxNewTokens > reward.maxTokens!);
+    if (tooLong)
+      throw new RlhfError('E_DATA', `${file}:${tooLong.line}: the prompt is ${tooLong.ids.length} tokens; with --max-new-tokens ${maxNewTokens} it exceeds the reward model's context (${reward.maxTokens})`, {
+        where: `${file}:${tooLong.line}`,
+      });
+  }
 }

@@ -32,7 +32,7 @@ import { arg } from '../../train/options';
 import { applyThreads } from '../../train/stage';
 import { runOnline, type OnlineMethod } from '../../train/online';
 import { isAdapterDir } from '../../model/peft';
-import { checkRewardData, openRewardSource } from '../../reward/options';
+import { checkRewardContext, checkRewardData, openRewardSource } from '../../reward/options';
 import { resolveGrpoConfig, type GrpoConfig, type GrpoEvalResult, type GrpoHooks, type GrpoResult, type GrpoStepMetrics } from './config';
 import { lossOptionsOf, minibatchGradients, type GrpoSample } from './loss';
 import { mean, sampleGroups, scoreGroups, scoreSamples, type GrpoBatch, type GrpoEnv, type ScoredGroups } from './rollout';
@@ -40,7 +40,8 @@ import { mean, sampleGroups, scoreGroups, scoreSamples, type GrpoBatch, type Grp
 export async function runGrpo(config: GrpoConfig, hooks: GrpoHooks = {}): Promise<GrpoResult> {
   const cfg = resolveGrpoConfig(config, { rewardSource: hooks.reward !== undefined });
   const log = hooks.log ?? (() => {});
-  const name = cfg.estimator === 'grpo' ? 'grpo' : cfg.estimator;
+  // Log lines and errors name the estimator (grpo, rloo, reinforce_pp).
+  const name = cfg.estimator;
   applyThreads(cfg.threads, log);
   checkOutFolder(cfg.out);
   if (cfg.adapter) {
@@ -89,15 +90,7 @@ export async function runGrpo(config: GrpoConfig, hooks: GrpoHooks = {}): Promis
     const trainer = model.trainer();
     const targets = cfg.loraTargets === 'all-linear' ? (mcfg.arch === 'gpt2' ? GPT2_LORA_TARGETS : LLAMA_LORA_TARGETS) : cfg.loraTargets;
     const reward = (ownedReward = await openRewardSource(cfg, model, log, { hook: hooks.reward, batchSize: cfg.forwardBatchSize, stage: name }));
-    if (reward.maxTokens !== undefined) {
-      for (const [file, rows] of [[cfg.data, prompts], [cfg.evalData, evalPrompts]] as const) {
-        const tooLong = rows.find((p) => p.ids.length + cfg.maxNewTokens > reward.maxTokens!);
-        if (tooLong)
-          throw new RlhfError('E_DATA', `${file}:${tooLong.line}: the prompt is ${tooLong.ids.length} tokens; with --max-new-tokens ${cfg.maxNewTokens} it exceeds the reward model's context (${reward.maxTokens})`, {
-            where: `${file}:${tooLong.line}`,
-          });
-      }
-    }
+    checkRewardContext(reward, [[cfg.data, prompts], [cfg.evalData, evalPrompts]], cfg.maxNewTokens);
     const policyParams = cfg.adapter
       ? trainer.loadLora(cfg.adapter, 'policy').parameters
       : trainer.createLora({ name: 'policy', r: cfg.loraR, alpha: cfg.loraAlpha, rslora: cfg.rslora, targets, seed: cfg.seed }).parameters;

@@ -36,7 +36,7 @@ import { applyThreads } from '../../train/stage';
 import { runOnline, type OnlineMethod } from '../../train/online';
 import { resolvePpoConfig, type PpoConfig, type PpoEvalResult, type PpoHooks, type PpoResult, type PpoStepMetrics } from './config';
 import { isAdapterDir, rewardModelHead } from './reward-source';
-import { checkRewardData, checkRewardOptions, openRewardSource } from '../../reward/options';
+import { checkRewardContext, checkRewardData, checkRewardOptions, openRewardSource } from '../../reward/options';
 import { evaluatePrompts, mean, sampleResponses, scoreResponses, toRollouts, type PpoSamples, type PpoScored, type RolloutEnv } from './rollout';
 import { ppoEpochs } from './update';
 
@@ -101,17 +101,7 @@ export async function runPpo(config: PpoConfig, hooks: PpoHooks = {}): Promise<P
 
     // Rewards (hooks.reward takes the reward models' place in scoring; a reward model given still starts the critic).
     const reward = (ownedReward = await openRewardSource(cfg, model, log, { hook: hooks.reward, batchSize: cfg.forwardBatchSize, stage: 'ppo' }));
-    if (reward.maxTokens !== undefined) {
-      for (const [file, rows] of [[cfg.data, prompts], [cfg.evalData, evalPrompts]] as const) {
-        const tooLong = rows.find((p) => p.ids.length + cfg.maxNewTokens > reward.maxTokens!);
-        if (tooLong)
-          throw new RlhfError(
-            'E_DATA',
-            `${file}:${tooLong.line}: the prompt is ${tooLong.ids.length} tokens; with --max-new-tokens ${cfg.maxNewTokens} it exceeds the reward model's context (${reward.maxTokens})`,
-            { where: `${file}:${tooLong.line}` },
-          );
-      }
-    }
+    checkRewardContext(reward, [[cfg.data, prompts], [cfg.evalData, evalPrompts]], cfg.maxNewTokens);
 
     // Critic: from --critic, else the reward model (its adapter, or a full model's score head), else a fresh head.
     let criticInit: PpoResult['criticInit'];
