@@ -38,6 +38,7 @@ inline constexpr bool sft_loss = true;
 inline constexpr bool pairwise_loss = true;
 inline constexpr bool ppo_loss = true;
 inline constexpr bool dpo_loss = true;
+inline constexpr bool kto_loss = true;
 inline constexpr bool row_dot = true;
 inline constexpr bool row_dot_backward = true;
 inline constexpr bool adamw = true;

@@ -1,5 +1,5 @@
-// Loss kernels (twin of native/cpu/loss.cc): SFT, pairwise reward-model, PPO
-// and DPO, and the per-row reductions that feed them (row_dot: one block per
+// Loss kernels (twin of native/cpu/loss.cc): SFT, pairwise reward-model, PPO,
+// the DPO family and KTO, and the per-row reductions that feed them (row_dot: one block per
 // row, fp64 sum; row_dot_backward: one thread per element). Each loss is ONE
 // kernel launch of one block that computes the loss, the
 // gradients (times grad_scale) and the statistics together: the masked means
@@ -164,32 +164,84 @@ __global__ void __launch_bounds__(kThreads) ppo_loss_kernel(PpoLossOp op) {
 }
 
 __global__ void __launch_bounds__(kThreads) dpo_loss_kernel(DpoLossOp op) {
-  __shared__ double sh[32 * 4];
+  __shared__ double sh[32 * 6];
   const double inv_b = op.b > 0 ? 1.0 / static_cast<double>(op.b) : 0.0;
   const float g = static_cast<float>(op.grad_scale * inv_b);
-  const double beta = op.beta;
-  double acc[4] = {0, 0, 0, 0};  // loss, correct, chosen reward, rejected reward
+  const bool orpo = op.loss_type == PrefLoss::kOrpo;
+  // ORPO's NLL divisor (the batch's chosen completion tokens) first: every
+  // thread has it after the block sum.
+  double tokens[1] = {0};
+  if (orpo)
+    for (int64_t i = threadIdx.x; i < op.b; i += blockDim.x) tokens[0] += op.len_chosen[i];
+  block_sum_n<1>(tokens, sh);
+  const double chosen_tokens = tokens[0] > 0 ? tokens[0] : 1.0;
+  const float g_nll = orpo ? static_cast<float>(-op.grad_scale / chosen_tokens) : 0.f;
+  // loss, correct, chosen reward, rejected reward, chosen sums, log odds
+  double acc[6] = {0, 0, 0, 0, 0, 0};
   for (int64_t i = threadIdx.x; i < op.b; i += blockDim.x) {
+    const float lc = op.len_chosen ? op.len_chosen[i] : 1.f, lr = op.len_rejected ? op.len_rejected[i] : 1.f;
     const float pc = op.policy_chosen[i], pr = op.policy_rejected[i];
-    const float rc = op.ref_chosen[i], rr = op.ref_rejected[i];
-    const float h = (pc - rc) - (pr - rr);
-    const math::LossTerm t = math::dpo_term(h, op.beta, op.label_smoothing);
-    const double cr = beta * (static_cast<double>(pc) - rc), rj = beta * (static_cast<double>(pr) - rr);
-    acc[0] += t.loss;
+    const float sc = (op.ref_chosen ? pc - op.ref_chosen[i] : pc) / lc;
+    const float sr = (op.ref_rejected ? pr - op.ref_rejected[i] : pr) / lr;
+    float dc, dr;
+    if (orpo) {
+      const math::OrpoTerm t = math::pref_orpo_term(sc, sr, op.beta);
+      acc[0] += t.loss, acc[4] += pc, acc[5] += t.log_odds;
+      dc = t.dchosen, dr = t.drejected;
+    } else {
+      const math::LossTerm t = math::pref_term(op.loss_type, sc - sr, op.beta, op.label_smoothing, op.gamma);
+      acc[0] += t.loss;
+      dc = t.grad, dr = -t.grad;
+    }
+    const double cr = static_cast<double>(op.beta) * sc, rj = static_cast<double>(op.beta) * sr;
     acc[1] += cr > rj ? 1.0 : 0.0;
     acc[2] += cr;
     acc[3] += rj;
-    if (op.dpolicy_chosen) op.dpolicy_chosen[i] = t.grad * g;
-    if (op.dpolicy_rejected) op.dpolicy_rejected[i] = -t.grad * g;
+    if (op.dpolicy_chosen) op.dpolicy_chosen[i] = dc / lc * g + g_nll;
+    if (op.dpolicy_rejected) op.dpolicy_rejected[i] = dr / lr * g;
   }
-  block_sum_n<4>(acc, sh);
+  block_sum_n<6>(acc, sh);
   if (threadIdx.x == 0) {
-    op.loss[0] = static_cast<float>(acc[0] * inv_b);
+    const double nll = orpo ? -acc[4] / chosen_tokens : 0.0;
+    op.loss[0] = static_cast<float>(acc[0] * inv_b + nll);
     if (op.stats) {
       op.stats[DpoLossOp::kAccuracy] = static_cast<float>(acc[1] * inv_b);
       op.stats[DpoLossOp::kChosenReward] = static_cast<float>(acc[2] * inv_b);
       op.stats[DpoLossOp::kRejectedReward] = static_cast<float>(acc[3] * inv_b);
       op.stats[DpoLossOp::kMargin] = static_cast<float>((acc[2] - acc[3]) * inv_b);
+      op.stats[DpoLossOp::kNll] = static_cast<float>(nll);
+      op.stats[DpoLossOp::kLogOdds] = static_cast<float>(acc[5] * inv_b);
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) kto_loss_kernel(KtoLossOp op) {
+  __shared__ double sh[32 * 7];
+  const double inv_b = op.b > 0 ? 1.0 / static_cast<double>(op.b) : 0.0;
+  const float g = static_cast<float>(op.grad_scale * inv_b);
+  // loss, chosen / rejected reward, chosen / rejected logps, chosen / rejected count
+  double acc[7] = {0, 0, 0, 0, 0, 0, 0};
+  for (int64_t i = threadIdx.x; i < op.b; i += blockDim.x) {
+    const bool want = op.desirable[i] != 0.f;
+    const float r = op.policy[i] - op.ref[i];
+    const math::LossTerm t = math::kto_term(r, want, op.kl, op.beta, want ? op.desirable_weight : op.undesirable_weight);
+    acc[0] += t.loss;
+    acc[want ? 1 : 2] += static_cast<double>(op.beta) * r;
+    acc[want ? 3 : 4] += op.policy[i];
+    acc[want ? 5 : 6] += 1.0;
+    if (op.dpolicy) op.dpolicy[i] = t.grad * g;
+  }
+  block_sum_n<7>(acc, sh);
+  if (threadIdx.x == 0) {
+    op.loss[0] = static_cast<float>(acc[0] * inv_b);
+    if (op.stats) {
+      const double nc = acc[5] > 0 ? acc[5] : 1.0, nr = acc[6] > 0 ? acc[6] : 1.0;
+      op.stats[KtoLossOp::kChosenReward] = static_cast<float>(acc[1] / nc);
+      op.stats[KtoLossOp::kRejectedReward] = static_cast<float>(acc[2] / nr);
+      op.stats[KtoLossOp::kChosenLogps] = static_cast<float>(acc[3] / nc);
+      op.stats[KtoLossOp::kRejectedLogps] = static_cast<float>(acc[4] / nr);
+      op.stats[KtoLossOp::kChosenCount] = static_cast<float>(acc[5]);
+      op.stats[KtoLossOp::kRejectedCount] = static_cast<float>(acc[6]);
     }
   }
 }
@@ -248,6 +300,11 @@ void CudaBackend::ppo_loss(const PpoLossOp& op) {
 }
 void CudaBackend::dpo_loss(const DpoLossOp& op) {
   dpo_loss_kernel<<<1, kThreads, 0, stream_of(*this)>>>(op);
+  RLHF_CUDA_LAUNCHED();
+}
+
+void CudaBackend::kto_loss(const KtoLossOp& op) {
+  kto_loss_kernel<<<1, kThreads, 0, stream_of(*this)>>>(op);
   RLHF_CUDA_LAUNCHED();
 }
 

@@ -174,11 +174,32 @@ export type NativeLossRequest =
       kind: 'dpo';
       /** Each row's completion tokens, flat [batch, seq-1] (see spanMask). */
       mask: Float32Array;
-      /** Reference sequence log-prob sums, one per pair. */
-      refChosen: Float32Array;
-      refRejected: Float32Array;
+      /** Reference sequence log-prob sums, one per pair; absent for the reference-free losses (simpo, orpo). */
+      refChosen?: Float32Array;
+      refRejected?: Float32Array;
       beta: number;
+      /** The loss of the family (docs/losses.md); default 'sigmoid'. */
+      lossType?: PrefLossType;
       labelSmoothing?: number;
+      /** SimPO's target reward margin. */
+      gamma?: number;
+      /** Per-token scores (each row's sums over its completion length) for any loss; ipo, simpo and orpo always use them. */
+      lengthNormalize?: boolean;
+      gradScale?: number;
+    }
+  | {
+      kind: 'kto';
+      /** Each row's completion tokens, flat [batch, seq-1]. */
+      mask: Float32Array;
+      /** The reference's sequence log-prob sums, one per row. */
+      refLogps: Float32Array;
+      /** 1 for a desirable row, 0 for an undesirable one. */
+      desirable: Float32Array;
+      /** The KL reference point (>= 0), held constant. */
+      kl: number;
+      beta: number;
+      desirableWeight?: number;
+      undesirableWeight?: number;
       gradScale?: number;
     }
   | {
@@ -229,7 +250,11 @@ export type NativeEvalLossRequest =
   | { kind: 'sft'; mask: Float32Array; denom?: number; labelSmoothing?: number }
   | { kind: 'pairwise'; last?: Int32Array; margin?: Float32Array }
   | Omit<Extract<NativeLossRequest, { kind: 'dpo' }>, 'gradScale'>
+  | Omit<Extract<NativeLossRequest, { kind: 'kto' }>, 'gradScale'>
   | { kind: 'sequenceLogps'; mask: Float32Array };
+
+/** The preference losses of the dpo_loss op (ops/op_args.h DpoLossOp). */
+export type PrefLossType = 'sigmoid' | 'robust' | 'hinge' | 'ipo' | 'simpo' | 'orpo';
 
 export interface NativeForwardResult {
   logp?: Float32Array;

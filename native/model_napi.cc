@@ -608,6 +608,23 @@ void parse_objective(const Napi::Object& o, model::ObjectiveRequest& r) {
   r.ref_chosen = opt_f32(o, "refChosen");
   r.ref_rejected = opt_f32(o, "refRejected");
   r.beta = static_cast<float>(num(o, "beta", 0.1));
+  r.gamma = static_cast<float>(num(o, "gamma", 0));
+  Napi::Value lt = o.Get("lossType");
+  const std::string type = lt.IsUndefined() || lt.IsNull() ? "sigmoid" : lt.ToString().Utf8Value();
+  if (type == "sigmoid") r.pref_loss = PrefLoss::kSigmoid;
+  else if (type == "robust") r.pref_loss = PrefLoss::kRobust;
+  else if (type == "hinge") r.pref_loss = PrefLoss::kHinge;
+  else if (type == "ipo") r.pref_loss = PrefLoss::kIpo;
+  else if (type == "simpo") r.pref_loss = PrefLoss::kSimpo;
+  else if (type == "orpo") r.pref_loss = PrefLoss::kOrpo;
+  else throw Error(code::kArgument, "loss: 'lossType' must be sigmoid, robust, hinge, ipo, simpo or orpo, got '" + type + "'");
+  Napi::Value ln = o.Get("lengthNormalize");
+  r.length_normalize = ln.IsBoolean() && ln.As<Napi::Boolean>().Value();
+  r.ref_rows = opt_f32(o, "refLogps");
+  r.desirable = opt_f32(o, "desirable");
+  r.kl = static_cast<float>(num(o, "kl", 0));
+  r.desirable_weight = static_cast<float>(num(o, "desirableWeight", 1));
+  r.undesirable_weight = static_cast<float>(num(o, "undesirableWeight", 1));
   Napi::Value ls = o.Get("labelSmoothing");
   r.has_label_smoothing = !ls.IsUndefined() && !ls.IsNull();
   r.label_smoothing = static_cast<float>(num(o, "labelSmoothing", 0));
@@ -624,8 +641,9 @@ Napi::Value Model::Loss(const Napi::CallbackInfo& info) {
     if (kind == "sft") r.kind = model::ObjectiveKind::kSft;
     else if (kind == "pairwise") r.kind = model::ObjectiveKind::kPairwise;
     else if (kind == "dpo") r.kind = model::ObjectiveKind::kDpo;
+    else if (kind == "kto") r.kind = model::ObjectiveKind::kKto;
     else if (kind == "ppo") r.kind = model::ObjectiveKind::kPpo;
-    else throw Error(code::kArgument, "loss: 'kind' must be 'sft', 'pairwise', 'dpo' or 'ppo', got '" + kind + "'");
+    else throw Error(code::kArgument, "loss: 'kind' must be 'sft', 'pairwise', 'dpo', 'kto' or 'ppo', got '" + kind + "'");
     r.grad_scale = static_cast<float>(num(o, "gradScale", 1));
     parse_objective(o, r);
     r.old_logp = opt_f32(o, "oldLogp");
@@ -674,8 +692,9 @@ Napi::Value Model::EvalLoss(const Napi::CallbackInfo& info) {
     if (kind == "sft") r.kind = model::ObjectiveKind::kSft;
     else if (kind == "pairwise") r.kind = model::ObjectiveKind::kPairwise;
     else if (kind == "dpo") r.kind = model::ObjectiveKind::kDpo;
+    else if (kind == "kto") r.kind = model::ObjectiveKind::kKto;
     else if (kind == "sequenceLogps") r.kind = model::ObjectiveKind::kSequenceLogps;
-    else throw Error(code::kArgument, "evalLoss: 'kind' must be 'sft', 'pairwise', 'dpo' or 'sequenceLogps', got '" + kind + "'");
+    else throw Error(code::kArgument, "evalLoss: 'kind' must be 'sft', 'pairwise', 'dpo', 'kto' or 'sequenceLogps', got '" + kind + "'");
     parse_objective(o, r);
     return queue(
         info.Env(), std::move(b), [](LossBaton& b) { b.out = model::run_objective(*b.model->transformer, b.req); },

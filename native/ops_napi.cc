@@ -300,13 +300,30 @@ const std::unordered_map<std::string, Runner>& runners() {
        [](Backend& be, const Fields& f) {
          DpoLossOp op;
          const int64_t b = op.b = f.i("b");
+         const int32_t type = static_cast<int32_t>(f.d("lossType", 0));  // PrefLoss's order
+         if (type < 0 || type > static_cast<int32_t>(PrefLoss::kOrpo)) throw Error(code::kArgument, "dpo_loss: 'lossType' must be 0..5 (sigmoid robust hinge ipo simpo orpo)");
+         op.loss_type = static_cast<PrefLoss>(type);
          op.policy_chosen = f32n(f, "policyChosen", b), op.policy_rejected = f32n(f, "policyRejected", b);
-         op.ref_chosen = f32n(f, "refChosen", b), op.ref_rejected = f32n(f, "refRejected", b);
+         op.ref_chosen = f32n(f, "refChosen", b, true), op.ref_rejected = f32n(f, "refRejected", b, true);
+         op.len_chosen = f32n(f, "lenChosen", b, true), op.len_rejected = f32n(f, "lenRejected", b, true);
+         if (op.loss_type == PrefLoss::kOrpo && !op.len_chosen) throw Error(code::kArgument, "dpo_loss: ORPO needs 'lenChosen'");
+         op.gamma = static_cast<float>(f.d("gamma", 0));
          op.beta = static_cast<float>(f.d("beta", 0.1)), op.label_smoothing = static_cast<float>(f.d("labelSmoothing", 0));
          op.grad_scale = static_cast<float>(f.d("gradScale", 1)), op.loss = f32n(f, "loss", 1);
          op.dpolicy_chosen = f32n(f, "dpolicyChosen", b, true), op.dpolicy_rejected = f32n(f, "dpolicyRejected", b, true);
          op.stats = f32n(f, "stats", DpoLossOp::kStatCount, true);
          be.dpo_loss(op);
+       }},
+      {"kto_loss",
+       [](Backend& be, const Fields& f) {
+         KtoLossOp op;
+         const int64_t b = op.b = f.i("b");
+         op.policy = f32n(f, "policy", b), op.ref = f32n(f, "ref", b), op.desirable = f32n(f, "desirable", b);
+         op.kl = static_cast<float>(f.d("kl", 0)), op.beta = static_cast<float>(f.d("beta", 0.1));
+         op.desirable_weight = static_cast<float>(f.d("desirableWeight", 1)), op.undesirable_weight = static_cast<float>(f.d("undesirableWeight", 1));
+         op.grad_scale = static_cast<float>(f.d("gradScale", 1)), op.loss = f32n(f, "loss", 1);
+         op.dpolicy = f32n(f, "dpolicy", b, true), op.stats = f32n(f, "stats", KtoLossOp::kStatCount, true);
+         be.kto_loss(op);
        }},
       {"row_dot",
        [](Backend& be, const Fields& f) {

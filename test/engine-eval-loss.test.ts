@@ -201,7 +201,7 @@ function hostSums(logp: Float32Array, seq: number, spans: [number, number][]): F
 }
 
 function hostDpo(sums: Float32Array, refChosen: Float32Array, refRejected: Float32Array, beta: number, labelSmoothing: number) {
-  const loss = new Float32Array(1), stats = new Float32Array(4);
+  const loss = new Float32Array(1), stats = new Float32Array(6);
   native().runOp('dpo_loss', { b: P, policyChosen: sums.subarray(0, P), policyRejected: sums.subarray(P), refChosen, refRejected, beta, labelSmoothing, loss, stats });
   const mean = (a: Float32Array) => a.reduce((x, y) => x + y, 0) / P;
   return { loss: loss[0], accuracy: stats[0], rewardsChosen: stats[1], rewardsRejected: stats[2], margin: stats[3], logpsChosen: mean(sums.subarray(0, P)), logpsRejected: mean(sums.subarray(P)), pairs: P };
@@ -374,8 +374,8 @@ t.test('the evaluation calls refuse what they cannot do', async (t) => {
   t.equal((await m.sequenceLogps({ mask: odd.mask })).length, 3, 'sequenceLogps needs no pairs');
   // The native kinds of each call.
   const handle = (m as unknown as { handle: { evalLoss(r: object): Promise<unknown>; loss(r: object): Promise<unknown> } }).handle;
-  await t.rejects(async () => handle.evalLoss({ kind: 'ppo', mask }), { message: /'kind' must be 'sft', 'pairwise', 'dpo' or 'sequenceLogps'/ }, 'no evaluation mode of PPO');
-  await t.rejects(async () => handle.loss({ kind: 'sequenceLogps', mask }), { message: /'kind' must be 'sft', 'pairwise', 'dpo' or 'ppo'/ }, 'sequenceLogps is an evaluation call');
+  await t.rejects(async () => handle.evalLoss({ kind: 'ppo', mask }), { message: /'kind' must be 'sft', 'pairwise', 'dpo', 'kto' or 'sequenceLogps'/ }, 'no evaluation mode of PPO');
+  await t.rejects(async () => handle.loss({ kind: 'sequenceLogps', mask }), { message: /'kind' must be 'sft', 'pairwise', 'dpo', 'kto' or 'ppo'/ }, 'sequenceLogps is an evaluation call');
   // The inference forward takes no gradient.
   await t.rejects(m.forward({ inputIds: b.inputIds, lmGrad: new Float32Array(PAIRS.length * (b.seq - 1)) }), { code: 'E_ARGUMENT', message: /training forward only/ });
   m.dispose();

@@ -21,7 +21,7 @@
 //   sft:      [tokens, nll_sum]
 //   pairwise: [accuracy, margin_mean, chosen_mean, rejected_mean]
 //   ppo:      [pg_loss, vf_loss, kl, entropy, approx_kl, clipfrac, vf_clipfrac, ratio_mean, tokens]
-//   dpo:      [accuracy, chosen_reward, rejected_reward, margin]
+//   dpo:      [accuracy, chosen_reward, rejected_reward, margin, nll, log_odds]
 //
 // row_dot (out[r] = sum_c w[r,c] x[r,c], fp64 sum rounded once) is checked to
 // one fp32 rounding of the float64 sum plus 2^-52 of the magnitudes;
@@ -511,7 +511,7 @@ function dpoRef(pc: ArrayLike<number>, pr: ArrayLike<number>, rc: ArrayLike<numb
     rj += r;
   }
   const inv = b > 0 ? 1 / b : 0;
-  return { loss: loss * inv, mag: mag * inv, dh, hmag, stats: [acc * inv, cr * inv, rj * inv, (cr - rj) * inv] };
+  return { loss: loss * inv, mag: mag * inv, dh, hmag, stats: [acc * inv, cr * inv, rj * inv, (cr - rj) * inv, 0, 0] };
 }
 
 function dpoCase(t: Test, b: number, beta: number, ls: number, gradScale: number, fd: boolean, seed: number) {
@@ -526,14 +526,14 @@ function dpoCase(t: Test, b: number, beta: number, ls: number, gradScale: number
   const B = f32(beta), LS = f32(ls), gs = f32(gradScale);
   const ref = dpoRef(pc, pr, rc, rr, B, LS);
   const out = runAll(t, (isa) => {
-    const loss = new Float32Array(1), dpolicyChosen = new Float32Array(b), dpolicyRejected = new Float32Array(b), stats = new Float32Array(4);
+    const loss = new Float32Array(1), dpolicyChosen = new Float32Array(b), dpolicyRejected = new Float32Array(b), stats = new Float32Array(6);
     op('dpo_loss', { b, policyChosen: pc, policyRejected: pr, refChosen: rc, refRejected: rr, beta, labelSmoothing: ls, gradScale, loss, dpolicyChosen, dpolicyRejected, stats }, isa);
     return { loss, dpolicyChosen, dpolicyRejected, stats };
   });
   expectClose(t, out.loss, [ref.loss], 16 * EPS32 * ref.mag, 'loss');
   let sc = 0, sr = 0;
   for (let i = 0; i < b; ++i) (sc += Math.abs(B * (pc[i] - rc[i]))), (sr += Math.abs(B * (pr[i] - rr[i])));
-  expectClose(t, out.stats, ref.stats, [EPS32, (4 * EPS32 * sc) / b, (4 * EPS32 * sr) / b, (4 * EPS32 * (sc + sr)) / b], 'stats [accuracy, chosen reward, rejected reward, margin]');
+  expectClose(t, out.stats, ref.stats, [EPS32, (4 * EPS32 * sc) / b, (4 * EPS32 * sr) / b, (4 * EPS32 * (sc + sr)) / b, 0, 0], 'stats [accuracy, chosen reward, rejected reward, margin, nll 0, log odds 0]');
   t.ok(ref.stats[0] > 0 && ref.stats[0] < 1, `accuracy ${ref.stats[0].toFixed(3)} neither 0 nor 1`);
   const dc = ref.dh.map((v) => (v * gs) / b), dr = dc.map((v) => -v);
   const tol = ref.dh.map((v, i) => (16 * EPS32 * (Math.abs(v) + Math.abs(B) * ref.hmag[i]) * Math.abs(gs)) / b);
@@ -552,14 +552,14 @@ t.test('dpo_loss: sigmoid loss with label smoothing, gradients, reward statistic
   await t.test('b=30000 (many chunks)', async (t) => dpoCase(t, 30000, 0.1, 0.05, 1, false, 34));
   await t.test('a worked example', async (t) => {
     // h = (-10 - -11) - (-12 - -11.5) = 1.5; beta 0.2: loss = -log sigmoid(0.3)
-    const loss = new Float32Array(1), dpolicyChosen = new Float32Array(1), dpolicyRejected = new Float32Array(1), stats = new Float32Array(4);
+    const loss = new Float32Array(1), dpolicyChosen = new Float32Array(1), dpolicyRejected = new Float32Array(1), stats = new Float32Array(6);
     for (const isa of KERNELS)
       op('dpo_loss', { b: 1, policyChosen: new Float32Array([-10]), policyRejected: new Float32Array([-12]), refChosen: new Float32Array([-11]), refRejected: new Float32Array([-11.5]), beta: 0.2, loss, dpolicyChosen, dpolicyRejected, stats }, isa);
     const B = f32(0.2);
     expectClose(t, loss, [-logSigmoid(B * 1.5)], 1e-6, 'loss');
     expectClose(t, dpolicyChosen, [-B * sigmoid(-B * 1.5)], 1e-7, 'dpolicy_chosen');
     expectClose(t, dpolicyRejected, [B * sigmoid(-B * 1.5)], 1e-7, 'dpolicy_rejected');
-    expectClose(t, stats, [1, B, -0.5 * B, 1.5 * B], 1e-7, 'accuracy, rewards, margin');
+    expectClose(t, stats, [1, B, -0.5 * B, 1.5 * B, 0, 0], 1e-7, 'accuracy, rewards, margin');
   });
 });
 

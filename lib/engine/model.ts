@@ -15,11 +15,14 @@ import { Trainer } from './train';
 import { runForward, type ForwardInput, type ForwardOutput } from './forward';
 import {
   dpoEvaluation,
+  ktoEvaluation,
   pairwiseEvaluation,
   sequenceLogpsEvaluation,
   sftEvaluation,
   type DpoEvalInput,
   type DpoLossStats,
+  type KtoEvalInput,
+  type KtoLossStats,
   type PairwiseEvalInput,
   type PairwiseLossStats,
   type SequenceLogpsInput,
@@ -187,6 +190,11 @@ export class Model {
   /** DPO's loss and implicit-reward statistics over the last forward's logp (chosen rows, then rejected rows). */
   dpoLoss(input: DpoEvalInput): Promise<DpoLossStats> {
     return dpoEvaluation(this.live(), input);
+  }
+
+  /** KTO's loss and statistics over the last forward's logp (one row per example). */
+  ktoLoss(input: KtoEvalInput): Promise<KtoLossStats> {
+    return ktoEvaluation(this.live(), input);
   }
 
   /** Each row's sum of the last forward's logp over `mask` (flat [batch, seq-1]): a Float32Array [batch]. */

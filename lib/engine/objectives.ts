@@ -99,11 +99,11 @@ export interface PairwiseLossStats {
 }
 
 export interface DpoLossStats {
-  /** mean over pairs of the (label-smoothed) sigmoid DPO loss. */
+  /** mean over pairs of the family's loss (ORPO: plus the chosen completions' NLL). */
   loss: number;
   /** fraction of pairs whose chosen implicit reward beats the rejected one. */
   accuracy: number;
-  /** mean beta * (policy - reference) sequence log-prob of the chosen rows. */
+  /** mean beta * score of the chosen rows: (policy - reference) sequence log-prob, per token where the loss uses per-token scores. */
   rewardsChosen: number;
   rewardsRejected: number;
   /** rewardsChosen - rewardsRejected. */
@@ -112,6 +112,24 @@ export interface DpoLossStats {
   logpsChosen: number;
   logpsRejected: number;
   pairs: number;
+  /** ORPO only: the chosen completions' NLL (token mean) and the mean log odds ratio. */
+  nll?: number;
+  logOdds?: number;
+}
+
+export interface KtoLossStats {
+  /** mean over rows of the weighted KTO loss. */
+  loss: number;
+  /** mean beta * (policy - reference) sequence log-prob over the desirable / undesirable rows. */
+  rewardsChosen: number;
+  rewardsRejected: number;
+  /** mean policy sequence log-prob over the desirable / undesirable rows. */
+  logpsChosen: number;
+  logpsRejected: number;
+  /** desirable and undesirable rows. */
+  chosen: number;
+  rejected: number;
+  kl: number;
 }
 
 export interface PpoLossStats {
@@ -172,6 +190,9 @@ export interface PairwiseLossInput {
 /** The DPO loss call's inputs (documented with the native request, lib/native.ts). */
 export type DpoLossInput = Omit<Extract<NativeLossRequest, { kind: 'dpo' }>, 'kind'>;
 
+/** The KTO loss call's inputs (documented with the native request, lib/native.ts). */
+export type KtoLossInput = Omit<Extract<NativeLossRequest, { kind: 'kto' }>, 'kind'>;
+
 /** The PPO loss call's inputs (documented with the native request, lib/native.ts). */
 export type PpoLossInput = Omit<Extract<NativeLossRequest, { kind: 'ppo' }>, 'kind'>;
 
@@ -186,6 +207,7 @@ export interface SftEvalInput {
 }
 export type PairwiseEvalInput = Omit<PairwiseLossInput, 'gradScale'>;
 export type DpoEvalInput = Omit<DpoLossInput, 'gradScale'>;
+export type KtoEvalInput = Omit<KtoLossInput, 'gradScale'>;
 export interface SequenceLogpsInput {
   /** Each row's completion tokens, flat [batch, seq-1] (see spanMask). */
   mask: Float32Array;
@@ -243,6 +265,37 @@ const dpoStats = (r: Record<string, number>): DpoLossStats => ({
   logpsChosen: r.logpsChosen,
   logpsRejected: r.logpsRejected,
   pairs: r.pairs,
+  ...(r.nll !== undefined ? { nll: r.nll, logOdds: r.logOdds } : {}),
+});
+const ktoStats = (r: Record<string, number>): KtoLossStats => ({
+  loss: r.loss,
+  rewardsChosen: r.rewardsChosen,
+  rewardsRejected: r.rewardsRejected,
+  logpsChosen: r.logpsChosen,
+  logpsRejected: r.logpsRejected,
+  chosen: r.chosen,
+  rejected: r.rejected,
+  kl: r.kl,
+});
+/** The dpo request's fields beside kind (training and evaluation alike). */
+const dpoFields = (x: DpoEvalInput) => ({
+  mask: x.mask,
+  ...opt('refChosen', x.refChosen),
+  ...opt('refRejected', x.refRejected),
+  beta: x.beta,
+  ...opt('lossType', x.lossType),
+  ...opt('labelSmoothing', x.labelSmoothing),
+  ...opt('gamma', x.gamma),
+  ...(x.lengthNormalize ? { lengthNormalize: true } : {}),
+});
+const ktoFields = (x: KtoEvalInput) => ({
+  mask: x.mask,
+  refLogps: x.refLogps,
+  desirable: x.desirable,
+  kl: x.kl,
+  beta: x.beta,
+  ...opt('desirableWeight', x.desirableWeight),
+  ...opt('undesirableWeight', x.undesirableWeight),
 });
 const int32 = (x: Int32Array | readonly number[] | undefined) => (x === undefined ? undefined : x instanceof Int32Array ? x : Int32Array.from(x));
 
@@ -264,16 +317,11 @@ export async function pairwiseObjective(handle: NativeModel, x: PairwiseLossInpu
 }
 
 export async function dpoObjective(handle: NativeModel, x: DpoLossInput): Promise<DpoLossStats> {
-  const r = await run(handle, {
-    kind: 'dpo',
-    mask: x.mask,
-    refChosen: x.refChosen,
-    refRejected: x.refRejected,
-    beta: x.beta,
-    ...opt('labelSmoothing', x.labelSmoothing),
-    ...opt('gradScale', x.gradScale),
-  });
-  return dpoStats(r);
+  return dpoStats(await run(handle, { kind: 'dpo', ...dpoFields(x), ...opt('gradScale', x.gradScale) }));
+}
+
+export async function ktoObjective(handle: NativeModel, x: KtoLossInput): Promise<KtoLossStats> {
+  return ktoStats(await run(handle, { kind: 'kto', ...ktoFields(x), ...opt('gradScale', x.gradScale) }));
 }
 
 export async function ppoObjective(handle: NativeModel, x: PpoLossInput): Promise<PpoLossStats> {
@@ -332,9 +380,12 @@ export async function pairwiseEvaluation(handle: NativeModel, x: PairwiseEvalInp
 
 /** DPO over the last inference forward's logp (chosen rows, then rejected rows) against reference sums. */
 export async function dpoEvaluation(handle: NativeModel, x: DpoEvalInput): Promise<DpoLossStats> {
-  return dpoStats(
-    await runEval(handle, { kind: 'dpo', mask: x.mask, refChosen: x.refChosen, refRejected: x.refRejected, beta: x.beta, ...opt('labelSmoothing', x.labelSmoothing) }),
-  );
+  return dpoStats(await runEval(handle, { kind: 'dpo', ...dpoFields(x) }));
+}
+
+/** KTO over the last inference forward's logp (one row per example). */
+export async function ktoEvaluation(handle: NativeModel, x: KtoEvalInput): Promise<KtoLossStats> {
+  return ktoStats(await runEval(handle, { kind: 'kto', ...ktoFields(x) }));
 }
 
 /** Per-row sums of the last inference forward's logp over `mask` (row_dot on the device), one per row of the forward. */

@@ -16,11 +16,14 @@ import { readAdapterConfig, savedLoraTensors, writeAdapterConfig } from '../mode
 import { runForward, type ForwardInput, type ForwardOutput } from './forward';
 import {
   dpoObjective,
+  ktoObjective,
   pairwiseObjective,
   ppoObjective,
   sftObjective,
   type DpoLossInput,
   type DpoLossStats,
+  type KtoLossInput,
+  type KtoLossStats,
   type PairwiseLossInput,
   type PairwiseLossStats,
   type PpoLossInput,
@@ -159,6 +162,11 @@ export class Trainer {
   /** DPO over the last training forward's logp (chosen rows, then rejected rows) against reference sums. */
   dpoLoss(input: DpoLossInput): Promise<DpoLossStats> {
     return dpoObjective(this.handle, input);
+  }
+
+  /** KTO over the last training forward's logp (one row per example) against reference sums and a KL reference point. */
+  ktoLoss(input: KtoLossInput): Promise<KtoLossStats> {
+    return ktoObjective(this.handle, input);
   }
 
   /** PPO's clipped surrogate / clipped value loss / KL / entropy over the last training forward's logp and/or values. */

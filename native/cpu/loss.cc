@@ -198,31 +198,79 @@ void CpuBackend::dpo_loss(const DpoLossOp& op) {
   const int64_t b = op.b;
   const double inv_b = b > 0 ? 1.0 / static_cast<double>(b) : 0.0;
   const float g = static_cast<float>(op.grad_scale * inv_b);
-  const double beta = op.beta;
-  // acc: [0] loss, [1] correct, [2] chosen reward, [3] rejected reward
-  const auto s = chunked_sum<4>(pool_, b, [&](int64_t lo, int64_t hi, std::array<double, 4>& acc) {
+  const bool orpo = op.loss_type == PrefLoss::kOrpo;
+  // ORPO's NLL is a token mean over the batch's chosen completions: its
+  // divisor is needed before any gradient is written.
+  double chosen_tokens = 0;
+  if (orpo)
+    for (int64_t i = 0; i < b; ++i) chosen_tokens += op.len_chosen[i];
+  const float g_nll = orpo ? static_cast<float>(-op.grad_scale / (chosen_tokens > 0 ? chosen_tokens : 1.0)) : 0.f;
+  // acc: [0] per-pair loss, [1] correct, [2] chosen reward, [3] rejected
+  // reward, [4] chosen policy sums (ORPO's NLL), [5] log odds
+  const auto s = chunked_sum<6>(pool_, b, [&](int64_t lo, int64_t hi, std::array<double, 6>& acc) {
     for (int64_t i = lo; i < hi; ++i) {
+      const float lc = op.len_chosen ? op.len_chosen[i] : 1.f, lr = op.len_rejected ? op.len_rejected[i] : 1.f;
       const float pc = op.policy_chosen[i], pr = op.policy_rejected[i];
-      const float rc = op.ref_chosen[i], rr = op.ref_rejected[i];
       // Policy minus reference first: the two are close, so these
       // differences are exact or nearly so in fp32.
-      const float h = (pc - rc) - (pr - rr);
-      const math::LossTerm t = math::dpo_term(h, op.beta, op.label_smoothing);
-      const double cr = beta * (static_cast<double>(pc) - rc), rj = beta * (static_cast<double>(pr) - rr);
-      acc[0] += t.loss;
+      const float sc = (op.ref_chosen ? pc - op.ref_chosen[i] : pc) / lc;
+      const float sr = (op.ref_rejected ? pr - op.ref_rejected[i] : pr) / lr;
+      float dc, dr;  // d pair loss / d s_c, d s_r
+      if (orpo) {
+        const math::OrpoTerm t = math::pref_orpo_term(sc, sr, op.beta);
+        acc[0] += t.loss, acc[4] += pc, acc[5] += t.log_odds;
+        dc = t.dchosen, dr = t.drejected;
+      } else {
+        const math::LossTerm t = math::pref_term(op.loss_type, sc - sr, op.beta, op.label_smoothing, op.gamma);
+        acc[0] += t.loss;
+        dc = t.grad, dr = -t.grad;
+      }
+      const double cr = static_cast<double>(op.beta) * sc, rj = static_cast<double>(op.beta) * sr;
       acc[1] += cr > rj ? 1.0 : 0.0;
       acc[2] += cr;
       acc[3] += rj;
-      if (op.dpolicy_chosen) op.dpolicy_chosen[i] = t.grad * g;
-      if (op.dpolicy_rejected) op.dpolicy_rejected[i] = -t.grad * g;
+      if (op.dpolicy_chosen) op.dpolicy_chosen[i] = dc / lc * g + g_nll;
+      if (op.dpolicy_rejected) op.dpolicy_rejected[i] = dr / lr * g;
     }
   });
-  op.loss[0] = static_cast<float>(s[0] * inv_b);
+  const double nll = orpo ? -s[4] / (chosen_tokens > 0 ? chosen_tokens : 1.0) : 0.0;
+  op.loss[0] = static_cast<float>(s[0] * inv_b + nll);
   if (op.stats) {
     op.stats[DpoLossOp::kAccuracy] = static_cast<float>(s[1] * inv_b);
     op.stats[DpoLossOp::kChosenReward] = static_cast<float>(s[2] * inv_b);
     op.stats[DpoLossOp::kRejectedReward] = static_cast<float>(s[3] * inv_b);
     op.stats[DpoLossOp::kMargin] = static_cast<float>((s[2] - s[3]) * inv_b);
+    op.stats[DpoLossOp::kNll] = static_cast<float>(nll);
+    op.stats[DpoLossOp::kLogOdds] = static_cast<float>(s[5] * inv_b);
+  }
+}
+
+void CpuBackend::kto_loss(const KtoLossOp& op) {
+  const int64_t b = op.b;
+  const double inv_b = b > 0 ? 1.0 / static_cast<double>(b) : 0.0;
+  const float g = static_cast<float>(op.grad_scale * inv_b);
+  // acc: loss, chosen reward, rejected reward, chosen logps, rejected logps, counts
+  const auto s = chunked_sum<7>(pool_, b, [&](int64_t lo, int64_t hi, std::array<double, 7>& acc) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const bool want = op.desirable[i] != 0.f;
+      const float r = op.policy[i] - op.ref[i];
+      const math::LossTerm t = math::kto_term(r, want, op.kl, op.beta, want ? op.desirable_weight : op.undesirable_weight);
+      acc[0] += t.loss;
+      acc[want ? 1 : 2] += static_cast<double>(op.beta) * r;
+      acc[want ? 3 : 4] += op.policy[i];
+      acc[want ? 5 : 6] += 1.0;
+      if (op.dpolicy) op.dpolicy[i] = t.grad * g;
+    }
+  });
+  op.loss[0] = static_cast<float>(s[0] * inv_b);
+  if (op.stats) {
+    const double nc = s[5] > 0 ? s[5] : 1.0, nr = s[6] > 0 ? s[6] : 1.0;
+    op.stats[KtoLossOp::kChosenReward] = static_cast<float>(s[1] / nc);
+    op.stats[KtoLossOp::kRejectedReward] = static_cast<float>(s[2] / nr);
+    op.stats[KtoLossOp::kChosenLogps] = static_cast<float>(s[3] / nc);
+    op.stats[KtoLossOp::kRejectedLogps] = static_cast<float>(s[4] / nr);
+    op.stats[KtoLossOp::kChosenCount] = static_cast<float>(s[5]);
+    op.stats[KtoLossOp::kRejectedCount] = static_cast<float>(s[6]);
   }
 }
 

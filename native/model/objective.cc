@@ -1,5 +1,7 @@
 #include "objective.h"
 
+#include <cmath>
+
 #include "../error.h"
 
 namespace rlhf::model {
@@ -177,20 +179,42 @@ ObjectiveResult dpo(Ctx& c, const ObjectiveRequest& r) {
   c.need_logp();
   c.no_forward_grad();
   const int64_t P = c.pair_count(), B = c.B, T = c.T;
-  if (static_cast<int64_t>(r.ref_chosen.size()) != P || static_cast<int64_t>(r.ref_rejected.size()) != P)
+  const PrefLoss type = r.pref_loss;
+  const bool ref_free = type == PrefLoss::kSimpo || type == PrefLoss::kOrpo;
+  if (ref_free && (!r.ref_chosen.empty() || !r.ref_rejected.empty()))
+    c.fail("SimPO and ORPO use no reference model: give no 'refChosen' / 'refRejected'");
+  if (!ref_free && (static_cast<int64_t>(r.ref_chosen.size()) != P || static_cast<int64_t>(r.ref_rejected.size()) != P))
     c.fail("'refChosen' and 'refRejected' need one element per pair (" + std::to_string(P) + ")");
+  if (type == PrefLoss::kRobust && !(r.label_smoothing >= 0.f && r.label_smoothing < 0.5f))
+    c.fail("the robust loss needs labelSmoothing in [0, 0.5), got " + std::to_string(r.label_smoothing));
+  if (!(r.beta > 0.f)) c.fail("beta must be > 0, got " + std::to_string(r.beta));
   constexpr int64_t K = DpoLossOp::kStatCount;
   // out: loss, the statistics, then the 2P sequence sums (read back with them).
   float* out = c.s.out.ensure(c.be, 1 + K + B);
   const float* mask = c.logp_sums(r.mask);
   float* sums = c.s.sums.data();
   float* dsums = c.eval ? nullptr : c.s.dsums.ensure(c.be, B);
-  std::vector<float> ref(r.ref_chosen);
-  ref.insert(ref.end(), r.ref_rejected.begin(), r.ref_rejected.end());
-  const float* refd = c.s.pair_in.upload(c.be, ref);
   DpoLossOp op;
-  op.b = P, op.policy_chosen = sums, op.policy_rejected = sums + P, op.ref_chosen = refd, op.ref_rejected = refd + P;
-  op.beta = r.beta, op.label_smoothing = r.label_smoothing, op.grad_scale = r.grad_scale;
+  op.b = P, op.loss_type = type, op.policy_chosen = sums, op.policy_rejected = sums + P;
+  if (!ref_free) {
+    std::vector<float> ref(r.ref_chosen);
+    ref.insert(ref.end(), r.ref_rejected.begin(), r.ref_rejected.end());
+    const float* refd = c.s.pair_in.upload(c.be, ref);
+    op.ref_chosen = refd, op.ref_rejected = refd + P;
+  }
+  if (ref_free || type == PrefLoss::kIpo || r.length_normalize) {
+    // Completion lengths from the host mask: each row's count of scored tokens.
+    std::vector<float> len(static_cast<size_t>(B), 0.f);
+    for (int64_t b = 0; b < B; ++b) {
+      double n = 0;
+      for (int64_t t = 0; t < T - 1; ++t) n += r.mask[static_cast<size_t>(b * (T - 1) + t)];
+      if (!(n > 0)) c.fail("row " + std::to_string(b) + " has no completion token in the mask (a per-token score needs at least one)");
+      len[static_cast<size_t>(b)] = static_cast<float>(n);
+    }
+    const float* lend = c.s.len.upload(c.be, len);
+    op.len_chosen = lend, op.len_rejected = lend + P;
+  }
+  op.beta = r.beta, op.label_smoothing = r.label_smoothing, op.gamma = r.gamma, op.grad_scale = r.grad_scale;
   op.loss = out, op.stats = out + 1;
   if (dsums) op.dpolicy_chosen = dsums, op.dpolicy_rejected = dsums + P;
   c.be.dpo_loss(op);
@@ -200,14 +224,49 @@ ObjectiveResult dpo(Ctx& c, const ObjectiveRequest& r) {
   const float* st = v.data() + 1;
   double lc = 0, lr = 0;  // mean sequence log-probs, as the stage reports them
   for (int64_t i = 0; i < P; ++i) lc += v[static_cast<size_t>(1 + K + i)], lr += v[static_cast<size_t>(1 + K + P + i)];
+  ObjectiveResult res{{{"loss", v[0]},
+                       {"accuracy", st[DpoLossOp::kAccuracy]},
+                       {"rewardsChosen", st[DpoLossOp::kChosenReward]},
+                       {"rewardsRejected", st[DpoLossOp::kRejectedReward]},
+                       {"margin", st[DpoLossOp::kMargin]},
+                       {"logpsChosen", P ? lc / static_cast<double>(P) : 0.0},
+                       {"logpsRejected", P ? lr / static_cast<double>(P) : 0.0},
+                       {"pairs", static_cast<double>(P)}}, {}};
+  if (type == PrefLoss::kOrpo) res.stats.emplace_back("nll", st[DpoLossOp::kNll]), res.stats.emplace_back("logOdds", st[DpoLossOp::kLogOdds]);
+  return res;
+}
+
+// KTO over one row per example (chosen and rejected rows need not pair up).
+ObjectiveResult kto(Ctx& c, const ObjectiveRequest& r) {
+  c.need_logp();
+  c.no_forward_grad();
+  const int64_t B = c.B;
+  if (!(r.beta > 0.f)) c.fail("beta must be > 0, got " + std::to_string(r.beta));
+  if (!(r.kl >= 0.f) || !std::isfinite(r.kl)) c.fail("kl must be a finite number >= 0 (the clamped estimate), got " + std::to_string(r.kl));
+  for (float d : r.desirable)
+    if (d != 0.f && d != 1.f) c.fail("'desirable' must hold 1 (desirable) or 0 (undesirable) per row");
+  constexpr int64_t K = KtoLossOp::kStatCount;
+  float* out = c.s.out.ensure(c.be, 1 + K);
+  const float* mask = c.logp_sums(r.mask);
+  float* dsums = c.eval ? nullptr : c.s.dsums.ensure(c.be, B);
+  KtoLossOp op;
+  op.b = B, op.policy = c.s.sums.data();
+  op.ref = c.per_row(c.s.pair_in, r.ref_rows, "refLogps");
+  op.desirable = c.per_row(c.s.len, r.desirable, "desirable");
+  op.kl = r.kl, op.beta = r.beta, op.desirable_weight = r.desirable_weight, op.undesirable_weight = r.undesirable_weight;
+  op.grad_scale = r.grad_scale, op.loss = out, op.stats = out + 1, op.dpolicy = dsums;
+  c.be.kto_loss(op);
+  if (dsums) c.broadcast(mask, dsums, c.s.dlogp, c.s.has_dlogp);
+  const std::vector<float> v = c.read(1 + K);
+  const float* st = v.data() + 1;
   return {{{"loss", v[0]},
-           {"accuracy", st[DpoLossOp::kAccuracy]},
-           {"rewardsChosen", st[DpoLossOp::kChosenReward]},
-           {"rewardsRejected", st[DpoLossOp::kRejectedReward]},
-           {"margin", st[DpoLossOp::kMargin]},
-           {"logpsChosen", P ? lc / static_cast<double>(P) : 0.0},
-           {"logpsRejected", P ? lr / static_cast<double>(P) : 0.0},
-           {"pairs", static_cast<double>(P)}}, {}};
+           {"rewardsChosen", st[KtoLossOp::kChosenReward]},
+           {"rewardsRejected", st[KtoLossOp::kRejectedReward]},
+           {"logpsChosen", st[KtoLossOp::kChosenLogps]},
+           {"logpsRejected", st[KtoLossOp::kRejectedLogps]},
+           {"chosen", st[KtoLossOp::kChosenCount]},
+           {"rejected", st[KtoLossOp::kRejectedCount]},
+           {"kl", r.kl}}, {}};
 }
 
 // The sequence-level surrogate (TRL's RLOO): the per-token PPO term over
@@ -316,7 +375,7 @@ ObjectiveResult sequence_logps(Ctx& c, const ObjectiveRequest& r) {
 }  // namespace
 
 ObjectiveResult run_objective(Transformer& t, const ObjectiveRequest& req) {
-  static const char* names[] = {"sft", "pairwise", "dpo", "ppo", "sequence logps"};
+  static const char* names[] = {"sft", "pairwise", "dpo", "ppo", "sequence logps", "kto"};
   const char* what = names[static_cast<int>(req.kind)];
   if (req.eval) {
     // Over the inference forward's outputs; the loss state's gradients
@@ -333,6 +392,7 @@ ObjectiveResult run_objective(Transformer& t, const ObjectiveRequest& req) {
       case ObjectiveKind::kSft: return sft(c, req);
       case ObjectiveKind::kPairwise: return pairwise(c, req);
       case ObjectiveKind::kDpo: return dpo(c, req);
+      case ObjectiveKind::kKto: return kto(c, req);
       case ObjectiveKind::kSequenceLogps: return sequence_logps(c, req);
       default: break;
     }
@@ -347,6 +407,7 @@ ObjectiveResult run_objective(Transformer& t, const ObjectiveRequest& req) {
     case ObjectiveKind::kSft: return sft(c, req);
     case ObjectiveKind::kPairwise: return pairwise(c, req);
     case ObjectiveKind::kDpo: return dpo(c, req);
+    case ObjectiveKind::kKto: return kto(c, req);
     case ObjectiveKind::kPpo: return ppo(c, req);
     default: break;
   }

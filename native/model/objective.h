@@ -1,5 +1,5 @@
 // The training objectives on the model's own backend: one loss call runs the
-// loss kernels (ops/op_args.h: sft_loss, pairwise_loss, dpo_loss, ppo_loss,
+// loss kernels (ops/op_args.h: sft_loss, pairwise_loss, dpo_loss, kto_loss, ppo_loss,
 // with row_dot / row_dot_backward for the per-sequence reductions) over the
 // outputs the last training forward left in backend memory (HeadActs: logp,
 // entropy, values in the row layout [batch, seq]), writes the gradients of
@@ -34,7 +34,7 @@
 
 namespace rlhf::model {
 
-enum class ObjectiveKind { kSft, kPairwise, kDpo, kPpo, kSequenceLogps };
+enum class ObjectiveKind { kSft, kPairwise, kDpo, kPpo, kSequenceLogps, kKto };
 
 struct ObjectiveRequest {
   ObjectiveKind kind = ObjectiveKind::kSft;
@@ -66,9 +66,20 @@ struct ObjectiveRequest {
   std::vector<int32_t> last;  // [batch]
   std::vector<float> margin;  // [batch / 2]
 
-  // dpo: reference sequence log-prob sums (a separate non-training forward).
+  // dpo: reference sequence log-prob sums (a separate non-training forward;
+  // empty for the reference-free losses, SimPO and ORPO), the loss of the
+  // family (DpoLossOp) and SimPO's gamma. The per-token scores of IPO, SimPO
+  // and ORPO, or of any loss with length_normalize, divide each row's sums by
+  // its completion tokens (the mask's row sum).
   std::vector<float> ref_chosen, ref_rejected;  // [batch / 2]
-  float beta = 0.1f, label_smoothing = 0.f;
+  float beta = 0.1f, label_smoothing = 0.f, gamma = 0.f;
+  PrefLoss pref_loss = PrefLoss::kSigmoid;
+  bool length_normalize = false;
+
+  // kto: one row per example; the reference's sums (ref_rows), which rows
+  // are desirable (1) or not (0), and the KL reference point (KtoLossOp).
+  std::vector<float> ref_rows, desirable;  // [batch]
+  float kl = 0.f, desirable_weight = 1.f, undesirable_weight = 1.f;
 
   // ppo: the policy part needs old_logp and advantages (and the forward's
   // logp), the value part returns and old_values (and the forward's values);

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "op_args.h"
+
 #if defined(__CUDACC__)
 #define RLHF_HD __host__ __device__ __forceinline__
 #else
@@ -161,6 +163,58 @@ RLHF_HD LossTerm dpo_term(float h, float beta, float ls) {
   const float loss = -(1.f - ls) * log_sigmoid(z) - ls * log_sigmoid(-z);
   const float grad = beta * (ls * sigmoid(z) - (1.f - ls) * sigmoid(-z));
   return LossTerm{loss, grad};
+}
+
+// One pair of the preference family (op_args.h DpoLossOp) from the score
+// difference h; grad = d loss / dh. ORPO is not here (pref_orpo_term).
+RLHF_HD LossTerm pref_term(PrefLoss type, float h, float beta, float ls, float gamma) {
+  const float z = beta * h;
+  switch (type) {
+    case PrefLoss::kRobust: {
+      // d/dz log sigmoid(z) = sigmoid(-z); d/dz log sigmoid(-z) = -sigmoid(z).
+      const float inv = 1.f / (1.f - 2.f * ls);
+      return LossTerm{(-(1.f - ls) * log_sigmoid(z) + ls * log_sigmoid(-z)) * inv,
+                      beta * (-(1.f - ls) * sigmoid(-z) - ls * sigmoid(z)) * inv};
+    }
+    case PrefLoss::kHinge: return z < 1.f ? LossTerm{1.f - z, -beta} : LossTerm{0.f, 0.f};
+    case PrefLoss::kIpo: {
+      const float u = h - 0.5f / beta;
+      return LossTerm{u * u, 2.f * u};
+    }
+    case PrefLoss::kSimpo: {
+      const float y = z - gamma;  // d y / dh = beta
+      return LossTerm{-(1.f - ls) * log_sigmoid(y) - ls * log_sigmoid(-y), beta * (ls * sigmoid(y) - (1.f - ls) * sigmoid(-y))};
+    }
+    default: return dpo_term(h, beta, ls);
+  }
+}
+
+// log(1 - e^a) for a < 0 (Maechler's log1mexp: accurate on both sides of -ln 2).
+RLHF_HD float log1mexp(float a) { return a > -0.6931472f ? logf(-expm1f(a)) : log1pf(-expf(a)); }
+
+// ORPO's odds-ratio term of one pair from the per-token mean log-probs
+// a_c, a_r (< 0): log_odds = (a_c - a_r) - (log1mexp(a_c) - log1mexp(a_r)),
+// loss = -beta log sigmoid(log_odds). d log_odds / d a = 1 / (1 - e^a) =
+// -1 / expm1(a) for a_c (and its negative for a_r). Means at 0 (a sequence
+// of certainty) are moved just below it, where the odds stay finite.
+struct OrpoTerm {
+  float loss, dchosen, drejected, log_odds;
+};
+RLHF_HD OrpoTerm pref_orpo_term(float ac, float ar, float beta) {
+  ac = fminf(ac, -1e-6f), ar = fminf(ar, -1e-6f);
+  const float lo = (ac - ar) - (log1mexp(ac) - log1mexp(ar));
+  const float g = -beta * sigmoid(-lo);  // d loss / d log_odds
+  return OrpoTerm{-beta * log_sigmoid(lo), g * (-1.f / expm1f(ac)), g * (1.f / expm1f(ar)), lo};
+}
+
+// KTO's term of one example (op_args.h KtoLossOp), r = policy - ref:
+// desirable: w (1 - sigmoid(beta (r - kl))), grad = -w beta s (1 - s), s = sigmoid(beta (r - kl));
+// undesirable: w (1 - sigmoid(beta (kl - r))), grad = +w beta s (1 - s), s = sigmoid(beta (kl - r)).
+RLHF_HD LossTerm kto_term(float r, bool desirable, float kl, float beta, float w) {
+  const float y = desirable ? beta * (r - kl) : beta * (kl - r);
+  const float s = sigmoid(y);
+  const float g = w * beta * s * sigmoid(-y);
+  return LossTerm{w * sigmoid(-y), desirable ? -g : g};
 }
 
 // PPO clipped surrogate of one token as a loss (Schulman et al. 2017; TRL):

@@ -370,28 +370,74 @@ struct PpoLossOp {
   float* stats = nullptr;    // [kStatCount] or null
 };
 
-// DPO (Rafailov et al. 2023; TRL's "sigmoid" loss; label smoothing as in
-// conservative DPO), per pair over b pairs of sequence log-prob sums:
-//   h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
-//   loss = mean_b(-(1 - ls) log sigmoid(beta h) - ls log sigmoid(-beta h))
-// Gradients w.r.t. the policy sums (dpolicy_rejected = -dpolicy_chosen).
+// The preference-optimisation family over b pairs of sequence log-prob sums
+// (docs/losses.md). Each side's score is its policy log-prob minus the
+// reference's, divided by its completion length when `len_*` is given:
+//   s_c = (policy_chosen - ref_chosen) / len_chosen,  s_r likewise
+// (ref null: reference-free, 0; len null: no division), h = s_c - s_r, and
+// per pair, with z = beta h:
+//   kSigmoid  DPO (Rafailov et al. 2023) and, with ls > 0, conservative DPO:
+//             -(1 - ls) log sigmoid(z) - ls log sigmoid(-z)
+//   kRobust   robust DPO (Chowdhury et al. 2024), unbiased under flip rate ls:
+//             (-(1 - ls) log sigmoid(z) + ls log sigmoid(-z)) / (1 - 2 ls)
+//   kHinge    SLiC (Zhao et al. 2023): max(0, 1 - z)
+//   kIpo      IPO (Azar et al. 2023, eq. 17; per-token scores as TRL):
+//             (h - 1 / (2 beta))^2
+//   kSimpo    SimPO (Meng et al. 2024; reference-free, per-token scores):
+//             the sigmoid form of z = beta h - gamma
+//   kOrpo     ORPO (Hong et al. 2024; reference-free, per-token scores,
+//             beta is the paper's lambda): the chosen completions' NLL
+//             -sum(policy_chosen) / sum(len_chosen) once per batch, plus
+//             -beta log sigmoid(log_odds) per pair, where
+//             log_odds = (s_c - s_r) - (log(1 - e^s_c) - log(1 - e^s_r)).
+// loss = mean over pairs (plus ORPO's NLL). Gradients w.r.t. the policy sums.
+enum class PrefLoss : int32_t { kSigmoid, kRobust, kHinge, kIpo, kSimpo, kOrpo };
+
 struct DpoLossOp {
-  // rewards: chosen = beta (policy_chosen - ref_chosen), rejected likewise;
-  // accuracy = fraction with chosen reward > rejected reward; margin = mean
-  // of chosen - rejected reward.
-  enum Stat : int { kAccuracy, kChosenReward, kRejectedReward, kMargin, kStatCount };
+  // rewards: chosen = beta s_c, rejected = beta s_r; accuracy = fraction with
+  // chosen reward > rejected; margin = mean of chosen - rejected reward;
+  // nll: ORPO's NLL term (0 for the others); log_odds: ORPO's mean log odds.
+  enum Stat : int { kAccuracy, kChosenReward, kRejectedReward, kMargin, kNll, kLogOdds, kStatCount };
   int64_t b = 0;
+  PrefLoss loss_type = PrefLoss::kSigmoid;
   const float* policy_chosen = nullptr;    // [b]
   const float* policy_rejected = nullptr;  // [b]
-  const float* ref_chosen = nullptr;       // [b]
-  const float* ref_rejected = nullptr;     // [b]
+  const float* ref_chosen = nullptr;       // [b] or null (reference-free)
+  const float* ref_rejected = nullptr;     // [b] or null
+  const float* len_chosen = nullptr;       // [b] completion tokens (> 0), or null
+  const float* len_rejected = nullptr;     // [b] or null
   float beta = 0.1f;
   float label_smoothing = 0.f;
+  float gamma = 0.f;  // SimPO's target reward margin
   float grad_scale = 1.f;
   float* loss = nullptr;              // [1]
   float* dpolicy_chosen = nullptr;    // [b] or null
   float* dpolicy_rejected = nullptr;  // [b] or null
   float* stats = nullptr;             // [kStatCount] or null
+};
+
+// KTO (Ethayarajh et al. 2024, eq. 7; TRL's KTOTrainer), over b unpaired
+// examples of sequence log-prob sums, r = policy - ref:
+//   desirable:    w_d (1 - sigmoid(beta (r - kl)))
+//   undesirable:  w_u (1 - sigmoid(beta (kl - r)))
+// loss = mean over the b examples. kl is the reference point z_0: the batch
+// estimate of KL(policy || ref) from mismatched pairs, clamped at 0 and
+// treated as a constant (no gradient), computed by the caller.
+struct KtoLossOp {
+  // rewards: beta r, averaged over the desirable / undesirable examples;
+  // logps: the policy sums likewise; counts of each.
+  enum Stat : int { kChosenReward, kRejectedReward, kChosenLogps, kRejectedLogps, kChosenCount, kRejectedCount, kStatCount };
+  int64_t b = 0;
+  const float* policy = nullptr;     // [b]
+  const float* ref = nullptr;        // [b]
+  const float* desirable = nullptr;  // [b] 1 desirable, 0 undesirable
+  float kl = 0.f;
+  float beta = 0.1f;
+  float desirable_weight = 1.f, undesirable_weight = 1.f;
+  float grad_scale = 1.f;
+  float* loss = nullptr;     // [1]
+  float* dpolicy = nullptr;  // [b] or null
+  float* stats = nullptr;    // [kStatCount] or null
 };
 
 // Per-row weighted sums, the loss kernels' per-sequence reductions over the

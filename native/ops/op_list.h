@@ -37,7 +37,8 @@
   X(sft_loss, SftLossOp, loss)            /* masked mean NLL of per-token logp       */ \
   X(pairwise_loss, PairwiseLossOp, loss)  /* reward model: -log sigmoid(rc - rr - m) */ \
   X(ppo_loss, PpoLossOp, loss)            /* clipped surrogate + value + KL + entropy*/ \
-  X(dpo_loss, DpoLossOp, loss)            /* DPO sigmoid loss (+ label smoothing)    */ \
+  X(dpo_loss, DpoLossOp, loss)            /* DPO family: sigmoid ipo hinge simpo orpo */ \
+  X(kto_loss, KtoLossOp, loss)            /* KTO: unpaired, KL reference point       */ \
   X(row_dot, RowDotOp, loss)              /* out[r] = sum_c w[r,c] x[r,c] (fp64 sum) */ \
   X(row_dot_backward, RowDotBackwardOp, loss) /* dx[r,c] = w[r,c] dout[r]             */ \
   X(adamw, AdamWOp, optim)                /* torch.optim.AdamW step, in place        */ \

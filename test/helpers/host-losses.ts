@@ -63,7 +63,7 @@ export function dpoLoss(
   opts: { beta: number; labelSmoothing: number; gradScale?: number; withGrad?: boolean },
 ): DpoLossResult {
   const b = x.policyChosen.length;
-  const loss = new Float32Array(1), stats = new Float32Array(4);
+  const loss = new Float32Array(1), stats = new Float32Array(6);
   const withGrad = opts.withGrad ?? true;
   const dChosen = withGrad ? new Float32Array(b) : undefined, dRejected = withGrad ? new Float32Array(b) : undefined;
   callNative(() =>
