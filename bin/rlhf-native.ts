@@ -19,6 +19,7 @@ import * as dpo from './commands/dpo';
 import * as ppo from './commands/ppo';
 import * as grpo from './commands/grpo';
 import * as rloo from './commands/rloo';
+import * as orpo from './commands/orpo';
 import { packageVersion } from '../lib/info';
 
 /** The status a shell reports for a process killed by SIGPIPE (128 + 13). */
@@ -51,6 +52,7 @@ async function main(): Promise<void> {
   y = ppo.register(y);
   y = grpo.register(y);
   y = rloo.register(y);
+  y = orpo.register(y);
   await y.parseAsync();
 }
 

@@ -330,10 +330,18 @@ t.test('config defaults and argument checks', async (t) => {
     evalBatchSize: 8,
   });
   t.equal(resolveDpoConfig({ model: 'm', data: 'd', out: 'o', full: true }).lr, 5e-7);
+  t.equal(resolveDpoConfig({ model: 'm', data: 'd', out: 'o', lossType: 'simpo' }).beta, 2, "SimPO's beta defaults to the paper's");
+  t.equal(resolveDpoConfig({ model: 'm', data: 'd', out: 'o', lossType: 'simpo', beta: 2.5 }).beta, 2.5);
+  t.match(resolveDpoConfig({ model: 'm', data: 'd', out: 'o' }), { gamma: 0.5, lengthNormalize: false, precomputeRefLogps: true, skipIdentical: false });
   const bad: [Partial<DpoConfig>, string, RegExp][] = [
     [{ beta: 0 }, 'E_ARGUMENT', /--beta must be a positive number/],
     [{ labelSmoothing: 0.5 }, 'E_ARGUMENT', /--label-smoothing must be in \[0, 0\.5\)/],
-    [{ lossType: 'ipo' as never }, 'E_UNSUPPORTED', /--loss-type ipo is not supported: only sigmoid/],
+    [{ lossType: 'kto' as never }, 'E_ARGUMENT', /--loss-type must be one of sigmoid, robust, hinge, ipo, simpo, orpo/],
+    [{ lossType: 'ipo', gamma: 1 }, 'E_ARGUMENT', /--gamma is SimPO's target margin/],
+    [{ lossType: 'hinge', labelSmoothing: 0.1 }, 'E_ARGUMENT', /--label-smoothing applies to sigmoid/],
+    [{ lossType: 'simpo', lengthNormalize: false }, 'E_ARGUMENT', /always scores per token/],
+    [{ lossType: 'orpo', precomputeRefLogps: false }, 'E_ARGUMENT', /has no reference model/],
+    [{ full: true, precomputeRefLogps: false }, 'E_ARGUMENT', /--no-precompute-ref-logps needs a reference that stays as it was/],
     [{ full: true, loraR: 4 }, 'E_ARGUMENT', /LoRA options do not apply with --full: --lora-r/],
     [{ adapter: 'x', loraAlpha: 4 }, 'E_ARGUMENT', /--lora-alpha cannot be given with --adapter/],
     [{ full: true, adapter: 'x' }, 'E_ARGUMENT', /cannot be combined/],
@@ -354,12 +362,12 @@ t.test('config defaults and argument checks', async (t) => {
 
 const skip = !cliBuilt() && 'CLI not compiled';
 
-t.test('CLI: a run with an identical pair skipped (warning names file:line), summary on stdout', { skip }, async (t) => {
+t.test('CLI: a run with an identical pair skipped by --skip-identical (warning names file:line), summary on stdout', { skip }, async (t) => {
   const f = path.join(tmp, 'cli.jsonl');
   const rows = pairs(8, 40);
   writeJsonl(f, [...rows.slice(0, 3), { prompt: 'Same?', chosen: ' yes', rejected: ' yes' }, ...rows.slice(3)]);
   const out = path.join(tmp, 'cli-out');
-  const r = runCli(['dpo', '--model', base, '--data', f, '--out', out, '--steps', '3', '--batch-size', '2', '--grad-accum', '2', '--lr', '1e-2', '--lora-r', '4', '--lora-targets', 'q_proj,v_proj', '--eval-fraction', '0.25', '--device', 'cpu']);
+  const r = runCli(['dpo', '--model', base, '--data', f, '--out', out, '--steps', '3', '--batch-size', '2', '--grad-accum', '2', '--lr', '1e-2', '--lora-r', '4', '--lora-targets', 'q_proj,v_proj', '--eval-fraction', '0.25', '--device', 'cpu', '--skip-identical']);
   t.equal(r.status, 0, r.stderr);
   t.match(r.stderr, `dpo: warning: skipped 1 pair whose chosen and rejected are identical (${f}:4)`);
   const lines = r.stdout.trim().split('\n');
@@ -387,11 +395,13 @@ t.test('CLI: bad input -> exit 1, one stderr line naming file:line (or the optio
   const f3 = mk('bad3.jsonl', [good, '{"prompt": "x",']);
   cases.push([['--data', f3], `rlhf-native: error E_DATA: ${f3}:2: invalid JSON`]);
   const f4 = mk('bad4.jsonl', [good, good, good, JSON.stringify({ prompt: 'word '.repeat(40), chosen: ' a', rejected: ' b' })]);
-  cases.push([['--data', f4, '--max-len', '16'], new RegExp(`^rlhf-native: error E_DATA: ${f4.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}:4: the prompt has \\d+ tokens, which leaves no room`)]);
+  cases.push([['--data', f4, '--max-len', '16', '--skip-identical'], new RegExp(`^rlhf-native: error E_DATA: ${f4.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}:4: the prompt has \\d+ tokens, which leaves no room`)]);
   const f5 = mk('bad5.jsonl', [good, JSON.stringify({ prompt_ids: [1], chosen_ids: [2, 9999], rejected_ids: [3] })]);
   cases.push([['--data', f5], `rlhf-native: error E_DATA: ${f5}:2: chosen: token id 9999 is outside the model's vocabulary`]);
   cases.push([['--data', data, '--eval-data', f1], `rlhf-native: error E_DATA: ${f1}:3: missing "rejected"`]);
-  cases.push([['--data', data, '--loss-type', 'ipo'], 'rlhf-native: error E_UNSUPPORTED: --loss-type ipo is not supported']);
+  cases.push([['--data', data, '--loss-type', 'kto'], 'rlhf-native: error E_ARGUMENT: --loss-type must be one of sigmoid, robust, hinge, ipo, simpo, orpo, got kto']);
+  const f6 = mk('bad6.jsonl', [good, good, JSON.stringify({ prompt: 'Same?', chosen: ' yes', rejected: ' yes' })]);
+  cases.push([['--data', f6], `rlhf-native: error E_DATA: ${f6}:3: chosen and rejected are identical: the pair expresses no preference`]);
   cases.push([['--data', data, '--beta', '-1'], 'rlhf-native: error E_ARGUMENT: --beta must be a positive number, got -1']);
   cases.push([['--data', data, '--lora-targets', 'wq'], "rlhf-native: error E_ARGUMENT: LoRA target 'wq' is not a linear module"]);
   for (const [args, want] of cases) {

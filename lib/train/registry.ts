@@ -4,7 +4,7 @@
  */
 import { sftStage } from '../stages/sft';
 import { rmStage } from '../stages/reward';
-import { dpoStage } from '../stages/dpo';
+import { dpoStage, orpoStage } from '../stages/dpo';
 import { rsStage } from '../stages/rejection/stage';
 import { ppoStage } from '../stages/ppo/stage';
 import { grpoStage, rlooStage } from '../stages/grpo/stage';
@@ -16,6 +16,7 @@ export const STAGES = {
   sft: sftStage,
   rm: rmStage,
   dpo: dpoStage,
+  orpo: orpoStage,
   rs: rsStage,
   ppo: ppoStage,
   grpo: grpoStage,
