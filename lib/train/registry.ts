@@ -5,6 +5,7 @@
 import { sftStage } from '../stages/sft';
 import { rmStage } from '../stages/reward';
 import { dpoStage } from '../stages/dpo';
+import { ktoStage } from '../stages/kto';
 import { rsStage } from '../stages/rejection/stage';
 import { ppoStage } from '../stages/ppo/stage';
 import { grpoStage, rlooStage } from '../stages/grpo/stage';
@@ -16,6 +17,7 @@ export const STAGES = {
   sft: sftStage,
   rm: rmStage,
   dpo: dpoStage,
+  kto: ktoStage,
   rs: rsStage,
   ppo: ppoStage,
   grpo: grpoStage,
