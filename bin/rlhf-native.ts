@@ -16,6 +16,7 @@ import * as rs from './commands/rs';
 import * as rest from './commands/rest';
 import * as hir from './commands/hir';
 import * as dpo from './commands/dpo';
+import * as kto from './commands/kto';
 import * as ppo from './commands/ppo';
 import * as grpo from './commands/grpo';
 import * as rloo from './commands/rloo';
@@ -48,7 +49,7 @@ async function main(): Promise<void> {
     })
     .help()
     .wrap(Math.min(110, process.stdout.columns || 100));
-  for (const c of [train, info, inspect, init, score, generate, bench, sft, rm, merge, dpo, rs, rest, hir]) y = c.register(y);
+  for (const c of [train, info, inspect, init, score, generate, bench, sft, rm, merge, dpo, kto, rs, rest, hir]) y = c.register(y);
   y = ppo.register(y);
   y = grpo.register(y);
   y = rloo.register(y);

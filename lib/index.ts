@@ -46,6 +46,7 @@ export { loadRewardModule, moduleSource, type RewardModuleInput, type RewardModu
 export { mixRewards, type WeightedSource } from './reward/mix';
 export * from './run/run-folder';
 export * from './stages/dpo';
+export * from './stages/kto';
 export * from './data/preference-data';
 export { runPpo, resolvePpoConfig, PPO_DEFAULTS, PPO_OPTIONS, ppoStage, criticGradients, policyGradients, iterationPrompts, klPerToken, shapeRewards, gae, maskedWhiten, klController, AdaptiveKlController, FixedKlController, loadPrompts } from './stages/ppo';
 export { runGrpo, resolveGrpoConfig, GRPO_DEFAULTS, GRPO_OPTIONS, grpoStage, rlooStage } from './stages/grpo';

@@ -5,6 +5,7 @@
 import { sftStage } from '../stages/sft';
 import { rmStage } from '../stages/reward';
 import { dpoStage, orpoStage } from '../stages/dpo';
+import { ktoStage } from '../stages/kto';
 import { rsStage } from '../stages/rejection/stage';
 import { ppoStage } from '../stages/ppo/stage';
 import { grpoStage, rlooStage } from '../stages/grpo/stage';
@@ -17,6 +18,7 @@ export const STAGES = {
   rm: rmStage,
   dpo: dpoStage,
   orpo: orpoStage,
+  kto: ktoStage,
   rs: rsStage,
   ppo: ppoStage,
   grpo: grpoStage,
