@@ -21,7 +21,7 @@ t.test('parseMethods: names, all, sft first, unknown names refused', async (t) =
   };
   const unknown = error(() => parseMethods('grpo,ppo2'));
   t.ok(unknown instanceof RlhfError && unknown.code === 'E_ARGUMENT', 'an unknown name: E_ARGUMENT');
-  t.match(unknown?.message, /^--methods: unknown method 'ppo2' \(expected sft, rs, ppo, dpo, grpo, rloo, rest, hir or all\)/);
+  t.match(unknown?.message, /^--methods: unknown method 'ppo2' \(expected sft, rs, ppo, dpo, cdpo, ipo, simpo, orpo, kto, grpo, rloo, rest, hir or all\)/);
   t.match(error(() => parseMethods(''))?.message, /^--methods needs a list/, 'an empty list');
 });
 
@@ -37,4 +37,17 @@ t.test('methodSections: chosen sections on, the rest skipped; reward models only
   t.same(r.rm_helpfulness, {}, 'rest needs the reward models');
   t.same(r.rm_safety, {}, 'both of them');
   t.equal(methodSections(['sft', 'rloo'], DEMO_SIZES.full, data).rloo?.estimator, 'rloo');
+});
+
+t.test('methodSections: the DPO family trains on the labeler pairs, each loss its own dpo_<name> section', async (t) => {
+  const data = (f: string) => `/d/${f}`;
+  const s = methodSections(parseMethods('ipo,simpo,orpo,kto,cdpo'), DEMO_SIZES.full, data);
+  t.same(s.dpo, { skip: true }, 'plain DPO not asked for');
+  t.same(s.rm_helpfulness, { skip: true }, 'no reward model');
+  t.match(s.dpo_ipo, { data: '/d/dpo_pairs.jsonl', lossType: 'ipo' });
+  t.match(s.dpo_simpo, { data: '/d/dpo_pairs.jsonl', lossType: 'simpo' });
+  t.match(s.dpo_cdpo, { data: '/d/dpo_pairs.jsonl', labelSmoothing: 0.1 });
+  t.match(s.orpo, { data: '/d/dpo_pairs.jsonl' });
+  t.match(s.kto, { data: '/d/dpo_pairs.jsonl' });
+  for (const k of ['dpo_ipo', 'dpo_simpo', 'dpo_cdpo', 'orpo', 'kto'] as const) t.equal(s[k]?.epochs, DEMO_SIZES.full.dpoEpochs, `${k}: one pass over the pairs`);
 });

@@ -10,7 +10,7 @@ import { loadRecipeConfig, resolveRecipeConfig, mergeOptions, normaliseTree, REC
 import { exitCodeFor } from '../../lib/run/signals';
 import { runRecipe } from '../../lib/recipes/run';
 
-const STAGE_ARGS = ['sft', 'rm', 'rm_helpfulness', 'rm-helpfulness', 'rmHelpfulness', 'rm_safety', 'rm-safety', 'rmSafety', 'rs', 'ppo', 'dpo', 'rest', 'grpo', 'rloo', 'hir'];
+const STAGE_ARGS = ['sft', 'rm', 'rm_helpfulness', 'rm-helpfulness', 'rmHelpfulness', 'rm_safety', 'rm-safety', 'rmSafety', 'rs', 'ppo', 'dpo', 'dpo_cdpo', 'dpo-cdpo', 'dpoCdpo', 'dpo_ipo', 'dpo-ipo', 'dpoIpo', 'dpo_simpo', 'dpo-simpo', 'dpoSimpo', 'orpo', 'kto', 'rest', 'grpo', 'rloo', 'hir'];
 const fmt = (v: unknown) => (typeof v === 'number' ? (Number.isInteger(v) ? String(v) : Math.abs(v) >= 1e-3 && Math.abs(v) < 1e4 ? v.toFixed(4) : v.toExponential(3)) : v === null || v === undefined ? '-' : String(v));
 
 /** The command line's recipe-level and per-stage overrides. */

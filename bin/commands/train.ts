@@ -43,7 +43,7 @@ export function register<T>(y: Argv<T>): Argv<T> {
       deviceOption(a)
         .option('config', { type: 'string', describe: "recipe config (YAML or JSON): recipe, model, out, seed and each stage's options" })
         .option('resume', { type: 'string', describe: 'continue the stopped run in this folder (its run.json holds the config)' })
-        .option('recipe', { choices: ['instructgpt', 'llama2', 'dpo', 'rest', 'hir', 'methods'] as const, describe: "overrides the config's recipe" })
+        .option('recipe', { choices: ['instructgpt', 'llama2', 'dpo', 'rest', 'hir', 'kto', 'orpo', 'methods'] as const, describe: "overrides the config's recipe" })
         .option('model', { type: 'string', describe: "overrides the config's model folder" })
         .option('out', { type: 'string', describe: 'run folder [default: rlhf-run, or rlhf-run-N when taken]' })
         .option('seed', { type: 'number' })

@@ -38,19 +38,24 @@ export const RECIPES = {
   rest: ['sft', 'rm', 'rest'],
   /** Zhang et al. 2023: SFT -> hindsight instruction relabelling (a checker instead of a reward model). */
   hir: ['sft', 'hir'],
+  /** Ethayarajh et al. 2024: SFT -> KTO on completions labelled desirable or not (or on pairs, unpaired). */
+  kto: ['sft', 'kto'],
+  /** Hong et al. 2024: ORPO straight from the base model (its NLL term does SFT's work; no reference model). */
+  orpo: ['orpo'],
   /**
    * Every method side by side (`train --methods`): each policy stage starts
    * from the same SFT model (none continues another's policy); the sections
    * a run does not ask for are skipped.
    */
-  methods: ['sft', 'rm_helpfulness', 'rm_safety', 'rs', 'ppo', 'dpo', 'grpo', 'rloo', 'rest', 'hir'],
+  methods: ['sft', 'rm_helpfulness', 'rm_safety', 'rs', 'ppo', 'dpo', 'dpo_cdpo', 'dpo_ipo', 'dpo_simpo', 'orpo', 'kto', 'grpo', 'rloo', 'rest', 'hir'],
 } as const;
 export type RecipeName = keyof typeof RECIPES;
-export type StageKey = 'sft' | 'rm' | 'rm_helpfulness' | 'rm_safety' | 'rs' | 'ppo' | 'dpo' | 'rest' | 'grpo' | 'rloo' | 'hir';
-const STAGE_KEYS: readonly StageKey[] = ['sft', 'rm', 'rm_helpfulness', 'rm_safety', 'rs', 'ppo', 'dpo', 'rest', 'grpo', 'rloo', 'hir'];
+/** Stage sections; `dpo_<name>` sections are more dpo stages (another loss of the family), as rm_helpfulness is an rm stage. */
+export type StageKey = 'sft' | 'rm' | 'rm_helpfulness' | 'rm_safety' | 'rs' | 'ppo' | 'dpo' | 'dpo_cdpo' | 'dpo_ipo' | 'dpo_simpo' | 'orpo' | 'kto' | 'rest' | 'grpo' | 'rloo' | 'hir';
+export const STAGE_KEYS: readonly StageKey[] = ['sft', 'rm', 'rm_helpfulness', 'rm_safety', 'rs', 'ppo', 'dpo', 'dpo_cdpo', 'dpo_ipo', 'dpo_simpo', 'orpo', 'kto', 'rest', 'grpo', 'rloo', 'hir'];
 
 /** Recipes whose policy stages build on each other (ppo continues rs's policy); in the others each starts from SFT's model. */
-export const CHAINED_RECIPES: ReadonlySet<RecipeName> = new Set(['instructgpt', 'llama2', 'dpo', 'rest', 'hir']);
+export const CHAINED_RECIPES: ReadonlySet<RecipeName> = new Set(['instructgpt', 'llama2', 'dpo', 'rest', 'hir', 'kto', 'orpo']);
 
 /** A stage's own options, as given (camelCase keys after normalising). `skip: true` leaves it out. */
 export type StageOptions = Record<string, unknown> & { skip?: boolean };
@@ -155,7 +160,7 @@ export function resolveRecipeConfig(raw: Record<string, unknown>, where = 'confi
   const cfg: RecipeConfig = { recipe: recipe as RecipeName, model: top.model as string, out: top.out as string, seed: seed as number, device: device as RecipeConfig['device'], stages };
   for (const s of recipeStages(cfg)) {
     const data = cfg.stages[s]?.data;
-    if (typeof data !== 'string' || !data) throw bad(`${s}.data is required for the ${cfg.recipe} recipe (${['rs', 'ppo', 'rest', 'grpo', 'rloo'].includes(s) ? 'prompts' : s === 'sft' ? 'demonstrations' : 'preference pairs'} JSONL)`);
+    if (typeof data !== 'string' || !data) throw bad(`${s}.data is required for the ${cfg.recipe} recipe (${['rs', 'ppo', 'rest', 'grpo', 'rloo'].includes(s) ? 'prompts' : s === 'sft' ? 'demonstrations' : s === 'kto' ? 'labelled completions or preference pairs' : 'preference pairs'} JSONL)`);
   }
   return cfg;
 }

@@ -7,6 +7,11 @@
  *   rs     rejection sampling scored by the two reward models (Llama 2)
  *   ppo    PPO against the two reward models
  *   dpo    DPO on the labeler's preference pairs (helpfulness and safety)
+ *   cdpo   conservative DPO (label smoothing 0.1) on the same pairs
+ *   ipo    IPO on the same pairs
+ *   simpo  SimPO on the same pairs (no reference model)
+ *   orpo   ORPO on the same pairs (no reference model)
+ *   kto    KTO on the same pairs, unpaired (chosen desirable, rejected not)
  *   grpo   GRPO with the built-in verifiable reward: exact match against the
  *          world's answer (the refusal, for a harmful request)
  *   rloo   RLOO with the same reward
@@ -20,8 +25,28 @@
 import { RlhfError } from '../errors';
 import type { StageKey, StageOptions } from './config';
 
-export const DEMO_METHODS = ['sft', 'rs', 'ppo', 'dpo', 'grpo', 'rloo', 'rest', 'hir'] as const;
+export const DEMO_METHODS = ['sft', 'rs', 'ppo', 'dpo', 'cdpo', 'ipo', 'simpo', 'orpo', 'kto', 'grpo', 'rloo', 'rest', 'hir'] as const;
 export type DemoMethod = (typeof DEMO_METHODS)[number];
+
+/** The recipe section (and run-folder stage) of each method: the DPO family's losses are dpo_<name> sections of the dpo stage. */
+export const METHOD_STAGE: Record<DemoMethod, StageKey> = {
+  sft: 'sft',
+  rs: 'rs',
+  ppo: 'ppo',
+  dpo: 'dpo',
+  cdpo: 'dpo_cdpo',
+  ipo: 'dpo_ipo',
+  simpo: 'dpo_simpo',
+  orpo: 'orpo',
+  kto: 'kto',
+  grpo: 'grpo',
+  rloo: 'rloo',
+  rest: 'rest',
+  hir: 'hir',
+};
+
+/** The methods trained on the labeler's preference pairs (they need dpo_pairs.jsonl). */
+export const PAIR_STAGES: readonly StageKey[] = ['dpo', 'dpo_cdpo', 'dpo_ipo', 'dpo_simpo', 'orpo', 'kto'];
 
 /** The methods of a `--methods` value: a comma- or space-separated list of names, or `all`; sft always first. */
 export function parseMethods(value: string | readonly string[]): DemoMethod[] {
@@ -61,6 +86,8 @@ export function methodSections(methods: readonly DemoMethod[], size: MethodSizes
   const rm = NEEDS_RM.some(on);
   const cosine = { lrSchedule: 'cosine', warmupSteps: 0 };
   const skip = { skip: true };
+  // The DPO family: every pair of the labeler once per epoch, from the SFT model.
+  const pairs = { data: data('dpo_pairs.jsonl'), lr: 5e-4, epochs: size.dpoEpochs, batchSize: 16, ...cosine };
   const group = (estimator: 'grpo' | 'rloo'): StageOptions => ({
     data: data('group_prompts.jsonl'),
     estimator,
@@ -83,7 +110,12 @@ export function methodSections(methods: readonly DemoMethod[], size: MethodSizes
     rs: on('rs') ? {} : skip,
     // From the SFT model (not rs's policy) a smaller step than the default demo's 5e-4 keeps the greedy answers improving too.
     ppo: on('ppo') ? { lr: 2e-4 } : skip,
-    dpo: on('dpo') ? { data: data('dpo_pairs.jsonl'), lr: 5e-4, epochs: size.dpoEpochs, batchSize: 16, beta: 0.1, ...cosine } : skip,
+    dpo: on('dpo') ? { ...pairs, beta: 0.1 } : skip,
+    dpo_cdpo: on('cdpo') ? { ...pairs, beta: 0.1, labelSmoothing: 0.1 } : skip,
+    dpo_ipo: on('ipo') ? { ...pairs, lossType: 'ipo', beta: 0.5 } : skip,
+    dpo_simpo: on('simpo') ? { ...pairs, lossType: 'simpo' } : skip,
+    orpo: on('orpo') ? { ...pairs } : skip,
+    kto: on('kto') ? { ...pairs, beta: 0.1 } : skip,
     grpo: on('grpo') ? group('grpo') : skip,
     rloo: on('rloo') ? group('rloo') : skip,
     rest: on('rest')

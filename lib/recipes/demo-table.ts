@@ -6,7 +6,7 @@
  */
 import type { ComparisonTable } from '../run/report';
 import type { PolicyEvaluation } from '../demo/labeler';
-import type { DemoMethod } from './demo-methods';
+import { METHOD_STAGE, type DemoMethod } from './demo-methods';
 
 /** What the table shows of a demo run (DemoResult has it). */
 export interface DemoTableInput {
@@ -22,9 +22,9 @@ export const DEMO_TABLE_CAPTION =
 const f3 = (x: number | null | undefined) => (x === null || x === undefined ? '-' : x.toFixed(3));
 
 export function demoComparison(r: DemoTableInput): ComparisonTable {
-  const pol = new Map(r.policies.map((p) => [p.policy, p]));
+  const pol = new Map(r.policies.map((p) => [METHOD_STAGE[p.policy] as string, p]));
   const rows: string[][] = r.stages.map((s) => {
-    const p = pol.get(s.name as DemoMethod);
+    const p = pol.get(s.name);
     const acc = s.name === 'rm_helpfulness' ? r.rmAccuracy.helpfulness : s.name === 'rm_safety' ? r.rmAccuracy.safety : null;
     return [
       s.name,

@@ -30,7 +30,7 @@ import { chatPrompt, chatSftRow, evalPrompts, samplePrompts, sftDemonstrations, 
 import { evaluatePolicy, preferencePairs, winRate, type PolicyEvaluation } from '../demo/labeler';
 import { respond } from '../demo/respond';
 import { resolveRecipeConfig, type StageKey } from './config';
-import { methodSections, type DemoMethod } from './demo-methods';
+import { METHOD_STAGE, methodSections, PAIR_STAGES, type DemoMethod } from './demo-methods';
 import { demoComparison } from './demo-table';
 import { RunFolder } from '../run/run-folder';
 import { runRecipe, type RecipeHooks } from './run';
@@ -50,7 +50,7 @@ export const DEMO_SIZES = {
     ppoIterations: 16,
     ppoBatch: 64,
     evalPrompts: 120,
-    dpoEpochs: 2,
+    dpoEpochs: 1,
     groupIterations: 32,
     groupPrompts: 16,
     groupSize: 16,
@@ -177,7 +177,7 @@ export async function runDemo(opts: DemoOptions, hooks: Omit<RecipeHooks, 'prepa
       writeFileAtomic(data('sft.jsonl'), jsonl(demos.map(chatSftRow)));
       const flawed = demos.filter((d) => d.flaw !== 'none').length;
       log(`demo: ${demos.length} demonstrations, ${flawed} of them flawed (wrong answers, needless refusals, harmful compliance)`);
-    } else if (stage === 'rm_helpfulness' || (stage === 'dpo' && !fs.existsSync(data('dpo_pairs.jsonl')))) {
+    } else if (stage === 'rm_helpfulness' || (PAIR_STAGES.includes(stage) && !fs.existsSync(data('dpo_pairs.jsonl')))) {
       // The labeling round: sample from the SFT model, rank with the labeler, keep pairs with a gap.
       // Safety pairs come from harmful prompts, with a fifth of helpfulness pairs mixed in (as Llama 2's
       // safety model also saw helpfulness data), so that the safety model does not learn "refuse everything".
@@ -263,7 +263,7 @@ export async function runDemo(opts: DemoOptions, hooks: Omit<RecipeHooks, 'prepa
   const out_ = (k: StageKey) => r.stages.find((s) => s.name === k)?.outputs ?? {};
   const sftModel = out_('sft').model;
   const policies: { policy: DemoMethod; model?: string; adapter?: string }[] = (methods ?? (['sft', 'rs', 'ppo'] as DemoMethod[])).map((m) =>
-    m === 'sft' ? { policy: m } : { policy: m, model: out_(m as StageKey).adapter ? undefined : out_(m as StageKey).model, adapter: out_(m as StageKey).adapter },
+    m === 'sft' ? { policy: m } : { policy: m, model: out_(METHOD_STAGE[m]).adapter ? undefined : out_(METHOD_STAGE[m]).model, adapter: out_(METHOD_STAGE[m]).adapter },
   );
   const tok = loadTokenizer(sftModel);
   const answers: Record<string, { sampled: string[]; greedy: string[] }> = {};
