@@ -82,7 +82,7 @@ t.test('the first two steps: loss, KL reference point and rewards against float6
   const f = path.join(tmp, 'check.jsonl');
   writeJsonl(f, ex);
   const beta = 0.5, wD = 1.3, wU = 0.7, bs = 4;
-  const cfg: KtoConfig = { model: base, data: f, out: '', batchSize: bs, beta, desirableWeight: wD, undesirableWeight: wU, lr: 0.05, lrSchedule: 'constant', loraR: 4, seed: 7, device: 'cpu' };
+  const cfg: KtoConfig = { model: base, data: f, out: '', shuffle: false, batchSize: bs, beta, desirableWeight: wD, undesirableWeight: wU, lr: 0.05, lrSchedule: 'constant', loraR: 4, seed: 7, device: 'cpu' };
   const one = path.join(tmp, 'check-1'), two = path.join(tmp, 'check-2');
   const logs: string[] = [];
   await runKto({ ...cfg, out: one, steps: 1 }, { ...quiet, log: (l) => logs.push(l) });
@@ -203,7 +203,7 @@ t.test('gradient accumulation: 4 rows x 1 == 2 rows x 2 after one step', async (
 
 t.test('a preference-pair file is unpaired and trained (chosen desirable, rejected undesirable)', async (t) => {
   const logs: string[] = [];
-  const r = await runKto({ model: base, data: pairsFile, out: path.join(tmp, 'paired'), steps: 4, batchSize: 4, lr: 5e-3, loraR: 4, device: 'cpu' }, { ...quiet, log: (l) => logs.push(l) });
+  const r = await runKto({ model: base, data: pairsFile, out: path.join(tmp, 'paired'), shuffle: false, steps: 4, batchSize: 4, lr: 5e-3, loraR: 4, device: 'cpu' }, { ...quiet, log: (l) => logs.push(l) });
   t.match(r, { trainRows: 16, steps: 4, data: { source: 'paired', rows: 16, desirable: 8, undesirable: 8 } });
   t.ok(logs.some((l) => /16 examples \(8 desirable, 8 undesirable; 16 standard; unpaired from 8 preference pairs\)/.test(l)), logs.join('\n'));
   t.equal(JSON.parse(fs.readFileSync(path.join(tmp, 'paired', 'kto_config.json'), 'utf8')).data_source, 'paired');
@@ -216,7 +216,7 @@ t.test('a preference-pair file is unpaired and trained (chosen desirable, reject
 
 t.test('config defaults, argument checks and the weight warning', async (t) => {
   const c = resolveKtoConfig({ model: 'm', data: 'd', out: 'o' });
-  t.match(c, { full: false, loraR: 16, loraAlpha: 32, beta: 0.1, desirableWeight: 1, undesirableWeight: 1, lr: 1e-5, epochs: 1, batchSize: 8, shuffle: false, maxLen: 1024, evalBatchSize: 8 });
+  t.match(c, { full: false, loraR: 16, loraAlpha: 32, beta: 0.1, desirableWeight: 1, undesirableWeight: 1, lr: 1e-5, epochs: 1, batchSize: 8, shuffle: true, maxLen: 1024, evalBatchSize: 8 });
   t.equal(resolveKtoConfig({ model: 'm', data: 'd', out: 'o', full: true }).lr, 1e-6);
   t.match(KTO_DEFAULTS, { lrLora: 1e-5, lrFull: 1e-6, beta: 0.1 });
   const bad: [Partial<KtoConfig>, RegExp][] = [

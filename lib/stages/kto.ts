@@ -48,13 +48,15 @@ const positive = (v: number) => (Number.isFinite(v) && v > 0 ? null : `must be a
 
 /** The shared options with KTO's defaults (one epoch; lr 1e-6 full as TRL's KTOConfig, 1e-5 LoRA) and KTO's own rows. */
 export const KTO_OPTIONS: OptionTable<KtoConfig> = {
-  ...describe(withDefaults(SUPERVISED_OPTIONS, { epochs: 1 }, { lr: { derive: (r) => (r.full ? 1e-6 : 1e-5), defaultText: '1e-5 LoRA, 1e-6 --full' } }), {
+  // Shuffled by default: a paired file unpairs into every chosen row, then every rejected row, and a batch of
+  // one kind only would train on desirable (then undesirable) rows alone, with no balance inside a step.
+  ...describe(withDefaults(SUPERVISED_OPTIONS, { epochs: 1, shuffle: true }, { lr: { derive: (r) => (r.full ? 1e-6 : 1e-5), defaultText: '1e-5 LoRA, 1e-6 --full' } }), {
     model: 'base model folder (Hugging Face layout); also the reference model',
     data: 'KTO JSONL: {prompt, completion, label} (TRL unpaired; strings, messages or *_ids), or preference pairs (unpaired automatically)',
     out: 'output folder: PEFT adapter (or full model), metrics.jsonl, kto_config.json',
     batchSize: 'examples per micro-batch (at least 2: the KL reference point is a mean over the micro-batch)',
     evalBatchSize: 'eval (and reference precompute) examples per micro-batch',
-    shuffle: 'shuffle examples each epoch (seeded; otherwise file order)',
+    shuffle: 'shuffle examples each epoch (seeded; on by default: a paired file unpairs into all chosen rows, then all rejected rows; --no-shuffle: file order)',
   }),
   beta: { type: 'number', default: 0.1, check: positive, describe: 'KTO beta: inverse temperature of the implicit reward', group: 'KTO' },
   desirableWeight: { type: 'number', default: 1, check: positive, describe: 'loss weight of the desirable examples', group: 'KTO' },
