@@ -355,8 +355,36 @@ function makeCases(run, size = 'full') {
     add('dpo_loss', `b ${b}`,
       { b, policyChosen: rng.normals(b, 5, -50), policyRejected: rng.normals(b, 5, -50), refChosen: rng.normals(b, 5, -50), refRejected: rng.normals(b, 5, -50),
         beta: 0.1, labelSmoothing: b % 2 ? 0 : 0.1, gradScale: 1, loss: new Float32Array(1), dpolicyChosen: new Float32Array(b),
-        dpolicyRejected: new Float32Array(b), stats: new Float32Array(4) },
+        dpolicyRejected: new Float32Array(b), stats: new Float32Array(6) },
       ['loss', 'dpolicyChosen', 'dpolicyRejected', 'stats'], F32);
+  }
+
+  // ---------------------------------------------------------------- the DPO family and KTO
+  // Fixed seeds of their own, so the cases above keep their random numbers.
+  {
+    const rng = new Rng(0xd90f);
+    const lens = (b) => Float32Array.from(rng.ints(b, 1, 61));
+    // lossType: 1 robust, 2 hinge, 3 ipo, 4 simpo, 5 orpo (PrefLoss's order); simpo and orpo without references.
+    for (const [type, b] of [[1, 7], [2, 33], [3, 12], [4, 9], [5, 40], [0, 5]]) {
+      const refFree = type === 4 || type === 5;
+      const lc = lens(b), lr = lens(b);
+      // Per-token means near -1 (ORPO's log(1 - e^a) needs a < 0).
+      const pc = lc.map((n) => -n * (0.5 + rng.next())), pr = lr.map((n) => -n * (0.5 + rng.next()));
+      add('dpo_loss', `type ${type} b ${b}`, {
+        b, lossType: type, policyChosen: pc, policyRejected: pr,
+        ...(refFree ? {} : { refChosen: pc.map((x) => x + rng.normal()), refRejected: pr.map((x) => x + rng.normal()) }),
+        ...(type >= 3 || type === 0 ? { lenChosen: lc, lenRejected: lr } : {}),
+        beta: type === 4 ? 2 : 0.5, labelSmoothing: type === 1 || type === 4 ? 0.1 : 0, gamma: type === 4 ? 0.5 : 0, gradScale: 0.5,
+        loss: new Float32Array(1), dpolicyChosen: new Float32Array(b), dpolicyRejected: new Float32Array(b), stats: new Float32Array(6),
+      }, ['loss', 'dpolicyChosen', 'dpolicyRejected', 'stats'], F32);
+    }
+    for (const b of [6, 50]) {
+      const policy = rng.normals(b, 5, -40);
+      add('kto_loss', `b ${b}`, {
+        b, policy, ref: policy.map((x) => x + rng.normal()), desirable: Float32Array.from(rng.ints(b, 0, 2)), kl: 0.3, beta: 0.5,
+        desirableWeight: 1.33, undesirableWeight: 1, gradScale: 1, loss: new Float32Array(1), dpolicy: new Float32Array(b), stats: new Float32Array(6),
+      }, ['loss', 'dpolicy', 'stats'], F32);
+    }
   }
 
   // ---------------------------------------------------------------- label smoothing (mean_logp and its gradient)
