@@ -22,10 +22,10 @@ import * as path from 'node:path';
 import { initModel } from '../lib/model/init';
 import { loadModel, type Model } from '../lib/engine/model';
 import { loadTokenizer } from '../lib/tokenizer/tokenizer';
-import { openSafetensors, writeSafetensors } from '../lib/safetensors';
 import { loadPreferenceData, type PreferenceExample } from '../lib/data/preference-data';
 import { runDpo, runOrpo, type DpoConfig, type DpoLossType } from '../lib/stages/dpo';
 import { runCli, cliBuilt } from './helpers/cli';
+import { sharpenFinalNorm } from './helpers/models';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'rlhf-dpo-family-'));
 t.teardown(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -49,17 +49,6 @@ function pairs(n: number, offset: number) {
 }
 const writeJsonl = (file: string, rows: unknown[]) => fs.writeFileSync(file, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
 const readMetrics = (out: string) => fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
-
-/** A final-norm weight of 8 gives the random model the head room of a pretrained one (see test/stage-dpo.test.ts). */
-function sharpenFinalNorm(dir: string, value: number): void {
-  const file = path.join(dir, 'model.safetensors');
-  const st = openSafetensors(file);
-  const tensors = st.header.tensors.map((x) =>
-    x.name === 'model.norm.weight' ? { name: x.name, dtype: x.dtype, shape: x.shape, fill: { kind: 'const' as const, value } } : { name: x.name, dtype: x.dtype, shape: x.shape, data: st.tensorBytes(x.name) },
-  );
-  st.close();
-  writeSafetensors(file, tensors, { format: 'pt' });
-}
 
 t.before(async () => {
   await initModel({ arch: 'llama', preset: 'tiny', outDir: base, seed: 1 });

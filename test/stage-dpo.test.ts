@@ -17,7 +17,6 @@ import * as path from 'node:path';
 import { initModel } from '../lib/model/init';
 import { loadModel, type Model } from '../lib/engine/model';
 import { loadTokenizer } from '../lib/tokenizer/tokenizer';
-import { openSafetensors, writeSafetensors } from '../lib/safetensors';
 import { loadPreferenceData, type PreferenceExample } from '../lib/data/preference-data';
 import { splitEval } from '../lib/data/sft-data';
 import { evaluateDpo, pairLogps, resolveDpoConfig, runDpo, type DpoConfig } from '../lib/stages/dpo';
@@ -25,6 +24,7 @@ import { dpoMicroBatch } from './helpers/host-losses';
 import type { Trainer } from '../lib/engine/train';
 import type { RlhfError } from '../lib/errors';
 import { runCli, cliBuilt, CLI, ROOT } from './helpers/cli';
+import { sharpenFinalNorm } from './helpers/models';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'rlhf-dpo-'));
 t.teardown(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -32,21 +32,6 @@ const base = path.join(tmp, 'llama');
 const gpt2 = path.join(tmp, 'gpt2');
 const data = path.join(tmp, 'train.jsonl');
 const heldOut = path.join(tmp, 'eval.jsonl');
-
-/**
- * Output layers of a random-initialised model are too weak to make any token
- * likely (see test/stage-sft-train.test.ts); a final-norm weight of 8 gives
- * it the head room of a pretrained model.
- */
-function sharpenFinalNorm(dir: string, value: number): void {
-  const file = path.join(dir, 'model.safetensors');
-  const st = openSafetensors(file);
-  const tensors = st.header.tensors.map((x) =>
-    x.name === 'model.norm.weight' ? { name: x.name, dtype: x.dtype, shape: x.shape, fill: { kind: 'const' as const, value } } : { name: x.name, dtype: x.dtype, shape: x.shape, data: st.tensorBytes(x.name) },
-  );
-  st.close();
-  writeSafetensors(file, tensors, { format: 'pt' });
-}
 
 // The rule: a chosen description uses two "pleasant" adjectives, the rejected
 // one two "unpleasant" ones; topics, prompts and adjective pairings of the

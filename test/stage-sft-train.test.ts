@@ -17,7 +17,7 @@ import type { Trainer } from '../lib/engine/train';
 import { RlhfError } from '../lib/errors';
 import { lrMultiplier } from '../lib/stages/schedule';
 import { loadTokenizer } from '../lib/tokenizer/tokenizer';
-import { openSafetensors, writeSafetensors } from '../lib/safetensors';
+import { sharpenFinalNorm } from './helpers/models';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'rlhf-sft-train-'));
 t.teardown(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -25,24 +25,6 @@ const base = path.join(tmp, 'llama');
 const gpt2 = path.join(tmp, 'gpt2');
 const data = path.join(tmp, 'repeat.jsonl');
 const mixed = path.join(tmp, 'mixed.jsonl');
-
-/**
- * A random-initialised model cannot say anything confidently through frozen
- * output layers: the final RMSNorm fixes |h| = sqrt(64) and lm_head rows have
- * norm ~ 0.02 sqrt(64), so every logit stays within about +-1.3 and no LoRA
- * on the linear modules can push a token's log-prob above about -4.9 (the
- * loss plateaus there). Pretrained models have much larger output scales;
- * a final-norm weight of 8 gives this one a comparable head room.
- */
-function sharpenFinalNorm(dir: string, value: number): void {
-  const file = path.join(dir, 'model.safetensors');
-  const st = openSafetensors(file);
-  const tensors = st.header.tensors.map((x) =>
-    x.name === 'model.norm.weight' ? { name: x.name, dtype: x.dtype, shape: x.shape, fill: { kind: 'const' as const, value } } : { name: x.name, dtype: x.dtype, shape: x.shape, data: st.tensorBytes(x.name) },
-  );
-  st.close();
-  writeSafetensors(file, tensors, { format: 'pt' });
-}
 
 t.before(async () => {
   await initModel({ arch: 'llama', preset: 'tiny', outDir: base, seed: 1 });
