@@ -77,7 +77,9 @@ export function hirRows(examples: readonly HirExample[]): { inputIds: number[][]
 /** Forward, the two loss calls and their backward passes for one micro-batch; the gradients accumulate into the trainer's. */
 export async function hirMicroBatch(trainer: Trainer, examples: readonly HirExample[], o: HirLossOptions): Promise<HirMicroSums> {
   const B = examples.length;
-  const { inputIds, spans } = hirRows(examples);
+  const both = hirRows(examples);
+  // Without the contrastive term the negative rows are never read: forward the positive rows alone.
+  const { inputIds, spans } = o.contrastiveCoef !== 0 ? both : { inputIds: both.inputIds.slice(0, B), spans: both.spans.slice(0, B) };
   const { seq } = await trainer.forward({ inputIds, download: false });
   const all = spanMask(seq, spans);
   const w = seq - 1;
