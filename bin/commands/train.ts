@@ -16,6 +16,7 @@ import { runtimeInfo, resolveDevice } from '../../lib/info';
 import { runCommand } from '../cli-util';
 import { deviceOption } from './common';
 import { runTrainConfig } from './train-config';
+import { checkTrainArgs } from './train-args';
 import { exitCodeFor } from '../../lib/run/signals';
 import { runDemo, DEMO_SIZES, type DemoResult, type DemoScale } from '../../lib/recipes/demo';
 import { DEMO_METHODS, parseMethods, type DemoMethod } from '../../lib/recipes/demo-methods';
@@ -50,11 +51,14 @@ export function register<T>(y: Argv<T>): Argv<T> {
         .option('scale', { choices: Object.keys(DEMO_SIZES) as DemoScale[], describe: 'demo size (no --config): full, or quick (about half the time)' })
         .option('methods', { type: 'string', describe: `demo: these methods side by side, each from the same SFT model (${DEMO_METHODS.join(', ')}, or all)` })
         .parserConfiguration({ 'dot-notation': true })
+        // Not strict, so that --<stage>.<option> parses; checkTrainArgs refuses what strict mode would (and more).
         .strict(false),
     (argv) =>
       runCommand(argv, async () => {
         const demoMarker = argv.resume ? path.join(String(argv.resume), 'data', 'demo.json') : null;
-        if (argv.config || (argv.resume && !(demoMarker && fs.existsSync(demoMarker)))) return runTrainConfig(argv as unknown as Record<string, unknown>);
+        const recipeRun = !!argv.config || (!!argv.resume && !(demoMarker && fs.existsSync(demoMarker)));
+        checkTrainArgs(argv as unknown as Record<string, unknown>, recipeRun ? 'recipe' : argv.resume ? 'demo-resume' : 'demo');
+        if (recipeRun) return runTrainConfig(argv as unknown as Record<string, unknown>);
         const info = runtimeInfo();
         const device = resolveDevice(argv.device);
         let out: string, seed: number, scale: DemoScale, methods: DemoMethod[] | undefined;
