@@ -36,6 +36,7 @@ const refusals: [string, string[], RegExp][] = [
   ['a positional argument', ['train', 'quick'], /unexpected argument 'quick'/],
   ['a stage override on the demo', ['train', '--ppo.iterations', '2'], /--ppo\.\* applies to a recipe run/],
   ['--model on the demo', ['train', '--model', tmp], /--model applies to a recipe run/],
+  ['--no-<stage> on the demo', ['train', '--no-rs'], /--no-rs applies to a recipe run/],
   ['--scale with a config', ['train', '--config', cfg, '--scale', 'quick'], /--scale applies to the built-in demo/],
 ];
 

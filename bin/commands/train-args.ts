@@ -110,7 +110,7 @@ export function checkTrainArgs(argv: Record<string, unknown>, mode: TrainMode): 
   for (const [section, given, value] of sections) checkSection(section, given, value);
 
   const isSet = (k: string) => argv[k] !== undefined;
-  const overrides = sections.map(([, g]) => `--${g}.*`);
+  const overrides = sections.map(([, g, v]) => (v === false ? `--no-${g}` : `--${g}.*`));
   const first = (keys: string[], more: string[] = []) => [...keys.filter(isSet).map((k) => `--${k}`), ...more][0];
   let bad: string | undefined;
   if (mode === 'demo' && (bad = first(RECIPE_ONLY, overrides)))
