@@ -1,6 +1,6 @@
 /**
  * The progress display on a fake terminal (one line redrawn in place) and a
- * fake log (one line per interval, plus the first and last step), with a
+ * fake log (a line per tenth of the total or a spaced-out interval, plus the first and last step), with a
  * controlled clock; closed and failing streams never throw.
  */
 import t from 'tap';
@@ -98,7 +98,7 @@ t.test('terminal: lines are cut to the width; unknown totals; long durations', a
   t.same(screen(u.text), ['gen 7'], 'no bar and no ETA without a total');
 });
 
-t.test('not a terminal: plain lines per interval, the first and the last step', async (t) => {
+t.test('not a terminal: plain lines at each tenth, the first and the last step', async (t) => {
   const s = new FakeStream(false);
   const c = clock();
   const p = createProgress({ label: 'rm', total: 100, stream: s, now: c.now, intervalMs: 1000 });
@@ -111,7 +111,7 @@ t.test('not a terminal: plain lines per interval, the first and the last step', 
   t.notMatch(s.text, /\r|\x1b/, 'no terminal controls');
   t.equal(lines[0], 'rm 1/100 (1%) loss 1 elapsed 0:00 ETA 0:11');
   t.equal(lines[lines.length - 1], 'rm 100/100 (100%) loss 0.01 elapsed 0:11', 'the last step is always printed');
-  t.ok(lines.length >= 10 && lines.length <= 13, `${lines.length} lines: time-based`);
+  t.ok(lines.length >= 10 && lines.length <= 13, `${lines.length} lines: one a tenth of the total`);
   const steps = lines.map((l) => Number(/^rm (\d+)\//.exec(l)![1]));
   t.ok(steps.slice(1, -1).every((st, i) => st - steps[i] >= 9), `about one line a second: ${steps}`);
   p.done();
@@ -121,13 +121,45 @@ t.test('not a terminal: plain lines per interval, the first and the last step', 
   const q = createProgress({ label: 'dpo', total: 50, stream: s2, now: c.now });
   q.tick(1);
   c.advance(2000);
-  q.tick(20, { loss: 0.25 });
-  t.equal(s2.chunks.length, 1, 'default interval 10 s');
+  q.tick(4, { loss: 0.25 });
+  t.equal(s2.chunks.length, 1, 'default interval 10 s, and no new tenth of the total');
   c.advance(2000);
   q.done({ eval_loss: 0.3 });
-  t.same(s2.text.split('\n'), ['dpo 1/50 (2%) elapsed 0:00', 'dpo 20/50 (40%) loss 0.25 eval_loss 0.3 in 0:04', ''], 'done shows the unprinted last state');
+  t.same(s2.text.split('\n'), ['dpo 1/50 (2%) elapsed 0:00', 'dpo 4/50 (8%) loss 0.25 eval_loss 0.3 in 0:04', ''], 'done shows the unprinted last state');
   q.log('after');
   t.equal(s2.text.split('\n').slice(-2)[0], 'after', 'log still prints');
+});
+
+/** The plain lines of a display fed `steps` ticks `ms` apart (the fields change each tick). */
+function plainRun(total: number, steps: number[], ms: number, intervalMs?: number): string[] {
+  const s = new FakeStream(false);
+  const c = clock();
+  const p = createProgress({ label: 'x', total, stream: s, now: c.now, intervalMs });
+  steps.forEach((st, i) => {
+    c.advance(ms);
+    p.tick(st, { loss: 1 / (i + 1) });
+  });
+  p.done();
+  return s.text.split('\n').filter(Boolean);
+}
+const range = (a: number, b: number) => Array.from({ length: b - a + 1 }, (_, i) => a + i);
+
+t.test('not a terminal: about 30 lines at most, however long the stage', async (t) => {
+  const fast = plainRun(10_000, range(1, 10_000), 100); // 17 minutes of 0.1 s steps
+  t.ok(fast.length <= 30, `10000 steps over 17 min: ${fast.length} lines`);
+  t.ok(fast.length >= 11, 'still every tenth of the total');
+  const slow = plainRun(20, range(1, 20), 60_000); // 20 minutes of 1-minute steps
+  t.ok(slow.length <= 30, `20 one-minute steps: ${slow.length} lines`);
+  const stuck = plainRun(4, [...Array(3000).fill(0), 4], 1000); // 50 minutes on the first of 4 units, the rate unknown
+  t.ok(stuck.length <= 30 && stuck.length >= 5, `50 min with no unit done: ${stuck.length} lines (a heartbeat, spaced out)`);
+  const unknown = plainRun(0, range(1, 3000), 1000);
+  t.ok(unknown.length <= 30, `no total: ${unknown.length} lines`);
+});
+
+t.test('not a terminal: the total is shown once, nothing beyond it', async (t) => {
+  const lines = plainRun(1, [0, 1, 1, 1, 1, 1, 1, 1, 1], 2000, 1000);
+  t.equal(lines.filter((l) => l.startsWith('x 1/1 (100%)')).length, 1, `one line at the total: ${JSON.stringify(lines)}`);
+  t.notOk(lines.some((l) => /x (\d+)\/1 /.test(l) && Number(/x (\d+)\//.exec(l)![1]) > 1), 'no step beyond the total');
 });
 
 t.test('isTTY follows the stream unless given', async (t) => {

@@ -14,6 +14,7 @@ import { PACKAGE_ROOT } from '../../lib/native';
 import { RlhfError } from '../../lib/errors';
 import { runtimeInfo } from '../../lib/info';
 import { runCommand } from '../cli-util';
+import { EXAMPLES } from './examples';
 
 export function register<T>(y: Argv<T>): Argv<T> {
   return y.command(
@@ -35,7 +36,8 @@ export function register<T>(y: Argv<T>): Argv<T> {
         .option('blas-dir', { type: 'string', describe: "folder of the OpenMP OpenBLAS put first on the peer's library path" })
         .option('peer-wait-policy', { type: 'string', describe: "the peer's OMP_WAIT_POLICY: PASSIVE (default), ACTIVE or default" })
         .option('out', { type: 'string', describe: 'cache folder of the model folders and adapters (default bench/out)' })
-        .option('list', { type: 'boolean', describe: 'print the workload names and exit' }),
+        .option('list', { type: 'boolean', describe: 'print the workload names and exit' })
+        .example(...EXAMPLES.bench),
     (argv) =>
       runCommand(argv, () => {
         if (argv.device === 'cuda') {

@@ -12,6 +12,7 @@ import { RlhfError } from '../../lib/errors';
 import { runCommand } from '../cli-util';
 import { adapterOption, deviceOption, openOutput } from './common';
 import type { ChatMessage } from '../../lib/tokenizer/chat-template';
+import { EXAMPLES } from './examples';
 
 export function register<T>(y: Argv<T>): Argv<T> {
   return y.command(
@@ -33,7 +34,8 @@ export function register<T>(y: Argv<T>): Argv<T> {
         .check((a) => {
           if (!a.prompt === !a.data) throw new Error('give exactly one of --prompt or --data');
           return true;
-        }),
+        })
+        .example(...EXAMPLES.generate),
     (argv) =>
       runCommand(argv, async () => {
         const tok = loadTokenizer(argv.model);

@@ -2,6 +2,7 @@
 import type { Argv } from 'yargs';
 import { runtimeInfo } from '../../lib/info';
 import { runCommand } from '../cli-util';
+import { EXAMPLES } from './examples';
 
 function gib(bytes: number): string {
   return `${(bytes / 2 ** 30).toFixed(1)} GiB`;
@@ -11,7 +12,7 @@ export function register<T>(y: Argv<T>): Argv<T> {
   return y.command(
     'info',
     'show the version, compiled backends, CUDA devices, SIMD level and threads',
-    (a) => a.option('json', { type: 'boolean', default: false, describe: 'print one JSON object' }),
+    (a) => a.option('json', { type: 'boolean', default: false, describe: 'print one JSON object' }).example(...EXAMPLES.info),
     (argv) =>
       runCommand(argv, () => {
         const info = runtimeInfo();

@@ -3,6 +3,7 @@ import type { Argv } from 'yargs';
 import { initModel } from '../../lib/model/init';
 import { PRESET_NAMES } from '../../lib/model/presets';
 import { runCommand } from '../cli-util';
+import { EXAMPLES } from './examples';
 
 export function register<T>(y: Argv<T>): Argv<T> {
   return y.command(
@@ -15,7 +16,8 @@ export function register<T>(y: Argv<T>): Argv<T> {
         .option('out', { type: 'string', demandOption: true, describe: 'output folder (must be empty or absent)' })
         .option('seed', { type: 'number', default: 0, describe: 'random seed' })
         .option('dtype', { choices: ['F32', 'F16', 'BF16'] as const, default: 'F32' as const, describe: 'weight dtype on disk' })
-        .option('force', { type: 'boolean', default: false, describe: 'write into a non-empty folder' }),
+        .option('force', { type: 'boolean', default: false, describe: 'write into a non-empty folder' })
+        .example(...EXAMPLES.init),
     (argv) =>
       runCommand(argv, async () => {
         const r = await initModel({ arch: argv.arch, preset: argv.preset, outDir: argv.out, seed: argv.seed, dtype: argv.dtype, force: argv.force });

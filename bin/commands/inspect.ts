@@ -10,6 +10,7 @@ import { RlhfError } from '../../lib/errors';
 import { openSafetensors } from '../../lib/safetensors';
 import { openModelFolder } from '../../lib/model/folder';
 import { runCommand } from '../cli-util';
+import { EXAMPLES } from './examples';
 
 interface Row {
   name: string;
@@ -34,7 +35,8 @@ export function register<T>(y: Argv<T>): Argv<T> {
     (a) =>
       a
         .positional('path', { type: 'string', demandOption: true, describe: '.safetensors file or model folder' })
-        .option('json', { type: 'boolean', default: false, describe: 'print one JSON object' }),
+        .option('json', { type: 'boolean', default: false, describe: 'print one JSON object' })
+        .example(...EXAMPLES.inspect),
     (argv) =>
       runCommand(argv, () => {
         const target = argv.path as string;

@@ -6,6 +6,7 @@ import type { Argv } from 'yargs';
 import { mergeAdapter } from '../../lib/engine/merge';
 import { runCommand } from '../cli-util';
 import { deviceOption } from './common';
+import { EXAMPLES } from './examples';
 
 export function register<T>(y: Argv<T>): Argv<T> {
   return y.command(
@@ -15,7 +16,8 @@ export function register<T>(y: Argv<T>): Argv<T> {
       deviceOption(a)
         .option('model', { type: 'string', demandOption: true, describe: 'base model folder' })
         .option('adapter', { type: 'string', demandOption: true, describe: 'PEFT LoRA adapter folder' })
-        .option('out', { type: 'string', demandOption: true, describe: 'merged model folder (written atomically)' }),
+        .option('out', { type: 'string', demandOption: true, describe: 'merged model folder (written atomically)' })
+        .example(...EXAMPLES.merge),
     (argv) =>
       runCommand(argv, async () => {
         const r = await mergeAdapter({ model: argv.model, adapter: argv.adapter, out: argv.out, device: argv.device });

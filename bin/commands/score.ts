@@ -7,6 +7,7 @@ import { readJsonl } from '../../lib/data/jsonl';
 import { loadTokenizer } from '../../lib/tokenizer/tokenizer';
 import { runCommand } from '../cli-util';
 import { adapterOption, deviceOption, openOutput } from './common';
+import { EXAMPLES } from './examples';
 
 export function register<T>(y: Argv<T>): Argv<T> {
   return y.command(
@@ -17,7 +18,8 @@ export function register<T>(y: Argv<T>): Argv<T> {
         .option('model', { type: 'string', demandOption: true, describe: 'model folder' })
         .option('data', { type: 'string', demandOption: true, describe: 'JSONL: {"input_ids"} or {"prompt","completion"} per line' })
         .option('out', { type: 'string', describe: 'output JSONL (default: stdout)' })
-        .option('batch-size', { type: 'number', default: 8 }),
+        .option('batch-size', { type: 'number', default: 8 })
+        .example(...EXAMPLES.score),
     (argv) =>
       runCommand(argv, async () => {
         const rows = readJsonl(argv.data);

@@ -11,6 +11,7 @@ import type { Stage, StageRunResult } from '../../lib/train/stage';
 import { addCliOptions, configFromArgv, type OptionSpec } from '../../lib/train/options';
 import { exitCodeFor } from '../../lib/run/signals';
 import { runCommand } from '../cli-util';
+import { withExample } from './examples';
 
 export interface StageCommand<C, R extends StageRunResult, M> {
   stage: Stage<C, R>;
@@ -37,11 +38,14 @@ export function registerStage<T, C, R extends StageRunResult, M>(y: Argv<T>, cmd
     stage.name,
     stage.summary,
     (a) =>
-      addCliOptions(a, stage.options, cmd.cliOverrides).option('log-steps', {
-        type: 'number',
-        default: cmd.logSteps?.default ?? 1,
-        describe: `a progress line on stderr every N ${cmd.logSteps?.unit ?? 'steps'} (and the first and last)`,
-      }),
+      withExample(
+        addCliOptions(a, stage.options, cmd.cliOverrides).option('log-steps', {
+          type: 'number',
+          default: cmd.logSteps?.default ?? 1,
+          describe: `a progress line on stderr every N ${cmd.logSteps?.unit ?? 'steps'} (and the first and last)`,
+        }),
+        stage.name,
+      ),
     (argv) =>
       runCommand(argv, async () => {
         const logEvery = Math.max(1, Math.floor(Number(argv['log-steps'])));

@@ -16,10 +16,12 @@ import { runtimeInfo, resolveDevice } from '../../lib/info';
 import { runCommand } from '../cli-util';
 import { deviceOption } from './common';
 import { runTrainConfig } from './train-config';
+import { checkTrainArgs } from './train-args';
 import { exitCodeFor } from '../../lib/run/signals';
 import { runDemo, DEMO_SIZES, type DemoResult, type DemoScale } from '../../lib/recipes/demo';
 import { DEMO_METHODS, parseMethods, type DemoMethod } from '../../lib/recipes/demo-methods';
 import { demoComparison, DEMO_TABLE_CAPTION, formatTable } from '../../lib/recipes/demo-table';
+import { EXAMPLES } from './examples';
 
 /** A fresh run folder: `base`, or `base-2`, `base-3`, ... when it is taken (nothing a user has is touched). */
 function freeRunFolder(base: string): string {
@@ -43,18 +45,22 @@ export function register<T>(y: Argv<T>): Argv<T> {
       deviceOption(a)
         .option('config', { type: 'string', describe: "recipe config (YAML or JSON): recipe, model, out, seed and each stage's options" })
         .option('resume', { type: 'string', describe: 'continue the stopped run in this folder (its run.json holds the config)' })
-        .option('recipe', { choices: ['instructgpt', 'llama2', 'dpo', 'rest', 'hir', 'kto', 'orpo', 'methods'] as const, describe: "overrides the config's recipe" })
-        .option('model', { type: 'string', describe: "overrides the config's model folder" })
+        .option('recipe', { choices: ['instructgpt', 'llama2', 'dpo', 'rest', 'hir', 'kto', 'orpo', 'methods'] as const, describe: "overrides the config's recipe [default: the config's, else instructgpt]" })
+        .option('model', { type: 'string', describe: "overrides the config's model folder [default: the config's]" })
         .option('out', { type: 'string', describe: 'run folder [default: rlhf-run, or rlhf-run-N when taken]' })
-        .option('seed', { type: 'number' })
-        .option('scale', { choices: Object.keys(DEMO_SIZES) as DemoScale[], describe: 'demo size (no --config): full, or quick (about half the time)' })
-        .option('methods', { type: 'string', describe: `demo: these methods side by side, each from the same SFT model (${DEMO_METHODS.join(', ')}, or all)` })
+        .option('seed', { type: 'number', describe: "the run's seed [default: the config's seed, or 0]" })
+        .option('scale', { choices: Object.keys(DEMO_SIZES) as DemoScale[], describe: 'demo size (no --config): full, or quick (about half the time) [default: full]' })
+        .option('methods', { type: 'string', describe: `demo: these methods side by side, each from the same SFT model (${DEMO_METHODS.join(', ')}, or all) [default: none, Llama 2's recipe]` })
         .parserConfiguration({ 'dot-notation': true })
-        .strict(false),
+        // Not strict, so that --<stage>.<option> parses; checkTrainArgs refuses what strict mode would (and more).
+        .strict(false)
+        .example(...EXAMPLES.train),
     (argv) =>
       runCommand(argv, async () => {
         const demoMarker = argv.resume ? path.join(String(argv.resume), 'data', 'demo.json') : null;
-        if (argv.config || (argv.resume && !(demoMarker && fs.existsSync(demoMarker)))) return runTrainConfig(argv as unknown as Record<string, unknown>);
+        const recipeRun = !!argv.config || (!!argv.resume && !(demoMarker && fs.existsSync(demoMarker)));
+        checkTrainArgs(argv as unknown as Record<string, unknown>, recipeRun ? 'recipe' : argv.resume ? 'demo-resume' : 'demo');
+        if (recipeRun) return runTrainConfig(argv as unknown as Record<string, unknown>);
         const info = runtimeInfo();
         const device = resolveDevice(argv.device);
         let out: string, seed: number, scale: DemoScale, methods: DemoMethod[] | undefined;

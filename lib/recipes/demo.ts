@@ -32,6 +32,7 @@ import { respond } from '../demo/respond';
 import { resolveRecipeConfig, type StageKey } from './config';
 import { METHOD_STAGE, methodSections, PAIR_STAGES, type DemoMethod } from './demo-methods';
 import { demoComparison } from './demo-table';
+import { demoSamples } from './demo-samples';
 import { RunFolder } from '../run/run-folder';
 import { runRecipe, type RecipeHooks } from './run';
 import type { Device } from '../info';
@@ -108,6 +109,9 @@ export interface DemoPolicyRow {
   greedyWinVsSft: number;
 }
 
+/** Held-out prompts of rejection sampling's own before/after evaluation (scored by the reward models). */
+const RS_EVAL_PROMPTS = 48;
+
 /** Sampled answers per held-out prompt in the evaluation (seeds 1..EVAL_SAMPLES). */
 export const EVAL_SAMPLES = 2;
 
@@ -148,7 +152,8 @@ export async function runDemo(opts: DemoOptions, hooks: Omit<RecipeHooks, 'prepa
       k: size.rsK,
       maxNewTokens: 16,
       temperature: 1,
-      evalFraction: 0,
+      // Held-out prompts of the eval split: the reward models' mean reward before and after, in summary.json and the report.
+      evalData: data('rs_eval.jsonl'),
       sft: { steps: 0, epochs: 2, batchSize: 16, lr: 1e-3, loraR: 16, loraAlpha: 32 },
     },
     ppo: {
@@ -223,6 +228,7 @@ export async function runDemo(opts: DemoOptions, hooks: Omit<RecipeHooks, 'prepa
       const salt = { rs: 202, ppo: 303, rest: 202, grpo: 505, rloo: 505, hir: 505 }[stage];
       const prompts = samplePrompts(Math.min(n, 400), { split: 'train', seed: seed + salt, distinct: true });
       writeFileAtomic(data(`${group ? 'group' : stage}_prompts.jsonl`), jsonl(prompts.map((p) => ({ messages: chatPrompt(p), safe: p.safe, answer: p.answer }))));
+      if (stage === 'rs') writeFileAtomic(data('rs_eval.jsonl'), jsonl(evalPrompts(RS_EVAL_PROMPTS, seed + 404).map((p) => ({ messages: chatPrompt(p), safe: p.safe, answer: p.answer }))));
     }
   };
 
@@ -282,6 +288,7 @@ export async function runDemo(opts: DemoOptions, hooks: Omit<RecipeHooks, 'prepa
   // The table goes into summary.json and report.html too.
   const folder = RunFolder.open(out, { resume: true });
   try {
+    folder.setSamples(demoSamples(held, Object.fromEntries(Object.entries(answers).map(([k, v]) => [k, v.greedy])), result.policies.map((p) => p.policy)));
     folder.setComparison(demoComparison(result));
   } finally {
     folder.close();

@@ -174,7 +174,8 @@ export async function runRecipe(cfg: RecipeConfig, opts: RecipeHooks & { resume?
           const rec = wiring.record ? wiring.record(m, ++n) : { ...m, step: m.step as number };
           run.appendMetrics(key, rec);
           opts.onMetrics?.(key, rec);
-          tick(rec.step, Math.max(info.totalSteps, rec.step), wiring.progress(m));
+          const done = wiring.done ? wiring.done(m) : rec.step;
+          tick(done, Math.max(info.totalSteps, done), wiring.progress(m));
         },
       };
       if (!isStageConfig(stage.options, options, `${key}`)) continue;

@@ -3,9 +3,13 @@
  *
  *   sft [#######.............] 12/80 loss 0.53 reward 1.2 ETA 0:42
  *
- * elsewhere (files, CI logs): plain lines, one per `intervalMs`, plus the
- * first and the last step. Writing never throws: a closed or failing stream
- * silently turns the display off.
+ * elsewhere (files, CI logs): plain lines, few enough to read in a log: the
+ * first step, each further tenth of the total, the last step once, and in
+ * between a line when `intervalMs` has passed with something new to show,
+ * spaced out to a fifteenth of the stage's expected length (from the rate so
+ * far; without one, a fifth of the time elapsed), so that a stage writes
+ * about 30 lines at most however long it runs. Writing never throws: a closed
+ * or failing stream silently turns the display off.
  */
 
 /** What the display writes to: a Writable such as process.stderr, or anything with `write`. */
@@ -28,7 +32,7 @@ export interface ProgressOptions {
   stream?: ProgressStream;
   /** Redraw one line in place. Default `stream.isTTY`. */
   isTTY?: boolean;
-  /** Minimum milliseconds between outputs: redraws on a terminal (default 100), lines otherwise (default 10000). */
+  /** Minimum milliseconds between outputs: redraws on a terminal (default 100); otherwise between lines that no tenth of the total prompted (default 10000). */
   intervalMs?: number;
   /** The step the work starts from (a resumed run): the ETA counts only steps done since. Default 0. */
   start?: number;
@@ -42,7 +46,7 @@ export interface ProgressOptions {
 export type ProgressFields = Record<string, number | string | null | undefined>;
 
 export interface Progress {
-  /** Records that `step` is done, with the latest values to show. Outputs when the interval has passed, on the first step and on the last one. */
+  /** Records that `step` is done, with the latest values to show. Outputs on the first step and the last, and as the module comment says in between. */
   tick(step: number, fields?: ProgressFields): void;
   /** Prints a line of its own without breaking the bar (the bar is redrawn below it). */
   log(line: string): void;
@@ -86,6 +90,8 @@ export function createProgress(opts: ProgressOptions): Progress {
   let dead = false, finished = false;
   let step = start, fields: ProgressFields = {};
   let lastOut = -Infinity, shownStep = NaN, drawn = false, ticked = false;
+  // Plain lines: the tenth of the total last shown, and whether anything changed since the last line.
+  let shownTenth = -1, fresh = false, lastShownAtTotal = false;
 
   const onError = () => {
     dead = true;
@@ -145,18 +151,35 @@ export function createProgress(opts: ProgressOptions): Progress {
     if (tty) {
       write(`\r${ttyLine(t)}\x1b[K`);
       drawn = true;
-    } else write(plainLine(t) + '\n');
+    } else {
+      write(plainLine(t) + '\n');
+      shownTenth = tenth();
+      fresh = false;
+      lastShownAtTotal = total > 0 && step >= total;
+    }
+  };
+  const tenth = () => (total ? Math.floor((Math.min(step, total) / total) * 10) : -1);
+  /** Whether a plain line is due at time t (after the first). */
+  const lineDue = (t: number) => {
+    if (total > 0 && step >= total) return !lastShownAtTotal;
+    if (total > 0 && tenth() > shownTenth) return true;
+    if (!fresh) return false;
+    const done = step - start;
+    const expected = total && done > 0 ? ((t - t0) / done) * (total - start) : 0;
+    const gap = Math.max(interval, expected ? expected / 15 : (t - t0) / 5);
+    return t - lastOut >= gap;
   };
 
   return {
     tick(s, f) {
       if (finished || dead) return;
+      fresh ||= s !== step || f !== undefined;
       step = s;
       if (f) fields = { ...fields, ...f };
       const t = now();
       const first = !ticked;
       ticked = true;
-      if (first || (total > 0 && s >= total) || t - lastOut >= interval) output(t);
+      if (tty ? first || (total > 0 && s >= total) || t - lastOut >= interval : first || lineDue(t)) output(t);
     },
     log(line) {
       if (tty && drawn && !finished) write(`\r\x1b[K${line}\n${ttyLine(now())}\x1b[K`);

@@ -22,7 +22,7 @@ import { performance } from 'node:perf_hooks';
 import { RlhfError } from '../errors';
 import { packageVersion } from '../info';
 import { latestCheckpoint, recoverLeftovers, saveCheckpoint, writeFileAtomic, type Checkpoint } from './atomic';
-import { renderReport, type ComparisonTable, type MetricRecord, type RunSummary, type StageSummary } from './report';
+import { renderReport, type ComparisonTable, type MetricRecord, type RunSummary, type SampleTable, type StageSummary } from './report';
 
 export * from './atomic';
 export * from './report';
@@ -398,6 +398,13 @@ export class RunFolder {
   /** Sets summary.json's comparison table (the report shows it first) and rewrites report.html. */
   setComparison(table: ComparisonTable): void {
     this.summary.comparison = table;
+    this.saveSummary();
+    this.writeReport();
+  }
+
+  /** Sets summary.json's sample completions (the report shows them after the outcome) and rewrites report.html. */
+  setSamples(table: SampleTable): void {
+    this.summary.samples = table;
     this.saveSummary();
     this.writeReport();
   }

@@ -51,6 +51,13 @@ export interface RecipeWiring<R> {
   summary(r: R): { eval?: Record<string, unknown>; steps?: number };
   /** Figures shown on the progress line of a metrics record. */
   progress(m: Record<string, unknown>): Record<string, number | string | undefined>;
+  /**
+   * How many of the stage's `totalSteps` were finished when it wrote this
+   * record, for the progress display (default: the record's step). Stages
+   * whose records are numbered by the round in progress say so here, so that
+   * a round's first record does not show the round as done.
+   */
+  done?(m: Record<string, unknown>): number;
   /** The run's metrics record of the stage's n-th record (default: as it is). */
   record?(m: Record<string, unknown>, n: number): { step: number } & Record<string, unknown>;
 }

@@ -16,7 +16,9 @@ export const rsStage: Stage<RsConfig, RsResult> = {
     checkpoints: true,
     outputs: async (r) => ({ model: r.policy.model, ...(r.policy.adapter ? { adapter: r.policy.adapter } : {}) }),
     summary: (r) => ({ eval: { reward_before: r.initialReward, reward_after: r.finalReward }, steps: r.rounds }),
-    progress: (m) => ({ reward: m.mean_reward as number | undefined }),
+    progress: (m) => ({ round: m.phase === 'eval' ? undefined : (m.round as number), sft_step: m.phase === 'sft' ? (m.step as number) : undefined, loss: m.loss as number | undefined, reward: m.mean_reward as number | undefined }),
+    /** Rounds finished: a round's sample and SFT records come before its end (its 'round' record). */
+    done: (m) => (m.phase === 'round' || m.phase === 'eval' ? Number(m.round ?? 0) : Number(m.round ?? 1) - 1),
     /** In the run's metrics an rs record's step is its round (0: the eval before round 1), as its checkpoints are counted; a round's SFT step is sft_step. */
     record: (m) => ({ ...m, ...(m.step !== undefined ? { sft_step: m.step } : {}), reward: m.mean_reward, step: Number(m.round ?? 0) }),
   },

@@ -22,7 +22,9 @@ export const restStage: Stage<RestConfig, RestResult> = {
     checkpoints: true,
     outputs: async (r) => ({ model: r.policy.model, ...(r.policy.adapter ? { adapter: r.policy.adapter } : {}) }),
     summary: (r) => ({ eval: { reward_before: r.initialReward, reward_after: r.finalReward }, steps: r.growSteps }),
-    progress: (m) => ({ reward: m.mean_reward as number | undefined }),
+    progress: (m) => ({ grow: m.phase === 'eval' ? undefined : (m.grow as number), improve: m.improve as number | undefined, sft_step: m.phase === 'sft' ? (m.step as number) : undefined, loss: m.loss as number | undefined, reward: m.mean_reward as number | undefined }),
+    /** Grow steps finished: a Grow step's grow, improve and SFT records come before its end (its 'iteration' record). */
+    done: (m) => (m.phase === 'iteration' || m.phase === 'eval' ? Number(m.grow ?? 0) : Number(m.grow ?? 1) - 1),
     /** In the run's metrics a rest record's step is its Grow step (0: the eval before the first), as its checkpoints are counted; an SFT step is sft_step. */
     record: (m) => ({ ...m, ...(m.step !== undefined ? { sft_step: m.step } : {}), reward: m.mean_reward, step: Number(m.grow ?? 0) }),
   },
