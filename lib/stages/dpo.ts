@@ -36,7 +36,7 @@ import { splitEval } from '../data/sft-data';
 import { identicalWarning, loadPreferenceData, type PreferenceDataStats, type PreferenceExample } from '../data/preference-data';
 import { defaultsOf, lrDefaults, describe, SUPERVISED_OPTIONS, withDefaults, type OptionTable, type Resolved, type SupervisedOptions } from '../train/options';
 import { resolveSupervised, runSupervised, type SupervisedMethod, type SupervisedRun } from '../train/supervised';
-import type { Stage, StageHooks } from '../train/stage';
+import { policyOnBase, type Stage, type StageHooks } from '../train/stage';
 
 export const DPO_LOSS_TYPES = ['sigmoid', 'robust', 'hinge', 'ipo', 'simpo', 'orpo'] as const;
 export type DpoLossType = (typeof DPO_LOSS_TYPES)[number];
@@ -454,17 +454,13 @@ export const dpoStage: Stage<DpoConfig, DpoResult, DpoStepMetrics> = {
 };
 
 /** In a recipe: DPO trains a policy on the base later stages share (SFT's merged model), which is also its reference. */
-dpoStage.recipe = {
-  defaults: { checkpointSteps: 50 },
-  checkpoints: true,
-  inputs: (ctx) => ({ model: ctx.base }),
-  outputs: async (r, ctx): Promise<Record<string, string>> => (r.saved === 'model' ? { model: ctx.dir } : { model: ctx.base, adapter: ctx.dir }),
+dpoStage.recipe = policyOnBase({
   summary: (r) => ({
     eval: r.finalEval ? { loss: r.finalEval.loss, accuracy: r.finalEval.accuracy, margin: r.finalEval.margin, accuracy_before: r.initialEval?.accuracy } : undefined,
     steps: r.steps,
   }),
   progress: (m) => ({ loss: m.loss as number | undefined, margin: m['rewards/margins'] as number | undefined }),
-};
+});
 
 // ------------------------------------------------------------------ ORPO
 

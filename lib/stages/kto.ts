@@ -30,7 +30,7 @@ import { identicalWarning } from '../data/preference-data';
 import { klPairs, loadKtoData, type KtoDataset, type UnpairedDataStats, type UnpairedExample } from '../data/unpaired-data';
 import { arg, defaultsOf, lrDefaults, describe, SUPERVISED_OPTIONS, withDefaults, type OptionTable, type Resolved, type SupervisedOptions } from '../train/options';
 import { resolveSupervised, runSupervised, type SupervisedMethod, type SupervisedRun } from '../train/supervised';
-import type { Stage, StageHooks } from '../train/stage';
+import { policyOnBase, type Stage, type StageHooks } from '../train/stage';
 
 /** KTO's own options beside the shared ones. */
 export interface KtoOwnOptions {
@@ -393,14 +393,10 @@ export const ktoStage: Stage<KtoConfig, KtoResult, KtoStepMetrics> = {
 };
 
 /** In a recipe: KTO trains a policy on the base later stages share (SFT's merged model), which is also its reference. */
-ktoStage.recipe = {
-  defaults: { checkpointSteps: 50 },
-  checkpoints: true,
-  inputs: (ctx) => ({ model: ctx.base }),
-  outputs: async (r, ctx): Promise<Record<string, string>> => (r.saved === 'model' ? { model: ctx.dir } : { model: ctx.base, adapter: ctx.dir }),
+ktoStage.recipe = policyOnBase({
   summary: (r) => ({
     eval: r.finalEval ? { loss: r.finalEval.loss, margin: r.finalEval.margin, kl: r.finalEval.kl, loss_before: r.initialEval?.loss } : undefined,
     steps: r.steps,
   }),
   progress: (m) => ({ loss: m.loss as number | undefined, margin: m['rewards/margins'] as number | undefined, kl: m.kl as number | undefined }),
-};
+});

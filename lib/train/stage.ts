@@ -62,6 +62,22 @@ export interface RecipeWiring<R> {
   record?(m: Record<string, unknown>, n: number): { step: number } & Record<string, unknown>;
 }
 
+/**
+ * The wiring of a stage that trains a policy on the recipe's shared base
+ * (SFT's merged model), which is also its reference: the base in, the
+ * adapter (or, with full training, the model) out, checkpoints every 50
+ * steps. DPO's family and KTO share it; `summary` and `progress` are theirs.
+ */
+export function policyOnBase<R extends { saved: 'adapter' | 'model' }>(own: Pick<RecipeWiring<R>, 'summary' | 'progress'>): RecipeWiring<R> {
+  return {
+    defaults: { checkpointSteps: 50 },
+    checkpoints: true,
+    inputs: (ctx) => ({ model: ctx.base }),
+    outputs: async (r, ctx): Promise<Record<string, string>> => (r.saved === 'model' ? { model: ctx.dir } : { model: ctx.base, adapter: ctx.dir }),
+    ...own,
+  };
+}
+
 export interface RecipeStageContext {
   /** The stage's folder in the run. */
   dir: string;
