@@ -3,7 +3,10 @@
  *   - `npx rlhf-native train` sent SIGTERM by its process id (not the
  *     process group: npm passes it to its `sh -c`, which exits without
  *     passing it on), and a `bash -c` launcher killed outright: the training
- *     process notices its launcher is gone, saves and exits (129); no
+ *     process notices its launcher is gone, saves and exits (129);
+ *     `npx rlhf-native train` sent SIGINT by its process id (npm passes it
+ *     to its `sh -c`, which keeps it and waits): the training process sees
+ *     its shell woken, saves and exits (130); in every case no
  *     process of the run is left within 10 s, and `train --resume` finishes
  *     the run;
  *   - `score ... | head -1` ends quietly (status 141, no stack trace);
@@ -48,13 +51,15 @@ function processesWith(needle: string): number[] {
 
 const launchers: [string, string, string[], NodeJS.Signals][] = [
   ['npx rlhf-native train sent SIGTERM by pid', 'npx', ['--offline', 'rlhf-native', 'train', '--config'], 'SIGTERM'],
+  // npm passes SIGINT to its `sh -c`, which keeps it while it waits: the run sees the shell woken
+  ['npx rlhf-native train sent SIGINT by pid', 'npx', ['--offline', 'rlhf-native', 'train', '--config'], 'SIGINT'],
   // (a command after it keeps bash from exec'ing node in its place)
   ['a bash -c launcher killed (SIGKILL)', 'bash', ['-c', `node "${CLI}" train --config "$0"; exit $?`], 'SIGKILL'],
 ];
 for (const [what, cmd, args, sig] of launchers) {
   t.test(`${what}: the training stops, no process left within 10 s; train --resume finishes`, { skip }, async (t) => {
-    const out = path.join(tmp, `run-${cmd}`);
-    const cfg = path.join(tmp, `cfg-${cmd}.json`);
+    const out = path.join(tmp, `run-${cmd}-${sig}`);
+    const cfg = path.join(tmp, `cfg-${cmd}-${sig}.json`);
     fs.writeFileSync(
       cfg,
       JSON.stringify({
@@ -77,6 +82,10 @@ for (const [what, cmd, args, sig] of launchers) {
     const sent = Date.now();
     while (processesWith(cfg).length > 0 && Date.now() - sent < 10_000) await new Promise((r) => setTimeout(r, 100));
     t.same(processesWith(cfg), [], `no process of the run left ${((Date.now() - sent) / 1000).toFixed(1)} s after the signal`);
+    if (sig === 'SIGINT') {
+      const [code, signal] = launcher.exitCode !== null || launcher.signalCode !== null ? [launcher.exitCode, launcher.signalCode] : await new Promise<[number | null, string | null]>((r) => launcher.on('exit', (c, s) => r([c, s])));
+      t.ok(code === 130 || signal === 'SIGINT', `npx ends as interrupted (exit ${code}, signal ${signal})`);
+    }
     const state = JSON.parse(fs.readFileSync(path.join(out, 'run.json'), 'utf8'));
     t.equal(state.stages[0].status, 'running', 'sft was stopped, not finished');
     t.ok(fs.readdirSync(path.join(out, 'sft')).some((f) => /^checkpoint-\d+$/.test(f)), 'the stop wrote a checkpoint');

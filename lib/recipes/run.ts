@@ -99,6 +99,7 @@ export async function runRecipe(cfg: RecipeConfig, opts: RecipeHooks & { resume?
       process.stderr.write(`train: ${sig} again: exiting (the run folder keeps its last checkpoints; resume with --resume)\n`);
       process.exit(code);
     }
+    if (interrupted && result.signal === sig) return; // already stopping for this interrupt, seen through the launcher's shell
     result.signal = sig;
     log(`train: ${sig}: finishing the current step, then saving (resume later with --resume)`);
     onUserAbort();
@@ -109,9 +110,10 @@ export async function runRecipe(cfg: RecipeConfig, opts: RecipeHooks & { resume?
   if (opts.handleSigint ?? true) {
     process.on('SIGINT', onSigint);
     process.on('SIGTERM', onSigterm);
-    unwatch = watchLauncher((why) => {
+    unwatch = watchLauncher((why, event) => {
       if (interrupted) return;
-      result.signal = 'SIGHUP';
+      // Not counted in `signals`: the same Ctrl-C may reach this process directly a moment later.
+      result.signal = event === 'interrupted' ? 'SIGINT' : 'SIGHUP';
       log(`train: ${why}: finishing the current step, then saving (resume later with --resume)`);
       onUserAbort();
     });

@@ -42,23 +42,114 @@ function alive(pid: number): boolean {
   }
 }
 
+const SHELLS = new Set(['sh', 'dash', 'bash', 'zsh', 'ksh', 'mksh', 'ash', 'busybox']);
+
+function readProc(pid: number, file: string): string | null {
+  try {
+    return fs.readFileSync(`/proc/${pid}/${file}`, 'utf8');
+  } catch {
+    return null;
+  }
+}
+
+/** How often the process has been scheduled off the CPU (voluntary + involuntary), from /proc; null where unknown. */
+function switches(pid: number): number | null {
+  const status = readProc(pid, 'status');
+  if (status === null) return null;
+  const v = /^voluntary_ctxt_switches:\s+(\d+)/m.exec(status);
+  const n = /^nonvoluntary_ctxt_switches:\s+(\d+)/m.exec(status);
+  return v && n ? Number(v[1]) + Number(n[1]) : null;
+}
+
+/** The pids `pid`'s main thread has forked and not yet had reaped, from /proc; null where unknown. */
+function childrenOf(pid: number): number[] | null {
+  const c = readProc(pid, `task/${pid}/children`);
+  return c === null ? null : c.trim().split(/\s+/).filter(Boolean).map(Number);
+}
+
 /**
- * Calls `onGone` once when the launcher goes away; returns a function that
- * stops watching. Does nothing under RLHF_ORPHAN=continue, or when the
- * parent is already init (nothing launched us that could go away).
+ * A shell between our launcher and us (`npx`: npm -> sh -c -> node) that
+ * receives SIGINT catches it, waits for us, and only then exits, so npm's
+ * forwarding of a SIGINT sent to npx never reaches the training. The shell
+ * sleeps in wait() for its one child, us: it runs again only when a signal
+ * is delivered to it or when we exit. So, when our parent is a shell whose
+ * only child is this process, a rise in its context-switch count while we
+ * run means a signal reached it. SIGTERM and SIGHUP kill the shell (seen as
+ * "exited"); signals it ignores (SIGWINCH) or SIGCONT to a running shell do
+ * not wake it; a job-control stop (Ctrl-Z) does, and stops us too, so a wake
+ * that comes with our own SIGCONT is not taken for an interrupt.
  */
-export function watchLauncher(onGone: (why: string) => void, everyMs = 500): () => void {
+function shellWake(parent: number): { ran(): boolean; continuedLately(): boolean; onlyChild(): boolean; dispose(): void } | null {
+  const comm = readProc(parent, 'comm')?.trim() ?? '';
+  const only = childrenOf(parent);
+  if (!SHELLS.has(comm) || only === null || only.length !== 1 || only[0] !== process.pid) return null;
+  let base = switches(parent);
+  if (base === null) return null;
+  let continuedAt = -Infinity;
+  const onCont = () => {
+    continuedAt = Date.now();
+  };
+  process.on('SIGCONT', onCont);
+  return {
+    /** The shell ran since the last call (its switch count rose). */
+    ran() {
+      const now = switches(parent);
+      if (now === null || base === null || now === base) return false;
+      base = now;
+      return true;
+    },
+    /** The run was resumed after a job-control stop within the last 2 s. */
+    continuedLately: () => Date.now() - continuedAt < 2000,
+    /** The shell still has this process as its only child (no other child's SIGCHLD could have woken it). */
+    onlyChild() {
+      const kids = childrenOf(parent);
+      return kids !== null && kids.length === 1 && kids[0] === process.pid;
+    },
+    dispose: () => process.off('SIGCONT', onCont),
+  };
+}
+
+/** Why the launcher watch fired: the launcher is gone, or the shell that started us was sent an interrupt. */
+export type LauncherEvent = 'exited' | 'interrupted';
+
+/**
+ * Calls `onGone` once when the launcher goes away ('exited') or when the
+ * shell that started us is interrupted ('interrupted': see shellWake);
+ * returns a function that stops watching. Does nothing under
+ * RLHF_ORPHAN=continue, or when the parent is already init (nothing launched
+ * us that could go away).
+ */
+export function watchLauncher(onGone: (why: string, event: LauncherEvent) => void, everyMs = 500): () => void {
   if (process.env.RLHF_ORPHAN === 'continue') return () => {};
   const parent = process.ppid;
   if (parent <= 1) return () => {};
   const grand = parentOf(parent);
   const watched = grand !== null && grand > 1 ? [parent, grand] : [parent];
-  const timer = setInterval(() => {
-    const gone = process.ppid !== parent ? parent : watched.find((p) => !alive(p));
-    if (gone === undefined) return;
+  const wake = shellWake(parent);
+  let deciding = false;
+  const stop = () => {
     clearInterval(timer);
-    onGone(`the process that launched this one (pid ${gone}) has exited`);
+    wake?.dispose();
+  };
+  const timer = setInterval(() => {
+    if (deciding) return;
+    const gone = process.ppid !== parent ? parent : watched.find((p) => !alive(p));
+    if (gone !== undefined) {
+      stop();
+      onGone(`the process that launched this one (pid ${gone}) has exited`, 'exited');
+      return;
+    }
+    if (!wake?.ran()) return;
+    // Decide once the pending signal events have run: our own SIGCONT after
+    // a job-control stop, or the same Ctrl-C reaching us directly, come first.
+    deciding = true;
+    setTimeout(() => {
+      deciding = false;
+      if (wake.continuedLately() || !wake.onlyChild()) return;
+      stop();
+      onGone(`the shell that launched this one (pid ${parent}) was interrupted`, 'interrupted');
+    }, 50);
   }, everyMs);
   timer.unref();
-  return () => clearInterval(timer);
+  return stop;
 }

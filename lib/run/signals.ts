@@ -56,7 +56,14 @@ export function stopOnSignals(opts: StopOptions): StopRequest {
     signal = sig;
     opts.onStop?.();
   };
+  // Only a signal received by this process counts as the first of two: a stop
+  // inferred from the launcher (its shell interrupted, or gone) may be the
+  // same Ctrl-C that reaches us directly a moment later.
+  let signalled = false;
   const onSignal = (sig: NodeJS.Signals) => {
+    const again = signalled;
+    signalled = true;
+    if (requested && !again) return;
     if (requested) {
       process.stderr.write(`${opts.label}: ${sig === 'SIGINT' ? 'interrupted' : 'terminated'} again: exiting without saving\n`);
       process.exit(exitCodeFor(sig));
@@ -70,8 +77,11 @@ export function stopOnSignals(opts: StopOptions): StopRequest {
   if (handle) {
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
-    // A launcher that went away without passing its signal on (npx, sh -c): stop as on SIGTERM, exit 129.
-    unwatch = watchLauncher((why) => request(why, 'SIGHUP', ' (a signal exits without saving)'));
+    // A launcher that went away without passing its signal on (npx, sh -c): stop as on SIGTERM, exit 129;
+    // its shell interrupted (SIGINT to npx, which the shell keeps): stop as on SIGINT, exit 130.
+    unwatch = watchLauncher((why, event) =>
+      event === 'interrupted' ? request(why, 'SIGINT', ' (a second interrupt exits without saving)') : request(why, 'SIGHUP', ' (a signal exits without saving)'),
+    );
   }
   opts.abort?.addEventListener('abort', onAbort);
   if (opts.abort?.aborted) onAbort();
