@@ -12,6 +12,11 @@ cd "$(dirname "$0")/.."
 req=test/peers/requirements.txt
 hash=$(sha256sum "$req" | cut -c1-12)
 venv="${RLHF_PEER_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/rlhf-native/peers-$hash}"
+mkdir -p "$(dirname "$venv")"
+# One build at a time: test files run in parallel, and a second caller must
+# wait for the first build instead of removing it half-made.
+exec 9>"$venv.lock"
+flock 9
 if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
   echo "peer-venv: creating $venv" >&2
   rm -rf "$venv"
