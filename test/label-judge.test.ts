@@ -14,6 +14,7 @@ import { loadModel } from '../lib/engine/model';
 import { loadTokenizer, type Tokenizer } from '../lib/tokenizer/tokenizer';
 import { labelPairs, readLabelPairs, type LabelPair } from '../lib/label/label';
 import { checkAnswers, expectedScore, judgeIds, renderJudgePrompt } from '../lib/label/judge';
+import { openJudgeSource, SCORE_ANSWERS, SCORE_CUE, SCORES } from '../lib/reward/judge-source';
 import { runPeer } from './helpers/peers';
 import { cliBuilt, runCli } from './helpers/cli';
 
@@ -68,6 +69,21 @@ t.test('soft labels equal transformers float64 (chat template, both orders, debi
     t.ok(Math.abs(row.margin - Math.abs(2 * ref[i].prob - 1)) < 1e-5, `pair ${i}: margin is 2 label_prob - 1`);
   });
   t.ok(worst < 1e-5, `every probability within 1e-5 of float64 (worst ${worst.toExponential(2)})`);
+});
+
+t.test('direct RLAIF reward source: expected 1-10 score equals transformers float64', async (t) => {
+  const template = 'Q: {prompt}\nA: {response}\nRate it.';
+  const items = PAIRS.flatMap((p) => [{ prompt: p.prompt, response: p.a }, { prompt: p.prompt, response: p.b }]);
+  const ref = runPeer<{ prompt: string; mean: number; reward: number }[]>('judge_labels.py', { model: JUDGE, template, cue: SCORE_CUE, answers: SCORE_ANSWERS, values: SCORES, scores: items });
+  const src = await openJudgeSource(JUDGE, { device: 'cpu', template, batchSize: 7 });
+  const r = await src.score(items.map((x) => ({ prompt: x.prompt, promptIds: [], response: x.response, responseIds: [] })));
+  src.dispose();
+  let worst = 0;
+  items.forEach((_, i) => {
+    worst = Math.max(worst, Math.abs(r.reward[i] - ref[i].reward), Math.abs(r.parts.judge[i] - ref[i].reward));
+  });
+  t.ok(worst < 1e-5, `rewards (and the part judge) within 1e-5 of float64 (worst ${worst.toExponential(2)})`);
+  t.ok(r.reward.every((x) => x >= -1 && x <= 1), 'rewards in [-1, 1]');
 });
 
 t.test('direct RLAIF: the expected score sum_s s p(s), normalised to [-1, 1]', async (t) => {

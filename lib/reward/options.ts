@@ -5,6 +5,8 @@
  *
  *   - the reward model(s) (`rewardModel`, `safetyModel`, Llama 2's
  *     combination), or a RewardSource passed as hooks.reward in their place;
+ *   - a judge model's expected 1-10 score (`judgeModel`, direct RLAIF,
+ *     lib/reward/judge-source.ts);
  *   - a user's reward module (`rewardModule`, lib/reward/module.ts);
  *   - built-in verifiable rewards (`rewardFunction`: exact, numeric;
  *     lib/reward/verifiable.ts) against the row's `answerField`;
@@ -17,6 +19,7 @@ import type { Model } from '../engine/model';
 import type { Device } from '../info';
 import { arg, checks, type OptionTable, type Resolved } from '../train/options';
 import { checkModuleFile, moduleSource } from './module';
+import { openJudgeSource, readScoreTemplate } from './judge-source';
 import { openRewardModels } from './model-source';
 import { mixRewards, type WeightedSource } from './mix';
 import type { RewardSource } from './sources';
@@ -31,13 +34,17 @@ export interface RewardOptions {
   combine?: 'llama2' | 'helpfulness';
   /** Llama 2's safety threshold on the sigmoid scale. Default 0.15. */
   safetyThreshold?: number;
+  /** Direct RLAIF: a judge model (causal LM folder) whose expected 1-10 score, normalised to [-1, 1], is a reward. Default none. */
+  judgeModel?: string | null;
+  /** The judge's template file with {prompt} and {response}. Default: a built-in rubric (lib/reward/judge-source.ts). */
+  judgeTemplate?: string | null;
   /** A reward module: a .js/.cjs/.mjs/.ts file exporting reward({prompt, completion, row}). Default none. */
   rewardModule?: string | null;
   /** Built-in verifiable rewards: 'exact', 'numeric'. Default none. */
   rewardFunction?: readonly VerifierName[];
   /** The row field holding the reference answer of the built-ins. Default 'answer'. */
   answerField?: string;
-  /** One weight per reward source, in the order reward model(s), module, each built-in. Default all 1. */
+  /** One weight per reward source, in the order reward model(s), judge, module, each built-in. Default all 1. */
   rewardWeights?: readonly number[] | null;
 }
 
@@ -52,6 +59,8 @@ export const REWARD_OPTIONS: OptionTable<RewardOptions> = {
   safetyModel: { type: 'string', describe: 'safety reward model, the same kinds (Llama 2 combination)', group: G },
   combine: { type: 'string', choices: ['llama2', 'helpfulness'], derive: (r) => (r.safetyModel ? 'llama2' : 'helpfulness'), defaultText: 'llama2 with --safety-model', describe: 'how two reward models combine', group: G },
   safetyThreshold: { type: 'number', default: 0.15, check: checks.openUnit(), describe: 'Llama 2 safety threshold (sigmoid scale)', group: G },
+  judgeModel: { type: 'string', describe: "direct RLAIF: a judge model folder; reward = its expected 1-10 score, normalised to [-1, 1]", group: G },
+  judgeTemplate: { type: 'string', describe: "the judge's template file with {prompt} and {response} (default: a built-in rubric)", group: G },
   rewardModule: { type: 'string', describe: 'reward module: a .js/.cjs/.mjs/.ts file exporting reward({prompt, completion, row}) -> number', group: G },
   rewardFunction: {
     type: 'list',
@@ -76,14 +85,14 @@ export const REWARD_OPTIONS: OptionTable<RewardOptions> = {
       return bad === undefined ? null : `must be numbers, got ${JSON.stringify(bad)}`;
     },
     defaultText: 'all 1',
-    describe: 'one weight per reward source, in the order: reward model(s), module, each --reward-function',
+    describe: 'one weight per reward source, in the order: reward model(s), judge, module, each --reward-function',
     group: G,
   },
 };
 
 /** The reward sources a config names, in the weights' order ('reward model' stands for hooks.reward when one is given). */
 export function rewardSourceLabels(r: ResolvedRewardOptions, hook: boolean): string[] {
-  return [...(hook ? ['hooks.reward'] : r.rewardModel ? ['reward model'] : []), ...(r.rewardModule ? ['module'] : []), ...r.rewardFunction];
+  return [...(hook ? ['hooks.reward'] : r.rewardModel ? ['reward model'] : []), ...(r.judgeModel ? ['judge'] : []), ...(r.rewardModule ? ['module'] : []), ...r.rewardFunction];
 }
 
 /**
@@ -97,7 +106,8 @@ export function checkRewardOptions(r: ResolvedRewardOptions, hook?: boolean): vo
   arg(r.combine !== 'llama2' || r.safetyModel !== null, '--combine llama2 needs --safety-model (a safety reward model)');
   if (hook === undefined) return;
   const labels = rewardSourceLabels(r, hook);
-  arg(labels.length > 0, '--reward-model is required unless --reward-function, --reward-module or hooks.reward (a RewardSource) gives the reward');
+  arg(labels.length > 0, '--reward-model is required unless --judge-model, --reward-function, --reward-module or hooks.reward (a RewardSource) gives the reward');
+  arg(!r.judgeTemplate || !!r.judgeModel, '--judge-template needs --judge-model');
   if (r.rewardModule) checkModuleFile(r.rewardModule);
   if (r.rewardWeights !== null)
     arg(
@@ -142,6 +152,11 @@ export async function openRewardSource(cfg: RewardSourceConfig, model: Model | n
     else if (cfg.rewardModel) {
       const m = cfg as RewardSourceConfig & { rewardModel: string };
       add(await openRewardModels(m, model, log, opts.batchSize ?? 8, stage), true);
+    }
+    if (cfg.judgeModel) {
+      const template = cfg.judgeTemplate ? readScoreTemplate(cfg.judgeTemplate) : undefined;
+      add(await openJudgeSource(cfg.judgeModel, { device: cfg.device, template, batchSize: opts.batchSize }), true);
+      log(`${stage}: judge ${cfg.judgeModel} (direct RLAIF: expected 1-10 score)`);
     }
     if (cfg.rewardModule) {
       add(await moduleSource(cfg.rewardModule), true);

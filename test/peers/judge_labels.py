@@ -11,6 +11,11 @@ after the prefix every answer shares with the prompt's own tokens, and takes
 P(a better) = softmax over the two answers: the first order's P("1"), the
 second order's P("2"), and their mean. Writes JSON: per pair the rendered
 prompts, their token ids, and the three probabilities.
+
+With "scores" instead of "pairs" (items {prompt, response}, the template
+holding {prompt} and {response}): direct RLAIF's expected score over the
+answers (whose values are "values"), sum_s s p(s), and its normalised
+reward 2 (mean - min) / (max - min) - 1, per item.
 """
 import json
 import sys
@@ -59,6 +64,18 @@ def softmax(v):
     t = torch.tensor(v, dtype=torch.float64)
     return torch.softmax(t, dim=0).tolist()
 
+
+if "scores" in inp:
+    vals = inp["values"]
+    out = []
+    for x in inp["scores"]:
+        prompt = render(inp["template"].replace("{prompt}", x["prompt"]).replace("{response}", x["response"]))
+        lps, _ = answer_logps(prompt)
+        p = softmax(lps)
+        mean = sum(pi * v for pi, v in zip(p, vals))
+        out.append({"prompt": prompt, "mean": mean, "reward": 2 * (mean - min(vals)) / (max(vals) - min(vals)) - 1})
+    json.dump(out, sys.stdout)
+    sys.exit(0)
 
 res = []
 for p in inp["pairs"]:

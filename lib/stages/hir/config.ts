@@ -202,7 +202,7 @@ export const HIR_OPTIONS: OptionTable<HirConfig> = withDefaults(
 
 /** Any reward source is configured (the checker). */
 export function hasChecker(r: ResolvedHirConfig, hook: boolean): boolean {
-  return hook || r.rewardModel !== null || r.rewardModule !== null || r.rewardFunction.length > 0;
+  return hook || r.rewardModel !== null || r.judgeModel !== null || r.rewardModule !== null || r.rewardFunction.length > 0;
 }
 
 /** Fills in the defaults and checks every value (E_ARGUMENT naming the flag). */
