@@ -23,7 +23,7 @@ __global__ void rope_kernel(RopeOp op, int64_t half, float sign) {
 }  // namespace
 
 void CudaBackend::rope(const RopeOp& op) {
-  const int64_t half = op.head_dim / 2;
+  const int64_t half = (op.rotary_dim > 0 ? op.rotary_dim : op.head_dim) / 2;
   if (op.n <= 0 || op.heads <= 0 || half <= 0) return;
   rope_kernel<<<rows_grid(op.n, op.heads * half, 128), 128, 0, stream_of(*this)>>>(op, half, op.inverse ? -1.f : 1.f);
   RLHF_CUDA_LAUNCHED();

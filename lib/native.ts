@@ -106,6 +106,8 @@ export interface NativeModelConfig {
   ropeHighFreqFactor?: number;
   ropeOriginalMaxPositions?: number;
   qkvBias: boolean;
+  /** Qwen3: per-head q/k RMSNorm before RoPE. */
+  qkNorm?: boolean;
   oBias: boolean;
   mlpBias: boolean;
   tieEmbeddings: boolean;

@@ -60,7 +60,26 @@ model::Config config_from(const Napi::Object& c) {
   const std::string scaling = c.Has("ropeScaling") ? c.Get("ropeScaling").ToString().Utf8Value() : "none";
   if (scaling == "linear") cfg.rope_scaling = model::RopeScaling::kLinear;
   else if (scaling == "llama3") cfg.rope_scaling = model::RopeScaling::kLlama3;
+  else if (scaling == "longrope") cfg.rope_scaling = model::RopeScaling::kLongrope;
   else if (scaling != "none") throw Error(code::kUnsupported, "model spec: rope scaling '" + scaling + "' is not supported");
+  auto floats = [&](const char* key) {
+    std::vector<float> out;
+    if (!c.Has(key)) return out;
+    Napi::Value v = c.Get(key);
+    if (!v.IsArray()) throw Error(code::kArgument, std::string("model spec: '") + key + "' must be an array of numbers");
+    Napi::Array a = v.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); ++i) {
+      Napi::Value e = a.Get(i);
+      if (!e.IsNumber()) throw Error(code::kArgument, std::string("model spec: '") + key + "' must be an array of numbers");
+      out.push_back(e.As<Napi::Number>().FloatValue());
+    }
+    return out;
+  };
+  cfg.rope_short_factor = floats("ropeShortFactor");
+  cfg.rope_long_factor = floats("ropeLongFactor");
+  cfg.rope_attention_factor = num(c, "ropeAttentionFactor", 1.0);
+  cfg.rotary_dim = static_cast<int64_t>(num(c, "rotaryDim", 0));
+  cfg.fused_proj = flag(c, "fusedProj", false);
   cfg.rope_factor = num(c, "ropeFactor", 1.0);
   cfg.rope_low_freq_factor = num(c, "ropeLowFreqFactor", 1.0);
   cfg.rope_high_freq_factor = num(c, "ropeHighFreqFactor", 4.0);
@@ -68,6 +87,7 @@ model::Config config_from(const Napi::Object& c) {
   cfg.qkv_bias = flag(c, "qkvBias", false);
   cfg.o_bias = flag(c, "oBias", false);
   cfg.mlp_bias = flag(c, "mlpBias", false);
+  cfg.qk_norm = flag(c, "qkNorm", false);
   cfg.tie_embeddings = flag(c, "tieEmbeddings", false);
   cfg.lm_head = flag(c, "lmHead", true);
   cfg.num_labels = static_cast<int64_t>(num(c, "numLabels", 0));

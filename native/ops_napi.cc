@@ -181,7 +181,7 @@ const std::unordered_map<std::string, Runner>& runners() {
       {"rope",
        [](Backend& be, const Fields& f) {
          RopeOp op;
-         op.n = f.i("n"), op.heads = f.i("heads"), op.head_dim = f.i("headDim"), op.x = f.f32("x"), op.ld = f.i("ld");
+         op.n = f.i("n"), op.heads = f.i("heads"), op.head_dim = f.i("headDim"), op.rotary_dim = f.i("rotaryDim"), op.x = f.f32("x"), op.ld = f.i("ld");
          op.positions = f.i32("positions"), op.cos = f.f32("cos"), op.sin = f.f32("sin"), op.inverse = f.b("inverse");
          be.rope(op);
        }},

@@ -76,8 +76,10 @@ function trainActsPerToken(c: ModelConfig, loraR: number): number {
   const H = c.hiddenSize, I = c.intermediateSize;
   const qkv = (c.numHeads + 2 * c.numKvHeads) * c.headDim, q = c.numHeads * c.headDim;
   const mlp = c.arch === 'gpt2' ? I : 2 * I;
-  // LayerActs: x1, xn1, stats (2), qkv, att, lse (heads), x2, xn2, stats (2), mlp, act; LoRA inputs u per module.
-  const perLayer = 4 * H + 4 + qkv + q + c.numHeads + mlp + I + loraR * linearModules(c).length;
+  // LayerActs: x1, xn1, stats (2), qkv, att, lse (heads), x2, xn2, stats (2), mlp, act; LoRA inputs u per module;
+  // with q/k norm (Qwen3) the q and k heads before it and one rstd per head.
+  const qkNorm = c.qkNorm ? (c.numHeads + c.numKvHeads) * (c.headDim + 1) : 0;
+  const perLayer = 4 * H + 4 + qkv + q + c.numHeads + mlp + I + loraR * linearModules(c).length + qkNorm;
   return c.numLayers * perLayer + 2 * H + 8;
 }
 
@@ -86,7 +88,9 @@ function scratchPerToken(c: ModelConfig): number {
   const H = c.hiddenSize, I = c.intermediateSize;
   const qkv = (c.numHeads + 2 * c.numKvHeads) * c.headDim, q = c.numHeads * c.headDim;
   const mlp = c.arch === 'gpt2' ? I : 2 * I;
-  return 3 * H + qkv + q + mlp + I;
+  // q/k norm (Qwen3): the gathered heads in and out, forward and backward.
+  const qkNorm = c.qkNorm ? 2 * (c.numHeads + c.numKvHeads) * c.headDim : 0;
+  return 3 * H + qkv + q + mlp + I + qkNorm;
 }
 
 /** The estimate for `cfg` running `shape` (see MemoryShape). */

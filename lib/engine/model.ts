@@ -94,6 +94,7 @@ export function nativeConfig(cfg: ModelConfig): NativeModelConfig {
     qkvBias: cfg.qkvBias,
     oBias: cfg.oBias,
     mlpBias: cfg.mlpBias,
+    qkNorm: cfg.qkNorm,
     tieEmbeddings: cfg.tieWordEmbeddings,
     lmHead: cfg.head === 'lm',
     numLabels: cfg.head === 'score' ? cfg.numLabels ?? 1 : 0,

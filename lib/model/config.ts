@@ -2,7 +2,7 @@
  * Hugging Face `config.json` -> one normalised ModelConfig, and back.
  *
  * Supported: Llama family (LlamaForCausalLM, MistralForCausalLM,
- * Qwen2ForCausalLM; SmolLM and TinyLlama are llama) and GPT-2
+ * Qwen2ForCausalLM, Qwen3ForCausalLM; SmolLM and TinyLlama are llama) and GPT-2
  * (GPT2LMHeadModel), plus their *ForSequenceClassification twins (reward
  * models, `score` head). Everything else is rejected with E_CONFIG naming the
  * file, what was seen and what is supported, so a user learns at load time,
@@ -16,7 +16,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { RlhfError } from '../errors';
 
-export type ModelArch = 'llama' | 'qwen2' | 'mistral' | 'gpt2';
+export type ModelArch = 'llama' | 'qwen2' | 'qwen3' | 'mistral' | 'gpt2';
 /** `lm`: causal LM head (tied or `lm_head.weight`); `score`: `score.weight [numLabels, H]` (reward model). */
 export type ModelHead = 'lm' | 'score';
 export type TorchDtype = 'float32' | 'float16' | 'bfloat16';
@@ -59,6 +59,8 @@ export interface ModelConfig {
   /** Bias on the attention output projection (Llama `attention_bias`; GPT-2 c_proj). */
   oBias: boolean;
   mlpBias: boolean;
+  /** Qwen3: RMSNorm over each q and k head (`q_norm` / `k_norm`, weights [headDim]) before RoPE. */
+  qkNorm: boolean;
   tieWordEmbeddings: boolean;
   /** `silu` (Llama family) or `gelu_new` / `gelu_pytorch_tanh` (GPT-2; the same tanh approximation). */
   hiddenAct: string;
@@ -83,14 +85,16 @@ const ARCHITECTURES: Record<string, ArchEntry> = {
   LlamaForCausalLM: { arch: 'llama', head: 'lm' },
   MistralForCausalLM: { arch: 'mistral', head: 'lm' },
   Qwen2ForCausalLM: { arch: 'qwen2', head: 'lm' },
+  Qwen3ForCausalLM: { arch: 'qwen3', head: 'lm' },
   GPT2LMHeadModel: { arch: 'gpt2', head: 'lm' },
   LlamaForSequenceClassification: { arch: 'llama', head: 'score' },
   MistralForSequenceClassification: { arch: 'mistral', head: 'score' },
   Qwen2ForSequenceClassification: { arch: 'qwen2', head: 'score' },
+  Qwen3ForSequenceClassification: { arch: 'qwen3', head: 'score' },
   GPT2ForSequenceClassification: { arch: 'gpt2', head: 'score' },
 };
 
-const MODEL_TYPES: Record<string, ModelArch> = { llama: 'llama', mistral: 'mistral', qwen2: 'qwen2', gpt2: 'gpt2' };
+const MODEL_TYPES: Record<string, ModelArch> = { llama: 'llama', mistral: 'mistral', qwen2: 'qwen2', qwen3: 'qwen3', gpt2: 'gpt2' };
 
 export const SUPPORTED_ARCHITECTURES: readonly string[] = Object.keys(ARCHITECTURES);
 
@@ -320,6 +324,8 @@ function parseLlama(r: Reader, arch: Exclude<ModelArch, 'gpt2'>, common: Common)
   if (r.has('head_dim')) {
     headDim = r.posInt('head_dim');
     if (headDim % 2 !== 0) fail(file, `"head_dim" (${headDim}) must be even for RoPE`, 'head_dim');
+  } else if (arch === 'qwen3') {
+    headDim = 128; // Qwen3Config's default: head_dim does not follow hidden_size
   } else {
     if (hiddenSize % numHeads !== 0)
       fail(file, `"hidden_size" (${hiddenSize}) must be divisible by "num_attention_heads" (${numHeads}) when "head_dim" is absent`, 'num_attention_heads');
@@ -328,17 +334,17 @@ function parseLlama(r: Reader, arch: Exclude<ModelArch, 'gpt2'>, common: Common)
       fail(file, `head_dim = "hidden_size" / "num_attention_heads" = ${headDim} must be even for RoPE`, 'num_attention_heads');
   }
   // transformers' per-class defaults for max_position_embeddings.
-  const defaultMaxPos = { llama: 2048, mistral: 4096 * 32, qwen2: 32768 }[arch];
+  const defaultMaxPos = { llama: 2048, mistral: 4096 * 32, qwen2: 32768, qwen3: 32768 }[arch];
   const maxPositions = r.posInt('max_position_embeddings', defaultMaxPos);
   const hiddenAct = r.str('hidden_act', 'silu');
   if (hiddenAct !== 'silu' && hiddenAct !== 'swish')
     fail(file, `unsupported "hidden_act" "${hiddenAct}" for ${arch}; supported: silu`, 'hidden_act');
-  // Qwen2: q/k/v always biased, o_proj never; Llama: attention_bias on all four; Mistral: none.
-  const attnBias = arch === 'llama' ? r.bool('attention_bias', false) : false;
+  // Qwen2: q/k/v always biased, o_proj never; Llama and Qwen3: attention_bias on all four; Mistral: none.
+  const attnBias = arch === 'llama' || arch === 'qwen3' ? r.bool('attention_bias', false) : false;
   const qkvBias = arch === 'qwen2' ? true : attnBias;
   const warnings: string[] = [];
   let slidingWindow: number | null = null;
-  const windowActive = arch === 'mistral' ? r.has('sliding_window') : arch === 'qwen2' ? r.bool('use_sliding_window', false) : false;
+  const windowActive = arch === 'mistral' ? r.has('sliding_window') : arch === 'qwen2' || arch === 'qwen3' ? r.bool('use_sliding_window', false) : false;
   if (windowActive) {
     const w = r.posInt('sliding_window');
     if (w < maxPositions) {
@@ -365,6 +371,7 @@ function parseLlama(r: Reader, arch: Exclude<ModelArch, 'gpt2'>, common: Common)
     qkvBias,
     oBias: attnBias,
     mlpBias: arch === 'llama' ? r.bool('mlp_bias', false) : false,
+    qkNorm: arch === 'qwen3',
     tieWordEmbeddings: r.bool('tie_word_embeddings', false),
     hiddenAct: 'silu',
     slidingWindow,
@@ -403,6 +410,7 @@ function parseGpt2(r: Reader, common: Common): ModelConfig {
     qkvBias: true,
     oBias: true,
     mlpBias: true,
+    qkNorm: false,
     tieWordEmbeddings: r.bool('tie_word_embeddings', true),
     hiddenAct: act,
     slidingWindow: null,
@@ -491,7 +499,8 @@ export function modelConfigToHf(cfg: ModelConfig): Json {
     });
     if (cfg.arch === 'llama') Object.assign(out, { attention_bias: cfg.oBias, mlp_bias: cfg.mlpBias });
     if (cfg.arch === 'mistral') out.sliding_window = cfg.slidingWindow;
-    if (cfg.arch === 'qwen2')
+    if (cfg.arch === 'qwen3') out.attention_bias = cfg.oBias;
+    if (cfg.arch === 'qwen2' || cfg.arch === 'qwen3')
       Object.assign(out, {
         use_sliding_window: cfg.slidingWindow !== null,
         sliding_window: cfg.slidingWindow,

@@ -40,6 +40,8 @@ function llamaTensors(c: ModelConfig): TensorSpec[] {
       out.push({ name: `${p}self_attn.${n}_proj.weight`, shape: [rows, H], kind: 'matrix' });
       if (c.qkvBias) out.push({ name: `${p}self_attn.${n}_proj.bias`, shape: [rows], kind: 'bias' });
     }
+    if (c.qkNorm)
+      for (const n of ['q_norm', 'k_norm']) out.push({ name: `${p}self_attn.${n}.weight`, shape: [c.headDim], kind: 'norm' });
     out.push({ name: `${p}self_attn.o_proj.weight`, shape: [H, q], kind: 'matrix' });
     if (c.oBias) out.push({ name: `${p}self_attn.o_proj.bias`, shape: [H], kind: 'bias' });
     out.push({ name: `${p}post_attention_layernorm.weight`, shape: [H], kind: 'norm' });

@@ -5,7 +5,7 @@
 namespace rlhf::cpu {
 
 void CpuBackend::rope(const RopeOp& op) {
-  const int64_t half = op.head_dim / 2;
+  const int64_t half = (op.rotary_dim > 0 ? op.rotary_dim : op.head_dim) / 2;
   const float sign = op.inverse ? -1.f : 1.f;
   pool_.parallel_for(op.n, [&](int64_t i, int) {
     const float* cs = op.cos + static_cast<int64_t>(op.positions[i]) * half;

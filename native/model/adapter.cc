@@ -29,6 +29,8 @@ ModuleShape shape_of(const Config& c, Proj p) {
     case Proj::kAttnCProj: return {H, H, 0};
     case Proj::kCFc: return {H, F, 0};
     case Proj::kMlpCProj: return {F, H, 0};
+    case Proj::kQkv: return {H, Q + 2 * KV, 0};
+    case Proj::kGateUp: return {H, 2 * F, 0};
   }
   return {0, 0, 0};
 }
@@ -38,9 +40,9 @@ bool is_gpt2_proj(Proj p) { return p == Proj::kCAttn || p == Proj::kAttnCProj ||
 std::string module_path(const Config& c, const LoraModule& m) {
   const std::string l = std::to_string(m.layer);
   switch (m.proj) {
-    case Proj::kQ: case Proj::kK: case Proj::kV: case Proj::kO:
+    case Proj::kQ: case Proj::kK: case Proj::kV: case Proj::kO: case Proj::kQkv:
       return "model.layers." + l + ".self_attn." + proj_peft_name(m.proj);
-    case Proj::kGate: case Proj::kUp: case Proj::kDown:
+    case Proj::kGate: case Proj::kUp: case Proj::kDown: case Proj::kGateUp:
       return "model.layers." + l + ".mlp." + proj_peft_name(m.proj);
     case Proj::kCAttn: case Proj::kAttnCProj:
       return "transformer.h." + l + ".attn." + proj_peft_name(m.proj);
@@ -58,6 +60,13 @@ bool parse_proj(const Config& cfg, const std::string& name, bool mlp_parent, Pro
   static const std::pair<const char*, Proj> llama[] = {{"q_proj", Proj::kQ},       {"k_proj", Proj::kK},   {"v_proj", Proj::kV},
                                                        {"o_proj", Proj::kO},       {"gate_proj", Proj::kGate},
                                                        {"up_proj", Proj::kUp},     {"down_proj", Proj::kDown}};
+  if (cfg.fused_proj) {  // Phi-3: the fused modules, o_proj and down_proj
+    static const std::pair<const char*, Proj> phi3[] = {
+        {"qkv_proj", Proj::kQkv}, {"o_proj", Proj::kO}, {"gate_up_proj", Proj::kGateUp}, {"down_proj", Proj::kDown}};
+    for (auto& [n, p] : phi3)
+      if (name == n) return *out = p, true;
+    return false;
+  }
   if (!gpt2) {
     for (auto& [n, p] : llama)
       if (name == n) return *out = p, true;
@@ -90,6 +99,10 @@ std::unique_ptr<Adapter> make_adapter(const Config& cfg, const AdapterSpec& spec
   for (auto& [layer, proj] : spec.modules) {
     if (layer < 0 || layer >= cfg.layers) throw Error(code::kArgument, "adapter: layer " + std::to_string(layer) + " does not exist");
     if (is_gpt2_proj(proj) != (cfg.arch == Arch::kGpt2))
+      throw Error(code::kArgument, std::string("adapter: module '") + proj_peft_name(proj) + "' does not exist in this architecture");
+    const bool fused_only = proj == Proj::kQkv || proj == Proj::kGateUp;
+    const bool split_only = proj == Proj::kQ || proj == Proj::kK || proj == Proj::kV || proj == Proj::kGate || proj == Proj::kUp;
+    if ((fused_only && !cfg.fused_proj) || (split_only && cfg.fused_proj))
       throw Error(code::kArgument, std::string("adapter: module '") + proj_peft_name(proj) + "' does not exist in this architecture");
     const ModuleShape s = shape_of(cfg, proj);
     LoraModule m;

@@ -24,6 +24,8 @@ const char* proj_peft_name(Proj p) {
     case Proj::kAttnCProj: return "c_proj";
     case Proj::kCFc: return "c_fc";
     case Proj::kMlpCProj: return "c_proj";
+    case Proj::kQkv: return "qkv_proj";
+    case Proj::kGateUp: return "gate_up_proj";
   }
   return "?";
 }
@@ -204,6 +206,26 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
     }
   };
 
+  // Backward of head_norm (transformer.cc): the gradient of the `nh` normed
+  // heads at column `col` of dqkv [N, QKV] is gathered [N * nh, D], taken
+  // through the RMSNorm and written back in its place.
+  auto head_norm_bwd = [&](int64_t col, int64_t nh, const float* wgt, const float* x_in, const float* rstd) {
+    const size_t f = sizeof(float), width = static_cast<size_t>(nh * D) * f;
+    float* dout = bwd_.dhn_out.ensure(be_, N * nh * D);
+    float* din = bwd_.dhn_in.zeros(be_, N * nh * D);
+    be_.copy2d(dout, width, dqkv + col, static_cast<size_t>(QKV) * f, width, static_cast<size_t>(N));
+    RmsNormBackwardOp op;
+    op.n = N * nh, op.dim = D, op.x = x_in, op.weight = wgt, op.rstd = rstd, op.dout = dout, op.dx = din, op.dweight = grad_of(wgt);
+    be_.rmsnorm_backward(op);
+    be_.copy2d(dqkv + col, static_cast<size_t>(QKV) * f, din, width, width, static_cast<size_t>(N));
+  };
+
+  // The rotary tables of the training forward (LongRoPE's choice of factors
+  // depends on the longest position; another forward may have changed it).
+  int32_t max_pos = 0;
+  for (int32_t p : a.positions) max_pos = std::max(max_pos, p);
+  ensure_rope(max_pos + 1);
+
   // Final norm: its input is the residual after the last layer.
   norm_bwd(a.xf.data(), w.final_norm_w, a.statfa.data(), a.statfb.empty() ? nullptr : a.statfb.data());
   norm_bias_grad(w.final_norm_b);
@@ -225,7 +247,7 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
       be_.gelu_backward(g);
     }
     linear_bwd(dmlp, MLP, A.xn2.data(), H, L.w_in, L.w_in16, L.b_in, MLP, dxn, false);
-    lora_bwd(l, {Proj::kGate, Proj::kUp, Proj::kCFc}, dmlp, MLP, A.xn2.data(), dxn);
+    lora_bwd(l, {Proj::kGate, Proj::kUp, Proj::kCFc, Proj::kGateUp}, dmlp, MLP, A.xn2.data(), dxn);
     norm_bwd(A.x2.data(), L.norm2_w, A.stat2a.data(), A.stat2b.empty() ? nullptr : A.stat2b.data());
     norm_bias_grad(L.norm2_b);
     // Attention: its output projection was added to the residual.
@@ -240,12 +262,16 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
     be_.attention_backward(ab);
     if (llama) {  // undo the rotation of q and k
       RopeOp r;
-      r.n = N, r.heads = c.heads + c.kv_heads, r.head_dim = D, r.x = dqkv, r.ld = QKV;
+      r.n = N, r.heads = c.heads + c.kv_heads, r.head_dim = D, r.rotary_dim = c.rot_dim(), r.x = dqkv, r.ld = QKV;
       r.positions = a.positions_d.data(), r.cos = rope_cos_.data(), r.sin = rope_sin_.data(), r.inverse = true;
       be_.rope(r);
     }
+    if (c.qk_norm) {  // through the per-head q/k norms, in place on dqkv
+      head_norm_bwd(0, c.heads, L.q_norm_w, A.qn_in.data(), A.qn_rstd.data());
+      head_norm_bwd(Q, c.kv_heads, L.k_norm_w, A.kn_in.data(), A.kn_rstd.data());
+    }
     linear_bwd(dqkv, QKV, A.xn1.data(), H, L.wqkv, L.wqkv16, L.bqkv, QKV, dxn, false);
-    lora_bwd(l, {Proj::kQ, Proj::kK, Proj::kV, Proj::kCAttn}, dqkv, QKV, A.xn1.data(), dxn);
+    lora_bwd(l, {Proj::kQ, Proj::kK, Proj::kV, Proj::kCAttn, Proj::kQkv}, dqkv, QKV, A.xn1.data(), dxn);
     norm_bwd(A.x1.data(), L.norm1_w, A.stat1a.data(), A.stat1b.empty() ? nullptr : A.stat1b.data());
     norm_bias_grad(L.norm1_b);
   }

@@ -10,7 +10,7 @@
 namespace rlhf::model {
 
 enum class Arch { kLlama, kGpt2 };
-enum class RopeScaling { kNone, kLinear, kLlama3 };
+enum class RopeScaling { kNone, kLinear, kLlama3, kLongrope };
 
 struct Config {
   Arch arch = Arch::kLlama;
@@ -22,9 +22,18 @@ struct Config {
   RopeScaling rope_scaling = RopeScaling::kNone;
   double rope_factor = 1.0, rope_low_freq_factor = 1.0, rope_high_freq_factor = 4.0;
   double rope_original_max_positions = 8192.0;
+  // Partial rotary (Phi-3 partial_rotary_factor): the first rotary_dim of each head rotate; 0 = head_dim.
+  int64_t rotary_dim = 0;
+  // LongRoPE (Phi-3): per-frequency divisors [rot_dim/2] for positions up to
+  // rope_original_max_positions (short) and past it (long), and the factor
+  // cos and sin are multiplied by.
+  std::vector<float> rope_short_factor, rope_long_factor;
+  double rope_attention_factor = 1.0;
   bool qkv_bias = false;  // Qwen2, attention_bias
   bool o_bias = false;    // attention_bias (Llama), GPT-2
   bool mlp_bias = false;
+  bool fused_proj = false;  // Phi-3: q|k|v saved as one qkv_proj and gate|up as one gate_up_proj (tensors and LoRA modules)
+  bool qk_norm = false;   // Qwen3: RMSNorm over each q and k head (weights [head_dim]) before RoPE
   bool tie_embeddings = false;
   bool lm_head = true;      // *ForCausalLM
   int64_t num_labels = 0;   // *ForSequenceClassification: score head rows
@@ -35,7 +44,9 @@ struct Config {
   int64_t kv_dim() const { return kv_heads * head_dim; }
   int64_t qkv_dim() const { return q_dim() + 2 * kv_dim(); }
   void validate() const;  // throws rlhf::Error(E_CONFIG-like E_ARGUMENT) on impossible shapes
-  std::vector<float> inv_freq() const;  // [head_dim/2], scaling applied
+  int64_t rot_dim() const { return rotary_dim > 0 ? rotary_dim : head_dim; }
+  // [rot_dim/2], scaling applied; long_context picks LongRoPE's long factors.
+  std::vector<float> inv_freq(bool long_context = false) const;
 };
 
 }  // namespace rlhf::model

@@ -13,8 +13,8 @@
 namespace rlhf::model {
 
 // The linear modules LoRA can adapt, by their PEFT names.
-enum class Proj { kQ, kK, kV, kO, kGate, kUp, kDown, kCAttn, kAttnCProj, kCFc, kMlpCProj };
-const char* proj_peft_name(Proj p);  // "q_proj", ..., "c_attn", "c_proj", "c_fc", "c_proj"
+enum class Proj { kQ, kK, kV, kO, kGate, kUp, kDown, kCAttn, kAttnCProj, kCFc, kMlpCProj, kQkv, kGateUp };
+const char* proj_peft_name(Proj p);  // "q_proj", ..., "c_attn", "c_proj", "c_fc", "c_proj", "qkv_proj", "gate_up_proj"
 
 // LoRA dropout: out = in * keep / (1 - p) with keep drawn per element from
 // (key, module); applied to a gradient it applies the same mask. Host arrays.
@@ -24,6 +24,7 @@ void lora_dropout_apply(const float* in, float* out, int64_t rows, int64_t cols,
 struct LayerActs {
   Buffer<float> x1, xn1, stat1a, stat1b;  // residual entering norm1, its output, rstd (and mean for LayerNorm)
   Buffer<float> qkv, att, lse;            // post-RoPE q|k|v, attention output, log-sum-exp [B, heads, T]
+  Buffer<float> qn_in, kn_in, qn_rstd, kn_rstd;  // q/k norm (Qwen3): q [rows, heads, D], k [rows, kv_heads, D] before it, rstd per head
   Buffer<float> x2, xn2, stat2a, stat2b;  // the same around norm2
   Buffer<float> mlp, act;                 // MLP pre-activation (gate|up or fc) and activation
 };

@@ -71,22 +71,29 @@ void Transformer::dropout(const float* in, float* out, int64_t rows, int64_t col
 }
 
 void Transformer::ensure_rope(int64_t max_pos) {
-  if (cfg_.arch != Arch::kLlama || max_pos <= rope_rows_) return;
-  const int64_t half = cfg_.head_dim / 2;
+  if (cfg_.arch != Arch::kLlama) return;
+  // LongRoPE takes its long factors for a call whose positions reach past the
+  // original context (max position + 1 > original_max_position_embeddings),
+  // as transformers decides per forward; the tables follow that choice.
+  const bool long_ctx = cfg_.rope_scaling == RopeScaling::kLongrope && static_cast<double>(max_pos) > cfg_.rope_original_max_positions;
+  if (max_pos <= rope_rows_ && long_ctx == rope_long_) return;
+  const int64_t half = cfg_.rot_dim() / 2;
   const int64_t rows = std::max<int64_t>(max_pos, std::min<int64_t>(cfg_.max_positions, 2 * rope_rows_));
-  const std::vector<float> inv = cfg_.inv_freq();
+  const std::vector<float> inv = cfg_.inv_freq(long_ctx);
+  const float mscale = static_cast<float>(cfg_.rope_attention_factor);  // LongRoPE's attention factor (1 otherwise)
   std::vector<float> cos_t(static_cast<size_t>(rows * half)), sin_t(static_cast<size_t>(rows * half));
   // Angles as Hugging Face forms them: float32 inv_freq times the position,
   // in float32, then cos/sin of that float.
   for (int64_t p = 0; p < rows; ++p)
     for (int64_t j = 0; j < half; ++j) {
       const float a = static_cast<float>(p) * inv[static_cast<size_t>(j)];
-      cos_t[static_cast<size_t>(p * half + j)] = std::cos(a);
-      sin_t[static_cast<size_t>(p * half + j)] = std::sin(a);
+      cos_t[static_cast<size_t>(p * half + j)] = std::cos(a) * mscale;
+      sin_t[static_cast<size_t>(p * half + j)] = std::sin(a) * mscale;
     }
   rope_cos_.upload(be_, cos_t);
   rope_sin_.upload(be_, sin_t);
   rope_rows_ = rows;
+  rope_long_ = long_ctx;
 }
 
 void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* positions, const uint8_t* mask, int64_t batch,
@@ -201,6 +208,21 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
     base_cols(col, out_dim);
   };
 
+  // RMSNorm of the `nh` heads at column `col` of every qkv row [rows, QKV],
+  // in place: the heads are gathered into in [rows * nh, D] (kept when
+  // training), normed into out [rows * nh, D] and scattered back.
+  auto head_norm = [&](float* qkv, int64_t col, int64_t nh, const float* wgt, Buffer<float>* keep_in, Buffer<float>* keep_rstd) {
+    const size_t f = sizeof(float), width = static_cast<size_t>(nh * D) * f;
+    float* in = grow(keep_in ? *keep_in : buf_.hn_in, rows * nh * D);
+    float* out = grow(buf_.hn_out, rows * nh * D);
+    be_.copy2d(in, width, qkv + col, static_cast<size_t>(QKV) * f, width, static_cast<size_t>(rows));
+    RmsNormOp op;
+    op.n = rows * nh, op.dim = D, op.eps = c.norm_eps, op.residual = in, op.weight = wgt, op.out = out;
+    op.rstd = keep_rstd ? grow(*keep_rstd, rows * nh) : nullptr;
+    be_.rmsnorm(op);
+    be_.copy2d(qkv + col, static_cast<size_t>(QKV) * f, out, width, width, static_cast<size_t>(rows));
+  };
+
   for (int64_t l = 0; l < c.layers; ++l) {
     const LayerWeights& L = w.layers[static_cast<size_t>(l)];
     LayerActs* A = acts ? &acts->layers[static_cast<size_t>(l)] : nullptr;
@@ -217,10 +239,14 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
 
     norm(l == 0 ? nullptr : tmp, L.norm1_w, L.norm1_b, xn1, s1a, s1b);  // x += mlp_out(l-1); xn1 = norm(x)
     if (A) be_.copy(grow(A->x1, rows * H), x, sizeof(float) * rows * H);
-    adapted_linear(l, {Proj::kQ, Proj::kK, Proj::kV, Proj::kCAttn}, xn1, H, L.wqkv, L.wqkv16, L.bqkv, QKV, qkv);  // [rows, Q + 2 KV]
+    adapted_linear(l, {Proj::kQ, Proj::kK, Proj::kV, Proj::kCAttn, Proj::kQkv}, xn1, H, L.wqkv, L.wqkv16, L.bqkv, QKV, qkv);  // [rows, Q + 2 KV]
+    if (c.qk_norm) {  // Qwen3: each q head and each k head RMS-normed with its own [D] weight
+      head_norm(qkv, 0, c.heads, L.q_norm_w, A ? &A->qn_in : nullptr, A ? &A->qn_rstd : nullptr);
+      head_norm(qkv, Q, c.kv_heads, L.k_norm_w, A ? &A->kn_in : nullptr, A ? &A->kn_rstd : nullptr);
+    }
     if (llama) {
       RopeOp r;
-      r.n = rows, r.heads = c.heads + c.kv_heads, r.head_dim = D, r.x = qkv, r.ld = QKV;
+      r.n = rows, r.heads = c.heads + c.kv_heads, r.head_dim = D, r.rotary_dim = c.rot_dim(), r.x = qkv, r.ld = QKV;
       r.positions = pos_d, r.cos = rope_cos_.data(), r.sin = rope_sin_.data();
       be_.rope(r);
     }
@@ -244,7 +270,7 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
     adapted_linear(l, {Proj::kO, Proj::kAttnCProj}, att, Q, L.wo, L.wo16, L.bo, H, tmp);  // attention output
     norm(tmp, L.norm2_w, L.norm2_b, xn2, s2a, s2b);                           // x += attn; xn2 = norm(x)
     if (A) be_.copy(grow(A->x2, rows * H), x, sizeof(float) * rows * H);
-    adapted_linear(l, {Proj::kGate, Proj::kUp, Proj::kCFc}, xn2, H, L.w_in, L.w_in16, L.b_in, MLP, mlp);  // [gate | up] or c_fc
+    adapted_linear(l, {Proj::kGate, Proj::kUp, Proj::kCFc, Proj::kGateUp}, xn2, H, L.w_in, L.w_in16, L.b_in, MLP, mlp);  // [gate | up] or c_fc
     if (llama) {
       SwigluOp s;
       s.n = rows, s.dim = F, s.gate = mlp, s.up = mlp + F, s.ld_in = 2 * F, s.out = act, s.ld_out = F;

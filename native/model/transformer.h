@@ -128,7 +128,7 @@ class Transformer {
 
  private:
   struct Buffers {
-    Buffer<float> x, xn, qkv, att, mlp, act, tmp, lora_u, dropped, logits, xent;
+    Buffer<float> x, xn, qkv, att, mlp, act, tmp, lora_u, dropped, logits, xent, hn_in, hn_out;
     Buffer<int32_t> ids, positions;
     Buffer<uint8_t> mask;
     void ensure(Backend& be, const Config& c, int64_t rows);
@@ -174,11 +174,12 @@ class Transformer {
   Adapter* acts_adapter_ = nullptr;  // the adapter active when acts_ were recorded
   float inv_temperature_ = 1.f;
   struct BackwardBuffers {
-    Buffer<float> dxn, dres, dqkv, datt, dmlp, dact, du, xd, dxd, dlogp, dentropy, dvalues;
+    Buffer<float> dxn, dres, dqkv, datt, dmlp, dact, du, xd, dxd, dlogp, dentropy, dvalues, dhn_out, dhn_in;
   } bwd_;
   float* grad_of(const float* weight);  // gradient view of a base weight (full training), else null
   Buffer<float> rope_cos_, rope_sin_;
   int64_t rope_rows_ = 0;
+  bool rope_long_ = false;  // the tables hold LongRoPE's long factors
 };
 
 // The LM head's per-token arrays in the caller's layout [batch, seq-1] (row

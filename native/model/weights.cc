@@ -187,6 +187,7 @@ Weights load_weights(const Config& cfg, const TensorFiles& files, const std::vec
     if (gpt2) want(&L.norm1_b, H);
     want(&L.wqkv, cfg.qkv_dim() * H);
     if (cfg.qkv_bias) want(&L.bqkv, cfg.qkv_dim());
+    if (cfg.qk_norm) want(&L.q_norm_w, cfg.head_dim), want(&L.k_norm_w, cfg.head_dim);
     want(&L.wo, H * Q);
     if (cfg.o_bias) want(&L.bo, H);
     want(&L.norm2_w, H);
@@ -218,19 +219,31 @@ Weights load_weights(const Config& cfg, const TensorFiles& files, const std::vec
       LayerWeights& L = w.layers[static_cast<size_t>(l)];
       const std::string lp = p + "layers." + std::to_string(l) + ".";
       ld.load(lp + "input_layernorm.weight", H, 0, L.norm1_w);
-      ld.load(lp + "self_attn.q_proj.weight", Q, H, L.wqkv);
-      ld.load(lp + "self_attn.k_proj.weight", KV, H, L.wqkv + Q * H);
-      ld.load(lp + "self_attn.v_proj.weight", KV, H, L.wqkv + (Q + KV) * H);
+      if (cfg.fused_proj) {  // Phi-3: one [q | k | v] matrix, our own layout
+        ld.load(lp + "self_attn.qkv_proj.weight", Q + 2 * KV, H, L.wqkv);
+      } else {
+        ld.load(lp + "self_attn.q_proj.weight", Q, H, L.wqkv);
+        ld.load(lp + "self_attn.k_proj.weight", KV, H, L.wqkv + Q * H);
+        ld.load(lp + "self_attn.v_proj.weight", KV, H, L.wqkv + (Q + KV) * H);
+      }
       if (cfg.qkv_bias) {
         ld.load(lp + "self_attn.q_proj.bias", Q, 0, L.bqkv);
         ld.load(lp + "self_attn.k_proj.bias", KV, 0, L.bqkv + Q);
         ld.load(lp + "self_attn.v_proj.bias", KV, 0, L.bqkv + Q + KV);
       }
+      if (cfg.qk_norm) {
+        ld.load(lp + "self_attn.q_norm.weight", cfg.head_dim, 0, L.q_norm_w);
+        ld.load(lp + "self_attn.k_norm.weight", cfg.head_dim, 0, L.k_norm_w);
+      }
       ld.load(lp + "self_attn.o_proj.weight", H, Q, L.wo);
       if (cfg.o_bias) ld.load(lp + "self_attn.o_proj.bias", H, 0, L.bo);
       ld.load(lp + "post_attention_layernorm.weight", H, 0, L.norm2_w);
-      ld.load(lp + "mlp.gate_proj.weight", F, H, L.w_in);
-      ld.load(lp + "mlp.up_proj.weight", F, H, L.w_in + F * H);
+      if (cfg.fused_proj) {  // Phi-3: one [gate | up] matrix
+        ld.load(lp + "mlp.gate_up_proj.weight", 2 * F, H, L.w_in);
+      } else {
+        ld.load(lp + "mlp.gate_proj.weight", F, H, L.w_in);
+        ld.load(lp + "mlp.up_proj.weight", F, H, L.w_in + F * H);
+      }
       ld.load(lp + "mlp.down_proj.weight", H, F, L.w_out);
       if (cfg.mlp_bias) {
         ld.load(lp + "mlp.gate_proj.bias", F, 0, L.b_in);
@@ -322,7 +335,7 @@ void convert_to_bf16(Weights& w, const Config& cfg) {
   std::vector<float**> small;
   if (w.pos_embed) small.push_back(&w.pos_embed);
   for (auto& L : w.layers)
-    for (float** f : {&L.norm1_w, &L.norm1_b, &L.bqkv, &L.bo, &L.norm2_w, &L.norm2_b, &L.b_in, &L.b_out})
+    for (float** f : {&L.norm1_w, &L.norm1_b, &L.bqkv, &L.q_norm_w, &L.k_norm_w, &L.bo, &L.norm2_w, &L.norm2_b, &L.b_in, &L.b_out})
       if (*f) small.push_back(f);
   for (float** f : {&w.final_norm_w, &w.final_norm_b, &w.score})
     if (*f) small.push_back(f);
@@ -332,6 +345,7 @@ void convert_to_bf16(Weights& w, const Config& cfg) {
     for (auto& L : w.layers) {
       if (f == &L.bqkv) return cfg.qkv_dim();
       if (f == &L.b_in) return (gpt2 ? 1 : 2) * F;
+      if (f == &L.q_norm_w || f == &L.k_norm_w) return cfg.head_dim;
     }
     return H;
   };
@@ -371,7 +385,7 @@ Weights backend_copy(const Weights& w, float* slab, uint16_t* slab16) {
   d.lm_head = f(w.lm_head), d.score = f(w.score), d.embed16 = h(w.embed16), d.lm_head16 = h(w.lm_head16);
   for (const LayerWeights& L : w.layers) {
     LayerWeights D;
-    D.norm1_w = f(L.norm1_w), D.norm1_b = f(L.norm1_b), D.wqkv = f(L.wqkv), D.bqkv = f(L.bqkv), D.wo = f(L.wo), D.bo = f(L.bo);
+    D.norm1_w = f(L.norm1_w), D.norm1_b = f(L.norm1_b), D.wqkv = f(L.wqkv), D.bqkv = f(L.bqkv), D.q_norm_w = f(L.q_norm_w), D.k_norm_w = f(L.k_norm_w), D.wo = f(L.wo), D.bo = f(L.bo);
     D.norm2_w = f(L.norm2_w), D.norm2_b = f(L.norm2_b), D.w_in = f(L.w_in), D.b_in = f(L.b_in), D.w_out = f(L.w_out);
     D.b_out = f(L.b_out), D.wqkv16 = h(L.wqkv16), D.wo16 = h(L.wo16), D.w_in16 = h(L.w_in16), D.w_out16 = h(L.w_out16);
     d.layers.push_back(D);

@@ -20,6 +20,8 @@ struct LayerWeights {
   float* norm1_b = nullptr;  // [hidden]   GPT-2 only
   float* wqkv = nullptr;     // [qkv_dim, hidden]
   float* bqkv = nullptr;     // [qkv_dim]  or null
+  float* q_norm_w = nullptr; // [head_dim] Qwen3 per-head q RMSNorm, or null
+  float* k_norm_w = nullptr; // [head_dim] ... and k
   float* wo = nullptr;       // [hidden, q_dim]
   float* bo = nullptr;       // [hidden]   or null
   float* norm2_w = nullptr;  // [hidden]   post_attention_layernorm / ln_2

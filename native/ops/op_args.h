@@ -122,11 +122,12 @@ struct LayerNormOp {
 struct RopeOp {
   int64_t n = 0;                      // rows (tokens)
   int64_t heads = 0, head_dim = 0;    // heads to rotate per row, each head_dim wide
+  int64_t rotary_dim = 0;             // partial rotary (Phi-3): only the first rotary_dim of each head rotate, pairs (j, j + rotary_dim/2); 0 = head_dim
   float* x = nullptr;                 // row i, head h at x + i*ld + h*head_dim
   int64_t ld = 0;
   const int32_t* positions = nullptr; // [n]
-  const float* cos = nullptr;         // [max_pos, head_dim/2]
-  const float* sin = nullptr;         // [max_pos, head_dim/2]
+  const float* cos = nullptr;         // [max_pos, rotary_dim/2]
+  const float* sin = nullptr;         // [max_pos, rotary_dim/2]
   bool inverse = false;               // rotate by -angle (the backward pass)
 };
 
