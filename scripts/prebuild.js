@@ -12,6 +12,8 @@
 // than the floor, and that it loads and carries the backends asked for.
 //
 //   --cpu-only   the CPU backend alone (no nvcc needed; a faster build)
+//   --dest DIR   put prebuilds/ under DIR instead of the package root (the
+//                install test stages a package copy this way)
 'use strict';
 const { spawnSync } = require('child_process');
 const fs = require('fs');
@@ -59,7 +61,9 @@ function main() {
   const built = path.join(root, out, 'Release', 'rlhf_native.node');
   if (!fs.existsSync(built)) fail(`the build finished but ${path.relative(root, built)} is missing`);
 
-  const dir = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`);
+  const destIndex = process.argv.indexOf('--dest');
+  const destRoot = destIndex > 0 ? path.resolve(process.argv[destIndex + 1] || fail('--dest needs a folder')) : root;
+  const dir = path.join(destRoot, 'prebuilds', `${process.platform}-${process.arch}`);
   fs.mkdirSync(dir, { recursive: true });
   const dest = path.join(dir, PREBUILD_NAME);
   const tmp = `${dest}.tmp`;
@@ -75,8 +79,8 @@ function main() {
   }
   fs.renameSync(tmp, dest);
 
-  const loaded = checkPrebuild(root);
-  if (!loaded.loads || loaded.file !== dest) fail(`${path.relative(root, dest)} does not load: ${loaded.error ?? `node-gyp-build picked ${loaded.file}`}`);
+  const loaded = checkPrebuild(destRoot);
+  if (!loaded.loads || loaded.file !== dest) fail(`${dest} does not load: ${loaded.error ?? `node-gyp-build picked ${loaded.file}`}`);
   const wantBackends = cpuOnly ? ['cpu'] : ['cpu', 'cuda'];
   if (wantBackends.some((b) => !loaded.backends.includes(b))) fail(`the binary carries backends ${loaded.backends} but ${wantBackends} were asked for`);
   if (!cpuOnly && CUDA_ARCHS.some((a) => !loaded.cudaArchs.includes(a))) fail(`the binary carries CUDA archs ${loaded.cudaArchs}, not ${CUDA_ARCHS}`);
@@ -85,7 +89,7 @@ function main() {
   const manifest = { variant, glibc: maxGlibc, built: new Date().toISOString(), node: process.version, backends: loaded.backends, cudaArchs: loaded.cudaArchs };
   fs.writeFileSync(`${dest}.json`, JSON.stringify(manifest, null, 2) + '\n');
   const mb = (fs.statSync(dest).size / 1e6).toFixed(1);
-  log(`${path.relative(root, dest)}: ${mb} MB, backends ${loaded.backends.join(', ')}${loaded.cudaArchs.length ? ` (${loaded.cudaArchs.join(', ')})` : ''}, needs glibc >= ${maxGlibc}, ${Math.round((Date.now() - started) / 1000)} s`);
+  log(`${dest}: ${mb} MB, backends ${loaded.backends.join(', ')}${loaded.cudaArchs.length ? ` (${loaded.cudaArchs.join(', ')})` : ''}, needs glibc >= ${maxGlibc}, ${Math.round((Date.now() - started) / 1000)} s`);
 }
 
 main();

@@ -20,6 +20,40 @@ set(RLHF_GLIBC_WRAPS
   exp
   log
   pow
+  dlvsym
+  pthread_condattr_setpshared
+  pthread_kill
+  pthread_mutex_trylock
+  pthread_mutexattr_destroy
+  pthread_mutexattr_init
+  pthread_mutexattr_setpshared
+  pthread_mutexattr_settype
+  pthread_rwlock_destroy
+  pthread_rwlock_init
+  pthread_rwlock_rdlock
+  pthread_rwlock_timedrdlock
+  pthread_rwlock_timedwrlock
+  pthread_rwlock_tryrdlock
+  pthread_rwlock_trywrlock
+  pthread_rwlock_unlock
+  pthread_rwlock_wrlock
+  pthread_rwlockattr_destroy
+  pthread_rwlockattr_init
+  pthread_rwlockattr_setpshared
+  pthread_spin_destroy
+  pthread_spin_init
+  pthread_spin_lock
+  pthread_spin_trylock
+  pthread_spin_unlock
+  sem_destroy
+  sem_init
+  sem_post
+  sem_timedwait
+  sem_trywait
+  sem_wait
+  shm_open
+  shm_unlink
+  dlmopen
   fstat
   arc4random
   __libc_single_threaded
