@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { callNative, RlhfError } from './errors';
-import { native, PACKAGE_ROOT, NativeCudaDevice } from './native';
+import { native, nativeSource, PACKAGE_ROOT, NativeCudaDevice } from './native';
 
 export interface RuntimeInfo {
   version: string;
@@ -22,7 +22,24 @@ export interface RuntimeInfo {
     /** Why no CUDA device is usable, when none is. */
     reason?: string;
   };
-  build: { system: string | null; addon: string | null; compiler: string };
+  build: {
+    /** 'prebuild': a binary shipped in prebuilds/ (nothing compiled at install); 'local': compiled here into build/. */
+    kind: 'prebuild' | 'local' | 'RLHF_NATIVE_PATH';
+    /** The loaded binary's path. */
+    addon: string;
+    system: string | null;
+    compiler: string;
+    /** For a prebuild: what scripts/prebuild.js recorded beside it (the glibc it needs, when it was built). */
+    prebuild?: PrebuildManifest;
+  };
+}
+
+/** The manifest scripts/prebuild.js writes beside each prebuilt binary (<file>.json). */
+export interface PrebuildManifest {
+  variant: 'cuda' | 'cpu';
+  /** The newest glibc symbol version the binary needs. */
+  glibc: string | null;
+  built: string;
 }
 
 function cudaVersion(v: number): string | null {
@@ -41,10 +58,19 @@ function noDeviceReason(compiled: boolean, error: string | undefined, code: numb
   return error ? `${error}; running on the CPU` : 'no CUDA device found; running on the CPU';
 }
 
+function readManifest(file: string): PrebuildManifest | undefined {
+  try {
+    const m = JSON.parse(fs.readFileSync(file, 'utf8'));
+    return { variant: m.variant, glibc: m.glibc ?? null, built: m.built };
+  } catch {
+    return undefined; // a prebuild without its manifest still loads; info just says less
+  }
+}
+
 export function runtimeInfo(): RuntimeInfo {
   const n = callNative(() => native().info());
   const system: string | null = n.buildSystem ?? null;
-  const addon = path.join(PACKAGE_ROOT, 'build', 'Release', 'rlhf_native.node');
+  const source = nativeSource();
   const out: RuntimeInfo = {
     version: packageVersion(),
     node: process.version,
@@ -59,8 +85,12 @@ export function runtimeInfo(): RuntimeInfo {
       archs: n.cuda.archs,
       devices: n.cuda.devices,
     },
-    build: { system, addon: fs.existsSync(addon) ? addon : null, compiler: n.compiler },
+    build: { kind: source.kind, addon: source.file, system, compiler: n.compiler },
   };
+  if (source.kind === 'prebuild') {
+    const manifest = readManifest(`${source.file}.json`);
+    if (manifest) out.build.prebuild = manifest;
+  }
   if (n.cuda.devices.length === 0) out.cuda.reason = noDeviceReason(n.cuda.compiled, n.cuda.error, n.cuda.errorCode);
   return out;
 }

@@ -390,6 +390,7 @@ function packageRoot(): string {
 export const PACKAGE_ROOT = packageRoot();
 
 let cached: NativeAddon | undefined;
+let loadedFrom: string | undefined;
 
 function explain(message: string): string {
   if (/GLIBC|GLIBCXX/.test(message)) return 'the binary needs a newer C/C++ runtime than this system has; rebuild it here with `npm rebuild rlhf-native`';
@@ -407,6 +408,7 @@ export function native(): NativeAddon {
   if (override) {
     try {
       cached = require(path.resolve(override)) as NativeAddon;
+      loadedFrom = path.resolve(override);
       return cached;
     } catch (e) {
       tried.push(`RLHF_NATIVE_PATH=${override}: ${(e as Error).message.split('\n')[0]}`);
@@ -414,8 +416,12 @@ export function native(): NativeAddon {
   }
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const load = require('node-gyp-build') as (dir: string) => unknown;
-    cached = load(PACKAGE_ROOT) as NativeAddon;
+    const load = require('node-gyp-build') as { resolve(dir: string): string };
+    // node-gyp-build's own order: a local build (build/Release, build/Debug)
+    // before a prebuild matching this system (prebuilds/<platform>-<arch>/).
+    const file = load.resolve(PACKAGE_ROOT);
+    cached = require(file) as NativeAddon;
+    loadedFrom = file;
     return cached;
   } catch (e) {
     const msg = (e as Error).message.split('\n')[0];
@@ -431,4 +437,13 @@ export function native(): NativeAddon {
       { cause: e },
     );
   }
+}
+
+/** Where the loaded addon came from: its file, and whether it is a shipped prebuild, a local build or RLHF_NATIVE_PATH. */
+export function nativeSource(): { file: string; kind: 'prebuild' | 'local' | 'RLHF_NATIVE_PATH' } {
+  native();
+  const file = loadedFrom as string;
+  if (process.env.RLHF_NATIVE_PATH && file === path.resolve(process.env.RLHF_NATIVE_PATH)) return { file, kind: 'RLHF_NATIVE_PATH' };
+  const rel = path.relative(PACKAGE_ROOT, file);
+  return { file, kind: rel.split(path.sep)[0] === 'prebuilds' ? 'prebuild' : 'local' };
 }

@@ -1,16 +1,23 @@
 #!/usr/bin/env node
-// Builds the native addon. Runs as the package's `install` script, so a plain
-// `npm install` on a fresh clone builds everything.
+// The package's `install` script. When a prebuilt binary for this system
+// ships in prebuilds/ (scripts/prebuild.js) and loads, nothing is compiled.
+// Otherwise, or when asked (`npm install --build-from-source`,
+// RLHF_BUILD_FROM_SOURCE=1, or --force as in `npm run build:native`), it
+// builds the addon into build/Release, which node-gyp-build then loads ahead
+// of any prebuild:
 //
 //   1. CMake through cmake-js (main build): CPU backend, plus CUDA when nvcc is
 //      found. RLHF_CUDA=0 in the environment forces a CPU-only build.
 //   2. node-gyp (fallback where CMake is missing or failed): CPU backend only.
 //
-// Writes build/build-info.json so `rlhf-native info` can say how it was built.
+// A clone of the repository has no prebuilds (they are build outputs), so
+// `npm install` there compiles. Writes build/build-info.json so
+// `rlhf-native info` can say how a local build was made.
 'use strict';
 const { spawnSync } = require('child_process');
 const fs = require('fs');
 const path = require('path');
+const { fromSourceReason, checkPrebuild } = require('./prebuilds');
 
 const root = path.resolve(__dirname, '..');
 const force = process.argv.includes('--force');
@@ -67,6 +74,40 @@ function main() {
     log('RLHF_SKIP_NATIVE_BUILD=1 and a binary exists; not rebuilding');
     return;
   }
+  if (force) log('building from source: --force');
+  if (force || needsLocalBuild(binary)) buildLocally(binary);
+}
+
+/** Whether the addon is to be compiled here (else a prebuild loads); logs one line saying why. */
+function needsLocalBuild(binary) {
+  const asked = fromSourceReason();
+  if (asked) {
+    log(`building from source: ${asked}`);
+    return true;
+  }
+  // A local build, once made, loads before any prebuild (node-gyp-build looks
+  // in build/Release first), so keep it current rather than leave it stale.
+  if (fs.existsSync(binary)) {
+    log(`a local build exists (${path.relative(root, binary)}, loaded ahead of prebuilds/); rebuilding it`);
+    return true;
+  }
+  const p = checkPrebuild(root);
+  const tuple = `${process.platform}-${process.arch}`;
+  if (!p.found) {
+    log(`no prebuilt binary for ${tuple} in prebuilds/; building from source`);
+    return true;
+  }
+  const rel = p.file ? path.relative(root, p.file) : `the prebuilt binary for ${tuple}`;
+  if (!p.loads) {
+    log(`${rel} does not load here (${p.error}); building from source`);
+    return true;
+  }
+  const archs = p.cudaArchs && p.cudaArchs.length ? ` ${p.cudaArchs.join(',')}` : '';
+  log(`using the prebuilt binary ${rel} (backends: ${p.backends.join(', ')}${archs}); nothing to compile`);
+  return false;
+}
+
+function buildLocally(binary) {
   let system = null;
   let cuda = false;
   if (which('cmake')) {

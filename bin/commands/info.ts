@@ -4,6 +4,8 @@ import { runtimeInfo } from '../../lib/info';
 import { runCommand } from '../cli-util';
 import { EXAMPLES } from './examples';
 
+const ADDON_KIND = { prebuild: 'prebuilt binary', local: 'local build', RLHF_NATIVE_PATH: 'RLHF_NATIVE_PATH' } as const;
+
 function gib(bytes: number): string {
   return `${(bytes / 2 ** 30).toFixed(1)} GiB`;
 }
@@ -30,7 +32,8 @@ export function register<T>(y: Argv<T>): Argv<T> {
           ...info.cuda.devices.map((d) => `  cuda:${d.index} ${d.name} (sm_${d.computeCapability.replace('.', '')}, ${d.smCount} SMs, ${gib(d.totalMemory)})`),
           ...(info.cuda.reason ? [`  no CUDA device: ${info.cuda.reason}`] : []),
           `default device: ${info.defaultDevice}`,
-          `addon: ${info.build.addon ?? '(loaded from RLHF_NATIVE_PATH)'} (built with ${info.build.system ?? 'unknown'}, ${info.build.compiler})`,
+          `addon: ${ADDON_KIND[info.build.kind]} ${info.build.addon} (built with ${info.build.system ?? 'unknown'}, ${info.build.compiler})`,
+          ...(info.build.prebuild ? [`  prebuild: ${info.build.prebuild.variant} variant, needs glibc >= ${info.build.prebuild.glibc ?? '?'}, built ${info.build.prebuild.built}`] : []),
         ];
         process.stdout.write(lines.join('\n') + '\n');
       }),

@@ -1,0 +1,60 @@
+# glibc symbols the portable build redirects to native/portable/glibc_compat.cc
+# (each NAME here is linked as --wrap=NAME, so every reference to NAME, in our
+# objects and in the static libraries alike, goes to __wrap_NAME there). The
+# list is what the CPU and CUDA builds were seen to need from a glibc newer
+# than 2.28; scripts/prebuild.js refuses a binary that still needs more.
+set(RLHF_GLIBC_WRAPS
+  pthread_create
+  pthread_join
+  pthread_detach
+  pthread_once
+  pthread_key_create
+  __pthread_key_create
+  pthread_key_delete
+  pthread_getspecific
+  pthread_setspecific
+  dlopen
+  dlsym
+  dlclose
+  dlerror
+  exp
+  log
+  pow
+  dlvsym
+  pthread_condattr_setpshared
+  pthread_kill
+  pthread_mutex_trylock
+  pthread_mutexattr_destroy
+  pthread_mutexattr_init
+  pthread_mutexattr_setpshared
+  pthread_mutexattr_settype
+  pthread_rwlock_destroy
+  pthread_rwlock_init
+  pthread_rwlock_rdlock
+  pthread_rwlock_timedrdlock
+  pthread_rwlock_timedwrlock
+  pthread_rwlock_tryrdlock
+  pthread_rwlock_trywrlock
+  pthread_rwlock_unlock
+  pthread_rwlock_wrlock
+  pthread_rwlockattr_destroy
+  pthread_rwlockattr_init
+  pthread_rwlockattr_setpshared
+  pthread_spin_destroy
+  pthread_spin_init
+  pthread_spin_lock
+  pthread_spin_trylock
+  pthread_spin_unlock
+  sem_destroy
+  sem_init
+  sem_post
+  sem_timedwait
+  sem_trywait
+  sem_wait
+  shm_open
+  shm_unlink
+  dlmopen
+  fstat
+  arc4random
+  __libc_single_threaded
+)
