@@ -8,6 +8,7 @@ import * as init from './commands/init';
 import * as train from './commands/train';
 import * as score from './commands/score';
 import * as label from './commands/label';
+import * as cai from './commands/cai';
 import * as generate from './commands/generate';
 import * as bench from './commands/bench';
 import * as sft from './commands/sft';
@@ -50,7 +51,7 @@ async function main(): Promise<void> {
     })
     .help()
     .wrap(Math.min(110, process.stdout.columns || 100));
-  for (const c of [train, info, inspect, init, score, label, generate, bench, sft, rm, merge, dpo, kto, rs, rest, hir]) y = c.register(y);
+  for (const c of [train, info, inspect, init, score, label, cai, generate, bench, sft, rm, merge, dpo, kto, rs, rest, hir]) y = c.register(y);
   y = ppo.register(y);
   y = grpo.register(y);
   y = rloo.register(y);

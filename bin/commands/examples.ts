@@ -12,6 +12,7 @@ export const EXAMPLES: Record<string, [command: string, what: string]> = {
   info: ['$0 info --json', 'what this build can run on, as JSON'],
   inspect: ['$0 inspect ./base', "a model folder's tensors: names, dtypes, shapes"],
   init: ['$0 init --arch llama --preset tiny --out ./base', 'a random tiny Llama with a tokenizer, to try the commands on'],
+  cai: ['$0 cai --model ./sft-model --constitution constitution.yaml --prompts red-team.jsonl --out cai-data --pairs', 'critique -> revision SFT data and AI harmlessness pairs'],
   label: ['$0 label --judge ./judge-model --data pairs.jsonl --out ai-pairs.jsonl', 'relabel preference pairs with a judge model, both orders averaged'],
   score: ['$0 score --model ./sft-merged --data rows.jsonl --out scores.jsonl', 'per-token log-probabilities of each row'],
   generate: ['$0 generate --model ./sft-merged --prompt "Add 2 and 7." --max-new-tokens 16', 'a greedy completion'],
