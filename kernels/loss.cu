@@ -68,7 +68,7 @@ __global__ void __launch_bounds__(kThreads) pairwise_loss_kernel(PairwiseLossOp 
   for (int64_t i = threadIdx.x; i < op.b; i += blockDim.x) {
     const float c = op.chosen[i], r = op.rejected[i];
     const float z = c - r - (op.margin ? op.margin[i] : 0.f);
-    const math::LossTerm t = math::pairwise_term(z);
+    const math::LossTerm t = op.target ? math::pairwise_soft_term(z, op.target[i]) : math::pairwise_term(z);
     acc[0] += t.loss;
     acc[1] += c > r ? 1.0 : 0.0;
     acc[2] += static_cast<double>(c) - r;

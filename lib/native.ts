@@ -171,7 +171,7 @@ export type NativeLossRequest =
       entCoef?: number;
       gradScale?: number;
     }
-  | { kind: 'pairwise'; last?: Int32Array; margin?: Float32Array; gradScale?: number }
+  | { kind: 'pairwise'; last?: Int32Array; margin?: Float32Array; /** Soft labels P(chosen better) per pair (RLAIF): cross-entropy instead of -log sigmoid. */ target?: Float32Array; gradScale?: number }
   | {
       kind: 'dpo';
       /** Each row's completion tokens, flat [batch, seq-1] (see spanMask). */
@@ -250,7 +250,7 @@ export type NativeLossRequest =
  */
 export type NativeEvalLossRequest =
   | { kind: 'sft'; mask: Float32Array; denom?: number; labelSmoothing?: number }
-  | { kind: 'pairwise'; last?: Int32Array; margin?: Float32Array }
+  | { kind: 'pairwise'; last?: Int32Array; margin?: Float32Array; target?: Float32Array }
   | Omit<Extract<NativeLossRequest, { kind: 'dpo' }>, 'gradScale'>
   | Omit<Extract<NativeLossRequest, { kind: 'kto' }>, 'gradScale'>
   | { kind: 'sequenceLogps'; mask: Float32Array };

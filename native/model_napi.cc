@@ -625,6 +625,7 @@ void parse_objective(const Napi::Object& o, model::ObjectiveRequest& r) {
     r.last.assign(la.Data(), la.Data() + la.ElementLength());
   }
   r.margin = opt_f32(o, "margin");
+  r.target = opt_f32(o, "target");
   r.ref_chosen = opt_f32(o, "refChosen");
   r.ref_rejected = opt_f32(o, "refRejected");
   r.beta = static_cast<float>(num(o, "beta", 0.1));

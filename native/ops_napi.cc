@@ -266,6 +266,7 @@ const std::unordered_map<std::string, Runner>& runners() {
          PairwiseLossOp op;
          op.b = f.i("b");
          op.chosen = f32n(f, "chosen", op.b), op.rejected = f32n(f, "rejected", op.b), op.margin = f32n(f, "margin", op.b, true);
+         op.target = f32n(f, "target", op.b, true);
          op.grad_scale = static_cast<float>(f.d("gradScale", 1)), op.loss = f32n(f, "loss", 1);
          op.dchosen = f32n(f, "dchosen", op.b, true), op.drejected = f32n(f, "drejected", op.b, true);
          op.stats = f32n(f, "stats", PairwiseLossOp::kStatCount, true);

@@ -109,12 +109,14 @@ function sftRef(logp: Float32Array, mask: Float32Array, denom: number): Record<s
   return { loss: rel(nll / denom, mag / denom), tokens: exact(tokens), nllSum: rel(nll, mag) };
 }
 
-function pairwiseRef(r: number[], margins: number[]): Record<string, RefStat> {
+// targets: soft labels p, the loss -p log sigmoid(z) - (1 - p) log sigmoid(-z).
+function pairwiseRef(r: number[], margins: number[], targets?: number[]): Record<string, RefStat> {
   const P = r.length / 2;
   let loss = 0, acc = 0, mg = 0, ch = 0, rj = 0, mag = 0;
   for (let i = 0; i < P; i++) {
     const c = r[i], j = r[P + i];
-    loss += -logSigmoid(c - j - margins[i]);
+    const z = c - j - margins[i];
+    loss += targets ? -targets[i] * logSigmoid(z) - (1 - targets[i]) * logSigmoid(-z) : -logSigmoid(z);
     acc += c > j ? 1 : 0;
     mg += c - j;
     ch += c;
@@ -290,20 +292,22 @@ function sftKind(fused: boolean): Kind {
   };
 }
 
-function pairwiseKind(explicitLast: boolean): Kind {
+function pairwiseKind(explicitLast: boolean, soft = false): Kind {
   const inputIds = PAIRS.map((r) => r.ids), seq = seqOf(PAIRS), P = CHOSEN.length;
   // Default: the last real token; explicit: one before it.
   const last = PAIRS.map((r) => r.ids.length - (explicitLast ? 2 : 1));
   const margins = [0.5, 0, 1.25], gradScale = 0.5;
+  const targets = soft ? [0.8, 0.5, 0.3] : undefined;
+  const target = targets ? { targets: Float32Array.from(targets) } : {};
   const rewards = (values: Float32Array) => last.map((t, row) => values[row * seq + t]);
   return {
-    name: `pairwise (margins, gradScale 0.5${explicitLast ? ', explicit indices' : ', each row\'s last token'})`,
+    name: `pairwise (margins, gradScale 0.5${explicitLast ? ', explicit indices' : ', each row\'s last token'}${soft ? ', soft labels' : ''})`,
     head: true,
     plain: async (m) => ({ values: (await m.forward({ inputIds, values: true, logp: false })).flat.values }),
-    ref: (p) => pairwiseRef(rewards(p.values!), margins),
+    ref: (p) => pairwiseRef(rewards(p.values!), margins, targets),
     async fresh(t, tr) {
       noArrays(t, await tr.forward({ inputIds, values: true, logp: false, download: false }));
-      const s = { ...(await tr.pairwiseLoss({ margins: Float32Array.from(margins), gradScale, ...(explicitLast ? { last } : {}) })) };
+      const s = { ...(await tr.pairwiseLoss({ margins: Float32Array.from(margins), gradScale, ...target, ...(explicitLast ? { last } : {}) })) };
       await tr.backward({});
       return s;
     },
@@ -311,7 +315,7 @@ function pairwiseKind(explicitLast: boolean): Kind {
       const f = await tr.forward({ inputIds, values: true, logp: false });
       const r = Float32Array.from(rewards(f.flat.values!));
       const dchosen = new Float32Array(P), drejected = new Float32Array(P);
-      op('pairwise_loss', { b: P, chosen: r.subarray(0, P), rejected: r.subarray(P), margin: Float32Array.from(margins), gradScale, loss: new Float32Array(1), dchosen, drejected });
+      op('pairwise_loss', { b: P, chosen: r.subarray(0, P), rejected: r.subarray(P), margin: Float32Array.from(margins), ...(targets ? { target: Float32Array.from(targets) } : {}), gradScale, loss: new Float32Array(1), dchosen, drejected });
       const dvalues = new Float32Array(PAIRS.length * seq);
       for (let i = 0; i < P; i++) (dvalues[i * seq + last[i]] = dchosen[i]), (dvalues[(P + i) * seq + last[P + i]] = drejected[i]);
       await tr.backward({ dvalues });
@@ -483,6 +487,7 @@ const KINDS: (() => Kind)[] = [
   () => sftKind(false),
   () => pairwiseKind(false),
   () => pairwiseKind(true),
+  () => pairwiseKind(false, true),
   () => dpoKind(),
   () => ppoKind('critic'),
   () => ppoKind('policy'),

@@ -178,16 +178,18 @@ t.test('sft_loss: masked mean NLL, its gradient and statistics', async (t) => {
 
 // ================================================================== pairwise_loss
 
-function pairwiseRef(c: ArrayLike<number>, r: ArrayLike<number>, m: ArrayLike<number> | undefined) {
+// With soft labels p (P(chosen better)): -p log sigmoid(z) - (1 - p) log sigmoid(-z), d/dz = sigmoid(z) - p.
+function pairwiseRef(c: ArrayLike<number>, r: ArrayLike<number>, m: ArrayLike<number> | undefined, p?: ArrayLike<number>) {
   const b = c.length;
   let loss = 0, acc = 0, margin = 0, cm = 0, rm = 0, mag = 0;
   const dz = new Float64Array(b), zmag = new Float64Array(b);
   for (let i = 0; i < b; ++i) {
     const z = c[i] - r[i] - (m ? m[i] : 0);
-    loss -= logSigmoid(z);
-    dz[i] = -sigmoid(-z);
+    const term = p ? -p[i] * logSigmoid(z) - (1 - p[i]) * logSigmoid(-z) : -logSigmoid(z);
+    loss += term;
+    dz[i] = p ? sigmoid(z) - p[i] : -sigmoid(-z);
     zmag[i] = Math.abs(c[i]) + Math.abs(r[i]) + (m ? Math.abs(m[i]) : 0);
-    mag += -logSigmoid(z) + zmag[i];
+    mag += (p ? -logSigmoid(z) - logSigmoid(-z) : term) + zmag[i];
     acc += c[i] > r[i] ? 1 : 0;
     margin += c[i] - r[i];
     cm += c[i];
@@ -197,14 +199,16 @@ function pairwiseRef(c: ArrayLike<number>, r: ArrayLike<number>, m: ArrayLike<nu
   return { loss: loss * inv, acc: acc * inv, margin: margin * inv, cm: cm * inv, rm: rm * inv, dz, zmag, mag: mag * inv };
 }
 
-function pairwiseCase(t: Test, b: number, withMargin: boolean, gradScale: number, scoreStd: number, fd: boolean, seed: number) {
+function pairwiseCase(t: Test, b: number, withMargin: boolean, gradScale: number, scoreStd: number, fd: boolean, seed: number, withTarget = false) {
   const rng = new Rng(seed);
   const chosen = rng.normals(b, scoreStd, 0.3), rejected = rng.normals(b, scoreStd);
   const margin = withMargin ? rng.uniforms(b, 0, 2) : undefined;
-  const ref = pairwiseRef(chosen, rejected, margin);
+  const target = withTarget ? rng.uniforms(b, 0, 1) : undefined;
+  if (target) target.set([0, 1, 0.5].slice(0, b)); // the ends and a tie
+  const ref = pairwiseRef(chosen, rejected, margin, target);
   const out = runAll(t, (isa) => {
     const loss = new Float32Array(1), dchosen = new Float32Array(b), drejected = new Float32Array(b), stats = new Float32Array(4);
-    op('pairwise_loss', { b, chosen, rejected, margin, gradScale, loss, dchosen, drejected, stats }, isa);
+    op('pairwise_loss', { b, chosen, rejected, margin, target, gradScale, loss, dchosen, drejected, stats }, isa);
     return { loss, dchosen, drejected, stats };
   });
   const gs = f32(gradScale);
@@ -219,8 +223,8 @@ function pairwiseCase(t: Test, b: number, withMargin: boolean, gradScale: number
   expectClose(t, out.dchosen, dc, tol, 'dchosen vs analytic');
   expectClose(t, out.drejected, dr, tol, 'drejected vs analytic');
   if (fd) {
-    expectFd(t, out.dchosen, fdGrad((x) => pairwiseRef(x, rejected, margin).loss * gs, chosen), 'dchosen');
-    expectFd(t, out.drejected, fdGrad((x) => pairwiseRef(chosen, x, margin).loss * gs, rejected), 'drejected');
+    expectFd(t, out.dchosen, fdGrad((x) => pairwiseRef(x, rejected, margin, target).loss * gs, chosen), 'dchosen');
+    expectFd(t, out.drejected, fdGrad((x) => pairwiseRef(chosen, x, margin, target).loss * gs, rejected), 'drejected');
   }
 }
 
@@ -230,6 +234,8 @@ t.test('pairwise_loss: -log sigmoid(chosen - rejected - margin), gradients, accu
   await t.test('b=64, margin, gradScale 0.125', async (t) => pairwiseCase(t, 64, true, 0.125, 2, true, 13));
   await t.test('b=200, wide scores (|z| up to ~40)', async (t) => pairwiseCase(t, 200, true, 1, 12, true, 14));
   await t.test('b=20000 (many chunks)', async (t) => pairwiseCase(t, 20000, true, 2, 1.5, false, 15));
+  await t.test('soft labels (RLAIF), b=64', async (t) => pairwiseCase(t, 64, false, 1, 2, true, 16, true));
+  await t.test('soft labels with margin, gradScale 0.5, wide scores', async (t) => pairwiseCase(t, 200, true, 0.5, 12, true, 17, true));
   await t.test('extreme scores stay finite', async (t) => {
     const chosen = new Float32Array([100, -100, 0, 50]), rejected = new Float32Array([-100, 100, 0, 50]);
     const loss = new Float32Array(1), dchosen = new Float32Array(4), drejected = new Float32Array(4), stats = new Float32Array(4);

@@ -50,6 +50,8 @@ export interface PreferenceExample {
   margin: number | null;
   /** The row's "rating", when given. */
   rating?: string;
+  /** The row's soft label "label_prob", P(chosen better) in [0, 1] (AI feedback: rlhf-native label), when given. */
+  labelProb?: number;
   safe?: boolean;
   category?: string;
   /** The prompt as text: the string prompt, or the rendered chat prompt with its generation prompt. */
@@ -243,6 +245,8 @@ export function preparePreferenceRow(row: JsonlRow, file: string, opts: Preferen
     rating = v.rating as string;
     margin = LLAMA2_MARGINS[opts.marginScale ?? 'small'][key];
   }
+  if (v.label_prob !== undefined && v.label_prob !== null && (typeof v.label_prob !== 'number' || !(v.label_prob >= 0 && v.label_prob <= 1)))
+    throw err(`"label_prob" must be a probability in [0, 1], got ${JSON.stringify(v.label_prob)}`);
   if (v.safe !== undefined && v.safe !== null && typeof v.safe !== 'boolean') throw err(`"safe" must be true or false, got ${JSON.stringify(v.safe)}`);
   if (v.category !== undefined && v.category !== null && typeof v.category !== 'string') throw err(`"category" must be a string, got ${JSON.stringify(v.category)}`);
 
@@ -307,6 +311,7 @@ export function preparePreferenceRow(row: JsonlRow, file: string, opts: Preferen
     truncated,
   };
   if (rating !== undefined) ex.rating = rating;
+  if (typeof v.label_prob === 'number') ex.labelProb = v.label_prob;
   if (typeof v.safe === 'boolean') ex.safe = v.safe;
   if (typeof v.category === 'string') ex.category = v.category;
   if (t.promptText !== undefined) ex.promptText = t.promptText;

@@ -184,6 +184,8 @@ export interface PairwiseLossInput {
   last?: Int32Array | readonly number[];
   /** Per-pair margin (Llama 2), or null/absent for none. */
   margins?: Float32Array | null;
+  /** Per-pair soft label P(chosen better) (AI feedback), or null/absent for 1: the loss becomes -p log sigmoid(z) - (1 - p) log sigmoid(-z). */
+  targets?: Float32Array | null;
   gradScale?: number;
 }
 
@@ -313,7 +315,7 @@ export async function sftObjective(handle: NativeModel, x: SftLossInput = {}): P
 }
 
 export async function pairwiseObjective(handle: NativeModel, x: PairwiseLossInput = {}): Promise<PairwiseLossStats> {
-  return pairwiseStats(await run(handle, { kind: 'pairwise', ...opt('last', int32(x.last)), ...opt('margin', x.margins), ...opt('gradScale', x.gradScale) }));
+  return pairwiseStats(await run(handle, { kind: 'pairwise', ...opt('last', int32(x.last)), ...opt('margin', x.margins), ...opt('target', x.targets), ...opt('gradScale', x.gradScale) }));
 }
 
 export async function dpoObjective(handle: NativeModel, x: DpoLossInput): Promise<DpoLossStats> {
@@ -375,7 +377,7 @@ export async function sftEvaluation(handle: NativeModel, x: SftEvalInput): Promi
 
 /** The pairwise loss over the last inference forward's values (chosen rows, then rejected rows). */
 export async function pairwiseEvaluation(handle: NativeModel, x: PairwiseEvalInput = {}): Promise<PairwiseLossStats> {
-  return pairwiseStats(await runEval(handle, { kind: 'pairwise', ...opt('last', int32(x.last)), ...opt('margin', x.margins) }));
+  return pairwiseStats(await runEval(handle, { kind: 'pairwise', ...opt('last', int32(x.last)), ...opt('margin', x.margins), ...opt('target', x.targets) }));
 }
 
 /** DPO over the last inference forward's logp (chosen rows, then rejected rows) against reference sums. */

@@ -40,6 +40,8 @@ export interface RmOwnOptions {
   useMargin?: boolean;
   /** Column of Llama 2's Table 27 mapping ratings to margins. Default 'small'. */
   marginScale?: MarginScale;
+  /** Train on each pair's soft label "label_prob" where it has one (cross-entropy against P(chosen better); its margin is then not used). Default true. */
+  softLabels?: boolean;
 }
 export type RmConfig = SupervisedOptions & RmOwnOptions;
 export type ResolvedRmConfig = Resolved<RmConfig>;
@@ -61,6 +63,7 @@ export const RM_OPTIONS: OptionTable<RmConfig> = {
   headStd: { type: 'number', check: checks.nonNeg(), defaultText: "the model's initializer_range", describe: 'std of the fresh score head', group: 'LoRA' },
   useMargin: { type: 'boolean', default: true, flag: 'margin', describe: "use each pair's margin (Llama 2's margin loss); --no-margin ignores it", group: 'Reward model' },
   marginScale: { type: 'string', choices: ['small', 'large'], default: 'small', describe: 'Llama 2 Table 27 column mapping ratings to margins', group: 'Reward model' },
+  softLabels: { type: 'boolean', default: true, describe: "train on each pair's soft label label_prob (AI feedback) where it has one, instead of its margin; --no-soft-labels ignores them", group: 'Reward model' },
 };
 
 /** The defaults of RM_OPTIONS (lr: 1e-4 with LoRA, 1e-5 with full training). */
@@ -110,19 +113,28 @@ function pairBatch(pairs: readonly PreferenceExample[]): { ids: number[][]; last
   return { ids, last: ids.map((s) => s.length - 1), tokens: ids.reduce((s, x) => s + x.length, 0) };
 }
 
-function marginsOf(pairs: readonly PreferenceExample[], use: boolean): Float32Array | null {
-  if (!use || !pairs.some((p) => p.margin !== null)) return null;
-  return Float32Array.from(pairs, (p) => p.margin ?? 0);
+/** Pairs with a soft label are trained on it (and not on their margin) when soft labels are on. */
+const isSoft = (p: PreferenceExample, soft: boolean) => soft && p.labelProb !== undefined;
+
+function marginsOf(pairs: readonly PreferenceExample[], use: boolean, soft: boolean): Float32Array | null {
+  if (!use || !pairs.some((p) => p.margin !== null && !isSoft(p, soft))) return null;
+  return Float32Array.from(pairs, (p) => (isSoft(p, soft) ? 0 : (p.margin ?? 0)));
+}
+
+/** Soft labels P(chosen better) of the pairs (1 for a pair without one), or null when none has one. */
+function targetsOf(pairs: readonly PreferenceExample[], soft: boolean): Float32Array | null {
+  if (!pairs.some((p) => isSoft(p, soft))) return null;
+  return Float32Array.from(pairs, (p) => (isSoft(p, soft) ? p.labelProb! : 1));
 }
 
 /** Rewards (score head at each sequence's last token) of preference pairs, in batches: held-out loss, accuracy, margin. */
-export async function evaluateRm(model: Model, pairs: readonly PreferenceExample[], batchSize: number, useMargin: boolean): Promise<RmEval> {
+export async function evaluateRm(model: Model, pairs: readonly PreferenceExample[], batchSize: number, useMargin: boolean, softLabels = true): Promise<RmEval> {
   let loss = 0, correct = 0, margin = 0;
   for (let i = 0; i < pairs.length; i += batchSize) {
     const part = pairs.slice(i, i + batchSize);
     const b = pairBatch(part);
     await model.forward({ inputIds: b.ids, values: true, logp: false, download: false });
-    const s = await model.pairwiseLoss({ last: b.last, margins: marginsOf(part, useMargin) });
+    const s = await model.pairwiseLoss({ last: b.last, margins: marginsOf(part, useMargin, softLabels), targets: targetsOf(part, softLabels) });
     const n = part.length;
     loss += s.loss * n;
     correct += s.accuracy * n;
@@ -185,7 +197,7 @@ export const RM_METHOD: SupervisedMethod<ResolvedRmConfig, PreferenceExample, Pa
     const n = part.length;
     // Chosen rows then rejected rows; the reward of a row is its value at its last token.
     await trainer.forward({ inputIds: b.ids, values: true, logp: false, download: false });
-    const s = await trainer.pairwiseLoss({ last: b.last, margins: marginsOf(part, cfg.useMargin), gradScale: n / plan.n });
+    const s = await trainer.pairwiseLoss({ last: b.last, margins: marginsOf(part, cfg.useMargin, cfg.softLabels), targets: targetsOf(part, cfg.softLabels), gradScale: n / plan.n });
     await trainer.backward({});
     return { inputTokens: b.tokens, loss: s.loss * n, accuracy: s.accuracy * n, margin: s.margin * n, chosen: s.chosen * n, rejected: s.rejected * n };
   },
@@ -194,7 +206,7 @@ export const RM_METHOD: SupervisedMethod<ResolvedRmConfig, PreferenceExample, Pa
     head: { accuracy: x.accuracy / n, margin: x.margin / n, reward_chosen: x.chosen / n, reward_rejected: x.rejected / n },
     counts: { pairs: n },
   }),
-  evaluate: ({ model, cfg }, pairs) => evaluateRm(model, pairs, cfg.evalBatchSize, cfg.useMargin),
+  evaluate: ({ model, cfg }, pairs) => evaluateRm(model, pairs, cfg.evalBatchSize, cfg.useMargin, cfg.softLabels),
   evalFields: (e) => ({ eval_loss: e.loss, eval_accuracy: e.accuracy, eval_margin: e.margin }),
   describeEval: (e, when) => `held-out ${when} training: accuracy ${e.accuracy.toFixed(3)}, loss ${e.loss.toFixed(4)}`,
   configRecord: (r) => ({ initial_eval: r.initialEval, final_eval: r.finalEval }),

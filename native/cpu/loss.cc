@@ -105,7 +105,7 @@ void CpuBackend::pairwise_loss(const PairwiseLossOp& op) {
     for (int64_t i = lo; i < hi; ++i) {
       const float c = op.chosen[i], r = op.rejected[i];
       const float z = c - r - (op.margin ? op.margin[i] : 0.f);
-      const math::LossTerm t = math::pairwise_term(z);
+      const math::LossTerm t = op.target ? math::pairwise_soft_term(z, op.target[i]) : math::pairwise_term(z);
       acc[0] += t.loss;
       acc[1] += c > r ? 1.0 : 0.0;
       acc[2] += static_cast<double>(c) - r;

@@ -160,6 +160,11 @@ ObjectiveResult pairwise(Ctx& c, const ObjectiveRequest& r) {
   PairwiseLossOp op;
   op.b = P, op.chosen = sums, op.rejected = sums + P;
   op.margin = r.margin.empty() ? nullptr : c.pairs(c.s.pair_in, r.margin, P, "margin");
+  if (!r.target.empty()) {
+    for (const float p : r.target)
+      if (!(p >= 0.f && p <= 1.f)) c.fail("'target' holds " + std::to_string(p) + ": soft labels are probabilities in [0, 1]");
+    op.target = c.pairs(c.s.target, r.target, P, "target");
+  }
   op.grad_scale = r.grad_scale;
   float* out = c.s.out.ensure(c.be, 1 + PairwiseLossOp::kStatCount);
   op.loss = out, op.stats = out + 1;

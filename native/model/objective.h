@@ -65,6 +65,7 @@ struct ObjectiveRequest {
   // mask); the margin of each pair or empty.
   std::vector<int32_t> last;  // [batch]
   std::vector<float> margin;  // [batch / 2]
+  std::vector<float> target;  // [batch / 2] soft labels P(chosen better), or empty (1)
 
   // dpo: reference sequence log-prob sums (a separate non-training forward;
   // empty for the reference-free losses, SimPO and ORPO), the loss of the

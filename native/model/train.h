@@ -59,7 +59,7 @@ struct LossState {
   // scratch: per-token inputs [rows], per-row sums and their gradients, the
   // scalars read back (loss, statistics, ...)
   Buffer<float> mask, w, old_logp, advantages, ref_logp, returns, old_values, zeros;
-  Buffer<float> sums, dsums, pair_in, len, out;
+  Buffer<float> sums, dsums, pair_in, len, target, out;
 };
 
 struct Acts {

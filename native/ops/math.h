@@ -155,6 +155,10 @@ RLHF_HD SmoothedGrads smoothed_nll_grads(float c, float eps) { return SmoothedGr
 // - margin: loss = -log sigmoid(z), grad = d/dz = -sigmoid(-z).
 RLHF_HD LossTerm pairwise_term(float z) { return LossTerm{-log_sigmoid(z), -sigmoid(-z)}; }
 
+// The same against a soft label p = P(chosen better):
+// loss = -p log sigmoid(z) - (1 - p) log sigmoid(-z), grad = sigmoid(z) - p.
+RLHF_HD LossTerm pairwise_soft_term(float z, float p) { return LossTerm{-p * log_sigmoid(z) - (1.f - p) * log_sigmoid(-z), sigmoid(z) - p}; }
+
 // DPO with label smoothing ls, h = policy log-ratio minus reference log-ratio:
 // loss = -(1 - ls) log sigmoid(beta h) - ls log sigmoid(-beta h),
 // grad = d/dh = beta (ls sigmoid(beta h) - (1 - ls) sigmoid(-beta h)).

@@ -312,6 +312,9 @@ struct PairwiseLossOp {
   const float* chosen = nullptr;    // [b] scores
   const float* rejected = nullptr;  // [b]
   const float* margin = nullptr;    // [b] or null (0)
+  // Soft labels (RLAIF): P(chosen better) per pair; the loss is the
+  // cross-entropy -p log sigmoid(z) - (1 - p) log sigmoid(-z). null: p = 1.
+  const float* target = nullptr;    // [b] or null
   float grad_scale = 1.f;
   float* loss = nullptr;            // [1]
   float* dchosen = nullptr;         // [b] or null
