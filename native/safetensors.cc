@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 #include <new>
+#include <unordered_map>
 #include <set>
 
 #include "error.h"
@@ -118,12 +119,16 @@ class HeaderParser {
     if (v.is(json::Type::kNull)) return;  // serde reads `null` as "no metadata"
     if (!v.is(json::Type::kObject))
       fail("__metadata__ must be an object mapping strings to strings, found " + show(v));
+    // As the reference's map: every value must be a string; a repeated key
+    // keeps its last value (in the place of its first).
     Metadata m;
     m.reserve(v.members.size());
     for (const auto& [key, val] : v.members) {
       if (!val.is(json::Type::kString))
         fail("__metadata__ value for key " + q(key) + " is " + show(val) + ", not a string");
-      m.emplace_back(key, val.text);
+      auto same = std::find_if(m.begin(), m.end(), [&](const auto& kv) { return kv.first == key; });
+      if (same != m.end()) same->second = val.text;
+      else m.emplace_back(key, val.text);
     }
     h.metadata = std::move(m);
   }
@@ -138,17 +143,25 @@ class HeaderParser {
   }
 
   TensorInfo parse_entry(const std::string& name, const json::Value& v) {
-    if (!v.is(json::Type::kObject))
+    // As the reference reads an entry: an object whose dtype, shape and
+    // data_offsets each appear once (other keys are ignored, whatever they
+    // hold), or the same three as a JSON array in that order.
+    const json::Value *dtype = nullptr, *shape = nullptr, *offsets = nullptr;
+    if (v.is(json::Type::kArray)) {
+      if (v.items.size() != 3)
+        fail_t(name, "an entry written as an array must hold [dtype, shape, data_offsets], found an array of " +
+                   std::to_string(v.items.size()));
+      dtype = &v.items[0], shape = &v.items[1], offsets = &v.items[2];
+    } else if (v.is(json::Type::kObject)) {
+      for (const auto& m : v.members) {
+        const json::Value** slot = m.first == "dtype" ? &dtype : m.first == "shape" ? &shape : m.first == "data_offsets" ? &offsets : nullptr;
+        if (!slot) continue;
+        if (*slot) fail_t(name, "duplicate " + q(m.first) + " in the entry");
+        *slot = &m.second;
+      }
+    } else {
       fail_t(name, "entry must be an object with dtype, shape and data_offsets, found " + show(v));
-    // Exactly these three keys (serde would ignore unknown ones; we refuse them
-    // so a typo such as "data_offset" cannot pass silently).
-    for (const auto& m : v.members) {
-      if (m.first != "dtype" && m.first != "shape" && m.first != "data_offsets")
-        fail_t(name, "unexpected key " + q(m.first) + " (an entry has exactly dtype, shape, data_offsets)");
     }
-    const json::Value* dtype = v.find("dtype");
-    const json::Value* shape = v.find("shape");
-    const json::Value* offsets = v.find("data_offsets");
     if (!dtype) fail_t(name, "missing \"dtype\"");
     if (!shape) fail_t(name, "missing \"shape\"");
     if (!offsets) fail_t(name, "missing \"data_offsets\"");
@@ -241,19 +254,17 @@ Header parse_header(const uint8_t* file, uint64_t size, const std::string& path)
   if (!json::valid_utf8(text, &bad))
     p.fail("header is not valid UTF-8 (bad byte at header offset " + std::to_string(bad) + ", file offset " +
            std::to_string(8 + bad) + ")");
-  if (text.empty() || text[0] != '{')
-    p.fail(std::string("header does not start with '{' (") +
-           (text.empty() ? "the header is empty" : "found " + q(text.substr(0, 1))) + ")");
+  if (text.find_first_not_of(" \t\r\n") == std::string_view::npos)
+    p.fail(text.empty() ? "the header is empty" : "the header holds only whitespace");
 
+  // Duplicate keys are read as the reference reads them (below), so the JSON
+  // layer allows them everywhere.
   json::Value root;
+  json::ParseOptions opts;
+  opts.allow_duplicate_keys = true;
   try {
-    root = json::parse(text);
+    root = json::parse(text, opts);
   } catch (const json::ParseError& e) {
-    if (e.is_duplicate_key && e.depth == 1) {
-      if (e.duplicate_key == "__metadata__") p.fail("duplicate \"__metadata__\" key in header");
-      p.fail("duplicate tensor name " + q(e.duplicate_key) + " in header (at header byte " +
-             std::to_string(e.offset) + ")");
-    }
     p.fail("invalid JSON in header at header byte " + std::to_string(e.offset) + ": " + e.what());
   }
   if (!root.is(json::Type::kObject)) p.fail("header must be a JSON object, found " + show(root));
@@ -263,9 +274,21 @@ Header parse_header(const uint8_t* file, uint64_t size, const std::string& path)
   h.data_start = 8 + n;
   h.data_length = size - 8 - n;
   h.tensors.reserve(root.members.size());
+  // A tensor name given twice: the last entry is the tensor (the reference's
+  // map), but __metadata__ twice is an error there too.
+  bool seen_metadata = false;
+  std::unordered_map<std::string_view, size_t> slot;
   for (const auto& [key, val] : root.members) {
-    if (key == "__metadata__") p.parse_metadata(val, h);
-    else h.tensors.push_back(p.parse_entry(key, val));
+    if (key == "__metadata__") {
+      if (seen_metadata) p.fail("duplicate \"__metadata__\" key in header");
+      seen_metadata = true;
+      p.parse_metadata(val, h);
+      continue;
+    }
+    TensorInfo t = p.parse_entry(key, val);
+    auto [it, fresh] = slot.emplace(key, h.tensors.size());
+    if (fresh) h.tensors.push_back(std::move(t));
+    else h.tensors[it->second] = std::move(t);
   }
   p.validate(h);
   return h;

@@ -7,6 +7,8 @@ import { RlhfError } from '../lib/errors';
 import { openSafetensors } from '../lib/safetensors';
 import { MALFORMED_CASES, stBytes, entry, tmpDir, writeCase } from './safetensors-cases';
 
+const obj2 = (...entries: string[]) => `{${entries.join(',')}}`;
+
 const dir = tmpDir();
 t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
 
@@ -28,6 +30,11 @@ t.test('the validation is no stricter than the format: edge cases that must open
     ['only __metadata__', stBytes('{"__metadata__":{"a":"b"}}')],
     ['__metadata__ null (serde reads it as absent)', stBytes('{"__metadata__":null}')],
     ['trailing JSON whitespace after the header', stBytes('{} \t\r\n  ')],
+    ['JSON whitespace before the header (the reference reads it)', stBytes(' \n{}')],
+    ['a tensor name given twice: the last entry counts', stBytes(obj2(entry('a', 'U8', '[4]', '[4,8]'), entry('a', 'U8', '[4]', '[0,4]')), 4)],
+    ['a metadata key given twice: the last value counts', stBytes('{"__metadata__":{"k":"a","k":"b"}}')],
+    ['other keys in an entry are ignored, whatever they hold', stBytes('{"a":{"dtype":"U8","shape":[4],"x":[1,{"q":null,"q":2}],"data_offsets":[0,4],"x":0}}', 4)],
+    ['an entry as an array [dtype, shape, data_offsets]', stBytes('{"a":["U8",[4],[0,4]]}', 4)],
     ['header keys not in data order', stBytes(`{${entry('b', 'U8', '[2]', '[2,4]')},${entry('a', 'U8', '[2]', '[0,2]')}}`, 4)],
     ['two empty tensors at the same offset', stBytes(`{${entry('x', 'F32', '[0]', '[0,0]')},${entry('y', 'F64', '[3,0]', '[0,0]')}}`)],
     ['a scalar', stBytes(`{${entry('s', 'F64', '[]', '[0,8]')}}`, 8)],
@@ -42,9 +49,9 @@ t.test('the validation is no stricter than the format: edge cases that must open
     const file = `${dir}/ok-${name.replace(/[^a-z0-9]+/gi, '_')}.safetensors`;
     fs.writeFileSync(file, bytes);
     if (name.startsWith('nesting')) {
-      // Deep but within the limit: the JSON parses, then the entry is rejected as a non-object.
+      // Deep but within the limit: the JSON parses, then the entry is rejected (an array of one, not [dtype, shape, data_offsets]).
       const err = t.throws(() => openSafetensors(file)) as RlhfError;
-      t.match(err.message, /tensor "x": entry must be an object/, name);
+      t.match(err.message, /tensor "x": an entry written as an array must hold/, name);
       continue;
     }
     t.doesNotThrow(() => openSafetensors(file).close(), name);
@@ -52,6 +59,12 @@ t.test('the validation is no stricter than the format: edge cases that must open
   const f = openSafetensors(`${dir}/ok-escapes_and_non_ASCII_in_names.safetensors`);
   t.same(f.tensorNames, ['\u00e9\n"/ \u{1F600}']);
   f.close();
+  const twice = openSafetensors(`${dir}/ok-a_tensor_name_given_twice_the_last_entry_counts.safetensors`);
+  t.same(twice.header.tensors.map((x) => [x.name, x.dataOffsets]), [['a', [0, 4]]], 'the last entry of a repeated name');
+  twice.close();
+  const meta = openSafetensors(`${dir}/ok-a_metadata_key_given_twice_the_last_value_counts.safetensors`);
+  t.same(meta.metadata, { k: 'b' }, 'the last value of a repeated metadata key');
+  meta.close();
   const g = openSafetensors(`${dir}/ok-a_huge_dim_beside_a_zero_dim.safetensors`);
   t.same(g.header.tensors[0].shape, [0, 18446744073709551615]);
   g.close();
