@@ -3,7 +3,7 @@
 // it links (DT_NEEDED) and the symbol versions it needs from each (GLIBC_2.x,
 // GLIBCXX_3.4.x ...), read with binutils' objdump. The prebuilt binaries must
 // load on glibc >= GLIBC_FLOOR, so scripts/prebuild.js and
-// test/prebuild-portable.test.ts check these against that floor.
+// test/prebuild-install.test.ts check these against that floor.
 const { spawnSync } = require('child_process');
 
 /** The oldest glibc the shipped binaries support (RHEL 8, Debian 10, Ubuntu 20.04 and later). */

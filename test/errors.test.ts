@@ -29,8 +29,10 @@ t.test('the loader explains what it tried when the addon cannot load', async (t)
   const script = `
     process.env.RLHF_NATIVE_PATH = '/nonexistent/rlhf.node';
     const nodeGypBuild = require.resolve('node-gyp-build');
+    // node-gyp-build's two entry points (load and resolve), both finding nothing.
+    const none = () => { throw new Error('No native build was found for platform=linux'); };
     require.cache[nodeGypBuild] = { id: nodeGypBuild, filename: nodeGypBuild, loaded: true,
-      exports: () => { throw new Error('No native build was found for platform=linux'); } };
+      exports: Object.assign(none, { resolve: none, path: none }) };
     const { native } = require(${JSON.stringify(path.join(__dirname, '..', 'dist', 'lib', 'native.js'))});
     try { native(); console.log('LOADED'); } catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message })); }
   `;

@@ -89,6 +89,19 @@ function newApp(dir: string): string {
   return dir;
 }
 
+t.test('what asks for a build from source', async (t) => {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { fromSourceReason } = require('../scripts/prebuilds.js') as { fromSourceReason(env: NodeJS.ProcessEnv): string | null };
+  t.equal(fromSourceReason({}), null, 'nothing: use a prebuild that loads');
+  t.match(fromSourceReason({ RLHF_BUILD_FROM_SOURCE: '1' }), /RLHF_BUILD_FROM_SOURCE/);
+  t.match(fromSourceReason({ RLHF_BUILD_FROM_SOURCE: 'true' }), /RLHF_BUILD_FROM_SOURCE/);
+  t.equal(fromSourceReason({ RLHF_BUILD_FROM_SOURCE: '0' }), null);
+  t.match(fromSourceReason({ npm_config_build_from_source: 'true' }), /--build-from-source/, 'npm install --build-from-source');
+  t.match(fromSourceReason({ npm_config_build_from_source: 'rlhf-native' }), /--build-from-source/, 'the flag naming this package');
+  t.equal(fromSourceReason({ npm_config_build_from_source: 'sharp' }), null, 'the flag naming another package');
+  t.equal(fromSourceReason({ npm_config_build_from_source: 'false' }), null);
+});
+
 t.test('installing the packed package', { skip }, async (t) => {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'rlhf-prebuild-'));
   t.teardown(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -109,11 +122,11 @@ t.test('installing the packed package', { skip }, async (t) => {
     const calls = path.join(tmp, 'stub-calls.log');
     stubTools(stubs, calls);
     const env = userEnv({ PATH: `${stubs}:${path.dirname(process.execPath)}:${process.env.PATH}` });
-    t.equal(run('sh', ['-c', 'command -v g++ cmake nvcc'], tmp, env).stdout.split('\n').filter((l) => l.startsWith(stubs)).length, 3, 'the stubs come first on PATH');
+    for (const name of ['g++', 'cmake', 'nvcc']) t.equal(run('sh', ['-c', `command -v ${name}`], tmp, env).stdout.trim(), path.join(stubs, name), `the stub ${name} comes first on PATH`);
 
     const app = newApp(path.join(tmp, 'app'));
     const r = npm(['install', tarball, '--foreground-scripts'], app, env);
-    t.equal(r.status, 0, `npm install finished: ${r.stderr.slice(-2000)}`);
+    t.equal(r.status, 0, 'npm install finished', { stderr: r.stderr.slice(-2000) });
     t.comment(`npm install with the prebuild: ${r.seconds.toFixed(1)} s`);
     t.ok(r.seconds < 60, `under 60 s (${r.seconds.toFixed(1)} s)`);
     t.notOk(fs.existsSync(calls), `no compiler or build tool was called: ${fs.existsSync(calls) ? fs.readFileSync(calls, 'utf8') : ''}`);
@@ -122,17 +135,17 @@ t.test('installing the packed package', { skip }, async (t) => {
     t.notOk(fs.existsSync(path.join(installed, 'build', 'Release')), 'nothing was built into build/Release');
 
     const info = run('npx', ['rlhf-native', 'info', '--json'], app, env);
-    t.equal(info.status, 0, info.stderr);
+    t.equal(info.status, 0, 'info --json runs', { stderr: info.stderr });
     const build = JSON.parse(info.stdout).build;
-    t.equal(build.kind, 'prebuild');
-    t.equal(fs.realpathSync(build.addon), fs.realpathSync(path.join(installed, PREBUILD)));
-    t.match(run('npx', ['rlhf-native', 'info'], app, env).stdout, /addon: prebuilt binary .*node\.napi\.glibc\.node/);
+    t.equal(build.kind, 'prebuild', 'info --json: the prebuild is loaded');
+    t.equal(fs.realpathSync(build.addon), fs.realpathSync(path.join(installed, PREBUILD)), 'from the installed package');
+    t.match(run('npx', ['rlhf-native', 'info'], app, env).stdout, /addon: prebuilt binary .*node\.napi\.glibc\.node/, 'info says so in words');
 
     // The demo's shortest form: the quick sizes, SFT alone (about 15 s on 2 cores).
     const demo = run('npx', ['rlhf-native', 'train', '--scale', 'quick', '--methods', 'sft', '--device', 'cpu', '--out', 'run'], app, env, 600_000);
-    t.equal(demo.status, 0, `the demo ran: ${demo.stderr.slice(-2000)}`);
+    t.equal(demo.status, 0, 'the demo ran', { stderr: demo.stderr.slice(-2000) });
     t.ok(fs.existsSync(path.join(app, 'run', 'summary.json')), 'and wrote its run folder');
-    t.match(demo.stdout, /sft done in/);
+    t.match(demo.stdout + demo.stderr, /sft done in/, 'its SFT stage finished');
     t.notOk(fs.existsSync(calls), 'still no compiler called');
   });
 
@@ -157,15 +170,15 @@ t.test('installing the packed package', { skip }, async (t) => {
     const app = newApp(path.join(tmp, 'app-broken'));
     // The local build compiles the CPU backend only, to keep this test to minutes.
     const r = npm(['install', brokenTarball, '--foreground-scripts'], app, userEnv({ RLHF_CUDA: '0' }));
-    t.equal(r.status, 0, `npm install finished: ${r.stderr.slice(-3000)}`);
+    t.equal(r.status, 0, 'npm install finished', { stderr: r.stderr.slice(-3000) });
     t.comment(`npm install building from source (CPU backend): ${r.seconds.toFixed(1)} s`);
     const out = r.stdout + r.stderr;
     const why = out.split('\n').filter((l) => /does not load here/.test(l));
     t.equal(why.length, 1, 'one line says why');
-    t.match(why[0], /^rlhf-native: prebuilds\/linux-x64\/node\.napi\.glibc\.node does not load here \(.+\); building from source$/);
-    t.match(out, /rlhf-native: built build\/Release\/rlhf_native\.node with (cmake|node-gyp)/);
+    t.match(why[0], /^rlhf-native: prebuilds\/linux-x64\/node\.napi\.glibc\.node does not load here \(.+\); building from source$/, 'names the binary and the loader\'s error');
+    t.match(out, /rlhf-native: built build\/Release\/rlhf_native\.node with (cmake|node-gyp)/, 'then builds locally');
     const info = run('npx', ['rlhf-native', 'info', '--json'], app);
-    t.equal(info.status, 0, info.stderr);
+    t.equal(info.status, 0, 'info --json runs', { stderr: info.stderr });
     t.equal(JSON.parse(info.stdout).build.kind, 'local', 'the local build is what loads');
   });
 });

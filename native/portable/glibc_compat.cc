@@ -9,7 +9,7 @@
 // functions still exist and do the same job. Each wrapper here calls the
 // version every glibc since 2.2.5 exports, or, for the few functions that are
 // new, does the same work with older calls. scripts/elf-needs.js and
-// test/prebuild-portable.test.ts check that nothing newer than glibc 2.28 is left.
+// test/prebuild-install.test.ts check that nothing newer than glibc 2.28 is left.
 #include <cerrno>
 #include <cstdint>
 #include <fcntl.h>
