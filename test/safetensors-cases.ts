@@ -207,3 +207,107 @@ if (require.main === module) {
     for (const c of MALFORMED_CASES) t.ok(Buffer.isBuffer(c.bytes()) && c.message.length > 0, c.name);
   });
 }
+
+/** mulberry32: a tiny deterministic PRNG for the mutations. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let x = a;
+    x = Math.imul(x ^ (x >>> 15), x | 1);
+    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * Random mutations of a valid file (shared by safetensors-fuzz.test.ts and
+ * safetensors-reference.test.ts): truncations, bit flips, JSON characters,
+ * a wrong length field, deleted or inserted bytes, rewritten numbers, and
+ * the format's edge cases (whitespace around the header, repeated members,
+ * extra or misspelt keys in an entry, entries written as arrays), each new
+ * header with its length field fixed.
+ */
+export function mutator(base: Buffer, rand: () => number): () => Buffer {
+  const headerEnd = 8 + Number(base.readBigUInt64LE(0));
+  const int = (n: number) => Math.floor(rand() * n);
+  const JSONISH = Buffer.from('{}[]",:0123456789-+.eE \\u\t\nFIUBS_x\u00ff');
+  const header = (b: Buffer) => b.subarray(8, headerEnd).toString('latin1');
+  const withHeader = (text: string, b: Buffer) => {
+    const hb = Buffer.from(text, 'latin1');
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(hb.length));
+    return Buffer.concat([len, hb, b.subarray(headerEnd)]);
+  };
+
+  return (): Buffer => {
+    const b = Buffer.from(base);
+    const inHeader = () => 8 + int(headerEnd - 8);
+    switch (int(12)) {
+      case 0: // truncate anywhere
+        return b.subarray(0, int(b.length));
+      case 1: // flip random bits, mostly in the header
+        for (let k = 1 + int(4); k > 0; k--) b[rand() < 0.85 ? inHeader() : int(b.length)] ^= 1 << int(8);
+        return b;
+      case 2: // JSON-significant characters into the header
+        for (let k = 1 + int(3); k > 0; k--) b[inHeader()] = JSONISH[int(JSONISH.length)];
+        return b;
+      case 3: { // change the header length field
+        const n = rand() < 0.7 ? BigInt(Math.max(0, headerEnd - 8 + int(33) - 16)) : BigInt.asUintN(64, BigInt(int(2 ** 32)) * BigInt(int(2 ** 32)));
+        b.writeBigUInt64LE(n);
+        return b;
+      }
+      case 4: { // delete a run of bytes
+        const at = int(b.length), len = 1 + int(16);
+        return Buffer.concat([b.subarray(0, at), b.subarray(at + len)]);
+      }
+      case 5: { // insert random bytes
+        const at = int(b.length);
+        const ins = Buffer.from(Array.from({ length: 1 + int(8) }, () => int(256)));
+        return Buffer.concat([b.subarray(0, at), ins, b.subarray(at)]);
+      }
+      case 6: { // rewrite a number in the header
+        const text = header(b);
+        const nums = [...text.matchAll(/\d+/g)];
+        if (!nums.length) return b;
+        const m = nums[int(nums.length)];
+        const repl = ['0', '1', '-1', '2.5', '1e3', '18446744073709551615', '18446744073709551616', '4294967296', String(int(1000))][int(9)];
+        return withHeader(text.slice(0, m.index) + repl + text.slice(m.index! + m[0].length), b);
+      }
+      case 8: { // JSON whitespace before, inside or after the header text
+        const ws = [' ', '\n', '\t', '\r\n '][int(4)];
+        const text = header(b), at = [0, text.length, int(text.length + 1)][int(3)];
+        return withHeader(text.slice(0, at) + ws + text.slice(at), b);
+      }
+      case 9: { // repeat a member of the top object or of an entry (same or changed value)
+        const text = header(b);
+        const members = [...text.matchAll(/"([^"\\]+)":(\{[^{}]*\}|\[[^\]]*\]|"[^"]*")/g)];
+        if (!members.length) return b;
+        const m = members[int(members.length)];
+        const copy = rand() < 0.5 ? m[0] : m[0].replace(/\d+/, String(int(64)));
+        const at = m.index! + m[0].length;
+        return withHeader(text.slice(0, at) + ',' + copy + text.slice(at), b);
+      }
+      case 10: { // an extra key in an entry, or a key misspelt
+        const text = header(b);
+        const keys = [...text.matchAll(/"(dtype|shape|data_offsets)":/g)];
+        if (!keys.length) return b;
+        const k = keys[int(keys.length)];
+        const repl = rand() < 0.5 ? `"extra":${['1', 'null', '[1,{"a":2,"a":3}]', '"x"'][int(4)]},${k[0]}` : `"${k[1]}_"` + ':';
+        return withHeader(text.slice(0, k.index) + repl + text.slice(k.index! + k[0].length), b);
+      }
+      case 11: { // an entry as an array [dtype, shape, data_offsets] (sometimes of the wrong length)
+        const text = header(b);
+        const entries = [...text.matchAll(/\{"dtype":("[^"]*"),"shape":(\[[^\]]*\]),"data_offsets":(\[[^\]]*\])\}/g)];
+        if (!entries.length) return b;
+        const e = entries[int(entries.length)];
+        const parts = [e[1], e[2], e[3]].slice(0, rand() < 0.8 ? 3 : 1 + int(2));
+        return withHeader(text.slice(0, e.index) + `[${parts.join(',')}]` + text.slice(e.index! + e[0].length), b);
+      }
+      default: { // append or drop data bytes
+        return rand() < 0.5 ? Buffer.concat([b, Buffer.alloc(1 + int(9))]) : b.subarray(0, b.length - 1 - int(9));
+      }
+    }
+  };
+
+}
