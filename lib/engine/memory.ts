@@ -54,6 +54,13 @@ function linearModules(c: ModelConfig): { name: string; in: number; out: number 
       { name: 'c_fc', in: H, out: I },
       { name: 'c_proj', in: I, out: H },
     ];
+  if (c.fusedProj)
+    return [
+      { name: 'qkv_proj', in: H, out: q + 2 * kv },
+      { name: 'o_proj', in: q, out: H },
+      { name: 'gate_up_proj', in: H, out: 2 * I },
+      { name: 'down_proj', in: I, out: H },
+    ];
   return [
     { name: 'q_proj', in: H, out: q },
     { name: 'k_proj', in: H, out: kv },

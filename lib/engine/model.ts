@@ -95,6 +95,8 @@ export function nativeConfig(cfg: ModelConfig): NativeModelConfig {
     oBias: cfg.oBias,
     mlpBias: cfg.mlpBias,
     qkNorm: cfg.qkNorm,
+    fusedProj: cfg.fusedProj,
+    rotaryDim: cfg.rotaryDim,
     tieEmbeddings: cfg.tieWordEmbeddings,
     lmHead: cfg.head === 'lm',
     numLabels: cfg.head === 'score' ? cfg.numLabels ?? 1 : 0,
@@ -110,6 +112,12 @@ export function nativeConfig(cfg: ModelConfig): NativeModelConfig {
       out.ropeLowFreqFactor = s.lowFreqFactor;
       out.ropeHighFreqFactor = s.highFreqFactor;
       out.ropeOriginalMaxPositions = s.originalMaxPositions;
+    }
+    if (s.type === 'longrope') {
+      out.ropeShortFactor = s.shortFactor;
+      out.ropeLongFactor = s.longFactor;
+      out.ropeOriginalMaxPositions = s.originalMaxPositions;
+      out.ropeAttentionFactor = s.attentionFactor;
     }
   }
   return out;

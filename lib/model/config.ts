@@ -2,7 +2,8 @@
  * Hugging Face `config.json` -> one normalised ModelConfig, and back.
  *
  * Supported: Llama family (LlamaForCausalLM, MistralForCausalLM,
- * Qwen2ForCausalLM, Qwen3ForCausalLM; SmolLM and TinyLlama are llama) and GPT-2
+ * Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM; SmolLM and TinyLlama
+ * are llama) and GPT-2
  * (GPT2LMHeadModel), plus their *ForSequenceClassification twins (reward
  * models, `score` head). Everything else is rejected with E_CONFIG naming the
  * file, what was seen and what is supported, so a user learns at load time,
@@ -15,21 +16,16 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { RlhfError } from '../errors';
+import { fail, Reader, type Json } from './config-reader';
+import { parseRope, ropeToHf } from './rope';
 
-export type ModelArch = 'llama' | 'qwen2' | 'qwen3' | 'mistral' | 'gpt2';
+export type ModelArch = 'llama' | 'qwen2' | 'qwen3' | 'mistral' | 'phi3' | 'gpt2';
 /** `lm`: causal LM head (tied or `lm_head.weight`); `score`: `score.weight [numLabels, H]` (reward model). */
 export type ModelHead = 'lm' | 'score';
 export type TorchDtype = 'float32' | 'float16' | 'bfloat16';
 
-export type RopeScaling =
-  | { type: 'none' }
-  | { type: 'linear'; factor: number }
-  | { type: 'llama3'; factor: number; lowFreqFactor: number; highFreqFactor: number; originalMaxPositions: number };
-
-export interface RopeConfig {
-  theta: number;
-  scaling: RopeScaling;
-}
+export type { RopeConfig, RopeScaling } from './rope';
+import type { RopeConfig } from './rope';
 
 export interface ModelConfig {
   arch: ModelArch;
@@ -59,6 +55,10 @@ export interface ModelConfig {
   /** Bias on the attention output projection (Llama `attention_bias`; GPT-2 c_proj). */
   oBias: boolean;
   mlpBias: boolean;
+  /** Leading dims of each head that RoPE rotates: headDim, or less with Phi-3's `partial_rotary_factor`. */
+  rotaryDim: number;
+  /** Phi-3: q|k|v saved as one `qkv_proj` and gate|up as one `gate_up_proj` (tensors and LoRA modules). */
+  fusedProj: boolean;
   /** Qwen3: RMSNorm over each q and k head (`q_norm` / `k_norm`, weights [headDim]) before RoPE. */
   qkNorm: boolean;
   tieWordEmbeddings: boolean;
@@ -86,15 +86,17 @@ const ARCHITECTURES: Record<string, ArchEntry> = {
   MistralForCausalLM: { arch: 'mistral', head: 'lm' },
   Qwen2ForCausalLM: { arch: 'qwen2', head: 'lm' },
   Qwen3ForCausalLM: { arch: 'qwen3', head: 'lm' },
+  Phi3ForCausalLM: { arch: 'phi3', head: 'lm' },
   GPT2LMHeadModel: { arch: 'gpt2', head: 'lm' },
   LlamaForSequenceClassification: { arch: 'llama', head: 'score' },
   MistralForSequenceClassification: { arch: 'mistral', head: 'score' },
   Qwen2ForSequenceClassification: { arch: 'qwen2', head: 'score' },
   Qwen3ForSequenceClassification: { arch: 'qwen3', head: 'score' },
+  Phi3ForSequenceClassification: { arch: 'phi3', head: 'score' },
   GPT2ForSequenceClassification: { arch: 'gpt2', head: 'score' },
 };
 
-const MODEL_TYPES: Record<string, ModelArch> = { llama: 'llama', mistral: 'mistral', qwen2: 'qwen2', qwen3: 'qwen3', gpt2: 'gpt2' };
+const MODEL_TYPES: Record<string, ModelArch> = { llama: 'llama', mistral: 'mistral', qwen2: 'qwen2', qwen3: 'qwen3', phi3: 'phi3', gpt2: 'gpt2' };
 
 export const SUPPORTED_ARCHITECTURES: readonly string[] = Object.keys(ARCHITECTURES);
 
@@ -102,92 +104,6 @@ export const SUPPORTED_ARCHITECTURES: readonly string[] = Object.keys(ARCHITECTU
 export function architectureName(arch: ModelArch, head: ModelHead): string {
   for (const [name, e] of Object.entries(ARCHITECTURES)) if (e.arch === arch && e.head === head) return name;
   throw new RlhfError('E_ARGUMENT', `no architecture for arch ${arch} with head ${head}`);
-}
-
-type Json = Record<string, unknown>;
-
-function fail(file: string, message: string, key?: string): never {
-  throw new RlhfError('E_CONFIG', `${file}: ${message}`, { where: key ? `${file}:${key}` : file });
-}
-
-/** Reads typed keys from one JSON object, with messages naming the key and the file. */
-class Reader {
-  constructor(
-    readonly obj: Json,
-    readonly file: string,
-    readonly prefix = '',
-  ) {}
-
-  has(key: string): boolean {
-    return this.obj[key] !== undefined && this.obj[key] !== null;
-  }
-
-  private name(key: string): string {
-    return this.prefix + key;
-  }
-
-  /** A positive integer; `fallback` undefined means required. */
-  posInt(key: string, fallback?: number): number {
-    const v = this.obj[key];
-    if (v === undefined || v === null) {
-      if (fallback === undefined) fail(this.file, `required key "${this.name(key)}" is missing`, this.name(key));
-      return fallback;
-    }
-    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0)
-      fail(this.file, `"${this.name(key)}" must be a positive integer, got ${JSON.stringify(v)}`, this.name(key));
-    return v;
-  }
-
-  posNum(key: string, fallback?: number): number {
-    const v = this.obj[key];
-    if (v === undefined || v === null) {
-      if (fallback === undefined) fail(this.file, `required key "${this.name(key)}" is missing`, this.name(key));
-      return fallback;
-    }
-    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0)
-      fail(this.file, `"${this.name(key)}" must be a positive number, got ${JSON.stringify(v)}`, this.name(key));
-    return v;
-  }
-
-  bool(key: string, fallback: boolean): boolean {
-    const v = this.obj[key];
-    if (v === undefined || v === null) return fallback;
-    if (typeof v !== 'boolean') fail(this.file, `"${this.name(key)}" must be true or false, got ${JSON.stringify(v)}`, this.name(key));
-    return v;
-  }
-
-  str(key: string, fallback: string): string {
-    const v = this.obj[key];
-    if (v === undefined || v === null) return fallback;
-    if (typeof v !== 'string') fail(this.file, `"${this.name(key)}" must be a string, got ${JSON.stringify(v)}`, this.name(key));
-    return v;
-  }
-
-  /** A token id: non-negative integer or null. */
-  tokenId(key: string): number | null {
-    const v = this.obj[key];
-    if (v === undefined || v === null) return null;
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0)
-      fail(this.file, `"${this.name(key)}" must be a token id (integer >= 0), got ${JSON.stringify(v)}`, this.name(key));
-    return v;
-  }
-
-  tokenIds(key: string): number[] {
-    const v = this.obj[key];
-    if (v === undefined || v === null) return [];
-    const list = Array.isArray(v) ? v : [v];
-    for (const x of list)
-      if (typeof x !== 'number' || !Number.isInteger(x) || x < 0)
-        fail(this.file, `"${this.name(key)}" must be a token id or a list of them, got ${JSON.stringify(v)}`, this.name(key));
-    return list as number[];
-  }
-
-  /** One value read under either of two names (e.g. GPT-2's n_embd / hidden_size); both present and different is an error. */
-  alias<T>(a: string, b: string, read: (key: string) => T): T {
-    if (this.has(a) && this.has(b) && this.obj[a] !== this.obj[b])
-      fail(this.file, `contradictory keys "${this.name(a)}" (${JSON.stringify(this.obj[a])}) and "${this.name(b)}" (${JSON.stringify(this.obj[b])})`, this.name(a));
-    return read(this.has(a) || !this.has(b) ? a : b);
-  }
 }
 
 function identify(r: Reader): { architecture: string; entry: ArchEntry } {
@@ -211,57 +127,6 @@ function identify(r: Reader): { architecture: string; entry: ArchEntry } {
   if (!arch) fail(r.file, `unsupported model_type "${modelType}"; ${supported}`, 'model_type');
   const entry: ArchEntry = { arch, head: 'lm' };
   return { architecture: architectureName(arch, 'lm'), entry };
-}
-
-/** rope_theta + rope_scaling (transformers v4) or rope_parameters (v5); both present must agree. */
-function parseRope(r: Reader): RopeConfig {
-  const params = r.obj.rope_parameters;
-  const scaling = r.obj.rope_scaling;
-  const fromDict = (d: unknown, key: string): { theta?: number; scaling: RopeScaling } => {
-    if (d === undefined || d === null) return { scaling: { type: 'none' } };
-    if (typeof d !== 'object' || Array.isArray(d)) fail(r.file, `"${key}" must be an object, got ${JSON.stringify(d)}`, key);
-    const dr = new Reader(d as Json, r.file, `${key}.`);
-    if (!dr.has('rope_type') && !dr.has('type') && !dr.has('rope_theta'))
-      fail(r.file, `"${key}" has no "rope_type" (per-layer-type rope parameters are not supported)`, key);
-    const type = dr.alias('rope_type', 'type', (k) => dr.str(k, 'default'));
-    const theta = dr.has('rope_theta') ? dr.posNum('rope_theta') : undefined;
-    switch (type) {
-      case 'default':
-        return { theta, scaling: { type: 'none' } };
-      case 'linear':
-        return { theta, scaling: { type: 'linear', factor: dr.posNum('factor') } };
-      case 'llama3':
-        return {
-          theta,
-          scaling: {
-            type: 'llama3',
-            factor: dr.posNum('factor'),
-            lowFreqFactor: dr.posNum('low_freq_factor'),
-            highFreqFactor: dr.posNum('high_freq_factor'),
-            originalMaxPositions: dr.posInt('original_max_position_embeddings'),
-          },
-        };
-      default:
-        return fail(
-          r.file,
-          `unsupported RoPE type "${type}" in "${key}" (dynamic NTK, YaRN and LongRoPE are not implemented); supported: default, linear, llama3`,
-          key,
-        );
-    }
-  };
-  const v5 = fromDict(params, 'rope_parameters');
-  const v4 = fromDict(scaling, 'rope_scaling');
-  const v4Theta = r.has('rope_theta') ? r.posNum('rope_theta') : undefined;
-  if (params !== undefined && params !== null) {
-    if (v4Theta !== undefined && v5.theta !== undefined && v4Theta !== v5.theta)
-      fail(r.file, `contradictory keys "rope_theta" (${v4Theta}) and "rope_parameters.rope_theta" (${v5.theta})`, 'rope_theta');
-    if (scaling !== undefined && scaling !== null && JSON.stringify(v4.scaling) !== JSON.stringify(v5.scaling))
-      fail(r.file, `contradictory keys "rope_scaling" and "rope_parameters"`, 'rope_scaling');
-  }
-  const scal = params !== undefined && params !== null ? v5.scaling : v4.scaling;
-  if (scal.type === 'llama3' && scal.highFreqFactor <= scal.lowFreqFactor)
-    fail(r.file, `"high_freq_factor" must be greater than "low_freq_factor" for llama3 RoPE scaling`, 'rope_scaling');
-  return { theta: v5.theta ?? v4Theta ?? 10000, scaling: scal };
 }
 
 function parseDtype(r: Reader): TorchDtype | null {
@@ -334,7 +199,7 @@ function parseLlama(r: Reader, arch: Exclude<ModelArch, 'gpt2'>, common: Common)
       fail(file, `head_dim = "hidden_size" / "num_attention_heads" = ${headDim} must be even for RoPE`, 'num_attention_heads');
   }
   // transformers' per-class defaults for max_position_embeddings.
-  const defaultMaxPos = { llama: 2048, mistral: 4096 * 32, qwen2: 32768, qwen3: 32768 }[arch];
+  const defaultMaxPos = { llama: 2048, mistral: 4096 * 32, qwen2: 32768, qwen3: 32768, phi3: 4096 }[arch];
   const maxPositions = r.posInt('max_position_embeddings', defaultMaxPos);
   const hiddenAct = r.str('hidden_act', 'silu');
   if (hiddenAct !== 'silu' && hiddenAct !== 'swish')
@@ -344,7 +209,7 @@ function parseLlama(r: Reader, arch: Exclude<ModelArch, 'gpt2'>, common: Common)
   const qkvBias = arch === 'qwen2' ? true : attnBias;
   const warnings: string[] = [];
   let slidingWindow: number | null = null;
-  const windowActive = arch === 'mistral' ? r.has('sliding_window') : arch === 'qwen2' || arch === 'qwen3' ? r.bool('use_sliding_window', false) : false;
+  const windowActive = arch === 'mistral' || arch === 'phi3' ? r.has('sliding_window') : arch === 'qwen2' || arch === 'qwen3' ? r.bool('use_sliding_window', false) : false;
   if (windowActive) {
     const w = r.posInt('sliding_window');
     if (w < maxPositions) {
@@ -354,6 +219,19 @@ function parseLlama(r: Reader, arch: Exclude<ModelArch, 'gpt2'>, common: Common)
       );
     }
   }
+  // Partial rotary (Phi-3, Phi-4-mini): top level or inside the rope dict, as transformers reads it.
+  const ropeDict = [r.obj.rope_parameters, r.obj.rope_scaling].find((d) => d && typeof d === 'object' && !Array.isArray(d)) as Record<string, unknown> | undefined;
+  const prfKey = r.has('partial_rotary_factor') ? 'partial_rotary_factor' : undefined;
+  const prf = prfKey ? r.posNum(prfKey) : typeof ropeDict?.partial_rotary_factor === 'number' ? ropeDict.partial_rotary_factor : 1;
+  if (prf !== 1 && arch !== 'phi3') fail(file, `"partial_rotary_factor" is not supported for ${arch}`, 'partial_rotary_factor');
+  const rotaryDim = Math.floor(headDim * prf);
+  if (!(prf > 0 && prf <= 1) || rotaryDim < 2 || rotaryDim % 2 !== 0)
+    fail(file, `"partial_rotary_factor" ${prf} gives rotary dim ${rotaryDim} of head_dim ${headDim}; it must be even, between 2 and head_dim`, 'partial_rotary_factor');
+  const rope = parseRope(r, maxPositions, arch === 'phi3');
+  if (rope.scaling.type === 'longrope')
+    for (const k of ['shortFactor', 'longFactor'] as const)
+      if (rope.scaling[k].length !== rotaryDim / 2)
+        fail(file, `longrope "${k === 'shortFactor' ? 'short_factor' : 'long_factor'}" has ${rope.scaling[k].length} entries; rotary dim ${rotaryDim} needs ${rotaryDim / 2}`, 'rope_scaling');
   return {
     arch,
     ...common,
@@ -366,8 +244,10 @@ function parseLlama(r: Reader, arch: Exclude<ModelArch, 'gpt2'>, common: Common)
     headDim,
     maxPositions,
     maxSequenceLength: slidingWindow ?? maxPositions,
-    normEps: r.posNum('rms_norm_eps', 1e-6),
-    rope: parseRope(r),
+    normEps: r.posNum('rms_norm_eps', arch === 'phi3' ? 1e-5 : 1e-6),
+    rope,
+    rotaryDim,
+    fusedProj: arch === 'phi3',
     qkvBias,
     oBias: attnBias,
     mlpBias: arch === 'llama' ? r.bool('mlp_bias', false) : false,
@@ -410,6 +290,8 @@ function parseGpt2(r: Reader, common: Common): ModelConfig {
     qkvBias: true,
     oBias: true,
     mlpBias: true,
+    rotaryDim: hiddenSize / numHeads,
+    fusedProj: false,
     qkNorm: false,
     tieWordEmbeddings: r.bool('tie_word_embeddings', true),
     hiddenAct: act,
@@ -437,25 +319,6 @@ export function readModelConfig(dirOrFile: string): ModelConfig {
   }
   return parseModelConfig(json, file);
 }
-
-const ROPE_OUT = (rope: RopeConfig): Json | null => {
-  const s = rope.scaling;
-  switch (s.type) {
-    case 'none':
-      return null;
-    case 'linear':
-      // `type` too, for transformers versions before `rope_type` (< 4.42).
-      return { rope_type: 'linear', type: 'linear', factor: s.factor };
-    case 'llama3':
-      return {
-        rope_type: 'llama3',
-        factor: s.factor,
-        low_freq_factor: s.lowFreqFactor,
-        high_freq_factor: s.highFreqFactor,
-        original_max_position_embeddings: s.originalMaxPositions,
-      };
-  }
-};
 
 /**
  * The standard transformers config.json for a ModelConfig (transformers v4
@@ -493,12 +356,17 @@ export function modelConfigToHf(cfg: ModelConfig): Json {
       max_position_embeddings: cfg.maxPositions,
       rms_norm_eps: cfg.normEps,
       rope_theta: cfg.rope?.theta ?? 10000,
-      rope_scaling: cfg.rope ? ROPE_OUT(cfg.rope) : null,
+      rope_scaling: cfg.rope ? ropeToHf(cfg.rope) : null,
       hidden_act: cfg.hiddenAct,
       attention_dropout: 0.0,
     });
     if (cfg.arch === 'llama') Object.assign(out, { attention_bias: cfg.oBias, mlp_bias: cfg.mlpBias });
     if (cfg.arch === 'mistral') out.sliding_window = cfg.slidingWindow;
+    if (cfg.arch === 'phi3') {
+      out.sliding_window = cfg.slidingWindow;
+      out.partial_rotary_factor = cfg.rotaryDim / cfg.headDim;
+      if (cfg.rope?.scaling.type === 'longrope') out.original_max_position_embeddings = cfg.rope.scaling.originalMaxPositions;
+    }
     if (cfg.arch === 'qwen3') out.attention_bias = cfg.oBias;
     if (cfg.arch === 'qwen2' || cfg.arch === 'qwen3')
       Object.assign(out, {

@@ -113,6 +113,8 @@ export function presetModelConfig(
     normEps: gpt2 ? 1e-5 : 1e-6,
     rope: gpt2 ? null : { theta: arch === 'qwen2' ? 1000000 : 10000, scaling: { type: 'none' } },
     qkvBias: gpt2 || arch === 'qwen2',
+    rotaryDim: headDim,
+    fusedProj: false,
     qkNorm: false,
     oBias: gpt2,
     mlpBias: gpt2,
