@@ -113,6 +113,14 @@ export interface NativeModelConfig {
   rotaryDim?: number;
   /** Phi-3: fused qkv_proj / gate_up_proj tensors and LoRA modules. */
   fusedProj?: boolean;
+  /** Gemma 3: embedding scale, RMSNorm (normOffset + w), post norms on block outputs, GeGLU, attention scale, sliding-window layers (1) and their RoPE base. */
+  embedScale?: number;
+  normOffset?: number;
+  sandwichNorm?: boolean;
+  geglu?: boolean;
+  attnScale?: number;
+  localLayers?: number[];
+  ropeLocalTheta?: number;
   qkvBias: boolean;
   /** Qwen3: per-head q/k RMSNorm before RoPE. */
   qkNorm?: boolean;

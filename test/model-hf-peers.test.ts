@@ -74,6 +74,31 @@ const CASES: ArchCase[] = [
     },
     targets: ['qkv_proj', 'o_proj', 'gate_up_proj', 'down_proj'],
   },
+  {
+    name: 'gemma3',
+    modelType: 'gemma3_text',
+    architecture: 'Gemma3ForCausalLM',
+    // Sliding-window and global layers with their own RoPE bases (the global one linearly scaled),
+    // query_pre_attn_scalar != head_dim, sqrt(48) embedding scale, tied embeddings.
+    config: {
+      hidden_size: 48,
+      intermediate_size: 80,
+      num_hidden_layers: 3,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      head_dim: 16,
+      query_pre_attn_scalar: 24,
+      layer_types: ['sliding_attention', 'full_attention', 'sliding_attention'],
+      sliding_window: 64,
+      max_position_embeddings: 128,
+      rope_theta: 500000,
+      rope_local_base_freq: 100,
+      rope_scaling: { rope_type: 'linear', factor: 2.0 },
+      rms_norm_eps: 1e-6,
+      initializer_range: 0.1,
+    },
+    targets: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'],
+  },
 ];
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'rlhf-hf-peers-'));
@@ -123,7 +148,7 @@ interface Peer {
 }
 const logpReq = (dir: string, batch: { ids: number[][]; mask: number[][] }, adapter?: string) => ({ op: 'logp', dir, adapter, ...batch });
 
-for (const c of CASES) {
+for (const c of CASES.filter((x) => !process.env.RLHF_PEER_ARCH || x.name === process.env.RLHF_PEER_ARCH)) {
   t.test(`${c.architecture}: transformers' model, log-probs, LoRA step, adapter, merge, CLI`, async (t) => {
     const dir = path.join(tmp, c.name);
     const made = runPeer<{ architecture: string }>('hf_models.py', {

@@ -2,8 +2,8 @@
  * Hugging Face `config.json` -> one normalised ModelConfig, and back.
  *
  * Supported: Llama family (LlamaForCausalLM, MistralForCausalLM,
- * Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM; SmolLM and TinyLlama
- * are llama) and GPT-2
+ * Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, Gemma3ForCausalLM;
+ * SmolLM and TinyLlama are llama) and GPT-2
  * (GPT2LMHeadModel), plus their *ForSequenceClassification twins (reward
  * models, `score` head). Everything else is rejected with E_CONFIG naming the
  * file, what was seen and what is supported, so a user learns at load time,
@@ -19,13 +19,25 @@ import { RlhfError } from '../errors';
 import { fail, Reader, type Json } from './config-reader';
 import { parseRope, ropeToHf } from './rope';
 
-export type ModelArch = 'llama' | 'qwen2' | 'qwen3' | 'mistral' | 'phi3' | 'gpt2';
+export type ModelArch = 'llama' | 'qwen2' | 'qwen3' | 'mistral' | 'phi3' | 'gemma3' | 'gpt2';
 /** `lm`: causal LM head (tied or `lm_head.weight`); `score`: `score.weight [numLabels, H]` (reward model). */
 export type ModelHead = 'lm' | 'score';
 export type TorchDtype = 'float32' | 'float16' | 'bfloat16';
 
 export type { RopeConfig, RopeScaling } from './rope';
 import type { RopeConfig } from './rope';
+
+/** Gemma 3 text: what its block does beyond the Llama family's. */
+export interface GemmaParts {
+  /** Embeddings are multiplied by sqrt(hidden_size), rounded as the checkpoint's dtype (transformers' embed_scale). */
+  embedScale: number;
+  /** Attention scores scale query_pre_attn_scalar^-1/2. */
+  queryPreAttnScalar: number;
+  /** Per layer: `sliding_attention` layers use the local RoPE base and the window. */
+  layerTypes: ('sliding_attention' | 'full_attention')[];
+  /** RoPE base of the sliding-window layers (rope_local_base_freq). */
+  localRopeTheta: number;
+}
 
 export interface ModelConfig {
   arch: ModelArch;
@@ -59,6 +71,12 @@ export interface ModelConfig {
   rotaryDim: number;
   /** Phi-3: q|k|v saved as one `qkv_proj` and gate|up as one `gate_up_proj` (tensors and LoRA modules). */
   fusedProj: boolean;
+  /**
+   * Gemma 3 (else null): (1 + w) RMSNorm everywhere, a norm on each block
+   * output before the residual add, GeGLU (hiddenAct gelu_pytorch_tanh), q/k
+   * norm, and the parts below; `rope` is the global layers' RoPE.
+   */
+  gemma: GemmaParts | null;
   /** Qwen3: RMSNorm over each q and k head (`q_norm` / `k_norm`, weights [headDim]) before RoPE. */
   qkNorm: boolean;
   tieWordEmbeddings: boolean;
@@ -87,6 +105,7 @@ const ARCHITECTURES: Record<string, ArchEntry> = {
   Qwen2ForCausalLM: { arch: 'qwen2', head: 'lm' },
   Qwen3ForCausalLM: { arch: 'qwen3', head: 'lm' },
   Phi3ForCausalLM: { arch: 'phi3', head: 'lm' },
+  Gemma3ForCausalLM: { arch: 'gemma3', head: 'lm' },
   GPT2LMHeadModel: { arch: 'gpt2', head: 'lm' },
   LlamaForSequenceClassification: { arch: 'llama', head: 'score' },
   MistralForSequenceClassification: { arch: 'mistral', head: 'score' },
@@ -96,7 +115,9 @@ const ARCHITECTURES: Record<string, ArchEntry> = {
   GPT2ForSequenceClassification: { arch: 'gpt2', head: 'score' },
 };
 
-const MODEL_TYPES: Record<string, ModelArch> = { llama: 'llama', mistral: 'mistral', qwen2: 'qwen2', qwen3: 'qwen3', phi3: 'phi3', gpt2: 'gpt2' };
+const MODEL_TYPES: Record<string, ModelArch> = { llama: 'llama', mistral: 'mistral', qwen2: 'qwen2', qwen3: 'qwen3', phi3: 'phi3', gemma3_text: 'gemma3', gpt2: 'gpt2' };
+/** config.json's model_type of each arch. */
+const MODEL_TYPE_OF: Record<ModelArch, string> = { llama: 'llama', mistral: 'mistral', qwen2: 'qwen2', qwen3: 'qwen3', phi3: 'phi3', gemma3: 'gemma3_text', gpt2: 'gpt2' };
 
 export const SUPPORTED_ARCHITECTURES: readonly string[] = Object.keys(ARCHITECTURES);
 
@@ -189,8 +210,8 @@ function parseLlama(r: Reader, arch: Exclude<ModelArch, 'gpt2'>, common: Common)
   if (r.has('head_dim')) {
     headDim = r.posInt('head_dim');
     if (headDim % 2 !== 0) fail(file, `"head_dim" (${headDim}) must be even for RoPE`, 'head_dim');
-  } else if (arch === 'qwen3') {
-    headDim = 128; // Qwen3Config's default: head_dim does not follow hidden_size
+  } else if (arch === 'qwen3' || arch === 'gemma3') {
+    headDim = arch === 'qwen3' ? 128 : 256; // the configs' defaults: head_dim does not follow hidden_size
   } else {
     if (hiddenSize % numHeads !== 0)
       fail(file, `"hidden_size" (${hiddenSize}) must be divisible by "num_attention_heads" (${numHeads}) when "head_dim" is absent`, 'num_attention_heads');
@@ -199,19 +220,21 @@ function parseLlama(r: Reader, arch: Exclude<ModelArch, 'gpt2'>, common: Common)
       fail(file, `head_dim = "hidden_size" / "num_attention_heads" = ${headDim} must be even for RoPE`, 'num_attention_heads');
   }
   // transformers' per-class defaults for max_position_embeddings.
-  const defaultMaxPos = { llama: 2048, mistral: 4096 * 32, qwen2: 32768, qwen3: 32768, phi3: 4096 }[arch];
+  const defaultMaxPos = { llama: 2048, mistral: 4096 * 32, qwen2: 32768, qwen3: 32768, phi3: 4096, gemma3: 131072 }[arch];
   const maxPositions = r.posInt('max_position_embeddings', defaultMaxPos);
-  const hiddenAct = r.str('hidden_act', 'silu');
-  if (hiddenAct !== 'silu' && hiddenAct !== 'swish')
-    fail(file, `unsupported "hidden_act" "${hiddenAct}" for ${arch}; supported: silu`, 'hidden_act');
+  const actKey = arch === 'gemma3' ? 'hidden_activation' : 'hidden_act';
+  const hiddenAct = r.str(actKey, arch === 'gemma3' ? 'gelu_pytorch_tanh' : 'silu');
+  const acts = arch === 'gemma3' ? ['gelu_pytorch_tanh', 'gelu_new'] : ['silu', 'swish'];
+  if (!acts.includes(hiddenAct)) fail(file, `unsupported "${actKey}" "${hiddenAct}" for ${arch}; supported: ${acts.join(', ')}`, actKey);
   // Qwen2: q/k/v always biased, o_proj never; Llama and Qwen3: attention_bias on all four; Mistral: none.
-  const attnBias = arch === 'llama' || arch === 'qwen3' ? r.bool('attention_bias', false) : false;
+  const attnBias = arch === 'llama' || arch === 'qwen3' || arch === 'gemma3' ? r.bool('attention_bias', false) : false;
   const qkvBias = arch === 'qwen2' ? true : attnBias;
   const warnings: string[] = [];
   let slidingWindow: number | null = null;
-  const windowActive = arch === 'mistral' || arch === 'phi3' ? r.has('sliding_window') : arch === 'qwen2' || arch === 'qwen3' ? r.bool('use_sliding_window', false) : false;
+  const gemma = arch === 'gemma3' ? parseGemma3(r, hiddenSize, r.posInt('num_hidden_layers'), common.torchDtype) : null;
+  const windowActive = gemma ? gemma.layerTypes.includes('sliding_attention') : arch === 'mistral' || arch === 'phi3' ? r.has('sliding_window') : arch === 'qwen2' || arch === 'qwen3' ? r.bool('use_sliding_window', false) : false;
   if (windowActive) {
-    const w = r.posInt('sliding_window');
+    const w = r.posInt('sliding_window', arch === 'gemma3' ? 4096 : undefined);
     if (w < maxPositions) {
       slidingWindow = w;
       warnings.push(
@@ -227,7 +250,7 @@ function parseLlama(r: Reader, arch: Exclude<ModelArch, 'gpt2'>, common: Common)
   const rotaryDim = Math.floor(headDim * prf);
   if (!(prf > 0 && prf <= 1) || rotaryDim < 2 || rotaryDim % 2 !== 0)
     fail(file, `"partial_rotary_factor" ${prf} gives rotary dim ${rotaryDim} of head_dim ${headDim}; it must be even, between 2 and head_dim`, 'partial_rotary_factor');
-  const rope = parseRope(r, maxPositions, arch === 'phi3');
+  const rope = gemma ? parseGemma3Rope(r, maxPositions) : parseRope(r, maxPositions, arch === 'phi3');
   if (rope.scaling.type === 'longrope')
     for (const k of ['shortFactor', 'longFactor'] as const)
       if (rope.scaling[k].length !== rotaryDim / 2)
@@ -251,12 +274,66 @@ function parseLlama(r: Reader, arch: Exclude<ModelArch, 'gpt2'>, common: Common)
     qkvBias,
     oBias: attnBias,
     mlpBias: arch === 'llama' ? r.bool('mlp_bias', false) : false,
-    qkNorm: arch === 'qwen3',
-    tieWordEmbeddings: r.bool('tie_word_embeddings', false),
-    hiddenAct: 'silu',
+    qkNorm: arch === 'qwen3' || arch === 'gemma3',
+    gemma,
+    tieWordEmbeddings: r.bool('tie_word_embeddings', arch === 'gemma3'),
+    hiddenAct: arch === 'gemma3' ? 'gelu_pytorch_tanh' : 'silu',
     slidingWindow,
     warnings,
   };
+}
+
+/** sqrt(x) as a float32, then rounded to bfloat16 / float16 when the checkpoint is in that dtype (nearest even). */
+function roundAs(x: number, dtype: TorchDtype | null): number {
+  const f = Math.fround(x);
+  if (dtype === 'bfloat16') {
+    const b = new Uint32Array(new Float32Array([f]).buffer)[0];
+    const r = (b + 0x7fff + ((b >>> 16) & 1)) & 0xffff0000;
+    return new Float32Array(new Uint32Array([r >>> 0]).buffer)[0];
+  }
+  if (dtype === 'float16') {
+    const e = Math.floor(Math.log2(f));
+    const q = 2 ** (e - 10);
+    const m = f / q, lo = Math.floor(m);
+    return (m - lo > 0.5 || (m - lo === 0.5 && lo % 2 === 1) ? lo + 1 : lo) * q;
+  }
+  return f;
+}
+
+function parseGemma3(r: Reader, hiddenSize: number, numLayers: number, dtype: TorchDtype | null): GemmaParts {
+  const file = r.file;
+  for (const k of ['final_logit_softcapping', 'attn_logit_softcapping'])
+    if (r.has(k)) fail(file, `"${k}" (soft-capping) is not implemented; only configs with it null are supported`, k);
+  if (r.bool('use_bidirectional_attention', false)) fail(file, `"use_bidirectional_attention": true is not supported`, 'use_bidirectional_attention');
+  let layerTypes: GemmaParts['layerTypes'];
+  const lt = r.obj.layer_types;
+  if (lt !== undefined && lt !== null) {
+    if (!Array.isArray(lt) || lt.length !== numLayers || lt.some((x) => x !== 'sliding_attention' && x !== 'full_attention'))
+      fail(file, `"layer_types" must list "sliding_attention" or "full_attention" for each of the ${numLayers} layers`, 'layer_types');
+    layerTypes = lt as GemmaParts['layerTypes'];
+  } else {
+    const pattern = r.posInt('sliding_window_pattern', 6); // every pattern-th layer is global
+    layerTypes = Array.from({ length: numLayers }, (_, i) => ((i + 1) % pattern ? 'sliding_attention' : 'full_attention'));
+  }
+  const params = r.obj.rope_parameters as Json | undefined;
+  const local = params && typeof params === 'object' ? (params.sliding_attention as Json | undefined) : undefined;
+  let localRopeTheta = r.posNum('rope_local_base_freq', 10000);
+  if (local && typeof local === 'object') {
+    const lr = new Reader(local, file, 'rope_parameters.sliding_attention.');
+    if (lr.str('rope_type', 'default') !== 'default') fail(file, `only default RoPE is supported for the sliding-window layers`, 'rope_parameters');
+    if (lr.has('rope_theta')) localRopeTheta = lr.posNum('rope_theta');
+  }
+  return { embedScale: roundAs(Math.sqrt(hiddenSize), dtype), queryPreAttnScalar: r.posNum('query_pre_attn_scalar', 256), layerTypes, localRopeTheta };
+}
+
+/** Gemma 3's global RoPE: rope_parameters.full_attention (v5) or rope_theta + rope_scaling (v4); base 1e6 by default. */
+function parseGemma3Rope(r: Reader, maxPositions: number) {
+  const params = r.obj.rope_parameters as Json | undefined;
+  const full = params && typeof params === 'object' && 'full_attention' in params ? (params.full_attention as Json) : undefined;
+  const obj: Json = full ? { rope_parameters: full } : { rope_theta: r.obj.rope_theta, rope_scaling: r.obj.rope_scaling };
+  const rope = parseRope(new Reader(obj, r.file), maxPositions, false);
+  const given = full ? (full as Json).rope_theta : r.obj.rope_theta;
+  return given === undefined || given === null ? { ...rope, theta: 1_000_000 } : rope;
 }
 
 function parseGpt2(r: Reader, common: Common): ModelConfig {
@@ -293,6 +370,7 @@ function parseGpt2(r: Reader, common: Common): ModelConfig {
     rotaryDim: hiddenSize / numHeads,
     fusedProj: false,
     qkNorm: false,
+    gemma: null,
     tieWordEmbeddings: r.bool('tie_word_embeddings', true),
     hiddenAct: act,
     slidingWindow: null,
@@ -327,7 +405,7 @@ export function readModelConfig(dirOrFile: string): ModelConfig {
  * model trained without them should not grow them when loaded elsewhere.
  */
 export function modelConfigToHf(cfg: ModelConfig): Json {
-  const out: Json = { architectures: [cfg.architecture], model_type: cfg.arch };
+  const out: Json = { architectures: [cfg.architecture], model_type: MODEL_TYPE_OF[cfg.arch] };
   if (cfg.arch === 'gpt2') {
     Object.assign(out, {
       vocab_size: cfg.vocabSize,
@@ -362,6 +440,17 @@ export function modelConfigToHf(cfg: ModelConfig): Json {
     });
     if (cfg.arch === 'llama') Object.assign(out, { attention_bias: cfg.oBias, mlp_bias: cfg.mlpBias });
     if (cfg.arch === 'mistral') out.sliding_window = cfg.slidingWindow;
+    if (cfg.gemma)
+      Object.assign(out, {
+        hidden_activation: cfg.hiddenAct,
+        attention_bias: cfg.oBias,
+        query_pre_attn_scalar: cfg.gemma.queryPreAttnScalar,
+        layer_types: cfg.gemma.layerTypes,
+        sliding_window: cfg.slidingWindow ?? cfg.maxPositions,
+        rope_local_base_freq: cfg.gemma.localRopeTheta,
+        final_logit_softcapping: null,
+        attn_logit_softcapping: null,
+      });
     if (cfg.arch === 'phi3') {
       out.sliding_window = cfg.slidingWindow;
       out.partial_rotary_factor = cfg.rotaryDim / cfg.headDim;

@@ -116,6 +116,7 @@ export function presetModelConfig(
     rotaryDim: headDim,
     fusedProj: false,
     qkNorm: false,
+    gemma: null,
     oBias: gpt2,
     mlpBias: gpt2,
     tieWordEmbeddings: arch !== 'llama',

@@ -46,6 +46,7 @@ function llamaTensors(c: ModelConfig): TensorSpec[] {
     out.push({ name: `${p}self_attn.o_proj.weight`, shape: [H, q], kind: 'matrix' });
     if (c.oBias) out.push({ name: `${p}self_attn.o_proj.bias`, shape: [H], kind: 'bias' });
     out.push({ name: `${p}post_attention_layernorm.weight`, shape: [H], kind: 'norm' });
+    if (c.gemma) for (const n of ['pre_feedforward_layernorm', 'post_feedforward_layernorm']) out.push({ name: `${p}${n}.weight`, shape: [H], kind: 'norm' });
     const mlp = c.fusedProj ? ([['gate_up', [2 * I, H]], ['down', [H, I]]] as const) : ([['gate', [I, H]], ['up', [I, H]], ['down', [H, I]]] as const);
     for (const [n, shape] of mlp) {
       out.push({ name: `${p}mlp.${n}_proj.weight`, shape: [...shape], kind: 'matrix' });
