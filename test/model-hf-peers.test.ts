@@ -181,6 +181,14 @@ for (const c of CASES.filter((x) => !process.env.RLHF_PEER_ARCH || x.name === pr
     const short = pad(ids(13, [6, 8, 5]), 'left'); // up to 8 tokens (LongRoPE: the short factors)
     expectLogp(await logp(model, short), logpReq(dir, short), 'base log-probs vs transformers, rows of at most 8 tokens');
 
+    // Greedy generation through the KV cache = transformers' model with its KV cache, one prompt at a
+    // time (one prompt per call here too: LongRoPE's choice of factors is per batch).
+    const prompts = ids(17, [5, 3]);
+    const gen = { tokens: [] as Int32Array[] };
+    for (const p of prompts) gen.tokens.push((await model.generate({ prompts: [p], maxNewTokens: 8, temperature: 0, eosIds: [] })).tokens[0]);
+    requests.push({ op: 'greedy', dir, prompts, n: 8 });
+    checks.push((a) => t.same(gen.tokens.map((x) => Array.from(x)), (a as { tokens: number[][] }).tokens, 'greedy generation through the KV cache = transformers with its KV cache'));
+
     // LoRA: one AdamW step moves B off zero; the gradient is then taken at the adapter we save.
     const tr = model.trainer();
     tr.createLora({ r: 4, alpha: 8, targets: c.targets, seed: 3 });

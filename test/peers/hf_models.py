@@ -16,6 +16,9 @@ Requests (field "op"):
             the adapter loaded trainable by peft, SFT's masked mean NLL over
             loss_mask [B][T-1], its gradient w.r.t. every LoRA weight (names
             as saved: base_model.model.<module>.lora_A.weight).
+  greedy    {dir, prompts, n}  -> {tokens}
+            n greedy tokens per prompt (each alone) through the model's
+            forward with transformers' KV cache, no end-of-sequence stop.
   batch     {requests: [...]}  -> [answers]: several requests in one process
             (the libraries are imported once).
 """
@@ -100,11 +103,29 @@ def lora_grad(req):
     return {"loss": loss.item(), "grads": grads}
 
 
+def greedy(req):
+    # The model's forward with transformers' own KV cache, one token at a
+    # time (not generate(): for Phi-3 it drops the cache where LongRoPE
+    # switches to the long factors, which is not the model's cached forward).
+    model = load(req["dir"])
+    out = []
+    with torch.no_grad():
+        for p in req["prompts"]:
+            o = model(input_ids=torch.tensor([p], dtype=torch.long), use_cache=True)
+            toks = []
+            for i in range(req["n"]):
+                toks.append(int(o.logits[0, -1].argmax()))
+                pos = torch.tensor([[len(p) + i]], dtype=torch.long)
+                o = model(input_ids=torch.tensor([[toks[-1]]]), position_ids=pos, past_key_values=o.past_key_values, use_cache=True)
+            out.append(toks)
+    return {"tokens": out}
+
+
 def batch(req):
     return [OPS[r["op"]](r) for r in req["requests"]]
 
 
-OPS = {"make": make, "logp": logp, "lora_grad": lora_grad, "batch": batch}
+OPS = {"make": make, "logp": logp, "lora_grad": lora_grad, "greedy": greedy, "batch": batch}
 
 if __name__ == "__main__":
     request = json.load(sys.stdin)
