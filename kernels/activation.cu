@@ -10,7 +10,10 @@ namespace {
 __global__ void swiglu_kernel(SwigluOp op) {
   RLHF_COL(j);
   if (j >= op.dim) return;
-  RLHF_FOR_ROWS(i, op.n) op.out[i * op.ld_out + j] = math::silu(op.gate[i * op.ld_in + j]) * op.up[i * op.ld_in + j];
+  RLHF_FOR_ROWS(i, op.n) {
+    const float g = op.gate[i * op.ld_in + j];
+    op.out[i * op.ld_out + j] = (op.gelu ? math::gelu_tanh(g) : math::silu(g)) * op.up[i * op.ld_in + j];  // GeGLU or SwiGLU
+  }
 }
 
 __global__ void gelu_kernel(GeluOp op) {
@@ -30,7 +33,13 @@ __global__ void swiglu_backward_kernel(SwigluBackwardOp op) {
   if (j >= op.dim) return;
   RLHF_FOR_ROWS(i, op.n) {
     const int64_t in = i * op.ld_in + j;
-    math::swiglu_grad(op.gate[in], op.up[in], op.dout[i * op.ld_out + j], op.dgate[in], op.dup[in]);
+    if (!op.gelu) {
+      math::swiglu_grad(op.gate[in], op.up[in], op.dout[i * op.ld_out + j], op.dgate[in], op.dup[in]);
+    } else {  // GeGLU: y = gelu(g) u
+      const float g = op.gate[in], dy = op.dout[i * op.ld_out + j];
+      op.dup[in] = dy * math::gelu_tanh(g);
+      op.dgate[in] = dy * op.up[in] * math::gelu_tanh_grad(g);
+    }
   }
 }
 

@@ -24,7 +24,7 @@ __global__ void rmsnorm_kernel(RmsNormOp op) {
     const float rstd = 1.f / sqrtf(ss / static_cast<float>(op.dim) + op.eps);
     if (op.rstd && threadIdx.x == 0) op.rstd[i] = rstd;
     float* out = op.out + i * op.dim;
-    for (int64_t j = threadIdx.x; j < op.dim; j += blockDim.x) out[j] = x[j] * rstd * op.weight[j];
+    for (int64_t j = threadIdx.x; j < op.dim; j += blockDim.x) out[j] = x[j] * rstd * (op.weight_offset + op.weight[j]);
   }
 }
 
@@ -65,10 +65,10 @@ __global__ void rmsnorm_backward_kernel(RmsNormBackwardOp op) {
     float* dx = op.dx + i * op.dim;
     const float r = op.rstd[i];
     double dot = 0;
-    for (int64_t j = threadIdx.x; j < op.dim; j += blockDim.x) dot += static_cast<double>(op.weight[j]) * dy[j] * x[j];
+    for (int64_t j = threadIdx.x; j < op.dim; j += blockDim.x) dot += static_cast<double>(op.weight_offset + op.weight[j]) * dy[j] * x[j];
     dot = block_sum(dot, sh);
     const float c = static_cast<float>(dot) * r * r * r / static_cast<float>(op.dim);
-    for (int64_t j = threadIdx.x; j < op.dim; j += blockDim.x) dx[j] += r * op.weight[j] * dy[j] - c * x[j];
+    for (int64_t j = threadIdx.x; j < op.dim; j += blockDim.x) dx[j] += r * (op.weight_offset + op.weight[j]) * dy[j] - c * x[j];
   }
 }
 

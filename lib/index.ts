@@ -17,7 +17,7 @@ export { loadModel, Model, packBatch } from './engine/model';
 export type { LoadModelOptions, ForwardInput, ForwardOutput, GenerateInput } from './engine/model';
 export { scoreRows } from './engine/score';
 export { readAdapterConfig, readLoraPairs, loraScale } from './model/peft';
-export { Trainer, loraModules, LLAMA_LORA_TARGETS, GPT2_LORA_TARGETS } from './engine/train';
+export { Trainer, loraModules, allLinearTargets, LLAMA_LORA_TARGETS, GPT2_LORA_TARGETS, PHI3_LORA_TARGETS } from './engine/train';
 export type { LoraOptions } from './engine/train';
 export * from './engine/objectives';
 export * from './stages/sft';

@@ -100,11 +100,27 @@ export interface NativeModelConfig {
   maxPositions: number;
   normEps: number;
   ropeTheta?: number;
-  ropeScaling?: 'none' | 'linear' | 'llama3';
+  ropeScaling?: 'none' | 'linear' | 'llama3' | 'longrope';
   ropeFactor?: number;
   ropeLowFreqFactor?: number;
   ropeHighFreqFactor?: number;
   ropeOriginalMaxPositions?: number;
+  /** LongRoPE: per-frequency divisors [rotaryDim/2] and the cos/sin factor. */
+  ropeShortFactor?: number[];
+  ropeLongFactor?: number[];
+  ropeAttentionFactor?: number;
+  /** Partial rotary: leading dims of each head rotated (default headDim). */
+  rotaryDim?: number;
+  /** Phi-3: fused qkv_proj / gate_up_proj tensors and LoRA modules. */
+  fusedProj?: boolean;
+  /** Gemma 3: embedding scale, RMSNorm (normOffset + w), post norms on block outputs, GeGLU, attention scale, sliding-window layers (1) and their RoPE base. */
+  embedScale?: number;
+  normOffset?: number;
+  sandwichNorm?: boolean;
+  geglu?: boolean;
+  attnScale?: number;
+  localLayers?: number[];
+  ropeLocalTheta?: number;
   qkvBias: boolean;
   /** Qwen3: per-head q/k RMSNorm before RoPE. */
   qkNorm?: boolean;

@@ -80,6 +80,13 @@ model::Config config_from(const Napi::Object& c) {
   cfg.rope_attention_factor = num(c, "ropeAttentionFactor", 1.0);
   cfg.rotary_dim = static_cast<int64_t>(num(c, "rotaryDim", 0));
   cfg.fused_proj = flag(c, "fusedProj", false);
+  cfg.embed_scale = static_cast<float>(num(c, "embedScale", 1.0));
+  cfg.norm_offset = static_cast<float>(num(c, "normOffset", 0.0));
+  cfg.sandwich_norm = flag(c, "sandwichNorm", false);
+  cfg.geglu = flag(c, "geglu", false);
+  cfg.attn_scale = static_cast<float>(num(c, "attnScale", 0.0));
+  cfg.rope_local_theta = num(c, "ropeLocalTheta", 10000.0);
+  for (float v : floats("localLayers")) cfg.local_layers.push_back(v != 0.f ? 1 : 0);
   cfg.rope_factor = num(c, "ropeFactor", 1.0);
   cfg.rope_low_freq_factor = num(c, "ropeLowFreqFactor", 1.0);
   cfg.rope_high_freq_factor = num(c, "ropeHighFreqFactor", 4.0);

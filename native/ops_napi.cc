@@ -168,6 +168,7 @@ const std::unordered_map<std::string, Runner>& runners() {
          RmsNormOp op;
          op.n = f.i("n"), op.dim = f.i("dim"), op.eps = static_cast<float>(f.d("eps", 1e-5)), op.residual = f.f32("residual");
          op.delta = f.f32("delta", true), op.weight = f.f32("weight"), op.out = f.f32("out"), op.rstd = f.f32("rstd", true);
+         op.weight_offset = static_cast<float>(f.d("weightOffset", 0));
          be.rmsnorm(op);
        }},
       {"layernorm",
@@ -207,7 +208,7 @@ const std::unordered_map<std::string, Runner>& runners() {
        [](Backend& be, const Fields& f) {
          SwigluOp op;
          op.n = f.i("n"), op.dim = f.i("dim"), op.gate = f.f32("gate"), op.up = f.f32("up"), op.ld_in = f.i("ldIn");
-         op.out = f.f32("out"), op.ld_out = f.i("ldOut");
+         op.out = f.f32("out"), op.ld_out = f.i("ldOut"), op.gelu = f.b("gelu");
          be.swiglu(op);
        }},
       {"gelu",
@@ -396,6 +397,7 @@ const std::unordered_map<std::string, Runner>& runners() {
          RmsNormBackwardOp op;
          op.n = f.i("n"), op.dim = f.i("dim"), op.x = f.f32("x"), op.weight = f.f32("weight"), op.rstd = f.f32("rstd");
          op.dout = f.f32("dout"), op.dx = f.f32("dx"), op.dweight = f.f32("dweight", true);
+         op.weight_offset = static_cast<float>(f.d("weightOffset", 0));
          be.rmsnorm_backward(op);
        }},
       {"layernorm_backward",
@@ -420,7 +422,7 @@ const std::unordered_map<std::string, Runner>& runners() {
        [](Backend& be, const Fields& f) {
          SwigluBackwardOp op;
          op.n = f.i("n"), op.dim = f.i("dim"), op.gate = f.f32("gate"), op.up = f.f32("up"), op.ld_in = f.i("ldIn");
-         op.dout = f.f32("dout"), op.ld_out = f.i("ldOut"), op.dgate = f.f32("dgate"), op.dup = f.f32("dup");
+         op.dout = f.f32("dout"), op.ld_out = f.i("ldOut"), op.dgate = f.f32("dgate"), op.dup = f.f32("dup"), op.gelu = f.b("gelu");
          be.swiglu_backward(op);
        }},
       {"gelu_backward",

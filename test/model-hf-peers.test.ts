@@ -51,18 +51,69 @@ const CASES: ArchCase[] = [
     },
     targets: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'],
   },
+  {
+    name: 'phi3',
+    modelType: 'phi3',
+    architecture: 'Phi3ForCausalLM',
+    // Partial rotary (12 of 16 dims) and LongRoPE with a short original context (8), so that the
+    // batches of up to 8 tokens take the short factors and the longer ones the long factors;
+    // attention factor derived from max / original = 8.
+    config: {
+      hidden_size: 64,
+      intermediate_size: 96,
+      num_hidden_layers: 2,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      max_position_embeddings: 64,
+      original_max_position_embeddings: 8,
+      partial_rotary_factor: 0.75,
+      rope_scaling: { type: 'longrope', short_factor: [1.0, 1.1, 1.3, 1.7, 2.2, 3.0], long_factor: [1.5, 2.5, 4.0, 6.0, 9.0, 13.0] },
+      rms_norm_eps: 1e-5,
+      tie_word_embeddings: false,
+      initializer_range: 0.1,
+    },
+    targets: ['qkv_proj', 'o_proj', 'gate_up_proj', 'down_proj'],
+  },
+  {
+    name: 'gemma3',
+    modelType: 'gemma3_text',
+    architecture: 'Gemma3ForCausalLM',
+    // Sliding-window and global layers with their own RoPE bases (the global one linearly scaled),
+    // query_pre_attn_scalar != head_dim, sqrt(48) embedding scale, tied embeddings.
+    config: {
+      hidden_size: 48,
+      intermediate_size: 80,
+      num_hidden_layers: 3,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      head_dim: 16,
+      query_pre_attn_scalar: 24,
+      layer_types: ['sliding_attention', 'full_attention', 'sliding_attention'],
+      sliding_window: 64,
+      max_position_embeddings: 128,
+      rope_theta: 500000,
+      rope_local_base_freq: 100,
+      rope_scaling: { rope_type: 'linear', factor: 2.0 },
+      rms_norm_eps: 1e-6,
+      initializer_range: 0.1,
+    },
+    targets: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'],
+  },
 ];
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'rlhf-hf-peers-'));
 t.teardown(() => fs.rmSync(tmp, { recursive: true, force: true }));
 const tok = path.join(tmp, 'tok');
 let vocab = 0;
+let special: Record<string, unknown> = {};
 const TOKEN_FILES = ['tokenizer.json', 'tokenizer_config.json'];
 
 t.before(async () => {
   // The tokenizer files of an `init` model give the CLI run something to tokenise with.
   await initModel({ arch: 'qwen2', preset: 'tiny', outDir: tok, seed: 1 });
-  vocab = JSON.parse(fs.readFileSync(path.join(tok, 'config.json'), 'utf8')).vocab_size;
+  const cfg = JSON.parse(fs.readFileSync(path.join(tok, 'config.json'), 'utf8'));
+  vocab = cfg.vocab_size;
+  special = { bos_token_id: cfg.bos_token_id, eos_token_id: cfg.eos_token_id, pad_token_id: cfg.pad_token_id };
 });
 
 /** Deterministic ids in [1, vocab). */
@@ -97,14 +148,14 @@ interface Peer {
 }
 const logpReq = (dir: string, batch: { ids: number[][]; mask: number[][] }, adapter?: string) => ({ op: 'logp', dir, adapter, ...batch });
 
-for (const c of CASES) {
+for (const c of CASES.filter((x) => !process.env.RLHF_PEER_ARCH || x.name === process.env.RLHF_PEER_ARCH)) {
   t.test(`${c.architecture}: transformers' model, log-probs, LoRA step, adapter, merge, CLI`, async (t) => {
     const dir = path.join(tmp, c.name);
     const made = runPeer<{ architecture: string }>('hf_models.py', {
       op: 'make',
       dir,
       model_type: c.modelType,
-      config: { ...c.config, vocab_size: vocab },
+      config: { ...c.config, vocab_size: vocab, ...special },
       seed: 7,
       copy: TOKEN_FILES.map((f) => path.join(tok, f)),
     });
@@ -127,6 +178,16 @@ for (const c of CASES) {
     };
     expectLogp(await logp(model, right), logpReq(dir, right), 'base log-probs vs transformers, right padding');
     expectLogp(await logp(model, left), logpReq(dir, left), 'base log-probs vs transformers, left padding');
+    const short = pad(ids(13, [6, 8, 5]), 'left'); // up to 8 tokens (LongRoPE: the short factors)
+    expectLogp(await logp(model, short), logpReq(dir, short), 'base log-probs vs transformers, rows of at most 8 tokens');
+
+    // Greedy generation through the KV cache = transformers' model with its KV cache, one prompt at a
+    // time (one prompt per call here too: LongRoPE's choice of factors is per batch).
+    const prompts = ids(17, [5, 3]);
+    const gen = { tokens: [] as Int32Array[] };
+    for (const p of prompts) gen.tokens.push((await model.generate({ prompts: [p], maxNewTokens: 8, temperature: 0, eosIds: [] })).tokens[0]);
+    requests.push({ op: 'greedy', dir, prompts, n: 8 });
+    checks.push((a) => t.same(gen.tokens.map((x) => Array.from(x)), (a as { tokens: number[][] }).tokens, 'greedy generation through the KV cache = transformers with its KV cache'));
 
     // LoRA: one AdamW step moves B off zero; the gradient is then taken at the adapter we save.
     const tr = model.trainer();

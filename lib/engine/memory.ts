@@ -54,6 +54,13 @@ function linearModules(c: ModelConfig): { name: string; in: number; out: number 
       { name: 'c_fc', in: H, out: I },
       { name: 'c_proj', in: I, out: H },
     ];
+  if (c.fusedProj)
+    return [
+      { name: 'qkv_proj', in: H, out: q + 2 * kv },
+      { name: 'o_proj', in: q, out: H },
+      { name: 'gate_up_proj', in: H, out: 2 * I },
+      { name: 'down_proj', in: I, out: H },
+    ];
   return [
     { name: 'q_proj', in: H, out: q },
     { name: 'k_proj', in: H, out: kv },
@@ -79,7 +86,9 @@ function trainActsPerToken(c: ModelConfig, loraR: number): number {
   // LayerActs: x1, xn1, stats (2), qkv, att, lse (heads), x2, xn2, stats (2), mlp, act; LoRA inputs u per module;
   // with q/k norm (Qwen3) the q and k heads before it and one rstd per head.
   const qkNorm = c.qkNorm ? (c.numHeads + c.numKvHeads) * (c.headDim + 1) : 0;
-  const perLayer = 4 * H + 4 + qkv + q + c.numHeads + mlp + I + loraR * linearModules(c).length + qkNorm;
+  // Gemma: the two block outputs before their post norms, and their rstd.
+  const sandwich = c.gemma ? 2 * H + 2 : 0;
+  const perLayer = 4 * H + 4 + qkv + q + c.numHeads + mlp + I + loraR * linearModules(c).length + qkNorm + sandwich;
   return c.numLayers * perLayer + 2 * H + 8;
 }
 

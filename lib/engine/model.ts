@@ -95,11 +95,22 @@ export function nativeConfig(cfg: ModelConfig): NativeModelConfig {
     oBias: cfg.oBias,
     mlpBias: cfg.mlpBias,
     qkNorm: cfg.qkNorm,
+    fusedProj: cfg.fusedProj,
+    rotaryDim: cfg.rotaryDim,
+    geglu: llama && cfg.hiddenAct !== 'silu',
     tieEmbeddings: cfg.tieWordEmbeddings,
     lmHead: cfg.head === 'lm',
     numLabels: cfg.head === 'score' ? cfg.numLabels ?? 1 : 0,
     prefix: llama ? 'model.' : 'transformer.',
   };
+  if (cfg.gemma) {
+    out.embedScale = cfg.gemma.embedScale;
+    out.normOffset = 1;
+    out.sandwichNorm = true;
+    out.attnScale = cfg.gemma.queryPreAttnScalar ** -0.5;
+    out.localLayers = cfg.gemma.layerTypes.map((t) => (t === 'sliding_attention' ? 1 : 0));
+    out.ropeLocalTheta = cfg.gemma.localRopeTheta;
+  }
   if (cfg.rope) {
     out.ropeTheta = cfg.rope.theta;
     const s = cfg.rope.scaling;
@@ -110,6 +121,12 @@ export function nativeConfig(cfg: ModelConfig): NativeModelConfig {
       out.ropeLowFreqFactor = s.lowFreqFactor;
       out.ropeHighFreqFactor = s.highFreqFactor;
       out.ropeOriginalMaxPositions = s.originalMaxPositions;
+    }
+    if (s.type === 'longrope') {
+      out.ropeShortFactor = s.shortFactor;
+      out.ropeLongFactor = s.longFactor;
+      out.ropeOriginalMaxPositions = s.originalMaxPositions;
+      out.ropeAttentionFactor = s.attentionFactor;
     }
   }
   return out;

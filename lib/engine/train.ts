@@ -34,6 +34,12 @@ import {
 
 export const LLAMA_LORA_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const;
 export const GPT2_LORA_TARGETS = ['c_attn', 'c_proj', 'c_fc'] as const;
+export const PHI3_LORA_TARGETS = ['qkv_proj', 'o_proj', 'gate_up_proj', 'down_proj'] as const;
+
+/** Every linear module of the architecture, by PEFT name ('all-linear'). */
+export function allLinearTargets(cfg: ModelConfig): readonly string[] {
+  return cfg.arch === 'gpt2' ? GPT2_LORA_TARGETS : cfg.fusedProj ? PHI3_LORA_TARGETS : LLAMA_LORA_TARGETS;
+}
 
 export interface LoraOptions {
   /** Adapter name (several adapters can share one base). Default 'default'. */
@@ -61,7 +67,7 @@ export interface LoraOptions {
 /** The adapter's modules, matched by PEFT name as PEFT does (a name matches every module ending in it). */
 export function loraModules(cfg: ModelConfig, targets: readonly string[]): NativeAdapterModule[] {
   const gpt2 = cfg.arch === 'gpt2';
-  const known: readonly string[] = gpt2 ? GPT2_LORA_TARGETS : LLAMA_LORA_TARGETS;
+  const known: readonly string[] = allLinearTargets(cfg);
   for (const t of targets) if (!known.includes(t)) throw new RlhfError('E_ARGUMENT', `LoRA target '${t}' is not a linear module of ${cfg.architecture} (known: ${known.join(', ')})`);
   const out: NativeAdapterModule[] = [];
   for (let layer = 0; layer < cfg.numLayers; layer++) {
@@ -71,7 +77,7 @@ export function loraModules(cfg: ModelConfig, targets: readonly string[]): Nativ
       if (targets.includes('c_fc')) out.push({ layer, name: 'c_fc' });
       if (targets.includes('c_proj')) out.push({ layer, name: 'c_proj', mlp: true });
     } else {
-      for (const t of LLAMA_LORA_TARGETS) if (targets.includes(t)) out.push({ layer, name: t });
+      for (const t of known) if (targets.includes(t)) out.push({ layer, name: t });
     }
   }
   return out;
@@ -79,7 +85,7 @@ export function loraModules(cfg: ModelConfig, targets: readonly string[]): Nativ
 
 function modulePath(cfg: ModelConfig, m: NativeAdapterModule): string {
   if (cfg.arch === 'gpt2') return `transformer.h.${m.layer}.${m.name === 'c_proj' ? (m.mlp ? 'mlp' : 'attn') : m.name === 'c_fc' ? 'mlp' : 'attn'}.${m.name}`;
-  return `model.layers.${m.layer}.${m.name.endsWith('_proj') && ['gate_proj', 'up_proj', 'down_proj'].includes(m.name) ? 'mlp' : 'self_attn'}.${m.name}`;
+  return `model.layers.${m.layer}.${['gate_proj', 'up_proj', 'down_proj', 'gate_up_proj'].includes(m.name) ? 'mlp' : 'self_attn'}.${m.name}`;
 }
 
 export class Trainer {
@@ -98,7 +104,7 @@ export class Trainer {
 
   /** A fresh LoRA adapter with PEFT's initialisation (A Kaiming-uniform, B zero). */
   createLora(opts: LoraOptions = {}): { scale: number; parameters: number } {
-    const targets = opts.targets ?? (this.config.arch === 'gpt2' ? GPT2_LORA_TARGETS : LLAMA_LORA_TARGETS);
+    const targets = opts.targets ?? allLinearTargets(this.config);
     const modules = loraModules(this.config, targets);
     const r = opts.r ?? 8, alpha = opts.alpha ?? 16, rslora = opts.rslora ?? false, dropout = opts.dropout ?? 0;
     const name = opts.name ?? 'default';

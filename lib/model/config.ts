@@ -2,7 +2,8 @@
  * Hugging Face `config.json` -> one normalised ModelConfig, and back.
  *
  * Supported: Llama family (LlamaForCausalLM, MistralForCausalLM,
- * Qwen2ForCausalLM, Qwen3ForCausalLM; SmolLM and TinyLlama are llama) and GPT-2
+ * Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, Gemma3ForCausalLM;
+ * SmolLM and TinyLlama are llama) and GPT-2
  * (GPT2LMHeadModel), plus their *ForSequenceClassification twins (reward
  * models, `score` head). Everything else is rejected with E_CONFIG naming the
  * file, what was seen and what is supported, so a user learns at load time,
@@ -15,20 +16,27 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { RlhfError } from '../errors';
+import { fail, Reader, type Json } from './config-reader';
+import { parseRope, ropeToHf } from './rope';
 
-export type ModelArch = 'llama' | 'qwen2' | 'qwen3' | 'mistral' | 'gpt2';
+export type ModelArch = 'llama' | 'qwen2' | 'qwen3' | 'mistral' | 'phi3' | 'gemma3' | 'gpt2';
 /** `lm`: causal LM head (tied or `lm_head.weight`); `score`: `score.weight [numLabels, H]` (reward model). */
 export type ModelHead = 'lm' | 'score';
 export type TorchDtype = 'float32' | 'float16' | 'bfloat16';
 
-export type RopeScaling =
-  | { type: 'none' }
-  | { type: 'linear'; factor: number }
-  | { type: 'llama3'; factor: number; lowFreqFactor: number; highFreqFactor: number; originalMaxPositions: number };
+export type { RopeConfig, RopeScaling } from './rope';
+import type { RopeConfig } from './rope';
 
-export interface RopeConfig {
-  theta: number;
-  scaling: RopeScaling;
+/** Gemma 3 text: what its block does beyond the Llama family's. */
+export interface GemmaParts {
+  /** Embeddings are multiplied by sqrt(hidden_size), rounded as the checkpoint's dtype (transformers' embed_scale). */
+  embedScale: number;
+  /** Attention scores scale query_pre_attn_scalar^-1/2. */
+  queryPreAttnScalar: number;
+  /** Per layer: `sliding_attention` layers use the local RoPE base and the window. */
+  layerTypes: ('sliding_attention' | 'full_attention')[];
+  /** RoPE base of the sliding-window layers (rope_local_base_freq). */
+  localRopeTheta: number;
 }
 
 export interface ModelConfig {
@@ -59,6 +67,16 @@ export interface ModelConfig {
   /** Bias on the attention output projection (Llama `attention_bias`; GPT-2 c_proj). */
   oBias: boolean;
   mlpBias: boolean;
+  /** Leading dims of each head that RoPE rotates: headDim, or less with Phi-3's `partial_rotary_factor`. */
+  rotaryDim: number;
+  /** Phi-3: q|k|v saved as one `qkv_proj` and gate|up as one `gate_up_proj` (tensors and LoRA modules). */
+  fusedProj: boolean;
+  /**
+   * Gemma 3 (else null): (1 + w) RMSNorm everywhere, a norm on each block
+   * output before the residual add, GeGLU (hiddenAct gelu_pytorch_tanh), q/k
+   * norm, and the parts below; `rope` is the global layers' RoPE.
+   */
+  gemma: GemmaParts | null;
   /** Qwen3: RMSNorm over each q and k head (`q_norm` / `k_norm`, weights [headDim]) before RoPE. */
   qkNorm: boolean;
   tieWordEmbeddings: boolean;
@@ -86,15 +104,20 @@ const ARCHITECTURES: Record<string, ArchEntry> = {
   MistralForCausalLM: { arch: 'mistral', head: 'lm' },
   Qwen2ForCausalLM: { arch: 'qwen2', head: 'lm' },
   Qwen3ForCausalLM: { arch: 'qwen3', head: 'lm' },
+  Phi3ForCausalLM: { arch: 'phi3', head: 'lm' },
+  Gemma3ForCausalLM: { arch: 'gemma3', head: 'lm' },
   GPT2LMHeadModel: { arch: 'gpt2', head: 'lm' },
   LlamaForSequenceClassification: { arch: 'llama', head: 'score' },
   MistralForSequenceClassification: { arch: 'mistral', head: 'score' },
   Qwen2ForSequenceClassification: { arch: 'qwen2', head: 'score' },
   Qwen3ForSequenceClassification: { arch: 'qwen3', head: 'score' },
+  Phi3ForSequenceClassification: { arch: 'phi3', head: 'score' },
   GPT2ForSequenceClassification: { arch: 'gpt2', head: 'score' },
 };
 
-const MODEL_TYPES: Record<string, ModelArch> = { llama: 'llama', mistral: 'mistral', qwen2: 'qwen2', qwen3: 'qwen3', gpt2: 'gpt2' };
+const MODEL_TYPES: Record<string, ModelArch> = { llama: 'llama', mistral: 'mistral', qwen2: 'qwen2', qwen3: 'qwen3', phi3: 'phi3', gemma3_text: 'gemma3', gpt2: 'gpt2' };
+/** config.json's model_type of each arch. */
+const MODEL_TYPE_OF: Record<ModelArch, string> = { llama: 'llama', mistral: 'mistral', qwen2: 'qwen2', qwen3: 'qwen3', phi3: 'phi3', gemma3: 'gemma3_text', gpt2: 'gpt2' };
 
 export const SUPPORTED_ARCHITECTURES: readonly string[] = Object.keys(ARCHITECTURES);
 
@@ -102,92 +125,6 @@ export const SUPPORTED_ARCHITECTURES: readonly string[] = Object.keys(ARCHITECTU
 export function architectureName(arch: ModelArch, head: ModelHead): string {
   for (const [name, e] of Object.entries(ARCHITECTURES)) if (e.arch === arch && e.head === head) return name;
   throw new RlhfError('E_ARGUMENT', `no architecture for arch ${arch} with head ${head}`);
-}
-
-type Json = Record<string, unknown>;
-
-function fail(file: string, message: string, key?: string): never {
-  throw new RlhfError('E_CONFIG', `${file}: ${message}`, { where: key ? `${file}:${key}` : file });
-}
-
-/** Reads typed keys from one JSON object, with messages naming the key and the file. */
-class Reader {
-  constructor(
-    readonly obj: Json,
-    readonly file: string,
-    readonly prefix = '',
-  ) {}
-
-  has(key: string): boolean {
-    return this.obj[key] !== undefined && this.obj[key] !== null;
-  }
-
-  private name(key: string): string {
-    return this.prefix + key;
-  }
-
-  /** A positive integer; `fallback` undefined means required. */
-  posInt(key: string, fallback?: number): number {
-    const v = this.obj[key];
-    if (v === undefined || v === null) {
-      if (fallback === undefined) fail(this.file, `required key "${this.name(key)}" is missing`, this.name(key));
-      return fallback;
-    }
-    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0)
-      fail(this.file, `"${this.name(key)}" must be a positive integer, got ${JSON.stringify(v)}`, this.name(key));
-    return v;
-  }
-
-  posNum(key: string, fallback?: number): number {
-    const v = this.obj[key];
-    if (v === undefined || v === null) {
-      if (fallback === undefined) fail(this.file, `required key "${this.name(key)}" is missing`, this.name(key));
-      return fallback;
-    }
-    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0)
-      fail(this.file, `"${this.name(key)}" must be a positive number, got ${JSON.stringify(v)}`, this.name(key));
-    return v;
-  }
-
-  bool(key: string, fallback: boolean): boolean {
-    const v = this.obj[key];
-    if (v === undefined || v === null) return fallback;
-    if (typeof v !== 'boolean') fail(this.file, `"${this.name(key)}" must be true or false, got ${JSON.stringify(v)}`, this.name(key));
-    return v;
-  }
-
-  str(key: string, fallback: string): string {
-    const v = this.obj[key];
-    if (v === undefined || v === null) return fallback;
-    if (typeof v !== 'string') fail(this.file, `"${this.name(key)}" must be a string, got ${JSON.stringify(v)}`, this.name(key));
-    return v;
-  }
-
-  /** A token id: non-negative integer or null. */
-  tokenId(key: string): number | null {
-    const v = this.obj[key];
-    if (v === undefined || v === null) return null;
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0)
-      fail(this.file, `"${this.name(key)}" must be a token id (integer >= 0), got ${JSON.stringify(v)}`, this.name(key));
-    return v;
-  }
-
-  tokenIds(key: string): number[] {
-    const v = this.obj[key];
-    if (v === undefined || v === null) return [];
-    const list = Array.isArray(v) ? v : [v];
-    for (const x of list)
-      if (typeof x !== 'number' || !Number.isInteger(x) || x < 0)
-        fail(this.file, `"${this.name(key)}" must be a token id or a list of them, got ${JSON.stringify(v)}`, this.name(key));
-    return list as number[];
-  }
-
-  /** One value read under either of two names (e.g. GPT-2's n_embd / hidden_size); both present and different is an error. */
-  alias<T>(a: string, b: string, read: (key: string) => T): T {
-    if (this.has(a) && this.has(b) && this.obj[a] !== this.obj[b])
-      fail(this.file, `contradictory keys "${this.name(a)}" (${JSON.stringify(this.obj[a])}) and "${this.name(b)}" (${JSON.stringify(this.obj[b])})`, this.name(a));
-    return read(this.has(a) || !this.has(b) ? a : b);
-  }
 }
 
 function identify(r: Reader): { architecture: string; entry: ArchEntry } {
@@ -211,57 +148,6 @@ function identify(r: Reader): { architecture: string; entry: ArchEntry } {
   if (!arch) fail(r.file, `unsupported model_type "${modelType}"; ${supported}`, 'model_type');
   const entry: ArchEntry = { arch, head: 'lm' };
   return { architecture: architectureName(arch, 'lm'), entry };
-}
-
-/** rope_theta + rope_scaling (transformers v4) or rope_parameters (v5); both present must agree. */
-function parseRope(r: Reader): RopeConfig {
-  const params = r.obj.rope_parameters;
-  const scaling = r.obj.rope_scaling;
-  const fromDict = (d: unknown, key: string): { theta?: number; scaling: RopeScaling } => {
-    if (d === undefined || d === null) return { scaling: { type: 'none' } };
-    if (typeof d !== 'object' || Array.isArray(d)) fail(r.file, `"${key}" must be an object, got ${JSON.stringify(d)}`, key);
-    const dr = new Reader(d as Json, r.file, `${key}.`);
-    if (!dr.has('rope_type') && !dr.has('type') && !dr.has('rope_theta'))
-      fail(r.file, `"${key}" has no "rope_type" (per-layer-type rope parameters are not supported)`, key);
-    const type = dr.alias('rope_type', 'type', (k) => dr.str(k, 'default'));
-    const theta = dr.has('rope_theta') ? dr.posNum('rope_theta') : undefined;
-    switch (type) {
-      case 'default':
-        return { theta, scaling: { type: 'none' } };
-      case 'linear':
-        return { theta, scaling: { type: 'linear', factor: dr.posNum('factor') } };
-      case 'llama3':
-        return {
-          theta,
-          scaling: {
-            type: 'llama3',
-            factor: dr.posNum('factor'),
-            lowFreqFactor: dr.posNum('low_freq_factor'),
-            highFreqFactor: dr.posNum('high_freq_factor'),
-            originalMaxPositions: dr.posInt('original_max_position_embeddings'),
-          },
-        };
-      default:
-        return fail(
-          r.file,
-          `unsupported RoPE type "${type}" in "${key}" (dynamic NTK, YaRN and LongRoPE are not implemented); supported: default, linear, llama3`,
-          key,
-        );
-    }
-  };
-  const v5 = fromDict(params, 'rope_parameters');
-  const v4 = fromDict(scaling, 'rope_scaling');
-  const v4Theta = r.has('rope_theta') ? r.posNum('rope_theta') : undefined;
-  if (params !== undefined && params !== null) {
-    if (v4Theta !== undefined && v5.theta !== undefined && v4Theta !== v5.theta)
-      fail(r.file, `contradictory keys "rope_theta" (${v4Theta}) and "rope_parameters.rope_theta" (${v5.theta})`, 'rope_theta');
-    if (scaling !== undefined && scaling !== null && JSON.stringify(v4.scaling) !== JSON.stringify(v5.scaling))
-      fail(r.file, `contradictory keys "rope_scaling" and "rope_parameters"`, 'rope_scaling');
-  }
-  const scal = params !== undefined && params !== null ? v5.scaling : v4.scaling;
-  if (scal.type === 'llama3' && scal.highFreqFactor <= scal.lowFreqFactor)
-    fail(r.file, `"high_freq_factor" must be greater than "low_freq_factor" for llama3 RoPE scaling`, 'rope_scaling');
-  return { theta: v5.theta ?? v4Theta ?? 10000, scaling: scal };
 }
 
 function parseDtype(r: Reader): TorchDtype | null {
@@ -324,8 +210,8 @@ function parseLlama(r: Reader, arch: Exclude<ModelArch, 'gpt2'>, common: Common)
   if (r.has('head_dim')) {
     headDim = r.posInt('head_dim');
     if (headDim % 2 !== 0) fail(file, `"head_dim" (${headDim}) must be even for RoPE`, 'head_dim');
-  } else if (arch === 'qwen3') {
-    headDim = 128; // Qwen3Config's default: head_dim does not follow hidden_size
+  } else if (arch === 'qwen3' || arch === 'gemma3') {
+    headDim = arch === 'qwen3' ? 128 : 256; // the configs' defaults: head_dim does not follow hidden_size
   } else {
     if (hiddenSize % numHeads !== 0)
       fail(file, `"hidden_size" (${hiddenSize}) must be divisible by "num_attention_heads" (${numHeads}) when "head_dim" is absent`, 'num_attention_heads');
@@ -334,19 +220,21 @@ function parseLlama(r: Reader, arch: Exclude<ModelArch, 'gpt2'>, common: Common)
       fail(file, `head_dim = "hidden_size" / "num_attention_heads" = ${headDim} must be even for RoPE`, 'num_attention_heads');
   }
   // transformers' per-class defaults for max_position_embeddings.
-  const defaultMaxPos = { llama: 2048, mistral: 4096 * 32, qwen2: 32768, qwen3: 32768 }[arch];
+  const defaultMaxPos = { llama: 2048, mistral: 4096 * 32, qwen2: 32768, qwen3: 32768, phi3: 4096, gemma3: 131072 }[arch];
   const maxPositions = r.posInt('max_position_embeddings', defaultMaxPos);
-  const hiddenAct = r.str('hidden_act', 'silu');
-  if (hiddenAct !== 'silu' && hiddenAct !== 'swish')
-    fail(file, `unsupported "hidden_act" "${hiddenAct}" for ${arch}; supported: silu`, 'hidden_act');
+  const actKey = arch === 'gemma3' ? 'hidden_activation' : 'hidden_act';
+  const hiddenAct = r.str(actKey, arch === 'gemma3' ? 'gelu_pytorch_tanh' : 'silu');
+  const acts = arch === 'gemma3' ? ['gelu_pytorch_tanh', 'gelu_new'] : ['silu', 'swish'];
+  if (!acts.includes(hiddenAct)) fail(file, `unsupported "${actKey}" "${hiddenAct}" for ${arch}; supported: ${acts.join(', ')}`, actKey);
   // Qwen2: q/k/v always biased, o_proj never; Llama and Qwen3: attention_bias on all four; Mistral: none.
-  const attnBias = arch === 'llama' || arch === 'qwen3' ? r.bool('attention_bias', false) : false;
+  const attnBias = arch === 'llama' || arch === 'qwen3' || arch === 'gemma3' ? r.bool('attention_bias', false) : false;
   const qkvBias = arch === 'qwen2' ? true : attnBias;
   const warnings: string[] = [];
   let slidingWindow: number | null = null;
-  const windowActive = arch === 'mistral' ? r.has('sliding_window') : arch === 'qwen2' || arch === 'qwen3' ? r.bool('use_sliding_window', false) : false;
+  const gemma = arch === 'gemma3' ? parseGemma3(r, hiddenSize, r.posInt('num_hidden_layers'), common.torchDtype) : null;
+  const windowActive = gemma ? gemma.layerTypes.includes('sliding_attention') : arch === 'mistral' || arch === 'phi3' ? r.has('sliding_window') : arch === 'qwen2' || arch === 'qwen3' ? r.bool('use_sliding_window', false) : false;
   if (windowActive) {
-    const w = r.posInt('sliding_window');
+    const w = r.posInt('sliding_window', arch === 'gemma3' ? 4096 : undefined);
     if (w < maxPositions) {
       slidingWindow = w;
       warnings.push(
@@ -354,6 +242,19 @@ function parseLlama(r: Reader, arch: Exclude<ModelArch, 'gpt2'>, common: Common)
       );
     }
   }
+  // Partial rotary (Phi-3, Phi-4-mini): top level or inside the rope dict, as transformers reads it.
+  const ropeDict = [r.obj.rope_parameters, r.obj.rope_scaling].find((d) => d && typeof d === 'object' && !Array.isArray(d)) as Record<string, unknown> | undefined;
+  const prfKey = r.has('partial_rotary_factor') ? 'partial_rotary_factor' : undefined;
+  const prf = prfKey ? r.posNum(prfKey) : typeof ropeDict?.partial_rotary_factor === 'number' ? ropeDict.partial_rotary_factor : 1;
+  if (prf !== 1 && arch !== 'phi3') fail(file, `"partial_rotary_factor" is not supported for ${arch}`, 'partial_rotary_factor');
+  const rotaryDim = Math.floor(headDim * prf);
+  if (!(prf > 0 && prf <= 1) || rotaryDim < 2 || rotaryDim % 2 !== 0)
+    fail(file, `"partial_rotary_factor" ${prf} gives rotary dim ${rotaryDim} of head_dim ${headDim}; it must be even, between 2 and head_dim`, 'partial_rotary_factor');
+  const rope = gemma ? parseGemma3Rope(r, maxPositions) : parseRope(r, maxPositions, arch === 'phi3');
+  if (rope.scaling.type === 'longrope')
+    for (const k of ['shortFactor', 'longFactor'] as const)
+      if (rope.scaling[k].length !== rotaryDim / 2)
+        fail(file, `longrope "${k === 'shortFactor' ? 'short_factor' : 'long_factor'}" has ${rope.scaling[k].length} entries; rotary dim ${rotaryDim} needs ${rotaryDim / 2}`, 'rope_scaling');
   return {
     arch,
     ...common,
@@ -366,17 +267,73 @@ function parseLlama(r: Reader, arch: Exclude<ModelArch, 'gpt2'>, common: Common)
     headDim,
     maxPositions,
     maxSequenceLength: slidingWindow ?? maxPositions,
-    normEps: r.posNum('rms_norm_eps', 1e-6),
-    rope: parseRope(r),
+    normEps: r.posNum('rms_norm_eps', arch === 'phi3' ? 1e-5 : 1e-6),
+    rope,
+    rotaryDim,
+    fusedProj: arch === 'phi3',
     qkvBias,
     oBias: attnBias,
     mlpBias: arch === 'llama' ? r.bool('mlp_bias', false) : false,
-    qkNorm: arch === 'qwen3',
-    tieWordEmbeddings: r.bool('tie_word_embeddings', false),
-    hiddenAct: 'silu',
+    qkNorm: arch === 'qwen3' || arch === 'gemma3',
+    gemma,
+    tieWordEmbeddings: r.bool('tie_word_embeddings', arch === 'gemma3'),
+    hiddenAct: arch === 'gemma3' ? 'gelu_pytorch_tanh' : 'silu',
     slidingWindow,
     warnings,
   };
+}
+
+/** sqrt(x) as a float32, then rounded to bfloat16 / float16 when the checkpoint is in that dtype (nearest even). */
+function roundAs(x: number, dtype: TorchDtype | null): number {
+  const f = Math.fround(x);
+  if (dtype === 'bfloat16') {
+    const b = new Uint32Array(new Float32Array([f]).buffer)[0];
+    const r = (b + 0x7fff + ((b >>> 16) & 1)) & 0xffff0000;
+    return new Float32Array(new Uint32Array([r >>> 0]).buffer)[0];
+  }
+  if (dtype === 'float16') {
+    const e = Math.floor(Math.log2(f));
+    const q = 2 ** (e - 10);
+    const m = f / q, lo = Math.floor(m);
+    return (m - lo > 0.5 || (m - lo === 0.5 && lo % 2 === 1) ? lo + 1 : lo) * q;
+  }
+  return f;
+}
+
+function parseGemma3(r: Reader, hiddenSize: number, numLayers: number, dtype: TorchDtype | null): GemmaParts {
+  const file = r.file;
+  for (const k of ['final_logit_softcapping', 'attn_logit_softcapping'])
+    if (r.has(k)) fail(file, `"${k}" (soft-capping) is not implemented; only configs with it null are supported`, k);
+  if (r.bool('use_bidirectional_attention', false)) fail(file, `"use_bidirectional_attention": true is not supported`, 'use_bidirectional_attention');
+  let layerTypes: GemmaParts['layerTypes'];
+  const lt = r.obj.layer_types;
+  if (lt !== undefined && lt !== null) {
+    if (!Array.isArray(lt) || lt.length !== numLayers || lt.some((x) => x !== 'sliding_attention' && x !== 'full_attention'))
+      fail(file, `"layer_types" must list "sliding_attention" or "full_attention" for each of the ${numLayers} layers`, 'layer_types');
+    layerTypes = lt as GemmaParts['layerTypes'];
+  } else {
+    const pattern = r.posInt('sliding_window_pattern', 6); // every pattern-th layer is global
+    layerTypes = Array.from({ length: numLayers }, (_, i) => ((i + 1) % pattern ? 'sliding_attention' : 'full_attention'));
+  }
+  const params = r.obj.rope_parameters as Json | undefined;
+  const local = params && typeof params === 'object' ? (params.sliding_attention as Json | undefined) : undefined;
+  let localRopeTheta = r.posNum('rope_local_base_freq', 10000);
+  if (local && typeof local === 'object') {
+    const lr = new Reader(local, file, 'rope_parameters.sliding_attention.');
+    if (lr.str('rope_type', 'default') !== 'default') fail(file, `only default RoPE is supported for the sliding-window layers`, 'rope_parameters');
+    if (lr.has('rope_theta')) localRopeTheta = lr.posNum('rope_theta');
+  }
+  return { embedScale: roundAs(Math.sqrt(hiddenSize), dtype), queryPreAttnScalar: r.posNum('query_pre_attn_scalar', 256), layerTypes, localRopeTheta };
+}
+
+/** Gemma 3's global RoPE: rope_parameters.full_attention (v5) or rope_theta + rope_scaling (v4); base 1e6 by default. */
+function parseGemma3Rope(r: Reader, maxPositions: number) {
+  const params = r.obj.rope_parameters as Json | undefined;
+  const full = params && typeof params === 'object' && 'full_attention' in params ? (params.full_attention as Json) : undefined;
+  const obj: Json = full ? { rope_parameters: full } : { rope_theta: r.obj.rope_theta, rope_scaling: r.obj.rope_scaling };
+  const rope = parseRope(new Reader(obj, r.file), maxPositions, false);
+  const given = full ? (full as Json).rope_theta : r.obj.rope_theta;
+  return given === undefined || given === null ? { ...rope, theta: 1_000_000 } : rope;
 }
 
 function parseGpt2(r: Reader, common: Common): ModelConfig {
@@ -410,7 +367,10 @@ function parseGpt2(r: Reader, common: Common): ModelConfig {
     qkvBias: true,
     oBias: true,
     mlpBias: true,
+    rotaryDim: hiddenSize / numHeads,
+    fusedProj: false,
     qkNorm: false,
+    gemma: null,
     tieWordEmbeddings: r.bool('tie_word_embeddings', true),
     hiddenAct: act,
     slidingWindow: null,
@@ -438,25 +398,6 @@ export function readModelConfig(dirOrFile: string): ModelConfig {
   return parseModelConfig(json, file);
 }
 
-const ROPE_OUT = (rope: RopeConfig): Json | null => {
-  const s = rope.scaling;
-  switch (s.type) {
-    case 'none':
-      return null;
-    case 'linear':
-      // `type` too, for transformers versions before `rope_type` (< 4.42).
-      return { rope_type: 'linear', type: 'linear', factor: s.factor };
-    case 'llama3':
-      return {
-        rope_type: 'llama3',
-        factor: s.factor,
-        low_freq_factor: s.lowFreqFactor,
-        high_freq_factor: s.highFreqFactor,
-        original_max_position_embeddings: s.originalMaxPositions,
-      };
-  }
-};
-
 /**
  * The standard transformers config.json for a ModelConfig (transformers v4
  * key names, which v5 still reads: `torch_dtype`, `rope_theta` +
@@ -464,7 +405,7 @@ const ROPE_OUT = (rope: RopeConfig): Json | null => {
  * model trained without them should not grow them when loaded elsewhere.
  */
 export function modelConfigToHf(cfg: ModelConfig): Json {
-  const out: Json = { architectures: [cfg.architecture], model_type: cfg.arch };
+  const out: Json = { architectures: [cfg.architecture], model_type: MODEL_TYPE_OF[cfg.arch] };
   if (cfg.arch === 'gpt2') {
     Object.assign(out, {
       vocab_size: cfg.vocabSize,
@@ -493,12 +434,28 @@ export function modelConfigToHf(cfg: ModelConfig): Json {
       max_position_embeddings: cfg.maxPositions,
       rms_norm_eps: cfg.normEps,
       rope_theta: cfg.rope?.theta ?? 10000,
-      rope_scaling: cfg.rope ? ROPE_OUT(cfg.rope) : null,
+      rope_scaling: cfg.rope ? ropeToHf(cfg.rope) : null,
       hidden_act: cfg.hiddenAct,
       attention_dropout: 0.0,
     });
     if (cfg.arch === 'llama') Object.assign(out, { attention_bias: cfg.oBias, mlp_bias: cfg.mlpBias });
     if (cfg.arch === 'mistral') out.sliding_window = cfg.slidingWindow;
+    if (cfg.gemma)
+      Object.assign(out, {
+        hidden_activation: cfg.hiddenAct,
+        attention_bias: cfg.oBias,
+        query_pre_attn_scalar: cfg.gemma.queryPreAttnScalar,
+        layer_types: cfg.gemma.layerTypes,
+        sliding_window: cfg.slidingWindow ?? cfg.maxPositions,
+        rope_local_base_freq: cfg.gemma.localRopeTheta,
+        final_logit_softcapping: null,
+        attn_logit_softcapping: null,
+      });
+    if (cfg.arch === 'phi3') {
+      out.sliding_window = cfg.slidingWindow;
+      out.partial_rotary_factor = cfg.rotaryDim / cfg.headDim;
+      if (cfg.rope?.scaling.type === 'longrope') out.original_max_position_embeddings = cfg.rope.scaling.originalMaxPositions;
+    }
     if (cfg.arch === 'qwen3') out.attention_bias = cfg.oBias;
     if (cfg.arch === 'qwen2' || cfg.arch === 'qwen3')
       Object.assign(out, {

@@ -35,8 +35,9 @@ function llamaTensors(c: ModelConfig): TensorSpec[] {
   for (let l = 0; l < c.numLayers; l++) {
     const p = `model.layers.${l}.`;
     out.push({ name: `${p}input_layernorm.weight`, shape: [H], kind: 'norm' });
-    // nn.Linear stores [out_features, in_features].
-    for (const [n, rows] of [['q', q], ['k', kv], ['v', kv]] as const) {
+    // nn.Linear stores [out_features, in_features]. Phi-3 fuses q|k|v and gate|up.
+    if (c.fusedProj) out.push({ name: `${p}self_attn.qkv_proj.weight`, shape: [q + 2 * kv, H], kind: 'matrix' });
+    else for (const [n, rows] of [['q', q], ['k', kv], ['v', kv]] as const) {
       out.push({ name: `${p}self_attn.${n}_proj.weight`, shape: [rows, H], kind: 'matrix' });
       if (c.qkvBias) out.push({ name: `${p}self_attn.${n}_proj.bias`, shape: [rows], kind: 'bias' });
     }
@@ -45,7 +46,9 @@ function llamaTensors(c: ModelConfig): TensorSpec[] {
     out.push({ name: `${p}self_attn.o_proj.weight`, shape: [H, q], kind: 'matrix' });
     if (c.oBias) out.push({ name: `${p}self_attn.o_proj.bias`, shape: [H], kind: 'bias' });
     out.push({ name: `${p}post_attention_layernorm.weight`, shape: [H], kind: 'norm' });
-    for (const [n, shape] of [['gate', [I, H]], ['up', [I, H]], ['down', [H, I]]] as const) {
+    if (c.gemma) for (const n of ['pre_feedforward_layernorm', 'post_feedforward_layernorm']) out.push({ name: `${p}${n}.weight`, shape: [H], kind: 'norm' });
+    const mlp = c.fusedProj ? ([['gate_up', [2 * I, H]], ['down', [H, I]]] as const) : ([['gate', [I, H]], ['up', [I, H]], ['down', [H, I]]] as const);
+    for (const [n, shape] of mlp) {
       out.push({ name: `${p}mlp.${n}_proj.weight`, shape: [...shape], kind: 'matrix' });
       if (c.mlpBias) out.push({ name: `${p}mlp.${n}_proj.bias`, shape: [shape[0]], kind: 'bias' });
     }

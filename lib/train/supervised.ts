@@ -23,7 +23,7 @@ import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { RlhfError } from '../errors';
 import { loadModel, type LoadModelOptions, type Model } from '../engine/model';
-import { GPT2_LORA_TARGETS, LLAMA_LORA_TARGETS, loraModules, type Trainer } from '../engine/train';
+import { allLinearTargets, loraModules, type Trainer } from '../engine/train';
 import { readAdapterConfig } from '../model/peft';
 import { openModelFolder } from '../model/folder';
 import type { ModelConfig } from '../model/config';
@@ -177,7 +177,7 @@ function setUpTrainable<C extends ResolvedSupervised>(method: SupervisedMethod<C
     return trainer.trainable().reduce((s, t) => s + t.shape.reduce((a, b) => a * b, 1), 0);
   }
   if (cfg.adapter) return trainer.loadLora(cfg.adapter, name).parameters;
-  const targets = cfg.loraTargets === 'all-linear' ? (mcfg.arch === 'gpt2' ? GPT2_LORA_TARGETS : LLAMA_LORA_TARGETS) : cfg.loraTargets;
+  const targets = cfg.loraTargets === 'all-linear' ? allLinearTargets(mcfg) : cfg.loraTargets;
   const head = method.newAdapterHead?.(cfg, mcfg);
   return trainer.createLora({ name, r: cfg.loraR, alpha: cfg.loraAlpha, rslora: cfg.rslora, dropout: cfg.loraDropout, targets, seed: cfg.seed, head }).parameters;
 }

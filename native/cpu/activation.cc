@@ -10,7 +10,11 @@ namespace rlhf::cpu {
 void CpuBackend::swiglu(const SwigluOp& op) {
   const VecKernels& v = vec();
   pool_.parallel_for(op.n, [&](int64_t i, int) {
-    v.silu_mul(op.gate + i * op.ld_in, op.up + i * op.ld_in, op.out + i * op.ld_out, op.dim);
+    const float* g = op.gate + i * op.ld_in;
+    const float* u = op.up + i * op.ld_in;
+    float* y = op.out + i * op.ld_out;
+    if (!op.gelu) return v.silu_mul(g, u, y, op.dim);
+    for (int64_t j = 0; j < op.dim; ++j) y[j] = math::gelu_tanh(g[j]) * u[j];  // GeGLU
   });
 }
 
@@ -32,7 +36,12 @@ void CpuBackend::swiglu_backward(const SwigluBackwardOp& op) {
     const float* dy = op.dout + i * op.ld_out;
     float* dg = op.dgate + i * op.ld_in;
     float* du = op.dup + i * op.ld_in;
-    v.swiglu_grad(g, u, dy, dg, du, op.dim);
+    if (!op.gelu) return v.swiglu_grad(g, u, dy, dg, du, op.dim);
+    for (int64_t j = 0; j < op.dim; ++j) {  // GeGLU: y = gelu(g) u
+      const float gj = g[j], dyj = dy[j];
+      du[j] = dyj * math::gelu_tanh(gj);
+      dg[j] = dyj * u[j] * math::gelu_tanh_grad(gj);
+    }
   });
 }
 void CpuBackend::gelu_backward(const GeluBackwardOp& op) {

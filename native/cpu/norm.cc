@@ -36,7 +36,9 @@ void CpuBackend::rmsnorm(const RmsNormOp& op) {
     const float ms = v.sum_sq(x, op.dim) / static_cast<float>(op.dim);
     const float rstd = 1.f / std::sqrt(ms + op.eps);
     if (op.rstd) op.rstd[i] = rstd;
-    v.scale_mul(x, rstd, op.weight, op.out + i * op.dim, op.dim);
+    if (op.weight_offset == 0.f) return v.scale_mul(x, rstd, op.weight, op.out + i * op.dim, op.dim);
+    float* out = op.out + i * op.dim;
+    for (int64_t j = 0; j < op.dim; ++j) out[j] = x[j] * rstd * (op.weight_offset + op.weight[j]);
   });
 }
 
@@ -65,9 +67,10 @@ void CpuBackend::rmsnorm_backward(const RmsNormBackwardOp& op) {
     float* dx = op.dx + i * op.dim;
     const float r = op.rstd[i];
     const float* w = op.weight;
-    const double dot = lane_sum(op.dim, [&](int64_t j) { return static_cast<double>(w[j]) * dy[j] * x[j]; });
+    const float off = op.weight_offset;
+    const double dot = lane_sum(op.dim, [&](int64_t j) { return static_cast<double>(off + w[j]) * dy[j] * x[j]; });
     const float c = static_cast<float>(dot) * r * r * r / static_cast<float>(op.dim);
-    for (int64_t j = 0; j < op.dim; ++j) dx[j] += r * op.weight[j] * dy[j] - c * x[j];
+    for (int64_t j = 0; j < op.dim; ++j) dx[j] += r * (off + w[j]) * dy[j] - c * x[j];
   });
   if (op.dweight)
     column_reduce(pool_, op.dim, [&](int64_t c0, int64_t c1) {

@@ -138,7 +138,8 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
   auto norm_bwd = [&](const float* x, const float* wgt, const float* sa, const float* sb) {
     if (llama) {
       RmsNormBackwardOp op;
-      op.n = N, op.dim = H, op.x = x, op.weight = wgt, op.rstd = sa, op.dout = dxn, op.dx = dres, op.dweight = grad_of(wgt);
+      op.n = N, op.dim = H, op.x = x, op.weight = wgt, op.weight_offset = c.norm_offset, op.rstd = sa, op.dout = dxn, op.dx = dres;
+      op.dweight = grad_of(wgt);
       be_.rmsnorm_backward(op);
     } else {
       LayerNormBackwardOp op;
@@ -215,7 +216,8 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
     float* din = bwd_.dhn_in.zeros(be_, N * nh * D);
     be_.copy2d(dout, width, dqkv + col, static_cast<size_t>(QKV) * f, width, static_cast<size_t>(N));
     RmsNormBackwardOp op;
-    op.n = N * nh, op.dim = D, op.x = x_in, op.weight = wgt, op.rstd = rstd, op.dout = dout, op.dx = din, op.dweight = grad_of(wgt);
+    op.n = N * nh, op.dim = D, op.x = x_in, op.weight = wgt, op.weight_offset = c.norm_offset, op.rstd = rstd, op.dout = dout, op.dx = din;
+    op.dweight = grad_of(wgt);
     be_.rmsnorm_backward(op);
     be_.copy2d(dqkv + col, static_cast<size_t>(QKV) * f, din, width, width, static_cast<size_t>(N));
   };
@@ -226,6 +228,17 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
   for (int32_t p : a.positions) max_pos = std::max(max_pos, p);
   ensure_rope(max_pos + 1);
 
+  // Gemma's post norm of a block output x [N, H]: the normed rows joined the
+  // residual stream, so their gradient is dres; returns d x (bwd_.dpost).
+  auto post_norm_bwd = [&](const float* x, const float* wgt, const float* rstd) -> float* {
+    float* dx = bwd_.dpost.zeros(be_, N * H);
+    RmsNormBackwardOp op;
+    op.n = N, op.dim = H, op.x = x, op.weight = wgt, op.weight_offset = c.norm_offset, op.rstd = rstd, op.dout = dres, op.dx = dx;
+    op.dweight = grad_of(wgt);
+    be_.rmsnorm_backward(op);
+    return dx;
+  };
+
   // Final norm: its input is the residual after the last layer.
   norm_bwd(a.xf.data(), w.final_norm_w, a.statfa.data(), a.statfb.empty() ? nullptr : a.statfb.data());
   norm_bias_grad(w.final_norm_b);
@@ -233,13 +246,15 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
   for (int64_t l = c.layers - 1; l >= 0; --l) {
     const LayerWeights& L = w.layers[static_cast<size_t>(l)];
     LayerActs& A = a.layers[static_cast<size_t>(l)];
-    // MLP: tmp = act W_out^T (+ LoRA) was added to the residual, so d tmp = dres.
-    linear_bwd(dres, H, A.act.data(), F, L.w_out, L.w_out16, L.b_out, H, dact, false);
-    lora_bwd(l, {Proj::kDown, Proj::kMlpCProj}, dres, H, A.act.data(), dact);
+    // MLP: tmp = act W_out^T (+ LoRA) was added to the residual, so d tmp = dres
+    // (Gemma: through the post-feedforward norm first).
+    const float* dmlp_o = c.sandwich_norm ? post_norm_bwd(A.mlp_o.data(), L.post_ff_norm_w, A.stat_pf.data()) : dres;
+    linear_bwd(dmlp_o, H, A.act.data(), F, L.w_out, L.w_out16, L.b_out, H, dact, false);
+    lora_bwd(l, {Proj::kDown, Proj::kMlpCProj}, dmlp_o, H, A.act.data(), dact);
     if (llama) {
       SwigluBackwardOp s;
       s.n = N, s.dim = F, s.gate = A.mlp.data(), s.up = A.mlp.data() + F, s.ld_in = 2 * F, s.dout = dact, s.ld_out = F;
-      s.dgate = dmlp, s.dup = dmlp + F;
+      s.dgate = dmlp, s.dup = dmlp + F, s.gelu = c.geglu;
       be_.swiglu_backward(s);
     } else {
       GeluBackwardOp g;
@@ -250,12 +265,13 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
     lora_bwd(l, {Proj::kGate, Proj::kUp, Proj::kCFc, Proj::kGateUp}, dmlp, MLP, A.xn2.data(), dxn);
     norm_bwd(A.x2.data(), L.norm2_w, A.stat2a.data(), A.stat2b.empty() ? nullptr : A.stat2b.data());
     norm_bias_grad(L.norm2_b);
-    // Attention: its output projection was added to the residual.
-    linear_bwd(dres, H, A.att.data(), Q, L.wo, L.wo16, L.bo, H, datt, false);
-    lora_bwd(l, {Proj::kO, Proj::kAttnCProj}, dres, H, A.att.data(), datt);
+    // Attention: its output projection was added to the residual (Gemma: through the post-attention norm).
+    const float* datt_o = c.sandwich_norm ? post_norm_bwd(A.att_o.data(), L.post_attn_norm_w, A.stat_pa.data()) : dres;
+    linear_bwd(datt_o, H, A.att.data(), Q, L.wo, L.wo16, L.bo, H, datt, false);
+    lora_bwd(l, {Proj::kO, Proj::kAttnCProj}, datt_o, H, A.att.data(), datt);
     AttentionBackwardOp ab;
     ab.batch = B, ab.seq = T, ab.heads = c.heads, ab.kv_heads = c.kv_heads, ab.head_dim = D;
-    ab.scale = 1.f / std::sqrt(static_cast<float>(D));
+    ab.scale = c.attention_scale();
     ab.q = A.qkv.data(), ab.k = A.qkv.data() + Q, ab.v = A.qkv.data() + Q + KV, ab.ldq = ab.ldk = ab.ldv = QKV;
     ab.mask = a.mask_d.data(), ab.out = A.att.data(), ab.dout = datt, ab.ldo = Q, ab.lse = A.lse.data();
     ab.dq = dqkv, ab.dk = dqkv + Q, ab.dv = dqkv + Q + KV;
@@ -263,7 +279,8 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
     if (llama) {  // undo the rotation of q and k
       RopeOp r;
       r.n = N, r.heads = c.heads + c.kv_heads, r.head_dim = D, r.rotary_dim = c.rot_dim(), r.x = dqkv, r.ld = QKV;
-      r.positions = a.positions_d.data(), r.cos = rope_cos_.data(), r.sin = rope_sin_.data(), r.inverse = true;
+      r.positions = a.positions_d.data(), r.inverse = true;
+      r.cos = (c.is_local(l) ? rope_cos_local_ : rope_cos_).data(), r.sin = (c.is_local(l) ? rope_sin_local_ : rope_sin_).data();
       be_.rope(r);
     }
     if (c.qk_norm) {  // through the per-head q/k norms, in place on dqkv
@@ -277,6 +294,11 @@ void Transformer::backward(const float* dlogp_in, const float* dentropy_in, cons
   }
   if (full_) {
     EmbeddingBackwardOp e;
+    if (c.embed_scale != 1.f) {  // Gemma: x = embed * scale
+      ScaleOp s;
+      s.n = N * H, s.x = dres, s.factor = c.embed_scale;
+      be_.scale(s);
+    }
     e.n = N, e.dim = H, e.rows = c.vocab, e.ids = a.ids_d.data(), e.dout = dres, e.dtable = grad_of(w.embed);
     e.positions = llama ? nullptr : a.positions_d.data(), e.dpos_table = llama ? nullptr : grad_of(w.pos_embed);
     be_.embedding_backward(e);

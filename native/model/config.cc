@@ -18,9 +18,20 @@ void Config::validate() const {
   if (rope_scaling == RopeScaling::kLongrope &&
       (rope_short_factor.size() != static_cast<size_t>(rot_dim() / 2) || rope_long_factor.size() != static_cast<size_t>(rot_dim() / 2)))
     bad("longrope short_factor and long_factor need rotary_dim/2 entries each");
+  if (!local_layers.empty() && local_layers.size() != static_cast<size_t>(layers)) bad("layer types need one entry per layer");
   if (head_dim > 1024) bad("head_dim above 1024 is not supported");
   if (max_positions <= 0) bad("max_position_embeddings must be positive");
   if (!lm_head && num_labels <= 0) bad("a model needs an LM head or a score head");
+}
+
+float Config::attention_scale() const { return attn_scale > 0.f ? attn_scale : 1.f / std::sqrt(static_cast<float>(head_dim)); }
+
+std::vector<float> Config::inv_freq_local() const {
+  const int64_t dim = rot_dim();
+  std::vector<float> out(static_cast<size_t>(dim / 2));
+  for (int64_t j = 0; j < dim / 2; ++j)
+    out[static_cast<size_t>(j)] = static_cast<float>(1.0 / std::pow(rope_local_theta, static_cast<double>(2 * j) / static_cast<double>(dim)));
+  return out;
 }
 
 std::vector<float> Config::inv_freq(bool long_context) const {

@@ -33,7 +33,22 @@ struct Config {
   bool o_bias = false;    // attention_bias (Llama), GPT-2
   bool mlp_bias = false;
   bool fused_proj = false;  // Phi-3: q|k|v saved as one qkv_proj and gate|up as one gate_up_proj (tensors and LoRA modules)
-  bool qk_norm = false;   // Qwen3: RMSNorm over each q and k head (weights [head_dim]) before RoPE
+  bool qk_norm = false;
+  // Gemma 3: embeddings times embed_scale (sqrt(hidden) as the checkpoint's
+  // dtype rounds it), RMSNorm scale (norm_offset + w) = (1 + w), a norm on
+  // each block output before the residual add (post_attention_layernorm,
+  // post_feedforward_layernorm), GeGLU, attention scale
+  // query_pre_attn_scalar^-1/2, and sliding-window layers with their own
+  // RoPE base (default RoPE).
+  float embed_scale = 1.f;
+  float norm_offset = 0.f;
+  bool sandwich_norm = false;
+  bool geglu = false;
+  float attn_scale = 0.f;              // 0: 1/sqrt(head_dim)
+  std::vector<uint8_t> local_layers;   // [layers] 1 = sliding-window layer (local RoPE), or empty
+  double rope_local_theta = 10000.0;
+  bool is_local(int64_t l) const { return !local_layers.empty() && local_layers[static_cast<size_t>(l)]; }
+  float attention_scale() const;   // Qwen3: RMSNorm over each q and k head (weights [head_dim]) before RoPE
   bool tie_embeddings = false;
   bool lm_head = true;      // *ForCausalLM
   int64_t num_labels = 0;   // *ForSequenceClassification: score head rows
@@ -47,6 +62,7 @@ struct Config {
   int64_t rot_dim() const { return rotary_dim > 0 ? rotary_dim : head_dim; }
   // [rot_dim/2], scaling applied; long_context picks LongRoPE's long factors.
   std::vector<float> inv_freq(bool long_context = false) const;
+  std::vector<float> inv_freq_local() const;  // [rot_dim/2] of the local layers: rope_local_theta, no scaling
 };
 
 }  // namespace rlhf::model

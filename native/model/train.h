@@ -27,6 +27,7 @@ struct LayerActs {
   Buffer<float> qn_in, kn_in, qn_rstd, kn_rstd;  // q/k norm (Qwen3): q [rows, heads, D], k [rows, kv_heads, D] before it, rstd per head
   Buffer<float> x2, xn2, stat2a, stat2b;  // the same around norm2
   Buffer<float> mlp, act;                 // MLP pre-activation (gate|up or fc) and activation
+  Buffer<float> att_o, stat_pa, mlp_o, stat_pf;  // Gemma: o_proj and down_proj outputs before their post norms, rstd
 };
 
 // What the LM head reads and leaves per row of a [batch, seq] request; the

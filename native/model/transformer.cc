@@ -92,6 +92,17 @@ void Transformer::ensure_rope(int64_t max_pos) {
     }
   rope_cos_.upload(be_, cos_t);
   rope_sin_.upload(be_, sin_t);
+  if (!cfg_.local_layers.empty()) {  // Gemma 3's sliding-window layers: default RoPE on their own base
+    const std::vector<float> loc = cfg_.inv_freq_local();
+    for (int64_t p = 0; p < rows; ++p)
+      for (int64_t j = 0; j < half; ++j) {
+        const float a = static_cast<float>(p) * loc[static_cast<size_t>(j)];
+        cos_t[static_cast<size_t>(p * half + j)] = std::cos(a);
+        sin_t[static_cast<size_t>(p * half + j)] = std::sin(a);
+      }
+    rope_cos_local_.upload(be_, cos_t);
+    rope_sin_local_.upload(be_, sin_t);
+  }
   rope_rows_ = rows;
   rope_long_ = long_ctx;
 }
@@ -138,6 +149,11 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
   emb.pos_table = llama ? nullptr : w.pos_embed;
   emb.out = x;
   be_.embedding(emb);
+  if (c.embed_scale != 1.f) {  // Gemma: x = embed * sqrt(hidden)
+    ScaleOp s;
+    s.n = rows * H, s.x = x, s.factor = c.embed_scale;
+    be_.scale(s);
+  }
 
   // Where this layer's activations go: shared scratch for inference, the
   // layer's own buffers when training (the backward pass needs them all).
@@ -146,7 +162,7 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
     if (llama) {
       RmsNormOp op;
       op.n = rows, op.dim = H, op.eps = c.norm_eps, op.residual = x, op.delta = delta, op.weight = wgt, op.out = out;
-      op.rstd = stat_a;
+      op.weight_offset = c.norm_offset, op.rstd = stat_a;
       be_.rmsnorm(op);
     } else {
       LayerNormOp op;
@@ -217,11 +233,23 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
     float* out = grow(buf_.hn_out, rows * nh * D);
     be_.copy2d(in, width, qkv + col, static_cast<size_t>(QKV) * f, width, static_cast<size_t>(rows));
     RmsNormOp op;
-    op.n = rows * nh, op.dim = D, op.eps = c.norm_eps, op.residual = in, op.weight = wgt, op.out = out;
+    op.n = rows * nh, op.dim = D, op.eps = c.norm_eps, op.residual = in, op.weight = wgt, op.weight_offset = c.norm_offset, op.out = out;
     op.rstd = keep_rstd ? grow(*keep_rstd, rows * nh) : nullptr;
     be_.rmsnorm(op);
     be_.copy2d(qkv + col, static_cast<size_t>(QKV) * f, out, width, width, static_cast<size_t>(rows));
   };
+
+  // Gemma's norm of a block output (in [rows, H]) before it joins the
+  // residual stream; returns where the normed rows are.
+  auto post_norm = [&](const float* in, const float* wgt, Buffer<float>* keep_rstd) -> float* {
+    float* out = grow(buf_.post, rows * H);
+    RmsNormOp op;
+    op.n = rows, op.dim = H, op.eps = c.norm_eps, op.residual = const_cast<float*>(in), op.weight = wgt, op.weight_offset = c.norm_offset;
+    op.out = out, op.rstd = keep_rstd ? grow(*keep_rstd, rows) : nullptr;
+    be_.rmsnorm(op);
+    return out;
+  };
+  const float* delta = nullptr;  // what the next norm adds to the residual stream first (the last block's output)
 
   for (int64_t l = 0; l < c.layers; ++l) {
     const LayerWeights& L = w.layers[static_cast<size_t>(l)];
@@ -237,7 +265,7 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
     float* s2a = A ? grow(A->stat2a, rows) : nullptr;
     float* s2b = A && !llama ? grow(A->stat2b, rows) : nullptr;
 
-    norm(l == 0 ? nullptr : tmp, L.norm1_w, L.norm1_b, xn1, s1a, s1b);  // x += mlp_out(l-1); xn1 = norm(x)
+    norm(delta, L.norm1_w, L.norm1_b, xn1, s1a, s1b);  // x += mlp_out(l-1); xn1 = norm(x)
     if (A) be_.copy(grow(A->x1, rows * H), x, sizeof(float) * rows * H);
     adapted_linear(l, {Proj::kQ, Proj::kK, Proj::kV, Proj::kCAttn, Proj::kQkv}, xn1, H, L.wqkv, L.wqkv16, L.bqkv, QKV, qkv);  // [rows, Q + 2 KV]
     if (c.qk_norm) {  // Qwen3: each q head and each k head RMS-normed with its own [D] weight
@@ -247,43 +275,47 @@ void Transformer::body(int64_t rows, const int32_t* ids, const int32_t* position
     if (llama) {
       RopeOp r;
       r.n = rows, r.heads = c.heads + c.kv_heads, r.head_dim = D, r.rotary_dim = c.rot_dim(), r.x = qkv, r.ld = QKV;
-      r.positions = pos_d, r.cos = rope_cos_.data(), r.sin = rope_sin_.data();
+      r.positions = pos_d, r.cos = (c.is_local(l) ? rope_cos_local_ : rope_cos_).data(), r.sin = (c.is_local(l) ? rope_sin_local_ : rope_sin_).data();
       be_.rope(r);
     }
     if (cache) store_kv(*cache, l, qkv, rows, seq, slots);
     if (decoding) {
       KvAttentionOp a;
       a.batch = batch, a.heads = c.heads, a.kv_heads = c.kv_heads, a.head_dim = D, a.capacity = cache->capacity;
-      a.scale = 1.f / std::sqrt(static_cast<float>(D));
+      a.scale = c.attention_scale();
       a.q = qkv, a.ldq = QKV, a.k_cache = cache->k[static_cast<size_t>(l)].data(), a.v_cache = cache->v[static_cast<size_t>(l)].data();
       a.length = cache->length_d.data(), a.cache_mask = cache->mask_d.data(), a.out = att, a.ldo = Q;
       be_.kv_attention(a);
     } else {
       AttentionOp a;
       a.batch = batch, a.seq = seq, a.heads = c.heads, a.kv_heads = c.kv_heads, a.head_dim = D;
-      a.scale = 1.f / std::sqrt(static_cast<float>(D));
+      a.scale = c.attention_scale();
       a.q = qkv, a.k = qkv + Q, a.v = qkv + Q + KV, a.ldq = a.ldk = a.ldv = QKV;
       a.mask = mask_d, a.out = att, a.ldo = Q;
       a.lse = A ? grow(A->lse, batch * c.heads * seq) : nullptr;
       be_.attention(a);
     }
-    adapted_linear(l, {Proj::kO, Proj::kAttnCProj}, att, Q, L.wo, L.wo16, L.bo, H, tmp);  // attention output
-    norm(tmp, L.norm2_w, L.norm2_b, xn2, s2a, s2b);                           // x += attn; xn2 = norm(x)
+    float* att_o = A && c.sandwich_norm ? grow(A->att_o, rows * H) : tmp;
+    adapted_linear(l, {Proj::kO, Proj::kAttnCProj}, att, Q, L.wo, L.wo16, L.bo, H, att_o);  // attention output
+    delta = c.sandwich_norm ? post_norm(att_o, L.post_attn_norm_w, A ? &A->stat_pa : nullptr) : att_o;
+    norm(delta, L.norm2_w, L.norm2_b, xn2, s2a, s2b);                           // x += attn; xn2 = norm(x)
     if (A) be_.copy(grow(A->x2, rows * H), x, sizeof(float) * rows * H);
     adapted_linear(l, {Proj::kGate, Proj::kUp, Proj::kCFc, Proj::kGateUp}, xn2, H, L.w_in, L.w_in16, L.b_in, MLP, mlp);  // [gate | up] or c_fc
     if (llama) {
       SwigluOp s;
-      s.n = rows, s.dim = F, s.gate = mlp, s.up = mlp + F, s.ld_in = 2 * F, s.out = act, s.ld_out = F;
+      s.n = rows, s.dim = F, s.gate = mlp, s.up = mlp + F, s.ld_in = 2 * F, s.out = act, s.ld_out = F, s.gelu = c.geglu;
       be_.swiglu(s);
     } else {
       GeluOp g;
       g.n = rows, g.dim = F, g.x = mlp, g.ld_in = F, g.out = act, g.ld_out = F;
       be_.gelu(g);
     }
-    adapted_linear(l, {Proj::kDown, Proj::kMlpCProj}, act, F, L.w_out, L.w_out16, L.b_out, H, tmp);  // MLP output
+    float* mlp_o = A && c.sandwich_norm ? grow(A->mlp_o, rows * H) : tmp;
+    adapted_linear(l, {Proj::kDown, Proj::kMlpCProj}, act, F, L.w_out, L.w_out16, L.b_out, H, mlp_o);  // MLP output
+    delta = c.sandwich_norm ? post_norm(mlp_o, L.post_ff_norm_w, A ? &A->stat_pf : nullptr) : mlp_o;
   }
   float* xnf = acts ? grow(acts->xnf, rows * H) : buf_.xn.data();
-  norm(tmp, w.final_norm_w, w.final_norm_b, xnf, acts ? grow(acts->statfa, rows) : nullptr,
+  norm(delta, w.final_norm_w, w.final_norm_b, xnf, acts ? grow(acts->statfa, rows) : nullptr,
        acts && !llama ? grow(acts->statfb, rows) : nullptr);                  // final hidden
   if (acts) be_.copy(grow(acts->xf, rows * H), x, sizeof(float) * rows * H);
 }

@@ -128,7 +128,7 @@ class Transformer {
 
  private:
   struct Buffers {
-    Buffer<float> x, xn, qkv, att, mlp, act, tmp, lora_u, dropped, logits, xent, hn_in, hn_out;
+    Buffer<float> x, xn, qkv, att, mlp, act, tmp, lora_u, dropped, logits, xent, hn_in, hn_out, post;
     Buffer<int32_t> ids, positions;
     Buffer<uint8_t> mask;
     void ensure(Backend& be, const Config& c, int64_t rows);
@@ -174,10 +174,11 @@ class Transformer {
   Adapter* acts_adapter_ = nullptr;  // the adapter active when acts_ were recorded
   float inv_temperature_ = 1.f;
   struct BackwardBuffers {
-    Buffer<float> dxn, dres, dqkv, datt, dmlp, dact, du, xd, dxd, dlogp, dentropy, dvalues, dhn_out, dhn_in;
+    Buffer<float> dxn, dres, dqkv, datt, dmlp, dact, du, xd, dxd, dlogp, dentropy, dvalues, dhn_out, dhn_in, dpost;
   } bwd_;
   float* grad_of(const float* weight);  // gradient view of a base weight (full training), else null
   Buffer<float> rope_cos_, rope_sin_;
+  Buffer<float> rope_cos_local_, rope_sin_local_;  // Gemma 3's sliding-window layers (their own base)
   int64_t rope_rows_ = 0;
   bool rope_long_ = false;  // the tables hold LongRoPE's long factors
 };

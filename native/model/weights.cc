@@ -191,6 +191,7 @@ Weights load_weights(const Config& cfg, const TensorFiles& files, const std::vec
     want(&L.wo, H * Q);
     if (cfg.o_bias) want(&L.bo, H);
     want(&L.norm2_w, H);
+    if (cfg.sandwich_norm) want(&L.post_attn_norm_w, H), want(&L.post_ff_norm_w, H);
     if (gpt2) want(&L.norm2_b, H);
     want(&L.w_in, (gpt2 ? 1 : 2) * F * H);
     if (cfg.mlp_bias) want(&L.b_in, (gpt2 ? 1 : 2) * F);
@@ -237,7 +238,13 @@ Weights load_weights(const Config& cfg, const TensorFiles& files, const std::vec
       }
       ld.load(lp + "self_attn.o_proj.weight", H, Q, L.wo);
       if (cfg.o_bias) ld.load(lp + "self_attn.o_proj.bias", H, 0, L.bo);
-      ld.load(lp + "post_attention_layernorm.weight", H, 0, L.norm2_w);
+      if (cfg.sandwich_norm) {  // Gemma: norm2 is the pre-MLP norm; post_attention_layernorm norms the attention output
+        ld.load(lp + "post_attention_layernorm.weight", H, 0, L.post_attn_norm_w);
+        ld.load(lp + "pre_feedforward_layernorm.weight", H, 0, L.norm2_w);
+        ld.load(lp + "post_feedforward_layernorm.weight", H, 0, L.post_ff_norm_w);
+      } else {
+        ld.load(lp + "post_attention_layernorm.weight", H, 0, L.norm2_w);
+      }
       if (cfg.fused_proj) {  // Phi-3: one [gate | up] matrix
         ld.load(lp + "mlp.gate_up_proj.weight", 2 * F, H, L.w_in);
       } else {
@@ -335,7 +342,7 @@ void convert_to_bf16(Weights& w, const Config& cfg) {
   std::vector<float**> small;
   if (w.pos_embed) small.push_back(&w.pos_embed);
   for (auto& L : w.layers)
-    for (float** f : {&L.norm1_w, &L.norm1_b, &L.bqkv, &L.q_norm_w, &L.k_norm_w, &L.bo, &L.norm2_w, &L.norm2_b, &L.b_in, &L.b_out})
+    for (float** f : {&L.norm1_w, &L.norm1_b, &L.bqkv, &L.q_norm_w, &L.k_norm_w, &L.bo, &L.norm2_w, &L.post_attn_norm_w, &L.post_ff_norm_w, &L.norm2_b, &L.b_in, &L.b_out})
       if (*f) small.push_back(f);
   for (float** f : {&w.final_norm_w, &w.final_norm_b, &w.score})
     if (*f) small.push_back(f);
@@ -386,7 +393,7 @@ Weights backend_copy(const Weights& w, float* slab, uint16_t* slab16) {
   for (const LayerWeights& L : w.layers) {
     LayerWeights D;
     D.norm1_w = f(L.norm1_w), D.norm1_b = f(L.norm1_b), D.wqkv = f(L.wqkv), D.bqkv = f(L.bqkv), D.q_norm_w = f(L.q_norm_w), D.k_norm_w = f(L.k_norm_w), D.wo = f(L.wo), D.bo = f(L.bo);
-    D.norm2_w = f(L.norm2_w), D.norm2_b = f(L.norm2_b), D.w_in = f(L.w_in), D.b_in = f(L.b_in), D.w_out = f(L.w_out);
+    D.norm2_w = f(L.norm2_w), D.norm2_b = f(L.norm2_b), D.post_attn_norm_w = f(L.post_attn_norm_w), D.post_ff_norm_w = f(L.post_ff_norm_w), D.w_in = f(L.w_in), D.b_in = f(L.b_in), D.w_out = f(L.w_out);
     D.b_out = f(L.b_out), D.wqkv16 = h(L.wqkv16), D.wo16 = h(L.wo16), D.w_in16 = h(L.w_in16), D.w_out16 = h(L.w_out16);
     d.layers.push_back(D);
   }

@@ -26,6 +26,8 @@ struct LayerWeights {
   float* bo = nullptr;       // [hidden]   or null
   float* norm2_w = nullptr;  // [hidden]   post_attention_layernorm / ln_2
   float* norm2_b = nullptr;
+  float* post_attn_norm_w = nullptr;  // [hidden] Gemma: post_attention_layernorm (on the attention output)
+  float* post_ff_norm_w = nullptr;    // [hidden] Gemma: post_feedforward_layernorm (on the MLP output)
   float* w_in = nullptr;     // Llama: [2*inter, hidden] (gate rows then up rows); GPT-2: [inter, hidden] (c_fc)
   float* b_in = nullptr;     // [2*inter] / [inter] or null
   float* w_out = nullptr;    // [hidden, inter]  down_proj / c_proj

@@ -97,6 +97,7 @@ struct RmsNormOp {
   float* residual = nullptr;     // [n, dim], updated in place when delta is set
   const float* delta = nullptr;  // [n, dim] or null
   const float* weight = nullptr; // [dim]
+  float weight_offset = 0.f;     // Gemma: the scale is (weight_offset + weight), 1 + w
   float* out = nullptr;          // [n, dim]
   float* rstd = nullptr;         // [n] or null
 };
@@ -172,6 +173,7 @@ struct SwigluOp {
   int64_t ld_in = 0;   // row stride of gate/up
   float* out = nullptr;
   int64_t ld_out = 0;
+  bool gelu = false;   // GeGLU (Gemma): gelu_tanh(gate) * up instead of silu(gate) * up
 };
 
 // x = gelu_tanh(x) in place (GPT-2's gelu_new), or out = gelu(x).
@@ -546,6 +548,7 @@ struct RmsNormBackwardOp {
   int64_t n = 0, dim = 0;
   const float* x = nullptr;       // [n, dim]
   const float* weight = nullptr;  // [dim]
+  float weight_offset = 0.f;      // as RmsNormOp
   const float* rstd = nullptr;    // [n]
   const float* dout = nullptr;    // [n, dim]
   float* dx = nullptr;            // [n, dim], accumulated
@@ -592,6 +595,7 @@ struct SwigluBackwardOp {
   int64_t ld_out = 0;
   float* dgate = nullptr;  // written, stride ld_in
   float* dup = nullptr;
+  bool gelu = false;       // as SwigluOp
 };
 
 struct GeluBackwardOp {

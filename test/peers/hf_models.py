@@ -9,12 +9,16 @@ Requests (field "op"):
             save_pretrained; files in `copy` (tokenizer files) copied in.
   logp      {dir, adapter?, ids, mask}  -> {logp}
             log p(ids[t+1] | ids[..t]) [B][T-1] in float64 (0 where the query
-            or the target is padding), each row run alone without its padding:
-            what the engine's padded batch (left or right) must reproduce.
+            or the target is padding), run by transformers on the rows
+            right-padded: what the engine's batch padded on either side must
+            reproduce.
   lora_grad {dir, adapter, ids, mask, loss_mask}  -> {loss, grads}
             the adapter loaded trainable by peft, SFT's masked mean NLL over
             loss_mask [B][T-1], its gradient w.r.t. every LoRA weight (names
             as saved: base_model.model.<module>.lora_A.weight).
+  greedy    {dir, prompts, n}  -> {tokens}
+            n greedy tokens per prompt (each alone) through the model's
+            forward with transformers' KV cache, no end-of-sequence stop.
   batch     {requests: [...]}  -> [answers]: several requests in one process
             (the libraries are imported once).
 """
@@ -38,18 +42,27 @@ def load(d, adapter=None, trainable=False):
 
 
 def token_logp(model, ids, mask):
-    # Each row alone, without its padding (the real tokens are one contiguous
-    # run, padded on the left or the right): what a padded batch must equal.
+    # The real tokens of each row (one contiguous run, padded on the left or
+    # the right) right-padded again, so that no query row is all padding
+    # (transformers gives NaN there, and 0 * NaN would reach the real rows):
+    # left padding must give what right padding gives. The batch's longest
+    # row still decides LongRoPE's factors, as it does for transformers.
+    real = [[i for i, v in enumerate(m) if v] for m in mask]
+    T = max(len(r) for r in real)
+    x = torch.zeros(len(ids), T, dtype=torch.long)
+    am = torch.zeros(len(ids), T, dtype=torch.long)
+    for b, r in enumerate(real):
+        x[b, : len(r)] = torch.tensor([ids[b][i] for i in r], dtype=torch.long)
+        am[b, : len(r)] = 1
+    pos = torch.arange(T).expand(len(ids), T)
+    logits = model(input_ids=x, attention_mask=am, position_ids=pos).logits.double()
+    lp = logits.log_softmax(-1)[:, :-1].gather(-1, x[:, 1:, None])[..., 0]
     rows = []
-    for row, m in zip(ids, mask):
-        real = [i for i, v in enumerate(m) if v]
-        out = torch.zeros(len(row) - 1, dtype=torch.float64)
-        if len(real) > 1:
-            x = torch.tensor([[row[i] for i in real]], dtype=torch.long)
-            logits = model(input_ids=x).logits.double()[0]
-            lp = logits.log_softmax(-1)[:-1].gather(-1, x[0, 1:, None])[:, 0]
+    for b, r in enumerate(real):
+        out = torch.zeros(len(ids[b]) - 1, dtype=torch.float64)
+        if len(r) > 1:
             # position t of the padded row predicts t + 1: real[k] predicts real[k + 1]
-            out = out.index_put((torch.tensor(real[:-1]),), lp)
+            out = out.index_put((torch.tensor(r[:-1]),), lp[b, : len(r) - 1])
         rows.append(out)
     return torch.stack(rows)
 
@@ -90,11 +103,29 @@ def lora_grad(req):
     return {"loss": loss.item(), "grads": grads}
 
 
+def greedy(req):
+    # The model's forward with transformers' own KV cache, one token at a
+    # time (not generate(): for Phi-3 it drops the cache where LongRoPE
+    # switches to the long factors, which is not the model's cached forward).
+    model = load(req["dir"])
+    out = []
+    with torch.no_grad():
+        for p in req["prompts"]:
+            o = model(input_ids=torch.tensor([p], dtype=torch.long), use_cache=True)
+            toks = []
+            for i in range(req["n"]):
+                toks.append(int(o.logits[0, -1].argmax()))
+                pos = torch.tensor([[len(p) + i]], dtype=torch.long)
+                o = model(input_ids=torch.tensor([[toks[-1]]]), position_ids=pos, past_key_values=o.past_key_values, use_cache=True)
+            out.append(toks)
+    return {"tokens": out}
+
+
 def batch(req):
     return [OPS[r["op"]](r) for r in req["requests"]]
 
 
-OPS = {"make": make, "logp": logp, "lora_grad": lora_grad, "batch": batch}
+OPS = {"make": make, "logp": logp, "lora_grad": lora_grad, "greedy": greedy, "batch": batch}
 
 if __name__ == "__main__":
     request = json.load(sys.stdin)

@@ -18,7 +18,7 @@ import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { RlhfError } from '../../errors';
 import { loadModel } from '../../engine/model';
-import { GPT2_LORA_TARGETS, LLAMA_LORA_TARGETS, loraModules } from '../../engine/train';
+import { allLinearTargets, loraModules } from '../../engine/train';
 import { adapterHead, readAdapterConfig } from '../../model/peft';
 import { openModelFolder } from '../../model/folder';
 import { loadTokenizer } from '../../tokenizer/tokenizer';
@@ -88,7 +88,7 @@ export async function runGrpo(config: GrpoConfig, hooks: GrpoHooks = {}): Promis
   let ownedReward: RewardSource | null = null;
   try {
     const trainer = model.trainer();
-    const targets = cfg.loraTargets === 'all-linear' ? (mcfg.arch === 'gpt2' ? GPT2_LORA_TARGETS : LLAMA_LORA_TARGETS) : cfg.loraTargets;
+    const targets = cfg.loraTargets === 'all-linear' ? allLinearTargets(mcfg) : cfg.loraTargets;
     const reward = (ownedReward = await openRewardSource(cfg, model, log, { hook: hooks.reward, batchSize: cfg.forwardBatchSize, stage: name }));
     checkRewardContext(reward, [[cfg.data, prompts], [cfg.evalData, evalPrompts]], cfg.maxNewTokens);
     const policyParams = cfg.adapter

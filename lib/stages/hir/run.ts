@@ -20,7 +20,7 @@ import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { RlhfError } from '../../errors';
 import { loadModel } from '../../engine/model';
-import { GPT2_LORA_TARGETS, LLAMA_LORA_TARGETS } from '../../engine/train';
+import { allLinearTargets } from '../../engine/train';
 import { openModelFolder } from '../../model/folder';
 import { readAdapterConfig } from '../../model/peft';
 import { loadTokenizer } from '../../tokenizer/tokenizer';
@@ -101,7 +101,7 @@ export async function runHir(config: HirConfig, hooks: HirHooks = {}): Promise<H
     });
     const m = model;
     const trainer = m.trainer();
-    const targets = cfg.loraTargets === 'all-linear' ? (mcfg.arch === 'gpt2' ? GPT2_LORA_TARGETS : LLAMA_LORA_TARGETS) : cfg.loraTargets;
+    const targets = cfg.loraTargets === 'all-linear' ? allLinearTargets(mcfg) : cfg.loraTargets;
     const params = cfg.adapter ? trainer.loadLora(cfg.adapter, 'policy').parameters : trainer.createLora({ name: 'policy', r: cfg.loraR, alpha: cfg.loraAlpha, rslora: cfg.rslora, targets, seed: cfg.seed }).parameters;
     log(
       `hir: ${train.length} prompts x ${cfg.samplesPerPrompt} samples, ${cfg.iterations} iterations of ${cfg.epochs} epochs over the buffer; ` +

@@ -20,7 +20,7 @@ import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { RlhfError } from '../../errors';
 import { loadModel } from '../../engine/model';
-import { GPT2_LORA_TARGETS, LLAMA_LORA_TARGETS, loraModules } from '../../engine/train';
+import { allLinearTargets, loraModules } from '../../engine/train';
 import { adapterHead, readAdapterConfig } from '../../model/peft';
 import { openModelFolder } from '../../model/folder';
 import { loadTokenizer } from '../../tokenizer/tokenizer';
@@ -95,7 +95,7 @@ export async function runPpo(config: PpoConfig, hooks: PpoHooks = {}): Promise<P
   let ownedReward: RewardSource | null = null;
   try {
     const trainer = model.trainer();
-    const targets = cfg.loraTargets === 'all-linear' ? (mcfg.arch === 'gpt2' ? GPT2_LORA_TARGETS : LLAMA_LORA_TARGETS) : cfg.loraTargets;
+    const targets = cfg.loraTargets === 'all-linear' ? allLinearTargets(mcfg) : cfg.loraTargets;
     const newLora = (name: string, seed: number, head?: boolean | { from: [string, string] }) =>
       trainer.createLora({ name, r: cfg.loraR, alpha: cfg.loraAlpha, rslora: cfg.rslora, targets, seed, head }).parameters;
 
