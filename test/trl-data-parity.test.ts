@@ -40,6 +40,8 @@ interface Peer {
   sft: { rows: { ids: number[]; labels: number[] }[]; loss: number }[];
   rm: { rows: { chosen: number[]; rejected: number[] }[]; loss: number; pad_token_id: number };
   fields: Record<string, string[]>;
+  sft_keep_end?: { ids: number[]; labels: number[] }[];
+  dpo_keep_end: { ids: number[]; completion_mask: number[] }[];
   dpo: { rows: { prompt: number[]; chosen: number[]; rejected: number[] }[]; loss: number; logps_chosen: number; logps_rejected: number }[];
 }
 
@@ -59,6 +61,8 @@ const CASES: Case[] = [
 ];
 
 const TOL = 1e-5;
+/** max_length of the truncation_mode="keep_end" checks: short enough to cut prompts, some entirely. */
+const KEEP_END = 6;
 let trlFields: Record<string, string[]> | null = null;
 const quiet = { log: () => {}, handleSigint: false };
 const firstStep = async <M>(run: (h: { onStep: (m: M) => void }) => Promise<unknown>): Promise<M> => {
@@ -77,7 +81,7 @@ for (const c of CASES) {
       fs.mkdirSync(d);
       for (const f of ['tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(tokenizerDir(c.tokenizer), f), path.join(d, f));
     }
-    const peer = runPeer<Peer>('trl_data_parity.py', { model, rm, sft: c.sft.map(fixture), rm_data: fixture(c.rm), dpo: c.dpo.map(fixture), pad_token: c.padToken });
+    const peer = runPeer<Peer>('trl_data_parity.py', { model, rm, sft: c.sft.map(fixture), rm_data: fixture(c.rm), dpo: c.dpo.map(fixture), pad_token: c.padToken, keep_end_len: KEEP_END });
     trlFields ??= peer.fields;
     const tok = loadTokenizer(model);
     const mcfg = readModelConfig(model);
@@ -103,6 +107,26 @@ for (const c of CASES) {
         t.equal(state.global_step, 1, 'trainer_state.json: global_step');
         t.equal(state.log_history[0].loss, m.loss, 'trainer_state.json: the log history has the step');
       }
+    }
+
+    // truncation_mode="keep_end": the start of a longer sequence is cut (labels and completion masks with it).
+    if (peer.sft_keep_end) {
+      const ours = loadSftData(fixture(c.sft[0]), { ...opts, maxLen: KEEP_END, tokenize: 'trl', truncationMode: 'keep_end' }).examples;
+      ours.forEach((e, r) => {
+        t.same(e.ids, peer.sft_keep_end![r].ids, `sft keep_end ${c.sft[0]} row ${r + 1}: token ids`);
+        t.same(e.labels, peer.sft_keep_end![r].labels, `sft keep_end ${c.sft[0]} row ${r + 1}: labels`);
+      });
+    }
+    {
+      const ours = loadPreferenceData(fixture(c.dpo[0]), { ...opts, maxLen: KEEP_END, tokenize: 'trl', truncationMode: 'keep_end' }).examples;
+      const seqs = [...ours.map((e) => ({ ids: e.chosen, from: e.chosenFrom })), ...ours.map((e) => ({ ids: e.rejected, from: e.rejectedFrom }))];
+      t.equal(seqs.length, peer.dpo_keep_end.length, `dpo keep_end ${c.dpo[0]}: sequences`);
+      seqs.forEach((s, r) => {
+        const theirs = peer.dpo_keep_end[r];
+        t.same(s.ids, theirs.ids, `dpo keep_end ${c.dpo[0]} sequence ${r + 1}: token ids`);
+        // Position 0 is never a target (nothing predicts it), whatever its mask says.
+        t.same(s.ids.map((_, i) => (i >= s.from ? 1 : 0)).slice(1), theirs.completion_mask.slice(1), `dpo keep_end ${c.dpo[0]} sequence ${r + 1}: completion mask`);
+      });
     }
 
     // RewardTrainer: whole sequences (prompt + completion + EOS, one string).

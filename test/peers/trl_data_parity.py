@@ -16,7 +16,9 @@ and masks) and the loss of the first step, computed by the trainer's own
 compute_loss on one batch holding every row in file order (the collator
 TRL uses), plus DPO's logps/chosen and logps/rejected metrics; and the
 field names of SFTConfig, RewardConfig, DPOConfig, KTOConfig (with
-ModelConfig's) for docs/trl.md's table.
+ModelConfig's) for docs/trl.md's table; and, with truncation_mode
+"keep_end" at max_length "keep_end_len", the first SFT file's prepared rows
+and the first DPO file's collated sequences with their completion masks.
 """
 import dataclasses
 import json
@@ -112,5 +114,21 @@ for f in inp["dpo"]:
         loss = t.compute_loss(t.model, batch)
     logged = {k: sum(v) / len(v) for k, v in t._metrics["train"].items() if v}
     out["dpo"].append({"rows": rows, "loss": float(loss), "logps_chosen": logged.get("logps/chosen"), "logps_rejected": logged.get("logps/rejected")})
+
+# truncation_mode="keep_end" at a small max_length: SFT's prepared rows, and DPO's collator output (chosen rows,
+# then rejected rows; padding removed by the attention mask).
+K = inp["keep_end_len"]
+if inp["sft"]:
+    ds = load_dataset("json", data_files=inp["sft"][0], split="train")
+    t = SFTTrainer(model=LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32), args=SFTConfig(**common(len(ds)), max_length=K, truncation_mode="keep_end"), train_dataset=ds, processing_class=tok)
+    out["sft_keep_end"] = [{"ids": list(map(int, r["input_ids"])), "labels": list(map(int, r["labels"]))} for r in t.train_dataset]
+ds = load_dataset("json", data_files=inp["dpo"][0], split="train")
+t = DPOTrainer(model=LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32), args=DPOConfig(**common(len(ds)), max_length=K, truncation_mode="keep_end"), train_dataset=ds, processing_class=tok)
+t._set_signature_columns_if_needed()
+b = on_cpu_batch(t, t.train_dataset)
+out["dpo_keep_end"] = [
+    {"ids": [int(x) for x, m in zip(ids, am) if m], "completion_mask": [int(c) for c, m in zip(cm, am) if m]}
+    for ids, am, cm in zip(b["input_ids"].tolist(), b["attention_mask"].tolist(), b["completion_mask"].tolist())
+]
 
 json.dump(out, sys.stdout)
