@@ -7,7 +7,7 @@
 // compute the loss of one batch holding every row, on a tiny random Llama
 // saved by transformers. Our loaders, with the options the stages pass by
 // default (--tokenize trl), must give the very same token ids per row, the
-// same loss masks (SFT labels; DPO's prompt/completion split), and our
+// same loss masks (SFT labels; DPO's and KTO's prompt/completion split), and our
 // stages' first step on the same model and rows the same loss (within 1e-5;
 // DPO's is log 2 at the first step, where the policy is the reference, so
 // its logps/chosen and logps/rejected are compared too).
@@ -24,6 +24,7 @@ import { loadTokenizer } from '../lib/tokenizer/tokenizer';
 import { readModelConfig } from '../lib/model/config';
 import { loadSftData } from '../lib/data/sft-data';
 import { loadPreferenceData } from '../lib/data/preference-data';
+import { loadUnpairedData } from '../lib/data/unpaired-data';
 import { runSft } from '../lib/stages/sft';
 import { runRm } from '../lib/stages/reward';
 import { DPO_OPTIONS, runDpo } from '../lib/stages/dpo';
@@ -42,6 +43,7 @@ interface Peer {
   fields: Record<string, string[]>;
   sft_keep_end?: { ids: number[]; labels: number[] }[];
   dpo_keep_end: { ids: number[]; completion_mask: number[] }[];
+  kto: { prompt: number[]; completion: number[] }[];
   dpo: { rows: { prompt: number[]; chosen: number[]; rejected: number[] }[]; loss: number; logps_chosen: number; logps_rejected: number }[];
 }
 
@@ -51,13 +53,15 @@ interface Case {
   /** Reward model data. */
   rm: string;
   dpo: string[];
+  /** KTO's unpaired rows (ids only). */
+  kto: string;
   /** RewardConfig.pad_token: Llama 2 has none, and TRL's fallback (EOS) would make transformers read the reward before the EOS. */
   padToken: string | null;
 }
 
 const CASES: Case[] = [
-  { tokenizer: 'llama2', sft: ['sft-prompt-completion.jsonl', 'sft-text.jsonl'], rm: 'pref-prompt.jsonl', dpo: ['pref-prompt.jsonl', 'pref-implicit.jsonl'], padToken: '<unk>' },
-  { tokenizer: 'qwen3', sft: ['sft-prompt-completion.jsonl', 'sft-chat.jsonl', 'sft-messages.jsonl'], rm: 'pref-chat.jsonl', dpo: ['pref-chat.jsonl'], padToken: null },
+  { tokenizer: 'llama2', sft: ['sft-prompt-completion.jsonl', 'sft-text.jsonl'], rm: 'pref-prompt.jsonl', dpo: ['pref-prompt.jsonl', 'pref-implicit.jsonl'], kto: 'kto-unpaired.jsonl', padToken: '<unk>' },
+  { tokenizer: 'qwen3', sft: ['sft-prompt-completion.jsonl', 'sft-chat.jsonl', 'sft-messages.jsonl'], rm: 'pref-chat.jsonl', dpo: ['pref-chat.jsonl'], kto: 'kto-chat.jsonl', padToken: null },
 ];
 
 const TOL = 1e-5;
@@ -81,7 +85,7 @@ for (const c of CASES) {
       fs.mkdirSync(d);
       for (const f of ['tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(tokenizerDir(c.tokenizer), f), path.join(d, f));
     }
-    const peer = runPeer<Peer>('trl_data_parity.py', { model, rm, sft: c.sft.map(fixture), rm_data: fixture(c.rm), dpo: c.dpo.map(fixture), pad_token: c.padToken, keep_end_len: KEEP_END });
+    const peer = runPeer<Peer>('trl_data_parity.py', { model, rm, sft: c.sft.map(fixture), rm_data: fixture(c.rm), dpo: c.dpo.map(fixture), pad_token: c.padToken, keep_end_len: KEEP_END, kto: fixture(c.kto) });
     trlFields ??= peer.fields;
     const tok = loadTokenizer(model);
     const mcfg = readModelConfig(model);
@@ -128,6 +132,14 @@ for (const c of CASES) {
         t.same(s.ids.map((_, i) => (i >= s.from ? 1 : 0)).slice(1), theirs.completion_mask.slice(1), `dpo keep_end ${c.dpo[0]} sequence ${r + 1}: completion mask`);
       });
     }
+
+    // KTOTrainer: the prompt's own ids, then the completion's part of prompt + completion (+ EOS).
+    const kto = loadUnpairedData(fixture(c.kto), { ...opts, tokenize: 'trl' }).examples;
+    t.equal(kto.length, peer.kto.length, `kto ${c.kto}: rows`);
+    kto.forEach((e, r) => {
+      t.same(e.ids.slice(0, e.from), peer.kto[r].prompt, `kto ${c.kto} row ${r + 1}: prompt ids`);
+      t.same(e.ids.slice(e.from), peer.kto[r].completion, `kto ${c.kto} row ${r + 1}: completion ids`);
+    });
 
     // RewardTrainer: whole sequences (prompt + completion + EOS, one string).
     const rmOurs = loadPreferenceData(fixture(c.rm), { ...opts, tokenize: 'trl', wholeSequence: true }).examples;

