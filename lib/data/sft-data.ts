@@ -202,10 +202,10 @@ export function prepareSftRow(row: JsonlRow, file: string, opts: SftDataOptions,
         const tok = getTok();
         if (trl) ({ ids, labels } = maskPrompt(trlTextPair(tok, v.prompt, v.completion, eosPlan(tok, eosId(opts, tok)))));
         else {
-        const p = tok.encode(v.prompt, { addSpecialTokens: true });
-        const c = withEos(tok.encode(v.completion, { addSpecialTokens: false }), eosId(opts, tok));
-        ids = [...p, ...c];
-        labels = [...new Array<number>(p.length).fill(IGNORE_INDEX), ...c];
+          const p = tok.encode(v.prompt, { addSpecialTokens: true });
+          const c = withEos(tok.encode(v.completion, { addSpecialTokens: false }), eosId(opts, tok));
+          ids = [...p, ...c];
+          labels = [...new Array<number>(p.length).fill(IGNORE_INDEX), ...c];
         }
       } else if (isMessages(v.prompt) && isMessages(v.completion)) {
         format = 'conversational_prompt_completion';

@@ -223,9 +223,13 @@ export const rmStage: Stage<RmConfig, RmResult, RmStepMetrics> = {
   run: runRm,
 };
 
-/** In a recipe: reward models train on the base later stages share (SFT's merged model). */
+/**
+ * In a recipe: reward models train on the base later stages share (SFT's
+ * merged model), and their chat pairs end at the stop token (endAtStop):
+ * rejection sampling and PPO score sampled answers that stop there.
+ */
 rmStage.recipe = {
-  defaults: { checkpointSteps: 50 },
+  defaults: { checkpointSteps: 50, endAtStop: true },
   checkpoints: true,
   inputs: (ctx) => ({ model: ctx.base }),
   outputs: async (_r, ctx) => ({ reward_model: ctx.dir }),
