@@ -23,7 +23,9 @@ function jsonl(rows: unknown[]): string {
 }
 
 let llama: Tokenizer, gpt2: Tokenizer;
-const opts = (tok: Tokenizer | null, extra: Partial<PreferenceDataOptions> = {}): PreferenceDataOptions => ({ tokenizer: tok, maxLen: 256, vocabSize: 512, ...extra });
+// These tests pin `--tokenize separate` (prompt and completion encoded apart); the default, TRL's
+// tokenization, is checked against TRL itself in test/trl-data-parity.test.ts.
+const opts = (tok: Tokenizer | null, extra: Partial<PreferenceDataOptions> = {}): PreferenceDataOptions => ({ tokenizer: tok, maxLen: 256, vocabSize: 512, tokenize: 'separate', ...extra });
 
 t.before(async () => {
   await initModel({ arch: 'llama', preset: 'tiny', outDir: path.join(tmp, 'llama') });
@@ -191,6 +193,26 @@ t.test('truncation: sequences cut at the end to maxLen and counted; a prompt tha
   t.equal(c.chosen.length, 4);
   t.not(c.chosen[3], gpt2.eosTokenId, 'the cut removes the EOS');
   t.ok(c.truncated.chosen > 0);
+});
+
+t.test('--max-prompt-length keeps the prompt\'s last tokens; --truncation-mode keep_end cuts the start', async (t) => {
+  const f = jsonl([{ prompt_ids: [1, 2, 3, 4, 5], chosen_ids: [6, 7], rejected_ids: [8] }]);
+  const [a] = loadPreferenceData(f, opts(null, { maxPromptLength: 2 })).examples;
+  t.same(a.chosen, [4, 5, 6, 7], 'chosen: the last 2 prompt tokens, then the completion');
+  t.same(a.rejected, [4, 5, 8]);
+  t.equal(a.chosenFrom, 2);
+  t.same(a.prompt, [4, 5]);
+  // The prompt alone fills maxLen: keep_start refuses the row (naming the ways out), keep_end keeps each sequence's end.
+  const e = t.throws(() => loadPreferenceData(f, opts(null, { maxLen: 5 }))) as RlhfError;
+  t.match(e.message, /--max-prompt-length or --truncation-mode keep_end/);
+  const [b] = loadPreferenceData(f, opts(null, { maxLen: 4, truncationMode: 'keep_end' })).examples;
+  t.same(b.chosen, [4, 5, 6, 7]);
+  t.equal(b.chosenFrom, 2, 'chosen: 3 tokens cut, the completion starts at 5 - 3');
+  t.same(b.rejected, [3, 4, 5, 8]);
+  t.equal(b.rejectedFrom, 3, 'rejected: 2 tokens cut');
+  const [c] = loadPreferenceData(f, opts(null, { maxLen: 2, truncationMode: 'keep_end' })).examples;
+  t.same(c.chosen, [6, 7]);
+  t.equal(c.chosenFrom, 1, 'a completion cut to its last tokens: the first kept token is never a target');
 });
 
 t.test('identical chosen and rejected: skipped and reported by default, E_DATA with identical: error', async (t) => {

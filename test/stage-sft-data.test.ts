@@ -23,7 +23,9 @@ function jsonl(rows: unknown[]): string {
 const I = -100;
 
 let llama: Tokenizer, gpt2: Tokenizer;
-const opts = (tok: Tokenizer, extra: Partial<SftDataOptions> = {}): SftDataOptions => ({ tokenizer: tok, maxLen: 256, vocabSize: 512, ...extra });
+// These tests pin `--tokenize separate` (prompt and completion encoded apart); the default, TRL's
+// tokenization, is checked against TRL itself in test/trl-data-parity.test.ts.
+const opts = (tok: Tokenizer, extra: Partial<SftDataOptions> = {}): SftDataOptions => ({ tokenizer: tok, maxLen: 256, vocabSize: 512, tokenize: 'separate', ...extra });
 
 t.before(async () => {
   await initModel({ arch: 'llama', preset: 'tiny', outDir: path.join(tmp, 'llama') });

@@ -36,10 +36,11 @@ t.before(async () => {
   fs.writeFileSync(
     mixed,
     [
-      { prompt: 'Say yes.', completion: ' Yes.' },
+      // The two rows with many targets first (a {messages} row trains on every token, as in TRL), then two short completions.
       { text: 'A long line of text that has many more target tokens than the others in this file.' },
-      { prompt: 'Name a colour that the sky has on a clear day at noon', completion: ' blue' },
       { messages: [{ role: 'user', content: 'Hi' }, { role: 'assistant', content: 'Hello there, how can I help you today?' }] },
+      { prompt: 'Say yes.', completion: ' Yes.' },
+      { prompt: 'Name a colour that the sky has on a clear day at noon', completion: ' blue' },
     ]
       .map((r) => JSON.stringify(r))
       .join('\n') + '\n',

@@ -26,7 +26,9 @@ function jsonl(rows: unknown[]): string {
 }
 
 let llama: Tokenizer, gpt2: Tokenizer;
-const opts = (tok: Tokenizer | null, extra: Partial<UnpairedDataOptions> = {}): UnpairedDataOptions => ({ tokenizer: tok, maxLen: 256, vocabSize: 512, ...extra });
+// These tests pin `--tokenize separate` (prompt and completion encoded apart); the default, TRL's
+// tokenization, is checked against TRL itself in test/trl-data-parity.test.ts.
+const opts = (tok: Tokenizer | null, extra: Partial<UnpairedDataOptions> = {}): UnpairedDataOptions => ({ tokenizer: tok, maxLen: 256, vocabSize: 512, tokenize: 'separate', ...extra });
 
 /** The pair loader's chosen sequence for the same prompt and completion: the independent reference. */
 function pairedChosen(prompt: unknown, completion: unknown, o: UnpairedDataOptions, other: unknown) {

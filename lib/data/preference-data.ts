@@ -11,16 +11,19 @@
  *   {"input_ids_chosen": [...], "input_ids_rejected": [...]}
  *       TRL RewardTrainer's pre-tokenised columns: whole sequences.
  *   {"prompt"?: "...", "chosen": "...", "rejected": "..."}
- *       standard: prompt encoded with special tokens, each completion
- *       without, then EOS (when appendEos).
+ *       standard: TRL mode (default) encodes prompt + completion + EOS as
+ *       one string with special tokens, the prompt's tokens (encoded alone)
+ *       being the prompt; 'separate' mode encodes the prompt with special
+ *       tokens, each completion without, then EOS (when appendEos).
  *   {"prompt"?: [msgs], "chosen": [msgs], "rejected": [msgs]}
  *       conversational: rendered with the chat template; the completion is
  *       every token after the prompt's generation prompt.
  *
  * Implicit prompt (no "prompt"/"prompt_ids", TRL's extract_prompt): for
- * messages, the longest common list of leading messages; for strings and
- * ids, the longest common prefix of the two token sequences (kept short of
- * either sequence's end, so each completion has a token).
+ * messages, the longest common list of leading messages; for strings, the
+ * longest common character prefix (TRL mode) or token prefix ('separate');
+ * for ids, the longest common token prefix (kept short of either
+ * sequence's end, so each completion has a token).
  *
  * Optional per-row fields: "margin" (number) or "rating" (Llama 2's
  * preference strength, mapped to a margin by Touvron et al. 2023, Table 27),
@@ -31,6 +34,7 @@ import { dataError, intList, isMessages, readJsonl, type JsonlRow } from './json
 import { chatTokens, IGNORE_INDEX } from './sft-data';
 import type { Tokenizer } from '../tokenizer/tokenizer';
 import type { ChatMessage } from '../tokenizer/chat-template';
+import { eosPlan, extractPromptChars, trlChatPair, trlTextPair, type EosPlan, type TokenizeMode, type TruncationMode } from './trl-tokens';
 
 export type PreferenceFormat = 'tokens' | 'standard' | 'implicit_prompt' | 'conversational' | 'conversational_implicit_prompt';
 
@@ -110,6 +114,29 @@ export interface PreferenceDataOptions {
    * fails with E_DATA naming file:line.
    */
   identical?: 'skip' | 'error';
+  /**
+   * 'trl' (default): TRL 1.13's tokenization (prompt + completion + EOS as
+   * one string, the boundary where the prompt encoded alone ends; an
+   * implicit string prompt is TRL's extract_prompt, a common character
+   * prefix). 'separate': prompt and completion encoded apart and
+   * concatenated, an implicit prompt the common token prefix.
+   */
+  tokenize?: TokenizeMode;
+  /**
+   * 'trl' mode: each sequence as TRL's RewardTrainer encodes it (prompt +
+   * completion, one string, whole) instead of DPOTrainer's prompt ids +
+   * the completion's part of that encoding. The two differ only where the
+   * prompt's tokens are not a prefix of the whole. Default false.
+   */
+  wholeSequence?: boolean;
+  /**
+   * A sequence longer than maxLen keeps its start (default; a prompt as
+   * long as maxLen is then an error) or its end (TRL's keep_end: the
+   * prompt's start goes first, and the first kept token is never a target).
+   */
+  truncationMode?: TruncationMode;
+  /** A prompt longer than this many tokens keeps its last ones (0 or absent: no limit). */
+  maxPromptLength?: number;
 }
 
 export interface PreferenceDataStats {
@@ -150,6 +177,10 @@ function commonPrefix(a: readonly number[], b: readonly number[]): number {
   return Math.max(0, i);
 }
 
+function eosIdOf(opts: PreferenceDataOptions, tok: Tokenizer): number | null {
+  return opts.eosTokenId !== undefined ? opts.eosTokenId : (tok.eosTokenId ?? opts.fallbackEosTokenId ?? null);
+}
+
 const sameIds = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((x, i) => x === b[i]);
 
 interface Tokenized {
@@ -164,7 +195,22 @@ interface Tokenized {
   implicit?: boolean;
 }
 
-function tokenizeRow(v: Record<string, unknown>, err: (m: string) => RlhfError, file: string, line: number, getTok: () => Tokenizer): Tokenized {
+/** A string or conversational pair, TRL's way (EOS already in place, see trl-tokens.ts). */
+function trlPair(
+  tok: Tokenizer,
+  pair: { prompt: string; chosen: string; rejected: string; eos: EosPlan } | { prompt: ChatMessage[]; chosen: ChatMessage[]; rejected: ChatMessage[] },
+  whole: boolean,
+): { chosen: number[]; rejected: number[]; from: number } {
+  const enc = (completion: string | ChatMessage[]) =>
+    typeof completion === 'string' ? trlTextPair(tok, pair.prompt as string, completion, (pair as { eos: EosPlan }).eos) : trlChatPair(tok, pair.prompt as ChatMessage[], completion);
+  const c = enc(pair.chosen), r = enc(pair.rejected);
+  // DPOTrainer keeps the prompt's own ids and the rest of each whole encoding; RewardTrainer the whole encoding.
+  const seq = (x: { promptIds: number[]; ids: number[] }) => (whole ? x.ids : [...x.promptIds, ...x.ids.slice(x.promptIds.length)]);
+  return { chosen: seq(c), rejected: seq(r), from: c.promptIds.length };
+}
+
+function tokenizeRow(v: Record<string, unknown>, err: (m: string) => RlhfError, file: string, line: number, getTok: () => Tokenizer, opts: PreferenceDataOptions): Tokenized {
+  const trl = (opts.tokenize ?? 'trl') === 'trl';
   if ('chosen_ids' in v || 'rejected_ids' in v || 'prompt_ids' in v) {
     for (const k of ['chosen_ids', 'rejected_ids']) if (!(k in v)) throw err(`missing "${k}" (pre-tokenised rows need "chosen_ids" and "rejected_ids", with an optional "prompt_ids")`);
     const c = intList(v.chosen_ids, 'chosen_ids', file, line), r = intList(v.rejected_ids, 'rejected_ids', file, line);
@@ -189,6 +235,13 @@ function tokenizeRow(v: Record<string, unknown>, err: (m: string) => RlhfError, 
   if (typeof chosen === 'string' && typeof rejected === 'string') {
     if (hasPrompt && typeof prompt !== 'string') throw err('"prompt" must be a string when "chosen" and "rejected" are strings');
     const tok = getTok();
+    if (trl) {
+      const eos = (opts.appendEos ?? true) ? eosPlan(tok, eosIdOf(opts, tok)) : eosPlan(tok, null);
+      const k = hasPrompt ? 0 : extractPromptChars(chosen, rejected);
+      const p = hasPrompt ? (prompt as string) : chosen.slice(0, k);
+      const t = trlPair(tok, { prompt: p, chosen: chosen.slice(k), rejected: rejected.slice(k), eos }, opts.wholeSequence ?? false);
+      return { format: hasPrompt ? 'standard' : 'implicit_prompt', ...t, promptText: p, eos: false, implicit: !hasPrompt };
+    }
     if (hasPrompt) {
       const p = tok.encode(prompt as string, { addSpecialTokens: true });
       const c = tok.encode(chosen, { addSpecialTokens: false }), r = tok.encode(rejected, { addSpecialTokens: false });
@@ -215,12 +268,17 @@ function tokenizeRow(v: Record<string, unknown>, err: (m: string) => RlhfError, 
       r = rejected;
       format = 'conversational_implicit_prompt';
     }
+    const promptText = tok.applyChatTemplate(promptMsgs, { addGenerationPrompt: true });
+    if (trl) {
+      const t = trlPair(tok, { prompt: promptMsgs, chosen: c.slice(promptMsgs.length), rejected: r.slice(promptMsgs.length) }, opts.wholeSequence ?? false);
+      return { format, ...t, promptText, eos: false };
+    }
     const ct = chatTokens(tok, c, promptMsgs.length), rt = chatTokens(tok, r, promptMsgs.length);
     const from = ct.labels.findIndex((l) => l !== IGNORE_INDEX);
     const rFrom = rt.labels.findIndex((l) => l !== IGNORE_INDEX);
     if (from < 0 || rFrom < 0) throw err(`the chat template renders no tokens for the ${from < 0 ? 'chosen' : 'rejected'} completion`);
     if (from !== rFrom) throw err('the chat template renders the prompt differently before the chosen and the rejected completion');
-    return { format, chosen: ct.ids, rejected: rt.ids, from, promptText: tok.applyChatTemplate(promptMsgs, { addGenerationPrompt: true }), eos: false };
+    return { format, chosen: ct.ids, rejected: rt.ids, from, promptText, eos: false };
   }
   const kind = (x: unknown) => (typeof x === 'string' ? 'a string' : isMessages(x) ? 'a message list' : Array.isArray(x) ? 'a list that is not {role, content} messages' : x === null ? 'null' : typeof x);
   throw err(`"chosen" and "rejected" must both be strings or both non-empty lists of {"role", "content"} messages (got ${kind(chosen)} and ${kind(rejected)})`);
@@ -252,7 +310,7 @@ export function preparePreferenceRow(row: JsonlRow, file: string, opts: Preferen
 
   let t: Tokenized;
   try {
-    t = tokenizeRow(v, err, file, row.line, getTok);
+    t = tokenizeRow(v, err, file, row.line, getTok, opts);
   } catch (e) {
     // Tokenizer and template errors get the row's location too.
     if (e instanceof RlhfError && !e.message.startsWith(`${file}:`)) throw err(e.message);
@@ -268,14 +326,20 @@ export function preparePreferenceRow(row: JsonlRow, file: string, opts: Preferen
     rejected = cut(rejected);
   }
   if (t.eos && (opts.appendEos ?? true)) {
-    const tok = getTok();
-    const eos = opts.eosTokenId !== undefined ? opts.eosTokenId : (tok.eosTokenId ?? opts.fallbackEosTokenId ?? null);
+    const eos = eosIdOf(opts, getTok());
     if (eos !== null) {
       if (chosen[chosen.length - 1] !== eos) chosen = [...chosen, eos];
       if (rejected[rejected.length - 1] !== eos) rejected = [...rejected, eos];
     }
   }
   if (from < 0) from = commonPrefix(chosen, rejected); // implicit string prompt: after EOS, as the sequences are scored
+  if (opts.maxPromptLength && from > opts.maxPromptLength) {
+    const cut = from - opts.maxPromptLength;
+    chosen = chosen.slice(cut);
+    rejected = rejected.slice(cut);
+    from = opts.maxPromptLength;
+  }
+  const keepEnd = opts.truncationMode === 'keep_end';
 
   for (const [name, ids] of [['chosen', chosen], ['rejected', rejected]] as const) {
     const bad = ids.find((x) => x < 0 || x >= opts.vocabSize);
@@ -288,12 +352,17 @@ export function preparePreferenceRow(row: JsonlRow, file: string, opts: Preferen
         ? 'chosen and rejected share no leading token, so there is no prompt and nothing predicts the first completion token; give a "prompt"'
         : 'the prompt has no tokens: nothing predicts the first completion token',
     );
-  if (from >= opts.maxLen)
-    throw err(`the prompt has ${from} tokens, which leaves no room for a completion within the maximum length ${opts.maxLen}; shorten the prompt or raise --max-len`);
+  if (from >= opts.maxLen && !keepEnd)
+    throw err(
+      `the prompt has ${from} tokens, which leaves no room for a completion within the maximum length ${opts.maxLen}; shorten the prompt, raise --max-len, or cut prompts with --max-prompt-length or --truncation-mode keep_end`,
+    );
 
   const truncated = { chosen: Math.max(0, chosen.length - opts.maxLen), rejected: Math.max(0, rejected.length - opts.maxLen) };
-  if (truncated.chosen) chosen = chosen.slice(0, opts.maxLen);
-  if (truncated.rejected) rejected = rejected.slice(0, opts.maxLen);
+  // keep_end cuts the start: the completion begins `cut` tokens earlier, and at 1 at the least (nothing predicts token 0).
+  const chosenFrom = keepEnd ? Math.max(1, from - truncated.chosen) : from;
+  const rejectedFrom = keepEnd ? Math.max(1, from - truncated.rejected) : from;
+  if (truncated.chosen) chosen = keepEnd ? chosen.slice(truncated.chosen) : chosen.slice(0, opts.maxLen);
+  if (truncated.rejected) rejected = keepEnd ? rejected.slice(truncated.rejected) : rejected.slice(0, opts.maxLen);
   if (sameIds(chosen, rejected)) {
     if ((opts.identical ?? 'skip') === 'error')
       throw err(`chosen and rejected are identical${truncated.chosen || truncated.rejected ? ` after truncation to ${opts.maxLen} tokens` : ''}: the pair expresses no preference`);
@@ -302,11 +371,11 @@ export function preparePreferenceRow(row: JsonlRow, file: string, opts: Preferen
   const ex: PreferenceExample = {
     line: row.line,
     format: t.format,
-    prompt: chosen.slice(0, from),
+    prompt: chosen.slice(0, chosenFrom),
     chosen,
     rejected,
-    chosenFrom: from,
-    rejectedFrom: from,
+    chosenFrom,
+    rejectedFrom,
     margin,
     truncated,
   };

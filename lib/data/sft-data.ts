@@ -8,11 +8,14 @@
  *   {"input_ids": [...], "labels": [...]}  pre-tokenised; labels optional (all
  *                                         tokens), -100 = ignored; a label that
  *                                         is not -100 must equal the id there.
- *   {"messages": [{role, content}, ...]}  chat template; loss on the tokens of
- *                                         assistant turns only.
+ *   {"messages": [{role, content}, ...]}  chat template; loss on every token
+ *                                         (TRL's default), or on the assistant
+ *                                         turns only (assistantOnlyLoss, and
+ *                                         always in 'separate' mode).
  *   {"prompt": "...", "completion": "..."} loss on the completion (+ EOS) only;
- *                                         the prompt is encoded with special
- *                                         tokens, the completion without.
+ *                                         TRL mode: prompt + completion + EOS
+ *                                         encoded as one string, the prompt's
+ *                                         tokens (encoded alone) masked.
  *   {"prompt": [msgs], "completion": [msgs]} conversational prompt/completion
  *                                         (chat template; loss on the completion).
  *   {"text": "..."}                       loss on every token (+ EOS).
@@ -25,6 +28,7 @@ import { RlhfError } from '../errors';
 import { dataError, intList, isMessages, readJsonl, type JsonlRow } from './jsonl';
 import type { Tokenizer } from '../tokenizer/tokenizer';
 import type { ChatMessage } from '../tokenizer/chat-template';
+import { eosPlan, trlChatPair, trlTextPair, truncate, withEosId, withEosText, type TokenizeMode, type TruncationMode } from './trl-tokens';
 
 export const IGNORE_INDEX = -100;
 
@@ -62,6 +66,17 @@ export interface SftDataOptions {
   eosTokenId?: number | null;
   /** The EOS id when the tokenizer names none (e.g. the model config's eos_token_id). */
   fallbackEosTokenId?: number | null;
+  /**
+   * 'trl' (default): TRL 1.13's SFTTrainer tokenization (prompt + completion
+   * + EOS as one string; {"messages"} rows train on every token unless
+   * assistantOnlyLoss). 'separate': prompt and completion encoded apart and
+   * concatenated, {"messages"} rows on assistant turns only.
+   */
+  tokenize?: TokenizeMode;
+  /** {"messages"} rows in 'trl' mode: loss on the assistant turns only (TRL's assistant_only_loss). Default false. */
+  assistantOnlyLoss?: boolean;
+  /** A row longer than maxLen keeps its start (default) or its end. */
+  truncationMode?: TruncationMode;
 }
 
 export interface SftDataStats {
@@ -143,10 +158,20 @@ function withEos(ids: number[], eos: number | null): number[] {
   return eos === null || ids[ids.length - 1] === eos ? ids : [...ids, eos];
 }
 
+/**
+ * TRL's completion mask: the whole sequence as encoded, the first
+ * promptIds.length tokens out of the loss (the prompt encoded alone; TRL
+ * only warns when it is not a prefix of the whole, and so do we not fail).
+ */
+function maskPrompt({ promptIds, ids }: { promptIds: number[]; ids: number[] }): { ids: number[]; labels: number[] } {
+  return { ids, labels: ids.map((x, t) => (t < promptIds.length ? IGNORE_INDEX : x)) };
+}
+
 /** One JSONL row -> an SftExample (E_DATA naming file:line on any problem). */
 export function prepareSftRow(row: JsonlRow, file: string, opts: SftDataOptions, getTok: () => Tokenizer): SftExample {
   const v = row.value;
   const err = (msg: string) => dataError(file, row.line, msg);
+  const trl = (opts.tokenize ?? 'trl') === 'trl';
   let ids: number[], labels: number[], format: SftFormat;
   try {
     if ('input_ids' in v) {
@@ -166,18 +191,26 @@ export function prepareSftRow(row: JsonlRow, file: string, opts: SftDataOptions,
       format = 'messages';
       if (!isMessages(v.messages)) throw err('"messages" must be a non-empty list of {"role": string, "content": string}');
       if (!v.messages.some((m) => m.role === 'assistant')) throw err('"messages" has no assistant message: nothing to train on');
-      ({ ids, labels } = chatTokens(getTok(), v.messages));
+      if (trl && !opts.assistantOnlyLoss) {
+        const tok = getTok();
+        ids = tok.encode(tok.applyChatTemplate(v.messages, { addGenerationPrompt: false }), { addSpecialTokens: false });
+        labels = [...ids];
+      } else ({ ids, labels } = chatTokens(getTok(), v.messages));
     } else if ('prompt' in v && 'completion' in v) {
       if (typeof v.prompt === 'string' && typeof v.completion === 'string') {
         format = 'prompt_completion';
         const tok = getTok();
-        const p = tok.encode(v.prompt, { addSpecialTokens: true });
-        const c = withEos(tok.encode(v.completion, { addSpecialTokens: false }), eosId(opts, tok));
-        ids = [...p, ...c];
-        labels = [...new Array<number>(p.length).fill(IGNORE_INDEX), ...c];
+        if (trl) ({ ids, labels } = maskPrompt(trlTextPair(tok, v.prompt, v.completion, eosPlan(tok, eosId(opts, tok)))));
+        else {
+          const p = tok.encode(v.prompt, { addSpecialTokens: true });
+          const c = withEos(tok.encode(v.completion, { addSpecialTokens: false }), eosId(opts, tok));
+          ids = [...p, ...c];
+          labels = [...new Array<number>(p.length).fill(IGNORE_INDEX), ...c];
+        }
       } else if (isMessages(v.prompt) && isMessages(v.completion)) {
         format = 'conversational_prompt_completion';
-        ({ ids, labels } = chatTokens(getTok(), [...v.prompt, ...v.completion], v.prompt.length));
+        if (trl) ({ ids, labels } = maskPrompt(trlChatPair(getTok(), v.prompt, v.completion)));
+        else ({ ids, labels } = chatTokens(getTok(), [...v.prompt, ...v.completion], v.prompt.length));
       } else {
         throw err('"prompt" and "completion" must both be strings, or both lists of {"role", "content"} messages');
       }
@@ -185,7 +218,10 @@ export function prepareSftRow(row: JsonlRow, file: string, opts: SftDataOptions,
       format = 'text';
       if (typeof v.text !== 'string') throw err('"text" must be a string');
       const tok = getTok();
-      ids = withEos(tok.encode(v.text, { addSpecialTokens: true }), eosId(opts, tok));
+      if (trl) {
+        const eos = eosPlan(tok, eosId(opts, tok));
+        ids = withEosId(tok.encode(withEosText(v.text, eos), { addSpecialTokens: true }), eos);
+      } else ids = withEos(tok.encode(v.text, { addSpecialTokens: true }), eosId(opts, tok));
       labels = [...ids];
     } else {
       throw err('expected one of {"prompt", "completion"}, {"messages"}, {"text"} or {"input_ids", "labels"}');
@@ -199,8 +235,8 @@ export function prepareSftRow(row: JsonlRow, file: string, opts: SftDataOptions,
   if (bad !== undefined) throw err(`token id ${bad} is outside the model's vocabulary (size ${opts.vocabSize})`);
   const truncated = Math.max(0, ids.length - opts.maxLen);
   if (truncated > 0) {
-    ids = ids.slice(0, opts.maxLen);
-    labels = labels.slice(0, opts.maxLen);
+    ids = truncate(ids, opts.maxLen, opts.truncationMode ?? 'keep_start');
+    labels = truncate(labels, opts.maxLen, opts.truncationMode ?? 'keep_start');
   }
   if (ids.length < 2) throw err(`the row has ${ids.length} token${ids.length === 1 ? '' : 's'}; at least 2 are needed to predict anything`);
   const lossMask = lossMaskFromLabels(labels);

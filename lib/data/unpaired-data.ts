@@ -7,11 +7,13 @@
  *   {"prompt_ids": [...], "completion_ids": [...], "label": bool}
  *       pre-tokenised: used as given, no EOS appended.
  *   {"prompt": "...", "completion": "...", "label": bool}
- *       prompt encoded with special tokens, completion without, then EOS
- *       (when appendEos).
+ *       TRL mode (default): prompt + completion + EOS encoded as one string,
+ *       the prompt being its tokens encoded alone (KTOTrainer's way);
+ *       'separate': prompt encoded with special tokens, completion without,
+ *       then EOS (when appendEos).
  *   {"prompt": [msgs], "completion": [msgs], "label": bool}
  *       chat template over prompt + completion; the completion is every
- *       token after the prompt's generation prompt.
+ *       token after the prompt rendered with its generation prompt.
  *
  * The tokenization is the one of lib/data/preference-data.ts, so the same
  * prompt and completion give the same ids whether they come as a pair for
@@ -21,6 +23,7 @@
 import { RlhfError } from '../errors';
 import { dataError, intList, isMessages, readJsonl, type JsonlRow } from './jsonl';
 import { chatTokens, IGNORE_INDEX } from './sft-data';
+import { eosPlan, trlChatPair, trlTextPair } from './trl-tokens';
 import { loadPreferenceData, type PreferenceDataOptions, type PreferenceDataStats, type PreferenceExample, type PreferenceFormat } from './preference-data';
 import type { Tokenizer } from '../tokenizer/tokenizer';
 
@@ -49,7 +52,7 @@ export interface UnpairedExample {
 }
 
 /** The options of `loadPreferenceData` that concern tokenization, with the same meaning. */
-export type UnpairedDataOptions = Pick<PreferenceDataOptions, 'tokenizer' | 'maxLen' | 'vocabSize' | 'eosTokenId' | 'fallbackEosTokenId' | 'appendEos' | 'stopTokenIds'>;
+export type UnpairedDataOptions = Pick<PreferenceDataOptions, 'tokenizer' | 'maxLen' | 'vocabSize' | 'eosTokenId' | 'fallbackEosTokenId' | 'appendEos' | 'stopTokenIds' | 'tokenize' | 'truncationMode' | 'maxPromptLength'>;
 
 export interface UnpairedDataStats {
   /** Rows kept. */
@@ -90,7 +93,10 @@ interface Tokenized {
 
 const present = (v: Record<string, unknown>, k: string) => v[k] !== undefined && v[k] !== null;
 
-function tokenizeRow(v: Record<string, unknown>, err: (m: string) => RlhfError, file: string, line: number, getTok: () => Tokenizer): Tokenized {
+function tokenizeRow(v: Record<string, unknown>, err: (m: string) => RlhfError, file: string, line: number, getTok: () => Tokenizer, opts: UnpairedDataOptions): Tokenized {
+  const trl = (opts.tokenize ?? 'trl') === 'trl';
+  // KTOTrainer's sequence: the prompt's own ids, then the rest of prompt + completion (+ EOS) encoded as one string.
+  const joined = (x: { promptIds: number[]; ids: number[] }) => ({ ids: [...x.promptIds, ...x.ids.slice(x.promptIds.length)], from: x.promptIds.length });
   if ('prompt_ids' in v || 'completion_ids' in v) {
     if (!present(v, 'completion_ids')) throw err('missing "completion_ids" (pre-tokenised rows need "prompt_ids" and "completion_ids")');
     if (!present(v, 'prompt_ids')) throw err('missing "prompt_ids": KTO scores a completion given its prompt');
@@ -105,11 +111,16 @@ function tokenizeRow(v: Record<string, unknown>, err: (m: string) => RlhfError, 
   if (!present(v, 'prompt')) throw err('missing "prompt": KTO scores a completion given its prompt');
   if (typeof prompt === 'string' && typeof completion === 'string') {
     const tok = getTok();
+    if (trl) {
+      const eosId = (opts.appendEos ?? true) ? (opts.eosTokenId !== undefined ? opts.eosTokenId : (tok.eosTokenId ?? opts.fallbackEosTokenId ?? null)) : null;
+      return { format: 'standard', ...joined(trlTextPair(tok, prompt, completion, eosPlan(tok, eosId))), promptText: prompt, eos: false };
+    }
     const p = tok.encode(prompt, { addSpecialTokens: true }), c = tok.encode(completion, { addSpecialTokens: false });
     return { format: 'standard', ids: [...p, ...c], from: p.length, promptText: prompt, eos: true };
   }
   if (isMessages(prompt) && isMessages(completion)) {
     const tok = getTok();
+    if (trl) return { format: 'conversational', ...joined(trlChatPair(tok, prompt, completion)), promptText: tok.applyChatTemplate(prompt, { addGenerationPrompt: true }), eos: false };
     const t = chatTokens(tok, [...prompt, ...completion], prompt.length);
     const from = t.labels.findIndex((l) => l !== IGNORE_INDEX);
     if (from < 0) throw err('the chat template renders no tokens for the completion');
@@ -129,14 +140,13 @@ export function prepareUnpairedRow(row: JsonlRow, file: string, opts: UnpairedDa
 
   let t: Tokenized;
   try {
-    t = tokenizeRow(v, err, file, row.line, getTok);
+    t = tokenizeRow(v, err, file, row.line, getTok, opts);
   } catch (e) {
     // Tokenizer and template errors get the row's location too.
     if (e instanceof RlhfError && !e.message.startsWith(`${file}:`)) throw err(e.message);
     throw e;
   }
-  let { ids } = t;
-  const { from } = t;
+  let { ids, from } = t;
   // As preference-data does: a chat completion ends at its last stop token, where a sampled response stops.
   if (t.format === 'conversational' && opts.stopTokenIds?.length) {
     for (let i = ids.length - 1; i >= from; i--)
@@ -153,10 +163,20 @@ export function prepareUnpairedRow(row: JsonlRow, file: string, opts: UnpairedDa
   if (bad !== undefined) throw err(`token id ${bad} is outside the model's vocabulary (size ${opts.vocabSize})`);
   if (ids.length <= from) throw err('the completion has no tokens');
   if (from === 0) throw err('the prompt has no tokens: nothing predicts the first completion token');
-  if (from >= opts.maxLen)
-    throw err(`the prompt has ${from} tokens, which leaves no room for a completion within the maximum length ${opts.maxLen}; shorten the prompt or raise --max-len`);
+  if (opts.maxPromptLength && from > opts.maxPromptLength) {
+    ids = ids.slice(from - opts.maxPromptLength);
+    from = opts.maxPromptLength;
+  }
+  const keepEnd = opts.truncationMode === 'keep_end';
+  if (from >= opts.maxLen && !keepEnd)
+    throw err(
+      `the prompt has ${from} tokens, which leaves no room for a completion within the maximum length ${opts.maxLen}; shorten the prompt, raise --max-len, or cut prompts with --max-prompt-length or --truncation-mode keep_end`,
+    );
   const truncated = Math.max(0, ids.length - opts.maxLen);
-  if (truncated) ids = ids.slice(0, opts.maxLen);
+  if (truncated && keepEnd) {
+    ids = ids.slice(truncated);
+    from = Math.max(1, from - truncated);
+  } else if (truncated) ids = ids.slice(0, opts.maxLen);
   const ex: UnpairedExample = { line: row.line, format: t.format, prompt: ids.slice(0, from), ids, from, label: v.label, truncated };
   if (t.promptText !== undefined) ex.promptText = t.promptText;
   return ex;

@@ -88,6 +88,16 @@ function modulePath(cfg: ModelConfig, m: NativeAdapterModule): string {
   return `model.layers.${m.layer}.${['gate_proj', 'up_proj', 'down_proj', 'gate_up_proj'].includes(m.name) ? 'mlp' : 'self_attn'}.${m.name}`;
 }
 
+/** A model folder's tokenizer files (those present are copied beside saved weights and adapters). */
+export const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'chat_template.jinja'];
+
+function copyFiles(from: string, to: string, names: readonly string[]): void {
+  for (const f of names) {
+    const src = path.join(from, f);
+    if (fs.existsSync(src) && path.resolve(src) !== path.resolve(path.join(to, f))) fs.copyFileSync(src, path.join(to, f));
+  }
+}
+
 export class Trainer {
   private loras = new Map<string, Required<Omit<LoraOptions, 'seed' | 'name' | 'head'>> & { modules: NativeAdapterModule[]; head: boolean }>();
   private active: string | null = null;
@@ -206,10 +216,7 @@ export class Trainer {
   async saveModel(dir: string, sourceDir: string): Promise<void> {
     fs.mkdirSync(dir, { recursive: true });
     callNative(() => this.handle.saveWeights(path.join(dir, 'model.safetensors')));
-    for (const f of ['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'chat_template.jinja']) {
-      const src = path.join(sourceDir, f);
-      if (fs.existsSync(src) && path.resolve(src) !== path.resolve(path.join(dir, f))) fs.copyFileSync(src, path.join(dir, f));
-    }
+    copyFiles(sourceDir, dir, ['config.json', 'generation_config.json', ...TOKENIZER_FILES]);
     const cfgFile = path.join(dir, 'config.json');
     const cfg = JSON.parse(fs.readFileSync(cfgFile, 'utf8'));
     cfg.torch_dtype = 'float32';
@@ -263,5 +270,7 @@ export class Trainer {
       savesHead: lora.head,
       baseModel,
     });
+    // The base model's tokenizer beside the adapter, as PEFT and TRL save it: the folder is usable alone.
+    if (baseModel) copyFiles(baseModel, dir, TOKENIZER_FILES);
   }
 }

@@ -87,7 +87,8 @@ export function methodSections(methods: readonly DemoMethod[], size: MethodSizes
   const cosine = { lrSchedule: 'cosine', warmupSteps: 0 };
   const skip = { skip: true };
   // The DPO family: every pair of the labeler once per epoch, from the SFT model.
-  const pairs = { data: data('dpo_pairs.jsonl'), lr: 5e-4, epochs: size.dpoEpochs, batchSize: 16, ...cosine };
+  // endAtStop: the pairs end at the chat template's stop token, as the policies' samples do (the data the demo was measured with).
+  const pairs = { data: data('dpo_pairs.jsonl'), lr: 5e-4, epochs: size.dpoEpochs, batchSize: 16, endAtStop: true, ...cosine };
   const group = (estimator: 'grpo' | 'rloo'): StageOptions => ({
     data: data('group_prompts.jsonl'),
     estimator,

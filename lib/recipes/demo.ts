@@ -142,10 +142,13 @@ export async function runDemo(opts: DemoOptions, hooks: Omit<RecipeHooks, 'prepa
   const data = (f: string) => path.join(out, 'data', f);
   const log = hooks.log ?? (() => {});
   const common = { lrSchedule: 'cosine', warmupSteps: 0 };
+  // The reward models read their score where a sampled answer stops (<|im_end|>), not at the newline the chat
+  // template writes after it: the demo's pairs end at the stop token, as the policies' samples do.
+  const endAtStop = { endAtStop: true };
   const sections: Record<string, Record<string, unknown>> = {
     sft: { data: data('sft.jsonl'), full: true, lr: 1e-3, epochs: size.sftEpochs, batchSize: 16, evalFraction: 0.1, checkpointSteps: 0, ...common },
-    rm_helpfulness: { data: data('rm_helpfulness.jsonl'), full: true, lr: 1e-3, epochs: size.rmEpochs, batchSize: 16, evalFraction: 0.1, checkpointSteps: 0, ...common },
-    rm_safety: { data: data('rm_safety.jsonl'), full: true, lr: 1e-3, epochs: size.rmEpochs, batchSize: 16, evalFraction: 0.1, checkpointSteps: 0, ...common },
+    rm_helpfulness: { data: data('rm_helpfulness.jsonl'), full: true, lr: 1e-3, epochs: size.rmEpochs, batchSize: 16, evalFraction: 0.1, checkpointSteps: 0, ...common, ...endAtStop },
+    rm_safety: { data: data('rm_safety.jsonl'), full: true, lr: 1e-3, epochs: size.rmEpochs, batchSize: 16, evalFraction: 0.1, checkpointSteps: 0, ...common, ...endAtStop },
     rs: {
       data: data('rs_prompts.jsonl'),
       rounds: 1,

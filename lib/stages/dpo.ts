@@ -31,10 +31,11 @@ import { RlhfError } from '../errors';
 import type { Model } from '../engine/model';
 import type { Trainer } from '../engine/train';
 import { spanMask } from '../engine/objectives';
+import { tokenizerSemantics } from '../data/trl-tokens';
 import { loadTokenizer, type Tokenizer } from '../tokenizer/tokenizer';
 import { splitEval } from '../data/sft-data';
 import { identicalWarning, loadPreferenceData, type PreferenceDataStats, type PreferenceExample } from '../data/preference-data';
-import { defaultsOf, lrDefaults, describe, SUPERVISED_OPTIONS, withDefaults, type OptionTable, type Resolved, type SupervisedOptions } from '../train/options';
+import { defaultsOf, lrDefaults, describe, PREFERENCE_DATA_OPTIONS, SUPERVISED_OPTIONS, withDefaults, type OptionTable, type PreferenceStageOptions, type Resolved, type SupervisedOptions } from '../train/options';
 import { resolveSupervised, runSupervised, type SupervisedMethod, type SupervisedRun } from '../train/supervised';
 import { policyOnBase, type Stage, type StageHooks } from '../train/stage';
 
@@ -62,7 +63,7 @@ export interface DpoOwnOptions {
   /** Skip pairs whose chosen and rejected are identical (with a warning) instead of failing on the first one. Default false. */
   skipIdentical?: boolean;
 }
-export type DpoConfig = SupervisedOptions & DpoOwnOptions;
+export type DpoConfig = SupervisedOptions & PreferenceStageOptions & DpoOwnOptions;
 export type ResolvedDpoConfig = Resolved<DpoConfig>;
 
 /** The shared options with DPO's defaults (TRL's scripts: one epoch; lr 5e-6 LoRA, 5e-7 full) and DPO's own rows. */
@@ -75,6 +76,7 @@ export const DPO_OPTIONS: OptionTable<DpoConfig> = {
     evalBatchSize: 'eval (and reference precompute) pairs per micro-batch',
     shuffle: 'shuffle pairs each epoch (seeded; otherwise file order)',
   }),
+  ...PREFERENCE_DATA_OPTIONS,
   beta: {
     type: 'number',
     derive: (r) => (r.lossType === 'simpo' ? SIMPO_BETA : 0.1),
@@ -330,11 +332,14 @@ function dpoMethod(name: 'dpo' | 'orpo' = 'dpo'): SupervisedMethod<ResolvedDpoCo
       const maxLen = Math.min(cfg.maxLen, mcfg.maxSequenceLength);
       let tok: Tokenizer | undefined;
       const dataOpts = {
-        tokenizer: () => (tok ??= loadTokenizer(cfg.model)),
+        tokenizer: () => (tok ??= loadTokenizer(cfg.model, { semantics: tokenizerSemantics(cfg.tokenize) })),
         maxLen,
         vocabSize: mcfg.vocabSize,
         fallbackEosTokenId: mcfg.eosTokenIds[0] ?? null,
-        stopTokenIds: mcfg.eosTokenIds,
+        stopTokenIds: cfg.endAtStop ? mcfg.eosTokenIds : [],
+        tokenize: cfg.tokenize,
+        truncationMode: cfg.truncationMode,
+        maxPromptLength: cfg.maxPromptLength,
         // A pair with chosen = rejected expresses no preference; SimPO and ORPO would even train on it.
         identical: cfg.skipIdentical ? ('skip' as const) : ('error' as const),
       };

@@ -24,11 +24,12 @@
 import { RlhfError } from '../errors';
 import type { Model } from '../engine/model';
 import { spanMask } from '../engine/objectives';
+import { tokenizerSemantics } from '../data/trl-tokens';
 import { loadTokenizer, type Tokenizer } from '../tokenizer/tokenizer';
 import { splitEval } from '../data/sft-data';
 import { identicalWarning } from '../data/preference-data';
 import { klPairs, loadKtoData, type KtoDataset, type UnpairedDataStats, type UnpairedExample } from '../data/unpaired-data';
-import { arg, defaultsOf, lrDefaults, describe, SUPERVISED_OPTIONS, withDefaults, type OptionTable, type Resolved, type SupervisedOptions } from '../train/options';
+import { arg, defaultsOf, lrDefaults, describe, PREFERENCE_DATA_OPTIONS, SUPERVISED_OPTIONS, withDefaults, type OptionTable, type PreferenceStageOptions, type Resolved, type SupervisedOptions } from '../train/options';
 import { resolveSupervised, runSupervised, type SupervisedMethod, type SupervisedRun } from '../train/supervised';
 import { policyOnBase, type Stage, type StageHooks } from '../train/stage';
 
@@ -41,7 +42,7 @@ export interface KtoOwnOptions {
   /** Weight of the undesirable examples' losses. Default 1 (TRL). */
   undesirableWeight?: number;
 }
-export type KtoConfig = SupervisedOptions & KtoOwnOptions;
+export type KtoConfig = SupervisedOptions & PreferenceStageOptions & KtoOwnOptions;
 export type ResolvedKtoConfig = Resolved<KtoConfig>;
 
 const positive = (v: number) => (Number.isFinite(v) && v > 0 ? null : `must be a positive number, got ${v}`);
@@ -58,6 +59,7 @@ export const KTO_OPTIONS: OptionTable<KtoConfig> = {
     evalBatchSize: 'eval (and reference precompute) examples per micro-batch',
     shuffle: 'shuffle examples each epoch (seeded; on by default: a paired file unpairs into all chosen rows, then all rejected rows; --no-shuffle: file order)',
   }),
+  ...PREFERENCE_DATA_OPTIONS,
   beta: { type: 'number', default: 0.1, check: positive, describe: 'KTO beta: inverse temperature of the implicit reward', group: 'KTO' },
   desirableWeight: { type: 'number', default: 1, check: positive, describe: 'loss weight of the desirable examples', group: 'KTO' },
   undesirableWeight: { type: 'number', default: 1, check: positive, describe: 'loss weight of the undesirable examples', group: 'KTO' },
@@ -307,7 +309,16 @@ function ktoMethod(): SupervisedMethod<ResolvedKtoConfig, KtoExample, { rows: nu
     loadData(cfg, mcfg, log) {
       const maxLen = Math.min(cfg.maxLen, mcfg.maxSequenceLength);
       let tok: Tokenizer | undefined;
-      const dataOpts = { tokenizer: () => (tok ??= loadTokenizer(cfg.model)), maxLen, vocabSize: mcfg.vocabSize, fallbackEosTokenId: mcfg.eosTokenIds[0] ?? null, stopTokenIds: mcfg.eosTokenIds };
+      const dataOpts = {
+        tokenizer: () => (tok ??= loadTokenizer(cfg.model, { semantics: tokenizerSemantics(cfg.tokenize) })),
+        maxLen,
+        vocabSize: mcfg.vocabSize,
+        fallbackEosTokenId: mcfg.eosTokenIds[0] ?? null,
+        stopTokenIds: cfg.endAtStop ? mcfg.eosTokenIds : [],
+        tokenize: cfg.tokenize,
+        truncationMode: cfg.truncationMode,
+        maxPromptLength: cfg.maxPromptLength,
+      };
       const load = (file: string) => {
         const d = loadKtoData(file, dataOpts);
         const w = d.pairStats ? identicalWarning(file, d.pairStats) : null;

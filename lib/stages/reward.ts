@@ -25,10 +25,11 @@
 import { RlhfError } from '../errors';
 import type { Model } from '../engine/model';
 import type { Trainer } from '../engine/train';
+import { tokenizerSemantics } from '../data/trl-tokens';
 import { loadTokenizer, type Tokenizer } from '../tokenizer/tokenizer';
 import { loadPreferenceData, identicalWarning, type MarginScale, type PreferenceExample } from '../data/preference-data';
 import { splitEval } from '../data/sft-data';
-import { checks, defaultsOf, lrDefaults, describe, SUPERVISED_OPTIONS, withDefaults, type OptionTable, type Resolved, type SupervisedOptions } from '../train/options';
+import { checks, defaultsOf, lrDefaults, describe, PREFERENCE_DATA_OPTIONS, SUPERVISED_OPTIONS, withDefaults, type OptionTable, type PreferenceStageOptions, type Resolved, type SupervisedOptions } from '../train/options';
 import { resolveSupervised, runSupervised, type SupervisedMethod, type SupervisedRun } from '../train/supervised';
 import type { Stage, StageHooks } from '../train/stage';
 
@@ -43,7 +44,7 @@ export interface RmOwnOptions {
   /** Train on each pair's soft label "label_prob" where it has one (cross-entropy against P(chosen better); its margin is then not used). Default true. */
   softLabels?: boolean;
 }
-export type RmConfig = SupervisedOptions & RmOwnOptions;
+export type RmConfig = SupervisedOptions & PreferenceStageOptions & RmOwnOptions;
 export type ResolvedRmConfig = Resolved<RmConfig>;
 
 /**
@@ -60,6 +61,7 @@ export const RM_OPTIONS: OptionTable<RmConfig> = {
       batchSize: 'pairs per micro-batch',
     },
   ),
+  ...PREFERENCE_DATA_OPTIONS,
   headStd: { type: 'number', check: checks.nonNeg(), defaultText: "the model's initializer_range", describe: 'std of the fresh score head', group: 'LoRA' },
   useMargin: { type: 'boolean', default: true, flag: 'margin', describe: "use each pair's margin (Llama 2's margin loss); --no-margin ignores it", group: 'Reward model' },
   marginScale: { type: 'string', choices: ['small', 'large'], default: 'small', describe: 'Llama 2 Table 27 column mapping ratings to margins', group: 'Reward model' },
@@ -155,12 +157,17 @@ export const RM_METHOD: SupervisedMethod<ResolvedRmConfig, PreferenceExample, Pa
     const maxLen = Math.min(cfg.maxLen, mcfg.maxSequenceLength);
     let tok: Tokenizer | undefined;
     const dataOpts = {
-      tokenizer: () => (tok ??= loadTokenizer(cfg.model)),
+      tokenizer: () => (tok ??= loadTokenizer(cfg.model, { semantics: tokenizerSemantics(cfg.tokenize) })),
       maxLen,
       vocabSize: mcfg.vocabSize,
       fallbackEosTokenId: mcfg.eosTokenIds[0] ?? null,
-      stopTokenIds: mcfg.eosTokenIds,
+      stopTokenIds: cfg.endAtStop ? mcfg.eosTokenIds : [],
       marginScale: cfg.marginScale,
+      tokenize: cfg.tokenize,
+      truncationMode: cfg.truncationMode,
+      maxPromptLength: cfg.maxPromptLength,
+      // RewardTrainer encodes each whole sequence (prompt + completion + EOS) as one string.
+      wholeSequence: true,
     };
     const data = loadPreferenceData(cfg.data, dataOpts);
     const skipped = identicalWarning(cfg.data, data.stats);
@@ -228,9 +235,13 @@ export const rmStage: Stage<RmConfig, RmResult, RmStepMetrics> = {
   run: runRm,
 };
 
-/** In a recipe: reward models train on the base later stages share (SFT's merged model). */
+/**
+ * In a recipe: reward models train on the base later stages share (SFT's
+ * merged model), and their chat pairs end at the stop token (endAtStop):
+ * rejection sampling and PPO score sampled answers that stop there.
+ */
 rmStage.recipe = {
-  defaults: { checkpointSteps: 50 },
+  defaults: { checkpointSteps: 50, endAtStop: true },
   checkpoints: true,
   inputs: (ctx) => ({ model: ctx.base }),
   outputs: async (_r, ctx) => ({ reward_model: ctx.dir }),

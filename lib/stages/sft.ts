@@ -18,6 +18,7 @@ import { scatterTokens } from '../engine/objectives';
 import type { Device } from '../info';
 import type { Model } from '../engine/model';
 import { readAdapterConfig } from '../model/peft';
+import { tokenizerSemantics } from '../data/trl-tokens';
 import { loadTokenizer, type Tokenizer } from '../tokenizer/tokenizer';
 import { loadSftData, packSftBatch, splitEval, type SftDataStats, type SftExample } from '../data/sft-data';
 import { checks, defaultsOf, lrDefaults, SUPERVISED_OPTIONS, withDefaults, describe, type OptionTable, type Resolved, type SupervisedOptions } from '../train/options';
@@ -35,6 +36,8 @@ export interface SftConfig extends SupervisedOptions {
    * (1 - eps)(-log p_y) + eps(-(1/V) sum_v log p_v). Default 0 (the NLL).
    */
   labelSmoothing?: number;
+  /** {"messages"} rows: loss on the assistant turns only (TRL's assistant_only_loss); otherwise every token, as TRL. Default false. */
+  assistantOnlyLoss?: boolean;
 }
 export type ResolvedSftConfig = Resolved<SftConfig>;
 
@@ -47,6 +50,7 @@ const SFT_ROWS: OptionTable<SftConfig> = {
     describe: 'label smoothing eps: each target token costs (1-eps)(-log p) + eps(mean over the vocabulary of -log p)',
     group: 'Optimizer',
   },
+  assistantOnlyLoss: { type: 'boolean', default: false, describe: '{messages} rows: loss on the assistant turns only (always so with --tokenize separate); otherwise on every token, as TRL', group: 'Data' },
 };
 
 export const SFT_OPTIONS: OptionTable<SftConfig> = describe(
@@ -122,7 +126,8 @@ export async function evaluateSft(model: Model, examples: readonly SftExample[],
 }
 
 function fmtRows(s: SftDataStats): string {
-  const formats = Object.entries(s.formats).map(([k, v]) => `${v} ${k}`).join(', ');
+  // 'tokens' is the pre-tokenised format: named as such, so "256 rows (256 tokens)" does not read as a token count.
+  const formats = Object.entries(s.formats).map(([k, v]) => `${v} ${k === 'tokens' ? 'pre-tokenised' : k}`).join(', ');
   return `${s.rows} rows (${formats}), ${s.tokens} tokens, ${s.targets} target tokens` + (s.truncatedRows ? `, ${s.truncatedRows} truncated` : '') + (s.noTargetRows ? `, ${s.noTargetRows} with no target token` : '');
 }
 
@@ -135,7 +140,15 @@ export const SFT_METHOD: SupervisedMethod<ResolvedSftConfig, SftExample, { denom
   loadData(cfg, mcfg, log) {
     const maxLen = Math.min(cfg.maxLen, mcfg.maxSequenceLength);
     let tok: Tokenizer | undefined;
-    const dataOpts = { tokenizer: () => (tok ??= loadTokenizer(cfg.model)), maxLen, vocabSize: mcfg.vocabSize, fallbackEosTokenId: mcfg.eosTokenIds[0] ?? null };
+    const dataOpts = {
+      tokenizer: () => (tok ??= loadTokenizer(cfg.model, { semantics: tokenizerSemantics(cfg.tokenize) })),
+      maxLen,
+      vocabSize: mcfg.vocabSize,
+      fallbackEosTokenId: mcfg.eosTokenIds[0] ?? null,
+      tokenize: cfg.tokenize,
+      assistantOnlyLoss: cfg.assistantOnlyLoss,
+      truncationMode: cfg.truncationMode,
+    };
     const data = loadSftData(cfg.data, dataOpts);
     let train = data.examples, evalSet: SftExample[] = [];
     if (cfg.evalFraction > 0) {

@@ -117,8 +117,46 @@ export function checkTokenizerMatchesModel(
     );
 }
 
+/**
+ * 'transformers' (default): the tokenizer as transformers 5 builds it from
+ * the folder (see `asTransformersBuildsIt`); 'raw': tokenizer.json as written.
+ */
+export type TokenizerSemantics = 'transformers' | 'raw';
+
+/**
+ * transformers 5 does not run a LlamaTokenizer(Fast)'s tokenizer.json
+ * pipeline as written: it keeps the BPE vocabulary and merges and rebuilds
+ * the rest, with no normalizer and a Metaspace pre-tokenizer whose prepend
+ * scheme comes from tokenizer_config.json (add_prefix_space, default true;
+ * legacy: 'always', else 'first'). A Llama 2 tokenizer.json instead prepends
+ * "▁" and replaces spaces in a normalizer, so a text starting with a space
+ * encodes with an extra "▁" token ("▁", "▁leading" where transformers gives
+ * "▁leading"). Other tokenizer classes are used as written.
+ */
+export function asTransformersBuildsIt(json: Record<string, unknown>, config: Record<string, unknown>): Record<string, unknown> {
+  const cls = config.tokenizer_class;
+  const model = json.model as { type?: string } | undefined;
+  if ((cls !== 'LlamaTokenizer' && cls !== 'LlamaTokenizerFast') || model?.type !== 'BPE') return json;
+  const addPrefixSpace = config.add_prefix_space === undefined || config.add_prefix_space === null ? true : Boolean(config.add_prefix_space);
+  const scheme = addPrefixSpace ? (config.legacy === true ? 'always' : 'first') : 'never';
+  return {
+    ...json,
+    normalizer: null,
+    pre_tokenizer: { type: 'Metaspace', replacement: '\u2581', prepend_scheme: scheme, split: false },
+    decoder: {
+      type: 'Sequence',
+      decoders: [
+        { type: 'Replace', pattern: { String: '\u2581' }, content: ' ' },
+        { type: 'ByteFallback' },
+        { type: 'Fuse' },
+        ...(addPrefixSpace ? [{ type: 'Strip', content: ' ', start: 1, stop: 0 }] : []),
+      ],
+    },
+  };
+}
+
 /** Loads the tokenizer of a model folder (or a tokenizer.json path). Throws E_TOKENIZER naming the file. */
-export function loadTokenizer(dirOrFile: string): Tokenizer {
+export function loadTokenizer(dirOrFile: string, opts: { semantics?: TokenizerSemantics } = {}): Tokenizer {
   const dir = dirOrFile.endsWith('.json') ? path.dirname(dirOrFile) : dirOrFile;
   const file = dirOrFile.endsWith('.json') ? dirOrFile : path.join(dir, 'tokenizer.json');
   const configFile = path.join(dir, 'tokenizer_config.json');
@@ -129,7 +167,7 @@ export function loadTokenizer(dirOrFile: string): Tokenizer {
   const config = (fs.existsSync(configFile) ? readJson(configFile) : {}) as Record<string, unknown>;
   let tok: InstanceType<TokenizersModule['Tokenizer']>;
   try {
-    tok = new tokenizers.Tokenizer(json, config);
+    tok = new tokenizers.Tokenizer((opts.semantics ?? 'transformers') === 'raw' ? json : asTransformersBuildsIt(json as Record<string, unknown>, config), config);
   } catch (e) {
     throw new RlhfError('E_TOKENIZER', `${file}: cannot build the tokenizer: ${(e as Error).message}`, { where: file, cause: e });
   }

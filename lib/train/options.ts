@@ -18,6 +18,7 @@ import { RlhfError } from '../errors';
 import { DEVICES, type Device } from '../info';
 import { LR_SCHEDULES, type LrScheduleKind } from '../stages/schedule';
 import { NAN_POLICIES, type NanPolicy } from '../stages/numerics';
+import { TOKENIZE_MODES, TRUNCATION_MODES, type TokenizeMode, type TruncationMode } from '../data/trl-tokens';
 
 /** A check: null when `v` is fine, else the message (the flag is named by the caller's message). */
 export type Check = (v: any, r: Record<string, any>) => string | null; // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -174,6 +175,44 @@ export const BATCH_OPTIONS: OptionTable<BatchOptions> = {
   shuffle: { type: 'boolean', default: false, describe: 'shuffle rows each epoch (seeded)', group: 'Batches' },
 };
 
+/** How text rows become tokens (lib/data/trl-tokens.ts, docs/trl.md). */
+export interface DataOptions {
+  /** 'trl': as TRL 1.13's trainers tokenize (prompt + completion + EOS as one string); 'separate': prompt and completion encoded apart. Default 'trl'. */
+  tokenize?: TokenizeMode;
+  /** A sequence longer than --max-len keeps its start or its end (TRL's truncation_mode). Default 'keep_start'. */
+  truncationMode?: TruncationMode;
+}
+
+export const DATA_OPTIONS: OptionTable<DataOptions> = {
+  tokenize: {
+    type: 'string',
+    choices: TOKENIZE_MODES,
+    default: 'trl',
+    describe: "trl: prompt + completion + EOS encoded as one string, prompt tokens masked (TRL 1.13); separate: prompt and completion encoded apart, then concatenated",
+    group: 'Data',
+  },
+  truncationMode: { type: 'string', choices: TRUNCATION_MODES, default: 'keep_start', describe: "a sequence longer than --max-len keeps its start or its end (TRL's truncation_mode)", group: 'Data' },
+};
+
+/** What the preference stages (rm, dpo family, kto) add to DATA_OPTIONS. */
+export interface PreferenceStageOptions {
+  /** Cut a longer prompt to its last N tokens before the completion is added (0: no limit). Default 0. */
+  maxPromptLength?: number;
+  /** Conversational completions end at their last stop token (EOS id), dropping what the chat template writes after it. Default: with --tokenize separate. */
+  endAtStop?: boolean;
+}
+
+export const PREFERENCE_DATA_OPTIONS: OptionTable<PreferenceStageOptions> = {
+  maxPromptLength: { type: 'number', default: 0, check: checks.nonNegInt('0: no limit'), describe: 'cut a longer prompt to its last N tokens (0: no limit)', group: 'Data' },
+  endAtStop: {
+    type: 'boolean',
+    derive: (r) => r.tokenize === 'separate',
+    defaultText: 'with --tokenize separate',
+    describe: "conversational completions end at their last EOS/stop token, dropping the chat template's text after it (where a sampled response stops)",
+    group: 'Data',
+  },
+};
+
 /** Held-out evaluation. */
 export interface EvalOptions {
   /** Held-out JSONL (the training data's format). Default none. */
@@ -264,13 +303,14 @@ export const LORA_OPTIONS: OptionTable<LoraOptions> = {
 };
 
 /** The options of every supervised (offline) stage: SFT, RM, DPO and the methods to come. */
-export type SupervisedOptions = RunOptions & OptimizerOptions & ScheduleOptions & BatchOptions & EvalOptions & CheckpointOptions & LoraOptions;
+export type SupervisedOptions = RunOptions & OptimizerOptions & ScheduleOptions & BatchOptions & DataOptions & EvalOptions & CheckpointOptions & LoraOptions;
 export const SUPERVISED_OPTIONS: OptionTable<SupervisedOptions> = {
   ...RUN_OPTIONS,
   ...LORA_OPTIONS,
   ...OPTIMIZER_OPTIONS,
   ...SCHEDULE_OPTIONS,
   ...BATCH_OPTIONS,
+  ...DATA_OPTIONS,
   ...EVAL_OPTIONS,
   ...CHECKPOINT_OPTIONS,
 };

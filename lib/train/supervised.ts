@@ -37,6 +37,7 @@ import { stopOnSignals } from '../run/signals';
 import { nonFinite, numericStop } from '../stages/numerics';
 import { arg, checkOutDiffers, flagOf, LORA_SHAPE_KEYS, resolveOptions, type OptionTable, type Resolved, type SupervisedOptions } from './options';
 import { applyThreads, type StageHooks } from './stage';
+import { writeTrainerState } from './trainer-state';
 
 export type ResolvedSupervised = Resolved<SupervisedOptions>;
 
@@ -399,6 +400,7 @@ export async function runSupervised<C extends ResolvedSupervised, E, P, V>(
         2,
       ) + '\n',
     );
+    writeTrainerState({ out: cfg.out, metricsFile, globalStep: steps, maxSteps: totalSteps, epoch: epochs, numTrainEpochs: cfg.epochs, trainBatchSize: cfg.batchSize, gradientAccumulationSteps: cfg.gradAccum, interrupted: run.interrupted });
     if (hooks.keepModel) {
       keep = true;
       run.model = model;
