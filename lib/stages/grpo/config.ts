@@ -99,6 +99,8 @@ export interface GrpoConfig extends CheckpointOptions, RewardOptions {
   maxGradNorm?: number;
   lrSchedule?: LrScheduleKind;
   warmupSteps?: number;
+  /** Warmup as a fraction of the optimizer steps (used when warmupSteps is 0). Default 0. */
+  warmupRatio?: number;
   seed?: number;
   /** Held-out prompts: mean reward of one sample each, before and after training. */
   evalData?: string | null;
@@ -136,6 +138,7 @@ export const GRPO_DEFAULTS = {
   maxGradNorm: 1,
   lrSchedule: 'linear' as const,
   warmupSteps: 0,
+  warmupRatio: 0,
   seed: 42,
   nanPolicy: 'stop' as NanPolicy,
   device: 'auto' as const,
@@ -145,7 +148,7 @@ const G = 'GRPO';
 const { model, data, out, seed, device, threads } = RUN_OPTIONS;
 const { adapter, loraR, loraAlpha, loraTargets, rslora } = LORA_OPTIONS;
 const { lr, adamBeta1, adamBeta2, adamEpsilon, weightDecay, maxGradNorm } = OPTIMIZER_OPTIONS;
-const { lrSchedule, warmupSteps } = SCHEDULE_OPTIONS;
+const { lrSchedule, warmupSteps, warmupRatio } = SCHEDULE_OPTIONS;
 const batchOf = (r: Record<string, number>) => r.batchSize * r.numGenerations;
 
 const ROWS: OptionTable<GrpoConfig> = {
@@ -199,6 +202,7 @@ const ROWS: OptionTable<GrpoConfig> = {
   maxGradNorm,
   lrSchedule,
   warmupSteps,
+  warmupRatio,
   seed,
   evalData: { ...EVAL_OPTIONS.evalData, describe: 'held-out prompts: mean reward before and after training' },
   device,

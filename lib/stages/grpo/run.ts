@@ -99,7 +99,8 @@ export async function runGrpo(config: GrpoConfig, hooks: GrpoHooks = {}): Promis
 
     const env: GrpoEnv = { cfg, model, trainer, tok, reward, eosIds: mcfg.eosTokenIds };
     const stepsPerIt = cfg.numIterations * Math.ceil(samplesPerIt / miniBatch);
-    const policyLr = lrSchedule({ kind: cfg.lrSchedule, lr: cfg.lr, warmupSteps: cfg.warmupSteps, totalSteps: totalSteps * stepsPerIt });
+    const scheduledSteps = totalSteps * stepsPerIt;
+    const policyLr = lrSchedule({ kind: cfg.lrSchedule, lr: cfg.lr, warmupSteps: cfg.warmupSteps > 0 ? cfg.warmupSteps : Math.ceil(cfg.warmupRatio * scheduledSteps), totalSteps: scheduledSteps });
     const optim = { optimizer: 'adamw' as const, beta1: cfg.adamBeta1, beta2: cfg.adamBeta2, eps: cfg.adamEpsilon, weightDecay: cfg.weightDecay, maxGradNorm: cfg.maxGradNorm };
     const lossOpts = lossOptionsOf(cfg);
 

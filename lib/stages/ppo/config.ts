@@ -70,6 +70,8 @@ export interface PpoConfig extends CheckpointOptions, RewardOptions {
   /** 'constant', 'linear' or 'cosine' over all optimizer steps. Default 'linear'. */
   lrSchedule?: LrScheduleKind;
   warmupSteps?: number;
+  /** Warmup as a fraction of the optimizer steps (used when warmupSteps is 0). Default 0. */
+  warmupRatio?: number;
   /** PPO iterations (rollout + update); 0: one pass over the prompts. Default 0. */
   iterations?: number;
   /** Rollouts (prompts) per iteration. Default 64. */
@@ -151,6 +153,7 @@ export const PPO_DEFAULTS = {
   maxGradNorm: 1,
   lrSchedule: 'linear' as const,
   warmupSteps: 0,
+  warmupRatio: 0,
   iterations: 0,
   batchSize: 64,
   miniBatchSize: 8,
@@ -183,7 +186,7 @@ const PPO = 'PPO';
 const { model, data, out, seed, device, threads } = RUN_OPTIONS;
 const { adapter, loraR, loraAlpha, loraTargets, rslora } = LORA_OPTIONS;
 const { lr, adamBeta1, adamBeta2, adamEpsilon, weightDecay, maxGradNorm } = OPTIMIZER_OPTIONS;
-const { lrSchedule, warmupSteps } = SCHEDULE_OPTIONS;
+const { lrSchedule, warmupSteps, warmupRatio } = SCHEDULE_OPTIONS;
 
 const ROWS: OptionTable<PpoConfig> = {
   model,
@@ -206,6 +209,7 @@ const ROWS: OptionTable<PpoConfig> = {
   maxGradNorm,
   lrSchedule,
   warmupSteps,
+  warmupRatio,
   iterations: { type: 'number', check: checks.nonNegInt('0: one pass over the prompts'), describe: 'PPO iterations; 0: one pass over the prompts', group: PPO },
   batchSize: { ...BATCH_OPTIONS.batchSize, group: PPO },
   miniBatchSize: { type: 'number', check: checks.posInt(), describe: 'rollouts per optimizer step', group: PPO },

@@ -129,8 +129,9 @@ export async function runPpo(config: PpoConfig, hooks: PpoHooks = {}): Promise<P
 
     const env: RolloutEnv = { cfg, model, trainer, tok, reward, eosIds: mcfg.eosTokenIds };
     const totalOptSteps = totalSteps * cfg.ppoEpochs * Math.ceil(cfg.batchSize / cfg.miniBatchSize);
-    const policyLr = lrSchedule({ kind: cfg.lrSchedule, lr: cfg.lr, warmupSteps: cfg.warmupSteps, totalSteps: totalOptSteps });
-    const criticLr = lrSchedule({ kind: cfg.lrSchedule, lr: cfg.criticLr, warmupSteps: cfg.warmupSteps, totalSteps: totalOptSteps });
+    const warmup = cfg.warmupSteps > 0 ? cfg.warmupSteps : Math.ceil(cfg.warmupRatio * totalOptSteps);
+    const policyLr = lrSchedule({ kind: cfg.lrSchedule, lr: cfg.lr, warmupSteps: warmup, totalSteps: totalOptSteps });
+    const criticLr = lrSchedule({ kind: cfg.lrSchedule, lr: cfg.criticLr, warmupSteps: warmup, totalSteps: totalOptSteps });
 
     // What the next iteration depends on beyond the two adapters (checkpointed).
     let kl = klController(cfg.klCoef, cfg.klTarget, cfg.klHorizon);
