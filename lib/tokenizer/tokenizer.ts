@@ -131,12 +131,16 @@ export type TokenizerSemantics = 'transformers' | 'raw';
  * legacy: 'always', else 'first'). A Llama 2 tokenizer.json instead prepends
  * "▁" and replaces spaces in a normalizer, so a text starting with a space
  * encodes with an extra "▁" token ("▁", "▁leading" where transformers gives
- * "▁leading"). Other tokenizer classes are used as written.
+ * "▁leading"). Other tokenizer classes are used as written, and so is a
+ * byte-level BPE file whose config names the Llama class (DeepSeek V3):
+ * transformers 5 rebuilds it with the Metaspace pipeline too and then
+ * splits "Hello world" into "H", "ellow", "orld"; the tokenizers library and
+ * the model's own code read the file as written, and so do we.
  */
 export function asTransformersBuildsIt(json: Record<string, unknown>, config: Record<string, unknown>): Record<string, unknown> {
   const cls = config.tokenizer_class;
   const model = json.model as { type?: string } | undefined;
-  if ((cls !== 'LlamaTokenizer' && cls !== 'LlamaTokenizerFast') || model?.type !== 'BPE') return json;
+  if ((cls !== 'LlamaTokenizer' && cls !== 'LlamaTokenizerFast') || model?.type !== 'BPE' || isByteLevel(json)) return json;
   const addPrefixSpace = config.add_prefix_space === undefined || config.add_prefix_space === null ? true : Boolean(config.add_prefix_space);
   const scheme = addPrefixSpace ? (config.legacy === true ? 'always' : 'first') : 'never';
   return {
@@ -153,6 +157,11 @@ export function asTransformersBuildsIt(json: Record<string, unknown>, config: Re
       ],
     },
   };
+}
+
+/** The pipeline is byte-level BPE (GPT-2 style), by its pre-tokenizer or decoder. */
+function isByteLevel(json: Record<string, unknown>): boolean {
+  return JSON.stringify([json.pre_tokenizer ?? null, json.decoder ?? null]).includes('"ByteLevel"');
 }
 
 /** Loads the tokenizer of a model folder (or a tokenizer.json path). Throws E_TOKENIZER naming the file. */
@@ -198,6 +207,16 @@ export function loadTokenizer(dirOrFile: string, opts: { semantics?: TokenizerSe
     }
     if (cfg) checkTokenizerMatchesModel({ file, configFile, vocabSize, bosTokenId, eosTokenId, padTokenId }, cfg, dir);
   }
+  // A Llama-class config with add_bos_token over a file whose post-processor
+  // adds no BOS (DeepSeek V3's byte-level file): BOS is added, as the Llama
+  // tokenizer classes of transformers 4 did from that flag.
+  const llamaClass = config.tokenizer_class === 'LlamaTokenizer' || config.tokenizer_class === 'LlamaTokenizerFast';
+  const probe = tok.encode('a', { add_special_tokens: true }).ids;
+  const prependBos = llamaClass && config.add_bos_token === true && bosTokenId !== null && probe[0] !== bosTokenId;
+  const encode = (text: string, add: boolean): number[] => {
+    const ids = tok.encode(text, { add_special_tokens: add }).ids;
+    return add && prependBos ? [bosTokenId!, ...ids] : ids;
+  };
   const jinjaFile = path.join(dir, 'chat_template.jinja');
   // Newer transformers save the template as its own file instead of the config key.
   const chatTemplate = fs.existsSync(jinjaFile) ? fs.readFileSync(jinjaFile, 'utf8') : pickTemplate(config.chat_template, configFile);
@@ -213,7 +232,7 @@ export function loadTokenizer(dirOrFile: string, opts: { semantics?: TokenizerSe
     eosToken,
     padToken,
     chatTemplate,
-    encode: (text, opts) => tok.encode(text, { add_special_tokens: opts?.addSpecialTokens ?? true }).ids,
+    encode: (text, opts) => encode(text, opts?.addSpecialTokens ?? true),
     // tokenizers.js rejects an empty list; an empty sequence is simply ''.
     decode: (ids, opts) => (ids.length ? tok.decode([...ids], { skip_special_tokens: opts?.skipSpecialTokens ?? false }) : ''),
     tokenToId: (t) => tok.token_to_id(t),
