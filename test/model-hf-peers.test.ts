@@ -224,6 +224,31 @@ for (const c of CASES.filter((x) => !process.env.RLHF_PEER_ARCH || x.name === pr
       t.ok(worst < 1e-4, `LoRA gradients (${names.length} tensors): worst max|diff| / max|peft| = ${worst.toExponential(2)}`);
     });
 
+    // Full fine-tuning: the gradient of every base weight (norms such as q/k norm and Gemma's post norms included).
+    const fullModel = await loadModel(dir, { device: 'cpu' });
+    t.teardown(() => fullModel.dispose());
+    const ft = fullModel.trainer();
+    ft.enableFullTraining();
+    await ft.forward({ inputIds: right.ids, attentionMask: right.mask, sftLoss: { mask: flatMask }, download: false });
+    const fullLoss = (await ft.sftLoss()).loss;
+    await ft.backward({});
+    const fullGrads = new Map(ft.trainable().map((p) => [p.name, ft.read(p.name, 'grad')]));
+    requests.push({ op: 'full_grad', dir, ids: right.ids, mask: right.mask, loss_mask: lossMask });
+    checks.push((a) => {
+      const ref = a as Peer['grad'];
+      t.ok(Math.abs(fullLoss - ref.loss) < 1e-5, `full fine-tuning loss: ours ${fullLoss.toFixed(6)}, transformers ${ref.loss.toFixed(6)}`);
+      t.same([...fullGrads.keys()].sort(), Object.keys(ref.grads).sort(), 'the same trainable base tensors as transformers');
+      let worst = 0, at = '';
+      for (const [name, g] of fullGrads) {
+        const r = ref.grads[name] ?? [];
+        const scale = Math.max(...r.map(Math.abs));
+        let d = 0;
+        for (let i = 0; i < r.length; i++) d = Math.max(d, Math.abs(g[i] - r[i]));
+        if (d / Math.max(scale, 1e-12) > worst) (worst = d / Math.max(scale, 1e-12)), (at = name);
+      }
+      t.ok(worst < 1e-4, `full fine-tuning gradients (${fullGrads.size} tensors): worst max|diff| / max|ref| = ${worst.toExponential(2)} (${at})`);
+    });
+
     // Our log-probs with the adapter = peft's with the adapter we wrote = transformers' on the folder we merge.
     const withAdapter = await logp(model, right);
     expectLogp(withAdapter, logpReq(dir, right, adapter), 'adapter log-probs vs peft, right padding');

@@ -16,6 +16,9 @@ Requests (field "op"):
             the adapter loaded trainable by peft, SFT's masked mean NLL over
             loss_mask [B][T-1], its gradient w.r.t. every LoRA weight (names
             as saved: base_model.model.<module>.lora_A.weight).
+  full_grad {dir, ids, mask, loss_mask}  -> {loss, grads}
+            the same loss with every base weight trainable: its gradient
+            w.r.t. each parameter (names as saved; tied weights once).
   greedy    {dir, prompts, n}  -> {tokens}
             n greedy tokens per prompt (each alone) through the model's
             forward with transformers' KV cache, no end-of-sequence stop.
@@ -103,6 +106,15 @@ def lora_grad(req):
     return {"loss": loss.item(), "grads": grads}
 
 
+def full_grad(req):
+    model = load(req["dir"], trainable=True)
+    lp = token_logp(model, req["ids"], req["mask"])
+    lm = torch.tensor(req["loss_mask"], dtype=torch.float64)
+    loss = -(lp * lm).sum() / lm.sum()
+    loss.backward()
+    return {"loss": loss.item(), "grads": {n: p.grad.flatten().tolist() for n, p in model.named_parameters()}}
+
+
 def greedy(req):
     # The model's forward with transformers' own KV cache, one token at a
     # time (not generate(): for Phi-3 it drops the cache where LongRoPE
@@ -125,7 +137,7 @@ def batch(req):
     return [OPS[r["op"]](r) for r in req["requests"]]
 
 
-OPS = {"make": make, "logp": logp, "lora_grad": lora_grad, "greedy": greedy, "batch": batch}
+OPS = {"make": make, "logp": logp, "lora_grad": lora_grad, "greedy": greedy, "full_grad": full_grad, "batch": batch}
 
 if __name__ == "__main__":
     request = json.load(sys.stdin)
