@@ -148,6 +148,7 @@ interface Peer {
 }
 const logpReq = (dir: string, batch: { ids: number[][]; mask: number[][] }, adapter?: string) => ({ op: 'logp', dir, adapter, ...batch });
 
+// RLHF_PEER_ARCH=<name> runs one case (while working on one architecture).
 for (const c of CASES.filter((x) => !process.env.RLHF_PEER_ARCH || x.name === process.env.RLHF_PEER_ARCH)) {
   t.test(`${c.architecture}: transformers' model, log-probs, LoRA step, adapter, merge, CLI`, async (t) => {
     const dir = path.join(tmp, c.name);
