@@ -7,9 +7,15 @@
 //     reproduces our log-probs; the model we merge loads with
 //     AutoModelForCausalLM and reproduces them too;
 //   - `rlhf-native sft --model <folder>` gives an adapter that peft loads and
-//     that reproduces our log-probs with it.
-// Bounds: log-probs 1e-4 absolute; the loss 1e-5; each gradient tensor to
+//     that reproduces our log-probs with it;
+//   - greedy generation through our KV cache = transformers' model with its
+//     own KV cache;
+//   - full fine-tuning: the loss and the gradient of every base tensor.
+// Bounds: log-probs 1e-4 absolute; losses 1e-5; each gradient tensor to
 // 1e-4 of its largest entry (fp32 against float64 through a few layers).
+// The reference runs each batch's real tokens right-padded (left padding
+// must give the same), so the longest row decides LongRoPE's factors as in
+// transformers.
 import t from 'tap';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
