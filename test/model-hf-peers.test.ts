@@ -283,3 +283,23 @@ for (const c of CASES.filter((x) => !process.env.RLHF_PEER_ARCH || x.name === pr
     answers.forEach((a, i) => checks[i](a));
   });
 }
+
+// Reward models: *ForSequenceClassification made by transformers; our score head at each row's last
+// real token = transformers' output, both on the rows right-padded together.
+for (const c of CASES.filter((x) => x.name !== 'gemma3' && (!process.env.RLHF_PEER_ARCH || x.name === process.env.RLHF_PEER_ARCH))) {
+  t.test(`${c.architecture.replace('CausalLM', 'SequenceClassification')}: reward model scores`, async (t) => {
+    const dir = path.join(tmp, `${c.name}-rm`);
+    const made = runPeer<{ architecture: string }>('hf_models.py', { op: 'make', dir, model_type: c.modelType, config: { ...c.config, vocab_size: vocab, ...special }, seed: 9, score: true });
+    t.equal(made.architecture, c.architecture.replace('CausalLM', 'SequenceClassification'));
+    const model = await loadModel(dir, { device: 'cpu' });
+    t.teardown(() => model.dispose());
+    const pad = special.pad_token_id as number;
+    const rows = ids(21, [9, 4, 12]).map((r) => r.map((x) => (x === pad ? (x % (vocab - 2)) + 1 : x)));
+    const T = Math.max(...rows.map((r) => r.length));
+    const out = await model.forward({ inputIds: rows.map((r) => [...r, ...Array(T - r.length).fill(pad)]), attentionMask: rows.map((r) => [...r.map(() => 1), ...Array(T - r.length).fill(0)]), values: true, logp: false });
+    const ours = rows.map((r, b) => out.values![b][r.length - 1]);
+    const ref = runPeer<{ scores: number[] }>('hf_models.py', { op: 'score', dir, rows }).scores;
+    const d = Math.max(...ours.map((v, i) => Math.abs(v - ref[i])));
+    t.ok(d < 1e-4, `scores: max |ours - transformers| = ${d.toExponential(2)}`);
+  });
+}
