@@ -205,6 +205,52 @@ t.test('malformed configs -> E_CONFIG naming the key and the file', async (t) =>
   t.test('not an object', async (t) => expectConfigError(t, [1, 2], /JSON object/));
 });
 
+// Shapes of published checkpoints (Qwen3-0.6B, Phi-3-mini-128k-instruct, gemma-3-1b-it), token ids and factor lists shortened.
+const QWEN3_06B = {
+  architectures: ['Qwen3ForCausalLM'], model_type: 'qwen3', vocab_size: 151936, hidden_size: 1024, intermediate_size: 3072,
+  num_hidden_layers: 28, num_attention_heads: 16, num_key_value_heads: 8, head_dim: 128, max_position_embeddings: 40960,
+  rms_norm_eps: 1e-6, rope_theta: 1000000, tie_word_embeddings: true, attention_bias: false, use_sliding_window: false, sliding_window: null,
+};
+const PHI3_MINI_128K = {
+  architectures: ['Phi3ForCausalLM'], model_type: 'phi3', vocab_size: 32064, hidden_size: 3072, intermediate_size: 8192,
+  num_hidden_layers: 32, num_attention_heads: 32, num_key_value_heads: 32, max_position_embeddings: 131072,
+  original_max_position_embeddings: 4096, rms_norm_eps: 1e-5, rope_theta: 10000, sliding_window: 262144, tie_word_embeddings: false,
+  rope_scaling: { type: 'longrope', short_factor: Array.from({ length: 48 }, (_, i) => 1 + i / 100), long_factor: Array.from({ length: 48 }, (_, i) => 1 + i) },
+  bos_token_id: 1, eos_token_id: 32000, pad_token_id: 32000,
+};
+const GEMMA3_1B = {
+  architectures: ['Gemma3ForCausalLM'], model_type: 'gemma3_text', vocab_size: 262144, hidden_size: 1152, intermediate_size: 6912,
+  num_hidden_layers: 26, num_attention_heads: 4, num_key_value_heads: 1, head_dim: 256, max_position_embeddings: 32768,
+  query_pre_attn_scalar: 256, sliding_window: 512, sliding_window_pattern: 6, rope_theta: 1000000, rope_local_base_freq: 10000,
+  rope_scaling: null, hidden_activation: 'gelu_pytorch_tanh', final_logit_softcapping: null, attn_logit_softcapping: null, torch_dtype: 'bfloat16',
+};
+
+t.test('Qwen3, Phi-3 and Gemma 3 configs', async (t) => {
+  const q = parse(QWEN3_06B);
+  t.match(q, { arch: 'qwen3', headDim: 128, qkNorm: true, qkvBias: false, tieWordEmbeddings: true, rotaryDim: 128, fusedProj: false });
+  t.equal(parse(without(QWEN3_06B, 'head_dim')).headDim, 128, "Qwen3Config's head_dim default, not hidden / heads");
+  const p = parse(PHI3_MINI_128K);
+  t.match(p, { arch: 'phi3', headDim: 96, rotaryDim: 96, fusedProj: true, normEps: 1e-5, slidingWindow: null });
+  t.match(p.rope!.scaling, { type: 'longrope', originalMaxPositions: 4096 });
+  t.equal((p.rope!.scaling as { attentionFactor: number }).attentionFactor, Math.sqrt(1 + Math.log(32) / Math.log(4096)), 'attention factor from 131072 / 4096');
+  t.equal(parse({ ...PHI3_MINI_128K, partial_rotary_factor: 0.5, rope_scaling: null }).rotaryDim, 48);
+  const g = parse(GEMMA3_1B);
+  t.match(g, { arch: 'gemma3', headDim: 256, qkNorm: true, tieWordEmbeddings: true, hiddenAct: 'gelu_pytorch_tanh', slidingWindow: 512, maxSequenceLength: 512 });
+  t.equal(g.gemma!.embedScale, 34, 'sqrt(1152) = 33.94 rounded to bfloat16 (the checkpoint dtype) is 34');
+  t.equal(parse({ ...GEMMA3_1B, torch_dtype: 'float32' }).gemma!.embedScale, Math.fround(Math.sqrt(1152)));
+  t.same(g.gemma!.layerTypes.map((x, i) => (x === 'full_attention' ? i : -1)).filter((i) => i >= 0), [5, 11, 17, 23], 'every 6th layer global');
+  t.match(g.rope, { theta: 1000000 });
+  t.equal(g.gemma!.localRopeTheta, 10000);
+  t.equal(g.warnings.length, 1, 'the sliding window caps the sequence length');
+  t.test('soft-capping refused', async (t) => expectConfigError(t, { ...GEMMA3_1B, final_logit_softcapping: 30 }, 'final_logit_softcapping', /not implemented/));
+  t.test('attention soft-capping refused', async (t) => expectConfigError(t, { ...GEMMA3_1B, attn_logit_softcapping: 50 }, 'attn_logit_softcapping'));
+  t.test('bad layer_types', async (t) => expectConfigError(t, { ...GEMMA3_1B, layer_types: ['full_attention'] }, 'layer_types'));
+  t.test('longrope factors of the wrong length', async (t) =>
+    expectConfigError(t, { ...PHI3_MINI_128K, rope_scaling: { ...PHI3_MINI_128K.rope_scaling, short_factor: [1, 2] } }, 'short_factor', /48/));
+  t.test('partial rotary outside Phi-3', async (t) => expectConfigError(t, { ...LLAMA2_7B, partial_rotary_factor: 0.5 }, 'partial_rotary_factor'));
+  t.test('Bloom stays refused', async (t) => expectConfigError(t, { ...GPT2, architectures: ['BloomForCausalLM'], model_type: 'bloom' }, 'BloomForCausalLM', /unsupported/, /ALiBi/));
+});
+
 t.test('modelConfigToHf round-trips through parseModelConfig', async (t) => {
   const all: [string, Record<string, unknown>][] = [
     ['llama2', LLAMA2_7B], ['llama3.1', LLAMA31_8B], ['mistral', MISTRAL_7B], ['qwen2', QWEN2_05B], ['smollm', SMOLLM_135M],
@@ -213,6 +259,8 @@ t.test('modelConfigToHf round-trips through parseModelConfig', async (t) => {
     ['llama rm', { ...LLAMA2_7B, architectures: ['LlamaForSequenceClassification'], num_labels: 1, pad_token_id: 0 }],
     ['gpt2 rm', { ...GPT2, architectures: ['GPT2ForSequenceClassification'], num_labels: 1, n_inner: 2000 }],
     ['gpt2 untied', { ...GPT2, tie_word_embeddings: false }],
+    ['qwen3', QWEN3_06B], ['phi3', PHI3_MINI_128K], ['phi3 partial', { ...PHI3_MINI_128K, partial_rotary_factor: 0.75, rope_scaling: null }],
+    ['gemma3', GEMMA3_1B],
   ];
   for (const [name, json] of all) {
     const c = parse(json);
@@ -220,7 +268,7 @@ t.test('modelConfigToHf round-trips through parseModelConfig', async (t) => {
     const back = parse(JSON.parse(JSON.stringify(hf)));
     t.same(back, c, name);
     t.same(hf.architectures, [c.architecture], `${name}: architectures`);
-    t.equal(hf.model_type, c.arch, `${name}: model_type`);
+    t.equal(hf.model_type, c.arch === 'gemma3' ? 'gemma3_text' : c.arch, `${name}: model_type`);
   }
   const gpt = modelConfigToHf(parse(GPT2));
   t.match(gpt, { n_embd: 768, n_layer: 12, n_head: 12, n_positions: 1024, n_inner: null, activation_function: 'gelu_new', layer_norm_epsilon: 1e-5 });

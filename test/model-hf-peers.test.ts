@@ -7,9 +7,15 @@
 //     reproduces our log-probs; the model we merge loads with
 //     AutoModelForCausalLM and reproduces them too;
 //   - `rlhf-native sft --model <folder>` gives an adapter that peft loads and
-//     that reproduces our log-probs with it.
-// Bounds: log-probs 1e-4 absolute; the loss 1e-5; each gradient tensor to
+//     that reproduces our log-probs with it;
+//   - greedy generation through our KV cache = transformers' model with its
+//     own KV cache;
+//   - full fine-tuning: the loss and the gradient of every base tensor.
+// Bounds: log-probs 1e-4 absolute; losses 1e-5; each gradient tensor to
 // 1e-4 of its largest entry (fp32 against float64 through a few layers).
+// The reference runs each batch's real tokens right-padded (left padding
+// must give the same), so the longest row decides LongRoPE's factors as in
+// transformers.
 import t from 'tap';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -148,6 +154,7 @@ interface Peer {
 }
 const logpReq = (dir: string, batch: { ids: number[][]; mask: number[][] }, adapter?: string) => ({ op: 'logp', dir, adapter, ...batch });
 
+// RLHF_PEER_ARCH=<name> runs one case (while working on one architecture).
 for (const c of CASES.filter((x) => !process.env.RLHF_PEER_ARCH || x.name === process.env.RLHF_PEER_ARCH)) {
   t.test(`${c.architecture}: transformers' model, log-probs, LoRA step, adapter, merge, CLI`, async (t) => {
     const dir = path.join(tmp, c.name);
@@ -224,6 +231,31 @@ for (const c of CASES.filter((x) => !process.env.RLHF_PEER_ARCH || x.name === pr
       t.ok(worst < 1e-4, `LoRA gradients (${names.length} tensors): worst max|diff| / max|peft| = ${worst.toExponential(2)}`);
     });
 
+    // Full fine-tuning: the gradient of every base weight (norms such as q/k norm and Gemma's post norms included).
+    const fullModel = await loadModel(dir, { device: 'cpu' });
+    t.teardown(() => fullModel.dispose());
+    const ft = fullModel.trainer();
+    ft.enableFullTraining();
+    await ft.forward({ inputIds: right.ids, attentionMask: right.mask, sftLoss: { mask: flatMask }, download: false });
+    const fullLoss = (await ft.sftLoss()).loss;
+    await ft.backward({});
+    const fullGrads = new Map(ft.trainable().map((p) => [p.name, ft.read(p.name, 'grad')]));
+    requests.push({ op: 'full_grad', dir, ids: right.ids, mask: right.mask, loss_mask: lossMask });
+    checks.push((a) => {
+      const ref = a as Peer['grad'];
+      t.ok(Math.abs(fullLoss - ref.loss) < 1e-5, `full fine-tuning loss: ours ${fullLoss.toFixed(6)}, transformers ${ref.loss.toFixed(6)}`);
+      t.same([...fullGrads.keys()].sort(), Object.keys(ref.grads).sort(), 'the same trainable base tensors as transformers');
+      let worst = 0, at = '';
+      for (const [name, g] of fullGrads) {
+        const r = ref.grads[name] ?? [];
+        const scale = Math.max(...r.map(Math.abs));
+        let d = 0;
+        for (let i = 0; i < r.length; i++) d = Math.max(d, Math.abs(g[i] - r[i]));
+        if (d / Math.max(scale, 1e-12) > worst) (worst = d / Math.max(scale, 1e-12)), (at = name);
+      }
+      t.ok(worst < 1e-4, `full fine-tuning gradients (${fullGrads.size} tensors): worst max|diff| / max|ref| = ${worst.toExponential(2)} (${at})`);
+    });
+
     // Our log-probs with the adapter = peft's with the adapter we wrote = transformers' on the folder we merge.
     const withAdapter = await logp(model, right);
     expectLogp(withAdapter, logpReq(dir, right, adapter), 'adapter log-probs vs peft, right padding');
@@ -249,5 +281,25 @@ for (const c of CASES.filter((x) => !process.env.RLHF_PEER_ARCH || x.name === pr
 
     const answers = runPeer<unknown[]>('hf_models.py', { op: 'batch', requests });
     answers.forEach((a, i) => checks[i](a));
+  });
+}
+
+// Reward models: *ForSequenceClassification made by transformers; our score head at each row's last
+// real token = transformers' output, both on the rows right-padded together.
+for (const c of CASES.filter((x) => x.name !== 'gemma3' && (!process.env.RLHF_PEER_ARCH || x.name === process.env.RLHF_PEER_ARCH))) {
+  t.test(`${c.architecture.replace('CausalLM', 'SequenceClassification')}: reward model scores`, async (t) => {
+    const dir = path.join(tmp, `${c.name}-rm`);
+    const made = runPeer<{ architecture: string }>('hf_models.py', { op: 'make', dir, model_type: c.modelType, config: { ...c.config, vocab_size: vocab, ...special }, seed: 9, score: true });
+    t.equal(made.architecture, c.architecture.replace('CausalLM', 'SequenceClassification'));
+    const model = await loadModel(dir, { device: 'cpu' });
+    t.teardown(() => model.dispose());
+    const pad = special.pad_token_id as number;
+    const rows = ids(21, [9, 4, 12]).map((r) => r.map((x) => (x === pad ? (x % (vocab - 2)) + 1 : x)));
+    const T = Math.max(...rows.map((r) => r.length));
+    const out = await model.forward({ inputIds: rows.map((r) => [...r, ...Array(T - r.length).fill(pad)]), attentionMask: rows.map((r) => [...r.map(() => 1), ...Array(T - r.length).fill(0)]), values: true, logp: false });
+    const ours = rows.map((r, b) => out.values![b][r.length - 1]);
+    const ref = runPeer<{ scores: number[] }>('hf_models.py', { op: 'score', dir, rows }).scores;
+    const d = Math.max(...ours.map((v, i) => Math.abs(v - ref[i])));
+    t.ok(d < 1e-4, `scores: max |ours - transformers| = ${d.toExponential(2)}`);
   });
 }

@@ -119,6 +119,11 @@ const MODEL_TYPES: Record<string, ModelArch> = { llama: 'llama', mistral: 'mistr
 /** config.json's model_type of each arch. */
 const MODEL_TYPE_OF: Record<ModelArch, string> = { llama: 'llama', mistral: 'mistral', qwen2: 'qwen2', qwen3: 'qwen3', phi3: 'phi3', gemma3: 'gemma3_text', gpt2: 'gpt2' };
 
+/** Architectures asked for but not implemented yet, and what they lack. */
+const NOT_YET: Record<string, string> = {
+  BloomForCausalLM: ': Bloom needs ALiBi attention, its per-head interleaved query_key_value and the embedding LayerNorm, which the engine does not have yet',
+};
+
 export const SUPPORTED_ARCHITECTURES: readonly string[] = Object.keys(ARCHITECTURES);
 
 /** The class name transformers uses for an (arch, head) pair. */
@@ -137,7 +142,7 @@ function identify(r: Reader): { architecture: string; entry: ArchEntry } {
       fail(r.file, `"architectures" must be a non-empty list of class names, got ${JSON.stringify(archs)}`, 'architectures');
     const name = archs[0] as string;
     const entry = ARCHITECTURES[name];
-    if (!entry) fail(r.file, `unsupported architecture "${name}" (architectures); ${supported}`, 'architectures');
+    if (!entry) fail(r.file, `unsupported architecture "${name}" (architectures)${NOT_YET[name] ?? ''}; ${supported}`, 'architectures');
     // transformers builds the class from model_type when auto-loading, so the two must agree.
     if (modelType !== undefined && MODEL_TYPES[modelType] !== entry.arch)
       fail(r.file, `contradictory keys "architectures" (${name}) and "model_type" (${modelType})`, 'model_type');

@@ -3,10 +3,14 @@ and saved by transformers, and what transformers (+ peft) computes on them in
 float64. One JSON request on stdin, one JSON answer on stdout.
 
 Requests (field "op"):
-  make      {dir, model_type, config, seed, copy?}  -> {architecture, parameters}
+  make      {dir, model_type, config, seed, copy?, score?}  -> {architecture, parameters}
             a *ForCausalLM of that config with random weights (1-D weights
             such as norms moved off their constant init), saved with
             save_pretrained; files in `copy` (tokenizer files) copied in.
+            With score: an AutoModelForSequenceClassification (num_labels 1).
+  score     {dir, rows}  -> {scores}
+            the sequence classifier's output for each row, the rows
+            right-padded with pad_token_id (it finds each row's last token).
   logp      {dir, adapter?, ids, mask}  -> {logp}
             log p(ids[t+1] | ids[..t]) [B][T-1] in float64 (0 where the query
             or the target is padding), run by transformers on the rows
@@ -16,6 +20,9 @@ Requests (field "op"):
             the adapter loaded trainable by peft, SFT's masked mean NLL over
             loss_mask [B][T-1], its gradient w.r.t. every LoRA weight (names
             as saved: base_model.model.<module>.lora_A.weight).
+  full_grad {dir, ids, mask, loss_mask}  -> {loss, grads}
+            the same loss with every base weight trainable: its gradient
+            w.r.t. each parameter (names as saved; tied weights once).
   greedy    {dir, prompts, n}  -> {tokens}
             n greedy tokens per prompt (each alone) through the model's
             forward with transformers' KV cache, no end-of-sequence stop.
@@ -70,7 +77,13 @@ def token_logp(model, ids, mask):
 def make(req):
     torch.manual_seed(req["seed"])
     cfg = AutoConfig.for_model(req["model_type"], **req["config"])
-    model = AutoModelForCausalLM.from_config(cfg)
+    if req.get("score"):
+        from transformers import AutoModelForSequenceClassification
+
+        cfg.num_labels = 1
+        model = AutoModelForSequenceClassification.from_config(cfg)
+    else:
+        model = AutoModelForCausalLM.from_config(cfg)
     model = model.float()
     with torch.no_grad():
         for _, p in model.named_parameters():
@@ -103,6 +116,27 @@ def lora_grad(req):
     return {"loss": loss.item(), "grads": grads}
 
 
+def full_grad(req):
+    model = load(req["dir"], trainable=True)
+    lp = token_logp(model, req["ids"], req["mask"])
+    lm = torch.tensor(req["loss_mask"], dtype=torch.float64)
+    loss = -(lp * lm).sum() / lm.sum()
+    loss.backward()
+    return {"loss": loss.item(), "grads": {n: p.grad.flatten().tolist() for n, p in model.named_parameters()}}
+
+
+def score(req):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(req["dir"], dtype=torch.float64, attn_implementation="eager").eval()
+    pad = model.config.pad_token_id
+    T = max(len(r) for r in req["rows"])
+    x = torch.tensor([r + [pad] * (T - len(r)) for r in req["rows"]], dtype=torch.long)
+    am = torch.tensor([[1] * len(r) + [0] * (T - len(r)) for r in req["rows"]], dtype=torch.long)
+    with torch.no_grad():
+        return {"scores": model(input_ids=x, attention_mask=am).logits[:, 0].tolist()}
+
+
 def greedy(req):
     # The model's forward with transformers' own KV cache, one token at a
     # time (not generate(): for Phi-3 it drops the cache where LongRoPE
@@ -125,7 +159,7 @@ def batch(req):
     return [OPS[r["op"]](r) for r in req["requests"]]
 
 
-OPS = {"make": make, "logp": logp, "lora_grad": lora_grad, "greedy": greedy, "batch": batch}
+OPS = {"make": make, "logp": logp, "lora_grad": lora_grad, "greedy": greedy, "full_grad": full_grad, "score": score, "batch": batch}
 
 if __name__ == "__main__":
     request = json.load(sys.stdin)
