@@ -37,20 +37,26 @@ t.test('score: input_ids rows give the reference log-probs; score heads give rew
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 
-t.test('score: prompt/completion rows score only the completion tokens', { skip }, async (t) => {
+t.test('score: rows tokenised as sft tokenises them (TRL: prompt + completion + EOS as one string), only the trained tokens scored', { skip }, async (t) => {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'rlhf-score-'));
   const model = path.join(tmp, 'm');
   t.equal(runCli(['init', '--arch', 'qwen2', '--preset', 'tiny', '--out', model, '--seed', '3']).status, 0);
   const tok = loadTokenizer(model);
   const prompt = 'Reverse the word cat.', completion = ' The answer is tac.';
-  const p = tok.encode(prompt, { addSpecialTokens: true }), c = tok.encode(completion, { addSpecialTokens: false });
+  // TRL's rule, written here from its documentation: the whole string with EOS, the prompt's own encoding as the boundary.
+  const full = tok.encode(prompt + completion + tok.eosToken!, { addSpecialTokens: true });
+  const from = tok.encode(prompt, { addSpecialTokens: true }).length;
+  const chat = [{ role: 'user', content: 'Hi' }, { role: 'assistant', content: 'Hello.' }];
+  const chatIds = tok.encode(tok.applyChatTemplate(chat, { addGenerationPrompt: false }), { addSpecialTokens: false });
   const data = path.join(tmp, 'd.jsonl');
-  fs.writeFileSync(data, JSON.stringify({ prompt, completion }) + '\n' + JSON.stringify({ input_ids: [...p, ...c] }) + '\n');
+  fs.writeFileSync(data, [{ prompt, completion }, { input_ids: full }, { text: prompt + completion }, { messages: chat }, { input_ids: chatIds }].map((r) => JSON.stringify(r)).join('\n') + '\n');
   const r = runCli(['score', '--model', model, '--data', data, '--device', 'cpu']);
   t.equal(r.status, 0, r.stderr);
-  const [pc, ids] = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
-  t.equal(pc.logprobs.length, c.length, 'one log-prob per completion token');
-  t.same(pc.logprobs, ids.logprobs.slice(p.length - 1), 'the tail of the full sequence scores');
+  const [pc, ids, text, msgs, msgIds] = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+  t.equal(pc.logprobs.length, full.length - from, 'one log-prob per completion token (EOS included)');
+  t.same(pc.logprobs, ids.logprobs.slice(from - 1), 'the tail of the full sequence scores');
+  t.same(text.logprobs, ids.logprobs, '{"text"}: the same string, every token after the first');
+  t.same(msgs.logprobs, msgIds.logprobs, '{"messages"}: the rendered conversation, every token');
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 
@@ -59,9 +65,9 @@ t.test('score: bad data fails with one line naming the file and line', { skip },
   const data = path.join(tmp, 'd.jsonl');
   const model = path.join(GOLD, 'llama_gqa_tied');
   for (const [body, msg] of [
-    ['{"input_ids": [1, 2]}\n{"input_ids": [1, 99999]}\n', /d\.jsonl:2: token id 99999 is outside the vocabulary/],
+    ['{"input_ids": [1, 2]}\n{"input_ids": [1, 99999]}\n', /d\.jsonl:2: token id 99999 is outside the (model's )?vocabulary/],
     ['{"input_ids": [1, 2]}\nnot json\n', /d\.jsonl:2: invalid JSON/],
-    ['{"text": "x"}\n', /d\.jsonl:1: expected/],
+    ['{"txt": "x"}\n', /d\.jsonl:1: expected/],
     ['', /no data/],
   ] as const) {
     fs.writeFileSync(data, body);
@@ -96,11 +102,16 @@ t.test('generate: greedy is deterministic, sampling follows the seed, stop strin
     t.equal(cut.completion, full.completion.slice(0, full.completion.indexOf(stop)), 'text ends before the stop string');
   }
   const chat = path.join(tmp, 'chat.jsonl');
-  fs.writeFileSync(chat, JSON.stringify({ messages: [{ role: 'user', content: 'hi' }] }) + '\n' + JSON.stringify({ prompt: 'abc' }) + '\n');
+  const hi = [{ role: 'user', content: 'hi' }];
+  const rows = [{ messages: hi }, { prompt: 'abc' }, { text: 'abc' }, { messages: [...hi, { role: 'assistant', content: 'yo' }] }, { prompt: hi, completion: [{ role: 'assistant', content: 'yo' }] }];
+  fs.writeFileSync(chat, rows.map((x) => JSON.stringify(x)).join('\n') + '\n');
   const r = runCli(['generate', '--model', model, '--data', chat, '--max-new-tokens', '4', '--device', 'cpu']);
   t.equal(r.status, 0, r.stderr);
   const lines = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
-  t.equal(lines.length, 2);
+  t.equal(lines.length, 5);
   t.match(lines[0].prompt, /<\|im_start\|>user\nhi<\|im_end\|>\n<\|im_start\|>assistant\n$/);
+  t.equal(lines[2].prompt, lines[1].prompt, '{"text"} is a prompt');
+  t.equal(lines[3].prompt, lines[0].prompt, "{\"messages\"}: a trailing assistant turn is dropped");
+  t.equal(lines[4].prompt, lines[0].prompt, '{"prompt": [messages]} with a completion: the prompt');
   fs.rmSync(tmp, { recursive: true, force: true });
 });

@@ -1,11 +1,12 @@
 /**
  * `rlhf-native generate --model DIR (--prompt TEXT | --data FILE.jsonl)`:
- * batched generation. JSONL rows are {"prompt"} or {"messages"} (rendered
- * with the tokenizer's chat template and a generation prompt).
+ * batched generation. JSONL rows are {"prompt"} (a string, or chat messages),
+ * {"messages"} (a trailing assistant turn dropped) or {"text"}; chats are
+ * rendered with the tokenizer's chat template and a generation prompt.
  */
 import type { Argv } from 'yargs';
 import { loadModel } from '../../lib/engine/model';
-import { readJsonl, dataError } from '../../lib/data/jsonl';
+import { readJsonl, dataError, isMessages } from '../../lib/data/jsonl';
 import { loadTokenizer } from '../../lib/tokenizer/tokenizer';
 import { tokenBytesTable } from '../../lib/tokenizer/token-bytes';
 import { RlhfError } from '../../lib/errors';
@@ -22,7 +23,7 @@ export function register<T>(y: Argv<T>): Argv<T> {
       adapterOption(deviceOption(a))
         .option('model', { type: 'string', demandOption: true, describe: 'model folder (with tokenizer.json)' })
         .option('prompt', { type: 'string', describe: 'one prompt' })
-        .option('data', { type: 'string', describe: 'JSONL: {"prompt"} or {"messages"} per line' })
+        .option('data', { type: 'string', describe: 'JSONL: {"prompt"} (string or chat), {"messages"} or {"text"} per line' })
         .option('out', { type: 'string', describe: 'output JSONL (default: stdout)' })
         .option('max-new-tokens', { type: 'number', default: 64 })
         .option('temperature', { type: 'number', default: 0, describe: '0 = greedy' })
@@ -42,10 +43,20 @@ export function register<T>(y: Argv<T>): Argv<T> {
         const texts: string[] = [];
         if (argv.prompt !== undefined) texts.push(argv.prompt);
         else {
+          // The rows the stages read, as prompts: a prompt (string or chat), a
+          // text, or a conversation (a trailing assistant turn is dropped, so the
+          // model answers the last user turn); a completion is ignored.
           for (const r of readJsonl(argv.data!)) {
-            if (typeof r.value.prompt === 'string') texts.push(r.value.prompt);
-            else if (Array.isArray(r.value.messages)) texts.push(tok.applyChatTemplate(r.value.messages as ChatMessage[], { addGenerationPrompt: true }));
-            else throw dataError(argv.data!, r.line, 'expected {"prompt": "..."} or {"messages": [...]}');
+            const v = r.value;
+            const chat = (m: ChatMessage[]) => texts.push(tok.applyChatTemplate(m, { addGenerationPrompt: true }));
+            if (typeof v.prompt === 'string') texts.push(v.prompt);
+            else if (isMessages(v.prompt)) chat(v.prompt);
+            else if (isMessages(v.messages)) {
+              const m = v.messages[v.messages.length - 1].role === 'assistant' ? v.messages.slice(0, -1) : v.messages;
+              if (!m.length) throw dataError(argv.data!, r.line, '"messages" holds only an assistant turn: nothing to answer');
+              chat(m);
+            } else if (typeof v.text === 'string') texts.push(v.text);
+            else throw dataError(argv.data!, r.line, 'expected {"prompt": "..." or [messages]}, {"messages": [...]} or {"text": "..."}');
           }
         }
         const model = await loadModel(argv.model, { device: argv.device, adapter: argv.adapter });

@@ -1,5 +1,6 @@
-/** `rlhf-native score --model DIR --data FILE.jsonl [--out FILE]`: per-token log-probs (and rewards) as JSON lines. */
+/** `rlhf-native score --model DIR --data FILE.jsonl [--out FILE]`: per-token log-probs (and rewards) as JSON lines, rows tokenised as `sft` tokenises them. */
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import type { Argv } from 'yargs';
 import { loadModel } from '../../lib/engine/model';
 import { scoreRows } from '../../lib/engine/score';
@@ -16,7 +17,9 @@ export function register<T>(y: Argv<T>): Argv<T> {
     (a) =>
       adapterOption(deviceOption(a))
         .option('model', { type: 'string', demandOption: true, describe: 'model folder' })
-        .option('data', { type: 'string', demandOption: true, describe: 'JSONL: {"input_ids"} or {"prompt","completion"} per line' })
+        .option('data', { type: 'string', demandOption: true, describe: 'JSONL: {"input_ids"}, {"text"}, {"prompt","completion"} or {"messages"} per line, tokenised as sft does' })
+        .option('tokenize', { choices: ['trl', 'separate'] as const, default: 'trl' as const, describe: "as sft's --tokenize: TRL's tokenization, or prompt and completion encoded apart" })
+        .option('assistant-only-loss', { type: 'boolean', default: false, describe: '{"messages"} rows: score the assistant turns only' })
         .option('out', { type: 'string', describe: 'output JSONL (default: stdout)' })
         .option('batch-size', { type: 'number', default: 8 })
         .example(...EXAMPLES.score),
@@ -24,9 +27,10 @@ export function register<T>(y: Argv<T>): Argv<T> {
       runCommand(argv, async () => {
         const rows = readJsonl(argv.data);
         const model = await loadModel(argv.model, { device: argv.device, adapter: argv.adapter });
-        const needsTok = rows.some((r) => !('input_ids' in r.value) && typeof r.value.prompt === 'string');
+        // The tokenizer only where a row needs one (a folder of ids-only rows may have none).
+        const needsTok = rows.some((r) => !('input_ids' in r.value)) && fs.existsSync(path.join(argv.model, 'tokenizer.json'));
         const tok = needsTok ? loadTokenizer(argv.model) : null;
-        const scored = await scoreRows(model, rows, argv.data, tok, argv['batch-size']);
+        const scored = await scoreRows(model, rows, argv.data, tok, argv['batch-size'], { tokenize: argv.tokenize, assistantOnlyLoss: argv['assistant-only-loss'] });
         const out = openOutput(argv.out);
         for (const s of scored) out.write(JSON.stringify(s) + '\n');
         await out.close();
