@@ -190,3 +190,38 @@ t.test('a killed rank ends the job with an error within seconds (no rank left wa
   t.ok(seconds < 45, `ended within seconds of the kill (${seconds.toFixed(1)} s in all)`);
   t.match(stderr, /signal 9|Killed|exited on signal/i, 'mpirun names the killed rank');
 });
+
+t.test('a rank that fails with an error ends every rank (MPI_Abort), the error on stderr', { skip }, async (t) => {
+  // Rank 1 is given data that does not exist: it fails after MPI is up, while rank 0 goes on to its first all-reduce.
+  const common = ['sft', '--model', model, '--out', path.join(tmp, 'one-fails'), '--steps', '50', '--batch-size', '2', '--lora-r', '4', '--device', 'cpu', '--threads', '1'];
+  const started = Date.now();
+  const r = spawnSync('mpirun', [...MPIRUN, '-np', '1', process.execPath, CLI, ...common, '--data', sftData, ':', '-np', '1', process.execPath, CLI, ...common, '--data', path.join(tmp, 'missing.jsonl')], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
+  const seconds = (Date.now() - started) / 1000;
+  t.equal(r.signal, null, `ended by itself after ${seconds.toFixed(1)} s, not by the test's 60 s limit`);
+  t.ok(seconds < 45, 'within seconds');
+  t.not(r.status, 0);
+  t.match(r.stderr, /rlhf-native: error E_IO: cannot read .*missing\.jsonl/);
+  t.notOk(fs.existsSync(path.join(tmp, 'one-fails', 'adapter_model.safetensors')), 'nothing saved');
+});
+
+t.test('info --json: world_size and rank of each rank under mpirun', { skip }, async (t) => {
+  const r = spawnSync('mpirun', [...MPIRUN, '-np', '2', process.execPath, CLI, 'info', '--json'], { encoding: 'utf8', timeout: 60_000 });
+  t.equal(r.status, 0, r.stderr);
+  // Two JSON objects, one per rank, in either order.
+  const objs = r.stdout.split(/\n(?=\{)/).map((s) => JSON.parse(s));
+  t.same(objs.map((o) => [o.world_size, o.rank]).sort(), [[2, 0], [2, 1]]);
+  t.same(objs.map((o) => o.distributed.local_rank).sort(), [0, 1]);
+  t.match(objs[0].distributed, { launcher: 'openmpi', mpi: { library: /libmpi/, version: /Open MPI/ } });
+});
+
+t.test('info --json without a launcher: a world of one, MPI not loaded', { skip: !cliBuilt() && 'CLI not compiled' }, async (t) => {
+  const env: NodeJS.ProcessEnv = {};
+  for (const k of ['OMPI_COMM_WORLD_SIZE', 'PMI_SIZE', 'SLURM_STEP_NUM_TASKS']) env[k] = '';
+  const info = JSON.parse(runCli(['info', '--json'], { env }).stdout);
+  t.equal(info.world_size, 1);
+  t.equal(info.rank, 0);
+  t.same(info.distributed, { launcher: null, local_rank: 0, mpi: null });
+});

@@ -8,6 +8,7 @@
  */
 import { callNative, RlhfError } from '../errors';
 import { native } from '../native';
+import { EXIT_SIGINT, EXIT_SIGTERM } from '../run/signals';
 
 export type Launcher = 'openmpi' | 'pmi' | 'slurm';
 
@@ -69,7 +70,8 @@ export function world(): World {
   if (got.size !== w.size || got.rank !== w.rank)
     throw new RlhfError('E_INTERNAL', `MPI reports rank ${got.rank} of ${got.size} but the launcher's environment (${w.launcher}) says rank ${w.rank} of ${w.size}`);
   process.on('exit', (code) => {
-    if (code === 0) native().commFinalize();
+    // A run stopped by SIGINT/SIGTERM ends cleanly on every rank after the same step (its exit codes).
+    if (code === 0 || code === EXIT_SIGINT || code === EXIT_SIGTERM) native().commFinalize();
     else native().commAbort(code);
   });
   return (current = { ...w, mpi: { library: got.library, version: got.version } });
