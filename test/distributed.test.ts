@@ -225,3 +225,42 @@ t.test('info --json without a launcher: a world of one, MPI not loaded', { skip:
   t.equal(info.rank, 0);
   t.same(info.distributed, { launcher: null, local_rank: 0, mpi: null });
 });
+
+/** Runs a command until `until` shows on stderr, then sends it SIGTERM; resolves with its exit and output. */
+function runUntil(cmd: string, args: string[], until: RegExp): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RLHF_DEBUG: '' } });
+    let stdout = '', stderr = '', sent = false;
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => {
+      stderr += d;
+      if (!sent && until.test(stderr)) {
+        sent = true;
+        child.kill('SIGTERM');
+      }
+    });
+    const limit = setTimeout(() => child.kill('SIGKILL'), 90_000);
+    child.on('close', (code, signal) => {
+      clearTimeout(limit);
+      resolve({ code, signal, stdout, stderr });
+    });
+  });
+}
+
+t.test('SIGTERM to mpirun: every rank stops after the same step, rank 0 checkpoints, and one process resumes from it', { skip }, async (t) => {
+  const out = path.join(tmp, 'stopped');
+  const args = ['sft', '--model', model, '--data', sftData, '--out', out, '--steps', '100000', '--batch-size', '2', '--lora-r', '4', '--device', 'cpu', '--threads', '1', '--log-steps', '1000000'];
+  const r = await runUntil('mpirun', [...MPIRUN, '-np', '2', process.execPath, CLI, ...args], /sft step +1\//);
+  t.equal(r.signal, null, 'mpirun ended by itself');
+  const m = /interrupted after (\d+)\/100000 steps/.exec(r.stdout);
+  t.ok(m, `one summary line says where it stopped: ${r.stdout}`);
+  const k = Number(m?.[1]);
+  t.equal(r.stdout.trim().split('\n').length, 1, 'rank 0 alone prints the summary');
+  t.same(fs.readdirSync(path.join(out, 'checkpoints')), [`checkpoint-${k}`], 'the checkpoint of the last step');
+  t.equal(fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').length, k, 'one metrics line per step, written once');
+  t.ok(fs.existsSync(path.join(out, 'adapter_model.safetensors')), 'the adapter saved');
+  // Resumed by one process (another world size): it continues after that step.
+  const again = await runUntil(process.execPath, [CLI, ...args, '--resume'], /resuming after step \d+/);
+  t.match(again.stderr, new RegExp(`sft: resuming after step ${k} `), again.stderr);
+  t.equal(again.code, 143, 'then stopped by its own SIGTERM');
+});
