@@ -4,7 +4,8 @@
  * same global batch (the reference): the saved weights and every step's
  * figures agree within 1e-5 relative; rank 1 writes nothing and prints
  * nothing; a stage that cannot split its work refuses; a killed rank ends
- * the job with an error instead of leaving the other rank waiting.
+ * the job with an error instead of leaving the other rank waiting; a stop
+ * by SIGTERM ends every rank after the same step and resumes.
  * Skipped, with the reason, where mpirun is not installed.
  */
 import t from 'tap';
@@ -39,11 +40,11 @@ t.before(async () => {
 });
 
 /** The run as one process and as `mpirun -np 2`, each rank on one thread. */
-function runBoth(args: string[], tag: string): { one: string; two: string; stdout: string; stderr: string } {
+function runBoth(args: string[], tag: string, device2 = 'cpu'): { one: string; two: string; stdout: string; stderr: string } {
   const one = path.join(tmp, `${tag}-1`), two = path.join(tmp, `${tag}-2`);
   const r1 = runCli([...args, '--out', one, '--device', 'cpu', '--threads', '1']);
   if (r1.status !== 0) throw new Error(`single process: ${r1.stderr}`);
-  const r2 = spawnSync('mpirun', [...MPIRUN, '-np', '2', process.execPath, CLI, ...args, '--out', two, '--device', 'cpu', '--threads', '1'], {
+  const r2 = spawnSync('mpirun', [...MPIRUN, '-np', '2', process.execPath, CLI, ...args, '--out', two, '--device', device2, '--threads', '1'], {
     cwd: ROOT,
     encoding: 'utf8',
     timeout: 180_000,
@@ -141,6 +142,13 @@ t.test('SFT full fine-tuning: 2 ranks give the weights of one process', { skip }
   const u = relDiff(t, f(r.two), f(r.one), init);
   t.ok(u.moved > 0, `every tensor moved (smallest update norm ${u.moved.toExponential(2)})`);
   t.ok(u.rel <= 1e-4, `updates within 1e-4 relative (max ${u.rel.toExponential(2)}, ${u.worst})`);
+});
+
+t.test('device memory (cpu-guarded: the gradient slab staged through the host, as a CUDA model does it): 2 ranks give the weights of one process', { skip }, async (t) => {
+  const r = runBoth(['sft', ...COMMON, '--data', sftData, '--lr', '1e-3', '--lora-r', '4'], 'sft-guarded', 'cpu-guarded');
+  sameMetrics(t, r.one, r.two);
+  const w = relDiff(t, path.join(r.two, 'adapter_model.safetensors'), path.join(r.one, 'adapter_model.safetensors'));
+  t.ok(w.rel <= 1e-5, `adapter within 1e-5 relative (max ${w.rel.toExponential(2)}, ${w.worst})`);
 });
 
 t.test('RM: 2 ranks give the adapter and score head of one process', { skip }, async (t) => {
