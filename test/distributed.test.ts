@@ -28,7 +28,7 @@ const sftData = path.join(tmp, 'sft.jsonl');
 const pairData = path.join(tmp, 'pairs.jsonl');
 
 t.before(async () => {
-  if (skip) return;
+  if (!cliBuilt()) return;
   await initModel({ arch: 'qwen2', preset: 'tiny', outDir: model, seed: 5 });
   // Rows of different lengths (padding differs between the shards and the whole), 10 rows:
   // with --batch-size 3 the last micro-batch of an epoch has one row, so one rank's shard of it is empty.
@@ -271,4 +271,14 @@ t.test('SIGTERM to mpirun: every rank stops after the same step, rank 0 checkpoi
   const again = await runUntil(process.execPath, [CLI, ...args, '--resume'], /resuming after step \d+/);
   t.match(again.stderr, new RegExp(`sft: resuming after step ${k} `), again.stderr);
   t.equal(again.code, 143, 'then stopped by its own SIGTERM');
+});
+
+t.test('a library that is not OpenMPI is refused (E_UNSUPPORTED), never guessed at', { skip: !cliBuilt() && 'CLI not compiled' }, async (t) => {
+  // A launcher's environment with a world of 2, and libm as the "MPI library": it loads but has no OpenMPI objects.
+  const r = runCli(['sft', '--model', model, '--data', sftData, '--out', path.join(tmp, 'not-mpi'), '--device', 'cpu'], {
+    env: { OMPI_COMM_WORLD_SIZE: '2', OMPI_COMM_WORLD_RANK: '0', RLHF_MPI_LIB: 'libm.so.6' },
+    timeoutMs: 60_000,
+  });
+  t.equal(r.status, 1, r.stderr);
+  t.match(r.stderr.trim(), /^rlhf-native: error E_UNSUPPORTED: libm\.so\.6 has no symbol ompi_mpi_comm_world: rlhf-native supports OpenMPI \(libmpi\.so\.40\) only/);
 });
