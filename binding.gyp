@@ -15,6 +15,7 @@
         "NODE_ADDON_API_DISABLE_DEPRECATED",
         "RLHF_BUILD_SYSTEM=\"node-gyp\""
       ],
+      "libraries": ["-ldl"],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
       "cflags_cc": ["-std=c++17", "-O3", "-fexceptions", "-frtti"],

@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { callNative, RlhfError } from './errors';
 import { native, nativeSource, PACKAGE_ROOT, NativeCudaDevice } from './native';
+import { world, type Launcher } from './engine/distributed';
 
 export interface RuntimeInfo {
   version: string;
@@ -10,6 +11,11 @@ export interface RuntimeInfo {
   platform: string;
   /** Backends compiled into the addon, e.g. ['cpu', 'cuda']. */
   backends: string[];
+  /** Ranks in this job (1 without a launcher) and this process's rank; docs/distributed.md. */
+  world_size: number;
+  rank: number;
+  /** Who started the ranks (mpirun, PMI, a Slurm step), null for a plain process; the MPI library in use with more than one rank. */
+  distributed: { launcher: Launcher | null; local_rank: number; mpi: { library: string; version: string } | null };
   /** The device `--device auto` would pick now. */
   defaultDevice: 'cpu' | 'cuda';
   cpu: { simd: string; threads: number; avx2: boolean; avx512: boolean; avx512_bf16: boolean };
@@ -71,11 +77,15 @@ export function runtimeInfo(): RuntimeInfo {
   const n = callNative(() => native().info());
   const system: string | null = n.buildSystem ?? null;
   const source = nativeSource();
+  const w = world();
   const out: RuntimeInfo = {
     version: packageVersion(),
     node: process.version,
     platform: `${process.platform}-${process.arch}`,
     backends: n.backends,
+    world_size: w.size,
+    rank: w.rank,
+    distributed: { launcher: w.launcher, local_rank: w.localRank, mpi: w.mpi },
     defaultDevice: n.cuda.devices.length > 0 ? 'cuda' : 'cpu',
     cpu: n.cpu,
     cuda: {

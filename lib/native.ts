@@ -338,6 +338,8 @@ export interface NativeModel {
   /** One optimizer step; a NaN/infinite gradient norm is not applied (`skipped`, nothing changes). */
   step(opts: NativeStepOptions): Promise<{ gradNorm: number; clipCoef: number; step: number; skipped: boolean }>;
   zeroGrad(): void;
+  /** Sums the active trainable set's gradient slab over the MPI world, in place (after commInit). */
+  allReduceGrads(): void;
   enableFullTraining(): void;
   createAdapter(spec: {
     name?: string;
@@ -384,6 +386,28 @@ export interface NativeAddon {
   SafetensorsFile: new (path: string) => NativeSafetensorsFile;
   /** Writes a .safetensors file (to a temporary name, then renamed). Returns the file size. */
   writeSafetensors(path: string, tensors: NativeTensorToWrite[], metadata: Record<string, string> | null): number;
+  /** Loads OpenMPI at run time (dlopen) and initializes it once; E_UNSUPPORTED when no OpenMPI loads. */
+  commInit(): NativeCommWorld;
+  /** What commInit found; `initialized: false` before it. */
+  commWorld(): NativeCommWorld;
+  commFinalize(): void;
+  /** Ends every rank of the job with this exit code. */
+  commAbort(code: number): void;
+  /** In place on every rank; 'max' takes a Float64Array. */
+  commAllReduce(data: Float32Array | Float64Array, op?: 'sum' | 'max'): void;
+  /** Root's bytes into every rank's array (the same length on every rank). */
+  commBroadcast(data: Float32Array | Float64Array | Uint8Array | Int32Array, root: number): void;
+  commBarrier(): void;
+}
+
+export interface NativeCommWorld {
+  initialized: boolean;
+  rank: number;
+  size: number;
+  /** The MPI library file loaded ('' before commInit). */
+  library: string;
+  /** MPI_Get_library_version's first part, e.g. 'Open MPI v4.1.4'. */
+  version: string;
 }
 
 function packageRoot(): string {

@@ -18,6 +18,14 @@ Napi::Value OpKernels(const Napi::CallbackInfo& info);  // () -> {kernels, ops}
 // ops_cuda_napi.cc
 Napi::Value CudaOps(const Napi::CallbackInfo& info);    // () -> {compiled, ops: [{name, family, f32, bf16}]}
 Napi::Value CudaBench(const Napi::CallbackInfo& info);  // (name, params) -> kernel timings on the GPU
+// comm_napi.cc (MPI loaded at run time; docs/distributed.md)
+Napi::Value CommInit(const Napi::CallbackInfo& info);       // () -> {initialized, rank, size, library, version}
+Napi::Value CommWorld(const Napi::CallbackInfo& info);      // () -> the same, without initializing
+Napi::Value CommFinalize(const Napi::CallbackInfo& info);   // ()
+Napi::Value CommAbort(const Napi::CallbackInfo& info);      // (code): ends every rank
+Napi::Value CommAllReduce(const Napi::CallbackInfo& info);  // (Float32Array | Float64Array, 'sum' | 'max'), in place
+Napi::Value CommBroadcast(const Napi::CallbackInfo& info);  // (typedArray, root), in place
+Napi::Value CommBarrier(const Napi::CallbackInfo& info);    // ()
 }  // namespace rlhf::napi
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -31,6 +39,13 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("opKernels", Napi::Function::New(env, OpKernels, "opKernels"));
   exports.Set("cudaOps", Napi::Function::New(env, CudaOps, "cudaOps"));
   exports.Set("cudaBench", Napi::Function::New(env, CudaBench, "cudaBench"));
+  exports.Set("commInit", Napi::Function::New(env, CommInit, "commInit"));
+  exports.Set("commWorld", Napi::Function::New(env, CommWorld, "commWorld"));
+  exports.Set("commFinalize", Napi::Function::New(env, CommFinalize, "commFinalize"));
+  exports.Set("commAbort", Napi::Function::New(env, CommAbort, "commAbort"));
+  exports.Set("commAllReduce", Napi::Function::New(env, CommAllReduce, "commAllReduce"));
+  exports.Set("commBroadcast", Napi::Function::New(env, CommBroadcast, "commBroadcast"));
+  exports.Set("commBarrier", Napi::Function::New(env, CommBarrier, "commBarrier"));
   return exports;
 }
 

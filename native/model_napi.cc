@@ -17,6 +17,7 @@
 #include "model/train_step.h"
 #include "model/transformer.h"
 #include "model/weights.h"
+#include "mpi_world.h"
 #include "napi_util.h"
 #include "safetensors.h"
 
@@ -137,6 +138,7 @@ class Model : public Napi::ObjectWrap<Model> {
   Napi::Value Loss(const Napi::CallbackInfo& info);
   Napi::Value EvalLoss(const Napi::CallbackInfo& info);
   Napi::Value ZeroGrad(const Napi::CallbackInfo& info);
+  Napi::Value AllReduceGrads(const Napi::CallbackInfo& info);
   Napi::Value Step(const Napi::CallbackInfo& info);
   Napi::Value Trainable(const Napi::CallbackInfo& info);
   Napi::Value ReadTrainable(const Napi::CallbackInfo& info);
@@ -291,7 +293,8 @@ Napi::Object Model::Init(Napi::Env env, Napi::Object exports) {
                                   InstanceMethod("createAdapter", &Model::CreateAdapter),
                                   InstanceMethod("forwardTrain", &Model::ForwardTrain), InstanceMethod("backward", &Model::Backward),
                                   InstanceMethod("loss", &Model::Loss), InstanceMethod("evalLoss", &Model::EvalLoss),
-                                  InstanceMethod("zeroGrad", &Model::ZeroGrad), InstanceMethod("step", &Model::Step),
+                                  InstanceMethod("zeroGrad", &Model::ZeroGrad),
+                                  InstanceMethod("allReduceGrads", &Model::AllReduceGrads), InstanceMethod("step", &Model::Step),
                                   InstanceMethod("trainable", &Model::Trainable),
                                   InstanceMethod("readTrainable", &Model::ReadTrainable),
                                   InstanceMethod("saveAdapter", &Model::SaveAdapter),
@@ -740,6 +743,28 @@ Napi::Value Model::ZeroGrad(const Napi::CallbackInfo& info) {
     auto m = model();
     std::lock_guard<std::mutex> lock(m->busy);
     model::zero_grads(m->active(), m->full.get());
+    return info.Env().Undefined();
+  });
+}
+
+// allReduceGrads(): sums the active trainable set's gradient slab over the
+// MPI world, in place (data-parallel training; docs/distributed.md). One
+// collective over the whole slab, between the last backward and step().
+Napi::Value Model::AllReduceGrads(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), [&]() -> Napi::Value {
+    auto m = model();
+    std::lock_guard<std::mutex> lock(m->busy);
+    model::Adapter* a = m->active();
+    if (!a && !m->full) throw Error(code::kArgument, "allReduceGrads: nothing is trainable (no active adapter, no full training)");
+    Buffer<float>& g = a ? a->grads : m->full->slab;
+    Backend& be = *g.backend();
+    if (std::string(be.name()) == "cpu") {
+      mpi::all_reduce_sum(g.data(), g.size());  // host memory: reduced where it lies
+    } else {
+      std::vector<float> host = g.to_host();  // device memory goes through the host (NCCL is not built yet)
+      mpi::all_reduce_sum(host.data(), static_cast<int64_t>(host.size()));
+      be.upload(g.data(), host.data(), sizeof(float) * host.size());
+    }
     return info.Env().Undefined();
   });
 }

@@ -32,6 +32,7 @@ export function register<T>(y: Argv<T>): Argv<T> {
           ...info.cuda.devices.map((d) => `  cuda:${d.index} ${d.name} (sm_${d.computeCapability.replace('.', '')}, ${d.smCount} SMs, ${gib(d.totalMemory)})`),
           ...(info.cuda.reason ? [`  no CUDA device: ${info.cuda.reason}`] : []),
           `default device: ${info.defaultDevice}`,
+          `world: rank ${info.rank} of ${info.world_size}` + (info.distributed.mpi ? ` (${info.distributed.mpi.version}, ${info.distributed.launcher})` : info.world_size > 1 ? '' : ' (no launcher; single process)'),
           `addon: ${ADDON_KIND[info.build.kind]} ${info.build.addon} (built with ${info.build.system ?? 'unknown'}, ${info.build.compiler})`,
           ...(info.build.prebuild ? [`  prebuild: ${info.build.prebuild.variant} variant, needs glibc >= ${info.build.prebuild.glibc ?? '?'}, built ${info.build.prebuild.built}`] : []),
         ];

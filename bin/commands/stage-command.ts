@@ -10,6 +10,8 @@ import type { Argv } from 'yargs';
 import type { Stage, StageRunResult } from '../../lib/train/stage';
 import { addCliOptions, configFromArgv, type OptionSpec } from '../../lib/train/options';
 import { exitCodeFor } from '../../lib/run/signals';
+import { isRoot, launcherWorld } from '../../lib/engine/distributed';
+import { RlhfError } from '../../lib/errors';
 import { runCommand } from '../cli-util';
 import { withExample } from './examples';
 
@@ -48,6 +50,10 @@ export function registerStage<T, C, R extends StageRunResult, M>(y: Argv<T>, cmd
       ),
     (argv) =>
       runCommand(argv, async () => {
+        const lw = launcherWorld();
+        // Under mpirun/srun, a stage that cannot split its work would run the same job on every rank, all writing one --out.
+        if (lw.size > 1 && !stage.dataParallel)
+          throw new RlhfError('E_UNSUPPORTED', `${stage.name} does not train data-parallel yet (world of ${lw.size} ranks from ${lw.launcher}); run it as one process, without mpirun/srun (docs/distributed.md)`);
         const logEvery = Math.max(1, Math.floor(Number(argv['log-steps'])));
         const r = await stage.run(configFromArgv(stage.options, argv as Record<string, unknown>), {
           log: (line: string) => void process.stderr.write(line + '\n'),
@@ -57,7 +63,7 @@ export function registerStage<T, C, R extends StageRunResult, M>(y: Argv<T>, cmd
             else if (cmd.progress && (rec.step === 1 || rec.step === totalSteps || rec.step % logEvery === 0 || cmd.always?.(rec))) process.stderr.write(cmd.progress(rec, totalSteps) + '\n');
           },
         });
-        process.stdout.write(cmd.summary(r, argv as Record<string, unknown>) + '\n');
+        if (isRoot()) process.stdout.write(cmd.summary(r, argv as Record<string, unknown>) + '\n');
         if (r.interrupted) process.exitCode = exitCodeFor(r.signal); // 130 after SIGINT, 143 after SIGTERM
       }),
   );

@@ -14,6 +14,8 @@ import * as path from 'node:path';
 import type { Argv } from 'yargs';
 import { runtimeInfo, resolveDevice } from '../../lib/info';
 import { runCommand } from '../cli-util';
+import { launcherWorld } from '../../lib/engine/distributed';
+import { RlhfError } from '../../lib/errors';
 import { deviceOption } from './common';
 import { runTrainConfig } from './train-config';
 import { checkTrainArgs } from './train-args';
@@ -57,6 +59,10 @@ export function register<T>(y: Argv<T>): Argv<T> {
         .example(...EXAMPLES.train),
     (argv) =>
       runCommand(argv, async () => {
+        const lw = launcherWorld();
+        // A recipe chains stages (online ones among them) into one run folder: N copies would race on it.
+        if (lw.size > 1)
+          throw new RlhfError('E_UNSUPPORTED', `train (recipes and the demo) does not run data-parallel yet (world of ${lw.size} ranks from ${lw.launcher}); run its sft, rm or dpo stages under mpirun one by one (docs/distributed.md)`);
         const demoMarker = argv.resume ? path.join(String(argv.resume), 'data', 'demo.json') : null;
         const recipeRun = !!argv.config || (!!argv.resume && !(demoMarker && fs.existsSync(demoMarker)));
         checkTrainArgs(argv as unknown as Record<string, unknown>, recipeRun ? 'recipe' : argv.resume ? 'demo-resume' : 'demo');

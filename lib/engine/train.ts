@@ -201,6 +201,11 @@ export class Trainer {
     callNative(() => this.handle.zeroGrad());
   }
 
+  /** Sums the gradients over the MPI world, in place: data-parallel training, between the last backward and step() (lib/train/data-parallel.ts). */
+  allReduceGrads(): void {
+    callNative(() => this.handle.allReduceGrads());
+  }
+
   trainable() {
     return callNative(() => this.handle.trainable());
   }

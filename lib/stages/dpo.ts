@@ -307,6 +307,7 @@ function dpoMethod(name: 'dpo' | 'orpo' = 'dpo'): SupervisedMethod<ResolvedDpoCo
   };
   return {
     name,
+    dataParallel: true,
     options: name === 'orpo' ? ORPO_OPTIONS : DPO_OPTIONS,
     rowsPerExample: 2,
     check(cfg, given) {
@@ -454,6 +455,7 @@ async function runFamily(name: 'dpo' | 'orpo', config: DpoConfig, hooks: DpoHook
 export const dpoStage: Stage<DpoConfig, DpoResult, DpoStepMetrics> = {
   name: 'dpo',
   summary: 'Direct Preference Optimization (LoRA adapter or --full) on preference pairs',
+  dataParallel: true,
   options: DPO_OPTIONS,
   run: runDpo,
 };

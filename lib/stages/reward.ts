@@ -150,6 +150,7 @@ type PairSums = { n: number };
 
 export const RM_METHOD: SupervisedMethod<ResolvedRmConfig, PreferenceExample, PairSums, RmEval> = {
   name: 'rm',
+  dataParallel: true,
   options: RM_OPTIONS,
   adapterShapeKeys: ['headStd'],
   rowsPerExample: 2,
@@ -231,6 +232,7 @@ export async function runRm(config: RmConfig, hooks: RmHooks = {}): Promise<RmRe
 export const rmStage: Stage<RmConfig, RmResult, RmStepMetrics> = {
   name: 'rm',
   summary: 'train a reward model (pairwise loss, Llama 2 margin) on preference pairs',
+  dataParallel: true,
   options: RM_OPTIONS,
   run: runRm,
 };

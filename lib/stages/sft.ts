@@ -133,6 +133,7 @@ function fmtRows(s: SftDataStats): string {
 
 export const SFT_METHOD: SupervisedMethod<ResolvedSftConfig, SftExample, { denom: number }, SftEval> = {
   name: 'sft',
+  dataParallel: true,
   options: SFT_OPTIONS,
   checkModelFolder(cfg, mcfg) {
     if (mcfg.head !== 'lm') throw new RlhfError('E_MODEL', `${cfg.model}: SFT needs a causal LM head (this is a ${mcfg.architecture})`, { where: cfg.model });
@@ -207,6 +208,7 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
 export const sftStage: Stage<SftConfig, SftResult, SftStepMetrics> = {
   name: 'sft',
   summary: 'supervised finetuning (LoRA adapter or --full) on JSONL data',
+  dataParallel: true,
   options: SFT_OPTIONS,
   run: runSft,
 };

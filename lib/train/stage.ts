@@ -103,6 +103,8 @@ export interface Stage<C, R extends StageRunResult, M = any> { // eslint-disable
   options: OptionTable<C>;
   run(config: C, hooks?: StageHooks<M>): Promise<R>;
   recipe?: RecipeWiring<R>;
+  /** Trains data-parallel under mpirun/srun (docs/distributed.md); other stages refuse a world of more than one. */
+  dataParallel?: boolean;
 }
 
 /** A stage of unknown config and result, as the registry holds them. */

@@ -38,6 +38,8 @@ import { nonFinite, numericStop } from '../stages/numerics';
 import { arg, checkOutDiffers, flagOf, LORA_SHAPE_KEYS, resolveOptions, type OptionTable, type Resolved, type SupervisedOptions } from './options';
 import { applyThreads, type StageHooks } from './stage';
 import { writeTrainerState } from './trainer-state';
+import { world } from '../engine/distributed';
+import { checkDataParallel, reduceStep, shardMicroBatches } from './data-parallel';
 
 export type ResolvedSupervised = Resolved<SupervisedOptions>;
 
@@ -65,6 +67,8 @@ export interface SupervisedData<E> {
 export interface SupervisedMethod<C extends ResolvedSupervised, E, P, V> {
   /** Names the stage: log prefix, checkpoint manifest, `<name>_config.json`. */
   name: string;
+  /** The loss is a sum over rows given the step's plan, so ranks may split every micro-batch (docs/distributed.md). */
+  dataParallel?: boolean;
   /** The stage's option table (shared groups + its own rows). */
   options: OptionTable<unknown>;
   /** Checks across options beyond the table's rows (after the defaults are filled in). */
@@ -190,7 +194,11 @@ export async function runSupervised<C extends ResolvedSupervised, E, P, V>(
 ): Promise<SupervisedRun<C, V>> {
   const cfg = resolveSupervised(method, config);
   const name = method.name;
-  const log = hooks.log ?? (() => {});
+  // Data-parallel (mpirun/srun): every rank trains; rank 0 alone logs and writes files.
+  const w = world();
+  checkDataParallel(name, method.dataParallel, w);
+  const dp = w.size > 1, root = w.rank === 0;
+  const log = root ? (hooks.log ?? (() => {})) : () => {};
   applyThreads(cfg.threads, log);
   checkOutFolder(cfg.out);
   if (cfg.adapter) readAdapterConfig(cfg.adapter); // fail early on a bad adapter folder
@@ -252,13 +260,18 @@ export async function runSupervised<C extends ResolvedSupervised, E, P, V>(
     const what = cfg.full ? 'full training' : cfg.adapter ? `continuing the LoRA adapter ${cfg.adapter}` : `LoRA r ${cfg.loraR} alpha ${cfg.loraAlpha}`;
     log(
       `${name}: ${method.describeRun?.(cfg) ?? what}, ${trainableParameters} trainable parameters; ` +
-        `${totalSteps} steps of ${cfg.batchSize} x ${cfg.gradAccum} ${perExample === 2 ? 'pairs' : 'rows'} (${spe} per epoch)`,
+        `${totalSteps} steps of ${cfg.batchSize} x ${cfg.gradAccum} ${perExample === 2 ? 'pairs' : 'rows'} (${spe} per epoch)` +
+        (dp ? `; data-parallel over ${w.size} ranks (${w.mpi?.version ?? w.launcher})` : ''),
     );
 
     fs.mkdirSync(cfg.out, { recursive: true });
     const metricsFile = path.join(cfg.out, 'metrics.jsonl');
-    const metricsFd = openMetrics(metricsFile, resume?.step ?? 0);
+    const metricsFd = root ? openMetrics(metricsFile, resume?.step ?? 0) : -1;
+    const writeMetrics = (m: Record<string, unknown>) => root && fs.writeSync(metricsFd, JSON.stringify(m) + '\n');
     const stopper = stopOnSignals({ label: name, log, handleSignals: hooks.handleSigint ?? true, abort: hooks.signal });
+    // Several ranks stop after the same step: a request any rank had at the last step's reduction.
+    let stopSeen = false;
+    const stopRequested = () => (dp ? stopSeen : stopper.requested);
     const skippedSteps: number[] = [];
 
     let steps = resume?.step ?? 0, epochs = 0, finalLoss: number | null = null, tokensSeen = 0, lastEvalStep = -1;
@@ -272,7 +285,7 @@ export async function runSupervised<C extends ResolvedSupervised, E, P, V>(
       if (!resume && (initialEval = await evaluate()) !== null) {
         log(`${name}: ${method.describeEval?.(initialEval, 'before') ?? 'evaluated before training'}`);
         if (method.evalAtStepZero) {
-          fs.writeSync(metricsFd, JSON.stringify({ step: 0, epoch: 0, elapsed_s: (performance.now() - t0) / 1000, ...method.evalFields?.(initialEval) }) + '\n');
+          writeMetrics({ step: 0, epoch: 0, elapsed_s: (performance.now() - t0) / 1000, ...method.evalFields?.(initialEval) });
           lastEvalStep = 0;
           finalEval = initialEval;
         }
@@ -280,15 +293,25 @@ export async function runSupervised<C extends ResolvedSupervised, E, P, V>(
       await trainer.zeroGrad();
       for (const st of planSteps(train.length, totalSteps, { batchSize: cfg.batchSize, gradAccum: cfg.gradAccum, shuffle: cfg.shuffle, seed: cfg.seed })) {
         if (st.step <= steps) continue; // resumed: the data position is a function of the step
-        if (stopper.requested) break;
+        if (stopRequested()) break;
         const ts = performance.now();
         const micro = st.micro.map((rows) => rows.map((i) => train[i]));
-        const plan = method.planStep(micro, st.micro);
-        const sums: MicroSums = { inputTokens: 0 };
-        for (let j = 0; j < micro.length; j++) {
-          const s = await method.microBatch(ctx, micro[j], plan, st.micro[j]);
+        const plan = method.planStep(micro, st.micro); // the whole step's plan, on every rank
+        const mine = dp ? shardMicroBatches(st.micro, w) : st.micro;
+        let sums: MicroSums = { inputTokens: 0 };
+        for (let j = 0; j < mine.length; j++) {
+          if (mine[j].length > 0) {
+            const s = await method.microBatch(ctx, dp ? mine[j].map((i) => train[i]) : micro[j], plan, mine[j]);
+            for (const [k, v] of Object.entries(s)) sums[k] = (sums[k] ?? 0) + v;
+          }
           forwards++;
-          for (const [k, v] of Object.entries(s)) sums[k] = (sums[k] ?? 0) + v;
+        }
+        if (dp) {
+          // Gradients and figures of the whole step on every rank, before clipping and the optimizer step.
+          const r = reduceStep(sums, stopper.requested, w);
+          sums = r.sums as MicroSums;
+          stopSeen = r.stop;
+          trainer.allReduceGrads();
         }
         const fig = method.stepFigures(sums, plan);
         const lr = lrAt(st.step - 1);
@@ -333,7 +356,7 @@ export async function runSupervised<C extends ResolvedSupervised, E, P, V>(
           tokens_per_sec: seconds > 0 ? sums.inputTokens / seconds : 0,
           elapsed_s: elapsed0 + (performance.now() - t0) / 1000,
         };
-        const last = st.step === totalSteps || stopper.requested;
+        const last = st.step === totalSteps || stopRequested();
         if ((cfg.evalSteps > 0 && st.step % cfg.evalSteps === 0) || last) {
           const e = await evaluate();
           if (e !== null) {
@@ -342,10 +365,10 @@ export async function runSupervised<C extends ResolvedSupervised, E, P, V>(
             lastEvalStep = st.step;
           }
         }
-        fs.writeSync(metricsFd, JSON.stringify(m) + '\n');
-        hooks.onStep?.(m, { totalSteps });
+        writeMetrics(m);
+        if (root) hooks.onStep?.(m, { totalSteps });
         // Scheduled checkpoints, and one when a stop was requested, so that --resume continues from here.
-        if (((cfg.checkpointSteps > 0 && st.step % cfg.checkpointSteps === 0) || stopper.requested) && st.step < totalSteps)
+        if (root && ((cfg.checkpointSteps > 0 && st.step % cfg.checkpointSteps === 0) || stopRequested()) && st.step < totalSteps)
           await checkpoints.save(st.step, trainer, { extra: { forwards, initialLoss, initialEval, elapsed: m.elapsed_s } });
       }
       // An interrupt that arrived during the last step's eval-free tail: evaluate what is saved.
@@ -353,10 +376,12 @@ export async function runSupervised<C extends ResolvedSupervised, E, P, V>(
         const e = await evaluate();
         if (e !== null) finalEval = e;
       }
-      if (cfg.full) await trainer.saveModel(cfg.out, cfg.model);
-      else await trainer.saveLora(cfg.out, path.resolve(cfg.model));
+      if (root) {
+        if (cfg.full) await trainer.saveModel(cfg.out, cfg.model);
+        else await trainer.saveLora(cfg.out, path.resolve(cfg.model));
+      }
     } finally {
-      fs.closeSync(metricsFd);
+      if (root) fs.closeSync(metricsFd);
       stopper.dispose();
     }
     if (finalEval !== null && method.describeEval) log(`${name}: ${method.describeEval(finalEval, 'after')}`);
@@ -367,7 +392,7 @@ export async function runSupervised<C extends ResolvedSupervised, E, P, V>(
       steps,
       totalSteps,
       epochs,
-      interrupted: stopper.requested && steps < totalSteps,
+      interrupted: stopRequested() && steps < totalSteps,
       signal: stopper.signal,
       skippedSteps,
       resumedFrom: resume?.step ?? null,
@@ -384,7 +409,7 @@ export async function runSupervised<C extends ResolvedSupervised, E, P, V>(
       metricsFile,
       config: cfg,
     };
-    fs.writeFileSync(
+    if (root) fs.writeFileSync(
       path.join(cfg.out, `${name}_config.json`),
       JSON.stringify(
         {
@@ -400,7 +425,7 @@ export async function runSupervised<C extends ResolvedSupervised, E, P, V>(
         2,
       ) + '\n',
     );
-    writeTrainerState({ out: cfg.out, metricsFile, globalStep: steps, maxSteps: totalSteps, epoch: epochs, numTrainEpochs: cfg.epochs, trainBatchSize: cfg.batchSize, gradientAccumulationSteps: cfg.gradAccum, interrupted: run.interrupted });
+    if (root) writeTrainerState({ out: cfg.out, metricsFile, globalStep: steps, maxSteps: totalSteps, epoch: epochs, numTrainEpochs: cfg.epochs, trainBatchSize: cfg.batchSize, gradientAccumulationSteps: cfg.gradAccum, interrupted: run.interrupted });
     if (hooks.keepModel) {
       keep = true;
       run.model = model;
