@@ -130,7 +130,7 @@ t.test('openRewardSource: the weighted sum of the sources in order (hook or rewa
 t.test('openRewardSource: at least one source, one weight per source, unique part names (E_ARGUMENT)', async (t) => {
   const mod = write('one.js', 'exports.reward = () => 1;');
   const cases: [Record<string, unknown>, RlhfError['code'], RegExp, RewardSource?][] = [
-    [{}, 'E_ARGUMENT', /^--reward-model is required unless --reward-function, --reward-module or hooks\.reward \(a RewardSource\) gives the reward$/],
+    [{}, 'E_ARGUMENT', /^--reward-model is required unless --judge-model, --reward-function, --reward-module or hooks\.reward \(a RewardSource\) gives the reward$/],
     [{ rewardFunction: ['exact'], rewardModule: mod, rewardWeights: [1] }, 'E_ARGUMENT', /^--reward-weights has 1 weight for 2 reward sources \(module, exact: one weight each, in that order\)$/],
     [{ rewardModule: path.join(tmp, 'gone.mjs') }, 'E_ARGUMENT', /^--reward-module \S+gone\.mjs: no such file$/],
     [{ rewardFunction: ['exact'] }, 'E_ARGUMENT', /two reward sources report a part named "exact"/, functionReward((b) => b.map(() => 1), 'exact')],

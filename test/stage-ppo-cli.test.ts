@@ -123,6 +123,6 @@ t.test('bad options name the flag; a causal LM is not a reward model; nothing is
   t.match(same.stderr, /E_ARGUMENT: --out must differ from --model/);
   const missing = runCli(['ppo', '--model', model, '--data', data, '--out', out]);
   t.equal(missing.status, 1);
-  t.match(missing.stderr.trim(), /^rlhf-native: error E_ARGUMENT: --reward-model is required unless --reward-function, --reward-module or hooks\.reward \(a RewardSource\) gives the reward$/);
+  t.match(missing.stderr.trim(), /^rlhf-native: error E_ARGUMENT: --reward-model is required unless --judge-model, --reward-function, --reward-module or hooks\.reward \(a RewardSource\) gives the reward$/);
   t.same(snapshot(), before, 'nothing in the output folder changed');
 });
