@@ -392,7 +392,6 @@ export interface NativeAddon {
   commWorld(): NativeCommWorld;
   commFinalize(): void;
   /** Ends every rank of the job with this exit code. */
-  commAbort(code: number): void;
   /** In place on every rank; 'max' takes a Float64Array. */
   commAllReduce(data: Float32Array | Float64Array, op?: 'sum' | 'max'): void;
   /** Root's bytes into every rank's array (the same length on every rank). */

@@ -22,7 +22,6 @@ Napi::Value CudaBench(const Napi::CallbackInfo& info);  // (name, params) -> ker
 Napi::Value CommInit(const Napi::CallbackInfo& info);       // () -> {initialized, rank, size, library, version}
 Napi::Value CommWorld(const Napi::CallbackInfo& info);      // () -> the same, without initializing
 Napi::Value CommFinalize(const Napi::CallbackInfo& info);   // ()
-Napi::Value CommAbort(const Napi::CallbackInfo& info);      // (code): ends every rank
 Napi::Value CommAllReduce(const Napi::CallbackInfo& info);  // (Float32Array | Float64Array, 'sum' | 'max'), in place
 Napi::Value CommBroadcast(const Napi::CallbackInfo& info);  // (typedArray, root), in place
 Napi::Value CommBarrier(const Napi::CallbackInfo& info);    // ()
@@ -42,7 +41,6 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("commInit", Napi::Function::New(env, CommInit, "commInit"));
   exports.Set("commWorld", Napi::Function::New(env, CommWorld, "commWorld"));
   exports.Set("commFinalize", Napi::Function::New(env, CommFinalize, "commFinalize"));
-  exports.Set("commAbort", Napi::Function::New(env, CommAbort, "commAbort"));
   exports.Set("commAllReduce", Napi::Function::New(env, CommAllReduce, "commAllReduce"));
   exports.Set("commBroadcast", Napi::Function::New(env, CommBroadcast, "commBroadcast"));
   exports.Set("commBarrier", Napi::Function::New(env, CommBarrier, "commBarrier"));

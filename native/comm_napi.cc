@@ -38,14 +38,6 @@ Napi::Value CommFinalize(const Napi::CallbackInfo& info) {
   });
 }
 
-// commAbort(code): ends every rank of the job.
-Napi::Value CommAbort(const Napi::CallbackInfo& info) {
-  return Guard(info.Env(), [&]() -> Napi::Value {
-    mpi::abort(info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Int32Value() : 1);
-    return info.Env().Undefined();
-  });
-}
-
 // commAllReduce(Float32Array | Float64Array, 'sum' | 'max'): in place on every rank.
 Napi::Value CommAllReduce(const Napi::CallbackInfo& info) {
   return Guard(info.Env(), [&]() -> Napi::Value {

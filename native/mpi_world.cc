@@ -24,7 +24,6 @@ struct Api {
   int (*Initialized)(int*);
   int (*Finalized)(int*);
   int (*Finalize)();
-  int (*Abort)(Handle, int);
   int (*Comm_rank)(Handle, int*);
   int (*Comm_size)(Handle, int*);
   int (*Allreduce)(const void*, void*, int, Handle, Handle, Handle);
@@ -102,7 +101,6 @@ WorldInfo init() {
   sym(lib, "MPI_Initialized", a.Initialized, file);
   sym(lib, "MPI_Finalized", a.Finalized, file);
   sym(lib, "MPI_Finalize", a.Finalize, file);
-  sym(lib, "MPI_Abort", a.Abort, file);
   sym(lib, "MPI_Comm_rank", a.Comm_rank, file);
   sym(lib, "MPI_Comm_size", a.Comm_size, file);
   sym(lib, "MPI_Allreduce", a.Allreduce, file);
@@ -141,14 +139,6 @@ void finalize() {
   int done = 0;
   api.Finalized(&done);
   if (!done) api.Finalize();
-}
-
-void abort(int code) {
-  std::lock_guard<std::mutex> lock(mu);
-  if (!info.initialized) return;
-  int done = 0;
-  api.Finalized(&done);
-  if (!done) api.Abort(api.comm_world, code);
 }
 
 void all_reduce_sum(float* data, int64_t n) {

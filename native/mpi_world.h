@@ -24,7 +24,6 @@ struct WorldInfo {
 WorldInfo init();
 WorldInfo world();  // what init() found; {initialized: false} before it
 void finalize();    // after the last collective; a no-op when not initialized
-void abort(int code);  // ends every rank of the job (a failed rank must not leave the others waiting)
 
 // Collectives on MPI_COMM_WORLD, in place. E_ARGUMENT before init().
 void all_reduce_sum(float* data, int64_t n);

@@ -199,7 +199,7 @@ t.test('a killed rank ends the job with an error within seconds (no rank left wa
   t.match(stderr, /signal 9|Killed|exited on signal/i, 'mpirun names the killed rank');
 });
 
-t.test('a rank that fails with an error ends every rank (MPI_Abort), the error on stderr', { skip }, async (t) => {
+t.test('a rank that fails with an error ends every rank (mpirun ends the job), the error on stderr', { skip }, async (t) => {
   // Rank 1 is given data that does not exist: it fails after MPI is up, while rank 0 goes on to its first all-reduce.
   const common = ['sft', '--model', model, '--out', path.join(tmp, 'one-fails'), '--steps', '50', '--batch-size', '2', '--lora-r', '4', '--device', 'cpu', '--threads', '1'];
   const started = Date.now();

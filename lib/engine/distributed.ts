@@ -59,8 +59,8 @@ let current: World | undefined;
 
 /**
  * This process's world; with more than one rank, MPI is initialized on the
- * first call (and finalized at exit, or the whole job aborted when this rank
- * exits with an error, so that no other rank waits forever in a collective).
+ * first call (and finalized at a clean exit; a rank that exits with an error
+ * does not finalize, and the launcher then ends the whole job).
  */
 export function world(): World {
   if (current) return current;
@@ -71,8 +71,9 @@ export function world(): World {
     throw new RlhfError('E_INTERNAL', `MPI reports rank ${got.rank} of ${got.size} but the launcher's environment (${w.launcher}) says rank ${w.rank} of ${w.size}`);
   process.on('exit', (code) => {
     // A run stopped by SIGINT/SIGTERM ends cleanly on every rank after the same step (its exit codes).
+    // A rank that fails exits without finalizing: the launcher (mpirun) sees a rank end with an error
+    // and ends the whole job, so no other rank waits forever in a collective; the addon never ends the process itself.
     if (code === 0 || code === EXIT_SIGINT || code === EXIT_SIGTERM) native().commFinalize();
-    else native().commAbort(code);
   });
   return (current = { ...w, mpi: { library: got.library, version: got.version } });
 }
