@@ -31,11 +31,10 @@ import { RlhfError } from '../errors';
 import type { Model } from '../engine/model';
 import type { Trainer } from '../engine/train';
 import { spanMask } from '../engine/objectives';
-import { tokenizerSemantics } from '../data/trl-tokens';
-import { loadTokenizer, type Tokenizer } from '../tokenizer/tokenizer';
 import { splitEval } from '../data/sft-data';
 import { identicalWarning, loadPreferenceData, type PreferenceDataStats, type PreferenceExample } from '../data/preference-data';
 import { defaultsOf, lrDefaults, describe, PREFERENCE_DATA_OPTIONS, SUPERVISED_OPTIONS, withDefaults, type OptionTable, type PreferenceStageOptions, type Resolved, type SupervisedOptions } from '../train/options';
+import { preferenceDataOptions } from '../train/preference-data-options';
 import { resolveSupervised, runSupervised, type SupervisedMethod, type SupervisedRun } from '../train/supervised';
 import { policyOnBase, type Stage, type StageHooks } from '../train/stage';
 
@@ -330,20 +329,12 @@ function dpoMethod(name: 'dpo' | 'orpo' = 'dpo'): SupervisedMethod<ResolvedDpoCo
       if (mcfg.head !== 'lm') throw new RlhfError('E_MODEL', `${cfg.model}: ${LOSS_NAMES[cfg.lossType]} needs a causal LM head (this is a ${mcfg.architecture})`, { where: cfg.model });
     },
     loadData(cfg, mcfg, log) {
-      const maxLen = Math.min(cfg.maxLen, mcfg.maxSequenceLength);
-      let tok: Tokenizer | undefined;
       const dataOpts = {
-        tokenizer: () => (tok ??= loadTokenizer(cfg.model, { semantics: tokenizerSemantics(cfg.tokenize) })),
-        maxLen,
-        vocabSize: mcfg.vocabSize,
-        fallbackEosTokenId: mcfg.eosTokenIds[0] ?? null,
-        stopTokenIds: cfg.endAtStop ? mcfg.eosTokenIds : [],
-        tokenize: cfg.tokenize,
-        truncationMode: cfg.truncationMode,
-        maxPromptLength: cfg.maxPromptLength,
+        ...preferenceDataOptions(cfg, mcfg),
         // A pair with chosen = rejected expresses no preference; SimPO and ORPO would even train on it.
         identical: cfg.skipIdentical ? ('skip' as const) : ('error' as const),
       };
+      const { maxLen } = dataOpts;
       const data = loadPreferenceData(cfg.data, dataOpts);
       const warn = identicalWarning(cfg.data, data.stats);
       if (warn) log(`${name}: warning: ${warn}`);

@@ -24,12 +24,11 @@
 import { RlhfError } from '../errors';
 import type { Model } from '../engine/model';
 import { spanMask } from '../engine/objectives';
-import { tokenizerSemantics } from '../data/trl-tokens';
-import { loadTokenizer, type Tokenizer } from '../tokenizer/tokenizer';
 import { splitEval } from '../data/sft-data';
 import { identicalWarning } from '../data/preference-data';
 import { klPairs, loadKtoData, type KtoDataset, type UnpairedDataStats, type UnpairedExample } from '../data/unpaired-data';
 import { arg, defaultsOf, lrDefaults, describe, PREFERENCE_DATA_OPTIONS, SUPERVISED_OPTIONS, withDefaults, type OptionTable, type PreferenceStageOptions, type Resolved, type SupervisedOptions } from '../train/options';
+import { preferenceDataOptions } from '../train/preference-data-options';
 import { resolveSupervised, runSupervised, type SupervisedMethod, type SupervisedRun } from '../train/supervised';
 import { policyOnBase, type Stage, type StageHooks } from '../train/stage';
 
@@ -307,18 +306,10 @@ function ktoMethod(): SupervisedMethod<ResolvedKtoConfig, KtoExample, { rows: nu
       if (mcfg.head !== 'lm') throw new RlhfError('E_MODEL', `${cfg.model}: KTO needs a causal LM head (this is a ${mcfg.architecture})`, { where: cfg.model });
     },
     loadData(cfg, mcfg, log) {
-      const maxLen = Math.min(cfg.maxLen, mcfg.maxSequenceLength);
-      let tok: Tokenizer | undefined;
       const dataOpts = {
-        tokenizer: () => (tok ??= loadTokenizer(cfg.model, { semantics: tokenizerSemantics(cfg.tokenize) })),
-        maxLen,
-        vocabSize: mcfg.vocabSize,
-        fallbackEosTokenId: mcfg.eosTokenIds[0] ?? null,
-        stopTokenIds: cfg.endAtStop ? mcfg.eosTokenIds : [],
-        tokenize: cfg.tokenize,
-        truncationMode: cfg.truncationMode,
-        maxPromptLength: cfg.maxPromptLength,
+        ...preferenceDataOptions(cfg, mcfg),
       };
+      const { maxLen } = dataOpts;
       const load = (file: string) => {
         const d = loadKtoData(file, dataOpts);
         const w = d.pairStats ? identicalWarning(file, d.pairStats) : null;

@@ -25,11 +25,10 @@
 import { RlhfError } from '../errors';
 import type { Model } from '../engine/model';
 import type { Trainer } from '../engine/train';
-import { tokenizerSemantics } from '../data/trl-tokens';
-import { loadTokenizer, type Tokenizer } from '../tokenizer/tokenizer';
 import { loadPreferenceData, identicalWarning, type MarginScale, type PreferenceExample } from '../data/preference-data';
 import { splitEval } from '../data/sft-data';
 import { checks, defaultsOf, lrDefaults, describe, PREFERENCE_DATA_OPTIONS, SUPERVISED_OPTIONS, withDefaults, type OptionTable, type PreferenceStageOptions, type Resolved, type SupervisedOptions } from '../train/options';
+import { preferenceDataOptions } from '../train/preference-data-options';
 import { resolveSupervised, runSupervised, type SupervisedMethod, type SupervisedRun } from '../train/supervised';
 import type { Stage, StageHooks } from '../train/stage';
 
@@ -155,21 +154,13 @@ export const RM_METHOD: SupervisedMethod<ResolvedRmConfig, PreferenceExample, Pa
   adapterShapeKeys: ['headStd'],
   rowsPerExample: 2,
   loadData(cfg, mcfg, log) {
-    const maxLen = Math.min(cfg.maxLen, mcfg.maxSequenceLength);
-    let tok: Tokenizer | undefined;
     const dataOpts = {
-      tokenizer: () => (tok ??= loadTokenizer(cfg.model, { semantics: tokenizerSemantics(cfg.tokenize) })),
-      maxLen,
-      vocabSize: mcfg.vocabSize,
-      fallbackEosTokenId: mcfg.eosTokenIds[0] ?? null,
-      stopTokenIds: cfg.endAtStop ? mcfg.eosTokenIds : [],
+      ...preferenceDataOptions(cfg, mcfg),
       marginScale: cfg.marginScale,
-      tokenize: cfg.tokenize,
-      truncationMode: cfg.truncationMode,
-      maxPromptLength: cfg.maxPromptLength,
       // RewardTrainer encodes each whole sequence (prompt + completion + EOS) as one string.
       wholeSequence: true,
     };
+    const { maxLen } = dataOpts;
     const data = loadPreferenceData(cfg.data, dataOpts);
     const skipped = identicalWarning(cfg.data, data.stats);
     if (skipped) log(`rm: ${skipped}`);
