@@ -10,6 +10,7 @@ import t from 'tap';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { writeSafetensors } from '../lib/safetensors';
 
 /** u64 little-endian header length + header + data. `length` overrides the length field. */
 export function stBytes(header: string | Buffer, data: Buffer | number = 0, length?: bigint): Buffer {
@@ -310,4 +311,20 @@ export function mutator(base: Buffer, rand: () => number): () => Buffer {
     }
   };
 
+}
+
+/** The valid file the mutations start from: one tensor of several dtypes, an empty one, a scalar, metadata. */
+export function writeMutationBase(file: string): void {
+  writeSafetensors(
+    file,
+    [
+      { name: 'model.layers.0.w', dtype: 'F32', shape: [3, 4], fill: { kind: 'normal', std: 1, seed: 1 } },
+      { name: 'b', dtype: 'BF16', shape: [5], fill: { kind: 'ones' } },
+      { name: 'ids', dtype: 'I64', shape: [2], data: new BigInt64Array([1n, -2n]) },
+      { name: 'mask', dtype: 'BOOL', shape: [3], data: Buffer.from([1, 0, 1]) },
+      { name: 'empty', dtype: 'F16', shape: [0, 2], data: Buffer.alloc(0) },
+      { name: 'scalar', dtype: 'F64', shape: [], data: new Float64Array([2.5]) },
+    ],
+    { format: 'pt', note: 'x' },
+  );
 }

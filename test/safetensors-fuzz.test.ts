@@ -6,8 +6,8 @@ import t from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { RlhfError } from '../lib/errors';
-import { openSafetensors, writeSafetensors } from '../lib/safetensors';
-import { mutator, prng, tmpDir } from './safetensors-cases';
+import { openSafetensors } from '../lib/safetensors';
+import { mutator, prng, tmpDir, writeMutationBase } from './safetensors-cases';
 
 const SEED = Number(process.env.RLHF_FUZZ_SEED ?? 20240601);
 const ITERATIONS = 2000;
@@ -17,18 +17,7 @@ t.test(`random mutations never crash the reader (seed ${SEED})`, async (t) => {
   const dir = tmpDir();
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const basePath = path.join(dir, 'base.safetensors');
-  writeSafetensors(
-    basePath,
-    [
-      { name: 'model.layers.0.w', dtype: 'F32', shape: [3, 4], fill: { kind: 'normal', std: 1, seed: 1 } },
-      { name: 'b', dtype: 'BF16', shape: [5], fill: { kind: 'ones' } },
-      { name: 'ids', dtype: 'I64', shape: [2], data: new BigInt64Array([1n, -2n]) },
-      { name: 'mask', dtype: 'BOOL', shape: [3], data: Buffer.from([1, 0, 1]) },
-      { name: 'empty', dtype: 'F16', shape: [0, 2], data: Buffer.alloc(0) },
-      { name: 'scalar', dtype: 'F64', shape: [], data: new Float64Array([2.5]) },
-    ],
-    { format: 'pt', note: 'x' },
-  );
+  writeMutationBase(basePath);
   const base = fs.readFileSync(basePath);
   const rand = prng(SEED);
   const mutate = mutator(base, rand);

@@ -9,9 +9,9 @@
 import t from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { openSafetensors, writeSafetensors } from '../lib/safetensors';
+import { openSafetensors } from '../lib/safetensors';
 import { runPeer } from './helpers/peers';
-import { MALFORMED_CASES, mutator, prng, stBytes, tmpDir } from './safetensors-cases';
+import { MALFORMED_CASES, mutator, prng, stBytes, tmpDir, writeMutationBase } from './safetensors-cases';
 
 const SEED = Number(process.env.RLHF_FUZZ_SEED ?? 20261208);
 const MUTANTS = 1500;
@@ -20,17 +20,7 @@ t.test(`our reader and the reference agree on every file (seed ${SEED})`, async 
   const dir = tmpDir();
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const basePath = path.join(dir, 'base.safetensors');
-  writeSafetensors(
-    basePath,
-    [
-      { name: 'model.layers.0.w', dtype: 'F32', shape: [3, 4], fill: { kind: 'normal', std: 1, seed: 1 } },
-      { name: 'b', dtype: 'BF16', shape: [5], fill: { kind: 'ones' } },
-      { name: 'ids', dtype: 'I64', shape: [2], data: new BigInt64Array([1n, -2n]) },
-      { name: 'empty', dtype: 'F16', shape: [0, 2], data: Buffer.alloc(0) },
-      { name: 'scalar', dtype: 'F64', shape: [], data: new Float64Array([2.5]) },
-    ],
-    { format: 'pt', note: 'x' },
-  );
+  writeMutationBase(basePath);
   const inputs: [string, Buffer][] = [
     ['the valid base', fs.readFileSync(basePath)],
     ...MALFORMED_CASES.map((c): [string, Buffer] => [`malformed: ${c.name}`, c.bytes()]),
